@@ -1,0 +1,103 @@
+"""The resource-server adapter: how this server talks to the existing website."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SiteUser:
+    """A user of the existing site as returned by :meth:`ResourceServer.login`."""
+
+    id: str
+    name: str
+    #: The site's own credential for this user (a session cookie value, an API key...),
+    #: passed back to the site when a partner calls ``/api/*`` for the user.
+    site_token: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ApiRoute:
+    """One ``/api/<name>`` function: the scope it needs and how the site serves it."""
+
+    name: str
+    scope: str
+    method: str = "GET"
+    #: Path on the site; ``{token}`` and ``{user_id}`` are filled in.
+    path: str = ""
+    #: Where the user's site token goes: ``query:<param>``, ``header:<Name>``,
+    #: ``cookie:<name>`` or ``form:<field>``.
+    token_in: str = "query:token"
+
+
+@dataclass
+class UpstreamResponse:
+    """What the site answered to a proxied call."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+
+class UpstreamUnavailable(Exception):
+    """The site could not be reached (502) or did not answer in time (504)."""
+
+    def __init__(self, message: str, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+
+
+class ResourceServer(abc.ABC):
+    """Adapter for one existing website.
+
+    Implementations MUST:
+
+    * answer :meth:`login` with a :class:`SiteUser` for good credentials and
+      ``None`` for bad ones, raising :class:`UpstreamUnavailable` only when the
+      site cannot be reached;
+    * list every scope in :attr:`scopes` (name -> human description), the first
+      being the default scope for a request that names none;
+    * list every ``/api/<name>`` function in :attr:`api`, each naming a scope
+      from :attr:`scopes`;
+    * in :meth:`call`, pass ``user.site_token`` (never the OAuth token) to the
+      site together with ``headers``, and raise :class:`UpstreamUnavailable` when
+      the site is down or slow, never a driver exception.
+    """
+
+    #: Started and stopped with ``oauth2-server serve`` when set (the dummy site).
+    bundled_site: tuple[str, int] | None = None
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    @property
+    @abc.abstractmethod
+    def scopes(self) -> dict[str, str]:
+        """Scope name -> description shown on the consent page."""
+
+    @property
+    @abc.abstractmethod
+    def api(self) -> dict[str, ApiRoute]:
+        """``/api/<name>`` -> route."""
+
+    @abc.abstractmethod
+    def login(self, username: str, password: str) -> SiteUser | None:
+        """Check credentials against the site."""
+
+    @abc.abstractmethod
+    def call(
+        self,
+        route: ApiRoute,
+        site_token: str,
+        user_id: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        query: dict[str, str],
+    ) -> UpstreamResponse:
+        """Serve one ``/api`` call for the user; ``headers`` are extra headers for the site."""
+
+    def close(self) -> None:
+        """Release pooled connections."""

@@ -1,0 +1,194 @@
+"""Storage chosen per table: a scheme registry, config parsing and the ``Storage`` facade.
+
+A table's entry is a URL (``sqlite:///var/oauth2.db``, ``redis://host:6379/1``,
+``postgresql://...``), an object ``{"url": ..., "ttl": ...}``, or the original
+server's object form (``{"type": "Redis", "host", "port", "db", "ttl", "options"}``,
+``{"type": "Postgres", "options": {...}}``). Tables without an entry use ``default``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from .base import Backend, StorageConfigError, StorageUnavailable, Table
+
+__all__ = ["Storage", "StorageSpec", "StorageUnavailable", "StorageConfigError", "Table"]
+
+TABLES = ("session", "codes", "tokens", "refresh_tokens", "users", "audit", "clients")
+
+#: The original server's lifetimes, in seconds; 0 means records never expire.
+DEFAULT_TTLS = {
+    "session": 1800,
+    "codes": 60,
+    "tokens": 7200,
+    "refresh_tokens": 7776000,
+    "users": 0,
+    "audit": 0,
+    "clients": 0,
+}
+
+#: URL scheme -> "module:Class"; drivers are imported only when a scheme is used.
+BACKENDS = {
+    "sqlite": "app.storage.sqlite:SQLiteBackend",
+    "redis": "app.storage.redis:RedisBackend",
+    "rediss": "app.storage.redis:RedisBackend",
+    "redis+cluster": "app.storage.redis:RedisBackend",
+    "postgresql": "app.storage.postgres:PostgresBackend",
+    "postgres": "app.storage.postgres:PostgresBackend",
+}
+
+_ORIGINAL_TYPES = {"redis": "redis", "postgres": "postgresql", "postgresql": "postgresql",
+                   "sqlite": "sqlite"}
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    """One table's backend URL, lifetime and driver options."""
+
+    url: str
+    ttl: int | None = None
+    options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def scheme(self) -> str:
+        return self.url.split(":", 1)[0].lower()
+
+
+def _original_redis_url(entry: dict[str, Any]) -> str:
+    host = entry.get("host", "127.0.0.1")
+    port = entry.get("port", 6379)
+    db = entry.get("db", 0)
+    password = (entry.get("options") or {}).get("password")
+    auth = f":{quote(str(password), safe='')}@" if password else ""
+    return f"redis://{auth}{host}:{port}/{db}"
+
+
+def _original_postgres_url(entry: dict[str, Any]) -> str:
+    opts = entry.get("options") or {}
+    user = quote(str(opts.get("user", "postgres")), safe="")
+    password = opts.get("password")
+    auth = f"{user}:{quote(str(password), safe='')}" if password else user
+    host = opts.get("host", "127.0.0.1")
+    port = opts.get("port", 5432)
+    database = opts.get("database", "oauth2")
+    url = f"postgresql://{auth}@{host}:{port}/{database}"
+    ssl = opts.get("ssl")
+    if ssl is True:
+        url += "?sslmode=prefer"
+    elif isinstance(ssl, str):
+        url += f"?sslmode={ssl}"
+    return url
+
+
+def parse_spec(table: str, entry: Any) -> StorageSpec:
+    """Turn one config entry into a :class:`StorageSpec`, naming the table on error."""
+    where = f"storage.{table}"
+    if isinstance(entry, str):
+        return _checked(where, StorageSpec(url=entry))
+    if not isinstance(entry, dict):
+        raise StorageConfigError(f"{where}: expected a URL string or an object, got {entry!r}")
+    ttl = entry.get("ttl")
+    if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 0):
+        raise StorageConfigError(f"{where}.ttl: expected a whole number of seconds >= 0")
+    options = dict(entry.get("options") or {})
+    if "url" in entry:
+        return _checked(where, StorageSpec(url=entry["url"], ttl=ttl, options=options))
+    kind = str(entry.get("type", "")).lower()
+    if kind not in _ORIGINAL_TYPES:
+        raise StorageConfigError(
+            f"{where}.type: unsupported storage type {entry.get('type')!r}; "
+            "use Redis, Postgres, SQLite or a URL"
+        )
+    if kind == "redis":
+        url = _original_redis_url(entry)
+        options.pop("password", None)
+    elif kind == "sqlite":
+        url = "sqlite:///" + str(entry.get("path", "var/oauth2.db"))
+    else:
+        url = _original_postgres_url(entry)
+        options = {}
+    return _checked(where, StorageSpec(url=url, ttl=ttl, options=options))
+
+
+def _checked(where: str, spec: StorageSpec) -> StorageSpec:
+    if spec.scheme not in BACKENDS:
+        raise StorageConfigError(
+            f"{where}: unknown storage URL scheme {spec.scheme!r} "
+            f"(known: {', '.join(sorted(BACKENDS))})"
+        )
+    return spec
+
+
+def parse_storage_config(config: dict[str, Any]) -> dict[str, StorageSpec]:
+    """Return a spec for every table, falling back to ``default``."""
+    unknown = set(config) - set(TABLES) - {"default", "auto_migrate", "purge_interval"}
+    if unknown:
+        raise StorageConfigError(f"storage: unknown table(s) {', '.join(sorted(unknown))}")
+    if "default" not in config:
+        raise StorageConfigError("storage.default: missing (the catch-all backend)")
+    default = parse_spec("default", config["default"])
+    specs = {}
+    for name in TABLES:
+        spec = parse_spec(name, config[name]) if name in config else default
+        ttl = spec.ttl if name in config and spec.ttl is not None else DEFAULT_TTLS[name]
+        specs[name] = StorageSpec(url=spec.url, ttl=ttl, options=spec.options)
+    return specs
+
+
+def _backend_class(scheme: str) -> type[Backend]:
+    module, _, cls = BACKENDS[scheme].partition(":")
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except ImportError as exc:  # pragma: no cover - depends on installed extras
+        raise StorageConfigError(f"storage backend {scheme!r} is not available: {exc}") from exc
+
+
+class Storage:
+    """Every table, each bound to its backend; backends are shared per URL.
+
+    Attributes are the tables: ``storage.codes``, ``storage.tokens``, ...
+    """
+
+    session: Table
+    codes: Table
+    tokens: Table
+    refresh_tokens: Table
+    users: Table
+    audit: Table
+    clients: Table
+
+    def __init__(self, specs: dict[str, StorageSpec]) -> None:
+        self.specs = specs
+        self.backends: dict[str, Backend] = {}
+        self._lock = threading.Lock()
+        for name, spec in specs.items():
+            setattr(self, name, self._backend(spec).table(name, spec.ttl))
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Storage:
+        return cls(parse_storage_config(config))
+
+    def _backend(self, spec: StorageSpec) -> Backend:
+        with self._lock:
+            if spec.url not in self.backends:
+                self.backends[spec.url] = _backend_class(spec.scheme)(spec.url, spec.options)
+            return self.backends[spec.url]
+
+    def tables(self) -> dict[str, Table]:
+        return {name: getattr(self, name) for name in TABLES}
+
+    def migrate(self) -> dict[str, list[str]]:
+        """Apply schema migrations on every backend."""
+        return {url: backend.migrate() for url, backend in self.backends.items()}
+
+    def purge(self) -> dict[str, int]:
+        """Delete expired rows in every table."""
+        return {name: table.purge() for name, table in self.tables().items()}
+
+    def close(self) -> None:
+        for backend in self.backends.values():
+            backend.close()

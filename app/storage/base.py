@@ -1,0 +1,133 @@
+"""The storage contract: one table of records, addressed by key, with TTL and indexes.
+
+Every backend (SQLite, Redis, Postgres) implements :class:`Table` with the same
+behaviour; ``tests/storage/`` runs one suite against all of them.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import time
+from collections.abc import Iterable
+from typing import Any
+
+Record = dict[str, Any]
+
+#: Record fields every backend indexes, so that list and revoke verbs are one lookup.
+INDEXED_FIELDS = ("user_id", "client_id", "grant_id")
+
+
+class StorageUnavailable(Exception):
+    """The backing store could not be reached; the request should be answered 503."""
+
+
+class StorageConfigError(ValueError):
+    """A storage entry in the configuration is invalid."""
+
+
+def audit_key(now: float | None = None) -> str:
+    """Return a key that sorts by time, so audit rows read back newest first."""
+    ns = int((now if now is not None else time.time()) * 1e9)
+    return f"{ns:020d}-{os.urandom(4).hex()}"
+
+
+class Table(abc.ABC):
+    """One logical table (``codes``, ``tokens``, ...) on one backend.
+
+    Implementations MUST:
+
+    * treat a record whose TTL has passed as absent in every verb, whether or not
+      it has been purged yet;
+    * make :meth:`take` atomic: when several callers take the same key at once,
+      exactly one receives the record;
+    * index ``user_id``, ``client_id`` and ``grant_id`` so that the list and
+      revoke verbs do not scan the table;
+    * raise :class:`StorageUnavailable` (and nothing else) for any driver error.
+
+    Records are JSON-serialisable dicts. Returned records are copies carrying
+    ``key`` and ``expires_at`` (a UNIX time, or ``None`` for no expiry).
+    """
+
+    def __init__(self, name: str, ttl: int | None) -> None:
+        self.name = name
+        #: Default lifetime in seconds of records put into this table; 0/None: no expiry.
+        self.ttl = ttl or None
+
+    def expiry(self, ttl: int | None) -> float | None:
+        """Return the absolute expiry for a put with ``ttl`` (table default if None)."""
+        seconds = self.ttl if ttl is None else ttl
+        return time.time() + seconds if seconds else None
+
+    @abc.abstractmethod
+    def put(self, key: str, record: Record, ttl: int | None = None) -> None:
+        """Insert or replace ``record`` under ``key``; ``ttl`` overrides the table's."""
+
+    @abc.abstractmethod
+    def get(self, key: str) -> Record | None:
+        """Return the live record under ``key``, or ``None``."""
+
+    @abc.abstractmethod
+    def take(self, key: str) -> Record | None:
+        """Atomically return and delete the live record under ``key``."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> bool:
+        """Delete ``key``; return whether a live record was there."""
+
+    @abc.abstractmethod
+    def list_by_user(self, user_id: str) -> list[Record]:
+        """Return every live record whose ``user_id`` matches."""
+
+    @abc.abstractmethod
+    def list_by_client(self, client_id: str) -> list[Record]:
+        """Return every live record whose ``client_id`` matches."""
+
+    @abc.abstractmethod
+    def revoke_by_grant(self, grant_id: str) -> int:
+        """Delete every record whose ``grant_id`` matches; return how many were live."""
+
+    @abc.abstractmethod
+    def purge(self) -> int:
+        """Delete expired records; return how many were removed."""
+
+    @abc.abstractmethod
+    def append(self, record: Record) -> str:
+        """Add a record under a new time-ordered key (the audit log); return the key."""
+
+    @abc.abstractmethod
+    def recent(self, limit: int = 50) -> list[Record]:
+        """Return up to ``limit`` records put by :meth:`append`, newest first."""
+
+    def revoke_many(self, keys: Iterable[str]) -> int:
+        """Delete several keys; return how many were live."""
+        return sum(1 for key in keys if self.delete(key))
+
+
+class Backend(abc.ABC):
+    """A connection (pool) to one store, shared by every table configured on it.
+
+    Subclasses declare the URL schemes they serve in ``schemes`` and are built
+    from a URL by :func:`app.storage.open_backend`. Driver imports MUST be lazy
+    so that an unused backend's driver need not be installed.
+    """
+
+    schemes: tuple[str, ...] = ()
+
+    def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
+        self.url = url
+        self.options = dict(options or {})
+
+    @abc.abstractmethod
+    def table(self, name: str, ttl: int | None) -> Table:
+        """Return the table ``name`` on this backend, creating it if needed."""
+
+    def migrate(self) -> list[str]:
+        """Create or upgrade the schema; return the names of applied steps."""
+        return []
+
+    def ping(self) -> None:
+        """Raise :class:`StorageUnavailable` if the store cannot be reached."""
+
+    def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,147 @@
+"""The SQL side of the storage contract, shared by SQLite and Postgres.
+
+Each logical table is one SQL table: the indexed fields as columns and the whole
+record as JSON in ``data``. Expiry is an ``expires_at`` column that every read
+filters on and :meth:`SQLTable.purge` deletes by.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import time
+from typing import Any
+
+from .base import INDEXED_FIELDS, Backend, Record, Table, audit_key
+
+#: Versioned migrations: (version, description, statements); ``{t}`` is each table name.
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (
+        1,
+        "create tables",
+        [
+            "CREATE TABLE IF NOT EXISTS {t} (key TEXT PRIMARY KEY, user_id TEXT,"
+            " client_id TEXT, grant_id TEXT, expires_at DOUBLE PRECISION, data TEXT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS {t}_user_client ON {t} (user_id, client_id)",
+            "CREATE INDEX IF NOT EXISTS {t}_client ON {t} (client_id)",
+            "CREATE INDEX IF NOT EXISTS {t}_grant ON {t} (grant_id)",
+            "CREATE INDEX IF NOT EXISTS {t}_expires ON {t} (expires_at)",
+        ],
+    ),
+]
+
+
+def _row(row: tuple[Any, ...]) -> Record:
+    key, expires_at, data = row
+    record = json.loads(data)
+    record["key"] = key
+    record["expires_at"] = expires_at
+    return record
+
+
+class SQLBackend(Backend):
+    """A backend speaking SQL; subclasses provide connections and the placeholder."""
+
+    placeholder = "?"
+    table_prefix = "oauth2_"
+
+    @abc.abstractmethod
+    def execute(self, sql: str, params: tuple[Any, ...] = (), fetch: bool = False) -> Any:
+        """Run one statement in its own transaction; return rows if ``fetch`` else rowcount."""
+
+    @abc.abstractmethod
+    def run_migration(self, version: int, statements: list[str]) -> bool:
+        """Apply one migration unless already applied; return whether it ran."""
+
+    def sql(self, text: str) -> str:
+        return text.replace("?", self.placeholder)
+
+    def table(self, name: str, ttl: int | None) -> SQLTable:
+        return SQLTable(self, name, ttl)
+
+    def migrate(self) -> list[str]:
+        from . import TABLES
+
+        applied = []
+        for version, description, statements in MIGRATIONS:
+            expanded = [s.format(t=self.table_prefix + t) for t in TABLES for s in statements]
+            if self.run_migration(version, expanded):
+                applied.append(f"{version}: {description}")
+        return applied
+
+
+class SQLTable(Table):
+    """One logical table stored as one SQL table."""
+
+    def __init__(self, backend: SQLBackend, name: str, ttl: int | None) -> None:
+        super().__init__(name, ttl)
+        self.backend = backend
+        t = backend.table_prefix + name
+        live = "(expires_at IS NULL OR expires_at > ?)"
+        sql = backend.sql
+        self._put = sql(
+            f"INSERT INTO {t} (key, user_id, client_id, grant_id, expires_at, data)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET user_id = excluded.user_id,"
+            " client_id = excluded.client_id, grant_id = excluded.grant_id,"
+            " expires_at = excluded.expires_at, data = excluded.data"
+        )
+        self._get = sql(f"SELECT key, expires_at, data FROM {t} WHERE key = ? AND {live}")
+        self._take = sql(f"DELETE FROM {t} WHERE key = ? AND {live} RETURNING key, expires_at, data")
+        self._delete = sql(f"DELETE FROM {t} WHERE key = ? AND {live}")
+        self._delete_any = sql(f"DELETE FROM {t} WHERE key = ?")
+        self._by = {
+            field: sql(f"SELECT key, expires_at, data FROM {t} WHERE {field} = ? AND {live}")
+            for field in ("user_id", "client_id")
+        }
+        self._revoke = sql(f"DELETE FROM {t} WHERE grant_id = ? AND {live}")
+        self._revoke_any = sql(f"DELETE FROM {t} WHERE grant_id = ?")
+        self._purge = sql(f"DELETE FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= ?")
+        self._recent = sql(
+            f"SELECT key, expires_at, data FROM {t} WHERE {live} ORDER BY key DESC LIMIT ?"
+        )
+
+    def put(self, key: str, record: Record, ttl: int | None = None) -> None:
+        data = {k: v for k, v in record.items() if k not in ("key", "expires_at")}
+        indexed = tuple(data.get(f) for f in INDEXED_FIELDS)
+        self.backend.execute(
+            self._put, (key, *indexed, self.expiry(ttl), json.dumps(data, separators=(",", ":")))
+        )
+
+    def get(self, key: str) -> Record | None:
+        rows = self.backend.execute(self._get, (key, time.time()), fetch=True)
+        return _row(rows[0]) if rows else None
+
+    def take(self, key: str) -> Record | None:
+        rows = self.backend.execute(self._take, (key, time.time()), fetch=True)
+        return _row(rows[0]) if rows else None
+
+    def delete(self, key: str) -> bool:
+        live = self.backend.execute(self._delete, (key, time.time())) > 0
+        if not live:
+            self.backend.execute(self._delete_any, (key,))
+        return live
+
+    def list_by_user(self, user_id: str) -> list[Record]:
+        rows = self.backend.execute(self._by["user_id"], (user_id, time.time()), fetch=True)
+        return [_row(r) for r in rows]
+
+    def list_by_client(self, client_id: str) -> list[Record]:
+        rows = self.backend.execute(self._by["client_id"], (client_id, time.time()), fetch=True)
+        return [_row(r) for r in rows]
+
+    def revoke_by_grant(self, grant_id: str) -> int:
+        count = self.backend.execute(self._revoke, (grant_id, time.time()))
+        self.backend.execute(self._revoke_any, (grant_id,))
+        return count
+
+    def purge(self) -> int:
+        return self.backend.execute(self._purge, (time.time(),))
+
+    def append(self, record: Record) -> str:
+        key = audit_key()
+        self.put(key, record)
+        return key
+
+    def recent(self, limit: int = 50) -> list[Record]:
+        rows = self.backend.execute(self._recent, (time.time(), limit), fetch=True)
+        return [_row(r) for r in rows]
