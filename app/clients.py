@@ -1,0 +1,269 @@
+"""Registered clients: the clients file (original and new format) and redirect matching."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from authlib.oauth2.rfc6749 import ClientMixin, list_to_scope, scope_to_list
+
+from .secrets_hash import known_scheme, verify_secret, verify_seed_sha1
+
+log = logging.getLogger(__name__)
+
+GRANT_TYPES = ("authorization_code", "implicit", "refresh_token", "client_credentials")
+RESPONSE_TYPES = {"code": "authorization_code", "token": "implicit"}
+LOOPBACK_HOSTS = ("127.0.0.1", "[::1]")
+
+
+class ClientFileError(ValueError):
+    """The clients file is invalid; the message names the client and field."""
+
+
+def _loopback(uri: str) -> tuple[str, str, str] | None:
+    """Return (scheme, host, path?query) for an ``http`` loopback IP URI (RFC 8252 §7.3)."""
+    parts = urlsplit(uri)
+    host = parts.netloc.rsplit(":", 1)[0] if not parts.netloc.endswith("]") else parts.netloc
+    if parts.scheme != "http" or host not in LOOPBACK_HOSTS:
+        return None
+    return parts.scheme, host, f"{parts.path}?{parts.query}"
+
+
+def valid_redirect_uri(uri: str) -> bool:
+    """Absolute http(s) URI without a fragment (RFC 6749 §3.1.2)."""
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and "#" not in uri
+        and not any(ch.isspace() or ord(ch) < 32 for ch in uri)
+    )
+
+
+@dataclass
+class Client(ClientMixin):
+    """One registered partner site."""
+
+    client_id: str
+    name: str
+    redirect_uris: list[str]
+    grant_types: list[str]
+    scopes: list[str]
+    public: bool = False
+    secret_hash: str | None = None
+    seed_secret: tuple[str, str] | None = None  # (hex sha1, salt) of the original format
+    ip_allowlist: list[str] = field(default_factory=list)
+    allow_wildcard: bool = False
+
+    # -- Authlib's ClientMixin --------------------------------------------------
+    def get_client_id(self) -> str:
+        return self.client_id
+
+    def get_default_redirect_uri(self) -> str | None:
+        fixed = [uri for uri in self.redirect_uris if uri != "*"]
+        return fixed[0] if len(fixed) == 1 and len(self.redirect_uris) == 1 else None
+
+    def get_allowed_scope(self, scope: str | None) -> str | None:
+        """No scope asks for the default; any scope outside the client's is refused."""
+        if not scope:
+            return self.scopes[0] if self.scopes else ""
+        requested = scope_to_list(scope)
+        if any(s not in self.scopes for s in requested):
+            return None
+        return list_to_scope(list(dict.fromkeys(requested)))
+
+    def check_redirect_uri(self, redirect_uri: str) -> bool:
+        if not valid_redirect_uri(redirect_uri):
+            return False
+        if redirect_uri in self.redirect_uris:
+            return True
+        if self.allow_wildcard and "*" in self.redirect_uris:
+            return True
+        loop = _loopback(redirect_uri)
+        return loop is not None and any(_loopback(u) == loop for u in self.redirect_uris)
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        if self.secret_hash:
+            return verify_secret(self.secret_hash, client_secret)
+        if self.seed_secret:
+            digest, salt = self.seed_secret
+            return verify_seed_sha1(digest, self.client_id, client_secret, salt)
+        return False
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        if self.public:
+            return method == "none"
+        return method in ("client_secret_basic", "client_secret_post")
+
+    def check_response_type(self, response_type: str) -> bool:
+        return RESPONSE_TYPES.get(response_type) in self.grant_types
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type in self.grant_types
+
+    def check_ip(self, address: str | None) -> bool:
+        """True when the client has no IP allowlist or ``address`` is in it."""
+        if not self.ip_allowlist:
+            return True
+        try:
+            ip = ipaddress.ip_address(address or "")
+        except ValueError:
+            return False
+        return any(ip in ipaddress.ip_network(net, strict=False) for net in self.ip_allowlist)
+
+    def to_public_dict(self) -> dict[str, Any]:
+        return {"client_id": self.client_id, "name": self.name}
+
+
+def _grant_types(entry: dict[str, Any], where: str) -> list[str]:
+    if "grant_types" in entry:
+        grants = entry["grant_types"]
+        if not isinstance(grants, list) or any(g not in GRANT_TYPES for g in grants):
+            raise ClientFileError(f"{where}.grant_types: each must be one of {GRANT_TYPES}")
+        return list(grants)
+    grants = []
+    if entry.get("allow_code_grant"):
+        grants += ["authorization_code", "refresh_token"]
+    if entry.get("allow_implicit_grant"):
+        grants.append("implicit")
+    if entry.get("allow_client_credentials"):
+        grants.append("client_credentials")
+    return grants
+
+
+def _secret(entry: dict[str, Any], where: str, public: bool) -> dict[str, Any]:
+    if public:
+        if entry.get("client_secret") or entry.get("client_secret_hash"):
+            raise ClientFileError(f"{where}: a public client must not have a secret")
+        return {}
+    stored = entry.get("client_secret_hash")
+    if stored:
+        if not known_scheme(stored):
+            raise ClientFileError(f"{where}.client_secret_hash: unknown hash scheme")
+        return {"secret_hash": stored}
+    if entry.get("client_secret") and entry.get("client_salt") is not None:
+        return {"seed_secret": (str(entry["client_secret"]), str(entry["client_salt"]))}
+    raise ClientFileError(
+        f"{where}: needs client_secret_hash (or the original client_secret + client_salt), "
+        'or "public": true'
+    )
+
+
+def parse_client(
+    entry: dict[str, Any], index: int, all_scopes: list[str], allow_wildcard: bool
+) -> Client:
+    """Build one client from a clients-file entry, naming the entry in every error."""
+    if not isinstance(entry, dict) or not entry.get("client_id"):
+        raise ClientFileError(f"clients[{index}]: missing client_id")
+    client_id = str(entry["client_id"])
+    where = f"client {client_id!r}"
+    redirects = entry.get("redirect_uris", entry.get("valid_redirects", []))
+    if not isinstance(redirects, list):
+        raise ClientFileError(f"{where}.redirect_uris: expected a list")
+    for uri in redirects:
+        if uri == "*":
+            if not allow_wildcard:
+                raise ClientFileError(
+                    f'{where}: the redirect URI "*" lets anyone receive this client\'s codes; '
+                    "list exact URIs or set client_credentials.allow_wildcard_redirects"
+                )
+        elif not isinstance(uri, str) or not valid_redirect_uri(uri):
+            raise ClientFileError(f"{where}: invalid redirect URI {uri!r}")
+    scopes = entry.get("scopes", all_scopes)
+    unknown = [s for s in scopes if s not in all_scopes]
+    if unknown:
+        raise ClientFileError(f"{where}.scopes: unknown scope(s) {', '.join(unknown)}")
+    public = bool(entry.get("public", False))
+    grants = _grant_types(entry, where)
+    if public and "client_credentials" in grants:
+        raise ClientFileError(f"{where}: a public client cannot use client_credentials")
+    return Client(
+        client_id=client_id,
+        name=str(entry.get("name") or client_id),
+        redirect_uris=list(redirects),
+        grant_types=grants,
+        scopes=list(scopes),
+        public=public,
+        ip_allowlist=list(entry.get("ip_allowlist", [])),
+        allow_wildcard=allow_wildcard,
+        **_secret(entry, where, public),
+    )
+
+
+def load_clients_file(
+    path: str | os.PathLike[str], all_scopes: list[str], allow_wildcard: bool = False
+) -> dict[str, Client]:
+    """Read and validate the clients file; raise :class:`ClientFileError` on any problem."""
+    try:
+        entries = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ClientFileError(f"client_credentials.file: {path} does not exist") from exc
+    except json.JSONDecodeError as exc:
+        raise ClientFileError(f"client_credentials.file: {path} is not valid JSON: {exc}") from exc
+    if not isinstance(entries, list):
+        raise ClientFileError(f"client_credentials.file: {path} must hold a JSON list")
+    clients: dict[str, Client] = {}
+    for index, entry in enumerate(entries):
+        client = parse_client(entry, index, all_scopes, allow_wildcard)
+        if client.client_id in clients:
+            raise ClientFileError(f"client {client.client_id!r}: listed twice")
+        clients[client.client_id] = client
+    return clients
+
+
+class ClientRegistry:
+    """The clients of the file, swapped whole on reload so readers never see half a file."""
+
+    def __init__(self, path: str, all_scopes: list[str], allow_wildcard: bool = False) -> None:
+        self.path = path
+        self.all_scopes = all_scopes
+        self.allow_wildcard = allow_wildcard
+        self._lock = threading.Lock()
+        self._clients = load_clients_file(path, all_scopes, allow_wildcard)
+
+    def get(self, client_id: str | None) -> Client | None:
+        return self._clients.get(client_id) if client_id else None
+
+    def all(self) -> list[Client]:
+        return list(self._clients.values())
+
+    def reload(self) -> bool:
+        """Re-read the file; keep the old clients (and log why) if the new file is bad."""
+        try:
+            clients = load_clients_file(self.path, self.all_scopes, self.allow_wildcard)
+        except ClientFileError as exc:
+            log.error("clients file not reloaded, keeping %d clients: %s", len(self), exc)
+            return False
+        with self._lock:
+            self._clients = clients
+        log.log(25, "clients file reloaded: %d clients", len(clients))
+        return True
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+
+def append_client(path: str | os.PathLike[str], entry: dict[str, Any]) -> None:
+    """Add one entry to the clients file atomically (write a temp file, then rename)."""
+    target = Path(path)
+    entries = json.loads(target.read_text(encoding="utf-8")) if target.exists() else []
+    if any(e.get("client_id") == entry["client_id"] for e in entries):
+        raise ClientFileError(f"client {entry['client_id']!r}: already in {path}")
+    entries.append(entry)
+    fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=".clients-")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(entries, handle, indent=2)
+        handle.write("\n")
+    os.replace(tmp, target)

@@ -1,0 +1,66 @@
+"""OAuth 2.0 requests built from exactly the parameters the RFC allows for each endpoint.
+
+The authorization endpoint reads the query string (or a stored transaction); the
+token, revocation and introspection endpoints read the body only, form-encoded or,
+for the original server's clients, a JSON object.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from authlib.oauth2.rfc6749 import OAuth2Payload, OAuth2Request
+from authlib.oauth2.rfc6749.errors import InvalidRequestError
+
+Params = dict[str, list[str]]
+
+
+class ParamsPayload(OAuth2Payload):
+    def __init__(self, params: Params) -> None:
+        self._lists = params
+        self._data = {key: values[0] for key, values in params.items() if values}
+
+    @property
+    def data(self) -> dict[str, str]:
+        return self._data
+
+    @property
+    def datalist(self) -> defaultdict[str, list]:
+        return defaultdict(list, self._lists)
+
+
+class ParamsRequest(OAuth2Request):
+    """An ``OAuth2Request`` whose parameters were chosen by the caller."""
+
+    def __init__(self, method: str, uri: str, headers: Any, params: Params) -> None:
+        super().__init__(method=method, uri=uri, headers=headers)
+        self.payload = ParamsPayload(params)
+        self.grant_id: str | None = None
+
+    @property
+    def args(self) -> dict[str, str]:
+        return self.payload.data
+
+    @property
+    def form(self) -> dict[str, str]:
+        return self.payload.data
+
+
+def json_params(body: Any) -> Params:
+    """Turn a JSON object body into parameters; anything else is ``invalid_request``."""
+    if not isinstance(body, dict):
+        raise InvalidRequestError("The JSON body must be an object.")
+    params: Params = {}
+    for key, value in body.items():
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise InvalidRequestError(f"Parameter '{key}' must be a string.")
+        params[str(key)] = [str(value)]
+    return params
+
+
+def reject_duplicates(params: Params) -> None:
+    """RFC 6749 §3.1, §3.2: request parameters MUST NOT be included more than once."""
+    for key, values in params.items():
+        if len(values) > 1:
+            raise InvalidRequestError(f"Parameter '{key}' is repeated.")

@@ -1,0 +1,131 @@
+"""The OAuth 2.0 Authorization Framework (RFC 6749), https://www.rfc-editor.org/rfc/rfc6749
+
+Each grant holds only the storage and user hooks; the protocol is Authlib's.
+Single use is enforced by an atomic ``take`` at the moment of issuing, so that
+two concurrent redemptions of one code or refresh token cannot both win.
+"""
+
+from __future__ import annotations
+
+import time
+
+from authlib.oauth2.rfc6749 import grants
+from authlib.oauth2.rfc6749.errors import InvalidGrantError
+
+from ..audit import audit
+from .tokens import new_grant_id
+
+
+class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
+    """Authorization code (§4.1), with PKCE registered as an extension."""
+
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+
+    def save_authorization_code(self, code: str, request) -> None:
+        payload = request.payload.data
+        self.server.store.save_code(
+            code,
+            {
+                "client_id": request.client.get_client_id(),
+                "user_id": request.user.get_user_id(),
+                "grant_id": new_grant_id(),
+                "redirect_uri": payload.get("redirect_uri"),
+                "scope": request.scope,
+                "code_challenge": payload.get("code_challenge"),
+                "code_challenge_method": payload.get("code_challenge_method"),
+                "auth_time": int(time.time()),
+            },
+        )
+        audit("code_issued", client_id=request.client.get_client_id(),
+              user_id=request.user.get_user_id())
+
+    def query_authorization_code(self, code: str, client):
+        found = self.server.store.find_code(code)
+        if found is not None and found.record["client_id"] == client.get_client_id():
+            return found
+        if found is None:
+            self._revoke_if_replayed(code, client)
+        return None
+
+    def _revoke_if_replayed(self, code: str, client) -> None:
+        """RFC 6749 §4.1.2: a code used twice revokes the tokens issued from it."""
+        used = self.server.store.replayed_code(code)
+        if used and used["client_id"] == client.get_client_id():
+            revoked = self.server.store.revoke_grant(used["grant_id"])
+            audit("code_replay", client_id=client.get_client_id(), revoked=revoked)
+
+    def delete_authorization_code(self, authorization_code) -> None:
+        """Nothing left to do: the code was taken in :meth:`create_token_response`."""
+
+    def authenticate_user(self, authorization_code):
+        return self.server.users.get(authorization_code.record["user_id"])
+
+    def create_token_response(self):
+        code = self.request.authorization_code
+        if not self.server.store.consume_code(code):
+            raise InvalidGrantError("Invalid 'code' in request.")
+        self.request.grant_id = code.record["grant_id"]
+        result = super().create_token_response()
+        audit("token_issued", client_id=code.record["client_id"],
+              user_id=code.record["user_id"], grant="authorization_code")
+        return result
+
+
+class ImplicitGrant(grants.ImplicitGrant):
+    """Implicit (§4.2): the token goes in the redirect URI's fragment."""
+
+    def create_authorization_response(self, redirect_uri: str, grant_user):
+        self.request.grant_id = new_grant_id()
+        result = super().create_authorization_response(redirect_uri, grant_user)
+        if grant_user:
+            audit("token_issued", client_id=self.request.client.get_client_id(),
+                  user_id=grant_user.get_user_id(), grant="implicit")
+        return result
+
+
+class RefreshTokenGrant(grants.RefreshTokenGrant):
+    """Refresh (§6) with rotation: the old refresh token and its access token end."""
+
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+    INCLUDE_NEW_REFRESH_TOKEN = True
+
+    def authenticate_refresh_token(self, refresh_token: str):
+        found = self.server.store.find_refresh(refresh_token)
+        if found is None:
+            self._revoke_if_reused(refresh_token)
+        return found
+
+    def _revoke_if_reused(self, refresh_token: str) -> None:
+        """RFC 9700 §4.14.2: a rotated refresh token presented again ends its family."""
+        rotated = self.server.store.rotated_refresh(refresh_token)
+        if rotated:
+            revoked = self.server.store.revoke_grant(rotated["grant_id"])
+            audit("refresh_reuse", client_id=rotated["client_id"], revoked=revoked)
+
+    def authenticate_user(self, refresh_token):
+        return self.server.users.get(refresh_token.user_id)
+
+    def revoke_old_credential(self, refresh_token) -> None:
+        """Nothing left to do: the token was taken in :meth:`create_token_response`."""
+
+    def create_token_response(self):
+        old = self.request.refresh_token
+        if not self.server.store.rotate_refresh(old):
+            raise InvalidGrantError()
+        self.request.grant_id = old.grant_id
+        result = super().create_token_response()
+        audit("token_refreshed", client_id=old.client_id, user_id=old.user_id)
+        return result
+
+
+class ClientCredentialsGrant(grants.ClientCredentialsGrant):
+    """Client credentials (§4.4), for clients that list it; no refresh token."""
+
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+
+    def create_token_response(self):
+        self.request.grant_id = new_grant_id()
+        result = super().create_token_response()
+        audit("token_issued", client_id=self.request.client.get_client_id(),
+              grant="client_credentials")
+        return result

@@ -1,0 +1,35 @@
+"""OAuth 2.0 Token Revocation (RFC 7009), https://www.rfc-editor.org/rfc/rfc7009"""
+
+from __future__ import annotations
+
+from authlib.oauth2.rfc7009 import RevocationEndpoint as _RevocationEndpoint
+
+from ..audit import audit
+
+CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+
+
+def query_either(store, token: str, hint: str | None):
+    """Look the token up as the hinted type first, then as the other (RFC 7009 §2.1)."""
+    lookups = [store.find_access, store.find_refresh]
+    if hint == "refresh_token":
+        lookups.reverse()
+    for lookup in lookups:
+        found = lookup(token)
+        if found is not None:
+            return found
+    return None
+
+
+class RevocationEndpoint(_RevocationEndpoint):
+    """Revoking either token of a pair ends both; unknown tokens still answer 200."""
+
+    CLIENT_AUTH_METHODS = CLIENT_AUTH_METHODS
+
+    def query_token(self, token_string: str, token_type_hint: str | None):
+        return query_either(self.server.store, token_string, token_type_hint)
+
+    def revoke_token(self, token, request) -> None:
+        self.server.store.revoke_token(token)
+        audit("token_revoked", client_id=token.client_id, user_id=token.user_id,
+              kind=token.kind)

@@ -1,0 +1,35 @@
+"""OAuth 2.0 Token Introspection (RFC 7662), https://www.rfc-editor.org/rfc/rfc7662"""
+
+from __future__ import annotations
+
+from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _IntrospectionEndpoint
+
+from .rfc7009 import CLIENT_AUTH_METHODS, query_either
+
+
+class IntrospectionEndpoint(_IntrospectionEndpoint):
+    """A client may introspect only the tokens issued to it; others read as inactive."""
+
+    CLIENT_AUTH_METHODS = CLIENT_AUTH_METHODS
+
+    def query_token(self, token_string: str, token_type_hint: str | None):
+        return query_either(self.server.store, token_string, token_type_hint)
+
+    def check_permission(self, token, client, request) -> bool:
+        return token.client_id == client.get_client_id()
+
+    def introspect_token(self, token) -> dict:
+        record = token.record
+        payload = {
+            "active": True,
+            "scope": token.scope,
+            "client_id": token.client_id,
+            "token_type": "Bearer" if token.kind == "access_token" else "refresh_token",
+            "exp": token.get_expires_at() or None,
+            "iat": record.get("issued_at"),
+            "iss": self.server.issuer,
+        }
+        if token.user_id:
+            payload["sub"] = token.user_id
+            payload["username"] = record.get("user_name")
+        return {k: v for k, v in payload.items() if v is not None}

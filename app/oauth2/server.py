@@ -1,0 +1,142 @@
+"""The authorization server: Authlib's engine wired to our clients, store and users."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from authlib.integrations.flask_oauth2 import AuthorizationServer
+from authlib.oauth2.rfc6749.util import extract_basic_authorization
+from flask import request as flask_request
+
+from ..audit import audit
+from ..secrets_hash import new_secret, token_digest
+from .requests import ParamsRequest, json_params, reject_duplicates
+from .tokens import new_grant_id
+
+#: Compared against when a client id is unknown, so that path costs the same.
+_DUMMY_DIGEST = token_digest("unknown-client")
+
+
+class OAuth2Server(AuthorizationServer):
+    """Authlib's Flask server with this project's storage and request rules."""
+
+    def __init__(self, *, clients, store, users, issuer: str, access_ttl: int, scopes) -> None:
+        super().__init__()
+        self.clients = clients
+        self.store = store
+        self.users = users
+        self.issuer = issuer
+        self.access_ttl = access_ttl
+        self.scopes_supported = list(scopes)
+        self.grant_types: set[str] = set()
+        self.response_types: set[str] = set()
+        self.pkce: Any = None
+        self.register_token_generator("default", self.generate_bearer_token)
+        for method, func in CLIENT_AUTH.items():
+            self.register_client_auth_method(method, func)
+
+    # -- hooks Authlib asks us to implement -------------------------------------------
+    def query_client(self, client_id: str):
+        return self.clients.get(client_id)
+
+    def save_token(self, token: dict[str, Any], request) -> None:
+        user = request.user
+        fields = {
+            "client_id": request.client.get_client_id(),
+            "grant_id": getattr(request, "grant_id", None) or new_grant_id(),
+            "user_id": user.get_user_id() if user else None,
+        }
+        if user:
+            fields.update(user_name=user.name, site_token=user.site_token)
+        self.store.save_token(token, fields)
+
+    def generate_bearer_token(self, grant_type, client, user=None, scope=None,
+                              expires_in=None, include_refresh_token=True) -> dict[str, Any]:
+        token = {
+            "token_type": "Bearer",
+            "access_token": new_secret(32),
+            "expires_in": expires_in or self.access_ttl,
+            "scope": scope or "",
+        }
+        if include_refresh_token:
+            token["refresh_token"] = new_secret(32)
+        return token
+
+    def register_grant(self, grant_cls, extensions=None):
+        super().register_grant(grant_cls, extensions)
+        self.grant_types.add(grant_cls.GRANT_TYPE)
+        self.response_types.update(getattr(grant_cls, "RESPONSE_TYPES", ()))
+
+    # -- requests ---------------------------------------------------------------------
+    def create_oauth2_request(self, request):
+        if isinstance(request, ParamsRequest):
+            return request
+        if isinstance(request, dict):
+            return ParamsRequest("GET", flask_request.url, flask_request.headers, request)
+        return ParamsRequest(flask_request.method, flask_request.url, flask_request.headers,
+                             body_params() if flask_request.method == "POST" else
+                             query_params())
+
+    def handle_error_response(self, request, error):
+        if error.error == "invalid_client" and request is not None:
+            audit("client_auth_failed", client_id=_claimed_client_id(request))
+        return super().handle_error_response(request, error)
+
+
+def query_params() -> dict[str, list[str]]:
+    return {key: flask_request.args.getlist(key) for key in flask_request.args}
+
+
+def body_params() -> dict[str, list[str]]:
+    """Parameters of a token-style endpoint: the form body, or a JSON object body."""
+    if flask_request.is_json:
+        return json_params(flask_request.get_json(silent=True))
+    form = flask_request.form
+    params = {key: form.getlist(key) for key in form}
+    reject_duplicates(params)
+    return params
+
+
+def _claimed_client_id(request) -> str | None:
+    client_id, _ = extract_basic_authorization(request.headers)
+    return client_id or request.payload.data.get("client_id")
+
+
+def _client_with_secret(query_client, client_id: str | None, secret: str | None):
+    """One path for known and unknown clients: always one secret check, same answer."""
+    if not client_id or not secret:
+        return None
+    client = query_client(client_id)
+    if client is None:
+        hmac.compare_digest(token_digest(secret), _DUMMY_DIGEST)
+        return None
+    if not client.check_client_secret(secret) or not client.check_ip(flask_request.remote_addr):
+        return None
+    return client
+
+
+def _auth_basic(query_client, request):
+    return _client_with_secret(query_client, *extract_basic_authorization(request.headers))
+
+
+def _auth_post(query_client, request):
+    data = request.form
+    return _client_with_secret(query_client, data.get("client_id"), data.get("client_secret"))
+
+
+def _auth_none(query_client, request):
+    data = request.payload.data
+    if not data.get("client_id") or data.get("client_secret"):
+        return None
+    if extract_basic_authorization(request.headers)[0]:
+        return None
+    client = query_client(data["client_id"])
+    return client if client is not None and client.public else None
+
+
+CLIENT_AUTH = {
+    "client_secret_basic": _auth_basic,
+    "client_secret_post": _auth_post,
+    "none": _auth_none,
+}

@@ -1,0 +1,293 @@
+"""Configuration: the original layout, deep-merged, validated once at start.
+
+Files are read from ``$OAUTH2_CONFIG_DIR`` (default ``./config``) in this order:
+``default.json``, ``$OAUTH2_ENV.json`` (``OAUTH2_ENV`` defaults to ``development``),
+``runtime.json``; later files win key by key. Environment variables win over files:
+``OAUTH2_SESSION_SECRET`` and ``OAUTH2__<section>__<key>=<JSON or text>``.
+This is the only module that knows Flask's and Authlib's config names.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from .clients import GRANT_TYPES
+from .storage import StorageConfigError, parse_storage_config
+
+log = logging.getLogger(__name__)
+
+#: The shipped defaults; ``config/default.json`` restates them for operators.
+DEFAULTS: dict[str, Any] = {
+    "auth_server": {
+        "url": "http://127.0.0.1:8081",
+        "host": "127.0.0.1",
+        "port": 8081,
+        "ssl": False,
+        "ssl_cert": None,
+        "ssl_key": None,
+        "session_secret": None,
+        "num_workers": "auto",
+        "server": "gunicorn",
+        "site_name": "Stuff Nation",
+        "views": {
+            "layout": "layout",
+            "login": "login",
+            "dialog": "dialog",
+            "review": "review",
+            "error": "error",
+        },
+        "max_body_bytes": 65536,
+        "transaction_ttl": 600,
+        "require_pkce": False,
+        "allow_plain_pkce": True,
+        "trusted_proxies": 0,
+        "grant_types": ["authorization_code", "implicit", "refresh_token", "client_credentials"],
+    },
+    "client_credentials": {"file": "./clients.json.example", "allow_wildcard_redirects": False},
+    "storage": {"default": "sqlite:///var/oauth2.db", "auto_migrate": True},
+    "resource_server": {"type": "dummy", "host": "127.0.0.1", "port": 8084},
+    "logging": {"level": "notice", "short_sid": True},
+}
+
+_TYPES: dict[str, dict[str, tuple[type, ...]]] = {
+    "auth_server": {
+        "url": (str,),
+        "host": (str,),
+        "port": (int,),
+        "ssl": (bool,),
+        "ssl_cert": (str, type(None)),
+        "ssl_key": (str, type(None)),
+        "session_secret": (str, type(None)),
+        "num_workers": (int, str),
+        "server": (str,),
+        "site_name": (str,),
+        "views": (dict,),
+        "max_body_bytes": (int,),
+        "transaction_ttl": (int,),
+        "require_pkce": (bool,),
+        "allow_plain_pkce": (bool,),
+        "trusted_proxies": (int,),
+        "grant_types": (list,),
+    },
+    "client_credentials": {"file": (str,), "allow_wildcard_redirects": (bool,)},
+    "logging": {"level": (str,), "short_sid": (bool,)},
+}
+
+#: The original's syslog-style levels mapped onto Python's.
+LOG_LEVELS = {
+    "emerg": logging.CRITICAL,
+    "alert": logging.CRITICAL,
+    "crit": logging.CRITICAL,
+    "error": logging.ERROR,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "notice": 25,
+    "info": logging.INFO,
+    "debug": logging.DEBUG,
+}
+logging.addLevelName(25, "NOTICE")
+
+#: The original server's published session secret: never acceptable in production.
+KNOWN_DEV_SECRETS = {"$4$eRDyE/eQ$/F/mHVBpobUbTB7VcaFQ5GfaCNg$"}
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names the key."""
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` with ``over`` merged in, key by key, recursively."""
+    merged = copy.deepcopy(base)
+    for key, value in over.items():
+        if key == "storage" and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            # A table's entry is replaced whole: a URL must not inherit a stale ``type``.
+            merged[key] = {**merged[key], **copy.deepcopy(value)}
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be an object")
+    return data
+
+
+def config_files(config_dir: str | os.PathLike[str], env: str) -> list[Path]:
+    """Return the config files that exist, in merge order."""
+    folder = Path(config_dir)
+    names = ["default.json", f"{env}.json", "runtime.json"]
+    return [folder / name for name in names if (folder / name).is_file()]
+
+
+def _env_overrides(environ: os._Environ[str] | dict[str, str]) -> dict[str, Any]:
+    over: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith("OAUTH2__"):
+            continue
+        path = [p for p in name[len("OAUTH2__") :].lower().split("__") if p]
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = over
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    if environ.get("OAUTH2_SESSION_SECRET"):
+        over.setdefault("auth_server", {})["session_secret"] = environ["OAUTH2_SESSION_SECRET"]
+    return over
+
+
+class Settings:
+    """The validated configuration, read once at start."""
+
+    def __init__(self, data: dict[str, Any], env: str = "development", sources=()) -> None:
+        self.env = env
+        self.sources = list(sources)
+        self.data = data
+        validate(data, env)
+        self.storage_specs = parse_storage_config(data["storage"])
+
+    @classmethod
+    def load(
+        cls,
+        overrides: dict[str, Any] | None = None,
+        config_dir: str | None = None,
+        environ: dict[str, str] | None = None,
+    ) -> Settings:
+        """Read files (unless ``overrides`` is given alone, as tests do) and environment."""
+        environ = dict(os.environ if environ is None else environ)
+        env = environ.get("OAUTH2_ENV", "development")
+        data = copy.deepcopy(DEFAULTS)
+        sources: list[Path] = []
+        if overrides is None or config_dir is not None:
+            folder = config_dir or environ.get("OAUTH2_CONFIG_DIR", "config")
+            sources = config_files(folder, env)
+            for path in sources:
+                data = deep_merge(data, _read_json(path))
+        if overrides:
+            data = deep_merge(data, overrides)
+        data = deep_merge(data, _env_overrides(environ))
+        return cls(data, env, sources)
+
+    def section(self, name: str) -> dict[str, Any]:
+        return self.data[name]
+
+    @property
+    def auth(self) -> dict[str, Any]:
+        return self.data["auth_server"]
+
+    @property
+    def issuer(self) -> str:
+        return self.auth["url"].rstrip("/")
+
+    @property
+    def log_level(self) -> int:
+        return LOG_LEVELS[self.data["logging"]["level"].lower()]
+
+    def ttl(self, table: str) -> int | None:
+        return self.storage_specs[table].ttl
+
+    def num_workers(self) -> int:
+        workers = self.auth["num_workers"]
+        return os.cpu_count() or 1 if workers == "auto" else int(workers)
+
+    def flask_config(self) -> dict[str, Any]:
+        """Map our keys to Flask's, Flask-WTF's and Authlib's."""
+        secret = self.auth["session_secret"]
+        if not secret:
+            secret = secrets.token_urlsafe(32)
+            log.warning(
+                "auth_server.session_secret is not set: using a random one, so sessions "
+                "end when the server restarts and workers do not share them. "
+                "Set OAUTH2_SESSION_SECRET."
+            )
+        secure = bool(self.auth["ssl"]) or self.issuer.startswith("https://")
+        return {
+            "SECRET_KEY": secret,
+            "MAX_CONTENT_LENGTH": self.auth["max_body_bytes"],
+            "MAX_FORM_MEMORY_SIZE": self.auth["max_body_bytes"],
+            "SESSION_COOKIE_NAME": "oauth2_session",
+            "SESSION_COOKIE_HTTPONLY": True,
+            "SESSION_COOKIE_SAMESITE": "Lax",
+            "SESSION_COOKIE_SECURE": secure,
+            "REMEMBER_COOKIE_SECURE": secure,
+            "PERMANENT_SESSION_LIFETIME": self.ttl("session") or 1800,
+            "WTF_CSRF_TIME_LIMIT": None,
+            "WTF_CSRF_SSL_STRICT": secure,
+            "OAUTH2_SCOPES_SUPPORTED": None,
+        }
+
+
+def _check_type(where: str, value: Any, types: tuple[type, ...]) -> None:
+    if isinstance(value, bool) and bool not in types:
+        raise ConfigError(f"{where}: expected {types[0].__name__}, got {value!r}")
+    if not isinstance(value, types):
+        raise ConfigError(f"{where}: expected {types[0].__name__}, got {value!r}")
+
+
+def validate(data: dict[str, Any], env: str) -> None:
+    """Reject unknown sections and keys and values of the wrong type, naming them."""
+    unknown = set(data) - set(DEFAULTS)
+    if unknown:
+        raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}")
+    for section, types in _TYPES.items():
+        if not isinstance(data[section], dict):
+            raise ConfigError(f"{section}: expected an object")
+        for key, value in data[section].items():
+            where = f"{section}.{key}"
+            if key not in types:
+                raise ConfigError(f"{where}: unknown key")
+            _check_type(where, value, types[key])
+    _validate_auth_server(data["auth_server"], env)
+    if data["logging"]["level"].lower() not in LOG_LEVELS:
+        raise ConfigError(
+            f"logging.level: unknown level {data['logging']['level']!r} "
+            f"(one of {', '.join(LOG_LEVELS)})"
+        )
+    if not isinstance(data["resource_server"], dict) or not data["resource_server"].get("type"):
+        raise ConfigError("resource_server.type: missing")
+    try:
+        parse_storage_config(data["storage"])
+    except StorageConfigError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _validate_auth_server(auth: dict[str, Any], env: str) -> None:
+    workers = auth["num_workers"]
+    if workers != "auto" and not (isinstance(workers, int) and workers > 0):
+        raise ConfigError("auth_server.num_workers: expected a positive number or \"auto\"")
+    if not 0 < auth["port"] < 65536:
+        raise ConfigError(f"auth_server.port: {auth['port']} is not a TCP port")
+    if not auth["url"].startswith(("http://", "https://")):
+        raise ConfigError("auth_server.url: must start with http:// or https://")
+    if auth["ssl"] and not (auth["ssl_cert"] and auth["ssl_key"]):
+        raise ConfigError("auth_server.ssl_cert/ssl_key: required when auth_server.ssl is true")
+    missing_views = {"layout", "login", "dialog", "review", "error"} - set(auth["views"])
+    if missing_views:
+        raise ConfigError(f"auth_server.views: missing {', '.join(sorted(missing_views))}")
+    unknown_grants = set(auth["grant_types"]) - set(GRANT_TYPES)
+    if unknown_grants:
+        raise ConfigError(f"auth_server.grant_types: unknown {', '.join(sorted(unknown_grants))}")
+    if auth["max_body_bytes"] < 1024:
+        raise ConfigError("auth_server.max_body_bytes: must be at least 1024")
+    if env == "production":
+        secret = auth["session_secret"]
+        if not secret or secret in KNOWN_DEV_SECRETS or len(secret) < 16:
+            raise ConfigError(
+                "auth_server.session_secret: production needs a strong secret of your own "
+                "(set OAUTH2_SESSION_SECRET)"
+            )
