@@ -1,0 +1,149 @@
+"""The bundled stand-in for an existing website: any username, password ``password``.
+
+Tokens are self-verifying (``base64(username).nonce.HMAC``), so every worker process
+and every restart agrees on them without shared memory. Avatars changed through
+``/update_avatar`` are kept per process, which is all a stand-in needs.
+
+Run it with ``python -m app.dummy_site --host 127.0.0.1 --port 8084``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import secrets
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+
+COOKIE = "dummy-server-token"
+PASSWORD = "password"  # noqa: S105 - the documented demo password
+#: Development-only signing key; the site is a stand-in and holds nothing of value.
+DEV_KEY = b"dummy-site-dev-key"
+
+_avatars: dict[str, str] = {}
+
+
+def user_id(username: str) -> str:
+    """Derive the stable site id of ``username``."""
+    return hashlib.sha256(username.encode()).hexdigest()[:16]
+
+
+def _mac(key: bytes, payload: str) -> str:
+    return hmac.new(key, payload.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def make_token(key: bytes, username: str) -> str:
+    """Issue a fresh token for ``username``."""
+    name = base64.urlsafe_b64encode(username.encode()).decode().rstrip("=")
+    payload = f"{name}.{secrets.token_urlsafe(9)}"
+    return f"{payload}.{_mac(key, payload)}"
+
+
+def read_token(key: bytes, token: str) -> str | None:
+    """Return the username a valid ``token`` was issued to, else ``None``."""
+    payload, _, mac = token.rpartition(".")
+    if not payload or not hmac.compare_digest(mac, _mac(key, payload)):
+        return None
+    name = payload.split(".", 1)[0]
+    try:
+        return base64.urlsafe_b64decode(name + "=" * (-len(name) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def profile(username: str) -> dict[str, str]:
+    """Build the profile the site shows for ``username``."""
+    uid = user_id(username)
+    return {"id": uid, "firstName": username, "avatar": _avatars.get(uid, f"/avatars/{uid}.png")}
+
+
+def _fields() -> dict[str, Any]:
+    return request.get_json(silent=True) or request.form
+
+
+def _request_token() -> str:
+    return (
+        request.args.get("token") or request.form.get("token") or request.cookies.get(COOKIE) or ""
+    )
+
+
+def _unauthorized(message: str = "invalid token") -> tuple[Response, int]:
+    return jsonify(error=message), 401
+
+
+def create_dummy_app(key: bytes = DEV_KEY) -> Flask:
+    """Create the stand-in site; ``key`` signs its tokens."""
+    app = Flask(__name__)
+
+    @app.post("/login")
+    def login() -> Any:
+        fields = _fields()
+        username = str(fields.get("username") or "")
+        if not username or fields.get("password") != PASSWORD:
+            return _unauthorized("invalid credentials")
+        response = jsonify(id=user_id(username), firstName=username)
+        response.set_cookie(COOKIE, make_token(key, username), httponly=True)
+        return response
+
+    @app.get("/info")
+    def info() -> Any:
+        username = read_token(key, _request_token())
+        return jsonify(profile(username)) if username is not None else _unauthorized()
+
+    @app.post("/update_avatar")
+    def update_avatar() -> Any:
+        username = read_token(key, _request_token())
+        if username is None:
+            return _unauthorized()
+        avatar = _fields().get("avatar") or request.args.get("avatar")
+        if avatar:
+            _avatars[user_id(username)] = str(avatar)
+        return jsonify(success=1)
+
+    return app
+
+
+def serve(host: str, port: int, workers: int = 1, threads: int = 8) -> None:
+    """Serve the site with gunicorn until SIGTERM or SIGINT."""
+    from gunicorn.app.base import BaseApplication
+
+    class _Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            options = {
+                "bind": f"{host}:{port}",
+                "workers": workers,
+                "threads": threads,
+                "worker_class": "gthread",  # keeps connections alive for pooled proxies
+                "keepalive": 75,
+                "graceful_timeout": 5,
+                "control_socket_disable": True,  # would clash with the main server's
+                "proc_name": "oauth2-dummy-site",
+            }
+            for name, value in options.items():
+                if name in self.cfg.settings:
+                    self.cfg.set(name, value)
+
+        def load(self) -> Flask:
+            return create_dummy_app(os.environ.get("DUMMY_SITE_KEY", "").encode() or DEV_KEY)
+
+    _Server().run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line and serve the site."""
+    parser = argparse.ArgumentParser(description="Serve the bundled dummy website.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8084)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=8)
+    args = parser.parse_args(argv)
+    serve(args.host, args.port, args.workers, args.threads)
+
+
+if __name__ == "__main__":
+    main()

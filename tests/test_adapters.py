@@ -1,0 +1,396 @@
+"""Resource-server adapters: the ABC contract, loading, config errors, and live proxying."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask, jsonify, request
+from werkzeug.datastructures import Headers
+from werkzeug.serving import make_server
+
+from app.adapters import ResourceServer, adapter_class, load_adapter
+from app.adapters.base import ApiRoute, SiteUser, UpstreamResponse, UpstreamUnavailable
+from app.adapters.dummy import DummyAdapter
+from app.adapters.http import HttpAdapter
+from app.dummy_site import create_dummy_app, user_id
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+class MyAdapter(ResourceServer):
+    """A custom adapter, loaded by dotted path."""
+
+    scopes = {"all": "Everything"}
+    api = {"ping": ApiRoute(name="ping", scope="all")}
+
+    def login(self, username: str, password: str) -> SiteUser | None:
+        return SiteUser(id=username, name=username, site_token="t")
+
+    def call(self, route, site_token, user_id, headers, body, query):  # type: ignore[no-untyped-def]
+        return UpstreamResponse(200, b"{}")
+
+
+class NotAnAdapter:
+    """Has the right name shape but not the right base class."""
+
+
+def http_config(base_url: str = "http://127.0.0.1:9", **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "type": "http",
+        "base_url": base_url,
+        "timeout": 2,
+        "user_agent": "adapter-tests/1",
+        "scopes": {"read": "Read", "write": "Write"},
+        "api": {
+            "profile": {"path": "/info", "scope": "read"},
+            "update": {"method": "POST", "path": "/echo/update", "scope": "write"},
+        },
+    }
+    return {**config, **overrides}
+
+
+@contextlib.contextmanager
+def serve(app: Flask) -> Iterator[tuple[str, int]]:
+    """Serve ``app`` on a free port in a background thread."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@contextlib.contextmanager
+def adapter_for(cls: type[ResourceServer], config: dict[str, Any]) -> Iterator[Any]:
+    adapter = cls(config)
+    try:
+        yield adapter
+    finally:
+        adapter.close()
+
+
+def echo_app(seen: list[dict[str, Any]], release: threading.Event) -> Flask:
+    """A site that records what it received, plus login variants and a slow route."""
+    app = Flask("echo")
+
+    @app.route("/echo/<path:rest>", methods=METHODS)
+    def echo(rest: str) -> Any:
+        body = request.get_data()
+        seen.append(
+            {
+                "path": request.path,
+                "method": request.method,
+                "args": request.args.to_dict(),
+                "headers": Headers(request.headers),
+                "cookies": dict(request.cookies),
+                "form": request.form.to_dict(),
+                "body": body,
+            }
+        )
+        return jsonify(ok=True, rest=rest)
+
+    @app.post("/login")
+    def login() -> Any:
+        fields = request.get_json(silent=True) or {}
+        if fields.get("pass") != "password":
+            return jsonify(error="no"), 403
+        user = {"id": 7, "name": fields.get("user")}
+        response = jsonify(data={"token": f"tok-{fields.get('user')}", "user": user})
+        response.set_cookie("session", "secret-cookie")
+        return response
+
+    @app.post("/login-500")
+    def login_500() -> Any:
+        return "boom", 500
+
+    @app.post("/login-empty")
+    def login_empty() -> Any:
+        return jsonify(id="1")
+
+    @app.get("/slow")
+    def slow() -> Any:
+        release.wait(5)
+        return jsonify(late=True)
+
+    return app
+
+
+@pytest.fixture
+def dummy_site() -> Iterator[int]:
+    with serve(create_dummy_app()) as (_, port):
+        yield port
+
+
+@pytest.fixture
+def dummy(dummy_site: int) -> Iterator[DummyAdapter]:
+    with adapter_for(DummyAdapter, {"type": "dummy", "port": dummy_site, "timeout": 2}) as adapter:
+        yield adapter
+
+
+@pytest.fixture
+def echo() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    seen: list[dict[str, Any]] = []
+    release = threading.Event()
+    with serve(echo_app(seen, release)) as (url, _):
+        try:
+            yield url, seen
+        finally:
+            release.set()
+
+
+@pytest.fixture
+def down_url() -> str:
+    """A URL on which nothing listens."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def call(adapter: Any, name: str, token: str = "tok", **kwargs: Any) -> UpstreamResponse:
+    args = {"user_id": "u1", "headers": {}, "body": None, "query": {}, **kwargs}
+    return adapter.call(adapter.api[name], token, **args)  # type: ignore[no-any-return]
+
+
+# --- the contract -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cls", "config"),
+    [(DummyAdapter, {"type": "dummy"}), (HttpAdapter, http_config()), (MyAdapter, {})],
+)
+def test_adapter_conforms_to_resource_server(cls: type[ResourceServer], config: dict) -> None:
+    assert issubclass(cls, ResourceServer)
+    assert not getattr(cls, "__abstractmethods__", None)
+    with adapter_for(cls, config) as adapter:
+        assert adapter.scopes and all(isinstance(t, str) for t in adapter.scopes.values())
+        for name, route in adapter.api.items():
+            assert route.name == name
+            assert route.scope in adapter.scopes
+
+
+def test_dummy_scopes_and_routes() -> None:
+    with adapter_for(DummyAdapter, {"host": "10.0.0.1", "port": 9999}) as adapter:
+        assert list(adapter.scopes) == ["read-only", "read-write"]
+        assert adapter.api["profile"].scope == "read-only"
+        assert adapter.api["update_avatar"].method == "POST"
+        assert adapter.api["update_avatar"].scope == "read-write"
+        assert adapter.bundled_site == ("10.0.0.1", 9999)
+    assert HttpAdapter.bundled_site is None
+
+
+# --- loading ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "cls"),
+    [({"type": "dummy"}, DummyAdapter), ({}, DummyAdapter), (http_config(), HttpAdapter)],
+)
+def test_load_by_short_name(config: dict, cls: type) -> None:
+    adapter = load_adapter(config)
+    try:
+        assert type(adapter) is cls
+    finally:
+        adapter.close()
+
+
+def test_load_by_dotted_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))  # so "tests.<module>" imports however pytest ran
+    adapter = load_adapter({"type": "tests.test_adapters:MyAdapter"})
+    assert type(adapter).__name__ == "MyAdapter"
+    assert adapter.login("x", "y") == SiteUser(id="x", name="x", site_token="t")
+    assert adapter_class("app.adapters.http:HttpAdapter") is HttpAdapter
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("nope", "is not 'dummy', 'http'"),
+        ("", "is not 'dummy', 'http'"),
+        ("no_such_module_xyz:Adapter", "cannot be imported"),
+        ("app.adapters.http:NoSuchClass", "is not a ResourceServer subclass"),
+        ("app.adapters.base:SiteUser", "is not a ResourceServer subclass"),
+        ("app.adapters.http:log", "is not a ResourceServer subclass"),
+        ("tests.test_adapters:NotAnAdapter", "is not a ResourceServer subclass"),
+    ],
+)
+def test_bad_type_names_the_key(monkeypatch: pytest.MonkeyPatch, value: str, reason: str) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))
+    with pytest.raises(ValueError, match="resource_server.type") as error:
+        load_adapter({"type": value})
+    assert repr(value) in str(error.value) and reason in str(error.value)
+
+
+# --- config validation --------------------------------------------------------------
+
+BAD_HTTP_CONFIGS = [
+    ({"base_url": None}, "resource_server.base_url:"),
+    ({"base_url": "ftp://x"}, "resource_server.base_url:"),
+    ({"timeout": 0}, "resource_server.timeout:"),
+    ({"timeout": "5"}, "resource_server.timeout:"),
+    ({"colour": "blue"}, "resource_server.colour: unknown key"),
+    ({"scopes": {}}, "resource_server.scopes:"),
+    ({"api": []}, "resource_server.api:"),
+    ({"api": {"p": {"scope": "x"}}}, "resource_server.api.p.scope: unknown scope 'x'"),
+    ({"api": {"p": {"scope": "read", "method": "BREW"}}}, "resource_server.api.p.method:"),
+    ({"api": {"p": {"scope": "read", "path": "info"}}}, "resource_server.api.p.path:"),
+    ({"api": {"p": {"scope": "read", "path": "/{x}"}}}, "resource_server.api.p.path:"),
+    ({"api": {"p": {"scope": "read", "token_in": "body:t"}}}, "resource_server.api.p.token_in:"),
+    ({"api": {"p": {"scope": "read", "token_in": "form:t"}}}, "resource_server.api.p.token_in:"),
+    ({"api": {"p": {"scope": "read", "verb": "GET"}}}, "resource_server.api.p.verb: unknown"),
+    ({"api": {"a/b": {"scope": "read"}}}, "resource_server.api.a/b:"),
+    ({"login": {"format": "xml"}}, "resource_server.login.format:"),
+    ({"login": {"token_from": "query:t"}}, "resource_server.login.token_from:"),
+    ({"login": {"id_from": "json"}}, "resource_server.login.id_from:"),
+    ({"login": {"method": "TRACE"}}, "resource_server.login.method:"),
+    ({"login": {"user": "u"}}, "resource_server.login.user: unknown key"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_HTTP_CONFIGS)
+def test_bad_http_config_names_the_key(override: dict, message: str) -> None:
+    with pytest.raises(ValueError, match="^" + message.replace("{", r"\{").replace("}", r"\}")):
+        HttpAdapter(http_config(**override))
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [({"hots": "x"}, "resource_server.hots: unknown key"), ({"port": "x"}, "resource_server.port")],
+)
+def test_bad_dummy_config_names_the_key(config: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DummyAdapter(config)
+
+
+# --- against the dummy site ---------------------------------------------------------
+
+
+def test_dummy_login_and_api_calls(dummy: DummyAdapter) -> None:
+    user = dummy.login("alice", "password")
+    assert user is not None
+    assert (user.id, user.name) == (user_id("alice"), "alice")
+    profile = call(dummy, "profile", user.site_token)
+    assert profile.status == 200 and profile.content_type.startswith("application/json")
+    assert json.loads(profile.body)["id"] == user.id
+    updated = call(dummy, "update_avatar", user.site_token, body=b"avatar=%2Fme.png")
+    assert json.loads(updated.body) == {"success": 1}
+
+
+def test_dummy_login_bad_password_is_none(dummy: DummyAdapter) -> None:
+    assert dummy.login("alice", "wrong") is None
+
+
+def test_dummy_site_refusal_is_passed_through(dummy: DummyAdapter) -> None:
+    response = call(dummy, "profile", "not-a-token")
+    assert response.status == 401
+    assert json.loads(response.body) == {"error": "invalid token"}
+
+
+def test_site_down_is_upstream_unavailable(down_url: str) -> None:
+    with adapter_for(HttpAdapter, http_config(down_url)) as adapter:
+        with pytest.raises(UpstreamUnavailable) as error:
+            adapter.login("alice", "password")
+        assert error.value.timeout is False
+        with pytest.raises(UpstreamUnavailable):
+            call(adapter, "profile")
+
+
+def test_slow_site_is_upstream_timeout(echo: tuple[str, list]) -> None:
+    config = http_config(echo[0], timeout=0.2, api={"slow": {"path": "/slow", "scope": "read"}})
+    with adapter_for(HttpAdapter, config) as adapter:
+        with pytest.raises(UpstreamUnavailable) as error:
+            call(adapter, "slow")
+        assert error.value.timeout is True
+
+
+# --- what reaches the site ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("token_in", "where"),
+    [
+        ("query:access", lambda seen: seen["args"]["access"]),
+        ("header:X-Site-Token", lambda seen: seen["headers"]["X-Site-Token"]),
+        ("cookie:sid", lambda seen: seen["cookies"]["sid"]),
+        ("form:site_token", lambda seen: seen["form"]["site_token"]),
+    ],
+)
+def test_token_headers_query_and_body_reach_the_site(
+    echo: tuple[str, list], token_in: str, where: Any
+) -> None:
+    url, seen = echo
+    route = {"method": "POST", "path": "/echo/u/{user_id}", "scope": "write", "token_in": token_in}
+    oauth_headers = {"X-OAuth-Client-Id": "c1", "X-OAuth-User-Id": "u 1", "X-OAuth-Scope": "write"}
+    headers = {**oauth_headers, "Content-Type": "application/x-www-form-urlencoded"}
+    with adapter_for(HttpAdapter, http_config(url, api={"up": route})) as adapter:
+        response = call(
+            adapter,
+            "up",
+            "s3cret",
+            user_id="u 1",
+            headers=headers,
+            body=b"avatar=a.png",
+            query={"page": "2"},
+        )
+    assert response.status == 200
+    got = seen[-1]
+    assert where(got) == "s3cret"
+    assert got["path"] == "/echo/u/u 1"
+    assert got["args"]["page"] == "2"
+    assert got["form"]["avatar"] == "a.png"
+    assert got["headers"]["User-Agent"] == "adapter-tests/1"
+    assert {k: got["headers"][k] for k in oauth_headers} == oauth_headers
+
+
+def test_get_sends_no_body(echo: tuple[str, list]) -> None:
+    url, seen = echo
+    api = {"get": {"path": "/echo/get", "scope": "read"}}
+    with adapter_for(HttpAdapter, http_config(url, api=api)) as adapter:
+        call(adapter, "get", body=b"ignored")
+    assert seen[-1]["body"] == b"" and seen[-1]["args"] == {"token": "tok"}
+
+
+def test_login_json_with_dotted_lookups_keeps_no_cookies(echo: tuple[str, list]) -> None:
+    url, seen = echo
+    login = {
+        "format": "json",
+        "username_field": "user",
+        "password_field": "pass",
+        "token_from": "json:data.token",
+        "id_from": "json:data.user.id",
+        "name_from": "json:data.user.name",
+    }
+    api = {"get": {"path": "/echo/get", "scope": "read"}}
+    with adapter_for(HttpAdapter, http_config(url, login=login, api=api)) as adapter:
+        assert adapter.login("ann", "password") == SiteUser(
+            id="7", name="ann", site_token="tok-ann"
+        )
+        assert adapter.login("ann", "nope") is None
+        call(adapter, "get")
+    assert seen[-1]["cookies"] == {}  # the login cookie must not leak into other calls
+
+
+@pytest.mark.parametrize(
+    ("login", "outcome"),
+    [({"path": "/login-500"}, UpstreamUnavailable), ({"path": "/login-empty"}, None)],
+)
+def test_login_server_error_and_missing_token(
+    echo: tuple[str, list], login: dict, outcome: Any
+) -> None:
+    with adapter_for(HttpAdapter, http_config(echo[0], login=login)) as adapter:
+        if outcome is None:
+            assert adapter.login("ann", "password") is None
+        else:
+            with pytest.raises(outcome):
+                adapter.login("ann", "password")

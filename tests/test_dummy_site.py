@@ -1,0 +1,140 @@
+"""The bundled dummy site: login, profile, avatar, self-verifying tokens, ``main()``."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from flask.testing import FlaskClient
+
+from app.dummy_site import COOKIE, create_dummy_app, make_token, user_id
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def client() -> FlaskClient:
+    return create_dummy_app().test_client()
+
+
+def login(client: FlaskClient, username: str = "alice") -> str:
+    response = client.post("/login", data={"username": username, "password": "password"})
+    assert response.status_code == 200
+    cookie = client.get_cookie(COOKIE)
+    assert cookie is not None
+    return cookie.value
+
+
+def test_login_with_form_sets_token_and_returns_profile(client: FlaskClient) -> None:
+    response = client.post("/login", data={"username": "alice", "password": "password"})
+    assert response.status_code == 200
+    assert response.json == {"id": user_id("alice"), "firstName": "alice"}
+    assert client.get_cookie(COOKIE) is not None
+
+
+def test_login_with_json(client: FlaskClient) -> None:
+    response = client.post("/login", json={"username": "bob", "password": "password"})
+    assert response.status_code == 200
+    assert response.json is not None and response.json["firstName"] == "bob"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"username": "alice", "password": "wrong"},
+        {"username": "alice"},
+        {"username": "", "password": "password"},
+        {},
+    ],
+)
+def test_bad_login_is_401(client: FlaskClient, fields: dict[str, str]) -> None:
+    response = client.post("/login", data=fields)
+    assert response.status_code == 401
+    assert response.json == {"error": "invalid credentials"}
+    assert client.get_cookie(COOKIE) is None
+
+
+def test_ids_are_stable_strings_and_distinct() -> None:
+    assert user_id("alice") == user_id("alice")
+    assert user_id("alice") != user_id("bob")
+    assert isinstance(user_id("alice"), str)
+
+
+def test_info_by_query_and_by_cookie(client: FlaskClient) -> None:
+    token = login(client)
+    by_cookie = client.get("/info")
+    by_query = create_dummy_app().test_client().get("/info", query_string={"token": token})
+    for response in (by_cookie, by_query):
+        assert response.status_code == 200
+        assert response.json is not None
+        assert response.json["id"] == user_id("alice")
+        assert response.json["firstName"] == "alice"
+        assert "avatar" in response.json
+
+
+def test_update_avatar(client: FlaskClient) -> None:
+    token = login(client, "carol")
+    response = client.post("/update_avatar", data={"token": token, "avatar": "/a/new.png"})
+    assert response.json == {"success": 1}
+    info = client.get("/info", query_string={"token": token})
+    assert info.json is not None and info.json["avatar"] == "/a/new.png"
+
+
+def test_tokens_verify_in_another_instance(client: FlaskClient) -> None:
+    token = login(client)
+    other = create_dummy_app().test_client()
+    assert other.get("/info", query_string={"token": token}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "",
+        "garbage",
+        "YWxpY2U.abc.0000",
+        make_token(b"another key", "alice"),
+        make_token(b"dummy-site-dev-key", "alice")[:-1] + "x",
+    ],
+)
+def test_bad_token_is_401(client: FlaskClient, token: str) -> None:
+    assert client.get("/info", query_string={"token": token}).status_code == 401
+    response = client.post("/update_avatar", query_string={"token": token})
+    assert response.status_code == 401
+    assert response.json == {"error": "invalid token"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_until_up(url: str, deadline: float) -> requests.Response:
+    while True:
+        try:
+            return requests.get(url, timeout=1)
+        except requests.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def test_main_serves_with_gunicorn_and_stops_on_sigterm() -> None:
+    port = _free_port()
+    command = [sys.executable, "-m", "app.dummy_site", "--host", "127.0.0.1", "--port", str(port)]
+    with subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    ) as process:
+        try:
+            response = _wait_until_up(f"http://127.0.0.1:{port}/info", time.monotonic() + 15)
+            assert response.status_code == 401
+            assert response.headers["Server"].startswith("gunicorn")
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=15) == 0
