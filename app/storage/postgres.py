@@ -1,0 +1,160 @@
+"""Postgres backend: psycopg 3 and one ``psycopg_pool.ConnectionPool`` per process.
+
+The pool opens lazily, after one probe connection, so a server that is down
+fails in milliseconds rather than after the pool timeout. A pool that timed out
+while the server is unreachable is dropped for the same reason; the next call
+probes again and recovers once the server is back. A pool inherited across
+``fork()`` is abandoned and a new one opened in the child.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql as pgsql
+from psycopg.conninfo import make_conninfo
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+
+from .base import StorageConfigError, StorageUnavailable
+from .sql import SQLBackend
+
+#: Options (in ``options`` or the URL query) that size the pool; the rest go to libpq.
+POOL_OPTIONS: dict[str, type] = {
+    "min_size": int,
+    "max_size": int,
+    "timeout": float,
+    "max_idle": float,
+    "max_lifetime": float,
+    "reconnect_timeout": float,
+    "max_waiting": int,
+    "num_workers": int,
+}
+POOL_DEFAULTS: dict[str, Any] = {"min_size": 1, "max_size": 10, "timeout": 5.0}
+CONNECTION_DEFAULTS: dict[str, Any] = {"connect_timeout": 3, "application_name": "oauth2-server"}
+
+_CREATE_VERSIONS = pgsql.SQL(
+    "CREATE TABLE IF NOT EXISTS {} (version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION)"
+)
+_FIND_VERSION = pgsql.SQL("SELECT 1 FROM {} WHERE version = %s")
+_ADD_VERSION = pgsql.SQL("INSERT INTO {} VALUES (%s, extract(epoch FROM now()))")
+
+#: Advisory lock key serialising migrations across processes ("oauth" in hex).
+MIGRATION_LOCK = 0x6F61757468
+
+
+def pool_settings(url: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Split URL query and ``options`` into a libpq conninfo string and pool arguments."""
+    parts = urlsplit(url)
+    params: dict[str, Any] = {**CONNECTION_DEFAULTS, **dict(parse_qsl(parts.query)), **options}
+    pool = dict(POOL_DEFAULTS)
+    try:
+        for name in [n for n in params if n in POOL_OPTIONS]:
+            pool[name] = POOL_OPTIONS[name](params.pop(name))
+        conninfo = make_conninfo(urlunsplit(parts._replace(query="")), **params)
+    except (ValueError, psycopg.ProgrammingError) as exc:
+        raise StorageConfigError(f"postgres: invalid option in {url!r}: {exc}") from exc
+    return conninfo, pool
+
+
+def _connection_lost(exc: psycopg.OperationalError) -> bool:
+    """Whether the connection, not the statement, failed (terminated, restarted, reset)."""
+    if isinstance(exc, PoolTimeout | PoolClosed):
+        return False
+    return exc.sqlstate is None or exc.sqlstate.startswith(("08", "57P"))
+
+
+class PostgresBackend(SQLBackend):
+    schemes = ("postgresql", "postgres")
+    placeholder = "%s"
+
+    def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
+        super().__init__(url, options)
+        self.conninfo, self.pool_options = pool_settings(url, self.options)
+        self._pool: ConnectionPool | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def _probe(self) -> None:
+        try:
+            psycopg.connect(self.conninfo, autocommit=True).close()
+        except psycopg.Error as exc:
+            raise StorageUnavailable(f"postgres: {exc}") from exc
+
+    def _get_pool(self) -> ConnectionPool:
+        with self._lock:
+            if self._pool is None or self._pid != os.getpid():
+                # A pool inherited across fork() is dropped, never closed: its
+                # sockets are the parent's (psycopg only closes them in the owner).
+                self._probe()
+                pool = ConnectionPool(
+                    self.conninfo,
+                    kwargs={"autocommit": True},
+                    check=ConnectionPool.check_connection,
+                    open=False,
+                    name=f"oauth2-{os.getpid()}",
+                    **self.pool_options,
+                )
+                pool.open()
+                self._pool, self._pid = pool, os.getpid()
+            return self._pool
+
+    def _drop_if_down(self, pool: ConnectionPool) -> None:
+        """After a pool timeout, drop the pool if the server is unreachable."""
+        try:
+            self._probe()
+        except StorageUnavailable:
+            with self._lock:
+                if self._pool is pool:
+                    self._pool = None
+            pool.close(timeout=1.0)
+
+    def _run(self, pool: ConnectionPool, sql: str, params: tuple[Any, ...], fetch: bool) -> Any:
+        with pool.connection() as conn:
+            cursor = conn.execute(sql, params)
+            return cursor.fetchall() if fetch else cursor.rowcount
+
+    def execute(self, sql: str, params: tuple[Any, ...] = (), fetch: bool = False) -> Any:
+        pool = self._get_pool()
+        try:
+            try:
+                return self._run(pool, sql, params, fetch)
+            except psycopg.OperationalError as exc:
+                if not _connection_lost(exc):
+                    raise
+                # Every SQLTable statement is an upsert, a select or a delete, so
+                # running it again on a fresh connection leaves the same state.
+                return self._run(pool, sql, params, fetch)
+        except PoolTimeout as exc:
+            self._drop_if_down(pool)
+            raise StorageUnavailable(f"postgres: {exc}") from exc
+        except psycopg.Error as exc:
+            raise StorageUnavailable(f"postgres: {exc}") from exc
+
+    def run_migration(self, version: int, statements: list[str]) -> bool:
+        versions = pgsql.Identifier(f"{self.table_prefix}schema_version")
+        try:
+            with self._get_pool().connection() as conn, conn.transaction():
+                # Held until commit: a second process waits, then sees the version applied.
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                conn.execute(_CREATE_VERSIONS.format(versions))
+                if conn.execute(_FIND_VERSION.format(versions), (version,)).fetchone():
+                    return False
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute(_ADD_VERSION.format(versions), (version,))
+                return True
+        except psycopg.Error as exc:
+            raise StorageUnavailable(f"postgres: {exc}") from exc
+
+    def ping(self) -> None:
+        self.execute("SELECT 1", fetch=True)
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None and self._pid == os.getpid():
+            pool.close()
