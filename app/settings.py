@@ -228,7 +228,6 @@ class Settings:
             "PERMANENT_SESSION_LIFETIME": self.ttl("session") or 1800,
             "WTF_CSRF_TIME_LIMIT": None,
             "WTF_CSRF_SSL_STRICT": secure,
-            "OAUTH2_SCOPES_SUPPORTED": None,
         }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc9207 import IssuerParameter
 
 from .rfc6749 import (
@@ -28,6 +29,14 @@ class Issuer(IssuerParameter):
 
     def get_issuer(self) -> str:
         return self.issuer
+
+    def add_issuer_parameter(self, authorization_server, response) -> None:
+        """Put ``iss`` beside the other parameters: the fragment for implicit responses."""
+        location = response.location
+        if location and "#" in location:
+            response.location = add_params_to_uri(location, {"iss": self.issuer}, fragment=True)
+        else:
+            super().add_issuer_parameter(authorization_server, response)
 
 
 def build_server(settings: Any, clients, store, users, scopes: list[str]) -> OAuth2Server:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from authlib.oauth2.rfc6749 import grants
-from authlib.oauth2.rfc6749.errors import InvalidGrantError
+from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidGrantError, InvalidScopeError
 
 from ..audit import audit
 from .tokens import new_grant_id
@@ -72,7 +72,17 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
 
 
 class ImplicitGrant(grants.ImplicitGrant):
-    """Implicit (§4.2): the token goes in the redirect URI's fragment."""
+    """Implicit (§4.2): the token goes in the redirect URI's fragment.
+
+    Authlib admits only public clients here; the original server let any client
+    that lists the grant use it, so the client is looked up, not authenticated.
+    """
+
+    def authenticate_token_endpoint_client(self):
+        client = self.server.query_client(self.request.payload.client_id)
+        if client is None:
+            raise InvalidClientError(description="The client does not exist on this server.")
+        return client
 
     def create_authorization_response(self, redirect_uri: str, grant_user):
         self.request.grant_id = new_grant_id()
@@ -124,8 +134,12 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
 
     def create_token_response(self):
+        client = self.request.client
+        scope = client.get_allowed_scope(self.request.payload.scope)
+        if scope is None:
+            raise InvalidScopeError()
         self.request.grant_id = new_grant_id()
-        result = super().create_token_response()
-        audit("token_issued", client_id=self.request.client.get_client_id(),
-              grant="client_credentials")
-        return result
+        token = self.generate_token(scope=scope, include_refresh_token=False)
+        self.save_token(token)
+        audit("token_issued", client_id=client.get_client_id(), grant="client_credentials")
+        return 200, token, self.TOKEN_RESPONSE_HEADER

@@ -36,6 +36,9 @@ class OAuth2Server(AuthorizationServer):
         for method, func in CLIENT_AUTH.items():
             self.register_client_auth_method(method, func)
 
+    def load_config(self, config) -> None:
+        """Ignore Authlib's ``OAUTH2_*`` keys: ``app.settings`` configured us already."""
+
     # -- hooks Authlib asks us to implement -------------------------------------------
     def query_client(self, client_id: str):
         return self.clients.get(client_id)

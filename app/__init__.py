@@ -1,0 +1,102 @@
+"""OAuth 2.0 authorization server for existing websites: the Flask app factory."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from flask_login import LoginManager
+from flask_wtf.csrf import CSRFProtect
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from .adapters import ResourceServer, load_adapter
+from .clients import ClientRegistry
+from .oauth2 import OAuth2Server, build_server
+from .oauth2.tokens import GrantStore
+from .sessions import StoredSessionInterface
+from .settings import Settings
+from .storage import Storage
+from .users import UserStore
+
+ROOT = Path(__file__).resolve().parent.parent
+
+login_manager = LoginManager()
+csrf = CSRFProtect()
+
+
+@dataclass
+class State:
+    """Everything a request needs, built once per process."""
+
+    settings: Settings
+    storage: Storage
+    clients: ClientRegistry
+    adapter: ResourceServer
+    store: GrantStore
+    users: UserStore
+    server: OAuth2Server
+
+
+def _build_state(settings: Settings) -> State:
+    storage = Storage(settings.storage_specs)
+    if settings.data["storage"].get("auto_migrate", True):
+        storage.migrate()
+    adapter = load_adapter(settings.section("resource_server"))
+    cc = settings.section("client_credentials")
+    clients = ClientRegistry(_path(cc["file"]), list(adapter.scopes),
+                             cc["allow_wildcard_redirects"])
+    store, users = GrantStore(storage), UserStore(storage.users)
+    server = build_server(settings, clients, store, users, list(adapter.scopes))
+    return State(settings, storage, clients, adapter, store, users, server)
+
+
+def _path(name: str) -> str:
+    """Resolve a configured file relative to the project folder when not absolute."""
+    path = Path(name)
+    return str(path if path.is_absolute() or path.exists() else ROOT / path)
+
+
+def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
+    """Build the app from config files (``None``), a dict over the defaults, or Settings."""
+    settings = config if isinstance(config, Settings) else Settings.load(config)
+    # TLS is the deployment's job (or ``auth_server.ssl``); Authlib must not refuse plain
+    # HTTP on loopback or behind a terminating proxy.
+    os.environ.setdefault("AUTHLIB_INSECURE_TRANSPORT", "1")
+    app = Flask(__name__, template_folder=str(ROOT / "templates"),
+                static_folder=str(ROOT / "static"))
+    app.config.update(settings.flask_config())
+    state = _build_state(settings)
+    app.extensions["oauth2"] = state
+    app.session_interface = StoredSessionInterface(state.storage.session)
+    if settings.auth["trusted_proxies"]:
+        hops = settings.auth["trusted_proxies"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
+    _init_extensions(app, state)
+    _register_blueprints(app)
+    logging.getLogger("oauth2").setLevel(settings.log_level)
+    return app
+
+
+def _init_extensions(app: Flask, state: State) -> None:
+    login_manager.init_app(app)
+    login_manager.login_view = "auth.login"
+    login_manager.user_loader(state.users.get)
+    csrf.init_app(app)
+    state.server.init_app(app)
+    from . import errors, pages
+
+    errors.init_app(app)
+    pages.init_app(app)
+
+
+def _register_blueprints(app: Flask) -> None:
+    from .views import api, auth, authorize, review, token, wellknown
+
+    for module in (auth, authorize, token, review, api, wellknown):
+        app.register_blueprint(module.bp)
+    csrf.exempt(token.bp)
+    csrf.exempt(api.bp)

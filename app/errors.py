@@ -1,0 +1,74 @@
+"""One answer per failure: JSON for API clients, the error page for people; never a trace."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify, request
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException
+
+from .pages import render_error
+from .storage import StorageUnavailable
+
+log = logging.getLogger("oauth2")
+
+#: Paths whose callers are programs: they get JSON errors.
+JSON_PREFIXES = ("/api/", "/token", "/revoke", "/introspect", "/.well-known/")
+
+RETRY_AFTER = "5"
+
+
+def wants_json() -> bool:
+    return request.path.startswith(JSON_PREFIXES)
+
+
+def _storage_unavailable(exc: StorageUnavailable):
+    log.error("storage unavailable on %s: %s", request.path, exc)
+    if wants_json():
+        response = jsonify(error="temporarily_unavailable",
+                           error_description="Storage is unavailable; try again shortly.")
+        response.status_code = 503
+    else:
+        response = render_error(503, "Temporarily unavailable",
+                                "We cannot reach our storage right now. Please try again shortly.")
+    response.headers["Retry-After"] = RETRY_AFTER
+    return response
+
+
+def _csrf_error(exc: CSRFError):
+    return render_error(400, "Form expired", "The form was missing its security token or it "
+                        "had expired. Go back, reload the page and try again.")
+
+
+def _http_error(exc: HTTPException):
+    if wants_json():
+        body = {"error": _json_error_code(exc.code or 500), "error_description": exc.description}
+        if request.path.startswith("/api/"):
+            body = {"success": 0, "error": (exc.name or "error").lower()}
+        response = jsonify(body)
+        response.status_code = exc.code or 500
+        return response
+    return render_error(exc.code or 500, exc.name, exc.description or "")
+
+
+def _json_error_code(status: int) -> str:
+    return {413: "invalid_request", 405: "invalid_request", 404: "not_found"}.get(
+        status, "invalid_request" if status < 500 else "server_error"
+    )
+
+
+def _unexpected(exc: Exception):
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    if wants_json():
+        response = jsonify(error="server_error", error_description="Internal error.")
+        response.status_code = 500
+        return response
+    return render_error(500, "Something went wrong", "The error was logged.")
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(StorageUnavailable, _storage_unavailable)
+    app.register_error_handler(CSRFError, _csrf_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)

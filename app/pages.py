@@ -1,0 +1,46 @@
+"""Rendering pages: configurable view names, security headers, the error page."""
+
+from __future__ import annotations
+
+from flask import Flask, current_app, render_template, request
+
+#: Strict CSP: no inline script or style, nothing from elsewhere, no framing.
+CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self' http: https:; "
+       "frame-ancestors 'none'; base-uri 'none'")
+
+
+def view(name: str) -> str:
+    """Map a logical page (``login``, ``dialog``...) to its template, as configured."""
+    views = current_app.extensions["oauth2"].settings.auth["views"]
+    return f"{views.get(name, name)}.html"
+
+
+def render_page(name: str, code: int = 200, **context):
+    return current_app.make_response((render_template(view(name), **context), code))
+
+
+def render_error(status: int, title: str, message: str, detail: str | None = None):
+    return render_page("error", status, status=status, title=title, message=message,
+                       detail=detail)
+
+
+def _security_headers(response):
+    headers = response.headers
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    if response.mimetype == "text/html":
+        headers.setdefault("Content-Security-Policy", CSP)
+        headers.setdefault("Referrer-Policy", "no-referrer")
+        headers.setdefault("Cache-Control", "no-store")
+    elif "Content-Security-Policy" not in headers and not request.path.startswith("/static/"):
+        headers["Content-Security-Policy"] = "frame-ancestors 'none'"
+    return response
+
+
+def _context():
+    return {"site_name": current_app.extensions["oauth2"].settings.auth["site_name"]}
+
+
+def init_app(app: Flask) -> None:
+    app.after_request(_security_headers)
+    app.context_processor(_context)

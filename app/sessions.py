@@ -1,0 +1,125 @@
+"""Server-side sessions in the ``session`` table, loaded only when a view touches them.
+
+The cookie holds a random id; storage holds the data under the id's SHA-256, so a
+login made through one worker or machine holds on every other, and logout ends it
+everywhere. Endpoints that never read the session (``/token``, ``/api/*``) cost no
+storage round trip for it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flask.sessions import SessionInterface, SessionMixin
+from werkzeug.datastructures import CallbackDict
+
+from .secrets_hash import new_secret, token_digest
+from .storage import StorageUnavailable, Table
+
+#: Rewrite an unchanged session at most this often, to slide its expiry.
+TOUCH_EVERY = 60
+
+
+class StoredSession(CallbackDict, SessionMixin):
+    """A session dict that reads storage on first use."""
+
+    def __init__(self, sid: str | None, loader: Callable[[str], dict[str, Any] | None]) -> None:
+        super().__init__(None, lambda _self: setattr(self, "modified", True))
+        self.sid = sid
+        self.old_sid: str | None = None
+        self.modified = False
+        self.loaded = sid is None
+        self.touched_at = 0.0
+        self._loader = loader
+
+    def _load(self) -> None:
+        if self.loaded:
+            return
+        self.loaded = True
+        record = self._loader(self.sid) if self.sid else None
+        if record is None:
+            self.sid = None
+            return
+        self.touched_at = record.pop("_touched", 0.0)
+        dict.update(self, record)
+
+    def regenerate(self) -> None:
+        """Give the session a new id (at login); the old id stops working."""
+        self._load()
+        if self.sid and not self.old_sid:
+            self.old_sid = self.sid
+        self.sid = None
+        self.modified = True
+
+    def end(self) -> None:
+        """Forget everything (at logout), here and in storage."""
+        self.regenerate()
+        dict.clear(self)
+
+    @property
+    def new(self) -> bool:  # type: ignore[override]
+        return self.sid is None
+
+
+def _loading(name: str) -> Callable[..., Any]:
+    method = getattr(CallbackDict, name)
+
+    def wrapper(self: StoredSession, *args: Any, **kwargs: Any) -> Any:
+        self._load()
+        return method(self, *args, **kwargs)
+
+    wrapper.__name__ = name
+    return wrapper
+
+
+for _name in ("__getitem__", "__setitem__", "__delitem__", "__contains__", "__iter__",
+              "__len__", "get", "pop", "setdefault", "update", "clear", "keys", "items",
+              "values", "popitem", "copy", "__repr__", "__eq__"):
+    setattr(StoredSession, _name, _loading(_name))
+
+
+class StoredSessionInterface(SessionInterface):
+    """Flask session interface over a storage :class:`Table`."""
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+
+    def open_session(self, app, request) -> StoredSession:
+        sid = request.cookies.get(self.get_cookie_name(app))
+        return StoredSession(sid or None, lambda s: self.table.get(token_digest(s)))
+
+    def save_session(self, app, session, response) -> None:
+        try:
+            self._save(app, session, response)
+        except StorageUnavailable:
+            response.status_code = 503
+            response.headers["Retry-After"] = "5"
+            response.set_data(b"Service Unavailable: session storage is down")
+            response.mimetype = "text/plain"
+
+    def _save(self, app, session: StoredSession, response) -> None:
+        if session.old_sid:
+            self.table.delete(token_digest(session.old_sid))
+        name, domain, path = (self.get_cookie_name(app), self.get_cookie_domain(app),
+                              self.get_cookie_path(app))
+        if not session.loaded:
+            return
+        if not dict.__len__(session):
+            if session.sid or session.old_sid:
+                if session.sid:
+                    self.table.delete(token_digest(session.sid))
+                response.delete_cookie(name, domain=domain, path=path)
+            return
+        now = time.time()
+        if not session.modified and now - session.touched_at < TOUCH_EVERY:
+            return
+        sid = session.sid = session.sid or new_secret(32)
+        self.table.put(token_digest(sid), dict(dict.items(session), _touched=now))
+        response.set_cookie(
+            name, sid, httponly=True, path=path, domain=domain,
+            secure=self.get_cookie_secure(app), samesite=self.get_cookie_samesite(app),
+            max_age=self.table.ttl,
+        )
+        response.vary.add("Cookie")

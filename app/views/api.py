@@ -1,0 +1,71 @@
+"""The ``/api/*`` gateway: check the bearer token and its scope, then proxy to the site."""
+
+from __future__ import annotations
+
+import hmac
+
+from authlib.oauth2.rfc6749.util import scope_to_list
+from flask import Blueprint, Response, jsonify, request
+
+from ..adapters import UpstreamUnavailable
+from .common import state
+
+bp = Blueprint("api", __name__)
+
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def _fail(status: int, error: str, www: str | None = None) -> Response:
+    response = jsonify(success=0, error=error)
+    response.status_code = status
+    if www:
+        response.headers["WWW-Authenticate"] = www
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _bearer() -> str | None:
+    kind, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value.strip() if hmac.compare_digest(kind.lower(), "bearer") and value else None
+
+
+@bp.route("/api/<path:name>", methods=METHODS)
+def call(name: str):
+    raw = _bearer()
+    if raw is None:
+        return _fail(401, "missing token", 'Bearer realm="api"')
+    token = state().store.find_access(raw)
+    if token is None:
+        return _fail(401, "invalid token", 'Bearer realm="api", error="invalid_token"')
+    route = state().adapter.api.get(name)
+    if route is None:
+        return _fail(404, "no such function")
+    if route.scope not in (scope_to_list(token.scope) or []):
+        return _fail(403, "insufficient scope",
+                     f'Bearer realm="api", error="insufficient_scope", scope="{route.scope}"')
+    if not token.user_id:
+        return _fail(403, "this function acts for a user; use a user's token")
+    return _proxy(route, token)
+
+
+def _proxy(route, token) -> Response:
+    headers = {
+        "X-OAuth-Client-Id": token.client_id,
+        "X-OAuth-User-Id": token.user_id,
+        "X-OAuth-Scope": token.scope,
+    }
+    if request.content_type:
+        headers["Content-Type"] = request.content_type
+    try:
+        upstream = state().adapter.call(
+            route, token.record.get("site_token", ""), token.user_id, headers,
+            request.get_data() if request.method in ("POST", "PUT", "PATCH") else None,
+            request.args.to_dict(),
+        )
+    except UpstreamUnavailable as exc:
+        if exc.timeout:
+            return _fail(504, "the site did not answer in time")
+        return _fail(502, "the site is unavailable")
+    response = Response(upstream.body, status=upstream.status, content_type=upstream.content_type)
+    response.headers["Cache-Control"] = "no-store"
+    return response

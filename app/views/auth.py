@@ -1,0 +1,65 @@
+"""Sign in against the existing site, sign out."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+from flask import Blueprint, redirect, request, session
+from flask_login import login_user, logout_user
+
+from ..adapters import UpstreamUnavailable
+from ..audit import audit
+from ..pages import render_error, render_page
+from .common import safe_next, state
+
+bp = Blueprint("auth", __name__)
+
+MAX_FIELD = 256
+
+
+def _client_for(next_url: str):
+    """The partner a sign-in is for, read from the ``/authorize`` URL it returns to."""
+    parts = urlsplit(next_url)
+    if parts.path != "/authorize":
+        return None
+    client_id = parse_qs(parts.query).get("client_id", [None])[0]
+    return state().clients.get(client_id)
+
+
+def _form(next_url: str, error: str | None = None, status: int = 200):
+    return render_page("login", status, next=next_url, error=error,
+                       client=_client_for(next_url))
+
+
+@bp.get("/login")
+def login():
+    return _form(safe_next(request.args.get("next"), ""))
+
+
+@bp.post("/login")
+def login_post():
+    next_url = safe_next(request.form.get("next") or request.args.get("next"), "")
+    username = request.form.get("username", "")
+    password = request.form.get("password", "")
+    if not username or not password or len(username) > MAX_FIELD or len(password) > MAX_FIELD:
+        return _form(next_url, "Enter your username and password.", 400)
+    try:
+        site_user = state().adapter.login(username, password)
+    except UpstreamUnavailable:
+        return render_error(502, "Sign-in unavailable",
+                            "We cannot reach the site to check your password. Try again soon.")
+    if site_user is None:
+        audit("login_failed", username=username[:64])
+        return _form(next_url, "Wrong username or password.", 401)
+    user = state().users.remember(site_user)
+    session.regenerate()  # type: ignore[attr-defined]
+    login_user(user)
+    audit("login", user_id=user.id)
+    return redirect(next_url or "/review", 302)
+
+
+@bp.post("/logout")
+def logout():
+    logout_user()
+    session.end()  # type: ignore[attr-defined]
+    return redirect("/login", 302)

@@ -1,0 +1,44 @@
+"""The back channel: token, revocation and introspection endpoints (POST, body only)."""
+
+from __future__ import annotations
+
+from authlib.oauth2.rfc6749.errors import InvalidRequestError, OAuth2Error
+from flask import Blueprint, request
+
+from ..oauth2.requests import ParamsRequest
+from ..oauth2.server import body_params
+from .common import oauth
+
+bp = Blueprint("token", __name__)
+
+
+def _request() -> ParamsRequest:
+    """The body's parameters; the query string carries none of them (RFC 6749 §3.2)."""
+    if request.args:
+        raise InvalidRequestError("Send parameters in the request body, not the URL.")
+    return ParamsRequest(request.method, request.url, request.headers, body_params())
+
+
+def _respond(endpoint: str | None):
+    try:
+        params = _request()
+    except OAuth2Error as error:
+        return oauth().handle_error_response(None, error)
+    if endpoint is None:
+        return oauth().create_token_response(params)
+    return oauth().create_endpoint_response(endpoint, params)
+
+
+@bp.post("/token")
+def token():
+    return _respond(None)
+
+
+@bp.post("/revoke")
+def revoke():
+    return _respond("revocation")
+
+
+@bp.post("/introspect")
+def introspect():
+    return _respond("introspection")

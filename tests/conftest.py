@@ -1,0 +1,136 @@
+"""Shared fixtures: the dummy site on a free port, an app per test, helpers for flows."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import threading
+from collections.abc import Iterator
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from werkzeug.serving import make_server
+
+from app import create_app
+from app.dummy_site import create_dummy_app
+
+REDIRECT = "http://localhost:8080/"
+VERIFIER = "v" * 43 + "-verifier_with.chars~"
+CHALLENGE = base64.urlsafe_b64encode(hashlib.sha256(VERIFIER.encode()).digest()).decode().rstrip("=")
+
+
+@pytest.fixture(scope="session")
+def dummy_site() -> Iterator[tuple[str, int]]:
+    """The bundled stand-in site, served in a thread on a free port."""
+    server = make_server("127.0.0.1", 0, create_dummy_app(), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield "127.0.0.1", server.server_port
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def base_config(tmp_path, dummy_site, **over) -> dict:
+    host, port = dummy_site
+    config = {
+        "auth_server": {"session_secret": "test-secret-" + "x" * 20},
+        "storage": {"default": f"sqlite:///{tmp_path}/oauth2.db"},
+        "resource_server": {"type": "dummy", "host": host, "port": port},
+    }
+    for section, values in over.items():
+        config.setdefault(section, {}).update(values)
+    return config
+
+
+@pytest.fixture
+def app(tmp_path, dummy_site):
+    app = create_app(base_config(tmp_path, dummy_site))
+    app.config["TESTING"] = True
+    yield app
+    state = app.extensions["oauth2"]
+    state.storage.close()
+    state.adapter.close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def state(app):
+    return app.extensions["oauth2"]
+
+
+# -- helpers ----------------------------------------------------------------------------
+def csrf_from(html: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert match, "page has no CSRF token"
+    return match.group(1)
+
+
+def hidden(html: str, name: str) -> str | None:
+    match = re.search(rf'name="{name}" value="([^"]*)"', html)
+    return match.group(1) if match else None
+
+
+def login(client, username="alice", password="password", next_url=""):
+    page = client.get("/login")
+    return client.post(
+        "/login",
+        data={"username": username, "password": password, "next": next_url,
+              "csrf_token": csrf_from(page.get_data(as_text=True))},
+    )
+
+
+def authorize_url(client_id="test", response_type="code", scope=None, state="xyz",
+                  redirect_uri=REDIRECT, **extra) -> str:
+    from urllib.parse import urlencode
+
+    params = {"response_type": response_type, "client_id": client_id,
+              "redirect_uri": redirect_uri}
+    if state is not None:
+        params["state"] = state
+    if scope is not None:
+        params["scope"] = scope
+    params.update(extra)
+    return "/authorize?" + urlencode(params)
+
+
+def consent(client, url: str, allow: bool = True):
+    """Open the consent page for ``url`` and answer it; return the response."""
+    page = client.get(url)
+    assert page.status_code == 200, page.get_data(as_text=True)
+    html = page.get_data(as_text=True)
+    form = {"csrf_token": csrf_from(html), "transaction_id": hidden(html, "transaction_id"),
+            "scope": hidden(html, "scope")}
+    form["allow" if allow else "cancel"] = "Allow" if allow else "Deny"
+    return client.post("/authorize", data=form)
+
+
+def location_params(response, fragment=False) -> dict[str, str]:
+    parts = urlsplit(response.headers["Location"])
+    return {k: v[0] for k, v in parse_qs(parts.fragment if fragment else parts.query).items()}
+
+
+def get_code(client, **kw) -> str:
+    login(client)
+    response = consent(client, authorize_url(**kw))
+    assert response.status_code == 302, response.get_data(as_text=True)
+    return location_params(response)["code"]
+
+
+def basic(client_id="test", secret="hunter2") -> dict[str, str]:
+    raw = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+    return {"Authorization": f"Basic {raw}"}
+
+
+def exchange(client, code, **extra):
+    data = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT, **extra}
+    return client.post("/token", data=data, headers=basic())
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
