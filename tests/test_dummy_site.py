@@ -118,7 +118,7 @@ def _free_port() -> int:
 def _wait_until_up(url: str, deadline: float) -> requests.Response:
     while True:
         try:
-            return requests.get(url, timeout=1)
+            return requests.get(url, timeout=1, headers={"Connection": "close"})
         except requests.ConnectionError:
             if time.monotonic() > deadline:
                 raise

@@ -210,10 +210,11 @@ class HttpAdapter(ResourceServer):
     def login(self, username: str, password: str) -> SiteUser | None:
         spec = self.login_settings
         fields = {spec.username_field: username, spec.password_field: password}
-        body = {"json": fields} if spec.format == "json" else {"data": fields}
+        where = "params" if spec.method == "GET" else "json" if spec.format == "json" else "data"
+        body = {where: fields}
         response = self._send(spec.method, spec.path, allow_redirects=False, **body)
         if response.status_code >= 500:
-            raise UpstreamUnavailable(f"site login answered {response.status_code}")
+            raise UpstreamUnavailable(f"{self.base_url} login answered {response.status_code}")
         if response.status_code >= 400:
             return None
         return self._site_user(response, username)
@@ -249,10 +250,13 @@ class HttpAdapter(ResourceServer):
         url = self.base_url + path
         try:
             return self._session.request(method, url, timeout=self.timeout, **kwargs)
+        # Messages name the site, not the URL: a URL may carry the user's site token.
         except requests.Timeout as exc:
-            raise UpstreamUnavailable(f"{url} gave no answer in {self.timeout}s", True) from exc
+            message = f"{self.base_url} gave no answer in {self.timeout}s"
+            raise UpstreamUnavailable(message, timeout=True) from exc
         except requests.RequestException as exc:
-            raise UpstreamUnavailable(f"{url} is unreachable: {exc}") from exc
+            message = f"{self.base_url} is unreachable ({type(exc).__name__})"
+            raise UpstreamUnavailable(message) from exc
 
     def close(self) -> None:
         self._session.close()
