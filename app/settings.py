@@ -154,9 +154,11 @@ def _env_overrides(environ: os._Environ[str] | dict[str, str]) -> dict[str, Any]
 class Settings:
     """The validated configuration, read once at start."""
 
-    def __init__(self, data: dict[str, Any], env: str = "development", sources=()) -> None:
+    def __init__(self, data: dict[str, Any], env: str = "development", sources=(),
+                 config_dir: str | None = None) -> None:
         self.env = env
         self.sources = list(sources)
+        self.config_dir = config_dir
         self.data = data
         validate(data, env)
         self.storage_specs = parse_storage_config(data["storage"])
@@ -173,6 +175,7 @@ class Settings:
         env = environ.get("OAUTH2_ENV", "development")
         data = copy.deepcopy(DEFAULTS)
         sources: list[Path] = []
+        folder = None
         if overrides is None or config_dir is not None:
             folder = config_dir or environ.get("OAUTH2_CONFIG_DIR", "config")
             sources = config_files(folder, env)
@@ -181,7 +184,7 @@ class Settings:
         if overrides:
             data = deep_merge(data, overrides)
         data = deep_merge(data, _env_overrides(environ))
-        return cls(data, env, sources)
+        return cls(data, env, sources, folder)
 
     def section(self, name: str) -> dict[str, Any]:
         return self.data[name]

@@ -1,0 +1,163 @@
+"""The ``oauth2-server`` command: serve, manage clients, migrate, purge, read the audit log."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+from .clients import GRANT_TYPES, ClientFileError, append_client, load_clients_file
+from .secrets_hash import hash_random_secret, new_secret
+from .settings import ConfigError, Settings
+from .storage import Storage, StorageConfigError, StorageUnavailable
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.load(config_dir=args.config_dir)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    serve(_settings(args), args.bind)
+    return 0
+
+
+def cmd_clients_add(args: argparse.Namespace) -> int:
+    from .adapters import load_adapter
+
+    settings = _settings(args)
+    path = args.file or settings.section("client_credentials")["file"]
+    scopes = list(load_adapter(settings.section("resource_server")).scopes)
+    secret = None if args.public else new_secret(32)
+    entry: dict[str, Any] = {
+        "client_id": args.client_id or new_secret(12),
+        "name": args.name,
+        "redirect_uris": args.redirect_uri,
+        "grant_types": args.grant_type or ["authorization_code", "refresh_token"],
+    }
+    if args.scope:
+        entry["scopes"] = args.scope
+    if args.public:
+        entry["public"] = True
+    else:
+        entry["client_secret_hash"] = hash_random_secret(str(secret))
+    from .clients import parse_client
+
+    parse_client(entry, 0, scopes, settings.section("client_credentials")
+                 ["allow_wildcard_redirects"])
+    append_client(path, entry)
+    print(f"client_id:     {entry['client_id']}")
+    if secret:
+        print(f"client_secret: {secret}")
+        print("The secret is shown once and stored only as a hash. Keep it safe.")
+    print(f"Added to {path}. Send SIGHUP to the server to load it.")
+    return 0
+
+
+def cmd_clients_list(args: argparse.Namespace) -> int:
+    from .adapters import load_adapter
+
+    settings = _settings(args)
+    scopes = list(load_adapter(settings.section("resource_server")).scopes)
+    cc = settings.section("client_credentials")
+    for client in load_clients_file(cc["file"], scopes, cc["allow_wildcard_redirects"]).values():
+        kind = "public" if client.public else "confidential"
+        print(f"{client.client_id}\t{client.name}\t{kind}\t{','.join(client.grant_types)}")
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    storage = Storage(_settings(args).storage_specs)
+    for url, steps in storage.migrate().items():
+        print(f"{_redact(url)}: {', '.join(steps) if steps else 'up to date'}")
+    storage.close()
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    storage = Storage(_settings(args).storage_specs)
+    for table, count in storage.purge().items():
+        print(f"{table}: {count} expired rows removed")
+    storage.close()
+    return 0
+
+
+def cmd_audit_tail(args: argparse.Namespace) -> int:
+    storage = Storage(_settings(args).storage_specs)
+    for record in reversed(storage.audit.recent(args.lines)):
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.pop("at", 0)))
+        record.pop("key", None)
+        record.pop("expires_at", None)
+        event = record.pop("event", "?")
+        print(f"{at} {event} " + " ".join(f"{k}={v}" for k, v in record.items() if v is not None))
+    storage.close()
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from . import create_app
+
+    create_app(settings)
+    print(json.dumps({"ok": True, "env": settings.env, "files": [str(p) for p in
+                                                              settings.sources]}))
+    return 0
+
+
+def _redact(url: str) -> str:
+    head, sep, tail = url.partition("@")
+    return (head.split(":", 2)[0] + ":" + head.split(":", 2)[1] + ":***@" + tail) if (
+        sep and head.count(":") >= 2) else url
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="oauth2-server", description=__doc__)
+    root.add_argument("--config-dir", help="config folder (default $OAUTH2_CONFIG_DIR or ./config)")
+    sub = root.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the server (gunicorn)")
+    serve.add_argument("--bind", help="host:port, overriding auth_server.host/port")
+    serve.set_defaults(func=cmd_serve)
+    clients = sub.add_parser("clients", help="manage the clients file").add_subparsers(
+        dest="clients_command", required=True)
+    add = clients.add_parser("add", help="register a client; prints its secret once")
+    add.add_argument("--name", required=True)
+    add.add_argument("--redirect-uri", action="append", required=True)
+    add.add_argument("--client-id")
+    add.add_argument("--grant-type", action="append", choices=GRANT_TYPES)
+    add.add_argument("--scope", action="append")
+    add.add_argument("--public", action="store_true", help="no secret; PKCE required")
+    add.add_argument("--file", help="clients file (default client_credentials.file)")
+    add.set_defaults(func=cmd_clients_add)
+    clients.add_parser("list", help="list clients").set_defaults(func=cmd_clients_list)
+    db = sub.add_parser("db", help="schema").add_subparsers(dest="db_command", required=True)
+    db.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)
+    sub.add_parser("purge", help="delete expired rows").set_defaults(func=cmd_purge)
+    audit = sub.add_parser("audit", help="audit log").add_subparsers(dest="audit_command",
+                                                                    required=True)
+    tail = audit.add_parser("tail", help="show the latest events")
+    tail.add_argument("-n", "--lines", type=int, default=20)
+    tail.set_defaults(func=cmd_audit_tail)
+    sub.add_parser("check", help="validate the configuration and exit").set_defaults(
+        func=cmd_check)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, ClientFileError, StorageConfigError, ValueError) as exc:
+        print(f"oauth2-server: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except StorageUnavailable as exc:
+        print(f"oauth2-server: storage unavailable: {exc}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

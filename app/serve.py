@@ -1,0 +1,103 @@
+"""``oauth2-server serve``: gunicorn with the configured workers, plus the dummy site.
+
+Each worker builds the app from the config files, so ``SIGHUP`` to the master
+(gunicorn's graceful reload) starts workers with the new log level and clients
+file while the old ones finish their requests: nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from .adapters import adapter_class
+from .settings import Settings
+from .storage import Storage
+
+log = logging.getLogger("oauth2")
+
+
+def gunicorn_options(settings: Settings, bind: str | None = None) -> dict[str, Any]:
+    """Map our settings to gunicorn's."""
+    auth = settings.auth
+    options: dict[str, Any] = {
+        "bind": bind or f"{auth['host']}:{auth['port']}",
+        "workers": settings.num_workers(),
+        "worker_class": "gthread",
+        "threads": 4,
+        "keepalive": 30,
+        "graceful_timeout": 20,
+        "timeout": 60,
+        "proc_name": "oauth2-server",
+        "control_socket_disable": True,
+        "accesslog": "-" if settings.log_level <= logging.DEBUG else None,
+        "loglevel": logging.getLevelName(min(settings.log_level, logging.WARNING)).lower(),
+    }
+    if auth["ssl"]:
+        options.update(certfile=auth["ssl_cert"], keyfile=auth["ssl_key"])
+    return options
+
+
+def start_dummy_site(host: str, port: int) -> subprocess.Popen[bytes]:
+    """Start the bundled site in its own process and wait until it listens."""
+    process = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
+        [sys.executable, "-m", "app.dummy_site", "--host", host, "--port", str(port)],
+    )
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the dummy site exited at start (port {port} in use?)")
+        try:
+            socket.create_connection((host, port), timeout=0.2).close()
+            return process
+        except OSError:
+            time.sleep(0.1)
+    process.terminate()
+    raise SystemExit(f"the dummy site did not start on {host}:{port}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def serve(settings: Settings, bind: str | None = None) -> None:
+    """Prepare storage, start the dummy site if configured, then run gunicorn."""
+    from gunicorn.app.base import BaseApplication
+
+    if settings.data["storage"].get("auto_migrate", True):
+        storage = Storage(settings.storage_specs)
+        storage.migrate()
+        storage.close()
+    config = settings.section("resource_server")
+    if adapter_class(config["type"]).__name__ == "DummyAdapter" and not os.environ.get(
+        "OAUTH2_NO_DUMMY_SITE"
+    ):
+        site = start_dummy_site(str(config.get("host", "127.0.0.1")), int(config.get("port", 8084)))
+        atexit.register(stop, site)
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for name, value in gunicorn_options(settings, bind).items():
+                if value is not None and name in self.cfg.settings:
+                    self.cfg.set(name, value)
+
+        def load(self):
+            from . import create_app
+
+            # Re-read the files so that a SIGHUP reload picks up their changes.
+            return create_app(Settings.load(config_dir=settings.config_dir))
+
+    log.log(25, "serving %s with %d workers", settings.issuer, settings.num_workers())
+    Server().run()
