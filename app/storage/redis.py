@@ -1,0 +1,329 @@
+"""Redis backend: records as JSON strings with native TTL, indexes as sorted sets.
+
+Key layout (``oauth2`` is the ``key_prefix`` option, ``<t>`` the table):
+
+* ``oauth2:<t>:{<key>}``: the record as JSON (with ``expires_at``), expiring
+  natively at that time (``SET ... PXAT``).
+* ``oauth2:<t>:<field>:{<value>}`` for ``user_id``, ``client_id``, ``grant_id``:
+  a sorted set of record keys scored by their expiry (``inf`` for none); the set
+  itself expires with its longest-lived member, so it outlives each record.
+* ``oauth2:<t>:log``: the audit log, record keys scored by append time.
+
+Redis Cluster: each atomic step touches one key (``GETDEL`` for take, a one-key
+Lua script for index upkeep and for revoke's compare-and-delete), so no command
+is ever cross-slot; the hash tag pins each record and each index to the slot of
+its own key or value, spreading a table over the cluster, and keeps any future
+companion key of a record in that record's slot. Instead of multi-key
+transactions, writes are ordered: a put writes the record before its index
+entries, and whoever removes an index entry re-reads the record afterwards and
+re-indexes it if it was put again meanwhile, so a live record is never unindexed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+import redis
+from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.commands.core import Script
+from redis.exceptions import RedisClusterException, RedisError
+from redis.retry import Retry
+
+from .base import (
+    INDEXED_FIELDS,
+    Backend,
+    Record,
+    StorageConfigError,
+    StorageUnavailable,
+    Table,
+    audit_key,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Driver options a table entry may set; anything else is a configuration error.
+CLIENT_OPTIONS = {
+    "max_connections", "socket_timeout", "socket_connect_timeout", "health_check_interval",
+    "username", "password", "client_name", "ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile",
+    "ssl_keyfile",
+}  # fmt: skip
+CLIENT_DEFAULTS: dict[str, Any] = {
+    "socket_connect_timeout": 2.0,
+    "socket_timeout": 2.0,
+    "health_check_interval": 15,
+}
+
+# Add a member to an index and keep the index alive as long as its longest-lived member.
+INDEX_LUA = """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2]
+if top == 'inf' then redis.call('PERSIST', KEYS[1])
+else redis.call('PEXPIREAT', KEYS[1], math.ceil(tonumber(top) * 1000)) end
+"""
+
+# Delete a record only if it still belongs to the grant; return it.
+REVOKE_LUA = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return false end
+local grant = cjson.decode(raw)['grant_id']
+if type(grant) ~= 'string' and type(grant) ~= 'number' then return false end
+if tostring(grant) ~= ARGV[1] then return false end
+redis.call('DEL', KEYS[1])
+return raw
+"""
+
+
+def guarded(method: Callable[P, R]) -> Callable[P, R]:
+    """Turn every Redis driver error into :class:`StorageUnavailable`."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except (RedisError, RedisClusterException, OSError) as exc:
+            raise StorageUnavailable(f"redis: {exc}") from exc
+
+    return wrapper
+
+
+@dataclass
+class Link:
+    """One process's client and the scripts registered on it."""
+
+    client: Any
+    index: Script
+    revoke: Script
+    pid: int
+
+    def mget(self, keys: list[str]) -> list[str | None]:
+        if isinstance(self.client, RedisCluster):
+            return self.client.mget_nonatomic(keys)
+        return self.client.mget(keys)
+
+
+class RedisBackend(Backend):
+    schemes = ("redis", "rediss", "redis+cluster")
+
+    def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
+        super().__init__(url, options)
+        self.prefix = str(self.options.pop("key_prefix", "oauth2"))
+        unknown = set(self.options) - CLIENT_OPTIONS
+        if unknown:
+            raise StorageConfigError(f"redis: unknown option(s) {', '.join(sorted(unknown))}")
+        self._link: Link | None = None
+        self._lock = threading.Lock()
+
+    def _connect(self) -> Any:
+        # One quick retry re-dials a connection the server closed (restart, CLIENT KILL).
+        kwargs = {**CLIENT_DEFAULTS, **self.options, "decode_responses": True}
+        kwargs["retry"] = Retry(NoBackoff(), 1)
+        if self.url.startswith("redis+cluster://"):
+            return RedisCluster.from_url("redis://" + self.url.split("://", 1)[1], **kwargs)
+        return redis.Redis(connection_pool=redis.ConnectionPool.from_url(self.url, **kwargs))
+
+    @property
+    def link(self) -> Link:
+        """Return this process's client, (re)creating it lazily and after fork()."""
+        with self._lock:
+            if self._link is None or self._link.pid != os.getpid():
+                client = self._connect()
+                index, revoke = (
+                    client.register_script(INDEX_LUA),
+                    client.register_script(REVOKE_LUA),
+                )
+                self._link = Link(client, index, revoke, os.getpid())
+            return self._link
+
+    def table(self, name: str, ttl: int | None) -> RedisTable:
+        return RedisTable(self, name, ttl)
+
+    @guarded
+    def ping(self) -> None:
+        self.link.client.ping()
+
+    def close(self) -> None:
+        with self._lock:
+            link, self._link = self._link, None
+        if link is None or link.pid != os.getpid():
+            return
+        if isinstance(link.client, RedisCluster):
+            link.client.close()
+        else:
+            link.client.connection_pool.disconnect()
+
+
+def _expired(record: Record, now: float) -> bool:
+    expires_at = record.get("expires_at")
+    return expires_at is not None and expires_at <= now
+
+
+def _matches(record: Record, field: str, value: str) -> bool:
+    found = record.get(field)
+    return found is not None and str(found) == str(value)
+
+
+class RedisTable(Table):
+    """One logical table as keys under ``<prefix>:<table>:``."""
+
+    def __init__(self, backend: RedisBackend, name: str, ttl: int | None) -> None:
+        super().__init__(name, ttl)
+        self.backend = backend
+        self.base = f"{backend.prefix}:{name}"
+        self.log = f"{self.base}:log"
+
+    def _rkey(self, key: str) -> str:
+        return f"{self.base}:{{{key}}}"
+
+    def _ikey(self, field: str, value: Any) -> str:
+        return f"{self.base}:{field}:{{{value}}}"
+
+    def _decode(self, key: str, raw: str | None, now: float) -> Record | None:
+        if raw is None:
+            return None
+        record = json.loads(raw)
+        return None if _expired(record, now) else {**record, "key": key}
+
+    def _load(self, link: Link, keys: list[str]) -> list[Record | None]:
+        raws = link.mget([self._rkey(k) for k in keys]) if keys else []
+        now = time.time()
+        return [self._decode(k, raw, now) for k, raw in zip(keys, raws, strict=True)]
+
+    def _entries(self, key: str, record: Record) -> list[tuple[str, str]]:
+        fields = [f for f in INDEXED_FIELDS if record.get(f) is not None]
+        return [(self._ikey(f, record[f]), key) for f in fields]
+
+    def _index(self, link: Link, key: str, record: Record) -> None:
+        expires_at = record.get("expires_at")
+        score = "inf" if expires_at is None else repr(float(expires_at))
+        for ikey, _ in self._entries(key, record):
+            link.index(keys=[ikey], args=[key, score], client=link.client)
+
+    def _unindex(self, link: Link, entries: list[tuple[str, str]]) -> None:
+        """Drop index entries, then re-index any of their records put again meanwhile."""
+        if not entries:
+            return
+        pipe = link.client.pipeline(transaction=False)
+        for ikey, key in entries:
+            pipe.zrem(ikey, key)
+        pipe.execute()
+        keys = sorted({key for _, key in entries})
+        for key, record in zip(keys, self._load(link, keys), strict=True):
+            if record is not None:
+                self._index(link, key, record)
+
+    @guarded
+    def put(self, key: str, record: Record, ttl: int | None = None) -> None:
+        expires_at = self.expiry(ttl)
+        if expires_at is not None and expires_at <= time.time():
+            self.delete(key)
+            return
+        data = {k: v for k, v in record.items() if k not in ("key", "expires_at")}
+        data["expires_at"] = expires_at
+        link = self.backend.link
+        at = math.ceil(expires_at * 1000) if expires_at is not None else None
+        old = link.client.set(
+            self._rkey(key), json.dumps(data, separators=(",", ":")), pxat=at, get=True
+        )
+        self._index(link, key, data)
+        if old is not None:
+            stale = set(self._entries(key, json.loads(old))) - set(self._entries(key, data))
+            self._unindex(link, sorted(stale))
+
+    @guarded
+    def get(self, key: str) -> Record | None:
+        return self._decode(key, self.backend.link.client.get(self._rkey(key)), time.time())
+
+    @guarded
+    def take(self, key: str) -> Record | None:
+        link = self.backend.link
+        raw = link.client.getdel(self._rkey(key))
+        if raw is None:
+            return None
+        self._unindex(link, self._entries(key, json.loads(raw)))
+        return self._decode(key, raw, time.time())
+
+    def delete(self, key: str) -> bool:
+        return self.take(key) is not None
+
+    @guarded
+    def _list(self, field: str, value: str) -> list[Record]:
+        link, ikey, now = self.backend.link, self._ikey(field, value), time.time()
+        pipe = link.client.pipeline(transaction=False)
+        pipe.zremrangebyscore(ikey, "-inf", now)
+        pipe.zrangebyscore(ikey, f"({now!r}", "+inf")
+        keys = pipe.execute()[1]
+        records = self._load(link, keys)
+        pairs = list(zip(keys, records, strict=True))
+        stale = [(ikey, k) for k, r in pairs if r is None or not _matches(r, field, value)]
+        self._unindex(link, stale)
+        return [r for _, r in pairs if r is not None and _matches(r, field, value)]
+
+    def list_by_user(self, user_id: str) -> list[Record]:
+        return self._list("user_id", user_id)
+
+    def list_by_client(self, client_id: str) -> list[Record]:
+        return self._list("client_id", client_id)
+
+    @guarded
+    def revoke_by_grant(self, grant_id: str) -> int:
+        link, ikey = self.backend.link, self._ikey("grant_id", grant_id)
+        keys = link.client.zrange(ikey, 0, -1)
+        removed = {}
+        for key in keys:
+            raw = link.revoke(keys=[self._rkey(key)], args=[str(grant_id)], client=link.client)
+            if raw:
+                removed[key] = json.loads(raw)
+        entries = {(ikey, k) for k in keys}
+        entries.update(e for k, r in removed.items() for e in self._entries(k, r))
+        self._unindex(link, sorted(entries))
+        now = time.time()
+        return sum(1 for r in removed.values() if not _expired(r, now))
+
+    @guarded
+    def purge(self) -> int:
+        link, now = self.backend.link, time.time()
+        pipe = link.client.pipeline(transaction=False)
+        for field in INDEXED_FIELDS:
+            match = _glob_escape(f"{self.base}:{field}:") + "*"
+            for ikey in link.client.scan_iter(match=match, count=1000, _type="zset"):
+                pipe.zremrangebyscore(ikey, "-inf", now)
+        if self.ttl:
+            pipe.zremrangebyscore(self.log, "-inf", now - self.ttl)
+        return sum(pipe.execute())
+
+    @guarded
+    def append(self, record: Record) -> str:
+        now = time.time()
+        key = audit_key(now)
+        self.put(key, record)
+        self.backend.link.client.zadd(self.log, {key: now})
+        return key
+
+    @guarded
+    def recent(self, limit: int = 50) -> list[Record]:
+        link = self.backend.link
+        if self.ttl:
+            link.client.zremrangebyscore(self.log, "-inf", time.time() - self.ttl)
+        while limit > 0:
+            keys = link.client.zrevrange(self.log, 0, limit - 1)
+            records = self._load(link, keys)
+            gone = [k for k, r in zip(keys, records, strict=True) if r is None]
+            if not gone:
+                return [r for r in records if r is not None]
+            link.client.zrem(self.log, *gone)
+        return []
+
+
+def _glob_escape(text: str) -> str:
+    """Escape Redis glob specials so a key prefix matches literally."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
