@@ -47,8 +47,9 @@ def _build_state(settings: Settings) -> State:
         storage.migrate()
     adapter = load_adapter(settings.section("resource_server"))
     cc = settings.section("client_credentials")
-    clients = ClientRegistry(_path(cc["file"]), list(adapter.scopes),
-                             cc["allow_wildcard_redirects"])
+    clients = ClientRegistry(
+        _path(cc["file"]), list(adapter.scopes), cc["allow_wildcard_redirects"]
+    )
     store, users = GrantStore(storage), UserStore(storage.users)
     server = build_server(settings, clients, store, users, list(adapter.scopes))
     return State(settings, storage, clients, adapter, store, users, server)
@@ -66,8 +67,9 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
     # TLS is the deployment's job (or ``auth_server.ssl``); Authlib must not refuse plain
     # HTTP on loopback or behind a terminating proxy.
     os.environ.setdefault("AUTHLIB_INSECURE_TRANSPORT", "1")
-    app = Flask(__name__, template_folder=str(ROOT / "templates"),
-                static_folder=str(ROOT / "static"))
+    app = Flask(
+        __name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static")
+    )
     app.config.update(settings.flask_config())
     state = _build_state(settings)
     app.extensions["oauth2"] = state

@@ -47,8 +47,9 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
         entry["client_secret_hash"] = hash_random_secret(str(secret))
     from .clients import parse_client
 
-    parse_client(entry, 0, scopes, settings.section("client_credentials")
-                 ["allow_wildcard_redirects"])
+    parse_client(
+        entry, 0, scopes, settings.section("client_credentials")["allow_wildcard_redirects"]
+    )
     append_client(path, entry)
     print(f"client_id:     {entry['client_id']}")
     if secret:
@@ -103,15 +104,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     from . import create_app
 
     create_app(settings)
-    print(json.dumps({"ok": True, "env": settings.env, "files": [str(p) for p in
-                                                              settings.sources]}))
+    print(
+        json.dumps({"ok": True, "env": settings.env, "files": [str(p) for p in settings.sources]})
+    )
     return 0
 
 
 def _redact(url: str) -> str:
     head, sep, tail = url.partition("@")
-    return (head.split(":", 2)[0] + ":" + head.split(":", 2)[1] + ":***@" + tail) if (
-        sep and head.count(":") >= 2) else url
+    return (
+        (head.split(":", 2)[0] + ":" + head.split(":", 2)[1] + ":***@" + tail)
+        if (sep and head.count(":") >= 2)
+        else url
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -122,7 +127,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--bind", help="host:port, overriding auth_server.host/port")
     serve.set_defaults(func=cmd_serve)
     clients = sub.add_parser("clients", help="manage the clients file").add_subparsers(
-        dest="clients_command", required=True)
+        dest="clients_command", required=True
+    )
     add = clients.add_parser("add", help="register a client; prints its secret once")
     add.add_argument("--name", required=True)
     add.add_argument("--redirect-uri", action="append", required=True)
@@ -136,18 +142,20 @@ def parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="schema").add_subparsers(dest="db_command", required=True)
     db.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)
     sub.add_parser("purge", help="delete expired rows").set_defaults(func=cmd_purge)
-    audit = sub.add_parser("audit", help="audit log").add_subparsers(dest="audit_command",
-                                                                    required=True)
+    audit = sub.add_parser("audit", help="audit log").add_subparsers(
+        dest="audit_command", required=True
+    )
     tail = audit.add_parser("tail", help="show the latest events")
     tail.add_argument("-n", "--lines", type=int, default=20)
     tail.set_defaults(func=cmd_audit_tail)
-    sub.add_parser("check", help="validate the configuration and exit").set_defaults(
-        func=cmd_check)
+    sub.add_parser("check", help="validate the configuration and exit").set_defaults(func=cmd_check)
     return root
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     args = parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

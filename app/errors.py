@@ -26,24 +26,36 @@ def wants_json() -> bool:
 def _storage_unavailable(exc: StorageUnavailable):
     log.error("storage unavailable on %s: %s", request.path, exc)
     if wants_json():
-        response = jsonify(error="temporarily_unavailable",
-                           error_description="Storage is unavailable; try again shortly.")
+        response = jsonify(
+            error="temporarily_unavailable",
+            error_description="Storage is unavailable; try again shortly.",
+        )
         response.status_code = 503
     else:
-        response = render_error(503, "Temporarily unavailable",
-                                "We cannot reach our storage right now. Please try again shortly.")
+        response = render_error(
+            503,
+            "Temporarily unavailable",
+            "We cannot reach our storage right now. Please try again shortly.",
+        )
     response.headers["Retry-After"] = RETRY_AFTER
     return response
 
 
 def _csrf_error(exc: CSRFError):
-    return render_error(400, "Form expired", "The form was missing its security token or it "
-                        "had expired. Go back, reload the page and try again.")
+    return render_error(
+        400,
+        "Form expired",
+        "The form was missing its security token or it "
+        "had expired. Go back, reload the page and try again.",
+    )
 
 
 def _http_error(exc: HTTPException):
     if wants_json():
-        body = {"error": _json_error_code(exc.code or 500), "error_description": exc.description}
+        body: dict[str, object] = {
+            "error": _json_error_code(exc.code or 500),
+            "error_description": exc.description,
+        }
         if request.path.startswith("/api/"):
             body = {"success": 0, "error": (exc.name or "error").lower()}
         response = jsonify(body)

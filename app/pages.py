@@ -5,8 +5,10 @@ from __future__ import annotations
 from flask import Flask, current_app, render_template, request
 
 #: Strict CSP: no inline script or style, nothing from elsewhere, no framing.
-CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self' http: https:; "
-       "frame-ancestors 'none'; base-uri 'none'")
+CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self' http: https:; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
 
 
 def view(name: str) -> str:
@@ -20,8 +22,7 @@ def render_page(name: str, code: int = 200, **context):
 
 
 def render_error(status: int, title: str, message: str, detail: str | None = None):
-    return render_page("error", status, status=status, title=title, message=message,
-                       detail=detail)
+    return render_page("error", status, status=status, title=title, message=message, detail=detail)
 
 
 def _security_headers(response):

@@ -74,9 +74,26 @@ def _loading(name: str) -> Callable[..., Any]:
     return wrapper
 
 
-for _name in ("__getitem__", "__setitem__", "__delitem__", "__contains__", "__iter__",
-              "__len__", "get", "pop", "setdefault", "update", "clear", "keys", "items",
-              "values", "popitem", "copy", "__repr__", "__eq__"):
+for _name in (
+    "__getitem__",
+    "__setitem__",
+    "__delitem__",
+    "__contains__",
+    "__iter__",
+    "__len__",
+    "get",
+    "pop",
+    "setdefault",
+    "update",
+    "clear",
+    "keys",
+    "items",
+    "values",
+    "popitem",
+    "copy",
+    "__repr__",
+    "__eq__",
+):
     setattr(StoredSession, _name, _loading(_name))
 
 
@@ -102,8 +119,11 @@ class StoredSessionInterface(SessionInterface):
     def _save(self, app, session: StoredSession, response) -> None:
         if session.old_sid:
             self.table.delete(token_digest(session.old_sid))
-        name, domain, path = (self.get_cookie_name(app), self.get_cookie_domain(app),
-                              self.get_cookie_path(app))
+        name, domain, path = (
+            self.get_cookie_name(app),
+            self.get_cookie_domain(app),
+            self.get_cookie_path(app),
+        )
         if not session.loaded:
             return
         if not dict.__len__(session):
@@ -118,8 +138,13 @@ class StoredSessionInterface(SessionInterface):
         sid = session.sid = session.sid or new_secret(32)
         self.table.put(token_digest(sid), dict(dict.items(session), _touched=now))
         response.set_cookie(
-            name, sid, httponly=True, path=path, domain=domain,
-            secure=self.get_cookie_secure(app), samesite=self.get_cookie_samesite(app),
+            name,
+            sid,
+            httponly=True,
+            path=path,
+            domain=domain,
+            secure=self.get_cookie_secure(app),
+            samesite=self.get_cookie_samesite(app),
             max_age=self.table.ttl,
         )
         response.vary.add("Cookie")

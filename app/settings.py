@@ -154,8 +154,13 @@ def _env_overrides(environ: os._Environ[str] | dict[str, str]) -> dict[str, Any]
 class Settings:
     """The validated configuration, read once at start."""
 
-    def __init__(self, data: dict[str, Any], env: str = "development", sources=(),
-                 config_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        data: dict[str, Any],
+        env: str = "development",
+        sources=(),
+        config_dir: str | None = None,
+    ) -> None:
         self.env = env
         self.sources = list(sources)
         self.config_dir = config_dir
@@ -271,7 +276,7 @@ def validate(data: dict[str, Any], env: str) -> None:
 def _validate_auth_server(auth: dict[str, Any], env: str) -> None:
     workers = auth["num_workers"]
     if workers != "auto" and not (isinstance(workers, int) and workers > 0):
-        raise ConfigError("auth_server.num_workers: expected a positive number or \"auto\"")
+        raise ConfigError('auth_server.num_workers: expected a positive number or "auto"')
     if not 0 < auth["port"] < 65536:
         raise ConfigError(f"auth_server.port: {auth['port']} is not a TCP port")
     if not auth["url"].startswith(("http://", "https://")):

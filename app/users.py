@@ -34,8 +34,9 @@ class UserStore:
 
     def remember(self, site_user: SiteUser) -> User:
         user = User(id=str(site_user.id), name=site_user.name, site_token=site_user.site_token)
-        self.table.put(user.id, {"user_id": user.id, "name": user.name,
-                                 "site_token": user.site_token})
+        self.table.put(
+            user.id, {"user_id": user.id, "name": user.name, "site_token": user.site_token}
+        )
         return user
 
     def get(self, user_id: Any) -> User | None:

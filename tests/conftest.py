@@ -17,7 +17,9 @@ from app.dummy_site import create_dummy_app
 
 REDIRECT = "http://localhost:8080/"
 VERIFIER = "v" * 43 + "-verifier_with.chars~"
-CHALLENGE = base64.urlsafe_b64encode(hashlib.sha256(VERIFIER.encode()).digest()).decode().rstrip("=")
+CHALLENGE = (
+    base64.urlsafe_b64encode(hashlib.sha256(VERIFIER.encode()).digest()).decode().rstrip("=")
+)
 
 
 @pytest.fixture(scope="session")
@@ -80,17 +82,21 @@ def login(client, username="alice", password="password", next_url=""):
     page = client.get("/login")
     return client.post(
         "/login",
-        data={"username": username, "password": password, "next": next_url,
-              "csrf_token": csrf_from(page.get_data(as_text=True))},
+        data={
+            "username": username,
+            "password": password,
+            "next": next_url,
+            "csrf_token": csrf_from(page.get_data(as_text=True)),
+        },
     )
 
 
-def authorize_url(client_id="test", response_type="code", scope=None, state="xyz",
-                  redirect_uri=REDIRECT, **extra) -> str:
+def authorize_url(
+    client_id="test", response_type="code", scope=None, state="xyz", redirect_uri=REDIRECT, **extra
+) -> str:
     from urllib.parse import urlencode
 
-    params = {"response_type": response_type, "client_id": client_id,
-              "redirect_uri": redirect_uri}
+    params = {"response_type": response_type, "client_id": client_id, "redirect_uri": redirect_uri}
     if state is not None:
         params["state"] = state
     if scope is not None:
@@ -104,8 +110,11 @@ def consent(client, url: str, allow: bool = True):
     page = client.get(url)
     assert page.status_code == 200, page.get_data(as_text=True)
     html = page.get_data(as_text=True)
-    form = {"csrf_token": csrf_from(html), "transaction_id": hidden(html, "transaction_id"),
-            "scope": hidden(html, "scope")}
+    form = {
+        "csrf_token": csrf_from(html),
+        "transaction_id": hidden(html, "transaction_id"),
+        "scope": hidden(html, "scope"),
+    }
     form["allow" if allow else "cancel"] = "Allow" if allow else "Deny"
     return client.post("/authorize", data=form)
 

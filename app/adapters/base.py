@@ -30,7 +30,7 @@ class ApiRoute:
     path: str = ""
     #: Where the user's site token goes: ``query:<param>``, ``header:<Name>``,
     #: ``cookie:<name>`` or ``form:<field>``.
-    token_in: str = "query:token"
+    token_in: str = "query:token"  # noqa: S105 - a placement, not a secret
 
 
 @dataclass

@@ -75,7 +75,7 @@ class StoredToken(TokenMixin):
 
     def is_expired(self) -> bool:
         expires_at = self.record.get("expires_at")
-        return bool(expires_at) and expires_at <= time.time()
+        return expires_at is not None and expires_at <= time.time()
 
     def is_revoked(self) -> bool:
         # Revoked tokens are deleted, so a token read back from storage is never revoked.

@@ -36,8 +36,11 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
                 "auth_time": int(time.time()),
             },
         )
-        audit("code_issued", client_id=request.client.get_client_id(),
-              user_id=request.user.get_user_id())
+        audit(
+            "code_issued",
+            client_id=request.client.get_client_id(),
+            user_id=request.user.get_user_id(),
+        )
 
     def query_authorization_code(self, code: str, client):
         found = self.server.store.find_code(code)
@@ -66,8 +69,12 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             raise InvalidGrantError("Invalid 'code' in request.")
         self.request.grant_id = code.record["grant_id"]
         result = super().create_token_response()
-        audit("token_issued", client_id=code.record["client_id"],
-              user_id=code.record["user_id"], grant="authorization_code")
+        audit(
+            "token_issued",
+            client_id=code.record["client_id"],
+            user_id=code.record["user_id"],
+            grant="authorization_code",
+        )
         return result
 
 
@@ -88,8 +95,12 @@ class ImplicitGrant(grants.ImplicitGrant):
         self.request.grant_id = new_grant_id()
         result = super().create_authorization_response(redirect_uri, grant_user)
         if grant_user:
-            audit("token_issued", client_id=self.request.client.get_client_id(),
-                  user_id=grant_user.get_user_id(), grant="implicit")
+            audit(
+                "token_issued",
+                client_id=self.request.client.get_client_id(),
+                user_id=grant_user.get_user_id(),
+                grant="implicit",
+            )
         return result
 
 

@@ -31,5 +31,4 @@ class RevocationEndpoint(_RevocationEndpoint):
 
     def revoke_token(self, token, request) -> None:
         self.server.store.revoke_token(token)
-        audit("token_revoked", client_id=token.client_id, user_id=token.user_id,
-              kind=token.kind)
+        audit("token_revoked", client_id=token.client_id, user_id=token.user_id, kind=token.kind)

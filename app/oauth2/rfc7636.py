@@ -30,8 +30,10 @@ class PKCEPolicy(CodeChallenge):
         challenge = data.get("code_challenge")
         if not challenge and (self.require_all or grant.request.client.public):
             raise InvalidRequestError("PKCE is required: send 'code_challenge' (S256).")
-        if challenge and not data.get("code_challenge_method") and (
-            "plain" not in self.SUPPORTED_CODE_CHALLENGE_METHOD
+        if (
+            challenge
+            and not data.get("code_challenge_method")
+            and ("plain" not in self.SUPPORTED_CODE_CHALLENGE_METHOD)
         ):
             raise InvalidRequestError("Unsupported 'code_challenge_method': use S256.")
         return super().validate_code_challenge(grant, redirect_uri)

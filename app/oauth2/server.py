@@ -54,8 +54,9 @@ class OAuth2Server(AuthorizationServer):
             fields.update(user_name=user.name, site_token=user.site_token)
         self.store.save_token(token, fields)
 
-    def generate_bearer_token(self, grant_type, client, user=None, scope=None,
-                              expires_in=None, include_refresh_token=True) -> dict[str, Any]:
+    def generate_bearer_token(
+        self, grant_type, client, user=None, scope=None, expires_in=None, include_refresh_token=True
+    ) -> dict[str, Any]:
         token = {
             "token_type": "Bearer",
             "access_token": new_secret(32),
@@ -77,9 +78,12 @@ class OAuth2Server(AuthorizationServer):
             return request
         if isinstance(request, dict):
             return ParamsRequest("GET", flask_request.url, flask_request.headers, request)
-        return ParamsRequest(flask_request.method, flask_request.url, flask_request.headers,
-                             body_params() if flask_request.method == "POST" else
-                             query_params())
+        return ParamsRequest(
+            flask_request.method,
+            flask_request.url,
+            flask_request.headers,
+            body_params() if flask_request.method == "POST" else query_params(),
+        )
 
     def handle_error_response(self, request, error):
         if error.error == "invalid_client" and request is not None:

@@ -41,8 +41,12 @@ BACKENDS = {
     "postgres": "app.storage.postgres:PostgresBackend",
 }
 
-_ORIGINAL_TYPES = {"redis": "redis", "postgres": "postgresql", "postgresql": "postgresql",
-                   "sqlite": "sqlite"}
+_ORIGINAL_TYPES = {
+    "redis": "redis",
+    "postgres": "postgresql",
+    "postgresql": "postgresql",
+    "sqlite": "sqlite",
+}
 
 
 @dataclass(frozen=True)

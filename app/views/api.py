@@ -41,8 +41,11 @@ def call(name: str):
     if route is None:
         return _fail(404, "no such function")
     if route.scope not in (scope_to_list(token.scope) or []):
-        return _fail(403, "insufficient scope",
-                     f'Bearer realm="api", error="insufficient_scope", scope="{route.scope}"')
+        return _fail(
+            403,
+            "insufficient scope",
+            f'Bearer realm="api", error="insufficient_scope", scope="{route.scope}"',
+        )
     if not token.user_id:
         return _fail(403, "this function acts for a user; use a user's token")
     return _proxy(route, token)
@@ -58,7 +61,10 @@ def _proxy(route, token) -> Response:
         headers["Content-Type"] = request.content_type
     try:
         upstream = state().adapter.call(
-            route, token.record.get("site_token", ""), token.user_id, headers,
+            route,
+            token.record.get("site_token", ""),
+            token.user_id,
+            headers,
             request.get_data() if request.method in ("POST", "PUT", "PATCH") else None,
             request.args.to_dict(),
         )

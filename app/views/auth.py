@@ -27,8 +27,7 @@ def _client_for(next_url: str):
 
 
 def _form(next_url: str, error: str | None = None, status: int = 200):
-    return render_page("login", status, next=next_url, error=error,
-                       client=_client_for(next_url))
+    return render_page("login", status, next=next_url, error=error, client=_client_for(next_url))
 
 
 @bp.get("/login")
@@ -46,8 +45,11 @@ def login_post():
     try:
         site_user = state().adapter.login(username, password)
     except UpstreamUnavailable:
-        return render_error(502, "Sign-in unavailable",
-                            "We cannot reach the site to check your password. Try again soon.")
+        return render_error(
+            502,
+            "Sign-in unavailable",
+            "We cannot reach the site to check your password. Try again soon.",
+        )
     if site_user is None:
         audit("login_failed", username=username[:64])
         return _form(next_url, "Wrong username or password.", 401)

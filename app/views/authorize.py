@@ -24,9 +24,12 @@ def _error(error: OAuth2Error):
     """Redirect to the client once its redirect URI is known good; else show a page."""
     if error.redirect_uri:
         return oauth().handle_error_response(None, error)
-    return render_error(400, "This link cannot be used",
-                        "The application sent an invalid sign-in request.",
-                        f"{error.error}: {error.description or ''}".strip(": "))
+    return render_error(
+        400,
+        "This link cannot be used",
+        "The application sent an invalid sign-in request.",
+        f"{error.error}: {error.description or ''}".strip(": "),
+    )
 
 
 @bp.get("/authorize")
@@ -63,12 +66,18 @@ def _dialog(grant, transaction_id: str):
 @bp.post("/authorize")
 def decide():
     transaction_id = request.form.get("transaction_id", "")
-    txn = state().storage.session.take(TXN + token_digest(transaction_id)) if (
-        transaction_id and current_user.is_authenticated) else None
+    txn = (
+        state().storage.session.take(TXN + token_digest(transaction_id))
+        if (transaction_id and current_user.is_authenticated)
+        else None
+    )
     if txn is None or txn["user_id"] != current_user.id:
-        return render_error(400, "This request has expired",
-                            "The sign-in request was already answered or has expired. "
-                            "Go back to the application and start again.")
+        return render_error(
+            400,
+            "This request has expired",
+            "The sign-in request was already answered or has expired. "
+            "Go back to the application and start again.",
+        )
     try:
         grant = oauth().get_consent_grant(request=txn["params"], end_user=current_user)
         grant.request.scope = _narrowed(txn["scope"], request.form.get("scope"))
@@ -78,7 +87,8 @@ def decide():
     client_id = grant.client.get_client_id()
     audit("consent" if allowed else "denied", client_id=client_id, user_id=current_user.id)
     return oauth().create_authorization_response(
-        request=grant.request, grant_user=current_user._get_current_object() if allowed else None,
+        request=grant.request,
+        grant_user=current_user._get_current_object() if allowed else None,
         grant=grant,
     )
 

@@ -32,13 +32,15 @@ def _grants() -> list[dict]:
         client = state().clients.get(client_id)
         granted = sorted({s for g in grants for s in scope_to_list(g["scope"]) or []})
         first = min(g["issued_at"] for g in grants)
-        rows.append({
-            "client_id": client_id,
-            "client_name": client.name if client else client_id,
-            "scopes": [(s, scopes.get(s, s)) for s in granted],
-            "granted_at": time.strftime("%d %b %Y, %H:%M UTC", time.gmtime(first)),
-            "count": len(grants),
-        })
+        rows.append(
+            {
+                "client_id": client_id,
+                "client_name": client.name if client else client_id,
+                "scopes": [(s, scopes.get(s, s)) for s in granted],
+                "granted_at": time.strftime("%d %b %Y, %H:%M UTC", time.gmtime(first)),
+                "count": len(grants),
+            }
+        )
     return sorted(rows, key=lambda row: row["client_name"].lower())
 
 
@@ -50,9 +52,13 @@ def _action(return_to: dict[str, str] | None) -> str:
 @login_required
 def review():
     return_to = _return_to()
-    return render_page("review", grants=_grants(), return_to=return_to,
-                       action=_action(return_to), message=request.args.get("saved") and
-                       "Your changes were saved.")
+    return render_page(
+        "review",
+        grants=_grants(),
+        return_to=return_to,
+        action=_action(return_to),
+        message=request.args.get("saved") and "Your changes were saved.",
+    )
 
 
 @bp.post("/review")
@@ -62,8 +68,7 @@ def review_post():
     for client_id in state().store.grants_of_user(current_user.id):
         if client_id not in kept:
             revoked = state().store.revoke_client_for_user(current_user.id, client_id)
-            audit("grant_revoked", client_id=client_id, user_id=current_user.id,
-                  revoked=revoked)
+            audit("grant_revoked", client_id=client_id, user_id=current_user.id, revoked=revoked)
     return_to = _return_to()
     if return_to:
         return redirect(return_to["redirect_uri"], 302)
