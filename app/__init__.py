@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
+from flask import Flask, current_app
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFProtect
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -86,13 +86,18 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
 def _init_extensions(app: Flask, state: State) -> None:
     login_manager.init_app(app)
     login_manager.login_view = "auth.login"
-    login_manager.user_loader(state.users.get)
+    login_manager.user_loader(_load_user)
     csrf.init_app(app)
     state.server.init_app(app)
     from . import errors, pages
 
     errors.init_app(app)
     pages.init_app(app)
+
+
+def _load_user(user_id: str):
+    # The login manager is shared by every app in the process: look up this app's users.
+    return current_app.extensions["oauth2"].users.get(user_id)
 
 
 def _register_blueprints(app: Flask) -> None:
