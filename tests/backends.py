@@ -1,0 +1,83 @@
+"""Where the test Redis and Postgres live, and what to do when one is not running.
+
+Settings: ``REDIS_URL`` (default ``redis://127.0.0.1:6379/15``, a database the
+tests flush) and ``DATABASE_URL`` (default ``postgresql://postgres@127.0.0.1:5432/test``;
+tests work in a schema of their own and drop it). When ``CI`` is set, a server
+that cannot be reached fails the tests that need it; elsewhere they skip, saying
+how to start it. Any ``conftest.py`` may import these helpers.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import quote
+
+import psycopg
+import pytest
+import redis
+from psycopg import sql
+
+START = {
+    "redis": 'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" '
+    "--appendonly no",
+    "postgres": "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+}
+
+
+def redis_url() -> str:
+    return os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def database_url() -> str:
+    return os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@functools.cache
+def unreachable(name: str, url: str) -> str | None:
+    """Return why the ``name`` server at ``url`` cannot be used, or ``None``."""
+    try:
+        if name == "redis":
+            with redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2) as client:
+                client.ping()
+        else:
+            psycopg.connect(url, connect_timeout=2).close()
+    except (redis.RedisError, psycopg.Error, OSError) as exc:
+        return str(exc).splitlines()[0]
+    return None
+
+
+def require_service(name: str, url: str) -> None:
+    """Skip the test (fail it when ``CI`` is set) if ``name`` ("redis"/"postgres") is down."""
+    error = unreachable(name, url)
+    if error is None:
+        return
+    message = f"{name} is not reachable at {url} ({error}); start it with: {START[name]}"
+    if os.environ.get("CI"):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def with_search_path(url: str, schema: str) -> str:
+    """Return ``url`` with libpq ``options`` making ``schema`` the search path."""
+    option = quote(f"-csearch_path={schema}", safe="")
+    return f"{url}{'&' if '?' in url else '?'}options={option}"
+
+
+@contextmanager
+def postgres_schema(url: str | None = None) -> Iterator[str]:
+    """Create a uniquely named schema for one test session, yield its name, drop it."""
+    url = url or database_url()
+    require_service("postgres", url)
+    schema = f"oauth2_test_{os.getpid()}_{secrets.token_hex(3)}"
+    name = sql.Identifier(schema)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(name))
+    try:
+        yield schema
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(name))

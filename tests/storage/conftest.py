@@ -1,0 +1,79 @@
+"""Backends for the storage contract suite: SQLite (a temp file), Redis and Postgres.
+
+``backend`` is parametrised over all three and hands each test empty tables.
+Redis works in the database of ``REDIS_URL`` (flushed); Postgres in a schema
+made for this session and dropped at its end (see ``tests/backends.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from app.storage import TABLES
+from app.storage.base import Backend, Table
+from app.storage.postgres import PostgresBackend
+from app.storage.redis import RedisBackend
+from app.storage.sqlite import SQLiteBackend
+from tests.backends import (
+    database_url,
+    postgres_schema,
+    redis_url,
+    require_service,
+    with_search_path,
+)
+
+BACKENDS = ("sqlite", "redis", "postgres")
+
+
+@pytest.fixture(scope="session")
+def redis_backend() -> Iterator[RedisBackend]:
+    require_service("redis", redis_url())
+    backend = RedisBackend(redis_url())
+    yield backend
+    backend.link.client.flushdb()
+    backend.close()
+
+
+@pytest.fixture(scope="session")
+def pg_schema() -> Iterator[str]:
+    """A schema of this session's own in ``DATABASE_URL``, migrated, dropped at the end."""
+    with postgres_schema(database_url()) as schema:
+        yield schema
+
+
+@pytest.fixture(scope="session")
+def postgres_backend(pg_schema: str) -> Iterator[PostgresBackend]:
+    backend = PostgresBackend(with_search_path(database_url(), pg_schema), {"max_size": 5})
+    backend.migrate()
+    yield backend
+    backend.close()
+
+
+def empty(backend: Backend) -> None:
+    """Remove every record the previous test left."""
+    if isinstance(backend, RedisBackend):
+        backend.link.client.flushdb()
+    elif isinstance(backend, PostgresBackend):
+        backend.execute("TRUNCATE " + ", ".join(backend.table_prefix + t for t in TABLES))
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path) -> Iterator[Backend]:
+    """Each backend in turn, with empty tables."""
+    if request.param == "sqlite":
+        sqlite = SQLiteBackend(f"sqlite:///{tmp_path}/oauth2.db")
+        sqlite.migrate()
+        yield sqlite
+        sqlite.close()
+        return
+    shared: Backend = request.getfixturevalue(f"{request.param}_backend")
+    empty(shared)
+    yield shared
+
+
+@pytest.fixture
+def table(backend: Backend) -> Table:
+    """The ``tokens`` table with no default lifetime."""
+    return backend.table("tokens", None)

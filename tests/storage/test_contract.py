@@ -1,0 +1,167 @@
+"""The storage contract (``app.storage.base.Table``), run against every backend."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from app.storage.base import Backend, Table
+
+TOKEN = {"user_id": "alice", "client_id": "web", "grant_id": "g1", "scope": ["read"]}
+
+
+def make(table: Table, key: str, ttl: int | None = None, **fields) -> None:
+    """Put a token-like record under ``key``, fields overriding the defaults."""
+    table.put(key, {**TOKEN, **fields}, ttl=ttl)
+
+
+def keys(records: list[dict]) -> set[str]:
+    return {r["key"] for r in records}
+
+
+def test_put_get_round_trip(table: Table) -> None:
+    record = {**TOKEN, "nested": {"a": [1, 2.5, None, True]}, "key": "ignored"}
+    table.put("k1", record, ttl=60)
+    got = table.get("k1")
+    assert got is not None
+    assert got.pop("key") == "k1"
+    assert got.pop("expires_at") == pytest.approx(time.time() + 60, abs=2)
+    assert got == {k: v for k, v in record.items() if k != "key"}
+
+
+def test_get_missing_is_none(table: Table) -> None:
+    assert table.get("nope") is None
+
+
+def test_no_ttl_means_no_expiry(table: Table) -> None:
+    make(table, "k1")
+    assert table.get("k1")["expires_at"] is None
+
+
+def test_table_default_ttl_and_override(backend: Backend) -> None:
+    codes = backend.table("codes", 60)
+    codes.put("default", {"a": 1})
+    codes.put("never", {"a": 2}, ttl=0)
+    assert codes.get("default")["expires_at"] == pytest.approx(time.time() + 60, abs=2)
+    assert codes.get("never")["expires_at"] is None
+
+
+def test_put_upserts(table: Table) -> None:
+    make(table, "k1", ttl=60, scope=["read"])
+    table.put("k1", {"user_id": "bob", "client_id": "web", "note": "new"})
+    assert table.get("k1") == {
+        "key": "k1",
+        "expires_at": None,
+        "user_id": "bob",
+        "client_id": "web",
+        "note": "new",
+    }
+    assert table.list_by_user("alice") == []
+    assert keys(table.list_by_user("bob")) == {"k1"}
+    assert table.revoke_by_grant("g1") == 0
+    assert table.get("k1") is not None
+
+
+def test_put_with_past_expiry_is_absent(table: Table) -> None:
+    make(table, "k1", ttl=-1)
+    assert table.get("k1") is None
+    assert table.take("k1") is None
+    assert table.list_by_user("alice") == []
+
+
+def test_ttl_expiry_and_purge(table: Table) -> None:
+    make(table, "short1", ttl=1)
+    make(table, "short2", ttl=1)
+    make(table, "long", ttl=60)
+    time.sleep(1.1)
+    assert table.purge() > 0
+    assert table.purge() == 0
+    assert table.get("short1") is None
+    assert table.take("short2") is None
+    assert table.delete("short1") is False
+    assert keys(table.list_by_user("alice")) == {"long"}
+    assert keys(table.list_by_client("web")) == {"long"}
+    assert table.revoke_by_grant("g1") == 1
+
+
+def test_take_returns_the_record_once(table: Table) -> None:
+    make(table, "code")
+    taken = table.take("code")
+    assert taken is not None and taken["key"] == "code" and taken["user_id"] == "alice"
+    assert table.take("code") is None
+    assert table.get("code") is None
+    assert table.list_by_user("alice") == []
+
+
+def test_delete(table: Table) -> None:
+    make(table, "k1")
+    assert table.delete("k1") is True
+    assert table.delete("k1") is False
+    assert table.get("k1") is None
+    assert table.list_by_client("web") == []
+
+
+def test_revoke_many(table: Table) -> None:
+    make(table, "a")
+    make(table, "b")
+    assert table.revoke_many(["a", "b", "missing"]) == 2
+    assert table.get("a") is None and table.get("b") is None
+
+
+def test_list_by_user_and_client_return_live_matches_only(table: Table) -> None:
+    make(table, "a1")
+    make(table, "a2", client_id="mobile")
+    make(table, "gone", ttl=-1)
+    make(table, "b1", user_id="bob")
+    assert keys(table.list_by_user("alice")) == {"a1", "a2"}
+    assert keys(table.list_by_user("bob")) == {"b1"}
+    assert keys(table.list_by_client("web")) == {"a1", "b1"}
+    assert keys(table.list_by_client("mobile")) == {"a2"}
+    assert table.list_by_user("nobody") == []
+
+
+def test_revoke_by_grant(table: Table) -> None:
+    make(table, "t1")
+    make(table, "t2", client_id="mobile")
+    make(table, "other", grant_id="g2")
+    assert table.revoke_by_grant("g1") == 2
+    assert table.get("t1") is None and table.get("t2") is None
+    assert keys(table.list_by_user("alice")) == {"other"}
+    assert table.revoke_by_grant("g1") == 0
+    assert table.get("other") is not None
+
+
+def test_append_and_recent_newest_first(backend: Backend) -> None:
+    audit = backend.table("audit", None)
+    appended = [audit.append({"event": "login", "n": n}) for n in range(5)]
+    assert appended == sorted(appended)
+    assert [r["n"] for r in audit.recent(3)] == [4, 3, 2]
+    assert [r["key"] for r in audit.recent()] == appended[::-1]
+    assert audit.get(appended[0])["n"] == 0
+    assert audit.recent(0) == []
+
+
+def test_recent_skips_deleted_rows(backend: Backend) -> None:
+    audit = backend.table("audit", None)
+    appended = [audit.append({"n": n}) for n in range(4)]
+    audit.delete(appended[3])
+    assert [r["n"] for r in audit.recent(2)] == [2, 1]
+
+
+def test_tables_are_isolated(backend: Backend) -> None:
+    tokens, codes = backend.table("tokens", None), backend.table("codes", None)
+    make(tokens, "same", scope="token")
+    make(codes, "same", scope="code")
+    assert tokens.get("same")["scope"] == "token"
+    assert codes.get("same")["scope"] == "code"
+    assert codes.revoke_by_grant("g1") == 1
+    assert tokens.get("same")["scope"] == "token"
+    assert keys(tokens.list_by_user("alice")) == {"same"}
+    assert codes.list_by_user("alice") == []
+    assert tokens.take("same") is not None
+
+
+def test_migrate_is_idempotent(backend: Backend) -> None:
+    assert backend.migrate() == []
+    backend.ping()
