@@ -14,12 +14,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
 from .adapters import adapter_class
 from .settings import Settings
-from .storage import Storage
+from .storage import Storage, StorageUnavailable
 
 log = logging.getLogger("oauth2")
 
@@ -72,6 +73,27 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.kill()
 
 
+def start_purger(settings: Settings) -> threading.Thread | None:
+    """Purge expired rows every ``storage.purge_interval`` seconds, off the request path."""
+    interval = settings.data["storage"].get("purge_interval", 300)
+    if not interval:
+        return None
+
+    def loop() -> None:
+        storage = Storage(settings.storage_specs)
+        while True:
+            time.sleep(interval)
+            try:
+                removed = sum(storage.purge().values())
+                log.info("purge: %d expired rows removed", removed)
+            except StorageUnavailable as exc:
+                log.warning("purge skipped, storage unavailable: %s", exc)
+
+    thread = threading.Thread(target=loop, name="oauth2-purge", daemon=True)
+    thread.start()
+    return thread
+
+
 def serve(settings: Settings, bind: str | None = None) -> None:
     """Prepare storage, start the dummy site if configured, then run gunicorn."""
     from gunicorn.app.base import BaseApplication
@@ -92,6 +114,8 @@ def serve(settings: Settings, bind: str | None = None) -> None:
             for name, value in gunicorn_options(settings, bind).items():
                 if value is not None and name in self.cfg.settings:
                     self.cfg.set(name, value)
+            # In the master, once workers are up: requests never wait on a purge.
+            self.cfg.set("when_ready", lambda _arbiter: start_purger(settings))
 
         def load(self):
             from . import create_app

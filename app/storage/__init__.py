@@ -132,6 +132,9 @@ def parse_storage_config(config: dict[str, Any]) -> dict[str, StorageSpec]:
     unknown = set(config) - set(TABLES) - {"default", "auto_migrate", "purge_interval"}
     if unknown:
         raise StorageConfigError(f"storage: unknown table(s) {', '.join(sorted(unknown))}")
+    interval = config.get("purge_interval", 300)
+    if isinstance(interval, bool) or not isinstance(interval, int) or interval < 0:
+        raise StorageConfigError("storage.purge_interval: expected whole seconds >= 0 (0: off)")
     if "default" not in config:
         raise StorageConfigError("storage.default: missing (the catch-all backend)")
     default = parse_spec("default", config["default"])
