@@ -86,7 +86,9 @@ class SQLTable(Table):
             " expires_at = excluded.expires_at, data = excluded.data"
         )
         self._get = sql(f"SELECT key, expires_at, data FROM {t} WHERE key = ? AND {live}")
-        self._take = sql(f"DELETE FROM {t} WHERE key = ? AND {live} RETURNING key, expires_at, data")
+        self._take = sql(
+            f"DELETE FROM {t} WHERE key = ? AND {live} RETURNING key, expires_at, data"
+        )
         self._delete = sql(f"DELETE FROM {t} WHERE key = ? AND {live}")
         self._delete_any = sql(f"DELETE FROM {t} WHERE key = ?")
         self._by = {

@@ -1,0 +1,191 @@
+"""Outages: every driver error is ``StorageUnavailable``; lost connections recover."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+import warnings
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+import redis
+
+from app.storage import Storage
+from app.storage.base import Backend, StorageUnavailable, Table
+from app.storage.postgres import PostgresBackend
+from app.storage.redis import RedisBackend
+from tests import backends
+from tests.backends import database_url, redis_url, with_search_path
+from tests.storage.proxy import Proxy
+
+CLOSED = {
+    "redis": lambda: RedisBackend("redis://127.0.0.1:1/0"),
+    "postgres": lambda: PostgresBackend("postgresql://postgres@127.0.0.1:1/test"),
+}
+VERBS = {
+    "put": lambda t: t.put("k", {"user_id": "u"}),
+    "get": lambda t: t.get("k"),
+    "take": lambda t: t.take("k"),
+    "delete": lambda t: t.delete("k"),
+    "list_by_user": lambda t: t.list_by_user("u"),
+    "list_by_client": lambda t: t.list_by_client("c"),
+    "revoke_by_grant": lambda t: t.revoke_by_grant("g"),
+    "purge": lambda t: t.purge(),
+    "append": lambda t: t.append({"event": "x"}),
+    "recent": lambda t: t.recent(),
+}
+
+
+@pytest.fixture(params=sorted(CLOSED))
+def closed(request: pytest.FixtureRequest):
+    backend = CLOSED[request.param]()
+    yield backend
+    backend.close()
+
+
+@pytest.mark.parametrize("verb", sorted(VERBS))
+def test_closed_port_raises_storage_unavailable(closed: Backend, verb: str) -> None:
+    with pytest.raises(StorageUnavailable):
+        VERBS[verb](closed.table("codes", 60))
+
+
+def test_closed_port_ping_and_migrate(closed: Backend) -> None:
+    with pytest.raises(StorageUnavailable):
+        closed.ping()
+    if isinstance(closed, PostgresBackend):
+        with pytest.raises(StorageUnavailable):
+            closed.migrate()
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"type": "Redis", "host": "127.0.0.1", "port": 1, "db": 0},
+        {"type": "Postgres", "options": {"host": "127.0.0.1", "port": 1, "database": "test"}},
+    ],
+)
+def test_original_form_on_closed_port(entry: dict, tmp_path) -> None:
+    storage = Storage.from_config({"default": f"sqlite:///{tmp_path}/o.db", "codes": entry})
+    try:
+        with pytest.raises(StorageUnavailable):
+            storage.codes.take("k")
+    finally:
+        storage.close()
+
+
+def test_postgres_recovers_after_terminate(pg_schema: str) -> None:
+    name = f"oauth2-test-{secrets.token_hex(4)}"
+    url = with_search_path(database_url(), pg_schema) + f"&application_name={name}"
+    backend = PostgresBackend(url, {"min_size": 2})
+    try:
+        backend.migrate()
+        table = backend.table("tokens", None)
+        table.put("k", {"user_id": "u"})
+        with psycopg.connect(database_url(), autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = %s",
+                (name,),
+            ).fetchone()
+        assert killed is not None and killed[0] >= 1
+        assert table.get("k") is not None
+        assert table.take("k") is not None
+    finally:
+        backend.close()
+
+
+def test_redis_recovers_after_client_kill(redis_backend: RedisBackend) -> None:
+    name = f"oauth2-test-{secrets.token_hex(4)}"
+    backend = RedisBackend(redis_url(), {"client_name": name})
+    try:
+        table = backend.table("tokens", None)
+        table.put("k", {"user_id": "u"})
+        with redis.Redis.from_url(redis_url()) as admin:
+            ids = [c["id"] for c in admin.client_list() if c.get("name") == name]
+            assert ids
+            for client_id in ids:
+                admin.client_kill_filter(_id=client_id)
+        assert table.get("k") is not None
+        assert [r["key"] for r in table.list_by_user("u")] == ["k"]
+    finally:
+        backend.close()
+
+
+def test_forked_child_uses_its_own_connections(table: Table) -> None:
+    table.put("k", {"user_id": "u"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads, 3.12+
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            ok = table.get("k") is not None and table.list_by_user("u") != []
+        except BaseException:
+            ok = False
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert table.get("k") is not None  # the parent's connections survived the child
+
+
+@pytest.mark.parametrize("ci, outcome", [("1", pytest.fail.Exception), ("", pytest.skip.Exception)])
+def test_require_service_fails_on_ci_and_skips_elsewhere(monkeypatch, ci, outcome) -> None:
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="redis-server --daemonize yes"):
+        backends.require_service("redis", "redis://127.0.0.1:1/0")
+
+
+def via(url: str, port: int) -> str:
+    """Return ``url`` pointed at ``127.0.0.1:port``, keeping its credentials."""
+    parts = urlsplit(url)
+    auth, at, _ = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{auth}{at}127.0.0.1:{port}").geturl()
+
+
+@pytest.fixture
+def proxy_to():
+    """Return a started, stoppable proxy to a server URL; stopped after the test."""
+    proxies: list[Proxy] = []
+
+    def start(url: str) -> Proxy:
+        parts = urlsplit(url)
+        proxies.append(Proxy(parts.hostname or "127.0.0.1", parts.port or 0))
+        proxies[-1].start()
+        return proxies[-1]
+
+    yield start
+    for proxy in proxies:
+        proxy.stop()
+
+
+def outage_then_recovery(proxy: Proxy, backend: Backend) -> None:
+    """Calls fail with StorageUnavailable (soon fast) while down, and work once back."""
+    try:
+        table = backend.table("tokens", None)
+        table.put("k", {"user_id": "u"})
+        proxy.stop()
+        for _ in range(2):
+            with pytest.raises(StorageUnavailable):
+                table.get("k")
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailable):
+            table.get("k")
+        assert time.monotonic() - started < 0.5
+        proxy.start()
+        assert table.get("k") is not None
+    finally:
+        backend.close()
+
+
+def test_redis_outage_fails_fast_then_recovers(redis_backend, proxy_to) -> None:
+    proxy = proxy_to(redis_url())
+    outage_then_recovery(proxy, RedisBackend(via(redis_url(), proxy.port)))
+
+
+def test_postgres_outage_fails_fast_then_recovers(
+    postgres_backend, pg_schema: str, proxy_to
+) -> None:
+    proxy = proxy_to(database_url())
+    url = with_search_path(via(database_url(), proxy.port), pg_schema)
+    outage_then_recovery(proxy, PostgresBackend(url, {"timeout": 1}))
