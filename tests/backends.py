@@ -2,7 +2,8 @@
 
 Settings: ``REDIS_URL`` (default ``redis://127.0.0.1:6379/15``, a database the
 tests flush) and ``DATABASE_URL`` (default ``postgresql://postgres@127.0.0.1:5432/test``;
-tests work in a schema of their own and drop it). When ``CI`` is set, a server
+tests work in a schema of their own and drop it); ``REDIS_CLUSTER_URL``, if set,
+adds a Redis Cluster run of the storage suite. When ``CI`` is set, a server
 that cannot be reached fails the tests that need it; elsewhere they skip, saying
 how to start it. Any ``conftest.py`` may import these helpers.
 """
@@ -32,6 +33,11 @@ def redis_url() -> str:
     return os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
+def redis_cluster_url() -> str | None:
+    """``REDIS_CLUSTER_URL`` (``redis+cluster://host:port``), or ``None``: no cluster tests."""
+    return os.environ.get("REDIS_CLUSTER_URL") or None
+
+
 def database_url() -> str:
     return os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -41,6 +47,7 @@ def unreachable(name: str, url: str) -> str | None:
     """Return why the ``name`` server at ``url`` cannot be used, or ``None``."""
     try:
         if name == "redis":
+            url = url.replace("redis+cluster://", "redis://", 1)
             with redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2) as client:
                 client.ping()
         else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from redis.cluster import RedisCluster
 
 from app.storage import TABLES
 from app.storage.base import Backend, Table
@@ -19,12 +20,13 @@ from app.storage.sqlite import SQLiteBackend
 from tests.backends import (
     database_url,
     postgres_schema,
+    redis_cluster_url,
     redis_url,
     require_service,
     with_search_path,
 )
 
-BACKENDS = ("sqlite", "redis", "postgres")
+BACKENDS = ("sqlite", "redis", "postgres") + (("redis_cluster",) if redis_cluster_url() else ())
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +35,18 @@ def redis_backend() -> Iterator[RedisBackend]:
     backend = RedisBackend(redis_url())
     yield backend
     backend.link.client.flushdb()
+    backend.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_backend() -> Iterator[RedisBackend]:
+    url = redis_cluster_url()
+    if url is None:
+        pytest.skip("REDIS_CLUSTER_URL is not set")
+    require_service("redis", url)
+    backend = RedisBackend(url)
+    yield backend
+    empty(backend)
     backend.close()
 
 
@@ -54,7 +68,11 @@ def postgres_backend(pg_schema: str) -> Iterator[PostgresBackend]:
 def empty(backend: Backend) -> None:
     """Remove every record the previous test left."""
     if isinstance(backend, RedisBackend):
-        backend.link.client.flushdb()
+        client = backend.link.client
+        if isinstance(client, RedisCluster):
+            client.flushdb(target_nodes=RedisCluster.PRIMARIES)
+        else:
+            client.flushdb()
     elif isinstance(backend, PostgresBackend):
         backend.execute("TRUNCATE " + ", ".join(backend.table_prefix + t for t in TABLES))
 
