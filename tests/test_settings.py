@@ -1,0 +1,336 @@
+"""Configuration: file layering, environment overrides, validation that names the key."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from app.settings import DEFAULTS, ConfigError, Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+STRONG = "a-strong-secret-" + "q" * 24
+
+
+def write(folder: Path, name: str, data) -> Path:
+    path = folder / name
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    """A config folder whose default.json has what every test needs."""
+    folder = tmp_path / "config"
+    folder.mkdir()
+    write(
+        folder,
+        "default.json",
+        {
+            "auth_server": {"port": 9000, "site_name": "From default"},
+            "storage": {"default": f"sqlite:///{tmp_path}/settings.db"},
+        },
+    )
+    return folder
+
+
+def load(folder: Path, **environ: str) -> Settings:
+    return Settings.load(config_dir=str(folder), environ=environ)
+
+
+# -- layering -----------------------------------------------------------------------------
+def test_files_merge_in_order_default_env_runtime(folder):
+    write(folder, "development.json", {"auth_server": {"site_name": "From development"}})
+    write(folder, "runtime.json", {"logging": {"level": "debug"}})
+    settings = load(folder)
+    assert settings.auth["port"] == 9000
+    assert settings.auth["site_name"] == "From development"
+    assert settings.data["logging"]["level"] == "debug"
+    assert settings.log_level == logging.DEBUG
+    assert [p.name for p in settings.sources] == [
+        "default.json",
+        "development.json",
+        "runtime.json",
+    ]
+
+
+def test_runtime_wins_over_the_environment_file(folder):
+    write(folder, "development.json", {"auth_server": {"site_name": "From development"}})
+    write(folder, "runtime.json", {"auth_server": {"site_name": "From runtime"}})
+    assert load(folder).auth["site_name"] == "From runtime"
+
+
+def test_oauth2_env_chooses_the_environment_file(folder):
+    write(folder, "development.json", {"auth_server": {"site_name": "From development"}})
+    write(folder, "staging.json", {"auth_server": {"site_name": "From staging"}})
+    settings = load(folder, OAUTH2_ENV="staging")
+    assert settings.env == "staging"
+    assert settings.auth["site_name"] == "From staging"
+    assert [p.name for p in settings.sources] == ["default.json", "staging.json"]
+
+
+def test_config_folder_comes_from_oauth2_config_dir(folder):
+    settings = Settings.load(environ={"OAUTH2_CONFIG_DIR": str(folder)})
+    assert settings.auth["port"] == 9000
+    assert settings.config_dir == str(folder)
+
+
+def test_merge_is_deep_and_keeps_sibling_keys(folder):
+    write(folder, "runtime.json", {"auth_server": {"views": {"login": "my-login"}}})
+    views = load(folder).auth["views"]
+    assert views["login"] == "my-login"
+    assert views["dialog"] == "dialog"
+    assert views["error"] == "error"
+
+
+def test_unset_keys_keep_the_shipped_defaults(folder):
+    settings = load(folder)
+    assert settings.auth["max_body_bytes"] == DEFAULTS["auth_server"]["max_body_bytes"] == 65536
+    assert settings.auth["url"] == "http://127.0.0.1:8081"
+
+
+def test_storage_table_entry_is_replaced_whole(folder, tmp_path):
+    write(folder, "development.json", {"storage": {"tokens": {"type": "Redis", "ttl": 60}}})
+    write(folder, "runtime.json", {"storage": {"tokens": f"sqlite:///{tmp_path}/t.db"}})
+    settings = load(folder)
+    assert settings.storage_specs["tokens"].url == f"sqlite:///{tmp_path}/t.db"
+    assert settings.storage_specs["codes"].url == f"sqlite:///{tmp_path}/settings.db"
+
+
+def test_a_different_adapter_type_does_not_inherit_the_dummy_keys(folder):
+    # The shipped defaults describe the dummy adapter (host, port); an http adapter's
+    # section must not inherit them, or the adapter refuses them as unknown keys.
+    http = {"type": "http", "base_url": "http://127.0.0.1:9", "scopes": {"read": "Read"}}
+    write(folder, "runtime.json", {"resource_server": http})
+    section = load(folder).section("resource_server")
+    assert section == http
+
+    from app.adapters import load_adapter
+
+    adapter = load_adapter(section)
+    try:
+        assert adapter.base_url == "http://127.0.0.1:9"
+    finally:
+        adapter.close()
+
+
+def test_the_shipped_config_folder_loads():
+    settings = Settings.load(config_dir=str(ROOT / "config"), environ={})
+    assert settings.auth["port"] == 8081
+    assert settings.section("resource_server")["type"] == "dummy"
+
+
+def test_overrides_alone_read_no_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "default.json", {"auth_server": {"port": 1}})
+    settings = Settings.load({"storage": {"default": f"sqlite:///{tmp_path}/x.db"}}, environ={})
+    assert settings.sources == []
+    assert settings.auth["port"] == 8081
+
+
+# -- environment --------------------------------------------------------------------------
+def test_session_secret_from_the_environment_wins(folder):
+    write(folder, "runtime.json", {"auth_server": {"session_secret": "from-the-file-" + "x" * 9}})
+    settings = load(folder, OAUTH2_SESSION_SECRET=STRONG)
+    assert settings.auth["session_secret"] == STRONG
+    assert settings.flask_config()["SECRET_KEY"] == STRONG
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "section", "key", "value"),
+    [
+        ("OAUTH2__auth_server__port", "9999", "auth_server", "port", 9999),
+        ("OAUTH2__AUTH_SERVER__PORT", "9998", "auth_server", "port", 9998),
+        ("OAUTH2__auth_server__ssl", "false", "auth_server", "ssl", False),
+        (
+            "OAUTH2__auth_server__site_name",
+            "Plain words",
+            "auth_server",
+            "site_name",
+            "Plain words",
+        ),
+        ("OAUTH2__logging__level", "debug", "logging", "level", "debug"),
+        (
+            "OAUTH2__client_credentials__file",
+            "/etc/clients.json",
+            "client_credentials",
+            "file",
+            "/etc/clients.json",
+        ),
+    ],
+)
+def test_env_overrides_by_section_and_key(folder, name, raw, section, key, value):
+    write(folder, "runtime.json", {"auth_server": {"port": 7000}})
+    settings = load(folder, **{name: raw})
+    assert settings.section(section)[key] == value
+
+
+def test_env_override_of_a_nested_storage_entry(folder, tmp_path):
+    url = f"sqlite:///{tmp_path}/env.db"
+    settings = load(folder, OAUTH2__storage__codes=url)
+    assert settings.storage_specs["codes"].url == url
+    assert settings.storage_specs["tokens"].url == f"sqlite:///{tmp_path}/settings.db"
+
+
+def test_other_environment_variables_are_ignored(folder):
+    settings = load(folder, OAUTH2_SOMETHING="1", HOME="/root", OAUTH2_="x")
+    assert settings.auth["port"] == 9000
+
+
+# -- validation ---------------------------------------------------------------------------
+BAD_VALUES = [
+    ({"nosuch": {}}, "nosuch"),
+    ({"auth_server": {"bogus": 1}}, "auth_server.bogus"),
+    ({"client_credentials": {"fiel": "x.json"}}, "client_credentials.fiel"),
+    ({"logging": {"lvl": "debug"}}, "logging.lvl"),
+    ({"storage": {"tokenz": "sqlite:///x.db"}}, "tokenz"),
+    ({"auth_server": {"port": "8081"}}, "auth_server.port"),
+    ({"auth_server": {"port": 70000}}, "auth_server.port"),
+    ({"auth_server": {"port": 0}}, "auth_server.port"),
+    ({"auth_server": {"port": True}}, "auth_server.port"),
+    ({"auth_server": {"ssl": "yes"}}, "auth_server.ssl"),
+    ({"auth_server": {"ssl": True}}, "auth_server.ssl_cert"),
+    ({"auth_server": {"url": "ftp://auth.example"}}, "auth_server.url"),
+    ({"auth_server": {"url": 8081}}, "auth_server.url"),
+    ({"auth_server": {"num_workers": 0}}, "auth_server.num_workers"),
+    ({"auth_server": {"num_workers": "many"}}, "auth_server.num_workers"),
+    ({"auth_server": {"num_workers": True}}, "auth_server.num_workers"),
+    ({"auth_server": {"views": {"login": 5}}}, "auth_server.views.login"),
+    ({"auth_server": {"views": "login"}}, "auth_server.views"),
+    ({"auth_server": {"grant_types": ["password"]}}, "auth_server.grant_types"),
+    ({"auth_server": {"max_body_bytes": 10}}, "auth_server.max_body_bytes"),
+    ({"auth_server": {"max_body_bytes": "64k"}}, "auth_server.max_body_bytes"),
+    ({"auth_server": {"session_secret": 12345}}, "auth_server.session_secret"),
+    ({"auth_server": []}, "auth_server"),
+    (
+        {"client_credentials": {"allow_wildcard_redirects": "yes"}},
+        "client_credentials.allow_wildcard_redirects",
+    ),
+    ({"client_credentials": {"file": None}}, "client_credentials.file"),
+    ({"logging": {"level": "loud"}}, "logging.level"),
+    ({"logging": {"level": 7}}, "logging.level"),
+    ({"resource_server": {"type": ""}}, "resource_server.type"),
+    ({"storage": {"default": "mysql://db/x"}}, "storage.default"),
+    ({"storage": {"tokens": {"url": "sqlite:///x.db", "ttl": -1}}}, "storage.tokens.ttl"),
+    ({"storage": {"codes": {"type": "Mongo"}}}, "storage.codes.type"),
+    ({"storage": {"session": 42}}, "storage.session"),
+]
+
+
+@pytest.mark.parametrize(("runtime", "named"), BAD_VALUES)
+def test_bad_files_fail_naming_the_key(folder, runtime, named):
+    write(folder, "runtime.json", runtime)
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load(folder)
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "named"),
+    [
+        ("OAUTH2__auth_server__port", "abc", "auth_server.port"),
+        ("OAUTH2__auth_server__ssl", "maybe", "auth_server.ssl"),
+        ("OAUTH2__auth_server__typo", "1", "auth_server.typo"),
+        ("OAUTH2__logging__level", "shouting", "logging.level"),
+    ],
+)
+def test_bad_environment_values_fail_naming_the_key(folder, name, raw, named):
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load(folder, **{name: raw})
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("default.json", "{not json"), ("development.json", "[1, 2]"), ("runtime.json", "")],
+)
+def test_unreadable_files_fail_naming_the_file(folder, name, content):
+    write(folder, name, content)
+    with pytest.raises(ConfigError, match=re.escape(name)):
+        load(folder)
+
+
+def test_config_error_is_a_value_error_with_the_key_first(folder):
+    write(folder, "runtime.json", {"auth_server": {"port": "x"}})
+    with pytest.raises(ValueError, match=r"^auth_server\.port: "):
+        load(folder)
+
+
+# -- secrets and what they map to ---------------------------------------------------------
+def _dev_secret() -> str:
+    return json.loads((ROOT / "config/development.json").read_text())["auth_server"][
+        "session_secret"
+    ]
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        None,
+        "",
+        "short",
+        "$4$eRDyE/eQ$/F/mHVBpobUbTB7VcaFQ5GfaCNg$",  # the original server's published secret
+        pytest.param(_dev_secret(), id="shipped-development-secret"),
+    ],
+)
+def test_production_refuses_weak_session_secrets(folder, secret):
+    write(folder, "production.json", {"auth_server": {"session_secret": secret}})
+    with pytest.raises(ConfigError, match=re.escape("auth_server.session_secret")):
+        load(folder, OAUTH2_ENV="production")
+
+
+def test_production_accepts_a_strong_secret_from_the_environment(folder):
+    settings = load(folder, OAUTH2_ENV="production", OAUTH2_SESSION_SECRET=STRONG)
+    assert settings.env == "production"
+    assert settings.flask_config()["SECRET_KEY"] == STRONG
+
+
+def test_development_without_a_secret_uses_a_random_one_and_warns(folder, caplog):
+    settings = load(folder)
+    with caplog.at_level(logging.WARNING, logger="app.settings"):
+        first = settings.flask_config()["SECRET_KEY"]
+    second = settings.flask_config()["SECRET_KEY"]
+    assert len(first) >= 32
+    assert first != second
+    assert "auth_server.session_secret" in caplog.text
+
+
+def test_flask_config_maps_our_keys(folder):
+    write(folder, "runtime.json", {"auth_server": {"max_body_bytes": 4096}})
+    config = load(folder, OAUTH2_SESSION_SECRET=STRONG).flask_config()
+    assert config["MAX_CONTENT_LENGTH"] == 4096
+    assert config["SESSION_COOKIE_HTTPONLY"] is True
+    assert config["SESSION_COOKIE_SAMESITE"] == "Lax"
+    assert config["SESSION_COOKIE_SECURE"] is False
+    assert config["PERMANENT_SESSION_LIFETIME"] == 1800
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [{"url": "https://auth.example"}, {"ssl": True, "ssl_cert": "c.pem", "ssl_key": "k.pem"}],
+)
+def test_cookies_are_secure_behind_https(folder, auth):
+    write(folder, "runtime.json", {"auth_server": auth})
+    config = load(folder, OAUTH2_SESSION_SECRET=STRONG).flask_config()
+    assert config["SESSION_COOKIE_SECURE"] is True
+    assert config["WTF_CSRF_SSL_STRICT"] is True
+
+
+def test_num_workers(folder):
+    assert load(folder).num_workers() == (os.cpu_count() or 1)
+    write(folder, "runtime.json", {"auth_server": {"num_workers": 3}})
+    assert load(folder).num_workers() == 3
+
+
+def test_issuer_has_no_trailing_slash(folder):
+    write(folder, "runtime.json", {"auth_server": {"url": "https://auth.example/"}})
+    assert load(folder).issuer == "https://auth.example"
+
+
+def test_storage_ttls_default_to_the_originals(folder):
+    settings = load(folder)
+    assert settings.ttl("codes") == 60
+    assert settings.ttl("tokens") == 7200
+    assert settings.ttl("session") == 1800
