@@ -19,14 +19,13 @@ from tests.conftest import (
     base_config,
     basic,
     bearer,
-    exchange,
     get_code,
     location_params,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
 
-#: Clients beside the demo ones: a public (PKCE) client and one without the implicit grant.
+#: Clients beside the demo ones: public (PKCE), without implicit, limited to ``read-only``.
 EXTRA_CLIENTS: list[dict[str, Any]] = [
     {
         "client_id": "spa",
@@ -40,6 +39,14 @@ EXTRA_CLIENTS: list[dict[str, Any]] = [
         "name": "Code only",
         "client_secret_hash": hash_random_secret("hunter2"),
         "grant_types": ["authorization_code", "refresh_token"],
+        "redirect_uris": [REDIRECT],
+    },
+    {
+        "client_id": "reader",
+        "name": "Read-only partner",
+        "client_secret_hash": hash_random_secret("hunter2"),
+        "grant_types": ["authorization_code", "implicit", "refresh_token", "client_credentials"],
+        "scopes": ["read-only"],
         "redirect_uris": [REDIRECT],
     },
 ]
@@ -96,9 +103,15 @@ def unchanged(state) -> Iterator[None]:
 
 
 # -- flows ------------------------------------------------------------------------------
-def issue_tokens(client, **authorize) -> dict[str, Any]:
-    """Run the code flow for ``test`` (log in, allow, redeem); return the token response."""
-    response = exchange(client, get_code(client, **authorize))
+def redeem(client, code: str, client_id="test", **extra):
+    """Exchange ``code`` at ``/token``, authenticating ``client_id`` by HTTP Basic."""
+    data = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT, **extra}
+    return client.post("/token", data=data, headers=basic(client_id))
+
+
+def issue_tokens(client, client_id="test", **authorize) -> dict[str, Any]:
+    """Run the code flow (log in, allow, redeem); return the token response."""
+    response = redeem(client, get_code(client, client_id=client_id, **authorize), client_id)
     assert response.status_code == 200, response.get_json()
     return response.get_json()
 
