@@ -1,0 +1,201 @@
+"""Server-side sessions: lazy loading, id renewal at login, logout, cookie flags, outages."""
+
+from __future__ import annotations
+
+import pytest
+
+from app import create_app
+from app.secrets_hash import token_digest
+from app.storage import StorageUnavailable
+from tests.conftest import base_config, csrf_from, login
+
+COOKIE = "oauth2_session"
+
+
+def sid(client) -> str | None:
+    cookie = client.get_cookie(COOKIE)
+    return cookie.value if cookie else None
+
+
+def set_cookie_header(response) -> str:
+    cookies = [h for h in response.headers.getlist("Set-Cookie") if h.startswith(COOKIE + "=")]
+    assert len(cookies) == 1, response.headers.getlist("Set-Cookie")
+    return cookies[0]
+
+
+def logged_in(app, session_id: str) -> bool:
+    """Whether a fresh browser holding only ``session_id`` is signed in."""
+    other = app.test_client()
+    other.set_cookie(COOKIE, session_id)
+    response = other.get("/review")
+    assert response.status_code in (200, 302)
+    return response.status_code == 200
+
+
+def raising(*args, **kwargs):
+    raise StorageUnavailable("storage is down (test)")
+
+
+def test_anonymous_requests_store_nothing_until_a_form_needs_it(client, state):
+    response = client.get("/.well-known/oauth-authorization-server")
+    assert response.status_code == 200
+    assert sid(client) is None
+    assert client.get("/login").status_code == 200  # the CSRF token needs a session
+    assert sid(client) is not None
+    assert state.storage.session.get(token_digest(sid(client))) is not None
+
+
+def test_session_is_stored_under_the_hash_of_the_cookie(client, state):
+    login(client)
+    value = sid(client)
+    record = state.storage.session.get(token_digest(value))
+    assert record is not None
+    assert record["_user_id"]
+    assert state.storage.session.get(value) is None
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/.well-known/oauth-authorization-server"),
+        ("POST", "/token"),
+        ("GET", "/api/profile"),
+    ],
+)
+def test_endpoints_that_never_read_the_session_do_not_load_it(
+    client, state, monkeypatch, method, path
+):
+    login(client)
+    calls = []
+    original = state.storage.session.get
+    monkeypatch.setattr(
+        state.storage.session, "get", lambda key: calls.append(key) or original(key)
+    )
+    client.open(path, method=method)
+    assert calls == []
+    client.get("/review")
+    assert calls == [token_digest(sid(client))]
+
+
+def test_session_id_is_renewed_at_login_and_the_old_one_stops_working(app, client, state):
+    client.get("/login")
+    before = sid(client)
+    assert before
+    response = login(client)
+    assert response.status_code == 302
+    after = sid(client)
+    assert after and after != before
+    assert state.storage.session.get(token_digest(before)) is None
+    assert state.storage.session.get(token_digest(after)) is not None
+    assert logged_in(app, after) is True
+    assert logged_in(app, before) is False
+
+
+def test_a_cookie_planted_before_login_is_not_the_session_after_login(app, client, state):
+    # Session fixation: an attacker's id must not become the victim's signed-in session.
+    attacker = app.test_client()
+    attacker.get("/login")
+    planted = sid(attacker)
+    client.set_cookie(COOKIE, planted)
+    login(client)
+    assert sid(client) != planted
+    assert logged_in(app, planted) is False
+    assert client.get("/review").status_code == 200
+
+
+def test_logout_deletes_the_session_from_storage(app, client, state):
+    login(client)
+    page = client.get("/review")
+    value = sid(client)
+    response = client.post("/logout", data={"csrf_token": csrf_from(page.get_data(as_text=True))})
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/login"
+    assert state.storage.session.get(token_digest(value)) is None
+    header = set_cookie_header(response)
+    assert "Expires=Thu, 01 Jan 1970" in header or "Max-Age=0" in header
+    assert client.get("/review").status_code == 302
+    assert logged_in(app, value) is False
+
+
+@pytest.mark.parametrize(
+    ("method", "data", "status"),
+    [("POST", {}, 400), ("POST", {"csrf_token": "forged"}, 400), ("GET", None, 405)],
+)
+def test_logout_needs_post_with_csrf(app, client, state, method, data, status):
+    login(client)
+    value = sid(client)
+    response = client.open("/logout", method=method, data=data)
+    assert response.status_code == status
+    assert state.storage.session.get(token_digest(value)) is not None
+    assert logged_in(app, value) is True
+
+
+def test_cookie_flags(client):
+    response = client.get("/login")
+    header = set_cookie_header(response)
+    assert "HttpOnly" in header
+    assert "SameSite=Lax" in header
+    assert "Path=/" in header
+    assert "Secure" not in header  # plain-HTTP issuer in tests
+    login_response = login(client)
+    header = set_cookie_header(login_response)
+    assert "HttpOnly" in header
+    assert "SameSite=Lax" in header
+
+
+def test_cookie_is_secure_behind_https(tmp_path, dummy_site):
+    app = create_app(base_config(tmp_path, dummy_site, auth_server={"url": "https://auth.example"}))
+    try:
+        response = app.test_client().get("/login", base_url="https://auth.example")
+        header = set_cookie_header(response)
+        assert "Secure" in header
+        assert "HttpOnly" in header
+    finally:
+        app.extensions["oauth2"].storage.close()
+        app.extensions["oauth2"].adapter.close()
+
+
+def test_a_session_made_by_one_worker_holds_on_another(tmp_path, dummy_site, app, client):
+    login(client)
+    other = create_app(base_config(tmp_path, dummy_site))
+    try:
+        browser = other.test_client()
+        browser.set_cookie(COOKIE, sid(client))
+        page = browser.get("/review")
+        assert page.status_code == 200
+        assert "alice" in page.get_data(as_text=True)
+    finally:
+        other.extensions["oauth2"].storage.close()
+        other.extensions["oauth2"].adapter.close()
+
+
+@pytest.mark.parametrize("value", ["garbage", "x" * 300, ""])
+def test_unknown_session_ids_are_anonymous(app, client, value):
+    client.set_cookie(COOKIE, value)
+    response = client.get("/review")
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("/login")
+
+
+def test_saving_the_session_during_an_outage_answers_503(client, state, monkeypatch):
+    monkeypatch.setattr(state.storage.session, "put", raising)
+    response = client.get("/login")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
+    assert "Traceback" not in response.get_data(as_text=True)
+
+
+def test_reading_the_session_during_an_outage_answers_503_and_keeps_the_login(
+    app, client, state, monkeypatch
+):
+    login(client)
+    value = sid(client)
+    with monkeypatch.context() as patch:
+        patch.setattr(state.storage.session, "get", raising)
+        response = client.get("/review")
+        assert response.status_code == 503
+        assert response.headers["Retry-After"]
+        assert "Traceback" not in response.get_data(as_text=True)
+    # Storage is back: the user is still signed in with the same session.
+    assert state.storage.session.get(token_digest(value)) is not None
+    assert client.get("/review").status_code == 200
