@@ -34,6 +34,8 @@ POOL_OPTIONS: dict[str, type] = {
     "num_workers": int,
 }
 POOL_DEFAULTS: dict[str, Any] = {"min_size": 1, "max_size": 10, "timeout": 5.0}
+#: psycopg connection arguments; ``prepare_threshold: null`` suits PgBouncer transaction mode.
+CONNECTION_ARGUMENTS = {"prepare_threshold"}
 CONNECTION_DEFAULTS: dict[str, Any] = {"connect_timeout": 3, "application_name": "oauth2-server"}
 
 _CREATE_VERSIONS = pgsql.SQL(
@@ -50,10 +52,12 @@ def pool_settings(url: str, options: dict[str, Any]) -> tuple[str, dict[str, Any
     """Split URL query and ``options`` into a libpq conninfo string and pool arguments."""
     parts = urlsplit(url)
     params: dict[str, Any] = {**CONNECTION_DEFAULTS, **dict(parse_qsl(parts.query)), **options}
-    pool = dict(POOL_DEFAULTS)
+    pool: dict[str, Any] = {**POOL_DEFAULTS, "kwargs": {"autocommit": True}}
     try:
         for name in [n for n in params if n in POOL_OPTIONS]:
             pool[name] = POOL_OPTIONS[name](params.pop(name))
+        for name in [n for n in params if n in CONNECTION_ARGUMENTS]:
+            pool["kwargs"][name] = params.pop(name)
         conninfo = make_conninfo(urlunsplit(parts._replace(query="")), **params)
     except (ValueError, psycopg.ProgrammingError) as exc:
         raise StorageConfigError(f"postgres: invalid option in {url!r}: {exc}") from exc
@@ -80,7 +84,7 @@ class PostgresBackend(SQLBackend):
 
     def _probe(self) -> None:
         try:
-            psycopg.connect(self.conninfo, autocommit=True).close()
+            psycopg.connect(self.conninfo, **self.pool_options["kwargs"]).close()
         except psycopg.Error as exc:
             raise StorageUnavailable(f"postgres: {exc}") from exc
 
@@ -92,7 +96,6 @@ class PostgresBackend(SQLBackend):
                 self._probe()
                 pool = ConnectionPool(
                     self.conninfo,
-                    kwargs={"autocommit": True},
                     check=ConnectionPool.check_connection,
                     open=False,
                     name=f"oauth2-{os.getpid()}",

@@ -123,17 +123,20 @@ class SQLTable(Table):
             self.backend.execute(self._delete_any, (key,))
         return live
 
-    def list_by_user(self, user_id: str) -> list[Record]:
-        rows = self.backend.execute(self._by["user_id"], (user_id, time.time()), fetch=True)
+    def _list(self, field: str, value: str) -> list[Record]:
+        # str(): Postgres will not compare a TEXT column with an integer parameter.
+        rows = self.backend.execute(self._by[field], (str(value), time.time()), fetch=True)
         return [_row(r) for r in rows]
+
+    def list_by_user(self, user_id: str) -> list[Record]:
+        return self._list("user_id", user_id)
 
     def list_by_client(self, client_id: str) -> list[Record]:
-        rows = self.backend.execute(self._by["client_id"], (client_id, time.time()), fetch=True)
-        return [_row(r) for r in rows]
+        return self._list("client_id", client_id)
 
     def revoke_by_grant(self, grant_id: str) -> int:
-        count = self.backend.execute(self._revoke, (grant_id, time.time()))
-        self.backend.execute(self._revoke_any, (grant_id,))
+        count = self.backend.execute(self._revoke, (str(grant_id), time.time()))
+        self.backend.execute(self._revoke_any, (str(grant_id),))
         return count
 
     def purge(self) -> int:

@@ -58,11 +58,17 @@ def test_original_postgres_form(postgres_backend, pg_schema: str, monkeypatch) -
 
 def test_postgres_options_from_url_and_config() -> None:
     url = "postgresql://u@db.example:5433/oauth?sslmode=require&max_size=3"
-    conninfo, pool = pool_settings(url, {"min_size": "2", "application_name": "mine"})
+    options = {"min_size": "2", "application_name": "mine", "prepare_threshold": None}
+    conninfo, pool = pool_settings(url, options)
     params = conninfo_to_dict(conninfo)
     assert params["sslmode"] == "require" and params["application_name"] == "mine"
     assert params["connect_timeout"] == "3" and params["host"] == "db.example"
-    assert pool == {"min_size": 2, "max_size": 3, "timeout": 5.0}
+    assert pool == {
+        "min_size": 2,
+        "max_size": 3,
+        "timeout": 5.0,
+        "kwargs": {"autocommit": True, "prepare_threshold": None},
+    }
 
 
 @pytest.mark.parametrize(

@@ -121,6 +121,13 @@ def test_list_by_user_and_client_return_live_matches_only(table: Table) -> None:
     assert table.list_by_user("nobody") == []
 
 
+def test_ids_match_as_text(table: Table) -> None:
+    make(table, "k1", user_id=5, client_id=7, grant_id=9)
+    assert keys(table.list_by_user("5")) == {"k1"}
+    assert keys(table.list_by_client(7)) == {"k1"}  # type: ignore[arg-type]
+    assert table.revoke_by_grant(9) == 1  # type: ignore[arg-type]
+
+
 def test_revoke_by_grant(table: Table) -> None:
     make(table, "t1")
     make(table, "t2", client_id="mobile")
