@@ -144,11 +144,7 @@ class RunningServer:
 
 
 def _clean_env(tmp_path: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("OAUTH2_") and k not in ("OAUTH2_CONFIG_DIR",)
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OAUTH2_")}
     env["OAUTH2_ENV"] = "test"
     env["PYTHONUNBUFFERED"] = "1"
     env["HOME"] = str(tmp_path)
