@@ -25,6 +25,14 @@ from .storage import Storage, StorageUnavailable
 log = logging.getLogger("oauth2")
 
 
+def gunicorn_level(level: int) -> str:
+    """Gunicorn knows debug/info/warning/error/critical; ``notice`` shows its start-up lines."""
+    for name, ceiling in (("debug", 10), ("info", 25), ("warning", 30), ("error", 40)):
+        if level <= ceiling:
+            return name
+    return "critical"
+
+
 def gunicorn_options(settings: Settings, bind: str | None = None) -> dict[str, Any]:
     """Map our settings to gunicorn's."""
     auth = settings.auth
@@ -39,7 +47,7 @@ def gunicorn_options(settings: Settings, bind: str | None = None) -> dict[str, A
         "proc_name": "oauth2-server",
         "control_socket_disable": True,
         "accesslog": "-" if settings.log_level <= logging.DEBUG else None,
-        "loglevel": logging.getLevelName(min(settings.log_level, logging.WARNING)).lower(),
+        "loglevel": gunicorn_level(settings.log_level),
     }
     if auth["ssl"]:
         options.update(certfile=auth["ssl_cert"], keyfile=auth["ssl_key"])
