@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app import create_app
+from app.dummy_site import user_id as site_user_id
 from app.secrets_hash import token_digest
 from app.storage import StorageUnavailable
 from tests.conftest import base_config, csrf_from, login
@@ -199,3 +200,126 @@ def test_reading_the_session_during_an_outage_answers_503_and_keeps_the_login(
     # Storage is back: the user is still signed in with the same session.
     assert state.storage.session.get(token_digest(value)) is not None
     assert client.get("/review").status_code == 200
+
+
+# -- login ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("username", "password", "status", "message"),
+    [
+        ("alice", "wrong", 401, "Wrong username or password."),
+        ("alice", "", 400, "Enter your username and password."),
+        ("", "password", 400, "Enter your username and password."),
+        ("a" * 300, "password", 400, "Enter your username and password."),
+        ("alice", "p" * 300, 400, "Enter your username and password."),
+    ],
+)
+def test_bad_login_shows_the_form_again_with_a_message(
+    client, state, username, password, status, message
+):
+    response = login(client, username=username, password=password)
+    assert response.status_code == status
+    html = response.get_data(as_text=True)
+    assert message in html
+    assert 'name="username"' in html
+    assert 'name="password"' in html
+    assert csrf_from(html)
+    assert client.get("/review").status_code == 302
+    assert state.storage.users.get(site_user_id("alice")) is None
+
+
+def test_failed_and_good_logins_are_audited(client, state):
+    login(client, password="wrong")
+    assert state.storage.users.get(site_user_id("alice")) is None
+    login(client)
+    assert state.storage.users.get(site_user_id("alice"))["name"] == "alice"
+    events = [r["event"] for r in state.storage.audit.recent(10)]
+    assert events[:2] == ["login", "login_failed"]
+
+
+def test_login_without_csrf_is_refused(client):
+    response = client.post("/login", data={"username": "alice", "password": "password"})
+    assert response.status_code == 400
+    assert client.get("/review").status_code == 302
+
+
+@pytest.mark.parametrize(
+    "next_url",
+    [
+        "//evil.com",
+        "//evil.com/authorize",
+        "https://evil.com",
+        "https://evil.com/authorize",
+        "http:evil.com",
+        "/\\evil.com",
+        "\\\\evil.com",
+        "/\\/evil.com",
+        "/\t/evil.com",
+        "/%0a/evil.com\n",
+        "javascript:alert(1)",
+        "evil.com",
+        "",
+    ],
+)
+def test_next_accepts_only_same_origin_paths(client, next_url):
+    response = login(client, next_url=next_url)
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/review"
+
+
+def test_next_in_the_query_is_checked_too(client):
+    page = client.get("/login?next=//evil.com")
+    assert 'name="next" value=""' in page.get_data(as_text=True)
+    response = client.post(
+        "/login?next=//evil.com",
+        data={
+            "username": "alice",
+            "password": "password",
+            "csrf_token": csrf_from(page.get_data(as_text=True)),
+        },
+    )
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/review"
+
+
+@pytest.mark.parametrize("next_url", ["/authorize?client_id=test&state=x%2Fy", "/review?saved=1"])
+def test_next_returns_to_a_same_origin_path(client, next_url):
+    response = login(client, next_url=next_url)
+    assert response.status_code == 302
+    assert response.headers["Location"] == next_url
+
+
+def test_authorize_while_logged_out_goes_through_login_and_back(client):
+    from tests.conftest import authorize_url
+
+    url = authorize_url()
+    challenge = client.get(url)
+    assert challenge.status_code == 302
+    location = challenge.headers["Location"]
+    assert location.startswith("/login?next=")
+    page = client.get(location)
+    html = page.get_data(as_text=True)
+    next_url = html.split('name="next" value="', 1)[1].split('"', 1)[0].replace("&amp;", "&")
+    assert next_url == url
+    response = login(client, next_url=next_url)
+    assert response.headers["Location"] == url
+    assert client.get(url).status_code == 200
+
+
+def test_the_dummy_site_down_gives_a_502_page(tmp_path):
+    import socket
+
+    from app import create_app
+    from tests.conftest import base_config
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = ("127.0.0.1", sock.getsockname()[1])
+    app = create_app(base_config(tmp_path, closed))
+    try:
+        response = login(app.test_client())
+        assert response.status_code == 502
+        assert response.mimetype == "text/html"
+        assert "Traceback" not in response.get_data(as_text=True)
+    finally:
+        app.extensions["oauth2"].storage.close()
+        app.extensions["oauth2"].adapter.close()
