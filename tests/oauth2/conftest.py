@@ -6,14 +6,17 @@ import contextlib
 import json
 import re
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from app import create_app
 from app.secrets_hash import hash_random_secret
+from app.storage import sql
 from tests.conftest import (
     REDIRECT,
     base_config,
@@ -80,6 +83,16 @@ def app(tmp_path, dummy_site):
     state = app.extensions["oauth2"]
     state.storage.close()
     state.adapter.close()
+
+
+@pytest.fixture
+def later(monkeypatch) -> Callable[[float], None]:
+    """Move the storage clock (what expiry is judged by) forward by some seconds."""
+
+    def advance(seconds: float) -> None:
+        monkeypatch.setattr(sql, "time", SimpleNamespace(time=lambda: time.time() + seconds))
+
+    return advance
 
 
 # -- storage snapshots ------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from urllib.parse import urlsplit
 
 import pytest
@@ -11,6 +12,7 @@ from tests.conftest import (
     REDIRECT,
     authorize_url,
     basic,
+    bearer,
     consent,
     csrf_from,
     exchange,
@@ -420,3 +422,92 @@ def test_malformed_token_request_is_invalid_request(client, state, how, error):
     assert response.status_code == 400
     assert error_of(response) == error
     assert exchange(client, code).status_code == 200
+
+
+def test_omitted_redirect_uri_means_the_registered_one(client):
+    login(client)
+    response = consent(client, "/authorize?response_type=code&client_id=test&state=s")
+    assert response.headers["Location"].startswith(REDIRECT + "?")
+    code = location_params(response)["code"]
+    data = {"grant_type": "authorization_code", "code": code}
+    assert client.post("/token", data=data, headers=basic()).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "error"),
+    [("GET", "/token", 405, "invalid_request"), ("POST", "/token", 413, "invalid_request")],
+    ids=["get", "oversized"],
+)
+def test_token_endpoint_refuses_other_methods_and_oversized_bodies(
+    client, state, method, path, status, error
+):
+    code = get_code(client)
+    data = dict(GOOD, code=code, padding="x" * 70_000) if method == "POST" else None
+    with unchanged(state):
+        response = client.open(path, method=method, data=data, headers=basic())
+    assert response.status_code == status
+    assert error_of(response) == error
+    assert exchange(client, code).status_code == 200
+
+
+def test_oversized_consent_form_is_413_and_issues_nothing(client, state):
+    login(client)
+    form = consent_form(client, authorize_url())
+    with unchanged(state):
+        response = client.post("/authorize", data=dict(form, padding="x" * 70_000))
+    assert response.status_code == 413
+    assert client.post("/authorize", data=form).status_code == 302
+
+
+def test_login_without_the_csrf_token_is_refused(client, state):
+    with unchanged(state):
+        response = client.post("/login", data={"username": "alice", "password": "password"})
+    assert is_error_page(response)
+    assert client.get(authorize_url()).headers["Location"].startswith("/login?")
+
+
+# -- expiry -----------------------------------------------------------------------------
+def test_expired_code_is_invalid_grant(client, later):
+    code = get_code(client)
+    later(61)
+    response = exchange(client, code)
+    assert response.status_code == 400
+    assert error_of(response) == "invalid_grant"
+
+
+def test_expired_transaction_gets_an_error_page(client, state, later):
+    login(client)
+    form = consent_form(client, authorize_url())
+    later(state.settings.auth["transaction_ttl"] + 1)
+    assert is_error_page(client.post("/authorize", data=form))
+
+
+def test_expired_access_token_is_refused(client, later):
+    tokens = exchange(client, get_code(client)).get_json()
+    later(tokens["expires_in"] + 1)
+    response = client.get("/api/profile", headers=bearer(tokens["access_token"]))
+    assert response.status_code == 401
+    assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+
+
+# -- audit ------------------------------------------------------------------------------
+def test_every_step_is_audited_without_secrets(client, state):
+    login(client, password="wrong")
+    code = get_code(client)
+    tokens = exchange(client, code).get_json()
+    exchange(client, code)
+    consent(client, authorize_url(), allow=False)
+    records = state.storage.audit.recent(100)
+    events = {record["event"] for record in records}
+    assert {
+        "login_failed",
+        "login",
+        "consent",
+        "code_issued",
+        "token_issued",
+        "code_replay",
+        "denied",
+    } <= events
+    text = json.dumps(records)
+    for secret in (code, tokens["access_token"], tokens["refresh_token"], "hunter2"):
+        assert secret not in text

@@ -93,6 +93,14 @@ def test_bad_refresh_changes_nothing(client, state, client_id, secret, extra, st
     assert refresh(client, tokens["refresh_token"]).status_code == 200
 
 
+def test_expired_refresh_token_is_invalid_grant(client, state, later):
+    tokens = issue_tokens(client)
+    later(state.storage.refresh_tokens.ttl + 1)
+    response = refresh(client, tokens["refresh_token"])
+    assert response.status_code == 400
+    assert error_of(response) == "invalid_grant"
+
+
 def test_access_token_is_not_a_refresh_token(client, state):
     tokens = issue_tokens(client)
     with unchanged(state):
