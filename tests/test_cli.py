@@ -1,0 +1,309 @@
+"""The ``oauth2-server`` command, run in-process against a temporary config folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from app import create_app
+from app.cli import main
+from app.secrets_hash import token_digest
+from app.settings import Settings
+from app.storage import Storage
+from tests.conftest import authorize_url, base_config, basic, consent, location_params, login
+
+ROOT = Path(__file__).resolve().parents[1]
+CALLBACK = "https://x.example/cb"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("OAUTH2"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def config_dir(tmp_path, dummy_site) -> Path:
+    folder = tmp_path / "config"
+    folder.mkdir()
+    host, port = dummy_site
+    default = {
+        "auth_server": {"session_secret": "cli-test-secret-" + "x" * 20},
+        "storage": {"default": f"sqlite:///{tmp_path}/cli.db"},
+        "resource_server": {"type": "dummy", "host": host, "port": port},
+        "client_credentials": {"file": str(ROOT / "clients.json.example")},
+    }
+    (folder / "default.json").write_text(json.dumps(default))
+    return folder
+
+
+def run(config_dir: Path, *argv: str) -> int:
+    return main(["--config-dir", str(config_dir), *argv])
+
+
+def storage_of(config_dir: Path) -> Storage:
+    return Storage(Settings.load(config_dir=str(config_dir), environ={}).storage_specs)
+
+
+# -- clients add --------------------------------------------------------------------------
+def add(config_dir: Path, clients: Path, *extra: str) -> int:
+    return run(
+        config_dir,
+        "clients",
+        "add",
+        "--name",
+        "X",
+        "--redirect-uri",
+        CALLBACK,
+        "--file",
+        str(clients),
+        *extra,
+    )
+
+
+def printed(out: str, field: str) -> str:
+    match = re.search(rf"^{field}:\s+(\S+)$", out, re.M)
+    assert match, out
+    return match.group(1)
+
+
+def test_clients_add_prints_the_secret_once_and_stores_only_its_hash(tmp_path, config_dir, capsys):
+    clients = tmp_path / "clients.json"
+    assert add(config_dir, clients) == 0
+    out = capsys.readouterr().out
+    client_id, secret = printed(out, "client_id"), printed(out, "client_secret")
+    assert len(secret) >= 40
+    assert out.count(secret) == 1
+
+    text = clients.read_text()
+    assert secret not in text
+    [entry] = json.loads(text)
+    assert entry["client_id"] == client_id
+    assert entry["name"] == "X"
+    assert entry["redirect_uris"] == [CALLBACK]
+    assert entry["client_secret_hash"].startswith(("sha256$", "pbkdf2-sha256$"))
+    assert "client_secret" not in entry
+    assert "client_salt" not in entry
+
+
+def test_printed_secret_authenticates_at_token(tmp_path, dummy_site, config_dir, capsys):
+    clients = tmp_path / "clients.json"
+    assert add(config_dir, clients) == 0
+    out = capsys.readouterr().out
+    client_id, secret = printed(out, "client_id"), printed(out, "client_secret")
+
+    app = create_app(base_config(tmp_path, dummy_site, client_credentials={"file": str(clients)}))
+    try:
+        http = app.test_client()
+        login(http)
+        response = consent(http, authorize_url(client_id=client_id, redirect_uri=CALLBACK))
+        assert response.status_code == 302
+        code = location_params(response)["code"]
+        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": CALLBACK}
+        wrong = http.post("/token", data=form, headers=basic(client_id, secret + "x"))
+        assert wrong.status_code == 401
+        assert wrong.get_json()["error"] == "invalid_client"
+        token = http.post("/token", data=form, headers=basic(client_id, secret))
+        assert token.status_code == 200, token.get_json()
+        assert token.get_json()["refresh_token"]
+    finally:
+        app.extensions["oauth2"].storage.close()
+        app.extensions["oauth2"].adapter.close()
+
+
+def test_clients_add_appends_and_keeps_existing_clients(tmp_path, config_dir, capsys):
+    clients = tmp_path / "clients.json"
+    clients.write_text((ROOT / "clients.json.example").read_text())
+    assert add(config_dir, clients, "--client-id", "partner-x") == 0
+    ids = [e["client_id"] for e in json.loads(clients.read_text())]
+    assert ids == ["sp-demo", "test", "partner-x"]
+
+
+def test_clients_add_public_prints_no_secret(tmp_path, config_dir, capsys):
+    clients = tmp_path / "clients.json"
+    assert add(config_dir, clients, "--public") == 0
+    out = capsys.readouterr().out
+    assert "client_secret" not in out
+    [entry] = json.loads(clients.read_text())
+    assert entry["public"] is True
+    assert "client_secret_hash" not in entry
+
+
+def test_clients_add_with_grants_and_scopes(tmp_path, config_dir, capsys):
+    clients = tmp_path / "clients.json"
+    code = add(config_dir, clients, "--grant-type", "client_credentials", "--scope", "read-only")
+    assert code == 0
+    [entry] = json.loads(clients.read_text())
+    assert entry["grant_types"] == ["client_credentials"]
+    assert entry["scopes"] == ["read-only"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (("--redirect-uri", "*"), "redirect URI"),
+        (("--redirect-uri", "not a url"), "invalid redirect URI"),
+        (("--scope", "admin"), "scopes"),
+        (("--public", "--grant-type", "client_credentials"), "client_credentials"),
+    ],
+)
+def test_clients_add_refuses_bad_clients_and_writes_nothing(
+    tmp_path, config_dir, capsys, extra, named
+):
+    clients = tmp_path / "clients.json"
+    assert add(config_dir, clients, "--client-id", "bad-one", *extra) == 2
+    err = capsys.readouterr().err
+    assert "'bad-one'" in err
+    assert named in err
+    assert not clients.exists()
+
+
+def test_clients_add_refuses_a_duplicate_id(tmp_path, config_dir, capsys):
+    clients = tmp_path / "clients.json"
+    assert add(config_dir, clients, "--client-id", "dup") == 0
+    before = clients.read_text()
+    assert add(config_dir, clients, "--client-id", "dup") == 2
+    assert "'dup'" in capsys.readouterr().err
+    assert clients.read_text() == before
+
+
+def test_clients_list(tmp_path, config_dir, capsys):
+    assert run(config_dir, "clients", "list") == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["sp-demo", "test"]
+    assert "Demo partner site" in lines[0]
+
+
+# -- db upgrade, purge, audit tail, check -------------------------------------------------
+def test_db_upgrade_applies_then_reports_up_to_date(tmp_path, config_dir, capsys):
+    assert run(config_dir, "db", "upgrade") == 0
+    first = capsys.readouterr().out
+    assert f"sqlite:///{tmp_path}/cli.db: " in first
+    assert "up to date" not in first
+    assert (tmp_path / "cli.db").exists()
+    assert run(config_dir, "db", "upgrade") == 0
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_purge_removes_expired_rows_only(config_dir, capsys):
+    assert run(config_dir, "db", "upgrade") == 0
+    storage = storage_of(config_dir)
+    try:
+        storage.tokens.put(token_digest("old"), {"user_id": "u1", "client_id": "test"}, ttl=-5)
+        storage.tokens.put(token_digest("new"), {"user_id": "u1", "client_id": "test"}, ttl=600)
+    finally:
+        storage.close()
+    capsys.readouterr()
+    assert run(config_dir, "purge") == 0
+    out = capsys.readouterr().out
+    assert "tokens: 1 expired rows removed" in out
+    assert "codes: 0 expired rows removed" in out
+    storage = storage_of(config_dir)
+    try:
+        assert storage.tokens.get(token_digest("new")) is not None
+    finally:
+        storage.close()
+
+
+def test_audit_tail_shows_the_latest_events_oldest_first(config_dir, capsys):
+    assert run(config_dir, "db", "upgrade") == 0
+    storage = storage_of(config_dir)
+    try:
+        for n in range(5):
+            storage.audit.append({"event": f"event{n}", "at": time.time(), "user_id": f"u{n}"})
+    finally:
+        storage.close()
+    capsys.readouterr()
+    assert run(config_dir, "audit", "tail", "-n", "3") == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[1] for line in lines] == ["event2", "event3", "event4"]
+    assert "user_id=u4" in lines[-1]
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", lines[0])
+
+
+def test_audit_tail_records_real_logins(tmp_path, dummy_site, config_dir, capsys):
+    app = create_app(Settings.load(config_dir=str(config_dir), environ={}))
+    try:
+        login(app.test_client(), password="wrong")
+    finally:
+        app.extensions["oauth2"].storage.close()
+        app.extensions["oauth2"].adapter.close()
+    capsys.readouterr()
+    assert run(config_dir, "audit", "tail") == 0
+    assert "login_failed username=alice" in capsys.readouterr().out
+
+
+def test_check_validates_and_reports_the_files(config_dir, capsys):
+    assert run(config_dir, "check") == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report == {"ok": True, "env": "development", "files": [str(config_dir / "default.json")]}
+
+
+# -- configuration errors -----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("runtime", "named"),
+    [
+        ({"auth_server": {"port": "eighty"}}, "auth_server.port"),
+        ({"auth_server": {"bogus": 1}}, "auth_server.bogus"),
+        ({"logging": {"level": "loud"}}, "logging.level"),
+        ({"storage": {"default": "mysql://db/x"}}, "storage.default"),
+        ({"storage": {"tokens": {"url": "sqlite:///x.db", "ttl": "1h"}}}, "storage.tokens.ttl"),
+    ],
+)
+@pytest.mark.parametrize("command", [("check",), ("db", "upgrade"), ("purge",)])
+def test_config_errors_exit_2_naming_the_key(config_dir, capsys, runtime, named, command):
+    (config_dir / "runtime.json").write_text(json.dumps(runtime))
+    assert run(config_dir, *command) == 2
+    captured = capsys.readouterr()
+    assert named in captured.err
+    assert "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize(
+    ("runtime", "named"),
+    [
+        ({"resource_server": {"colour": "blue"}}, "resource_server.colour"),
+        ({"resource_server": {"type": "nosuch.module:Adapter"}}, "resource_server.type"),
+        ({"client_credentials": {"file": "/nonexistent/clients.json"}}, "client_credentials.file"),
+    ],
+)
+def test_check_builds_the_app_and_names_bad_keys(config_dir, capsys, runtime, named):
+    (config_dir / "runtime.json").write_text(json.dumps(runtime))
+    assert run(config_dir, "check") == 2
+    captured = capsys.readouterr()
+    assert named in captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_env_config_errors_exit_2_naming_the_key(config_dir, capsys, monkeypatch):
+    monkeypatch.setenv("OAUTH2__auth_server__num_workers", "0")
+    assert run(config_dir, "check") == 2
+    assert "auth_server.num_workers" in capsys.readouterr().err
+
+
+def test_unreadable_config_file_exits_2_naming_it(config_dir, capsys):
+    (config_dir / "runtime.json").write_text("{oops")
+    assert run(config_dir, "check") == 2
+    assert "runtime.json" in capsys.readouterr().err
+
+
+def test_oauth2_env_selects_the_file_for_commands(config_dir, capsys, monkeypatch):
+    (config_dir / "production.json").write_text(json.dumps({"auth_server": {"port": "x"}}))
+    assert run(config_dir, "check") == 0
+    monkeypatch.setenv("OAUTH2_ENV", "production")
+    assert run(config_dir, "check") == 2
+    assert "auth_server.port" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [[], ["clients"], ["db"], ["audit"], ["nope"]])
+def test_incomplete_commands_exit_2_with_usage(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "usage:" in capsys.readouterr().err
