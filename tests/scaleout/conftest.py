@@ -1,0 +1,340 @@
+"""Scale-out fixtures: Redis and Postgres for every table, real servers, a Redis to kill.
+
+* ``shared_redis``: the test Redis (``REDIS_URL``'s server) in database 14, flushed
+  before and after. Database 15 belongs to the storage suite; 13 and 14 to this folder.
+* ``pg_url``: ``DATABASE_URL`` with a schema of this test's own (dropped afterwards).
+* ``own_redis``: a ``redis-server`` this test starts on a spare port and may kill.
+* ``launch``: ``oauth2-server serve`` from a config folder in ``tmp_path``; every
+  process it started is gone after the test, whatever happened.
+
+Without a reachable Redis/Postgres (or ``redis-server`` binary) the tests skip with
+one line saying what to start; with ``CI`` set they fail instead (``tests/backends.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import redis
+import requests
+
+from app.storage import TABLES
+from tests.backends import (
+    database_url,
+    postgres_schema,
+    redis_url,
+    require_service,
+    with_search_path,
+)
+from tests.e2e.conftest import (
+    DEMO_CLIENTS,
+    ROOT,
+    SERVER_BIN,
+    descendants,
+    free_port,
+    pid_alive,
+    wait_port_free,
+)
+
+#: The Redis databases this folder may flush (15 is the storage suite's).
+REDIS_DB = 14
+REDIS_DB_OTHER = 13
+SESSION_SECRET = "scaleout-session-secret-" + "s" * 24
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+
+
+def redis_db_url(db: int, base: str | None = None) -> str:
+    """``base`` (default ``REDIS_URL``) pointing at database ``db``."""
+    parts = urlsplit(base or redis_url())
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+def every_table(url: str) -> dict[str, str]:
+    """A ``storage`` section naming ``url`` for ``default`` and each table explicitly."""
+    return {"default": url, **dict.fromkeys(TABLES, url)}
+
+
+def flush(url: str) -> None:
+    with redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5) as client:
+        client.flushdb()
+
+
+def _unavailable(message: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def shared_redis() -> Iterator[str]:
+    """The test Redis, database 14, empty."""
+    url = redis_db_url(REDIS_DB)
+    require_service("redis", url)
+    flush(url)
+    yield url
+    flush(url)
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """``DATABASE_URL`` whose search path is a fresh schema, dropped after the test."""
+    with postgres_schema(database_url()) as schema:
+        yield with_search_path(database_url(), schema)
+
+
+# -- a redis-server of our own --------------------------------------------------------------
+class RedisServer:
+    """``redis-server`` on a spare port, keeping nothing on disk; killable and restartable."""
+
+    def __init__(self, folder: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            _unavailable("redis-server is not installed; install it (apt-get install redis-server)")
+        self.binary = str(binary)
+        self.folder = folder
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self._logs: list[Any] = []
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start (again, on the same port) and wait until it answers PING."""
+        assert self.process is None or self.process.poll() is not None, "already running"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        log = (self.folder / "redis.log").open("ab")
+        self._logs.append(log)
+        # fmt: off
+        self.process = subprocess.Popen(
+            [
+                self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--daemonize", "no",
+                "--dir", str(self.folder),
+            ],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        # fmt: on
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"redis-server exited at start:\n{self.log()}")
+            try:
+                with redis.Redis(port=self.port, socket_connect_timeout=0.5) as client:
+                    client.ping()
+                return
+            except redis.RedisError:
+                time.sleep(0.05)
+        pytest.fail(f"redis-server did not answer on port {self.port} within {timeout} s")
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case; every connection drops, nothing is kept."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        assert wait_port_free(self.port), f"port {self.port} still answers after the kill"
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+
+    def log(self) -> str:
+        with contextlib.suppress(OSError):
+            return (self.folder / "redis.log").read_text(errors="replace")[-3000:]
+        return ""
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# -- oauth2-server serve ------------------------------------------------------------------
+@dataclass
+class Instance:
+    """One running ``oauth2-server serve``."""
+
+    name: str
+    url: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    config_dir: Path
+    #: Ports that must be free after shutdown (its own, and the dummy site's if it ran one).
+    ports: list[int] = field(default_factory=list)
+    started: set[int] = field(default_factory=set)
+
+    def log(self) -> str:
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace")[-6000:]
+        return ""
+
+
+def clean_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OAUTH2_", "PG"))}
+    env.update(OAUTH2_ENV="test", PYTHONUNBUFFERED="1", HOME=str(home))
+    env.update(extra or {})
+    return env
+
+
+def instance_config(
+    port: int, site_port: int, storage: dict[str, Any], clients_file: Path, **over: Any
+) -> dict[str, Any]:
+    """A config for one instance: 1 worker, the dummy site on ``site_port``."""
+    config: dict[str, Any] = {
+        "auth_server": {
+            "url": f"http://127.0.0.1:{port}",
+            "host": "127.0.0.1",
+            "port": port,
+            "num_workers": 1,
+            "session_secret": SESSION_SECRET,
+        },
+        "client_credentials": {"file": str(clients_file)},
+        "storage": storage,
+        "resource_server": {"type": "dummy", "host": "127.0.0.1", "port": site_port},
+        "logging": {"level": "notice"},
+    }
+    for section, values in over.items():
+        config.setdefault(section, {}).update(values)
+    return config
+
+
+def wait_ready(instance: Instance, timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    with requests.Session() as http:
+        while time.monotonic() < deadline:
+            if instance.process.poll() is not None:
+                pytest.fail(
+                    f"{instance.name}: oauth2-server exited with {instance.process.returncode}"
+                    f" at start:\n{instance.log()}"
+                )
+            try:
+                answer = http.get(f"{instance.url}/healthz", timeout=1)
+                if answer.status_code == 200:
+                    return
+                last = f"status {answer.status_code}"
+            except requests.RequestException as exc:
+                last = exc
+            time.sleep(0.1)
+    pytest.fail(f"{instance.name}: no answer within {timeout:.0f} s ({last}):\n{instance.log()}")
+
+
+def stop_instance(instance: Instance) -> list[str]:
+    """SIGTERM, wait, SIGKILL what is left; return what went wrong."""
+    problems: list[str] = []
+    known = descendants(instance.process.pid) | instance.started
+    if instance.process.poll() is None:
+        instance.process.send_signal(signal.SIGTERM)
+        try:
+            instance.process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            problems.append(f"{instance.name} ignored SIGTERM for {STOP_TIMEOUT:.0f} s; killed")
+            instance.process.kill()
+            instance.process.wait(5)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(pid_alive(pid) for pid in known):
+        time.sleep(0.1)
+    for pid in sorted(known):
+        if pid_alive(pid):
+            problems.append(f"{instance.name}: process {pid} outlived the server; killed")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    for port in instance.ports:
+        if not wait_port_free(port):
+            problems.append(f"{instance.name}: port {port} still in use after shutdown")
+    return problems
+
+
+Launch = Callable[..., Instance]
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Launch]:
+    """Return ``start(storage, name=..., site_port=..., run_site=True, env=..., **over)``.
+
+    Instances stop in reverse order at teardown, so one that runs the dummy site
+    for the others outlives them.
+    """
+    instances: list[Instance] = []
+    handles: list[Any] = []
+
+    def start(
+        storage: dict[str, Any],
+        name: str = "A",
+        site_port: int | None = None,
+        run_site: bool = True,
+        env: dict[str, str] | None = None,
+        config: dict[str, Any] | None = None,
+        **over: Any,
+    ) -> Instance:
+        folder = tmp_path / f"instance-{name}"
+        config_dir = folder / "config"
+        config_dir.mkdir(parents=True)
+        clients_file = folder / "clients.json"
+        clients_file.write_text(DEMO_CLIENTS.read_text())
+        port = free_port()
+        site_port = site_port or free_port()
+        if config is None:
+            config = instance_config(port, site_port, storage, clients_file, **over)
+        (config_dir / "default.json").write_text(json.dumps(config, indent=2))
+        extra = dict(env or {})
+        if not run_site:
+            extra["OAUTH2_NO_DUMMY_SITE"] = "1"
+        log_path = folder / "server.log"
+        log = log_path.open("wb")
+        handles.append(log)
+        process = subprocess.Popen(
+            [str(SERVER_BIN), "--config-dir", str(config_dir), "serve"],
+            cwd=ROOT,
+            env=clean_env(tmp_path, extra),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        port = int(config["auth_server"]["port"])
+        ports = [port, site_port] if run_site else [port]
+        instance = Instance(
+            name, f"http://127.0.0.1:{port}", port, process, log_path, config_dir, ports
+        )
+        instances.append(instance)
+        wait_ready(instance)
+        instance.started = descendants(process.pid)
+        return instance
+
+    yield start
+
+    problems: list[str] = []
+    for instance in reversed(instances):
+        problems += stop_instance(instance)
+    for handle in handles:
+        handle.close()
+    if problems:
+        logs = "\n".join(f"--- {i.name}\n{i.log()}" for i in instances)
+        pytest.fail("server shutdown: " + "; ".join(problems) + "\n" + logs)
