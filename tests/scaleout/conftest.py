@@ -246,29 +246,35 @@ def wait_ready(instance: Instance, timeout: float = START_TIMEOUT) -> None:
     pytest.fail(f"{instance.name}: no answer within {timeout:.0f} s ({last}):\n{instance.log()}")
 
 
-def stop_instance(instance: Instance) -> list[str]:
-    """SIGTERM, wait, SIGKILL what is left; return what went wrong."""
+def stop_instances(instances: list[Instance]) -> list[str]:
+    """SIGTERM them all at once, wait, SIGKILL what is left; return what went wrong."""
     problems: list[str] = []
-    known = descendants(instance.process.pid) | instance.started
-    if instance.process.poll() is None:
-        instance.process.send_signal(signal.SIGTERM)
+    known = {i.name: descendants(i.process.pid) | i.started for i in instances}
+    for instance in instances:
+        if instance.process.poll() is None:
+            instance.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    for instance in instances:
         try:
-            instance.process.wait(STOP_TIMEOUT)
+            instance.process.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             problems.append(f"{instance.name} ignored SIGTERM for {STOP_TIMEOUT:.0f} s; killed")
             instance.process.kill()
             instance.process.wait(5)
+    pids = set().union(*known.values()) if known else set()
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(pid_alive(pid) for pid in known):
+    while time.monotonic() < deadline and any(pid_alive(pid) for pid in pids):
         time.sleep(0.1)
-    for pid in sorted(known):
-        if pid_alive(pid):
-            problems.append(f"{instance.name}: process {pid} outlived the server; killed")
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    for port in instance.ports:
-        if not wait_port_free(port):
-            problems.append(f"{instance.name}: port {port} still in use after shutdown")
+    for name, started in known.items():
+        for pid in sorted(started):
+            if pid_alive(pid):
+                problems.append(f"{name}: process {pid} outlived the server; killed")
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    for instance in instances:
+        for port in instance.ports:
+            if not wait_port_free(port):
+                problems.append(f"{instance.name}: port {port} still in use after shutdown")
     return problems
 
 
@@ -279,8 +285,8 @@ Launch = Callable[..., Instance]
 def launch(tmp_path: Path) -> Iterator[Launch]:
     """Return ``start(storage, name=..., site_port=..., run_site=True, env=..., **over)``.
 
-    Instances stop in reverse order at teardown, so one that runs the dummy site
-    for the others outlives them.
+    At teardown every instance gets SIGTERM at once (gunicorn takes a few seconds
+    to stop); then the test fails if any process or port outlived them.
     """
     instances: list[Instance] = []
     handles: list[Any] = []
@@ -330,9 +336,7 @@ def launch(tmp_path: Path) -> Iterator[Launch]:
 
     yield start
 
-    problems: list[str] = []
-    for instance in reversed(instances):
-        problems += stop_instance(instance)
+    problems = stop_instances(instances)
     for handle in handles:
         handle.close()
     if problems:
