@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask, current_app, request, session
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFProtect
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .adapters import ResourceServer, load_adapter
-from .clients import ClientRegistry
+from .clients import ClientRegistry, resolve_file
 from .oauth2 import OAuth2Server, build_server
 from .oauth2.tokens import GrantStore
 from .sessions import StoredSessionInterface
@@ -24,7 +25,17 @@ from .users import UserStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
-login_manager = LoginManager()
+
+class SessionLoginManager(LoginManager):
+    """Flask-Login without reading the session on requests that never opened it."""
+
+    def _update_remember_cookie(self, response):
+        if getattr(session, "loaded", True):
+            return super()._update_remember_cookie(response)
+        return response
+
+
+login_manager = SessionLoginManager()
 csrf = CSRFProtect()
 
 
@@ -41,28 +52,28 @@ class State:
     server: OAuth2Server
 
 
-def _build_state(settings: Settings) -> State:
+def _build_state(settings: Settings, clients: ClientRegistry | None = None) -> State:
     storage = Storage(settings.storage_specs)
     if settings.data["storage"].get("auto_migrate", True):
         storage.migrate()
     adapter = load_adapter(settings.section("resource_server"))
-    cc = settings.section("client_credentials")
-    clients = ClientRegistry(
-        _path(cc["file"]), list(adapter.scopes), cc["allow_wildcard_redirects"]
-    )
+    if clients is None:
+        cc = settings.section("client_credentials")
+        clients = ClientRegistry(
+            resolve_file(cc["file"]), list(adapter.scopes), cc["allow_wildcard_redirects"]
+        )
     store, users = GrantStore(storage), UserStore(storage.users)
     server = build_server(settings, clients, store, users, list(adapter.scopes))
     return State(settings, storage, clients, adapter, store, users, server)
 
 
-def _path(name: str) -> str:
-    """Resolve a configured file relative to the project folder when not absolute."""
-    path = Path(name)
-    return str(path if path.is_absolute() or path.exists() else ROOT / path)
+def create_app(
+    config: dict[str, Any] | Settings | None = None, clients: ClientRegistry | None = None
+) -> Flask:
+    """Build the app from config files (``None``), a dict over the defaults, or Settings.
 
-
-def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
-    """Build the app from config files (``None``), a dict over the defaults, or Settings."""
+    ``clients`` is a registry already read (``serve`` reads it once, in the master).
+    """
     settings = config if isinstance(config, Settings) else Settings.load(config)
     # TLS is the deployment's job (or ``auth_server.ssl``); Authlib must not refuse plain
     # HTTP on loopback or behind a terminating proxy.
@@ -71,12 +82,13 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
         __name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static")
     )
     app.config.update(settings.flask_config())
-    state = _build_state(settings)
+    state = _build_state(settings, clients)
     app.extensions["oauth2"] = state
     app.session_interface = StoredSessionInterface(state.storage.session)
     if settings.auth["trusted_proxies"]:
         hops = settings.auth["trusted_proxies"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
+    app.before_request(_limit_streamed_body)
     _init_extensions(app, state)
     _register_blueprints(app)
     logging.getLogger("oauth2").setLevel(settings.log_level)
@@ -93,6 +105,14 @@ def _init_extensions(app: Flask, state: State) -> None:
 
     errors.init_app(app)
     pages.init_app(app)
+
+
+def _limit_streamed_body() -> None:
+    """Hold a chunked body to ``max_body_bytes`` too (gunicorn passes it on unbounded)."""
+    if request.content_length is None and request.environ.get("wsgi.input_terminated"):
+        limit = request.max_content_length or 0
+        if len(request.get_data(cache=True)) >= limit and request.stream.read(1):
+            raise RequestEntityTooLarge()
 
 
 def _load_user(user_id: str):

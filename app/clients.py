@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import logging
 import os
 import tempfile
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +14,6 @@ from urllib.parse import urlsplit
 from authlib.oauth2.rfc6749 import ClientMixin, list_to_scope, scope_to_list
 
 from .secrets_hash import known_scheme, verify_secret, verify_seed_sha1
-
-log = logging.getLogger(__name__)
 
 GRANT_TYPES = ("authorization_code", "implicit", "refresh_token", "client_credentials")
 RESPONSE_TYPES = {"code": "authorization_code", "token": "implicit"}
@@ -31,8 +27,9 @@ class ClientFileError(ValueError):
 def _loopback(uri: str) -> tuple[str, str, str] | None:
     """Return (scheme, host, path?query) for an ``http`` loopback IP URI (RFC 8252 §7.3)."""
     parts = urlsplit(uri)
-    host = parts.netloc.rsplit(":", 1)[0] if not parts.netloc.endswith("]") else parts.netloc
-    if parts.scheme != "http" or host not in LOOPBACK_HOSTS:
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    if parts.scheme != "http" or host not in LOOPBACK_HOSTS or "@" in parts.netloc:
         return None
     return parts.scheme, host, f"{parts.path}?{parts.query}"
 
@@ -47,6 +44,7 @@ def valid_redirect_uri(uri: str) -> bool:
     return (
         parts.scheme in ("http", "https")
         and bool(parts.hostname)
+        and "@" not in parts.netloc
         and "#" not in uri
         and not any(ch.isspace() or ord(ch) < 32 for ch in uri)
     )
@@ -223,14 +221,22 @@ def load_clients_file(
     return clients
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def resolve_file(name: str) -> str:
+    """A configured file: as given if absolute or present, else relative to the project."""
+    path = Path(name)
+    return str(path if path.is_absolute() or path.exists() else ROOT / path)
+
+
 class ClientRegistry:
-    """The clients of the file, swapped whole on reload so readers never see half a file."""
+    """The clients of the file, read once; ``serve`` builds a new one on ``SIGHUP``."""
 
     def __init__(self, path: str, all_scopes: list[str], allow_wildcard: bool = False) -> None:
         self.path = path
         self.all_scopes = all_scopes
         self.allow_wildcard = allow_wildcard
-        self._lock = threading.Lock()
         self._clients = load_clients_file(path, all_scopes, allow_wildcard)
 
     def get(self, client_id: str | None) -> Client | None:
@@ -238,18 +244,6 @@ class ClientRegistry:
 
     def all(self) -> list[Client]:
         return list(self._clients.values())
-
-    def reload(self) -> bool:
-        """Re-read the file; keep the old clients (and log why) if the new file is bad."""
-        try:
-            clients = load_clients_file(self.path, self.all_scopes, self.allow_wildcard)
-        except ClientFileError as exc:
-            log.error("clients file not reloaded, keeping %d clients: %s", len(self), exc)
-            return False
-        with self._lock:
-            self._clients = clients
-        log.log(25, "clients file reloaded: %d clients", len(clients))
-        return True
 
     def __len__(self) -> int:
         return len(self._clients)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, g, jsonify, request
+from flask_login import AnonymousUserMixin
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
@@ -32,13 +33,24 @@ def _storage_unavailable(exc: StorageUnavailable):
         )
         response.status_code = 503
     else:
-        response = render_error(
+        response = _unavailable_page()
+    response.headers["Retry-After"] = RETRY_AFTER
+    return response
+
+
+def _unavailable_page():
+    # The session may be what is down: show the page as to a signed-out visitor.
+    g._login_user = AnonymousUserMixin()
+    try:
+        return render_error(
             503,
             "Temporarily unavailable",
             "We cannot reach our storage right now. Please try again shortly.",
         )
-    response.headers["Retry-After"] = RETRY_AFTER
-    return response
+    except StorageUnavailable:
+        return Response(
+            "Service temporarily unavailable; try again shortly.", 503, mimetype="text/plain"
+        )
 
 
 def _csrf_error(exc: CSRFError):
@@ -51,6 +63,14 @@ def _csrf_error(exc: CSRFError):
 
 
 def _http_error(exc: HTTPException):
+    response = _http_error_body(exc)
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value  # e.g. Allow on 405
+    return response
+
+
+def _http_error_body(exc: HTTPException):
     if wants_json():
         body: dict[str, object] = {
             "error": _json_error_code(exc.code or 500),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 
 PBKDF2_ITERATIONS = 600_000
@@ -44,12 +45,24 @@ def hash_chosen_secret(secret: str, iterations: int = PBKDF2_ITERATIONS) -> str:
     return f"pbkdf2-sha256${iterations}${salt}${digest}"
 
 
+_HASH_FORMATS = {
+    "sha256": re.compile(r"sha256\$[0-9a-f]{64}"),
+    "pbkdf2-sha256": re.compile(
+        r"pbkdf2-sha256\$[1-9][0-9]{0,8}\$[A-Za-z0-9+/=._-]{8,64}\$[0-9a-f]{64}"
+    ),
+}
+
+
 def known_scheme(stored: str) -> bool:
-    return stored.split("$", 1)[0] in ("sha256", "pbkdf2-sha256")
+    """True when ``stored`` is a complete value of a scheme we can verify."""
+    pattern = _HASH_FORMATS.get(stored.split("$", 1)[0])
+    return bool(pattern and pattern.fullmatch(stored))
 
 
 def verify_secret(stored: str, secret: str) -> bool:
     """Check ``secret`` against a ``sha256$`` or ``pbkdf2-sha256$`` value in constant time."""
+    if not known_scheme(stored):
+        return False
     scheme, _, rest = stored.partition("$")
     if scheme == "sha256":
         expected = rest

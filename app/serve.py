@@ -18,9 +18,10 @@ import threading
 import time
 from typing import Any
 
-from .adapters import adapter_class
-from .settings import Settings
-from .storage import Storage, StorageUnavailable
+from .adapters import adapter_class, load_adapter
+from .clients import ClientFileError, ClientRegistry, resolve_file
+from .settings import ConfigError, Settings
+from .storage import Storage, StorageConfigError, StorageUnavailable
 
 log = logging.getLogger("oauth2")
 
@@ -102,10 +103,21 @@ def start_purger(settings: Settings) -> threading.Thread | None:
     return thread
 
 
+def load_clients(settings: Settings) -> ClientRegistry:
+    """Build the adapter (checking its config) and read the clients file, or raise."""
+    adapter = load_adapter(settings.section("resource_server"))
+    adapter.close()
+    cc = settings.section("client_credentials")
+    return ClientRegistry(
+        resolve_file(cc["file"]), list(adapter.scopes), cc["allow_wildcard_redirects"]
+    )
+
+
 def serve(settings: Settings, bind: str | None = None) -> None:
     """Prepare storage, start the dummy site if configured, then run gunicorn."""
     from gunicorn.app.base import BaseApplication
 
+    clients = load_clients(settings)  # a bad adapter or clients file stops us here, clearly
     if settings.data["storage"].get("auto_migrate", True):
         storage = Storage(settings.storage_specs)
         storage.migrate()
@@ -117,6 +129,23 @@ def serve(settings: Settings, bind: str | None = None) -> None:
         site = start_dummy_site(str(config.get("host", "127.0.0.1")), int(config.get("port", 8084)))
         atexit.register(stop, site)
 
+    # What workers are built from; a SIGHUP replaces it only with a configuration that loads.
+    current: dict[str, Any] = {"settings": settings, "clients": clients}
+
+    def on_reload(_arbiter) -> None:
+        try:
+            fresh = Settings.load(config_dir=settings.config_dir)
+            current.update(settings=fresh, clients=load_clients(fresh))
+        except (ConfigError, ClientFileError, StorageConfigError, ValueError) as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return
+        log.log(
+            25,
+            "reloaded: log level %s, %d clients",
+            fresh.data["logging"]["level"],
+            len(current["clients"]),
+        )
+
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
             for name, value in gunicorn_options(settings, bind).items():
@@ -124,12 +153,12 @@ def serve(settings: Settings, bind: str | None = None) -> None:
                     self.cfg.set(name, value)
             # In the master, once workers are up: requests never wait on a purge.
             self.cfg.set("when_ready", lambda _arbiter: start_purger(settings))
+            self.cfg.set("on_reload", on_reload)
 
         def load(self):
             from . import create_app
 
-            # Re-read the files so that a SIGHUP reload picks up their changes.
-            return create_app(Settings.load(config_dir=settings.config_dir))
+            return create_app(current["settings"], clients=current["clients"])
 
     log.log(25, "serving %s with %d workers", settings.issuer, settings.num_workers())
     Server().run()

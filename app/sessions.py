@@ -37,8 +37,8 @@ class StoredSession(CallbackDict, SessionMixin):
     def _load(self) -> None:
         if self.loaded:
             return
-        self.loaded = True
         record = self._loader(self.sid) if self.sid else None
+        self.loaded = True  # only now: a failed read must not look like an empty session
         if record is None:
             self.sid = None
             return

@@ -94,7 +94,10 @@ LOG_LEVELS = {
 logging.addLevelName(25, "NOTICE")
 
 #: The original server's published session secret: never acceptable in production.
-KNOWN_DEV_SECRETS = {"$4$eRDyE/eQ$/F/mHVBpobUbTB7VcaFQ5GfaCNg$"}
+KNOWN_DEV_SECRETS = {
+    "$4$eRDyE/eQ$/F/mHVBpobUbTB7VcaFQ5GfaCNg$",
+    "development-only-secret-change-me",  # config/development.json
+}
 
 
 class ConfigError(ValueError):
@@ -108,11 +111,21 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         if key == "storage" and isinstance(value, dict) and isinstance(merged.get(key), dict):
             # A table's entry is replaced whole: a URL must not inherit a stale ``type``.
             merged[key] = {**merged[key], **copy.deepcopy(value)}
+        elif key == "resource_server" and _other_adapter(merged.get(key), value):
+            # Another adapter: the dummy's host and port are not its keys.
+            merged[key] = copy.deepcopy(value)
         elif isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+def _other_adapter(base: Any, over: Any) -> bool:
+    """True when ``over`` names a different ``resource_server.type`` than ``base``."""
+    if not isinstance(base, dict) or not isinstance(over, dict):
+        return False
+    return over.get("type", base.get("type")) != base.get("type")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -286,6 +299,9 @@ def _validate_auth_server(auth: dict[str, Any], env: str) -> None:
     missing_views = {"layout", "login", "dialog", "review", "error"} - set(auth["views"])
     if missing_views:
         raise ConfigError(f"auth_server.views: missing {', '.join(sorted(missing_views))}")
+    for name, template in auth["views"].items():
+        if not isinstance(template, str) or not template.replace("-", "_").isidentifier():
+            raise ConfigError(f"auth_server.views.{name}: expected a template name")
     unknown_grants = set(auth["grant_types"]) - set(GRANT_TYPES)
     if unknown_grants:
         raise ConfigError(f"auth_server.grant_types: unknown {', '.join(sorted(unknown_grants))}")

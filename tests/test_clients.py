@@ -1,4 +1,4 @@
-"""The clients file: original and new formats, redirect matching, public clients, reload."""
+"""The clients file: original and new formats, redirect matching, public clients."""
 
 from __future__ import annotations
 
@@ -356,29 +356,7 @@ def test_public_client_code_flow_requires_pkce(tmp_path, make_app):
     assert token.get_json()["access_token"]
 
 
-# -- reload -------------------------------------------------------------------------------
-def test_reload_swaps_in_a_good_file_and_keeps_old_clients_on_a_bad_one(tmp_path):
-    path = write_clients(tmp_path, [entry()])
-    registry = ClientRegistry(str(path), SCOPES)
-    assert registry.get("c1").name == "Client One"
-    assert registry.get("c2") is None
-
-    write_clients(tmp_path, [entry(), entry(client_id="c2", name="Client Two")])
-    assert registry.reload() is True
-    assert registry.get("c2").name == "Client Two"
-    assert len(registry) == 2
-
-    for bad in ("not json", json.dumps([entry(redirect_uris=["*"])]), json.dumps({})):
-        write_clients(tmp_path, bad)
-        assert registry.reload() is False
-        assert {c.client_id for c in registry.all()} == {"c1", "c2"}
-        assert registry.get("c1").check_client_secret("s3cret") is True
-
-    path.unlink()
-    assert registry.reload() is False
-    assert len(registry) == 2
-
-
+# -- registry --------------------------------------------------------------------------------
 def test_registry_get_of_empty_or_unknown_id_is_none(tmp_path):
     registry = ClientRegistry(str(write_clients(tmp_path, [entry()])), SCOPES)
     assert registry.get(None) is None

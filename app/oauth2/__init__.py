@@ -27,6 +27,10 @@ class Issuer(IssuerParameter):
     def __init__(self, issuer: str) -> None:
         self.issuer = issuer
 
+    def __call__(self, authorization_server) -> Issuer:
+        super().__call__(authorization_server)
+        return self
+
     def get_issuer(self) -> str:
         return self.issuer
 
@@ -62,5 +66,6 @@ def build_server(settings: Any, clients, store, users, scopes: list[str]) -> OAu
         server.register_grant(ClientCredentialsGrant)
     server.register_endpoint(RevocationEndpoint)
     server.register_endpoint(IntrospectionEndpoint)
-    server.register_extension(Issuer(settings.issuer))
+    server.issuer_parameter = Issuer(settings.issuer)
+    server.register_extension(server.issuer_parameter)
     return server

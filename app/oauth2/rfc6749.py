@@ -53,8 +53,8 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
     def _revoke_if_replayed(self, code: str, client) -> None:
         """RFC 6749 §4.1.2: a code used twice revokes the tokens issued from it."""
         used = self.server.store.replayed_code(code)
-        if used and used["client_id"] == client.get_client_id():
-            revoked = self.server.store.revoke_grant(used["grant_id"])
+        if used and used["client"] == client.get_client_id():
+            revoked = self.server.store.revoke_grant(used["family"])
             audit("code_replay", client_id=client.get_client_id(), revoked=revoked)
 
     def delete_authorization_code(self, authorization_code) -> None:
@@ -120,8 +120,8 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         """RFC 9700 §4.14.2: a rotated refresh token presented again ends its family."""
         rotated = self.server.store.rotated_refresh(refresh_token)
         if rotated:
-            revoked = self.server.store.revoke_grant(rotated["grant_id"])
-            audit("refresh_reuse", client_id=rotated["client_id"], revoked=revoked)
+            revoked = self.server.store.revoke_grant(rotated["family"])
+            audit("refresh_reuse", client_id=rotated["client"], revoked=revoked)
 
     def authenticate_user(self, refresh_token):
         return self.server.users.get(refresh_token.user_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from authlib.oauth2.rfc6749.errors import InvalidRequestError, UnsupportedTokenTypeError
 from authlib.oauth2.rfc7009 import RevocationEndpoint as _RevocationEndpoint
 
 from ..audit import audit
@@ -25,6 +26,16 @@ class RevocationEndpoint(_RevocationEndpoint):
     """Revoking either token of a pair ends both; unknown tokens still answer 200."""
 
     CLIENT_AUTH_METHODS = CLIENT_AUTH_METHODS
+
+    def check_params(self, request, client) -> None:
+        if "token" not in request.form:
+            raise InvalidRequestError("Missing 'token'.")
+        hint = request.form.get("token_type_hint")
+        if hint and hint not in self.SUPPORTED_TOKEN_TYPES:
+            # RFC 7009 §2.2.1 answers with RFC 6749 §5.2's status: 400, not Authlib's 401.
+            error = UnsupportedTokenTypeError()
+            error.status_code = 400
+            raise error
 
     def query_token(self, token_string: str, token_type_hint: str | None):
         return query_either(self.server.store, token_string, token_type_hint)

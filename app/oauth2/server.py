@@ -6,6 +6,7 @@ import hmac
 from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
+from authlib.oauth2.rfc6749.errors import InvalidRequestError, UnsupportedResponseTypeError
 from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from flask import request as flask_request
 
@@ -32,6 +33,7 @@ class OAuth2Server(AuthorizationServer):
         self.grant_types: set[str] = set()
         self.response_types: set[str] = set()
         self.pkce: Any = None
+        self.issuer_parameter: Any = None
         self.register_token_generator("default", self.generate_bearer_token)
         for method, func in CLIENT_AUTH.items():
             self.register_client_auth_method(method, func)
@@ -84,6 +86,41 @@ class OAuth2Server(AuthorizationServer):
             flask_request.headers,
             body_params() if flask_request.method == "POST" else query_params(),
         )
+
+    def get_consent_grant(self, request=None, end_user=None):
+        """Authlib's, with errors redirected once the client and redirect URI are good."""
+        request = self.create_oauth2_request(request)
+        try:
+            return super().get_consent_grant(request, end_user)
+        except UnsupportedResponseTypeError as error:
+            if request.payload.response_type:
+                raise
+            raise InvalidRequestError(
+                "Missing 'response_type'.", state=error.state, redirect_uri=error.redirect_uri
+            ) from error
+        except InvalidRequestError as error:
+            if not error.redirect_uri:
+                error.redirect_uri = self._safe_redirect(request)
+                error.redirect_fragment = request.payload.response_type == "token"
+            raise
+
+    def _safe_redirect(self, request) -> str | None:
+        """The redirect URI, if client_id and redirect_uri are single, known and registered."""
+        lists = request.payload.datalist
+        if len(lists.get("client_id", [])) != 1 or len(lists.get("redirect_uri", [])) > 1:
+            return None
+        client = self.query_client(request.payload.client_id)
+        uri = request.payload.redirect_uri
+        if client is None:
+            return None
+        if uri is None:
+            return client.get_default_redirect_uri()
+        return uri if client.check_redirect_uri(uri) else None
+
+    def with_issuer(self, response):
+        """Add ``iss`` (RFC 9207) to an error redirect made outside Authlib's hook."""
+        self.issuer_parameter.add_issuer_parameter(self, response)
+        return response
 
     def handle_error_response(self, request, error):
         if error.error == "invalid_client" and request is not None:
@@ -139,7 +176,9 @@ def _auth_none(query_client, request):
     if extract_basic_authorization(request.headers)[0]:
         return None
     client = query_client(data["client_id"])
-    return client if client is not None and client.public else None
+    if client is None or not client.public or not client.check_ip(flask_request.remote_addr):
+        return None
+    return client
 
 
 CLIENT_AUTH = {

@@ -42,7 +42,8 @@ class GrantStore:
         """Take the code atomically; leave a tombstone so a replay can be recognised."""
         if self.storage.codes.take(code.key) is None:
             return False
-        tombstone = {"grant_id": code.record["grant_id"], "client_id": code.record["client_id"]}
+        # Unindexed fields: a tombstone is no live grant to list or to revoke.
+        tombstone = {"family": code.record["grant_id"], "client": code.record["client_id"]}
         self.storage.codes.put(USED_CODE + code.key, tombstone, ttl=self.storage.tokens.ttl)
         return True
 
@@ -79,7 +80,7 @@ class GrantStore:
             return False
         if old.record.get("access_key"):
             self.storage.tokens.delete(old.record["access_key"])
-        tombstone = {"grant_id": old.grant_id, "client_id": old.client_id}
+        tombstone = {"family": old.grant_id, "client": old.client_id}
         self.storage.refresh_tokens.put(ROTATED + old.key, tombstone)
         return True
 

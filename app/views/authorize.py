@@ -23,7 +23,7 @@ TXN = "txn:"
 def _error(error: OAuth2Error):
     """Redirect to the client once its redirect URI is known good; else show a page."""
     if error.redirect_uri:
-        return oauth().handle_error_response(None, error)
+        return oauth().with_issuer(oauth().handle_error_response(None, error))
     return render_error(
         400,
         "This link cannot be used",
@@ -65,13 +65,8 @@ def _dialog(grant, transaction_id: str):
 
 @bp.post("/authorize")
 def decide():
-    transaction_id = request.form.get("transaction_id", "")
-    txn = (
-        state().storage.session.take(TXN + token_digest(transaction_id))
-        if (transaction_id and current_user.is_authenticated)
-        else None
-    )
-    if txn is None or txn["user_id"] != current_user.id:
+    txn = _take_transaction(request.form.get("transaction_id", ""))
+    if txn is None:
         return render_error(
             400,
             "This request has expired",
@@ -79,8 +74,8 @@ def decide():
             "Go back to the application and start again.",
         )
     try:
-        grant = oauth().get_consent_grant(request=txn["params"], end_user=current_user)
-        grant.request.scope = _narrowed(txn["scope"], request.form.get("scope"))
+        params = dict(txn["params"], scope=[_narrowed(txn["scope"], request.form.get("scope"))])
+        grant = oauth().get_consent_grant(request=params, end_user=current_user)
     except OAuth2Error as error:
         return _error(error)
     allowed = "allow" in request.form and "cancel" not in request.form
@@ -91,6 +86,17 @@ def decide():
         grant_user=current_user._get_current_object() if allowed else None,
         grant=grant,
     )
+
+
+def _take_transaction(transaction_id: str) -> dict | None:
+    """Use up the signed-in user's own transaction; anyone else's is left untouched."""
+    if not transaction_id or not current_user.is_authenticated:
+        return None
+    key = TXN + token_digest(transaction_id)
+    txn = state().storage.session.get(key)
+    if txn is None or txn["user_id"] != current_user.id:
+        return None
+    return state().storage.session.take(key)
 
 
 def _narrowed(granted: str, posted: str | None) -> str:

@@ -16,7 +16,10 @@ def _request() -> ParamsRequest:
     """The body's parameters; the query string carries none of them (RFC 6749 §3.2)."""
     if request.args:
         raise InvalidRequestError("Send parameters in the request body, not the URL.")
-    return ParamsRequest(request.method, request.url, request.headers, body_params())
+    params = ParamsRequest(request.method, request.url, request.headers, body_params())
+    if request.path == "/token" and not params.payload.grant_type:
+        raise InvalidRequestError("Missing 'grant_type'.")
+    return params
 
 
 def _respond(endpoint: str | None):
