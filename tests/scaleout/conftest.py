@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import pytest
 import redis
@@ -44,6 +44,7 @@ from tests.e2e.conftest import (
     SERVER_BIN,
     descendants,
     free_port,
+    hidden_inputs,
     pid_alive,
     wait_port_free,
 )
@@ -51,6 +52,10 @@ from tests.e2e.conftest import (
 #: The Redis databases this folder may flush (15 is the storage suite's).
 REDIS_DB = 14
 REDIS_DB_OTHER = 13
+REDIRECT = "http://localhost:8080/"
+COOKIE = "oauth2_session"
+#: Seconds any one HTTP request of these tests may take.
+TIMEOUT = 10
 SESSION_SECRET = "scaleout-session-secret-" + "s" * 24
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
@@ -285,6 +290,8 @@ Launch = Callable[..., Instance]
 def launch(tmp_path: Path) -> Iterator[Launch]:
     """Return ``start(storage, name=..., site_port=..., run_site=True, env=..., **over)``.
 
+    ``config`` replaces the generated config file entirely (``storage`` is then unused).
+
     At teardown every instance gets SIGTERM at once (gunicorn takes a few seconds
     to stop); then the test fails if any process or port outlived them.
     """
@@ -305,10 +312,11 @@ def launch(tmp_path: Path) -> Iterator[Launch]:
         config_dir.mkdir(parents=True)
         clients_file = folder / "clients.json"
         clients_file.write_text(DEMO_CLIENTS.read_text())
-        port = free_port()
-        site_port = site_port or free_port()
         if config is None:
-            config = instance_config(port, site_port, storage, clients_file, **over)
+            site_port = site_port or free_port()
+            config = instance_config(free_port(), site_port, storage, clients_file, **over)
+        else:  # given whole (the original's file): its ports are the truth
+            site_port = int(config["resource_server"]["port"])
         (config_dir / "default.json").write_text(json.dumps(config, indent=2))
         extra = dict(env or {})
         if not run_site:
@@ -342,3 +350,75 @@ def launch(tmp_path: Path) -> Iterator[Launch]:
     if problems:
         logs = "\n".join(f"--- {i.name}\n{i.log()}" for i in instances)
         pytest.fail("server shutdown: " + "; ".join(problems) + "\n" + logs)
+
+
+# -- a scripted browser and partner back end (requests) -------------------------------------
+@pytest.fixture
+def agent() -> Iterator[requests.Session]:
+    with requests.Session() as session:
+        yield session
+
+
+@pytest.fixture
+def backend() -> Iterator[requests.Session]:
+    """The partner's back end: no browser cookies."""
+    with requests.Session() as session:
+        session.auth = ("test", "hunter2")
+        yield session
+
+
+def authorize_path(state: str = "s1") -> str:
+    query = {
+        "response_type": "code",
+        "client_id": "test",
+        "redirect_uri": REDIRECT,
+        "scope": "read-only",
+        "state": state,
+    }
+    return "/authorize?" + urlencode(query)
+
+
+def log_in(agent: requests.Session, server: Instance, next_path: str = "") -> None:
+    page = agent.get(f"{server.url}/login", timeout=TIMEOUT)
+    assert page.status_code == 200
+    form = hidden_inputs(page.text) | {"username": "alice", "password": "password"}
+    form["next"] = next_path
+    answer = agent.post(f"{server.url}/login", data=form, allow_redirects=False, timeout=TIMEOUT)
+    assert answer.status_code == 302, answer.text
+
+
+def consent_page(agent: requests.Session, server: Instance, state: str = "s1") -> dict[str, str]:
+    page = agent.get(server.url + authorize_path(state), allow_redirects=False, timeout=TIMEOUT)
+    assert page.status_code == 200, (page.status_code, page.headers.get("Location"))
+    form = hidden_inputs(page.text)
+    assert form.get("transaction_id"), page.text
+    return form
+
+
+def allow(agent: requests.Session, server: Instance, form: dict[str, str]) -> str:
+    answer = agent.post(
+        f"{server.url}/authorize",
+        data=form | {"allow": "Allow"},
+        allow_redirects=False,
+        timeout=TIMEOUT,
+    )
+    assert answer.status_code == 302, answer.text
+    location = answer.headers["Location"]
+    assert location.startswith(REDIRECT)
+    return parse_qs(urlsplit(location).query)["code"][0]
+
+
+def redeem(backend: requests.Session, server: Instance, code: str) -> requests.Response:
+    data = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT}
+    return backend.post(f"{server.url}/token", data=data, timeout=TIMEOUT)
+
+
+def profile(server: Instance, token: str) -> int:
+    headers = {"Authorization": f"Bearer {token}"}
+    return requests.get(f"{server.url}/api/profile", headers=headers, timeout=TIMEOUT).status_code
+
+
+def active(backend: requests.Session, server: Instance, token: str) -> bool:
+    answer = backend.post(f"{server.url}/introspect", data={"token": token}, timeout=TIMEOUT)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["active"]

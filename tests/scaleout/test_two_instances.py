@@ -9,21 +9,28 @@ sticky sessions.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import pytest
 import requests
 
 from tests.e2e.conftest import children, hidden_inputs
 
-from .conftest import Instance, Launch
+from .conftest import (
+    COOKIE,
+    TIMEOUT,
+    Instance,
+    Launch,
+    active,
+    allow,
+    authorize_path,
+    consent_page,
+    log_in,
+    profile,
+    redeem,
+)
 
 pytestmark = pytest.mark.e2e
-
-REDIRECT = "http://localhost:8080/"
-COOKIE = "oauth2_session"
-TIMEOUT = 10
 
 
 @pytest.fixture
@@ -42,77 +49,6 @@ def pair(launch: Launch, shared_redis: str, pg_url: str) -> tuple[Instance, Inst
     site_port = a.ports[1]
     b = launch(storage, name="B", site_port=site_port, run_site=False)
     return a, b
-
-
-@pytest.fixture
-def agent() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        yield session
-
-
-@pytest.fixture
-def backend() -> Iterator[requests.Session]:
-    """The partner's back end: no browser cookies."""
-    with requests.Session() as session:
-        session.auth = ("test", "hunter2")
-        yield session
-
-
-def authorize_path(state: str = "s1") -> str:
-    query = {
-        "response_type": "code",
-        "client_id": "test",
-        "redirect_uri": REDIRECT,
-        "scope": "read-only",
-        "state": state,
-    }
-    return "/authorize?" + urlencode(query)
-
-
-def log_in(agent: requests.Session, server: Instance, next_path: str = "") -> None:
-    page = agent.get(f"{server.url}/login", timeout=TIMEOUT)
-    assert page.status_code == 200
-    form = hidden_inputs(page.text) | {"username": "alice", "password": "password"}
-    form["next"] = next_path
-    answer = agent.post(f"{server.url}/login", data=form, allow_redirects=False, timeout=TIMEOUT)
-    assert answer.status_code == 302, answer.text
-
-
-def consent_page(agent: requests.Session, server: Instance, state: str = "s1") -> dict[str, str]:
-    page = agent.get(server.url + authorize_path(state), allow_redirects=False, timeout=TIMEOUT)
-    assert page.status_code == 200, (page.status_code, page.headers.get("Location"))
-    form = hidden_inputs(page.text)
-    assert form.get("transaction_id"), page.text
-    return form
-
-
-def allow(agent: requests.Session, server: Instance, form: dict[str, str]) -> str:
-    answer = agent.post(
-        f"{server.url}/authorize",
-        data=form | {"allow": "Allow"},
-        allow_redirects=False,
-        timeout=TIMEOUT,
-    )
-    assert answer.status_code == 302, answer.text
-    location = answer.headers["Location"]
-    assert location.startswith(REDIRECT)
-    return parse_qs(urlsplit(location).query)["code"][0]
-
-
-def redeem(backend: requests.Session, server: Instance, code: str) -> requests.Response:
-    data = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT}
-    return backend.post(f"{server.url}/token", data=data, timeout=TIMEOUT)
-
-
-def profile(server: Instance, token: str) -> int:
-    headers = {"Authorization": f"Bearer {token}"}
-    return requests.get(f"{server.url}/api/profile", headers=headers, timeout=TIMEOUT).status_code
-
-
-def active(backend: requests.Session, server: Instance, token: str) -> bool:
-    answer = backend.post(f"{server.url}/introspect", data={"token": token}, timeout=TIMEOUT)
-    assert answer.status_code == 200, answer.text
-    return answer.json()["active"]
 
 
 def dummy_sites(instance: Instance) -> list[str]:
