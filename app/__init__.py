@@ -14,6 +14,7 @@ from flask_wtf.csrf import CSRFProtect
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from . import limits
 from .adapters import ResourceServer, load_adapter
 from .clients import ClientRegistry, resolve_file
 from .oauth2 import OAuth2Server, build_server
@@ -50,6 +51,7 @@ class State:
     store: GrantStore
     users: UserStore
     server: OAuth2Server
+    throttle: limits.LoginThrottle
 
 
 def _build_state(settings: Settings, clients: ClientRegistry | None = None) -> State:
@@ -64,7 +66,11 @@ def _build_state(settings: Settings, clients: ClientRegistry | None = None) -> S
         )
     store, users = GrantStore(storage), UserStore(storage.users)
     server = build_server(settings, clients, store, users, list(adapter.scopes))
-    return State(settings, storage, clients, adapter, store, users, server)
+    lim = settings.data["limits"]
+    throttle = limits.LoginThrottle(
+        storage.session, lim["lockout_after"], lim["lockout_base"], lim["lockout_max"]
+    )
+    return State(settings, storage, clients, adapter, store, users, server, throttle)
 
 
 def create_app(
@@ -82,6 +88,7 @@ def create_app(
         __name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static")
     )
     app.config.update(settings.flask_config())
+    app.config.update(limits.flask_config(settings))
     state = _build_state(settings, clients)
     app.extensions["oauth2"] = state
     app.session_interface = StoredSessionInterface(state.storage.session)
@@ -100,6 +107,7 @@ def _init_extensions(app: Flask, state: State) -> None:
     login_manager.login_view = "auth.login"
     login_manager.user_loader(_load_user)
     csrf.init_app(app)
+    limits.init_app(app)
     state.server.init_app(app)
     from . import errors, pages
 

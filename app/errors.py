@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, g, jsonify, request, session
 from flask_login import AnonymousUserMixin
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
+from .limits import retry_after
 from .pages import render_error
 from .storage import StorageUnavailable
 
@@ -26,6 +27,11 @@ def wants_json() -> bool:
 
 def _storage_unavailable(exc: StorageUnavailable):
     log.error("storage unavailable on %s: %s", request.path, exc)
+    return unavailable_response()
+
+
+def unavailable_response() -> Response:
+    """The 503 for a storage outage: JSON for programs, the error page for people."""
     if wants_json():
         response = jsonify(
             error="temporarily_unavailable",
@@ -39,8 +45,12 @@ def _storage_unavailable(exc: StorageUnavailable):
 
 
 def _unavailable_page():
-    # The session may be what is down: show the page as to a signed-out visitor.
+    # The session may be what is down: show the page as to a signed-out visitor, from
+    # an empty session (the page reads flashed messages), and write nothing back.
     g._login_user = AnonymousUserMixin()
+    forget = getattr(session, "unavailable", None)
+    if forget is not None:
+        forget()
     try:
         return render_error(
             503,
@@ -67,6 +77,8 @@ def _http_error(exc: HTTPException):
     for name, value in exc.get_headers():
         if name.lower() != "content-type":
             response.headers[name] = value  # e.g. Allow on 405
+    if exc.code == 429:
+        response.headers["Retry-After"] = retry_after()
     return response
 
 
@@ -85,9 +97,12 @@ def _http_error_body(exc: HTTPException):
 
 
 def _json_error_code(status: int) -> str:
-    return {413: "invalid_request", 405: "invalid_request", 404: "not_found"}.get(
-        status, "invalid_request" if status < 500 else "server_error"
-    )
+    return {
+        413: "invalid_request",
+        405: "invalid_request",
+        404: "not_found",
+        429: "too_many_requests",
+    }.get(status, "invalid_request" if status < 500 else "server_error")
 
 
 def _unexpected(exc: Exception):

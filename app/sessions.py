@@ -8,15 +8,19 @@ storage round trip for it.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+from flask import request
 from flask.sessions import SessionInterface, SessionMixin
 from werkzeug.datastructures import CallbackDict
 
 from .secrets_hash import new_secret, token_digest
 from .storage import StorageUnavailable, Table
+
+log = logging.getLogger("oauth2")
 
 #: Rewrite an unchanged session at most this often, to slide its expiry.
 TOUCH_EVERY = 60
@@ -31,6 +35,7 @@ class StoredSession(CallbackDict, SessionMixin):
         self.old_sid: str | None = None
         self.modified = False
         self.loaded = sid is None
+        self.failed = False
         self.touched_at = 0.0
         self._loader = loader
 
@@ -52,6 +57,11 @@ class StoredSession(CallbackDict, SessionMixin):
             self.old_sid = self.sid
         self.sid = None
         self.modified = True
+
+    def unavailable(self) -> None:
+        """Storage failed in this request: read as empty from now on, save nothing."""
+        dict.clear(self)
+        self.loaded = self.failed = True
 
     def end(self) -> None:
         """Forget everything (at logout), here and in storage."""
@@ -110,13 +120,20 @@ class StoredSessionInterface(SessionInterface):
     def save_session(self, app, session, response) -> None:
         try:
             self._save(app, session, response)
-        except StorageUnavailable:
-            response.status_code = 503
-            response.headers["Retry-After"] = "5"
-            response.set_data(b"Service Unavailable: session storage is down")
-            response.mimetype = "text/plain"
+        except StorageUnavailable as exc:
+            # The same 503 a view's outage gets (JSON or the error page), in place.
+            from .errors import unavailable_response
+
+            log.error("session storage unavailable on %s: %s", request.path, exc)
+            answer = unavailable_response()
+            response.status_code = answer.status_code
+            response.set_data(answer.get_data())
+            response.content_type = answer.content_type
+            response.headers["Retry-After"] = answer.headers["Retry-After"]
 
     def _save(self, app, session: StoredSession, response) -> None:
+        if session.failed:
+            return  # the request failed on storage: keep the stored session and cookie
         if session.old_sid:
             self.table.delete(token_digest(session.old_sid))
         name, domain, path = (

@@ -53,6 +53,17 @@ DEFAULTS: dict[str, Any] = {
     "storage": {"default": "sqlite:///var/oauth2.db", "auto_migrate": True},
     "resource_server": {"type": "dummy", "host": "127.0.0.1", "port": 8084},
     "logging": {"level": "notice", "short_sid": True},
+    "limits": {
+        "enabled": True,
+        "storage": None,
+        "token": "600/minute",
+        "login_ip": "60/minute",
+        "login_user": "30/minute",
+        "api": "1200/minute",
+        "lockout_after": 5,
+        "lockout_base": 2,
+        "lockout_max": 900,
+    },
 }
 
 _TYPES: dict[str, dict[str, tuple[type, ...]]] = {
@@ -77,6 +88,17 @@ _TYPES: dict[str, dict[str, tuple[type, ...]]] = {
     },
     "client_credentials": {"file": (str,), "allow_wildcard_redirects": (bool,)},
     "logging": {"level": (str,), "short_sid": (bool,)},
+    "limits": {
+        "enabled": (bool,),
+        "storage": (str, type(None)),
+        "token": (str,),
+        "login_ip": (str,),
+        "login_user": (str,),
+        "api": (str,),
+        "lockout_after": (int,),
+        "lockout_base": (int, float),
+        "lockout_max": (int,),
+    },
 }
 
 #: The original's syslog-style levels mapped onto Python's.
@@ -273,6 +295,7 @@ def validate(data: dict[str, Any], env: str) -> None:
                 raise ConfigError(f"{where}: unknown key")
             _check_type(where, value, types[key])
     _validate_auth_server(data["auth_server"], env)
+    _validate_limits(data["limits"])
     if data["logging"]["level"].lower() not in LOG_LEVELS:
         raise ConfigError(
             f"logging.level: unknown level {data['logging']['level']!r} "
@@ -284,6 +307,23 @@ def validate(data: dict[str, Any], env: str) -> None:
         parse_storage_config(data["storage"])
     except StorageConfigError as exc:
         raise ConfigError(str(exc)) from exc
+
+
+def _validate_limits(limits: dict[str, Any]) -> None:
+    from limits import parse
+
+    for name in ("token", "login_ip", "login_user", "api"):
+        try:
+            parse(limits[name])
+        except ValueError as exc:
+            raise ConfigError(
+                f"limits.{name}: {limits[name]!r} is not a rate like 60/minute"
+            ) from exc
+    for key, floor in (("lockout_after", 1), ("lockout_max", 1)):
+        if limits[key] < floor:
+            raise ConfigError(f"limits.{key}: must be at least {floor}")
+    if limits["lockout_base"] <= 1:
+        raise ConfigError("limits.lockout_base: must be greater than 1 (delays grow)")
 
 
 def _validate_auth_server(auth: dict[str, Any], env: str) -> None:

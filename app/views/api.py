@@ -8,6 +8,7 @@ from authlib.oauth2.rfc6749.util import scope_to_list
 from flask import Blueprint, Response, jsonify, request
 
 from ..adapters import UpstreamUnavailable
+from ..limits import api_limit
 from .common import state
 
 bp = Blueprint("api", __name__)
@@ -30,6 +31,7 @@ def _bearer() -> str | None:
 
 
 @bp.route("/api/<path:name>", methods=METHODS)
+@api_limit
 def call(name: str):
     raw = _bearer()
     if raw is None:

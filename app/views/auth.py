@@ -9,6 +9,7 @@ from flask_login import login_user, logout_user
 
 from ..adapters import UpstreamUnavailable
 from ..audit import audit
+from ..limits import login_ip_limit, login_user_limit
 from ..pages import render_error, render_page
 from .common import safe_next, state
 
@@ -30,18 +31,31 @@ def _form(next_url: str, error: str | None = None, status: int = 200):
     return render_page("login", status, next=next_url, error=error, client=_client_for(next_url))
 
 
+def _locked(next_url: str, wait: int):
+    minutes = f"{wait} seconds" if wait < 120 else f"{wait // 60} minutes"
+    response = _form(next_url, f"Too many failed attempts. Try again in {minutes}.", 429)
+    response.headers["Retry-After"] = str(wait)
+    return response
+
+
 @bp.get("/login")
 def login():
     return _form(safe_next(request.args.get("next"), ""))
 
 
 @bp.post("/login")
+@login_ip_limit
+@login_user_limit
 def login_post():
     next_url = safe_next(request.form.get("next") or request.args.get("next"), "")
     username = request.form.get("username", "")
     password = request.form.get("password", "")
     if not username or not password or len(username) > MAX_FIELD or len(password) > MAX_FIELD:
         return _form(next_url, "Enter your username and password.", 400)
+    wait = state().throttle.wait(username)
+    if wait:
+        audit("login_locked", username=username[:64])
+        return _locked(next_url, wait)
     try:
         site_user = state().adapter.login(username, password)
     except UpstreamUnavailable:
@@ -52,7 +66,11 @@ def login_post():
         )
     if site_user is None:
         audit("login_failed", username=username[:64])
+        delay = state().throttle.failed(username)
+        if delay:
+            audit("lockout", username=username[:64], seconds=delay)
         return _form(next_url, "Wrong username or password.", 401)
+    state().throttle.succeeded(username)
     user = state().users.remember(site_user)
     session.regenerate()  # type: ignore[attr-defined]
     login_user(user)

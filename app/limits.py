@@ -1,0 +1,128 @@
+"""Abuse limits: Flask-Limiter per client, IP, username and token, plus login lockout.
+
+Counters live in Redis when any table is on Redis (every worker and machine then
+shares them), else in process memory. A failed login also grows a per-username
+lockout kept in the ``session`` table, so guessing slows down everywhere at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from typing import Any
+
+from authlib.oauth2.rfc6749.util import extract_basic_authorization
+from flask import Flask, current_app, request
+from flask_limiter import Limiter, RequestLimit
+
+from .audit import audit
+from .storage import Table
+
+limiter = Limiter(key_func=lambda: request.remote_addr or "unknown")
+
+LOCK = "lock:"
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _limit(name: str):
+    return lambda: current_app.extensions["oauth2"].settings.data["limits"][name]
+
+
+def client_key() -> str:
+    """The client a token request claims to be (checked later); else the caller's IP."""
+    client_id, _ = extract_basic_authorization(request.headers)
+    client_id = client_id or request.form.get("client_id")
+    return f"client:{client_id}" if client_id else f"ip:{request.remote_addr}"
+
+
+def username_key() -> str:
+    return "user:" + _digest(request.form.get("username", "").strip().lower())
+
+
+def token_key() -> str:
+    kind, _, value = request.headers.get("Authorization", "").partition(" ")
+    return "token:" + _digest(value) if value else f"ip:{request.remote_addr}"
+
+
+token_limit = limiter.limit(_limit("token"), key_func=client_key)
+login_ip_limit = limiter.limit(_limit("login_ip"), methods=["POST"])
+login_user_limit = limiter.limit(_limit("login_user"), key_func=username_key, methods=["POST"])
+api_limit = limiter.limit(_limit("api"), key_func=token_key)
+
+
+def _on_breach(limit: RequestLimit) -> None:
+    audit("rate_limited", path=request.path, limit=str(limit.limit))
+
+
+def retry_after() -> str:
+    """Seconds until the limit that was just hit lets the caller in again."""
+    current = limiter.current_limit
+    if current is None:
+        return "60"
+    return str(max(1, int(current.reset_at - time.time())))
+
+
+def storage_uri(settings: Any) -> str:
+    """The configured limiter storage, else the first Redis table's server, else memory."""
+    configured = settings.data["limits"].get("storage")
+    if configured:
+        return configured
+    for spec in settings.storage_specs.values():
+        if spec.scheme in ("redis", "rediss"):
+            return spec.url
+    return "memory://"
+
+
+def flask_config(settings: Any) -> dict[str, Any]:
+    limits = settings.data["limits"]
+    return {
+        "RATELIMIT_ENABLED": limits["enabled"],
+        "RATELIMIT_STORAGE_URI": storage_uri(settings),
+        "RATELIMIT_STRATEGY": "moving-window",
+        # Only a 429 says when to come back (see retry_after); other answers stay clean.
+        "RATELIMIT_HEADERS_ENABLED": False,
+        "RATELIMIT_KEY_PREFIX": "oauth2-limits",
+        # Limits fail open when their store is down: the request path itself answers 503.
+        "RATELIMIT_SWALLOW_ERRORS": True,
+        "RATELIMIT_ON_BREACH_CALLBACK": _on_breach,
+    }
+
+
+def init_app(app: Flask) -> None:
+    limiter.init_app(app)
+
+
+class LoginThrottle:
+    """Growing delays per username: after ``free`` failures, 2^n seconds, up to ``ceiling``."""
+
+    def __init__(self, table: Table, free: int, base: float, ceiling: int) -> None:
+        self.table, self.free, self.base, self.ceiling = table, free, base, ceiling
+
+    def wait(self, username: str) -> int:
+        """Seconds the username must still wait before trying again (0: may try now)."""
+        record = self.table.get(LOCK + _digest(username.strip().lower()))
+        if not record:
+            return 0
+        return max(0, math.ceil(record.get("until", 0) - time.time()))
+
+    def failed(self, username: str) -> int:
+        """Count a failure; return the lockout it earns (0 while failures are free)."""
+        key = LOCK + _digest(username.strip().lower())
+        record = self.table.get(key) or {"failures": 0}
+        failures = record["failures"] + 1
+        delay = 0
+        if failures > self.free:
+            delay = int(min(self.ceiling, self.base ** (failures - self.free)))
+        self.table.put(
+            key,
+            {"failures": failures, "until": time.time() + delay},
+            ttl=max(self.ceiling * 4, 3600),
+        )
+        return delay
+
+    def succeeded(self, username: str) -> None:
+        self.table.delete(LOCK + _digest(username.strip().lower()))

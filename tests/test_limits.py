@@ -1,0 +1,134 @@
+"""Abuse limits: per client on /token, per IP and username on /login, per token on /api."""
+
+from __future__ import annotations
+
+import pytest
+
+from app import create_app
+
+from .conftest import base_config, basic, bearer, csrf_from
+
+
+def limited_app(tmp_path, dummy_site, **limits):
+    config = base_config(tmp_path, dummy_site)
+    config["limits"] = {"storage": f"memory://{tmp_path.name}", **limits}
+    app = create_app(config)
+    app.config["TESTING"] = True
+    from app.limits import limiter
+
+    limiter.reset()
+    return app
+
+
+@pytest.fixture
+def make(tmp_path, dummy_site):
+    apps = []
+
+    def build(**limits):
+        app = limited_app(tmp_path, dummy_site, **limits)
+        apps.append(app)
+        return app
+
+    yield build
+    for app in apps:
+        app.extensions["oauth2"].storage.close()
+        app.extensions["oauth2"].adapter.close()
+
+
+def cc(client, auth=None):
+    return client.post("/token", data={"grant_type": "client_credentials"}, headers=auth or basic())
+
+
+def test_token_limit_is_per_client_with_retry_after(make):
+    client = make(token="3/minute").test_client()
+    assert [cc(client).status_code for _ in range(3)] == [200, 200, 200]
+    refused = cc(client)
+    assert refused.status_code == 429
+    assert refused.get_json()["error"] == "too_many_requests"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    # Another client has its own budget.
+    assert cc(client, basic("sp-demo", "hunter2")).status_code in (400, 401)
+    assert cc(client, basic("sp-demo", "hunter2")).status_code != 429
+
+
+def test_rate_limit_hits_are_audited(make):
+    app = make(token="1/minute")
+    client = app.test_client()
+    cc(client)
+    cc(client)
+    events = [r["event"] for r in app.extensions["oauth2"].storage.audit.recent(20)]
+    assert "rate_limited" in events
+
+
+def login_once(client, username, password):
+    page = client.get("/login")
+    return client.post(
+        "/login",
+        data={
+            "username": username,
+            "password": password,
+            "csrf_token": csrf_from(page.get_data(as_text=True)),
+        },
+    )
+
+
+def test_login_lockout_grows_and_names_the_wait(make):
+    app = make(lockout_after=2, lockout_base=4, lockout_max=900)
+    client = app.test_client()
+    assert login_once(client, "mallory", "nope").status_code == 401
+    assert login_once(client, "mallory", "nope").status_code == 401
+    third = login_once(client, "mallory", "nope")  # third failure earns 4 s
+    assert third.status_code == 401
+    locked = login_once(client, "mallory", "password")  # even the right password waits
+    assert locked.status_code == 429
+    assert 1 <= int(locked.headers["Retry-After"]) <= 4
+    assert "Too many failed attempts" in locked.get_data(as_text=True)
+    # Another username is not affected.
+    assert login_once(client, "alice", "password").status_code == 302
+    events = [r["event"] for r in app.extensions["oauth2"].storage.audit.recent(50)]
+    assert "lockout" in events and "login_locked" in events
+
+
+def test_login_lockout_clears_after_success(make):
+    app = make(lockout_after=1)
+    throttle = app.extensions["oauth2"].throttle
+    assert throttle.failed("bob") == 0
+    assert throttle.failed("bob") == 2
+    throttle.succeeded("bob")
+    assert throttle.wait("bob") == 0
+
+
+def test_login_limit_per_username(make):
+    client = make(login_user="2/minute", lockout_after=100).test_client()
+    assert login_once(client, "carol", "x").status_code == 401
+    assert login_once(client, "carol", "x").status_code == 401
+    assert login_once(client, "carol", "x").status_code == 429
+
+
+def test_api_limit_per_token(make):
+    app = make(api="2/minute")
+    client = app.test_client()
+    token = cc(client).get_json()["access_token"]
+    answers = [client.get("/api/profile", headers=bearer(token)).status_code for _ in range(3)]
+    assert answers[:2] == [403, 403]  # a client token: no user, but counted
+    assert answers[2] == 429
+    body = client.get("/api/profile", headers=bearer(token)).get_json()
+    assert body == {"success": 0, "error": "too many requests"}
+
+
+def test_limits_can_be_switched_off(make):
+    client = make(enabled=False, token="1/minute").test_client()
+    assert [cc(client).status_code for _ in range(3)] == [200, 200, 200]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("token", "lots"), ("api", "1/fortnight"), ("lockout_base", 1), ("enabled", "yes")],
+)
+def test_bad_limit_settings_fail_at_start_naming_the_key(tmp_path, dummy_site, key, value):
+    from app.settings import ConfigError
+
+    config = base_config(tmp_path, dummy_site)
+    config["limits"] = {key: value}
+    with pytest.raises(ConfigError, match=f"limits.{key}"):
+        create_app(config)
