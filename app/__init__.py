@@ -16,7 +16,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import limits
 from .adapters import ResourceServer, load_adapter
-from .clients import ClientRegistry, resolve_file
+from .clients import ClientRegistry
 from .oauth2 import OAuth2Server, build_server
 from .oauth2.tokens import GrantStore
 from .sessions import StoredSessionInterface
@@ -60,10 +60,7 @@ def _build_state(settings: Settings, clients: ClientRegistry | None = None) -> S
         storage.migrate()
     adapter = load_adapter(settings.section("resource_server"))
     if clients is None:
-        cc = settings.section("client_credentials")
-        clients = ClientRegistry(
-            resolve_file(cc["file"]), list(adapter.scopes), cc["allow_wildcard_redirects"]
-        )
+        clients = ClientRegistry.from_settings(settings, list(adapter.scopes))
     store, users = GrantStore(storage), UserStore(storage.users)
     server = build_server(settings, clients, store, users, list(adapter.scopes))
     lim = settings.data["limits"]

@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from .clients import GRANT_TYPES, ClientFileError, append_client, load_clients_file
+from .clients import GRANT_TYPES, ClientFileError, ClientRegistry, append_client
 from .secrets_hash import hash_random_secret, new_secret
 from .settings import ConfigError, Settings
 from .storage import Storage, StorageConfigError, StorageUnavailable
@@ -64,8 +64,7 @@ def cmd_clients_list(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     scopes = list(load_adapter(settings.section("resource_server")).scopes)
-    cc = settings.section("client_credentials")
-    for client in load_clients_file(cc["file"], scopes, cc["allow_wildcard_redirects"]).values():
+    for client in ClientRegistry.from_settings(settings, scopes).all():
         kind = "public" if client.public else "confidential"
         print(f"{client.client_id}\t{client.name}\t{kind}\t{','.join(client.grant_types)}")
     return 0

@@ -160,7 +160,11 @@ def _secret(entry: dict[str, Any], where: str, public: bool) -> dict[str, Any]:
 
 
 def parse_client(
-    entry: dict[str, Any], index: int, all_scopes: list[str], allow_wildcard: bool
+    entry: dict[str, Any],
+    index: int,
+    all_scopes: list[str],
+    allow_wildcard: bool,
+    require_https: bool = False,
 ) -> Client:
     """Build one client from a clients-file entry, naming the entry in every error."""
     if not isinstance(entry, dict) or not entry.get("client_id"):
@@ -179,6 +183,10 @@ def parse_client(
                 )
         elif not isinstance(uri, str) or not valid_redirect_uri(uri):
             raise ClientFileError(f"{where}: invalid redirect URI {uri!r}")
+        elif require_https and not uri.startswith("https://") and _loopback(uri) is None:
+            raise ClientFileError(
+                f"{where}: redirect URI {uri!r} must use https outside loopback in production"
+            )
     scopes = entry.get("scopes", all_scopes)
     unknown = [s for s in scopes if s not in all_scopes]
     if unknown:
@@ -201,7 +209,10 @@ def parse_client(
 
 
 def load_clients_file(
-    path: str | os.PathLike[str], all_scopes: list[str], allow_wildcard: bool = False
+    path: str | os.PathLike[str],
+    all_scopes: list[str],
+    allow_wildcard: bool = False,
+    require_https: bool = False,
 ) -> dict[str, Client]:
     """Read and validate the clients file; raise :class:`ClientFileError` on any problem."""
     try:
@@ -214,7 +225,7 @@ def load_clients_file(
         raise ClientFileError(f"client_credentials.file: {path} must hold a JSON list")
     clients: dict[str, Client] = {}
     for index, entry in enumerate(entries):
-        client = parse_client(entry, index, all_scopes, allow_wildcard)
+        client = parse_client(entry, index, all_scopes, allow_wildcard, require_https)
         if client.client_id in clients:
             raise ClientFileError(f"client {client.client_id!r}: listed twice")
         clients[client.client_id] = client
@@ -233,11 +244,26 @@ def resolve_file(name: str) -> str:
 class ClientRegistry:
     """The clients of the file, read once; ``serve`` builds a new one on ``SIGHUP``."""
 
-    def __init__(self, path: str, all_scopes: list[str], allow_wildcard: bool = False) -> None:
+    def __init__(
+        self,
+        path: str,
+        all_scopes: list[str],
+        allow_wildcard: bool = False,
+        require_https: bool = False,
+    ) -> None:
         self.path = path
-        self.all_scopes = all_scopes
-        self.allow_wildcard = allow_wildcard
-        self._clients = load_clients_file(path, all_scopes, allow_wildcard)
+        self._clients = load_clients_file(path, all_scopes, allow_wildcard, require_https)
+
+    @classmethod
+    def from_settings(cls, settings: Any, all_scopes: list[str]) -> ClientRegistry:
+        """The configured clients file; production demands https redirect URIs."""
+        cc = settings.section("client_credentials")
+        return cls(
+            resolve_file(cc["file"]),
+            all_scopes,
+            allow_wildcard=cc["allow_wildcard_redirects"],
+            require_https=settings.env == "production",
+        )
 
     def get(self, client_id: str | None) -> Client | None:
         return self._clients.get(client_id) if client_id else None

@@ -25,16 +25,24 @@ def render_error(status: int, title: str, message: str, detail: str | None = Non
     return render_page("error", status, status=status, title=title, message=message, detail=detail)
 
 
+#: Public, secret-free responses that caches may keep.
+CACHEABLE = ("/static/", "/.well-known/", "/openapi.json")
+
+
 def _security_headers(response):
     headers = response.headers
     headers.setdefault("X-Frame-Options", "DENY")
     headers.setdefault("X-Content-Type-Options", "nosniff")
+    # Pages, redirects carrying codes or tokens, token answers: never cached or leaked.
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    if not request.path.startswith(CACHEABLE):
+        headers.setdefault("Cache-Control", "no-store")
     if response.mimetype == "text/html":
         headers.setdefault("Content-Security-Policy", CSP)
-        headers.setdefault("Referrer-Policy", "no-referrer")
-        headers.setdefault("Cache-Control", "no-store")
     elif "Content-Security-Policy" not in headers and not request.path.startswith("/static/"):
         headers["Content-Security-Policy"] = "frame-ancestors 'none'"
+    if request.is_secure:
+        headers.setdefault("Strict-Transport-Security", "max-age=31536000")
     return response
 
 

@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from .adapters import adapter_class, load_adapter
-from .clients import ClientFileError, ClientRegistry, resolve_file
+from .clients import ClientFileError, ClientRegistry
 from .settings import ConfigError, Settings
 from .storage import Storage, StorageConfigError, StorageUnavailable
 
@@ -107,10 +107,7 @@ def load_clients(settings: Settings) -> ClientRegistry:
     """Build the adapter (checking its config) and read the clients file, or raise."""
     adapter = load_adapter(settings.section("resource_server"))
     adapter.close()
-    cc = settings.section("client_credentials")
-    return ClientRegistry(
-        resolve_file(cc["file"]), list(adapter.scopes), cc["allow_wildcard_redirects"]
-    )
+    return ClientRegistry.from_settings(settings, list(adapter.scopes))
 
 
 def serve(settings: Settings, bind: str | None = None) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import request
+from flask import request as flask_request
 from flask.sessions import SessionInterface, SessionMixin
 from werkzeug.datastructures import CallbackDict
 
@@ -112,6 +113,10 @@ class StoredSessionInterface(SessionInterface):
 
     def __init__(self, table: Table) -> None:
         self.table = table
+
+    def get_cookie_secure(self, app) -> bool:
+        # Secure whenever this request came over TLS (directly, or per a trusted proxy).
+        return bool(app.config["SESSION_COOKIE_SECURE"]) or flask_request.is_secure
 
     def open_session(self, app, request) -> StoredSession:
         sid = request.cookies.get(self.get_cookie_name(app))

@@ -45,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
         "max_body_bytes": 65536,
         "transaction_ttl": 600,
         "require_pkce": False,
-        "allow_plain_pkce": True,
+        "allow_plain_pkce": False,
         "trusted_proxies": 0,
         "grant_types": ["authorization_code", "implicit", "refresh_token", "client_credentials"],
     },

@@ -37,12 +37,36 @@ def public_redeem(client, code: str, **extra):
     return client.post("/token", data=data)
 
 
+def test_matching_s256_verifier_redeems_the_code(client):
+    code = get_code(client, code_challenge=CHALLENGE, code_challenge_method="S256")
+    response = redeem(client, code, code_verifier=VERIFIER)
+    assert response.status_code == 200, response.get_json()
+    assert profile_status(client, response.get_json()["access_token"]) == 200
+
+
+@pytest.mark.parametrize(
+    "pkce",
+    [{"code_challenge": VERIFIER, "code_challenge_method": "plain"}, {"code_challenge": VERIFIER}],
+    ids=["plain", "default-plain"],
+)
+def test_plain_is_refused_unless_allowed(client, state, pkce):
+    login(client)
+    with unchanged(state):
+        response = client.get(authorize_url(**pkce))
+    assert response.status_code == 302
+    assert location_params(response)["error"] == "invalid_request"
+
+
 @pytest.mark.parametrize(
     ("challenge", "method"),
-    [(CHALLENGE, "S256"), (VERIFIER, "plain"), (VERIFIER, None)],
-    ids=["S256", "plain", "default-plain"],
+    [(VERIFIER, "plain"), (VERIFIER, None)],
+    ids=["plain", "default-plain"],
 )
-def test_matching_verifier_redeems_the_code(client, challenge, method):
+def test_matching_plain_verifier_redeems_the_code_when_allowed(
+    tmp_path, dummy_site, challenge, method
+):
+    app = make_app(tmp_path, dummy_site, auth_server={"allow_plain_pkce": True})
+    client = app.test_client()
     extra = {"code_challenge": challenge}
     if method:
         extra["code_challenge_method"] = method
@@ -50,6 +74,8 @@ def test_matching_verifier_redeems_the_code(client, challenge, method):
     response = redeem(client, code, code_verifier=VERIFIER)
     assert response.status_code == 200, response.get_json()
     assert profile_status(client, response.get_json()["access_token"]) == 200
+    app.extensions["oauth2"].storage.close()
+    app.extensions["oauth2"].adapter.close()
 
 
 BAD_VERIFIERS = [

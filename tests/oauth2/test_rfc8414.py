@@ -47,7 +47,7 @@ def test_metadata_lists_auth_methods_pkce_and_iss(client):
         "introspection_endpoint_auth_methods_supported",
     ):
         assert sorted(doc[key]) == AUTH_METHODS
-    assert sorted(doc["code_challenge_methods_supported"]) == ["S256", "plain"]
+    assert doc["code_challenge_methods_supported"] == ["S256"]
     assert doc["authorization_response_iss_parameter_supported"] is True
 
 
