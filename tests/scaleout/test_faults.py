@@ -69,10 +69,10 @@ class Outage:
     def __init__(self, server: Instance, agent: requests.Session, backend: requests.Session):
         self.server, self.agent, self.backend = server, agent, backend
         self.timings: dict[str, float] = {}
+        self.visitor = requests.Session()
 
     def prepare(self) -> dict[str, str]:
         """Before the outage: a login form to submit later, with its CSRF token."""
-        self.visitor = requests.Session()
         page = self.visitor.get(f"{self.server.url}/login", timeout=TIMEOUT)
         assert page.status_code == 200
         return hidden_inputs(page.text)
@@ -214,8 +214,8 @@ def test_redis_killed_answers_503_then_recovers(
     assert profile(server, live["access_token"]) == 200
     assert profile(server, revoked["access_token"]) == 401
     outage = Outage(server, agent, backend)
-    login_form = outage.prepare()
     try:
+        login_form = outage.prepare()
         own_redis.kill()
         # Twice: the first round meets pooled connections the kill broke, the second
         # connection attempts that are refused.
@@ -290,8 +290,8 @@ def test_postgres_outage_answers_503_and_keeps_every_answered_write(
     assert agent.get(f"{server.url}/review", allow_redirects=False).status_code == 200
 
     outage = Outage(server, agent, backend)
-    login_form = outage.prepare()
     try:
+        login_form = outage.prepare()
         pg_proxy.stop()
         for _ in range(2):
             outage.check(live["access_token"], live["refresh_token"], login_form)

@@ -65,7 +65,7 @@ def set_key(config: dict[str, Any], path: str, value: Any, changed: list[str]) -
 
 def adapt(seed: dict[str, Any], redis_port: int) -> tuple[dict[str, Any], list[str]]:
     """The original config, changed only where this machine requires; and what changed."""
-    config, changed = copy.deepcopy(seed), []
+    config, changed = copy.deepcopy(seed), list[str]()
     port, site_port = free_port(), free_port()
     set_key(config, "auth_server.url", f"http://127.0.0.1:{port}", changed)
     set_key(config, "auth_server.port", port, changed)
