@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from authlib.oauth2.rfc6749 import OAuth2Payload, OAuth2Request
 from authlib.oauth2.rfc6749.errors import InvalidRequestError
@@ -56,11 +57,32 @@ def json_params(body: Any) -> Params:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise InvalidRequestError(f"Parameter '{key}' must be a string.")
         params[str(key)] = [str(value)]
-    return params
+    return checked(params)
 
 
-def reject_duplicates(params: Params) -> None:
-    """RFC 6749 §3.1, §3.2: request parameters MUST NOT be included more than once."""
+#: Bounds on what a request may carry; real OAuth parameters are far smaller.
+MAX_PARAMS = 32
+MAX_VALUE = 4096
+
+
+def require_utf8(raw: bytes) -> None:
+    """Refuse a form-encoded string whose decoded bytes are not UTF-8 (RFC 6749 App. B)."""
+    try:
+        unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequestError("The request is not valid UTF-8.") from exc
+
+
+def checked(params: Params, unique: bool = True) -> Params:
+    """Refuse oversized, undecodable or (RFC 6749 §3.1, §3.2) repeated parameters."""
+    if len(params) > MAX_PARAMS:
+        raise InvalidRequestError("Too many parameters.")
     for key, values in params.items():
-        if len(values) > 1:
+        if unique and len(values) > 1:
             raise InvalidRequestError(f"Parameter '{key}' is repeated.")
+        for value in (key, *values):
+            if len(value) > MAX_VALUE:
+                raise InvalidRequestError(f"Parameter '{key[:40]}' is too long.")
+            if "\x00" in value:
+                raise InvalidRequestError(f"Parameter '{key[:40]}' holds a NUL character.")
+    return params

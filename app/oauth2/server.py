@@ -12,7 +12,7 @@ from flask import request as flask_request
 
 from ..audit import audit
 from ..secrets_hash import new_secret, token_digest
-from .requests import ParamsRequest, json_params, reject_duplicates
+from .requests import ParamsRequest, checked, json_params, require_utf8
 from .tokens import new_grant_id
 
 #: Compared against when a client id is unknown, so that path costs the same.
@@ -129,16 +129,23 @@ class OAuth2Server(AuthorizationServer):
 
 
 def query_params() -> dict[str, list[str]]:
-    return {key: flask_request.args.getlist(key) for key in flask_request.args}
+    """The authorization request; Authlib reports repeats once the redirect URI is known."""
+    require_utf8(flask_request.query_string)
+    return checked({key: flask_request.args.getlist(key) for key in flask_request.args}, False)
 
 
 def body_params() -> dict[str, list[str]]:
     """Parameters of a token-style endpoint: the form body, or a JSON object body."""
     if flask_request.is_json:
-        return json_params(flask_request.get_json(silent=True))
-    form = flask_request.form
-    params = {key: form.getlist(key) for key in form}
-    reject_duplicates(params)
+        params = json_params(flask_request.get_json(silent=True))
+    else:
+        if flask_request.mimetype == "application/x-www-form-urlencoded":
+            require_utf8(flask_request.get_data(cache=True))
+        form = flask_request.form
+        params = checked({key: form.getlist(key) for key in form})
+    if "client_secret" in params and extract_basic_authorization(flask_request.headers)[0]:
+        # RFC 6749 §2.3: a client MUST NOT use more than one authentication method.
+        raise InvalidRequestError("Use one client authentication method, not two.")
     return params
 
 
