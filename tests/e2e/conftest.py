@@ -210,7 +210,9 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
     servers: list[RunningServer] = []
     handles = []
 
-    def start(clients: list[dict] | None = None, workers: int = 2) -> RunningServer:
+    def start(
+        clients: list[dict] | None = None, workers: int = 2, config: dict | None = None
+    ) -> RunningServer:
         folder = tmp_path / f"server{len(servers)}"
         config_dir = folder / "config"
         config_dir.mkdir(parents=True)
@@ -220,7 +222,7 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
         port, site_port = free_port(), free_port()
         while site_port == port:
             site_port = free_port()
-        config = {
+        config_data = {
             "auth_server": {
                 "url": f"http://127.0.0.1:{port}",
                 "host": "127.0.0.1",
@@ -233,7 +235,9 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
             "resource_server": {"type": "dummy", "host": "127.0.0.1", "port": site_port},
             "logging": {"level": "notice"},
         }
-        (config_dir / "default.json").write_text(json.dumps(config, indent=2))
+        for section, values in (config or {}).items():
+            config_data.setdefault(section, {}).update(values)
+        (config_dir / "default.json").write_text(json.dumps(config_data, indent=2))
         log_path = folder / "server.log"
         log = log_path.open("wb")
         handles.append(log)
