@@ -1,0 +1,292 @@
+"""Fast fixtures: token records written straight into storage in the app's own layout.
+
+The layout is the one of ``GrantStore.save_token`` (``app/oauth2/tokens.py``) on
+``RedisTable.put`` (``app/storage/redis.py``) and ``SQLTable.put``
+(``app/storage/sql.py``): each token stored under its SHA-256, an access token
+paired with its refresh token, ``user_id``/``client_id``/``grant_id`` indexed.
+Redis gets raw pipelined commands (the effect of ``put`` and its index script),
+Postgres gets ``COPY`` (known tokens) or ``INSERT ... SELECT generate_series``
+(filler nobody presents). ``check_pool`` reads samples back through the app's own
+``GrantStore`` so a layout drift fails loudly instead of measuring 400s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import secrets
+import socket
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from app.dummy_site import DEV_KEY, make_token, user_id
+from app.secrets_hash import token_digest
+
+ACCESS_TTL = 7200
+REFRESH_TTL = 7776000
+SCOPE = "read-only"
+
+
+@dataclass
+class Pair:
+    """One grant's access + refresh token records, as ``save_token`` would write them."""
+
+    access_key: str
+    access: dict[str, Any]
+    refresh_key: str
+    refresh: dict[str, Any]
+
+
+def pair(
+    access_token: str,
+    refresh_token: str,
+    client_id: str,
+    uid: str,
+    name: str,
+    site_token: str,
+    grant_id: str,
+    now: float,
+    expired: bool = False,
+) -> Pair:
+    access_key, refresh_key = token_digest(access_token), token_digest(refresh_token)
+    base = {
+        "client_id": client_id,
+        "grant_id": grant_id,
+        "user_id": uid,
+        "user_name": name,
+        "site_token": site_token,
+        "scope": SCOPE,
+        "issued_at": int(now),
+    }
+    shift = -2 * REFRESH_TTL if expired else 0
+    access = dict(base, refresh_key=refresh_key, expires_at=now + ACCESS_TTL + shift)
+    refresh = dict(base, access_key=access_key, expires_at=now + REFRESH_TTL + shift)
+    return Pair(access_key, access, refresh_key, refresh)
+
+
+def site_user(name: str) -> tuple[str, str, str]:
+    """(id, name, site token) of a dummy-site user, as its /login would answer."""
+    return user_id(name), name, make_token(DEV_KEY, name)
+
+
+def known_pairs(count: int, uid: str, name: str, site_token: str) -> tuple[list[str], list[Pair]]:
+    """``count`` fresh grants for one user; returns the refresh tokens and the records."""
+    now = time.time()
+    tokens, pairs = [], []
+    for _ in range(count):
+        refresh = secrets.token_urlsafe(32)
+        tokens.append(refresh)
+        pairs.append(
+            pair(
+                secrets.token_urlsafe(32),
+                refresh,
+                "test",
+                uid,
+                name,
+                site_token,
+                secrets.token_urlsafe(16),
+                now,
+            )
+        )
+    return tokens, pairs
+
+
+def filler_pairs(
+    count: int, tag: str, users: int = 100_000, expired: bool = False
+) -> Iterator[Pair]:
+    """Grants nobody presents: ``count`` users' worth of live (or expired) token pairs."""
+    now = time.time()
+    for i in range(count):
+        u = f"filler-{i % users}"
+        yield pair(
+            f"a-{tag}-{i}",
+            f"r-{tag}-{i}",
+            "test",
+            u,
+            u,
+            "filler-site-token",
+            f"g-{tag}-{i}",
+            now,
+            expired,
+        )
+
+
+# -- Redis ------------------------------------------------------------------------------
+def _cmd(*args: str | bytes) -> bytes:
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else arg.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+class RedisWriter:
+    """Pipelined writes on one raw connection; every reply is a one-line status or integer."""
+
+    def __init__(self, url: str, prefix: str = "oauth2", chunk: int = 20_000) -> None:
+        parts = urlsplit(url)
+        self.sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379))
+        self.sock.settimeout(60)
+        self.prefix = prefix
+        self.chunk = chunk
+        self.buffer: list[bytes] = []
+        self.pending = 0
+        self.sent = 0
+        db = (parts.path or "/0").lstrip("/") or "0"
+        self.command("SELECT", db)
+        self._index_expiry: dict[str, float] = {}
+
+    def command(self, *args: str | bytes) -> None:
+        self.buffer.append(_cmd(*args))
+        self.pending += 1
+        if self.pending >= self.chunk:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        self.sock.sendall(b"".join(self.buffer))
+        expected, got, data = self.pending, 0, b""
+        self.buffer, self.pending = [], 0
+        while got < expected:
+            more = self.sock.recv(1 << 20)
+            if not more:
+                raise RuntimeError("redis closed the connection during a bulk load")
+            data += more
+            got = data.count(b"\r\n")
+        if b"\r\n-" in b"\r\n" + data:
+            line = next(x for x in data.split(b"\r\n") if x.startswith(b"-"))
+            raise RuntimeError(f"redis refused a bulk-load command: {line.decode()}")
+        self.sent += expected
+
+    def put(self, table: str, key: str, record: dict[str, Any], long_indexes: bool) -> None:
+        """``RedisTable.put`` of a new key: the record with native expiry, then its indexes."""
+        expires_at = record["expires_at"]
+        base = f"{self.prefix}:{table}"
+        self.command(
+            "SET",
+            f"{base}:{{{key}}}",
+            json.dumps(record, separators=(",", ":")),
+            "PXAT",
+            str(math.ceil(expires_at * 1000)),
+        )
+        score = repr(float(expires_at))
+        for field in ("user_id", "client_id", "grant_id"):
+            value = record.get(field)
+            if value is None:
+                continue
+            ikey = f"{base}:{field}:{{{value}}}"
+            self.command("ZADD", ikey, score, key)
+            if field == "grant_id" and not long_indexes:
+                self.command("PEXPIREAT", ikey, str(math.ceil(expires_at * 1000)))
+            else:  # shared indexes: one PEXPIREAT at the end, to their longest member
+                self._index_expiry[ikey] = max(self._index_expiry.get(ikey, 0.0), expires_at)
+
+    def put_pairs(self, pairs: Iterable[Pair]) -> int:
+        count = 0
+        for p in pairs:
+            self.put("refresh_tokens", p.refresh_key, p.refresh, False)
+            self.put("tokens", p.access_key, p.access, False)
+            count += 1
+        return count
+
+    def close(self) -> None:
+        for ikey, expires_at in self._index_expiry.items():
+            self.command("PEXPIREAT", ikey, str(math.ceil(expires_at * 1000)))
+        self._index_expiry.clear()
+        self.flush()
+        self.sock.close()
+
+
+# -- Postgres ---------------------------------------------------------------------------
+COLUMNS = "(key, user_id, client_id, grant_id, expires_at, data)"
+
+
+def _row(key: str, record: dict[str, Any]) -> tuple[Any, ...]:
+    data = {k: v for k, v in record.items() if k != "expires_at"}
+    return (
+        key,
+        data.get("user_id"),
+        data.get("client_id"),
+        data.get("grant_id"),
+        record["expires_at"],
+        json.dumps(data, separators=(",", ":")),
+    )
+
+
+def pg_copy_pairs(conn: Any, pairs: Iterable[Pair], prefix: str = "oauth2_") -> int:
+    """COPY token pairs into ``oauth2_tokens`` and ``oauth2_refresh_tokens``."""
+    pairs = list(pairs)
+    with conn.cursor() as cur:
+        with cur.copy(f"COPY {prefix}refresh_tokens {COLUMNS} FROM STDIN") as copy:
+            for p in pairs:
+                copy.write_row(_row(p.refresh_key, p.refresh))
+        with cur.copy(f"COPY {prefix}tokens {COLUMNS} FROM STDIN") as copy:
+            for p in pairs:
+                copy.write_row(_row(p.access_key, p.access))
+    return len(pairs)
+
+
+_FILL = """
+INSERT INTO {table} {columns}
+SELECT k, u, 'test', gr, %(exp)s::double precision,
+       json_build_object('client_id', 'test', 'grant_id', gr, 'user_id', u, 'user_name', u,
+                         'site_token', 'filler-site-token', 'scope', 'read-only',
+                         'issued_at', %(now)s::bigint, {pair_field}, pk)::text
+FROM (SELECT encode(sha256(convert_to(%(kind)s || %(tag)s || '-' || g, 'UTF8')), 'hex') AS k,
+             encode(sha256(convert_to(%(other)s || %(tag)s || '-' || g, 'UTF8')), 'hex') AS pk,
+             'filler-' || (g %% %(users)s) AS u,
+             'g-' || %(tag)s || '-' || g AS gr
+      FROM generate_series(%(start)s, %(stop)s) AS g) AS s
+"""
+
+
+def pg_fill(
+    conn: Any,
+    count: int,
+    tag: str,
+    expired: bool = False,
+    users: int = 100_000,
+    tables: tuple[str, ...] = ("tokens", "refresh_tokens"),
+    prefix: str = "oauth2_",
+    batch: int = 250_000,
+) -> None:
+    """Generate ``count`` filler pairs server-side (the same rows ``pair`` describes)."""
+    now = time.time()
+    for table in tables:
+        access = table == "tokens"
+        ttl = ACCESS_TTL if access else REFRESH_TTL
+        sql = _FILL.format(
+            table=prefix + table,
+            columns=COLUMNS,
+            pair_field="'refresh_key'" if access else "'access_key'",
+        )
+        exp = now + ttl - (2 * REFRESH_TTL if expired else 0)
+        for start in range(0, count, batch):
+            conn.execute(
+                sql,
+                {
+                    "exp": exp,
+                    "now": int(now),
+                    "kind": "a-" if access else "r-",
+                    "other": "r-" if access else "a-",
+                    "tag": tag,
+                    "users": users,
+                    "start": start,
+                    "stop": min(count, start + batch) - 1,
+                },
+            )
+
+
+def write_tokens(path: Path, tokens: list[str]) -> Path:
+    path.write_text("\n".join(tokens) + "\n")
+    return path
+
+
+def digest_check(token: str, key: str) -> bool:
+    return hashlib.sha256(token.encode()).hexdigest() == key

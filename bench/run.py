@@ -1,0 +1,986 @@
+"""``python -m bench``: the whole benchmark of issue 5, start to finish.
+
+Starts (on loopback, free ports, bounded lifetimes) the ceiling apps and
+``oauth2-server serve`` with 2 workers, first with Redis for every table, then with
+Postgres for the token tables; runs each scenario with wrk (or the flow driver)
+after a warm-up; grows the token tables; times the review page and a purge; stops
+everything; prints one table and writes ``bench/results.json``.
+
+Environment: ``BENCH_SECONDS`` (default 10, per measured run), ``BENCH_WARMUP``
+(default 2), ``BENCH_FULL=1`` (add the 1M-token steps and a 1M-row purge),
+``BENCH_GRANIAN=1`` (also serve the app and the bare ceiling with granian, if
+installed), ``BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6379/12``, flushed),
+``BENCH_PG_URL`` (default ``postgresql://postgres@127.0.0.1:5432/bench``, created if
+missing, its ``public`` schema dropped at start), ``BENCH_THREADS``/``BENCH_CONNECTIONS``
+(wrk, default 2/16), ``BENCH_USERS`` (flow driver, default 8), ``BENCH_ONLY`` (comma
+list of parts: ceiling, redis, postgres, growth, review, purge, site, granian).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import redis
+
+from bench import loader, procs, wrk
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+RESULTS = Path(__file__).resolve().parent / "results.json"
+
+SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
+WARMUP = float(os.environ.get("BENCH_WARMUP", "2"))
+FULL = os.environ.get("BENCH_FULL", "") not in ("", "0")
+USERS = int(os.environ.get("BENCH_USERS", "8"))
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
+PG_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/bench")
+SIZES = [0, 100_000, 1_000_000] if FULL else [0, 100_000]
+PURGE_ROWS = 1_000_000 if FULL else 100_000
+REVIEW_GRANTS = 1000
+#: Refresh tokens pre-issued per second of load: above any rate this machine reaches.
+REFRESH_RATE_BOUND = int(os.environ.get("BENCH_REFRESH_RATE_BOUND", "2500"))
+SESSION_SECRET = "bench-session-secret-" + "b" * 24
+HIGH_LIMIT = "100000000/minute"
+PARTS = {
+    p.strip()
+    for p in os.environ.get(
+        "BENCH_ONLY", "ceiling,redis,postgres,growth,review,purge,site,granian"
+    ).split(",")
+}
+
+#: Issue 5 targets, as ratios to the bare-Flask gunicorn-sync figure.
+TARGETS = {"gateway": 0.75, "introspect": 0.75, "client_credentials": 0.6, "refresh": 0.4}
+FLOW_TARGET = 200.0
+LABELS = {
+    "client_credentials": "POST /token client_credentials",
+    "refresh": "POST /token refresh_token",
+    "introspect": "POST /introspect",
+    "gateway": "GET /api/profile (gateway)",
+    "flow": "code flow (flows/s)",
+}
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# -- machine and CPU accounting -----------------------------------------------------------
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for dist in (
+        "flask",
+        "werkzeug",
+        "authlib",
+        "gunicorn",
+        "redis",
+        "psycopg",
+        "psycopg-pool",
+        "flask-limiter",
+        "flask-login",
+        "flask-wtf",
+        "requests",
+        "granian",
+    ):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[dist] = metadata.version(dist)
+    info: dict[str, Any] = {
+        "cpu_model": model,
+        "cores": os.cpu_count(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "packages": versions,
+        "loadavg_at_start": os.getloadavg(),
+    }
+    with contextlib.suppress(Exception):
+        info["redis_server"] = redis.Redis.from_url(REDIS_URL).info("server")["redis_version"]
+    with contextlib.suppress(Exception), psycopg.connect(PG_URL, connect_timeout=3) as conn:
+        info["postgres"] = conn.execute("SHOW server_version").fetchone()[0]
+    with contextlib.suppress(Exception):
+        done = subprocess.run(  # noqa: S603
+            [wrk.ensure_wrk(), "-v"], capture_output=True, text=True, check=False
+        )
+        info["wrk"] = (done.stdout + done.stderr).splitlines()[0].split(" Copyright")[0]
+    with contextlib.suppress(Exception):
+        git = shutil.which("git") or "git"
+        head = subprocess.run(  # noqa: S603
+            [git, "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(  # noqa: S603
+            [git, "status", "--porcelain", "--", "app"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        info["commit"] = head + (" (app/ has uncommitted changes)" if dirty else "")
+    return info
+
+
+def _busy_ticks() -> tuple[int, int]:
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def _named_pids(names: tuple[str, ...]) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() in names:
+                    pids.append(int(entry.name))
+    return pids
+
+
+class CpuMeter:
+    """CPU seconds of the server's processes, the dummy site, the stores and everything else."""
+
+    def __init__(self, server: procs.Proc | None) -> None:
+        self.server = server
+        self.groups = self._groups()
+        self.start = self._sample()
+
+    def _groups(self) -> dict[str, list[int]]:
+        groups: dict[str, list[int]] = {"server": [], "site": []}
+        if self.server is not None:
+            for pid in procs.group_pids(self.server.pid):
+                cmd = procs.cmdline(pid)
+                if "dummy_site" in cmd:
+                    groups["site"].append(pid)
+                elif not cmd.startswith("timeout"):
+                    groups["server"].append(pid)
+        groups["stores"] = _named_pids(("redis-server", "postgres"))
+        return groups
+
+    def _sample(self) -> dict[str, float]:
+        sample = {name: procs.cpu_seconds(pids) for name, pids in self.groups.items()}
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        sample["load_generator"] = children.ru_utime + children.ru_stime
+        busy, total = _busy_ticks()
+        ticks = os.sysconf("SC_CLK_TCK")
+        sample["machine_busy"] = busy / ticks
+        sample["machine_total"] = total / ticks
+        sample["wall"] = time.monotonic()
+        return sample
+
+    def stop(self, requests: int) -> dict[str, Any]:
+        end = self._sample()
+        delta = {k: end[k] - self.start[k] for k in end}
+        ours = sum(delta[k] for k in ("server", "site", "stores", "load_generator"))
+        out = {
+            "server_cpu_s": round(delta["server"], 2),
+            "site_cpu_s": round(delta["site"], 2),
+            "stores_cpu_s": round(delta["stores"], 2),
+            "load_generator_cpu_s": round(delta["load_generator"], 2),
+            "other_cpu_s": round(max(0.0, delta["machine_busy"] - ours), 2),
+        }
+        if requests:
+            out["server_cpu_ms_per_req"] = round(delta["server"] / requests * 1000, 3)
+        return out
+
+
+# -- the stores -----------------------------------------------------------------------------
+def _db_url(url: str, database: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
+
+
+def prepare_postgres() -> None:
+    """Create the ``bench`` database if missing; empty its ``public`` schema."""
+    name = urlsplit(PG_URL).path.lstrip("/")
+    try:
+        psycopg.connect(PG_URL, connect_timeout=3).close()
+    except psycopg.OperationalError:
+        for admin in ("postgres", "test", "template1"):
+            with contextlib.suppress(psycopg.OperationalError):
+                with psycopg.connect(_db_url(PG_URL, admin), autocommit=True) as conn:
+                    conn.execute(f'CREATE DATABASE "{name}"')
+                break
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+        conn.execute("CREATE TABLE bench_ceiling (k TEXT PRIMARY KEY, v INTEGER)")
+
+
+def flush_redis() -> None:
+    with redis.Redis.from_url(REDIS_URL) as client:
+        client.flushdb()
+
+
+def truncate_pg(tables: tuple[str, ...] = ("tokens", "refresh_tokens")) -> None:
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        names = ", ".join(f"oauth2_{t}" for t in tables)
+        conn.execute(f"TRUNCATE {names}")
+
+
+def analyze_pg() -> None:
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE oauth2_tokens")
+        conn.execute("VACUUM ANALYZE oauth2_refresh_tokens")
+
+
+# -- the server -----------------------------------------------------------------------------
+@dataclass
+class Server:
+    name: str
+    backend: str  # "redis" or "postgres"
+    proc: procs.Proc
+    port: int
+    site_port: int
+    config_dir: Path
+    env: dict[str, str]
+    storage_section: dict[str, Any]
+
+
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OAUTH2_", "PG"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def server_config(port: int, site_port: int, storage: dict[str, Any]) -> dict[str, Any]:
+    from app.settings import DEFAULTS
+
+    config: dict[str, Any] = {
+        "auth_server": {
+            "url": f"http://127.0.0.1:{port}",
+            "host": "127.0.0.1",
+            "port": port,
+            "num_workers": 2,
+            "session_secret": SESSION_SECRET,
+        },
+        "client_credentials": {"file": str(ROOT / "clients.json.example")},
+        "storage": dict(storage, purge_interval=0),
+        "resource_server": {"type": "dummy", "host": "127.0.0.1", "port": site_port},
+        "logging": {"level": "notice"},
+    }
+    if "limits" in DEFAULTS:
+        # Limits stay on (their cost is part of the hot path), set above any bench rate.
+        limits = {k: HIGH_LIMIT for k in ("token", "login_ip", "login_user", "api")}
+        config["limits"] = {k: v for k, v in limits.items() if k in DEFAULTS["limits"]}
+    return config
+
+
+def storage_for(backend: str) -> dict[str, Any]:
+    if backend == "redis":
+        return {"default": REDIS_URL}
+    return {"default": REDIS_URL, "tokens": PG_URL, "refresh_tokens": PG_URL}
+
+
+def start_server(run_dir: Path, backend: str, command: str = "serve") -> Server:
+    port, site_port = procs.free_port(), procs.free_port()
+    config_dir = run_dir / f"config-{backend}-{command}"
+    config_dir.mkdir()
+    storage = storage_for(backend)
+    (config_dir / "default.json").write_text(
+        json.dumps(server_config(port, site_port, storage), indent=2)
+    )
+    env = clean_env({"OAUTH2_CONFIG_DIR": str(config_dir), "OAUTH2_ENV": "bench"})
+    if command == "serve":
+        argv = [str(BIN / "oauth2-server"), "serve"]
+    else:  # granian, for the server-choice experiment; the dummy site is started here
+        procs.start(
+            f"site-{backend}-granian",
+            [
+                sys.executable,
+                "-m",
+                "app.dummy_site",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(site_port),
+            ],
+            run_dir,
+            env=env,
+            cwd=str(ROOT),
+            port=site_port,
+        )
+        argv = [
+            str(BIN / "granian"),
+            "--interface",
+            "wsgi",
+            "--workers",
+            "2",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "wsgi:app",
+        ]
+    log(f"starting {command} ({backend} storage) on :{port}, dummy site :{site_port}")
+    proc = procs.start(
+        f"server-{backend}-{command}",
+        argv,
+        run_dir,
+        env=env,
+        cwd=str(ROOT),
+        port=port,
+        ready_path="/healthz",
+        timeout=60,
+    )
+    procs.wait_ready(proc, site_port, None, 30)
+    return Server(f"{backend}-{command}", backend, proc, port, site_port, config_dir, env, storage)
+
+
+# -- fixtures -------------------------------------------------------------------------------
+class Fixtures:
+    """The app's own storage objects (for checks and single records) plus the bulk writers."""
+
+    def __init__(self, server: Server) -> None:
+        from app.oauth2.tokens import GrantStore
+        from app.storage import Storage, parse_storage_config
+        from app.users import UserStore
+
+        self.server = server
+        self.storage = Storage(parse_storage_config(dict(server.storage_section)))
+        self.store = GrantStore(self.storage)
+        self.users = UserStore(self.storage.users)
+
+    def close(self) -> None:
+        self.storage.close()
+
+    def reset(self) -> None:
+        flush_redis()
+        if self.server.backend == "postgres":
+            truncate_pg()
+
+    def user(self, name: str) -> tuple[str, str, str]:
+        from app.adapters.base import SiteUser
+
+        uid, display, site_token = loader.site_user(name)
+        self.users.remember(SiteUser(id=uid, name=display, site_token=site_token))
+        return uid, display, site_token
+
+    def live_token(self) -> str:
+        """One user token through the app's own ``GrantStore.save_token``."""
+        from app.secrets_hash import new_secret
+
+        uid, name, site_token = self.user("bench")
+        token = {
+            "token_type": "Bearer",
+            "access_token": new_secret(32),
+            "expires_in": 7200,
+            "scope": loader.SCOPE,
+            "refresh_token": new_secret(32),
+        }
+        fields = {
+            "client_id": "test",
+            "grant_id": new_secret(16),
+            "user_id": uid,
+            "user_name": name,
+            "site_token": site_token,
+        }
+        self.store.save_token(token, fields)
+        return token["access_token"]
+
+    def write_pairs(self, pairs: list[loader.Pair]) -> None:
+        if self.server.backend == "redis":
+            writer = loader.RedisWriter(REDIS_URL)
+            writer.put_pairs(pairs)
+            writer.close()
+        else:
+            with psycopg.connect(PG_URL, autocommit=True) as conn:
+                loader.pg_copy_pairs(conn, pairs)
+
+    def refresh_pool(self, count: int, name: str = "bench") -> list[str]:
+        uid, display, site_token = self.user(name)
+        tokens, pairs = loader.known_pairs(count, uid, display, site_token)
+        self.write_pairs(pairs)
+        # Read samples back through the app's own code: a layout drift fails here.
+        for i in (0, count // 2, count - 1):
+            found = self.store.find_refresh(tokens[i])
+            if found is None or found.user_id != uid:
+                raise RuntimeError("bulk-loaded refresh token not found by GrantStore")
+        return tokens
+
+    def fill(self, count: int, tag: str, expired: bool = False, tables=None) -> float:
+        """Bulk-load ``count`` filler grants; return the seconds it took."""
+        t0 = time.monotonic()
+        if count:
+            if self.server.backend == "redis":
+                writer = loader.RedisWriter(REDIS_URL)
+                writer.put_pairs(loader.filler_pairs(count, tag, expired=expired))
+                writer.close()
+                probe = loader.filler_pairs(1, tag)
+                first = next(probe)
+                if self.storage.tokens.get(first.access_key) is None:
+                    raise RuntimeError("bulk-loaded filler token not readable by the app")
+            else:
+                with psycopg.connect(PG_URL, autocommit=True) as conn:
+                    loader.pg_fill(
+                        conn,
+                        count,
+                        tag,
+                        expired=expired,
+                        tables=tables or ("tokens", "refresh_tokens"),
+                    )
+                if (
+                    not expired
+                    and self.storage.tokens.get(next(loader.filler_pairs(1, tag)).access_key)
+                    is None
+                ):
+                    raise RuntimeError("generated filler token not readable by the app")
+                analyze_pg()
+        return time.monotonic() - t0
+
+
+# -- measuring ------------------------------------------------------------------------------
+def measure(
+    port: int,
+    load: wrk.Load,
+    server: procs.Proc | None = None,
+    warm: wrk.Load | None = None,
+    seconds: float = SECONDS,
+) -> dict[str, Any]:
+    if WARMUP > 0:
+        wrk.run(port, warm or load, WARMUP)
+    meter = CpuMeter(server)
+    result = wrk.run(port, load, seconds)
+    result.update(meter.stop(result["requests"]))
+    return result
+
+
+def run_flow(server: Server) -> dict[str, Any]:
+    meter = CpuMeter(server.proc)
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.flow",
+        "--port",
+        str(server.port),
+        "--users",
+        str(USERS),
+        "--seconds",
+        str(SECONDS),
+        "--warmup",
+        str(WARMUP),
+    ]
+    done = subprocess.run(  # noqa: S603
+        argv,
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=SECONDS + WARMUP + 120,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"flow driver failed: {done.stderr[-2000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result.update(meter.stop(result["flows"] * result["requests_per_flow"]))
+    return result
+
+
+def basic_test() -> str:
+    return wrk.basic("test", "hunter2")
+
+
+FORM = "application/x-www-form-urlencoded"
+
+
+def cc_load() -> wrk.Load:
+    return wrk.Load(
+        "/token",
+        "POST",
+        "grant_type=client_credentials",
+        {"Authorization": basic_test(), "Content-Type": FORM},
+    )
+
+
+def introspect_load(token: str) -> wrk.Load:
+    return wrk.Load(
+        "/introspect",
+        "POST",
+        f"token={token}&token_type_hint=access_token",
+        {"Authorization": basic_test(), "Content-Type": FORM},
+    )
+
+
+def gateway_load(token: str) -> wrk.Load:
+    return wrk.Load("/api/profile", "GET", None, {"Authorization": f"Bearer {token}"})
+
+
+def token_scenarios(
+    server: Server, fx: Fixtures, run_dir: Path, label: str, with_flow: bool
+) -> dict[str, dict[str, Any]]:
+    """client credentials, refresh, introspection, gateway (and the code flow) on one store."""
+    out: dict[str, dict[str, Any]] = {}
+    access = fx.live_token()
+    # The refresh pool: every token is presented once; warm-up and run use separate tokens.
+    warm_n = int(REFRESH_RATE_BOUND * max(WARMUP, 1))
+    run_n = int(REFRESH_RATE_BOUND * SECONDS * 1.2)
+    t0 = time.monotonic()
+    tokens = fx.refresh_pool(warm_n + run_n)
+    log(f"  {label}: {warm_n + run_n} refresh tokens pre-issued in {time.monotonic() - t0:.1f}s")
+    warm_file = loader.write_tokens(run_dir / f"refresh-{label}-warm.txt", tokens[:warm_n])
+    run_file = loader.write_tokens(run_dir / f"refresh-{label}-run.txt", tokens[warm_n:])
+    refresh = wrk.Load("/token", headers={"Authorization": basic_test()}, tokens_file=run_file)
+    refresh_warm = wrk.Load(
+        "/token", headers={"Authorization": basic_test()}, tokens_file=warm_file
+    )
+    plan = [
+        ("client_credentials", lambda: measure(server.port, cc_load(), server.proc)),
+        ("refresh", lambda: measure(server.port, refresh, server.proc, refresh_warm)),
+        ("introspect", lambda: measure(server.port, introspect_load(access), server.proc)),
+        ("gateway", lambda: measure(server.port, gateway_load(access), server.proc)),
+    ]
+    if with_flow:
+        plan.append(("flow", lambda: run_flow(server)))
+    for name, fn in plan:
+        result = fn()
+        out[name] = result
+        rate = result.get("flows_per_s", result["rps"])
+        log(
+            f"  {label} {name}: {rate:,.0f}/s p50 {result['p50_ms']:.1f} ms "
+            f"p99 {result['p99_ms']:.1f} ms errors {result['errors']}"
+        )
+    return out
+
+
+def review_page(server: Server, fx: Fixtures) -> dict[str, Any]:
+    """Median server time of GET /review for a user holding 1,000 grants (idle server)."""
+    import requests
+
+    from app.dummy_site import DEV_KEY, make_token
+
+    uid, name, _ = loader.site_user("review-user")
+    now = time.time()
+    pairs = []
+    for i in range(REVIEW_GRANTS):
+        client = "test" if i % 2 else "sp-demo"
+        pairs.append(
+            loader.pair(
+                os.urandom(16).hex(),
+                os.urandom(16).hex(),
+                client,
+                uid,
+                name,
+                make_token(DEV_KEY, name),
+                os.urandom(8).hex(),
+                now,
+            )
+        )
+    fx.write_pairs(pairs)
+    if fx.server.backend == "postgres":
+        analyze_pg()
+    base = f"http://127.0.0.1:{server.port}"
+    with requests.Session() as agent:
+        page = agent.get(f"{base}/login", timeout=10).text
+        from bench.flow import hidden_inputs
+
+        form = hidden_inputs(page)
+        form.update(username=name, password="password")  # noqa: S106
+        answer = agent.post(f"{base}/login", data=form, allow_redirects=False, timeout=10)
+        if answer.status_code != 302:
+            raise RuntimeError(f"review: login answered {answer.status_code}")
+        times, statuses, size = [], set(), 0
+        for i in range(25):
+            t0 = time.perf_counter()
+            response = agent.get(f"{base}/review", timeout=30)
+            elapsed = time.perf_counter() - t0
+            statuses.add(response.status_code)
+            size = len(response.content)
+            if i >= 5:
+                times.append(elapsed * 1000)
+    shown = response.text.count('class="grant"')
+    return {
+        "grants": REVIEW_GRANTS,
+        "records": 2 * REVIEW_GRANTS,
+        "median_ms": round(statistics.median(times), 2),
+        "p90_ms": round(sorted(times)[int(0.9 * len(times))], 2),
+        "min_ms": round(min(times), 2),
+        "samples": len(times),
+        "statuses": sorted(statuses),
+        "errors": sum(1 for s in statuses if s != 200),
+        "bytes": size,
+        "clients_listed": shown,
+    }
+
+
+def purge_under_load(server: Server, fx: Fixtures, run_dir: Path) -> dict[str, Any]:
+    """``oauth2-server purge`` of expired rows while the gateway scenario runs (Postgres)."""
+    fx.reset()
+    access = fx.live_token()
+    load_s = fx.fill(PURGE_ROWS, "expired", expired=True, tables=("tokens",))
+    log(f"  purge: {PURGE_ROWS:,} expired rows generated in {load_s:.1f}s")
+    load = gateway_load(access)
+    wrk.run(server.port, load, WARMUP or 1)
+    baseline = [wrk.run(server.port, load, 1, quantiles=True) for _ in range(int(SECONDS))]
+    argv = [str(BIN / "oauth2-server"), "purge"]
+    t0 = time.monotonic()
+    purge = subprocess.Popen(  # noqa: S603
+        argv,
+        env=server.env,
+        cwd=str(ROOT),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    during = []
+    try:
+        while purge.poll() is None and time.monotonic() - t0 < 600:
+            during.append(wrk.run(server.port, load, 1, quantiles=True))
+    finally:
+        if purge.poll() is None:
+            os.killpg(purge.pid, signal.SIGTERM)
+        output = purge.communicate(timeout=30)[0]
+    purge_s = time.monotonic() - t0
+    with psycopg.connect(PG_URL) as conn:
+        left = conn.execute("SELECT count(*) FROM oauth2_tokens").fetchone()[0]
+
+    def summary(slices: list[dict[str, Any]]) -> dict[str, Any]:
+        requests = sum(s["requests"] for s in slices)
+        secs = sum(s["seconds"] for s in slices)
+        return {
+            "requests": requests,
+            "rps": requests / secs if secs else 0.0,
+            "p99_ms": round(wrk.merged_quantile(slices, 99.0), 2),
+            "p50_ms": round(wrk.merged_quantile(slices, 50.0), 2),
+            "errors": sum(s["errors"] for s in slices),
+            "slices": len(slices),
+        }
+
+    before, while_purging = summary(baseline), summary(during)
+    ratio = while_purging["p99_ms"] / before["p99_ms"] if before["p99_ms"] else None
+    return {
+        "rows": PURGE_ROWS,
+        "purge_seconds": round(purge_s, 2),
+        "purge_exit": purge.returncode,
+        "purge_output": output.strip().splitlines()[-6:],
+        "rows_left_in_tokens": left,
+        "gateway_without": before,
+        "gateway_during": while_purging,
+        "p99_ratio": round(ratio, 2) if ratio else None,
+    }
+
+
+# -- the run --------------------------------------------------------------------------------
+def ceilings(run_dir: Path) -> dict[str, dict[str, Any]]:
+    out = {}
+    env = clean_env({"BENCH_REDIS_URL": REDIS_URL, "BENCH_PG_URL": PG_URL})
+    apps = [
+        ("bare", "bench.ceiling:bare"),
+        ("redis", "bench.ceiling:redis_app"),
+        ("postgres", "bench.ceiling:postgres_app"),
+    ]
+    for name, target in apps:
+        port = procs.free_port()
+        argv = [
+            str(BIN / "gunicorn"),
+            "--workers",
+            "2",
+            "--worker-class",
+            "sync",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+            target,
+        ]
+        proc = procs.start(f"ceiling-{name}", argv, run_dir, env, str(ROOT), port, "/")
+        try:
+            out[name] = measure(port, wrk.Load("/"), proc)
+        finally:
+            procs.stop(proc)
+        r = out[name]
+        log(f"ceiling {name}: {r['rps']:,.0f} req/s p99 {r['p99_ms']:.1f} ms errors {r['errors']}")
+    return out
+
+
+def granian_runs(run_dir: Path, results: dict[str, Any]) -> None:
+    if shutil.which("granian", path=str(BIN)) is None:
+        log("granian is not installed in the venv: skipping the server-choice experiment")
+        return
+    port = procs.free_port()
+    env = clean_env()
+    argv = [
+        str(BIN / "granian"),
+        "--interface",
+        "wsgi",
+        "--workers",
+        "2",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "bench.ceiling:bare",
+    ]
+    proc = procs.start("ceiling-bare-granian", argv, run_dir, env, str(ROOT), port, "/")
+    try:
+        results["ceiling"]["bare_granian"] = measure(port, wrk.Load("/"), proc)
+    finally:
+        procs.stop(proc)
+    server = start_server(run_dir, "redis", "granian")
+    fx = Fixtures(server)
+    try:
+        fx.reset()
+        results["granian"] = token_scenarios(server, fx, run_dir, "redis-granian", False)
+    finally:
+        fx.close()
+        procs.stop_all()
+
+
+def run(run_dir: Path) -> dict[str, Any]:
+    wrk.ensure_wrk()
+    prepare_postgres()
+    flush_redis()
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "settings": {
+            "seconds": SECONDS,
+            "warmup": WARMUP,
+            "full": FULL,
+            "wrk_threads": wrk.THREADS,
+            "wrk_connections": wrk.CONNECTIONS,
+            "flow_users": USERS,
+            "sizes": SIZES,
+            "purge_rows": PURGE_ROWS,
+            "server": "oauth2-server serve (gunicorn gthread, 2 workers)",
+            "limits": f"enabled, every limit {HIGH_LIMIT}",
+        },
+        "ceiling": {},
+        "scenarios": {},
+        "growth": {},
+    }
+    started = time.monotonic()
+    if "ceiling" in PARTS:
+        results["ceiling"] = ceilings(run_dir)
+    for backend in ("redis", "postgres"):
+        if backend not in PARTS:
+            continue
+        server = start_server(run_dir, backend)
+        fx = Fixtures(server)
+        try:
+            growth: dict[str, Any] = {}
+            for size in SIZES if "growth" in PARTS else [0]:
+                fx.reset()
+                load_s = fx.fill(size, f"live{size}")
+                if size:
+                    log(f"{backend}: {size:,} live token pairs bulk-loaded in {load_s:.1f}s")
+                label = f"{backend}-{size}"
+                scenarios = token_scenarios(server, fx, run_dir, label, size == 0)
+                growth[str(size)] = {"load_seconds": round(load_s, 1), **scenarios}
+                if size == 0:
+                    results["scenarios"][backend] = scenarios
+            results["growth"][backend] = growth
+            if "site" in PARTS and backend == "redis":
+                _, _, site_token = loader.site_user("bench")
+                site = wrk.Load(f"/info?token={site_token}")
+                results["dummy_site"] = measure(server.site_port, site, server.proc)
+                log(f"dummy site alone: {results['dummy_site']['rps']:,.0f} req/s")
+            if "review" in PARTS:
+                fx.reset()
+                results.setdefault("review", {})[backend] = review_page(server, fx)
+                log(
+                    f"review page, {REVIEW_GRANTS} grants ({backend}): "
+                    f"{results['review'][backend]['median_ms']} ms median"
+                )
+            if "purge" in PARTS and backend == "postgres":
+                results["purge"] = purge_under_load(server, fx, run_dir)
+                p = results["purge"]
+                log(
+                    f"purge {PURGE_ROWS:,} rows: {p['purge_seconds']}s, gateway p99 "
+                    f"{p['gateway_without']['p99_ms']} -> {p['gateway_during']['p99_ms']} ms"
+                )
+            results.setdefault("server_log", {})[backend] = server_log_summary(server.proc)
+        finally:
+            fx.close()
+            procs.stop_all()
+    if "granian" in PARTS and os.environ.get("BENCH_GRANIAN"):
+        granian_runs(run_dir, results)
+    results["elapsed_seconds"] = round(time.monotonic() - started, 1)
+    results["machine"]["loadavg_at_end"] = os.getloadavg()
+    add_ratios(results)
+    return results
+
+
+def server_log_summary(proc: procs.Proc) -> dict[str, Any]:
+    text = proc.log_tail(2_000_000)
+    lines = text.splitlines()
+    bad = [
+        x
+        for x in lines
+        if "Traceback" in x
+        or " ERROR " in x
+        or "[ERROR]" in x
+        or "CRITICAL" in x
+        or "WORKER TIMEOUT" in x
+    ]
+    return {"lines": len(lines), "error_lines": len(bad), "first_errors": bad[:5]}
+
+
+def add_ratios(results: dict[str, Any]) -> None:
+    bare = results.get("ceiling", {}).get("bare", {}).get("rps")
+    if not bare:
+        return
+
+    def tag(row: dict[str, Any]) -> None:
+        row["ratio"] = round(row["rps"] / bare, 3)
+
+    for row in results["ceiling"].values():
+        tag(row)
+    for group in ("scenarios", "granian"):
+        for scenarios in (results.get(group) or {}).values():
+            if isinstance(scenarios, dict) and "rps" in scenarios:
+                tag(scenarios)
+                continue
+            for row in scenarios.values():
+                tag(row)
+    for sizes in results.get("growth", {}).values():
+        for scenarios in sizes.values():
+            for row in scenarios.values():
+                if isinstance(row, dict) and "rps" in row:
+                    tag(row)
+    if "dummy_site" in results:
+        tag(results["dummy_site"])
+
+
+# -- the table ------------------------------------------------------------------------------
+def fmt_row(cols: list[str], widths: list[int]) -> str:
+    return "  ".join(
+        c.ljust(w) if i == 0 else c.rjust(w)
+        for i, (c, w) in enumerate(zip(cols, widths, strict=True))
+    )
+
+
+def table(results: dict[str, Any]) -> str:
+    lines: list[str] = []
+    widths = [40, 10, 9, 9, 7, 7, 8, 9]
+    head = ["scenario", "req/s", "p50 ms", "p99 ms", "errors", "ratio", "target", "cpu ms/r"]
+    lines.append(fmt_row(head, widths))
+    lines.append("-" * (sum(widths) + 2 * (len(widths) - 1)))
+
+    def row(name: str, r: dict[str, Any], target: str = "") -> None:
+        rate = r.get("flows_per_s", r.get("rps", 0.0))
+        lines.append(
+            fmt_row(
+                [
+                    name,
+                    f"{rate:,.0f}",
+                    f"{r['p50_ms']:.1f}",
+                    f"{r['p99_ms']:.1f}",
+                    str(r["errors"]),
+                    f"{r['ratio']:.2f}" if "ratio" in r else "-",
+                    target,
+                    f"{r['server_cpu_ms_per_req']:.2f}" if "server_cpu_ms_per_req" in r else "-",
+                ],
+                widths,
+            )
+        )
+
+    names = {
+        "bare": "ceiling: bare Flask, gunicorn sync",
+        "redis": "ceiling: + Redis GET+SETEX",
+        "postgres": "ceiling: + 1 Postgres write",
+        "bare_granian": "ceiling: bare Flask, granian",
+    }
+    for key, r in results.get("ceiling", {}).items():
+        row(names.get(key, key), r, "1.00" if key == "bare" else "")
+    for backend, scenarios in results.get("scenarios", {}).items():
+        for key, r in scenarios.items():
+            target = f">={FLOW_TARGET:.0f}/s" if key == "flow" else f">={TARGETS[key]:.2f}"
+            row(f"[{backend}] {LABELS[key]}", r, target)
+    for key, r in (results.get("granian") or {}).items():
+        row(f"[redis, granian] {LABELS[key]}", r, f">={TARGETS.get(key, 0):.2f}")
+    if "dummy_site" in results:
+        row("dummy site /info alone (1 process)", results["dummy_site"])
+    if results.get("growth"):
+        lines.append("")
+        lines.append(
+            "Growth: req/s by live token pairs in the store (change vs empty; target within 10%)"
+        )
+        for backend, sizes in results["growth"].items():
+            keys = list(sizes)
+            for name in ("client_credentials", "refresh", "introspect", "gateway"):
+                base = sizes[keys[0]][name]["rps"]
+                cells = []
+                for k in keys:
+                    r = sizes[k][name]
+                    change = "" if k == keys[0] else f" ({(r['rps'] / base - 1) * 100:+.0f}%)"
+                    cells.append(f"{int(k):>9,}: {r['rps']:,.0f}{change} p99 {r['p99_ms']:.1f}")
+                lines.append(f"  [{backend}] {LABELS[name]:<32} " + " | ".join(cells))
+    for backend, r in (results.get("review") or {}).items():
+        lines.append(
+            f"Review page, {r['grants']} grants [{backend}]: median {r['median_ms']} ms, "
+            f"p90 {r['p90_ms']} ms (target < 50 ms), statuses {r['statuses']}"
+        )
+    if "purge" in results:
+        p = results["purge"]
+        lines.append(
+            f"Purge of {p['rows']:,} expired rows [postgres]: {p['purge_seconds']} s; "
+            f"gateway p99 {p['gateway_without']['p99_ms']} ms without, "
+            f"{p['gateway_during']['p99_ms']} ms during "
+            f"(x{p['p99_ratio']}, target < 2), req/s {p['gateway_without']['rps']:,.0f} -> "
+            f"{p['gateway_during']['rps']:,.0f}, errors {p['gateway_during']['errors']}"
+        )
+    flow = results.get("scenarios", {}).get("redis", {}).get("flow")
+    if flow:
+        lines.append(
+            f"Flow driver: {flow['driver_cpu_s']} CPU s over {flow['seconds']} s "
+            f"({flow['driver_cpu_share'] * 100:.0f}% of one core, "
+            f"{flow['driver_cpu_ms_per_flow']} ms per flow); step p50 ms {flow['step_p50_ms']}"
+        )
+    for backend, summary in (results.get("server_log") or {}).items():
+        if summary["error_lines"]:
+            lines.append(
+                f"Server log [{backend}]: {summary['error_lines']} error lines, e.g. "
+                f"{summary['first_errors'][:2]}"
+            )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    run_dir = Path(tempfile.mkdtemp(prefix="oauth2-bench-"))
+
+    def interrupted(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupted)
+    log(
+        f"logs in {run_dir}; {SECONDS:g}s per run after {WARMUP:g}s warm-up; "
+        f"sizes {SIZES}{' (BENCH_FULL)' if FULL else ''}"
+    )
+    try:
+        results = run(run_dir)
+    except KeyboardInterrupt:
+        log("interrupted: stopping everything")
+        return 130
+    except Exception:
+        for proc in list(procs._running):
+            sys.stderr.write(f"--- {proc.name} log tail ---\n{proc.log_tail()}\n")
+        raise
+    finally:
+        procs.stop_all()
+        with contextlib.suppress(Exception):
+            flush_redis()
+        with contextlib.suppress(Exception):
+            truncate_pg()
+    RESULTS.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print()
+    print(table(results))
+    print(f"\nwritten: {RESULTS} ({results['elapsed_seconds']} s)")
+    return 0
