@@ -86,8 +86,10 @@ def flask_config(settings: Any) -> dict[str, Any]:
         # Only a 429 says when to come back (see retry_after); other answers stay clean.
         "RATELIMIT_HEADERS_ENABLED": False,
         "RATELIMIT_KEY_PREFIX": "oauth2-limits",
-        # Limits fail open when their store is down: the request path itself answers 503.
+        # When the limiter's store is down, requests are not failed for it: they fall back
         "RATELIMIT_SWALLOW_ERRORS": True,
+        # ...to per-process counters, so limits still hold while Redis is away.
+        "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
         "RATELIMIT_ON_BREACH_CALLBACK": _on_breach,
     }
 

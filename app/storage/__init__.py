@@ -82,7 +82,7 @@ def _original_postgres_url(entry: dict[str, Any]) -> str:
     url = f"postgresql://{auth}@{host}:{port}/{database}"
     ssl = opts.get("ssl")
     if ssl is True:
-        url += "?sslmode=prefer"
+        url += "?sslmode=require"  # node-postgres' ssl: true insists on TLS; so do we
     elif isinstance(ssl, str):
         url += f"?sslmode={ssl}"
     return url

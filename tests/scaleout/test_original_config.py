@@ -12,11 +12,12 @@ asserts the list, so this comment cannot drift):
   share. The test starts a ``redis-server`` of its own on a spare port instead, so the
   database numbers (0, 1, 2), host, TTLs and empty ``options`` stay as the original has them.
 * ``storage.audit.options.database``: ``oauth2`` does not exist here; ``test`` (the
-  database of ``DATABASE_URL``) does. ``host``, ``port`` and ``user`` change only if
+  database of ``DATABASE_URL``) does.
+* ``storage.audit.options.ssl``: ``true`` means TLS is required (libpq ``sslmode=require``,
+  as node-postgres insists on TLS), and the local server has none; ``false`` here. ``host``, ``port`` and ``user`` change only if
   ``DATABASE_URL`` names others than the original's 127.0.0.1, "5432" and postgres.
 
-Unchanged on purpose: ``ssl: true`` (it maps to libpq ``sslmode=prefer``, which falls
-back to plain TCP on a server without TLS, like this one), the published development
+Unchanged on purpose: the published development
 ``session_secret`` (refused only when ``OAUTH2_ENV`` is production), ``num_workers:
 "auto"``, ``client_credentials.file`` ``./clients.json.example`` (resolved against the
 project when not found from the working directory) and ``resource_server.user_agent``.
@@ -75,6 +76,7 @@ def adapt(seed: dict[str, Any], redis_port: int) -> tuple[dict[str, Any], list[s
     pg = urlsplit(database_url())
     options = config["storage"]["audit"]["options"]
     set_key(config, "storage.audit.options.database", pg.path.lstrip("/"), changed)
+    set_key(config, "storage.audit.options.ssl", False, changed)
     if pg.hostname != options["host"]:
         set_key(config, "storage.audit.options.host", pg.hostname, changed)
     if str(pg.port or 5432) != str(options["port"]):
@@ -105,6 +107,7 @@ def test_only_the_documented_keys_change(seed: dict[str, Any]) -> None:
         "resource_server.port",
         *(f"storage.{t}.port" for t in REDIS_TABLES),
         "storage.audit.options.database",
+        "storage.audit.options.ssl",
     }
     optional = {f"storage.audit.options.{k}" for k in ("host", "port", "user")}
     assert documented <= set(changed) <= documented | optional, changed
