@@ -17,6 +17,7 @@ import json
 import math
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -126,20 +127,43 @@ def _cmd(*args: str | bytes) -> bytes:
 
 
 class RedisWriter:
-    """Pipelined writes on one raw connection; every reply is a one-line status or integer."""
+    """Pipelined writes on one raw connection, replies counted by a reader thread.
 
-    def __init__(self, url: str, prefix: str = "oauth2", chunk: int = 20_000) -> None:
+    Every command sent is one with a one-line reply (status or integer), so
+    counting CRLFs counts replies; any error reply fails the load.
+    """
+
+    def __init__(self, url: str, prefix: str = "oauth2", chunk: int = 5_000) -> None:
         parts = urlsplit(url)
         self.sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379))
-        self.sock.settimeout(60)
+        self.sock.settimeout(120)
         self.prefix = prefix
         self.chunk = chunk
         self.buffer: list[bytes] = []
         self.pending = 0
         self.sent = 0
+        self.replies = 0
+        self.error: str | None = None
+        self._index_expiry: dict[str, float] = {}
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         db = (parts.path or "/0").lstrip("/") or "0"
         self.command("SELECT", db)
-        self._index_expiry: dict[str, float] = {}
+
+    def _read(self) -> None:
+        tail = b""
+        try:
+            while True:
+                data = self.sock.recv(1 << 20)
+                if not data:
+                    return
+                if self.error is None and b"\r\n-" in b"\r\n" + tail + data:
+                    lines = (tail + data).split(b"\r\n")
+                    self.error = next(x for x in lines if x.startswith(b"-")).decode()
+                self.replies += data.count(b"\r\n") + (tail == b"\r" and data[:1] == b"\n")
+                tail = data[-1:]
+        except OSError:
+            return
 
     def command(self, *args: str | bytes) -> None:
         self.buffer.append(_cmd(*args))
@@ -148,21 +172,23 @@ class RedisWriter:
             self.flush()
 
     def flush(self) -> None:
-        if not self.pending:
-            return
-        self.sock.sendall(b"".join(self.buffer))
-        expected, got, data = self.pending, 0, b""
-        self.buffer, self.pending = [], 0
-        while got < expected:
-            more = self.sock.recv(1 << 20)
-            if not more:
-                raise RuntimeError("redis closed the connection during a bulk load")
-            data += more
-            got = data.count(b"\r\n")
-        if b"\r\n-" in b"\r\n" + data:
-            line = next(x for x in data.split(b"\r\n") if x.startswith(b"-"))
-            raise RuntimeError(f"redis refused a bulk-load command: {line.decode()}")
-        self.sent += expected
+        if self.pending:
+            self.sock.sendall(b"".join(self.buffer))
+            self.sent += self.pending
+            self.buffer, self.pending = [], 0
+        if self.error:
+            raise RuntimeError(f"redis refused a bulk-load command: {self.error}")
+
+    def wait(self, timeout: float = 300.0) -> None:
+        """Return once Redis has answered every command sent."""
+        self.flush()
+        deadline = time.monotonic() + timeout
+        while self.replies < self.sent:
+            if time.monotonic() > deadline or not self._reader.is_alive():
+                raise RuntimeError(f"redis answered {self.replies} of {self.sent} commands")
+            time.sleep(0.01)
+        if self.error:
+            raise RuntimeError(f"redis refused a bulk-load command: {self.error}")
 
     def put(self, table: str, key: str, record: dict[str, Any], long_indexes: bool) -> None:
         """``RedisTable.put`` of a new key: the record with native expiry, then its indexes."""
@@ -199,7 +225,7 @@ class RedisWriter:
         for ikey, expires_at in self._index_expiry.items():
             self.command("PEXPIREAT", ikey, str(math.ceil(expires_at * 1000)))
         self._index_expiry.clear()
-        self.flush()
+        self.wait()
         self.sock.close()
 
 

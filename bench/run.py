@@ -8,12 +8,15 @@ everything; prints one table and writes ``bench/results.json``.
 
 Environment: ``BENCH_SECONDS`` (default 10, per measured run), ``BENCH_WARMUP``
 (default 2), ``BENCH_FULL=1`` (add the 1M-token steps and a 1M-row purge),
-``BENCH_GRANIAN=1`` (also serve the app and the bare ceiling with granian, if
-installed), ``BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6379/12``, flushed),
+``BENCH_SERVERS=granian,gunicorn-sync,gunicorn-gthread`` (also run the Redis token
+scenarios with ``wsgi:app`` on those servers, and the bare ceiling on granian, when
+installed), ``BENCH_LIMITS=off`` (serve with ``limits.enabled: false``),
+``BENCH_QUIET_WAIT`` (seconds to wait for an idle machine before each run, default 10),
+``BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6379/12``, flushed),
 ``BENCH_PG_URL`` (default ``postgresql://postgres@127.0.0.1:5432/bench``, created if
 missing, its ``public`` schema dropped at start), ``BENCH_THREADS``/``BENCH_CONNECTIONS``
 (wrk, default 2/16), ``BENCH_USERS`` (flow driver, default 8), ``BENCH_ONLY`` (comma
-list of parts: ceiling, redis, postgres, growth, review, purge, site, granian).
+list of parts: ceiling, redis, postgres, growth, review, purge, site).
 """
 
 from __future__ import annotations
@@ -58,11 +61,16 @@ REVIEW_GRANTS = 1000
 REFRESH_RATE_BOUND = int(os.environ.get("BENCH_REFRESH_RATE_BOUND", "2500"))
 SESSION_SECRET = "bench-session-secret-" + "b" * 24
 HIGH_LIMIT = "100000000/minute"
+#: ``BENCH_LIMITS=off`` serves with ``limits.enabled: false`` (to price the limiter).
+LIMITS = os.environ.get("BENCH_LIMITS", "on") != "off"
+#: ``BENCH_SERVERS=granian,gunicorn-sync,...``: also run the token scenarios on those.
+SERVERS = [s for s in os.environ.get("BENCH_SERVERS", "").split(",") if s]
+QUIET_WAIT = float(os.environ.get("BENCH_QUIET_WAIT", "10"))
 PARTS = {
     p.strip()
-    for p in os.environ.get(
-        "BENCH_ONLY", "ceiling,redis,postgres,growth,review,purge,site,granian"
-    ).split(",")
+    for p in os.environ.get("BENCH_ONLY", "ceiling,redis,postgres,growth,review,purge,site").split(
+        ","
+    )
 }
 
 #: Issue 5 targets, as ratios to the bare-Flask gunicorn-sync figure.
@@ -258,7 +266,9 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def server_config(port: int, site_port: int, storage: dict[str, Any]) -> dict[str, Any]:
+def server_config(
+    port: int, site_port: int, storage: dict[str, Any], limits: bool = True
+) -> dict[str, Any]:
     from app.settings import DEFAULTS
 
     config: dict[str, Any] = {
@@ -276,8 +286,10 @@ def server_config(port: int, site_port: int, storage: dict[str, Any]) -> dict[st
     }
     if "limits" in DEFAULTS:
         # Limits stay on (their cost is part of the hot path), set above any bench rate.
-        limits = {k: HIGH_LIMIT for k in ("token", "login_ip", "login_user", "api")}
-        config["limits"] = {k: v for k, v in limits.items() if k in DEFAULTS["limits"]}
+        high = {k: HIGH_LIMIT for k in ("token", "login_ip", "login_user", "api")}
+        config["limits"] = {k: v for k, v in high.items() if k in DEFAULTS["limits"]}
+        if not limits:
+            config["limits"]["enabled"] = False
     return config
 
 
@@ -287,51 +299,42 @@ def storage_for(backend: str) -> dict[str, Any]:
     return {"default": REDIS_URL, "tokens": PG_URL, "refresh_tokens": PG_URL}
 
 
-def start_server(run_dir: Path, backend: str, command: str = "serve") -> Server:
+#: Other ways to serve ``wsgi:app`` (the server-choice experiment); the dummy site is
+#: started by the bench for these, as ``wsgi:app`` does not start it.
+ALT_SERVERS = {
+    "granian": ["granian", "--interface", "wsgi", "--workers", "2", "--host", "127.0.0.1",
+                "--port", "{port}", "--log-level", "warning", "wsgi:app"],
+    "gunicorn-sync": ["gunicorn", "--workers", "2", "--worker-class", "sync",
+                      "--bind", "127.0.0.1:{port}", "--log-level", "warning", "wsgi:app"],
+    "gunicorn-gthread": ["gunicorn", "--workers", "2", "--worker-class", "gthread",
+                         "--threads", "4", "--keep-alive", "30",
+                         "--bind", "127.0.0.1:{port}", "--log-level", "warning", "wsgi:app"],
+}  # fmt: skip
+
+
+def start_server(
+    run_dir: Path, backend: str, command: str = "serve", limits: bool = LIMITS
+) -> Server:
     port, site_port = procs.free_port(), procs.free_port()
-    config_dir = run_dir / f"config-{backend}-{command}"
+    name = f"{backend}-{command}{'' if limits else '-nolimits'}"
+    config_dir = run_dir / f"config-{name}"
     config_dir.mkdir()
     storage = storage_for(backend)
     (config_dir / "default.json").write_text(
-        json.dumps(server_config(port, site_port, storage), indent=2)
+        json.dumps(server_config(port, site_port, storage, limits), indent=2)
     )
     env = clean_env({"OAUTH2_CONFIG_DIR": str(config_dir), "OAUTH2_ENV": "bench"})
     if command == "serve":
         argv = [str(BIN / "oauth2-server"), "serve"]
-    else:  # granian, for the server-choice experiment; the dummy site is started here
-        procs.start(
-            f"site-{backend}-granian",
-            [
-                sys.executable,
-                "-m",
-                "app.dummy_site",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(site_port),
-            ],
-            run_dir,
-            env=env,
-            cwd=str(ROOT),
-            port=site_port,
-        )
-        argv = [
-            str(BIN / "granian"),
-            "--interface",
-            "wsgi",
-            "--workers",
-            "2",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "wsgi:app",
-        ]
+    else:
+        site = [sys.executable, "-m", "app.dummy_site", "--host", "127.0.0.1"]
+        site += ["--port", str(site_port)]
+        procs.start(f"site-{name}", site, run_dir, env=env, cwd=str(ROOT), port=site_port)
+        template = ALT_SERVERS[command]
+        argv = [str(BIN / template[0])] + [a.format(port=port) for a in template[1:]]
     log(f"starting {command} ({backend} storage) on :{port}, dummy site :{site_port}")
     proc = procs.start(
-        f"server-{backend}-{command}",
+        f"server-{name}",
         argv,
         run_dir,
         env=env,
@@ -341,7 +344,7 @@ def start_server(run_dir: Path, backend: str, command: str = "serve") -> Server:
         timeout=60,
     )
     procs.wait_ready(proc, site_port, None, 30)
-    return Server(f"{backend}-{command}", backend, proc, port, site_port, config_dir, env, storage)
+    return Server(name, backend, proc, port, site_port, config_dir, env, storage)
 
 
 # -- fixtures -------------------------------------------------------------------------------
@@ -447,6 +450,25 @@ class Fixtures:
 
 
 # -- measuring ------------------------------------------------------------------------------
+def wait_quiet() -> dict[str, float]:
+    """Wait (at most ``BENCH_QUIET_WAIT`` s) until other work on the machine calms down.
+
+    Between runs the bench's own processes idle, so what keeps the CPUs busy is
+    someone else (tests, builds) or the stores' background work.
+    """
+    t0 = time.monotonic()
+    busy = 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    while True:
+        b0, _ = _busy_ticks()
+        time.sleep(0.5)
+        b1, _ = _busy_ticks()
+        busy = (b1 - b0) / ticks / 0.5  # cores busy
+        if busy < 0.25 or time.monotonic() - t0 >= QUIET_WAIT:
+            break
+    return {"busy_cores_before": round(busy, 2), "waited_s": round(time.monotonic() - t0, 1)}
+
+
 def measure(
     port: int,
     load: wrk.Load,
@@ -454,15 +476,18 @@ def measure(
     warm: wrk.Load | None = None,
     seconds: float = SECONDS,
 ) -> dict[str, Any]:
+    quiet = wait_quiet()
     if WARMUP > 0:
         wrk.run(port, warm or load, WARMUP)
     meter = CpuMeter(server)
     result = wrk.run(port, load, seconds)
     result.update(meter.stop(result["requests"]))
+    result.update(quiet)
     return result
 
 
 def run_flow(server: Server) -> dict[str, Any]:
+    quiet = wait_quiet()
     meter = CpuMeter(server.proc)
     argv = [
         sys.executable,
@@ -489,6 +514,7 @@ def run_flow(server: Server) -> dict[str, Any]:
         raise RuntimeError(f"flow driver failed: {done.stderr[-2000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result.update(meter.stop(result["flows"] * result["requests_per_flow"]))
+    result.update(quiet)
     return result
 
 
@@ -709,39 +735,37 @@ def ceilings(run_dir: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def granian_runs(run_dir: Path, results: dict[str, Any]) -> None:
-    if shutil.which("granian", path=str(BIN)) is None:
-        log("granian is not installed in the venv: skipping the server-choice experiment")
-        return
-    port = procs.free_port()
-    env = clean_env()
-    argv = [
-        str(BIN / "granian"),
-        "--interface",
-        "wsgi",
-        "--workers",
-        "2",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        "bench.ceiling:bare",
-    ]
-    proc = procs.start("ceiling-bare-granian", argv, run_dir, env, str(ROOT), port, "/")
-    try:
-        results["ceiling"]["bare_granian"] = measure(port, wrk.Load("/"), proc)
-    finally:
-        procs.stop(proc)
-    server = start_server(run_dir, "redis", "granian")
-    fx = Fixtures(server)
-    try:
-        fx.reset()
-        results["granian"] = token_scenarios(server, fx, run_dir, "redis-granian", False)
-    finally:
-        fx.close()
-        procs.stop_all()
+def alt_server_runs(run_dir: Path, results: dict[str, Any]) -> None:
+    """The server-choice experiment: the Redis token scenarios on other WSGI servers."""
+    for command in SERVERS:
+        if command not in ALT_SERVERS:
+            log(f"unknown server {command!r} in BENCH_SERVERS (known: {', '.join(ALT_SERVERS)})")
+            continue
+        if shutil.which(ALT_SERVERS[command][0], path=str(BIN)) is None:
+            log(f"{ALT_SERVERS[command][0]} is not installed in the venv: skipping {command}")
+            continue
+        if command == "granian":
+            port = procs.free_port()
+            argv = [str(BIN / "granian")] + [
+                a.format(port=port) for a in ALT_SERVERS["granian"][1:-1]
+            ]
+            argv.append("bench.ceiling:bare")
+            proc = procs.start(
+                "ceiling-bare-granian", argv, run_dir, clean_env(), str(ROOT), port, "/"
+            )
+            try:
+                results["ceiling"]["bare_granian"] = measure(port, wrk.Load("/"), proc)
+            finally:
+                procs.stop(proc)
+        server = start_server(run_dir, "redis", command)
+        fx = Fixtures(server)
+        try:
+            fx.reset()
+            scenarios = token_scenarios(server, fx, run_dir, f"redis-{command}", False)
+            results.setdefault("servers", {})[command] = scenarios
+        finally:
+            fx.close()
+            procs.stop_all()
 
 
 def run(run_dir: Path) -> dict[str, Any]:
@@ -760,7 +784,7 @@ def run(run_dir: Path) -> dict[str, Any]:
             "sizes": SIZES,
             "purge_rows": PURGE_ROWS,
             "server": "oauth2-server serve (gunicorn gthread, 2 workers)",
-            "limits": f"enabled, every limit {HIGH_LIMIT}",
+            "limits": f"enabled, every limit {HIGH_LIMIT}" if LIMITS else "disabled",
         },
         "ceiling": {},
         "scenarios": {},
@@ -810,8 +834,8 @@ def run(run_dir: Path) -> dict[str, Any]:
         finally:
             fx.close()
             procs.stop_all()
-    if "granian" in PARTS and os.environ.get("BENCH_GRANIAN"):
-        granian_runs(run_dir, results)
+    if SERVERS:
+        alt_server_runs(run_dir, results)
     results["elapsed_seconds"] = round(time.monotonic() - started, 1)
     results["machine"]["loadavg_at_end"] = os.getloadavg()
     add_ratios(results)
@@ -843,7 +867,7 @@ def add_ratios(results: dict[str, Any]) -> None:
 
     for row in results["ceiling"].values():
         tag(row)
-    for group in ("scenarios", "granian"):
+    for group in ("scenarios", "servers"):
         for scenarios in (results.get(group) or {}).values():
             if isinstance(scenarios, dict) and "rps" in scenarios:
                 tag(scenarios)
@@ -904,8 +928,9 @@ def table(results: dict[str, Any]) -> str:
         for key, r in scenarios.items():
             target = f">={FLOW_TARGET:.0f}/s" if key == "flow" else f">={TARGETS[key]:.2f}"
             row(f"[{backend}] {LABELS[key]}", r, target)
-    for key, r in (results.get("granian") or {}).items():
-        row(f"[redis, granian] {LABELS[key]}", r, f">={TARGETS.get(key, 0):.2f}")
+    for command, scenarios in (results.get("servers") or {}).items():
+        for key, r in scenarios.items():
+            row(f"[redis, {command}] {LABELS[key]}", r, f">={TARGETS.get(key, 0):.2f}")
     if "dummy_site" in results:
         row("dummy site /info alone (1 process)", results["dummy_site"])
     if results.get("growth"):
