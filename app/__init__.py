@@ -126,9 +126,9 @@ def _load_user(user_id: str):
 
 
 def _register_blueprints(app: Flask) -> None:
-    from .views import api, auth, authorize, review, token, wellknown
+    from .views import api, auth, authorize, docs, review, token, wellknown
 
-    for module in (auth, authorize, token, review, api, wellknown):
+    for module in (auth, authorize, token, review, api, wellknown, docs):
         app.register_blueprint(module.bp)
     csrf.exempt(token.bp)
     csrf.exempt(api.bp)

@@ -62,8 +62,9 @@ def profile(username: str) -> dict[str, str]:
     return {"id": uid, "firstName": username, "avatar": _avatars.get(uid, f"/avatars/{uid}.png")}
 
 
-def _fields() -> dict[str, Any]:
-    return request.get_json(silent=True) or request.form
+def _fields() -> Any:
+    body = request.get_json(silent=True)
+    return body if isinstance(body, dict) else request.form
 
 
 def _request_token() -> str:

@@ -16,7 +16,7 @@ from .storage import StorageUnavailable
 log = logging.getLogger("oauth2")
 
 #: Paths whose callers are programs: they get JSON errors.
-JSON_PREFIXES = ("/api/", "/token", "/revoke", "/introspect", "/.well-known/")
+JSON_PREFIXES = ("/api/", "/token", "/revoke", "/introspect", "/.well-known/", "/healthz")
 
 RETRY_AFTER = "5"
 

@@ -384,3 +384,12 @@ def test_http_adapter_login_checks_the_password_at_the_site(gateway):
     good = login(http)
     assert good.status_code == 302
     assert http.get("/review").status_code == 200
+
+
+def test_the_wrong_method_is_405_and_reaches_no_site(client):
+    code = get_code(client, scope="read-only read-write")
+    token = exchange(client, code).get_json()["access_token"]
+    response = client.get("/api/update_avatar", headers=bearer(token))
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "POST"
+    assert response.get_json() == {"success": 0, "error": "use POST"}

@@ -131,7 +131,8 @@ def test_413_is_json_for_token(client):
     assert response.is_json
 
 
-@pytest.mark.parametrize("path", ["/api/update_avatar", "/api/profile"])
+# /api/profile is GET-only: a POST there is 405 before any body is read.
+@pytest.mark.parametrize("path", ["/api/update_avatar"])
 def test_413_is_json_for_api_calls_with_a_good_token(client, path):
     code = get_code(client, scope="read-only read-write")
     token = exchange(client, code).get_json()["access_token"]

@@ -7,6 +7,7 @@ for the original server's clients, a JSON object.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -48,6 +49,12 @@ class ParamsRequest(OAuth2Request):
         return self.payload.data
 
 
+def shown(name: str) -> str:
+    """A parameter name fit for ``error_description`` (RFC 6749 §5.2's character set)."""
+    safe = "".join(c for c in name[:40] if " " <= c <= "~" and c not in '"\\')
+    return safe or "?"
+
+
 def json_params(body: Any) -> Params:
     """Turn a JSON object body into parameters; anything else is ``invalid_request``."""
     if not isinstance(body, dict):
@@ -55,10 +62,31 @@ def json_params(body: Any) -> Params:
     params: Params = {}
     for key, value in body.items():
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise InvalidRequestError(f"Parameter '{key}' must be a string.")
+            raise InvalidRequestError(f"Parameter '{shown(key)}' must be a string.")
         params[str(key)] = [str(value)]
     return checked(params)
 
+
+#: RFC 6749 Appendix A: these parameters are printable ASCII (VSCHAR, NQCHAR, URI).
+VSCHAR_PARAMS = frozenset(
+    {
+        "response_type",
+        "client_id",
+        "client_secret",
+        "redirect_uri",
+        "scope",
+        "state",
+        "code",
+        "grant_type",
+        "refresh_token",
+        "code_verifier",
+        "code_challenge",
+        "code_challenge_method",
+        "token",
+        "token_type_hint",
+    }
+)
+VSCHAR = re.compile(r"[\x20-\x7e]*")
 
 #: Bounds on what a request may carry; real OAuth parameters are far smaller.
 MAX_PARAMS = 32
@@ -79,10 +107,12 @@ def checked(params: Params, unique: bool = True) -> Params:
         raise InvalidRequestError("Too many parameters.")
     for key, values in params.items():
         if unique and len(values) > 1:
-            raise InvalidRequestError(f"Parameter '{key}' is repeated.")
+            raise InvalidRequestError(f"Parameter '{shown(key)}' is repeated.")
         for value in (key, *values):
             if len(value) > MAX_VALUE:
-                raise InvalidRequestError(f"Parameter '{key[:40]}' is too long.")
+                raise InvalidRequestError(f"Parameter '{shown(key)}' is too long.")
             if "\x00" in value:
-                raise InvalidRequestError(f"Parameter '{key[:40]}' holds a NUL character.")
+                raise InvalidRequestError(f"Parameter '{shown(key)}' holds a NUL character.")
+        if key in VSCHAR_PARAMS and not all(VSCHAR.fullmatch(v) for v in values):
+            raise InvalidRequestError(f"Parameter '{key}' must be printable ASCII (RFC 6749 A).")
     return params

@@ -22,20 +22,24 @@ def query_either(store, token: str, hint: str | None):
     return None
 
 
+def check_token_params(request, supported) -> None:
+    """``token`` is required; an unknown hint is RFC 6749 §5.2's 400, not Authlib's 401."""
+    if "token" not in request.form:
+        raise InvalidRequestError("Missing 'token'.")
+    hint = request.form.get("token_type_hint")
+    if hint and hint not in supported:
+        error = UnsupportedTokenTypeError()
+        error.status_code = 400
+        raise error
+
+
 class RevocationEndpoint(_RevocationEndpoint):
     """Revoking either token of a pair ends both; unknown tokens still answer 200."""
 
     CLIENT_AUTH_METHODS = CLIENT_AUTH_METHODS
 
     def check_params(self, request, client) -> None:
-        if "token" not in request.form:
-            raise InvalidRequestError("Missing 'token'.")
-        hint = request.form.get("token_type_hint")
-        if hint and hint not in self.SUPPORTED_TOKEN_TYPES:
-            # RFC 7009 §2.2.1 answers with RFC 6749 §5.2's status: 400, not Authlib's 401.
-            error = UnsupportedTokenTypeError()
-            error.status_code = 400
-            raise error
+        check_token_params(request, self.SUPPORTED_TOKEN_TYPES)
 
     def query_token(self, token_string: str, token_type_hint: str | None):
         return query_either(self.server.store, token_string, token_type_hint)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _IntrospectionEndpoint
 
-from .rfc7009 import CLIENT_AUTH_METHODS, query_either
+from .rfc7009 import CLIENT_AUTH_METHODS, check_token_params, query_either
 
 
 class IntrospectionEndpoint(_IntrospectionEndpoint):
     """A client may introspect only the tokens issued to it; others read as inactive."""
 
     CLIENT_AUTH_METHODS = CLIENT_AUTH_METHODS
+
+    def check_params(self, request, client) -> None:
+        check_token_params(request, self.SUPPORTED_TOKEN_TYPES)
 
     def query_token(self, token_string: str, token_type_hint: str | None):
         return query_either(self.server.store, token_string, token_type_hint)

@@ -42,6 +42,10 @@ def call(name: str):
     route = state().adapter.api.get(name)
     if route is None:
         return _fail(404, "no such function")
+    if request.method != route.method:
+        response = _fail(405, "use " + route.method)
+        response.headers["Allow"] = route.method
+        return response
     if route.scope not in (scope_to_list(token.scope) or []):
         return _fail(
             403,
@@ -74,6 +78,8 @@ def _proxy(route, token) -> Response:
         if exc.timeout:
             return _fail(504, "the site did not answer in time")
         return _fail(502, "the site is unavailable")
+    if upstream.status >= 500:
+        return _fail(502, "the site failed")
     response = Response(upstream.body, status=upstream.status, content_type=upstream.content_type)
     response.headers["Cache-Control"] = "no-store"
     return response
