@@ -12,10 +12,10 @@ asserts the list, so this comment cannot drift):
   share. The test starts a ``redis-server`` of its own on a spare port instead, so the
   database numbers (0, 1, 2), host, TTLs and empty ``options`` stay as the original has them.
 * ``storage.audit.options.database``: ``oauth2`` does not exist here; ``test`` (the
-  database of ``DATABASE_URL``) does.
-* ``storage.audit.options.ssl``: ``true`` means TLS is required (libpq ``sslmode=require``,
-  as node-postgres insists on TLS), and the local server has none; ``false`` here. ``host``, ``port`` and ``user`` change only if
+  database of ``DATABASE_URL``) does. ``host``, ``port`` and ``user`` change only if
   ``DATABASE_URL`` names others than the original's 127.0.0.1, "5432" and postgres.
+* ``storage.audit.options.ssl``: ``true`` means TLS is required (libpq ``sslmode=require``,
+  as node-postgres insists on TLS), and the local server has none; ``false`` here.
 
 Unchanged on purpose: the published development
 ``session_secret`` (refused only when ``OAUTH2_ENV`` is production), ``num_workers:
