@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -182,6 +183,8 @@ class CpuMeter:
 
     def _sample(self) -> dict[str, float]:
         sample = {name: procs.cpu_seconds(pids) for name, pids in self.groups.items()}
+        for pid in self.groups["server"]:
+            sample[f"pid{pid}"] = procs.cpu_seconds([pid])
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         sample["load_generator"] = children.ru_utime + children.ru_stime
         busy, total = _busy_ticks()
@@ -204,6 +207,12 @@ class CpuMeter:
         }
         if requests:
             out["server_cpu_ms_per_req"] = round(delta["server"] / requests * 1000, 3)
+        # How the load spread over the server's processes (keep-alive connections stay
+        # with the worker that accepted them).
+        out["server_cpu_by_process"] = sorted(
+            (round(v, 2) for k, v in delta.items() if k.startswith("pid") and v > 0.05),
+            reverse=True,
+        )
         return out
 
 
@@ -286,8 +295,12 @@ def server_config(
     }
     if "limits" in DEFAULTS:
         # Limits stay on (their cost is part of the hot path), set above any bench rate.
-        high = {k: HIGH_LIMIT for k in ("token", "login_ip", "login_user", "api")}
-        config["limits"] = {k: v for k, v in high.items() if k in DEFAULTS["limits"]}
+        # Every rate limit (any key whose default reads like "600/minute").
+        config["limits"] = {
+            k: HIGH_LIMIT
+            for k, v in DEFAULTS["limits"].items()
+            if isinstance(v, str) and re.match(r"^\s*\d+\s*(/|per\b)", v)
+        }
         if not limits:
             config["limits"]["enabled"] = False
     return config
@@ -898,8 +911,14 @@ def table(results: dict[str, Any]) -> str:
     lines.append(fmt_row(head, widths))
     lines.append("-" * (sum(widths) + 2 * (len(widths) - 1)))
 
+    notes: list[str] = []
+
     def row(name: str, r: dict[str, Any], target: str = "") -> None:
         rate = r.get("flows_per_s", r.get("rps", 0.0))
+        if r.get("errors"):
+            detail = r.get("statuses") or r.get("errors_by_step") or r.get("socket_errors")
+            sample = r.get("first_error") or (r.get("error_samples") or [""])[0]
+            notes.append(f"  {name}: {r['errors']} errors {detail} {sample[:120]!r}")
         lines.append(
             fmt_row(
                 [
@@ -933,6 +952,8 @@ def table(results: dict[str, Any]) -> str:
             row(f"[redis, {command}] {LABELS[key]}", r, f">={TARGETS.get(key, 0):.2f}")
     if "dummy_site" in results:
         row("dummy site /info alone (1 process)", results["dummy_site"])
+    if notes:
+        lines += ["", "Errors (non-2xx answers and failed flows):", *notes]
     if results.get("growth"):
         lines.append("")
         lines.append(

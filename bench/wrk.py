@@ -117,6 +117,9 @@ def run(
             if raw[k]
         },
     }
+    if raw.get("statuses"):
+        result["statuses"] = raw["statuses"]
+        result["first_error"] = raw.get("first_error", "")
     if "exhausted" in raw:
         result["pool_exhausted"] = raw["exhausted"]
     if quantiles:

@@ -9,13 +9,13 @@ report.headers("BENCH_HEADERS")
 wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
 
 local threads = {}
-local next_id = 0
 
 function setup(thread)
-  thread:set("tid", next_id)
-  next_id = next_id + 1
+  report.setup(thread)
   threads[#threads + 1] = thread
 end
+
+response = report.response
 
 local tokens = {}
 local pos = 0

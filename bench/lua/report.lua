@@ -27,7 +27,46 @@ function M.done(summary, latency, requests, extra)
   for k, v in pairs(extra or {}) do
     out = out .. string.format(',"%s":%d', k, v)
   end
+  out = out .. M.error_report()
   io.write("BENCH_JSON " .. out .. "}\n")
+end
+
+-- Per thread: how many answers of each non-2xx status, and the first such body.
+statuses = {}
+first_error = ""
+
+function M.response(status, headers, body)
+  if status >= 300 then
+    statuses[status] = (statuses[status] or 0) + 1
+    if first_error == "" and body then first_error = tostring(status) .. " " .. body:sub(1, 160) end
+  end
+end
+
+local threads = {}
+local next_id = 0
+
+function M.setup(thread)
+  thread:set("tid", next_id)
+  next_id = next_id + 1
+  threads[#threads + 1] = thread
+end
+
+local function json_string(text)
+  return '"' .. text:gsub('[%c"\\]', function(c) return string.format("\\u%04x", c:byte()) end) .. '"'
+end
+
+function M.error_report()
+  local counts, sample = {}, ""
+  for _, thread in ipairs(threads) do
+    for status, n in pairs(thread:get("statuses") or {}) do
+      counts[status] = (counts[status] or 0) + n
+    end
+    local first = thread:get("first_error")
+    if sample == "" and first and first ~= "" then sample = first end
+  end
+  local parts = {}
+  for status, n in pairs(counts) do parts[#parts + 1] = string.format('"%d":%d', status, n) end
+  return ',"statuses":{' .. table.concat(parts, ",") .. '},"first_error":' .. json_string(sample)
 end
 
 -- "Name: value" lines from an environment variable, into wrk.headers.

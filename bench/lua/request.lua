@@ -6,6 +6,9 @@ wrk.method = os.getenv("BENCH_METHOD") or "GET"
 wrk.body = os.getenv("BENCH_BODY")
 report.headers("BENCH_HEADERS")
 
+setup = report.setup
+response = report.response
+
 function done(summary, latency, requests)
   report.done(summary, latency, requests)
 end
