@@ -65,7 +65,11 @@ def _build_state(settings: Settings, clients: ClientRegistry | None = None) -> S
     server = build_server(settings, clients, store, users, list(adapter.scopes))
     lim = settings.data["limits"]
     throttle = limits.LoginThrottle(
-        storage.session, lim["lockout_after"], lim["lockout_base"], lim["lockout_max"]
+        storage.session,
+        lim["lockout_after"],
+        lim["lockout_base"],
+        lim["lockout_max"],
+        enabled=lim["enabled"],
     )
     return State(settings, storage, clients, adapter, store, users, server, throttle)
 

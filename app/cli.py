@@ -48,7 +48,11 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
     from .clients import parse_client
 
     parse_client(
-        entry, 0, scopes, settings.section("client_credentials")["allow_wildcard_redirects"]
+        entry,
+        0,
+        scopes,
+        settings.section("client_credentials")["allow_wildcard_redirects"],
+        require_https=settings.env == "production",
     )
     append_client(path, entry)
     print(f"client_id:     {entry['client_id']}")

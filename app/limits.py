@@ -33,10 +33,18 @@ def _limit(name: str):
 
 
 def client_key() -> str:
-    """The client a token request claims to be (checked later); else the caller's IP."""
+    """The client a token request names; counted only once it has authenticated."""
     client_id, _ = extract_basic_authorization(request.headers)
-    client_id = client_id or request.form.get("client_id")
+    if not client_id:
+        body = request.get_json(silent=True) if request.is_json else request.form
+        client_id = body.get("client_id") if isinstance(body, dict) else None
     return f"client:{client_id}" if client_id else f"ip:{request.remote_addr}"
+
+
+def _authenticated(response) -> bool:
+    # A claimed client id proves nothing until the client authenticated: failures count
+    # against the caller's IP only, so nobody can spend another client's budget.
+    return response.status_code != 401
 
 
 def username_key() -> str:
@@ -48,7 +56,8 @@ def token_key() -> str:
     return "token:" + _digest(value) if value else f"ip:{request.remote_addr}"
 
 
-token_limit = limiter.limit(_limit("token"), key_func=client_key)
+token_limit = limiter.limit(_limit("token"), key_func=client_key, deduct_when=_authenticated)
+token_ip_limit = limiter.limit(_limit("token_ip"))
 login_ip_limit = limiter.limit(_limit("login_ip"), methods=["POST"])
 login_user_limit = limiter.limit(_limit("login_user"), key_func=username_key, methods=["POST"])
 api_limit = limiter.limit(_limit("api"), key_func=token_key)
@@ -101,11 +110,16 @@ def init_app(app: Flask) -> None:
 class LoginThrottle:
     """Growing delays per username: after ``free`` failures, 2^n seconds, up to ``ceiling``."""
 
-    def __init__(self, table: Table, free: int, base: float, ceiling: int) -> None:
+    def __init__(
+        self, table: Table, free: int, base: float, ceiling: int, enabled: bool = True
+    ) -> None:
         self.table, self.free, self.base, self.ceiling = table, free, base, ceiling
+        self.enabled = enabled
 
     def wait(self, username: str) -> int:
         """Seconds the username must still wait before trying again (0: may try now)."""
+        if not self.enabled:
+            return 0
         record = self.table.get(LOCK + _digest(username.strip().lower()))
         if not record:
             return 0
@@ -113,6 +127,8 @@ class LoginThrottle:
 
     def failed(self, username: str) -> int:
         """Count a failure; return the lockout it earns (0 while failures are free)."""
+        if not self.enabled:
+            return 0
         key = LOCK + _digest(username.strip().lower())
         record = self.table.get(key) or {"failures": 0}
         failures = record["failures"] + 1

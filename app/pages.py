@@ -33,8 +33,10 @@ def _security_headers(response):
     headers = response.headers
     headers.setdefault("X-Frame-Options", "DENY")
     headers.setdefault("X-Content-Type-Options", "nosniff")
-    # Pages, redirects carrying codes or tokens, token answers: never cached or leaked.
-    headers.setdefault("Referrer-Policy", "no-referrer")
+    # Pages send a Referer only to us (Flask-WTF checks it over TLS); everything else,
+    # redirects carrying codes or tokens and token answers included, sends none.
+    policy = "same-origin" if response.mimetype == "text/html" else "no-referrer"
+    headers.setdefault("Referrer-Policy", policy)
     if not request.path.startswith(CACHEABLE):
         headers.setdefault("Cache-Control", "no-store")
     if response.mimetype == "text/html":

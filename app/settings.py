@@ -57,6 +57,7 @@ DEFAULTS: dict[str, Any] = {
         "enabled": True,
         "storage": None,
         "token": "600/minute",
+        "token_ip": "1200/minute",
         "login_ip": "60/minute",
         "login_user": "30/minute",
         "api": "1200/minute",
@@ -92,6 +93,7 @@ _TYPES: dict[str, dict[str, tuple[type, ...]]] = {
         "enabled": (bool,),
         "storage": (str, type(None)),
         "token": (str,),
+        "token_ip": (str,),
         "login_ip": (str,),
         "login_user": (str,),
         "api": (str,),
@@ -312,7 +314,7 @@ def validate(data: dict[str, Any], env: str) -> None:
 def _validate_limits(limits: dict[str, Any]) -> None:
     from limits import parse
 
-    for name in ("token", "login_ip", "login_user", "api"):
+    for name in ("token", "token_ip", "login_ip", "login_user", "api"):
         try:
             parse(limits[name])
         except ValueError as exc:
@@ -347,6 +349,8 @@ def _validate_auth_server(auth: dict[str, Any], env: str) -> None:
         raise ConfigError(f"auth_server.grant_types: unknown {', '.join(sorted(unknown_grants))}")
     if auth["max_body_bytes"] < 1024:
         raise ConfigError("auth_server.max_body_bytes: must be at least 1024")
+    if env == "production" and not auth["url"].startswith("https://"):
+        raise ConfigError("auth_server.url: production serves over https (behind TLS or a proxy)")
     if env == "production":
         secret = auth["session_secret"]
         if not secret or secret in KNOWN_DEV_SECRETS or len(secret) < 16:

@@ -132,3 +132,17 @@ def test_bad_limit_settings_fail_at_start_naming_the_key(tmp_path, dummy_site, k
     config["limits"] = {key: value}
     with pytest.raises(ConfigError, match=f"limits.{key}"):
         create_app(config)
+
+
+def test_failed_auth_does_not_spend_the_claimed_clients_budget(make):
+    client = make(token="2/minute", token_ip="100/minute").test_client()
+    for _ in range(5):
+        assert cc(client, basic("test", "wrong")).status_code == 401
+    assert [cc(client).status_code for _ in range(2)] == [200, 200]
+    assert cc(client).status_code == 429
+
+
+def test_the_per_ip_limit_counts_failures_too(make):
+    client = make(token_ip="3/minute").test_client()
+    answers = [cc(client, basic("test", "wrong")).status_code for _ in range(4)]
+    assert answers == [401, 401, 401, 429]

@@ -276,12 +276,23 @@ def _dev_secret() -> str:
     ],
 )
 def test_production_refuses_weak_session_secrets(folder, secret):
-    write(folder, "production.json", {"auth_server": {"session_secret": secret}})
+    write(
+        folder,
+        "production.json",
+        {"auth_server": {"session_secret": secret, "url": "https://auth.example.com"}},
+    )
     with pytest.raises(ConfigError, match=re.escape("auth_server.session_secret")):
         load(folder, OAUTH2_ENV="production")
 
 
+def test_production_refuses_a_plain_http_url(folder):
+    write(folder, "production.json", {"auth_server": {"session_secret": STRONG}})
+    with pytest.raises(ConfigError, match=re.escape("auth_server.url")):
+        load(folder, OAUTH2_ENV="production")
+
+
 def test_production_accepts_a_strong_secret_from_the_environment(folder):
+    write(folder, "production.json", {"auth_server": {"url": "https://auth.example.com"}})
     settings = load(folder, OAUTH2_ENV="production", OAUTH2_SESSION_SECRET=STRONG)
     assert settings.env == "production"
     assert settings.flask_config()["SECRET_KEY"] == STRONG
