@@ -7,6 +7,8 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from .clients import GRANT_TYPES, ClientFileError, ClientRegistry, append_client
@@ -74,31 +76,44 @@ def cmd_clients_list(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextmanager
+def _storage(args: argparse.Namespace) -> Iterator[Storage]:
+    """The configured storage, migrated first when ``storage.auto_migrate`` is on."""
+    settings = _settings(args)
+    storage = Storage(settings.storage_specs)
+    try:
+        if settings.data["storage"].get("auto_migrate", True):
+            storage.migrate()
+        yield storage
+    finally:
+        storage.close()
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     storage = Storage(_settings(args).storage_specs)
-    for url, steps in storage.migrate().items():
-        print(f"{_redact(url)}: {', '.join(steps) if steps else 'up to date'}")
-    storage.close()
+    try:
+        for url, steps in storage.migrate().items():
+            print(f"{_redact(url)}: {', '.join(steps) if steps else 'up to date'}")
+    finally:
+        storage.close()
     return 0
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    storage = Storage(_settings(args).storage_specs)
-    for table, count in storage.purge().items():
-        print(f"{table}: {count} expired rows removed")
-    storage.close()
+    with _storage(args) as storage:
+        for table, count in storage.purge().items():
+            print(f"{table}: {count} expired rows removed")
     return 0
 
 
 def cmd_audit_tail(args: argparse.Namespace) -> int:
-    storage = Storage(_settings(args).storage_specs)
-    for record in reversed(storage.audit.recent(args.lines)):
+    with _storage(args) as storage:
+        records = storage.audit.recent(args.lines)
+    for record in reversed(records):
         at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.pop("at", 0)))
-        record.pop("key", None)
-        record.pop("expires_at", None)
         event = record.pop("event", "?")
-        print(f"{at} {event} " + " ".join(f"{k}={v}" for k, v in record.items() if v is not None))
-    storage.close()
+        fields = {k: v for k, v in record.items() if k not in ("key", "expires_at")}
+        print(f"{at} {event} " + " ".join(f"{k}={v}" for k, v in fields.items() if v is not None))
     return 0
 
 
