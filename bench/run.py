@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -239,7 +240,8 @@ def prepare_postgres() -> None:
 
 
 def flush_redis() -> None:
-    with redis.Redis.from_url(REDIS_URL) as client:
+    # Millions of keys take seconds to free: wait for it, so no later run pays for it.
+    with redis.Redis.from_url(REDIS_URL, socket_timeout=300) as client:
         client.flushdb()
 
 
@@ -561,7 +563,12 @@ def gateway_load(token: str) -> wrk.Load:
 
 
 def token_scenarios(
-    server: Server, fx: Fixtures, run_dir: Path, label: str, with_flow: bool
+    server: Server,
+    fx: Fixtures,
+    run_dir: Path,
+    label: str,
+    with_flow: bool,
+    results: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """client credentials, refresh, introspection, gateway (and the code flow) on one store."""
     out: dict[str, dict[str, Any]] = {}
@@ -587,7 +594,9 @@ def token_scenarios(
     if with_flow:
         plan.append(("flow", lambda: run_flow(server)))
     for name, fn in plan:
-        result = fn()
+        result = attempt(results if results is not None else {}, f"{label} {name}", fn)
+        if result is None:
+            continue
         out[name] = result
         rate = result.get("flows_per_s", result["rps"])
         log(
@@ -774,7 +783,7 @@ def alt_server_runs(run_dir: Path, results: dict[str, Any]) -> None:
         fx = Fixtures(server)
         try:
             fx.reset()
-            scenarios = token_scenarios(server, fx, run_dir, f"redis-{command}", False)
+            scenarios = token_scenarios(server, fx, run_dir, f"redis-{command}", False, results)
             results.setdefault("servers", {})[command] = scenarios
         finally:
             fx.close()
@@ -805,50 +814,12 @@ def run(run_dir: Path) -> dict[str, Any]:
     }
     started = time.monotonic()
     if "ceiling" in PARTS:
-        results["ceiling"] = ceilings(run_dir)
+        results["ceiling"] = attempt(results, "ceilings", lambda: ceilings(run_dir)) or {}
     for backend in ("redis", "postgres"):
-        if backend not in PARTS:
-            continue
-        server = start_server(run_dir, backend)
-        fx = Fixtures(server)
-        try:
-            growth: dict[str, Any] = {}
-            for size in SIZES if "growth" in PARTS else [0]:
-                fx.reset()
-                load_s = fx.fill(size, f"live{size}")
-                if size:
-                    log(f"{backend}: {size:,} live token pairs bulk-loaded in {load_s:.1f}s")
-                label = f"{backend}-{size}"
-                scenarios = token_scenarios(server, fx, run_dir, label, size == 0)
-                growth[str(size)] = {"load_seconds": round(load_s, 1), **scenarios}
-                if size == 0:
-                    results["scenarios"][backend] = scenarios
-            results["growth"][backend] = growth
-            if "site" in PARTS and backend == "redis":
-                _, _, site_token = loader.site_user("bench")
-                site = wrk.Load(f"/info?token={site_token}")
-                results["dummy_site"] = measure(server.site_port, site, server.proc)
-                log(f"dummy site alone: {results['dummy_site']['rps']:,.0f} req/s")
-            if "review" in PARTS:
-                fx.reset()
-                results.setdefault("review", {})[backend] = review_page(server, fx)
-                log(
-                    f"review page, {REVIEW_GRANTS} grants ({backend}): "
-                    f"{results['review'][backend]['median_ms']} ms median"
-                )
-            if "purge" in PARTS and backend == "postgres":
-                results["purge"] = purge_under_load(server, fx, run_dir)
-                p = results["purge"]
-                log(
-                    f"purge {PURGE_ROWS:,} rows: {p['purge_seconds']}s, gateway p99 "
-                    f"{p['gateway_without']['p99_ms']} -> {p['gateway_during']['p99_ms']} ms"
-                )
-            results.setdefault("server_log", {})[backend] = server_log_summary(server.proc)
-        finally:
-            fx.close()
-            procs.stop_all()
+        if backend in PARTS:
+            run_backend(backend, run_dir, results)
     if SERVERS:
-        alt_server_runs(run_dir, results)
+        attempt(results, "other servers", lambda: alt_server_runs(run_dir, results))
     results["elapsed_seconds"] = round(time.monotonic() - started, 1)
     results["machine"]["loadavg_at_end"] = os.getloadavg()
     add_ratios(results)
@@ -868,6 +839,74 @@ def server_log_summary(proc: procs.Proc) -> dict[str, Any]:
         or "WORKER TIMEOUT" in x
     ]
     return {"lines": len(lines), "error_lines": len(bad), "first_errors": bad[:5]}
+
+
+def run_backend(backend: str, run_dir: Path, results: dict[str, Any]) -> None:
+    """Every scenario, growth step, the review page and the purge on one storage layout."""
+    server = start_server(run_dir, backend)
+    fx = Fixtures(server)
+    try:
+        growth: dict[str, Any] = {}
+        for size in SIZES if "growth" in PARTS else [0]:
+
+            def stage(size: int = size) -> None:
+                fx.reset()
+                load_s = fx.fill(size, f"live{size}")
+                if size:
+                    log(f"{backend}: {size:,} live token pairs bulk-loaded in {load_s:.1f}s")
+                label = f"{backend}-{size}"
+                scenarios = token_scenarios(server, fx, run_dir, label, size == 0, results)
+                growth[str(size)] = {"load_seconds": round(load_s, 1), **scenarios}
+                if size == 0:
+                    results["scenarios"][backend] = scenarios
+
+            attempt(results, f"{backend} with {size} tokens", stage)
+        results["growth"][backend] = growth
+        if "site" in PARTS and backend == "redis":
+            _, _, site_token = loader.site_user("bench")
+            site = wrk.Load(f"/info?token={site_token}")
+            found = attempt(
+                results, "dummy site", lambda: measure(server.site_port, site, server.proc)
+            )
+            if found:
+                results["dummy_site"] = found
+                log(f"dummy site alone: {found['rps']:,.0f} req/s")
+        if "review" in PARTS:
+
+            def review() -> None:
+                fx.reset()
+                results.setdefault("review", {})[backend] = review_page(server, fx)
+                log(
+                    f"review page, {REVIEW_GRANTS} grants ({backend}): "
+                    f"{results['review'][backend]['median_ms']} ms median"
+                )
+
+            attempt(results, f"review page ({backend})", review)
+        if "purge" in PARTS and backend == "postgres":
+
+            def purge() -> None:
+                results["purge"] = purge_under_load(server, fx, run_dir)
+                p = results["purge"]
+                log(
+                    f"purge {PURGE_ROWS:,} rows: {p['purge_seconds']}s, gateway p99 "
+                    f"{p['gateway_without']['p99_ms']} -> {p['gateway_during']['p99_ms']} ms"
+                )
+
+            attempt(results, "purge under load", purge)
+        results.setdefault("server_log", {})[backend] = server_log_summary(server.proc)
+    finally:
+        fx.close()
+        procs.stop_all()
+
+
+def attempt(results: dict[str, Any], step: str, fn: Callable[[], Any]) -> Any:
+    """Run one step; on failure record it and go on (the run still ends with a table)."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - any failure of one step is reported, not fatal
+        log(f"FAILED {step}: {exc!r}")
+        results.setdefault("failures", []).append({"step": step, "error": repr(exc)[:2000]})
+        return None
 
 
 def add_ratios(results: dict[str, Any]) -> None:
@@ -962,13 +1001,25 @@ def table(results: dict[str, Any]) -> str:
         for backend, sizes in results["growth"].items():
             keys = list(sizes)
             for name in ("client_credentials", "refresh", "introspect", "gateway"):
+                if not keys or name not in sizes[keys[0]]:
+                    continue
                 base = sizes[keys[0]][name]["rps"]
                 cells = []
                 for k in keys:
-                    r = sizes[k][name]
+                    r = sizes[k].get(name)
+                    if r is None:
+                        cells.append(f"{int(k):>9,}: failed")
+                        continue
+                    if r.get("errors") and k != keys[0]:
+                        lines.append(
+                            f"  ! [{backend}] {name} at {k}: {r['errors']} errors "
+                            f"{r.get('statuses')} {r.get('first_error', '')[:100]!r}"
+                        )
                     change = "" if k == keys[0] else f" ({(r['rps'] / base - 1) * 100:+.0f}%)"
                     cells.append(f"{int(k):>9,}: {r['rps']:,.0f}{change} p99 {r['p99_ms']:.1f}")
                 lines.append(f"  [{backend}] {LABELS[name]:<32} " + " | ".join(cells))
+    for failure in results.get("failures", []):
+        lines.append(f"FAILED {failure['step']}: {failure['error'][:300]}")
     for backend, r in (results.get("review") or {}).items():
         lines.append(
             f"Review page, {r['grants']} grants [{backend}]: median {r['median_ms']} ms, "
