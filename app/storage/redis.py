@@ -202,11 +202,11 @@ class RedisTable(Table):
         fields = [f for f in INDEXED_FIELDS if record.get(f) is not None]
         return [(self._ikey(f, record[f]), key) for f in fields]
 
-    def _index(self, link: Link, key: str, record: Record) -> None:
+    def _index(self, link: Link, key: str, record: Record, client: Any = None) -> None:
         expires_at = record.get("expires_at")
         score = "inf" if expires_at is None else repr(float(expires_at))
         for ikey, _ in self._entries(key, record):
-            link.index(keys=[ikey], args=[key, score], client=link.client)
+            link.index(keys=[ikey], args=[key, score], client=client or link.client)
 
     def _unindex(self, link: Link, entries: list[tuple[str, str]]) -> None:
         """Drop index entries, then re-index any of their records put again meanwhile."""
@@ -227,15 +227,32 @@ class RedisTable(Table):
         if expires_at is not None and expires_at <= time.time():
             self.delete(key)
             return
+        self._put(key, record, expires_at)
+
+    def _put(self, key: str, record: Record, expires_at: float | None, log: float = 0) -> None:
+        """Write the record, then its index entries (and a log entry), in one round trip.
+
+        A pipeline on one server runs in order, so the record still lands before its
+        index entries; a cluster's pipeline may not, so there each step is its own call.
+        """
         data = {k: v for k, v in record.items() if k not in ("key", "expires_at")}
         data["expires_at"] = expires_at
         link = self.backend.link
         at = math.ceil(expires_at * 1000) if expires_at is not None else None
-        old = link.client.set(
-            self._rkey(key), json.dumps(data, separators=(",", ":")), pxat=at, get=True
-        )
-        self._index(link, key, data)
-        if old is not None:
+        raw = json.dumps(data, separators=(",", ":"))
+        if isinstance(link.client, RedisCluster):
+            old = link.client.set(self._rkey(key), raw, pxat=at, get=True)
+            self._index(link, key, data)
+            if log:
+                link.client.zadd(self.log, {key: log})
+        else:
+            pipe = link.client.pipeline(transaction=False)
+            pipe.set(self._rkey(key), raw, pxat=at, get=True)
+            self._index(link, key, data, pipe)
+            if log:
+                pipe.zadd(self.log, {key: log})
+            old = pipe.execute()[0]
+        if isinstance(old, str):
             stale = set(self._entries(key, json.loads(old))) - set(self._entries(key, data))
             self._unindex(link, sorted(stale))
 
@@ -305,8 +322,7 @@ class RedisTable(Table):
     def append(self, record: Record) -> str:
         now = time.time()
         key = audit_key(now)
-        self.put(key, record)
-        self.backend.link.client.zadd(self.log, {key: now})
+        self._put(key, record, self.expiry(None), log=now)
         return key
 
     @guarded
