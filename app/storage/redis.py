@@ -83,6 +83,22 @@ return raw
 """
 
 
+# Take a record and drop its index entries in one atomic step (one server only: the
+# index keys are not declared, which Redis Cluster would refuse).
+TAKE_LUA = """
+local raw = redis.call('GETDEL', KEYS[1])
+if not raw then return false end
+local record = cjson.decode(raw)
+for _, field in ipairs({'user_id', 'client_id', 'grant_id'}) do
+  local value = record[field]
+  if value ~= nil and value ~= cjson.null then
+    redis.call('ZREM', ARGV[1] .. ':' .. field .. ':{' .. tostring(value) .. '}', ARGV[2])
+  end
+end
+return raw
+"""
+
+
 def guarded(method: Callable[P, R]) -> Callable[P, R]:
     """Turn every Redis driver error into :class:`StorageUnavailable`."""
 
@@ -103,6 +119,7 @@ class Link:
     client: Any
     index: Script
     revoke: Script
+    take: Script
     pid: int
 
     def mget(self, keys: list[str]) -> list[str | None]:
@@ -137,11 +154,12 @@ class RedisBackend(Backend):
         with self._lock:
             if self._link is None or self._link.pid != os.getpid():
                 client = self._connect()
-                index, revoke = (
+                index, revoke, take = (
                     client.register_script(INDEX_LUA),
                     client.register_script(REVOKE_LUA),
+                    client.register_script(TAKE_LUA),
                 )
-                self._link = Link(client, index, revoke, os.getpid())
+                self._link = Link(client, index, revoke, take, os.getpid())
             return self._link
 
     def table(self, name: str, ttl: int | None) -> RedisTable:
@@ -263,7 +281,10 @@ class RedisTable(Table):
     @guarded
     def take(self, key: str) -> Record | None:
         link = self.backend.link
-        raw = link.client.getdel(self._rkey(key))
+        if not isinstance(link.client, RedisCluster):
+            taken = link.take(keys=[self._rkey(key)], args=[self.base, key], client=link.client)
+            return self._decode(key, taken, time.time()) if isinstance(taken, str) else None
+        raw: Any = link.client.getdel(self._rkey(key))
         if raw is None:
             return None
         self._unindex(link, self._entries(key, json.loads(raw)))
