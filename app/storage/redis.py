@@ -35,7 +35,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.retry import Retry
 
 from .base import (
@@ -239,6 +239,31 @@ class RedisTable(Table):
             if record is not None:
                 self._index(link, key, record)
 
+    def _pipelined_put(
+        self, link: Link, key: str, data: Record, raw: str, at: int | None, log: float
+    ) -> Any:
+        """SET, index scripts by SHA and the log entry; return the record it replaced.
+
+        Scripts go by ``EVALSHA`` alone: redis-py would otherwise ask ``SCRIPT EXISTS``
+        before every pipeline, a second round trip. After a server restart lost them,
+        they are loaded again and the pipeline is sent once more.
+        """
+        score = "inf" if data["expires_at"] is None else repr(float(data["expires_at"]))
+        for attempt in (1, 2):
+            pipe = link.client.pipeline(transaction=False)
+            pipe.set(self._rkey(key), raw, pxat=at, get=True)
+            for ikey, _ in self._entries(key, data):
+                pipe.evalsha(link.index.sha, 1, ikey, key, score)
+            if log:
+                pipe.zadd(self.log, {key: log})
+            try:
+                return pipe.execute()[0]
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                link.client.script_load(INDEX_LUA)
+        return None
+
     @guarded
     def put(self, key: str, record: Record, ttl: int | None = None) -> None:
         expires_at = self.expiry(ttl)
@@ -264,12 +289,7 @@ class RedisTable(Table):
             if log:
                 link.client.zadd(self.log, {key: log})
         else:
-            pipe = link.client.pipeline(transaction=False)
-            pipe.set(self._rkey(key), raw, pxat=at, get=True)
-            self._index(link, key, data, pipe)
-            if log:
-                pipe.zadd(self.log, {key: log})
-            old = pipe.execute()[0]
+            old = self._pipelined_put(link, key, data, raw, at, log)
         if isinstance(old, str):
             stale = set(self._entries(key, json.loads(old))) - set(self._entries(key, data))
             self._unindex(link, sorted(stale))
