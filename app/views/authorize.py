@@ -35,7 +35,8 @@ def _error(error: OAuth2Error):
 @bp.get("/authorize")
 def authorize():
     try:
-        grant = oauth().get_consent_grant(request=query_params(), end_user=None)
+        params = query_params()
+        grant = oauth().get_consent_grant(request=params, end_user=None)
     except OAuth2Error as error:
         return _error(error)
     if not current_user.is_authenticated:
@@ -43,7 +44,7 @@ def authorize():
     transaction_id = new_secret(24)
     state().storage.session.put(
         TXN + token_digest(transaction_id),
-        {"user_id": current_user.id, "params": query_params(), "scope": grant.request.scope},
+        {"user_id": current_user.id, "params": params, "scope": grant.request.scope},
         ttl=state().settings.auth["transaction_ttl"],
     )
     return _dialog(grant, transaction_id)
