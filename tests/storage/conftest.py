@@ -1,13 +1,17 @@
 """Backends for the storage contract suite: SQLite (a temp file), Redis and Postgres.
 
 ``backend`` is parametrised over all three and hands each test empty tables.
-Redis works in the database of ``REDIS_URL`` (flushed); Postgres in a schema
+Redis works in the database of ``REDIS_URL`` (flushed); Redis Cluster on
+``REDIS_CLUSTER_URL`` or three nodes started for the session; Postgres in a schema
 made for this session and dropped at its end (see ``tests/backends.py``).
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 import pytest
 from redis.cluster import RedisCluster
@@ -25,8 +29,9 @@ from tests.backends import (
     require_service,
     with_search_path,
 )
+from tests.redis_cluster import redis_cluster
 
-BACKENDS = ("sqlite", "redis", "postgres") + (("redis_cluster",) if redis_cluster_url() else ())
+BACKENDS = ("sqlite", "redis", "postgres", "redis_cluster")
 
 
 @pytest.fixture(scope="session")
@@ -39,15 +44,22 @@ def redis_backend() -> Iterator[RedisBackend]:
 
 
 @pytest.fixture(scope="session")
-def redis_cluster_backend() -> Iterator[RedisBackend]:
-    url = redis_cluster_url()
-    if url is None:
-        pytest.skip("REDIS_CLUSTER_URL is not set")
-    require_service("redis", url)
-    backend = RedisBackend(url)
-    yield backend
-    empty(backend)
-    backend.close()
+def redis_cluster_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisBackend]:
+    """``REDIS_CLUSTER_URL`` if set, else a three-node cluster this session starts."""
+    with ExitStack() as stack:
+        url = redis_cluster_url()
+        if url is None:
+            try:
+                url = stack.enter_context(redis_cluster(tmp_path_factory.mktemp("cluster")))
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                if os.environ.get("CI"):
+                    raise
+                pytest.skip(f"could not start a Redis Cluster: {exc}")
+        require_service("redis", url)
+        backend = RedisBackend(url)
+        yield backend
+        empty(backend)
+        backend.close()
 
 
 @pytest.fixture(scope="session")
