@@ -151,27 +151,29 @@ def _clean_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def _wait_ready(server: RunningServer) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    last: Exception | None = None
+def wait_serving(
+    process: subprocess.Popen[bytes],
+    url: str,
+    log: Callable[[], str],
+    name: str = "oauth2-server",
+    timeout: float = START_TIMEOUT,
+) -> None:
+    """Poll ``url`` until it answers 200; fail with the log if the process dies or stalls."""
+    deadline = time.monotonic() + timeout
+    last: object = None
     with requests.Session() as http:
         while time.monotonic() < deadline:
-            if server.process.poll() is not None:
-                pytest.fail(
-                    f"oauth2-server exited with {server.process.returncode} at start:\n"
-                    f"{server.log()}"
-                )
+            if process.poll() is not None:
+                pytest.fail(f"{name} exited with {process.returncode} at start:\n{log()}")
             try:
-                answer = http.get(f"{server.url}/.well-known/oauth-authorization-server", timeout=1)
+                answer = http.get(url, timeout=1)
                 if answer.status_code == 200:
                     return
-                last = RuntimeError(f"status {answer.status_code}")
+                last = f"status {answer.status_code}"
             except requests.RequestException as exc:
                 last = exc
             time.sleep(0.1)
-    pytest.fail(
-        f"oauth2-server did not answer within {START_TIMEOUT:.0f} s ({last}):\n{server.log()}"
-    )
+    pytest.fail(f"{name} did not answer within {timeout:.0f} s ({last}):\n{log()}")
 
 
 def _stop(server: RunningServer) -> list[str]:
@@ -253,7 +255,7 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
             f"http://127.0.0.1:{port}", port, site_port, process, log_path, config_dir
         )
         servers.append(server)
-        _wait_ready(server)
+        wait_serving(process, f"{server.url}/.well-known/oauth-authorization-server", server.log)
         server.started = sorted(descendants(process.pid))
         return server
 

@@ -47,6 +47,7 @@ from tests.e2e.conftest import (
     hidden_inputs,
     pid_alive,
     wait_port_free,
+    wait_serving,
 )
 
 #: The Redis databases this folder may flush (15 is the storage suite's).
@@ -231,24 +232,7 @@ def instance_config(
 
 
 def wait_ready(instance: Instance, timeout: float = START_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    with requests.Session() as http:
-        while time.monotonic() < deadline:
-            if instance.process.poll() is not None:
-                pytest.fail(
-                    f"{instance.name}: oauth2-server exited with {instance.process.returncode}"
-                    f" at start:\n{instance.log()}"
-                )
-            try:
-                answer = http.get(f"{instance.url}/healthz", timeout=1)
-                if answer.status_code == 200:
-                    return
-                last = f"status {answer.status_code}"
-            except requests.RequestException as exc:
-                last = exc
-            time.sleep(0.1)
-    pytest.fail(f"{instance.name}: no answer within {timeout:.0f} s ({last}):\n{instance.log()}")
+    wait_serving(instance.process, f"{instance.url}/healthz", instance.log, instance.name, timeout)
 
 
 def stop_instances(instances: list[Instance]) -> list[str]:
