@@ -52,6 +52,7 @@ class State:
     users: UserStore
     server: OAuth2Server
     throttle: limits.LoginThrottle
+    limits: limits.RateLimits
 
 
 def _build_state(settings: Settings, clients: ClientRegistry | None = None) -> State:
@@ -71,7 +72,8 @@ def _build_state(settings: Settings, clients: ClientRegistry | None = None) -> S
         lim["lockout_max"],
         enabled=lim["enabled"],
     )
-    return State(settings, storage, clients, adapter, store, users, server, throttle)
+    rates = limits.build(settings)
+    return State(settings, storage, clients, adapter, store, users, server, throttle, rates)
 
 
 def create_app(
@@ -89,7 +91,6 @@ def create_app(
         __name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static")
     )
     app.config.update(settings.flask_config())
-    app.config.update(limits.flask_config(settings))
     state = _build_state(settings, clients)
     app.extensions["oauth2"] = state
     app.session_interface = StoredSessionInterface(state.storage.session)
@@ -108,7 +109,6 @@ def _init_extensions(app: Flask, state: State) -> None:
     login_manager.login_view = "auth.login"
     login_manager.user_loader(_load_user)
     csrf.init_app(app)
-    limits.init_app(app)
     state.server.init_app(app)
     from . import errors, pages
 

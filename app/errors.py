@@ -9,7 +9,6 @@ from flask_login import AnonymousUserMixin
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
-from .limits import retry_after
 from .pages import render_error
 from .storage import StorageUnavailable
 
@@ -77,8 +76,6 @@ def _http_error(exc: HTTPException):
     for name, value in exc.get_headers():
         if name.lower() != "content-type":
             response.headers[name] = value  # e.g. Allow on 405
-    if exc.code == 429:
-        response.headers["Retry-After"] = retry_after()
     return response
 
 

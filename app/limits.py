@@ -1,35 +1,228 @@
-"""Abuse limits: Flask-Limiter per client, IP, username and token, plus login lockout.
+"""Abuse limits: per client, IP, username and token, plus the sign-in lockout.
 
-Counters live in Redis when any table is on Redis (every worker and machine then
-shares them), else in process memory. A failed login also grows a per-username
-lockout kept in the ``session`` table, so guessing slows down everywhere at once.
+Each limit is a fixed-window counter kept by a storage of the ``limits`` library:
+Redis when any table is on Redis (every worker and machine then shares it), else
+process memory. Asking Redis on every request cost more than the rest of a token
+check (bench/README.md), so each process keeps its view of every counter and sends
+its hits in batches, and only while the counter is far from its limit:
+
+* a hit goes to the store at once when it would take the process's view past
+  three quarters of the limit, when the process holds more than 1/16 of the limit
+  unsent, or when the counter was last sent over 0.1 s ago;
+* other hits are counted locally and sent with the next one that goes.
+
+So near a limit every hit is one atomic ``INCRBY`` (exact, as the e2e test checks
+across workers), and far from it a busy counter costs one round trip per 0.1 s per
+process. Far from the limit the shared count can lag by at most 1/16 of the limit
+per process. A counter already past its limit refuses without asking the store at
+all, so a flood costs no storage traffic. When the store fails, each process counts
+on its own until it answers again. A failed login also grows a per-username lockout
+kept in the ``session`` table (``LoginThrottle``), so guessing slows down everywhere.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import logging
 import math
+import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple, cast
 
 from authlib.oauth2.rfc6749.util import extract_basic_authorization
-from flask import Flask, current_app, request
-from flask_limiter import Limiter, RequestLimit
+from flask import current_app, request
+from limits import RateLimitItem, parse
+from limits.storage import Storage as LimitsStorage
+from limits.storage import storage_from_string
+from werkzeug.exceptions import TooManyRequests
 
 from .audit import audit
 from .storage import Table
 
-limiter = Limiter(key_func=lambda: request.remote_addr or "unknown")
+log = logging.getLogger("oauth2.limits")
 
 LOCK = "lock:"
+PREFIX = "oauth2-limits"
+RATES = ("token", "token_ip", "login_ip", "login_user", "api")
+
+#: Send at once past this share of a limit (the process's view) ...
+EXACT_FROM = 0.75
+#: ... or when more than this share of it is unsent ...
+BATCH_SHARE = 1 / 16
+#: ... or when the counter was last sent longer ago than this (seconds).
+SYNC_EVERY = 0.1
+#: After the store failed, count locally for this long before trying it again.
+STORE_RETRY = 1.0
 
 
 def _digest(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def _limit(name: str):
-    return lambda: current_app.extensions["oauth2"].settings.data["limits"][name]
+class Refusal(NamedTuple):
+    """A refused hit: seconds until the window ends; ``first`` of its key and window."""
+
+    retry: int
+    first: bool
+
+
+class Counter:
+    """A process's view of one key's counter in one window."""
+
+    __slots__ = ("inflight", "pending", "reported", "seen", "synced", "window")
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.seen = 0  # the shared count, as the store last answered
+        self.pending = 0  # hits counted here and not sent yet
+        self.synced = 0.0
+        self.inflight = 0  # sends on their way to the store
+        self.reported = False  # the breach of this window was audited
+
+
+class RateLimits:
+    """Fixed-window limits by name (``token``, ``api``, ...), batched as described above."""
+
+    def __init__(self, rates: dict[str, str], storage_uri: str, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.rates: dict[str, RateLimitItem] = {name: parse(rate) for name, rate in rates.items()}
+        self.uri = storage_uri
+        self.store: LimitsStorage | None = None
+        if enabled and not storage_uri.startswith("memory://"):
+            self.store = cast(LimitsStorage, storage_from_string(storage_uri))
+        self._counters: dict[str, Counter] = {}
+        self._lock = threading.Lock()
+        self._store_down_until = 0.0
+        self._prune_at = time.time() + 60
+
+    # -- the two questions -------------------------------------------------------------
+    def hit(self, name: str, key: str, cost: int = 1) -> Refusal | None:
+        """Count a request; ``None`` if it may go on, else the seconds until it may."""
+        rate = self.rates[name]
+        span = rate.get_expiry()
+        now = time.time()
+        window = int(now // span) * span
+        retry = max(1, math.ceil(window + span - now))
+        ident = f"{name}/{key}"
+        with self._lock:
+            counter = self._counter(ident, window, now)
+            if counter.seen >= rate.amount:
+                return self._refuse(counter, retry)  # known spent: no store trip
+            used = counter.seen + counter.pending + cost
+            store = self._usable_store(now)
+            if store is None or not (
+                used > rate.amount * EXACT_FROM
+                or counter.pending + cost > rate.amount * BATCH_SHARE
+                or now - counter.synced >= SYNC_EVERY
+                or counter.inflight  # another thread is asking: its answer is not in the view
+            ):
+                if store is None and used > rate.amount:
+                    return self._refuse(counter, retry)
+                counter.pending += cost
+                return None
+            send, counter.pending, counter.synced = counter.pending + cost, 0, now
+            counter.inflight += 1
+        total = self._send(store, f"{PREFIX}/{ident}/{window}", span, send)
+        with self._lock:
+            counter.inflight -= 1
+            if total is None:  # the store failed: this process decides alone
+                counter.pending += send
+                total = counter.seen + counter.pending
+            else:
+                counter.seen = max(counter.seen, total)
+            if total > rate.amount:
+                return self._refuse(counter, retry)
+        return None
+
+    def spent(self, name: str, key: str) -> Refusal | None:
+        """Whether ``key`` has no budget left (seconds to wait), without counting."""
+        rate = self.rates[name]
+        span = rate.get_expiry()
+        now = time.time()
+        window = int(now // span) * span
+        retry = max(1, math.ceil(window + span - now))
+        ident = f"{name}/{key}"
+        with self._lock:
+            counter = self._counter(ident, window, now)
+            used = counter.seen + counter.pending
+            store = self._usable_store(now)
+            near = used >= rate.amount * EXACT_FROM or now - counter.synced >= SYNC_EVERY
+            if store is None or used >= rate.amount or not near:
+                return self._refuse(counter, retry) if used >= rate.amount else None
+            send, counter.pending, counter.synced = counter.pending, 0, now
+            counter.inflight += 1
+        # Near the limit (or stale): send what is pending and read the shared count.
+        total = self._send(store, f"{PREFIX}/{ident}/{window}", span, send)
+        with self._lock:
+            counter.inflight -= 1
+            if total is None:
+                counter.pending += send
+                total = counter.seen + counter.pending
+            else:
+                counter.seen = max(counter.seen, total)
+            if total >= rate.amount:
+                return self._refuse(counter, retry)
+        return None
+
+    # -- helpers -----------------------------------------------------------------------
+    def _counter(self, ident: str, window: int, now: float) -> Counter:
+        if now >= self._prune_at:
+            self._prune(now)
+        counter = self._counters.get(ident)
+        if counter is None or counter.window != window:
+            counter = self._counters[ident] = Counter(window)
+        return counter
+
+    def _prune(self, now: float) -> None:
+        """Forget counters whose window has ended (once a minute, under the lock)."""
+        self._prune_at = now + 60
+        ended = [
+            ident
+            for ident, counter in self._counters.items()
+            if counter.window + self.rates[ident.partition("/")[0]].get_expiry() <= now
+        ]
+        for ident in ended:
+            del self._counters[ident]
+
+    def _usable_store(self, now: float) -> LimitsStorage | None:
+        return self.store if self.store is not None and now >= self._store_down_until else None
+
+    def _send(self, store: LimitsStorage, key: str, span: int, amount: int) -> int | None:
+        try:
+            if amount == 0:
+                return int(store.get(key))
+            return int(store.incr(key, span + 1, amount=amount))
+        except Exception as error:  # noqa: BLE001 - any store fault: count locally instead
+            self._store_down_until = time.time() + STORE_RETRY
+            log.warning(
+                "rate-limit store unavailable (%s); counting per process", type(error).__name__
+            )
+            return None
+
+    @staticmethod
+    def _refuse(counter: Counter, retry: int) -> Refusal:
+        first, counter.reported = not counter.reported, True
+        return Refusal(retry, first)
+
+    def close(self) -> None:
+        self._counters.clear()
+
+
+def _limits() -> RateLimits:
+    return current_app.extensions["oauth2"].limits
+
+
+def _refused(name: str, refusal: Refusal) -> TooManyRequests:
+    if refusal.first:  # one audit record per key and window: a flood writes no more
+        audit("rate_limited", path=request.path, limit=f"{name} {_limits().rates[name]}")
+    retry = refusal.retry
+    return TooManyRequests(f"Too many requests; try again in {retry} s.", retry_after=retry)
+
+
+def _ip() -> str:
+    return request.remote_addr or "unknown"
 
 
 def client_key() -> str:
@@ -38,13 +231,7 @@ def client_key() -> str:
     if not client_id:
         body = request.get_json(silent=True) if request.is_json else request.form
         client_id = body.get("client_id") if isinstance(body, dict) else None
-    return f"client:{client_id}" if client_id else f"ip:{request.remote_addr}"
-
-
-def _authenticated(response) -> bool:
-    # A claimed client id proves nothing until the client authenticated: failures count
-    # against the caller's IP only, so nobody can spend another client's budget.
-    return response.status_code != 401
+    return f"client:{client_id}" if client_id else f"ip:{_ip()}"
 
 
 def username_key() -> str:
@@ -53,26 +240,53 @@ def username_key() -> str:
 
 def token_key() -> str:
     kind, _, value = request.headers.get("Authorization", "").partition(" ")
-    return "token:" + _digest(value) if value else f"ip:{request.remote_addr}"
+    return "token:" + _digest(value) if value else f"ip:{_ip()}"
 
 
-token_limit = limiter.limit(_limit("token"), key_func=client_key, deduct_when=_authenticated)
-token_ip_limit = limiter.limit(_limit("token_ip"))
-login_ip_limit = limiter.limit(_limit("login_ip"), methods=["POST"])
-login_user_limit = limiter.limit(_limit("login_user"), key_func=username_key, methods=["POST"])
-api_limit = limiter.limit(_limit("api"), key_func=token_key)
+def limited(
+    *checks: tuple[str, Callable[[], str]],
+    after: tuple[str, Callable[[], str]] | None = None,
+    methods: tuple[str, ...] = (),
+):
+    """Count each ``(limit, key)`` of ``checks`` before the view runs.
+
+    ``after`` is counted once the view answered, unless it answered 401: a claimed
+    client id proves nothing until the client authenticated, so failures count
+    against the caller's IP only and nobody can spend another client's budget. Its
+    budget is checked (not counted) before the view runs.
+    """
+
+    def decorate(view):
+        scope = view.__name__ + ":"  # each endpoint has its own budgets
+
+        @functools.wraps(view)
+        def limited_view(*args: Any, **kwargs: Any):
+            limits = _limits()
+            if not limits.enabled or (methods and request.method not in methods):
+                return view(*args, **kwargs)
+            for name, key_func in checks:
+                refusal = limits.hit(name, scope + key_func())
+                if refusal is not None:
+                    raise _refused(name, refusal)
+            if after is not None:
+                name, key_func = after
+                key = scope + key_func()
+                refusal = limits.spent(name, key)
+                if refusal is not None:
+                    raise _refused(name, refusal)
+            response = current_app.make_response(view(*args, **kwargs))
+            if after is not None and response.status_code != 401:
+                limits.hit(after[0], key)
+            return response
+
+        return limited_view
+
+    return decorate
 
 
-def _on_breach(limit: RequestLimit) -> None:
-    audit("rate_limited", path=request.path, limit=str(limit.limit))
-
-
-def retry_after() -> str:
-    """Seconds until the limit that was just hit lets the caller in again."""
-    current = limiter.current_limit
-    if current is None:
-        return "60"
-    return str(max(1, int(current.reset_at - time.time())))
+token_limits = limited(("token_ip", _ip), after=("token", client_key))
+login_limits = limited(("login_ip", _ip), ("login_user", username_key), methods=("POST",))
+api_limit = limited(("api", token_key))
 
 
 def storage_uri(settings: Any) -> str:
@@ -86,27 +300,11 @@ def storage_uri(settings: Any) -> str:
     return "memory://"
 
 
-def flask_config(settings: Any) -> dict[str, Any]:
-    limits = settings.data["limits"]
-    return {
-        "RATELIMIT_ENABLED": limits["enabled"],
-        "RATELIMIT_STORAGE_URI": storage_uri(settings),
-        # One counter per key and window: a third of moving-window's cost per request
-        # (bench/README.md), at the price of bursts of up to twice a limit across a window's end.
-        "RATELIMIT_STRATEGY": "fixed-window",
-        # Only a 429 says when to come back (see retry_after); other answers stay clean.
-        "RATELIMIT_HEADERS_ENABLED": False,
-        "RATELIMIT_KEY_PREFIX": "oauth2-limits",
-        # When the limiter's store is down, requests are not failed for it: they fall back
-        "RATELIMIT_SWALLOW_ERRORS": True,
-        # ...to per-process counters, so limits still hold while Redis is away.
-        "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
-        "RATELIMIT_ON_BREACH_CALLBACK": _on_breach,
-    }
-
-
-def init_app(app: Flask) -> None:
-    limiter.init_app(app)
+def build(settings: Any) -> RateLimits:
+    config = settings.data["limits"]
+    return RateLimits(
+        {name: config[name] for name in RATES}, storage_uri(settings), config["enabled"]
+    )
 
 
 class LoginThrottle:

@@ -18,9 +18,6 @@ def limited_app(tmp_path, dummy_site, **limits):
     config["limits"] = {"storage": f"memory://{tmp_path.name}", **limits}
     app = create_app(config)
     app.config["TESTING"] = True
-    from app.limits import limiter
-
-    limiter.reset()
     return app
 
 
@@ -150,3 +147,19 @@ def test_the_per_ip_limit_counts_failures_too(make):
     client = make(token_ip="3/hour").test_client()
     answers = [cc(client, basic("test", "wrong")).status_code for _ in range(4)]
     assert answers == [401, 401, 401, 429]
+
+
+def test_each_token_endpoint_has_its_own_budget(make):
+    client = make(token="2/hour").test_client()
+    assert [cc(client).status_code for _ in range(2)] == [200, 200]
+    assert cc(client).status_code == 429
+    answer = client.post("/introspect", data={"token": "x"}, headers=basic())
+    assert answer.status_code == 200  # /introspect counts apart from /token
+
+
+def test_a_flood_is_audited_once_per_window(make):
+    app = make(token_ip="1/hour")
+    client = app.test_client()
+    assert [cc(client).status_code for _ in range(6)] == [200] + [429] * 5
+    events = [r["event"] for r in app.extensions["oauth2"].storage.audit.recent(50)]
+    assert events.count("rate_limited") == 1

@@ -9,7 +9,7 @@ from flask_login import login_user, logout_user
 
 from ..adapters import UpstreamUnavailable
 from ..audit import audit
-from ..limits import login_ip_limit, login_user_limit
+from ..limits import login_limits
 from ..pages import render_error, render_page
 from .common import safe_next, state
 
@@ -44,8 +44,7 @@ def login():
 
 
 @bp.post("/login")
-@login_ip_limit
-@login_user_limit
+@login_limits
 def login_post():
     next_url = safe_next(request.form.get("next") or request.args.get("next"), "")
     username = request.form.get("username", "")

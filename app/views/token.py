@@ -5,7 +5,7 @@ from __future__ import annotations
 from authlib.oauth2.rfc6749.errors import InvalidRequestError, OAuth2Error
 from flask import Blueprint, request
 
-from ..limits import token_ip_limit, token_limit
+from ..limits import token_limits
 from ..oauth2.requests import ParamsRequest
 from ..oauth2.server import body_params
 from .common import oauth
@@ -34,21 +34,18 @@ def _respond(endpoint: str | None):
 
 
 @bp.post("/token")
-@token_ip_limit
-@token_limit
+@token_limits
 def token():
     return _respond(None)
 
 
 @bp.post("/revoke")
-@token_ip_limit
-@token_limit
+@token_limits
 def revoke():
     return _respond("revocation")
 
 
 @bp.post("/introspect")
-@token_ip_limit
-@token_limit
+@token_limits
 def introspect():
     return _respond("introspection")

@@ -1,0 +1,159 @@
+"""The app's own CPU per request, in one process: ``python -m bench.inproc [scenario...]``.
+
+Calls the WSGI app directly (no server, no load generator, single thread) with the
+bench's configuration on Redis (``BENCH_REDIS_URL``, flushed) and prints CPU and wall
+microseconds per request for each scenario, with limits on and off. ``--profile``
+adds the top functions (cProfile, cumulative) of each scenario. It prices the app's
+request path alone, so a change to it shows up without the noise of a loaded machine.
+"""
+
+from __future__ import annotations
+
+import base64
+import cProfile
+import io
+import pstats
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from bench import procs, run
+
+SCENARIOS = ("client_credentials", "refresh", "introspect", "gateway")
+BASIC = "Basic " + base64.b64encode(b"test:hunter2").decode()
+
+
+def environ(method: str, path: str, body: bytes = b"", **headers: str) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "REQUEST_METHOD": method,
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8080",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        "wsgi.version": (1, 0),
+        "CONTENT_LENGTH": str(len(body)),
+    }
+    if body:
+        env["CONTENT_TYPE"] = run.FORM
+    for name, value in headers.items():
+        env["HTTP_" + name.upper()] = value
+    return env
+
+
+def call(app: Any, make_env: Callable[[], dict[str, Any]]) -> int:
+    status: list[str] = []
+
+    def start_response(s: str, h: Any, exc_info: Any = None) -> None:
+        status.append(s)
+
+    body = app(make_env(), start_response)
+    for _ in body:
+        pass
+    if hasattr(body, "close"):
+        body.close()
+    return int(status[0].split()[0])
+
+
+def requests(access: str, pool: Iterator[str]) -> dict[str, Callable[[], dict[str, Any]]]:
+    """A fresh WSGI environ per call, for each scenario."""
+    return {
+        "client_credentials": lambda: environ(
+            "POST", "/token", b"grant_type=client_credentials", authorization=BASIC
+        ),
+        "refresh": lambda: environ(
+            "POST",
+            "/token",
+            b"grant_type=refresh_token&refresh_token=" + next(pool).encode(),
+            authorization=BASIC,
+        ),
+        "introspect": lambda: environ(
+            "POST",
+            "/introspect",
+            f"token={access}&token_type_hint=access_token".encode(),
+            authorization=BASIC,
+        ),
+        "gateway": lambda: environ("GET", "/api/profile", authorization=f"Bearer {access}"),
+    }
+
+
+def build(limits: bool, site_port: int) -> tuple[Any, Any]:
+    from app import create_app
+    from app.settings import Settings
+
+    config = run.server_config(8080, site_port, run.storage_for("redis"), limits)
+    config["auth_server"]["url"] = "http://127.0.0.1:8080"
+    settings = Settings.load(config, environ={"OAUTH2_ENV": "bench"})
+    app = create_app(settings)
+    return app, app.extensions["oauth2"]
+
+
+def main(argv: list[str]) -> int:
+    want_profile = "--profile" in argv
+    names = [a for a in argv if not a.startswith("-")] or list(SCENARIOS)
+    n = 2000
+    run_dir = Path(tempfile.mkdtemp(prefix="oauth2-inproc-"))
+    port = procs.free_port()
+    site = procs.start(
+        "site",
+        [sys.executable, "-m", "app.dummy_site", "--host", "127.0.0.1", "--port", str(port)],
+        run_dir,
+        env=run.clean_env(),
+        cwd=str(run.ROOT),
+        port=port,
+    )
+    try:
+        for limits in (True, False):
+            run.flush_redis()
+            app, state = build(limits, port)
+            server = run.Server(
+                "inproc", "redis", site, 8080, port, run_dir, {}, run.storage_for("redis")
+            )
+            fx = run.Fixtures(server)
+            access = fx.live_token()
+            makers = requests(access, iter(fx.refresh_pool(n + 200)))
+            wsgi = app.wsgi_app
+            for name in names:
+                make = makers[name]
+                for _ in range(100):
+                    code = call(wsgi, make)
+                if code != 200:
+                    print(f"{name}: status {code}", file=sys.stderr)
+                    return 1
+                count = n // 2 if name == "refresh" else n
+                profiler = cProfile.Profile() if want_profile else None
+                w0, c0 = time.perf_counter(), time.process_time()
+                if profiler:
+                    profiler.enable()
+                for _ in range(count):
+                    call(wsgi, make)
+                if profiler:
+                    profiler.disable()
+                wall = (time.perf_counter() - w0) / count * 1e6
+                cpu = (time.process_time() - c0) / count * 1e6
+                mode = "on " if limits else "off"
+                print(f"limits {mode} {name:20s} cpu {cpu:7.0f} µs  wall {wall:7.0f} µs")
+                if profiler:
+                    out = io.StringIO()
+                    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+                    print(out.getvalue())
+            state.storage.close()
+            fx.close()
+    finally:
+        procs.stop_all()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

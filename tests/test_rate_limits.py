@@ -1,0 +1,173 @@
+"""The batched fixed-window counters behind the limits (``app.limits.RateLimits``).
+
+Exact near a limit, batched far from it, shared through Redis, local while the
+store is down. Each ``RateLimits`` stands for one worker process.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+
+import pytest
+import redis
+
+from app import limits
+from app.limits import PREFIX, RateLimits
+
+from .backends import redis_url, require_service
+
+
+@pytest.fixture
+def url():
+    url = redis_url()
+    require_service("redis", url)
+    return url
+
+
+def shared_count(url: str, name: str, key: str, span: int = 3600) -> int:
+    window = int(time.time() // span) * span
+    with redis.Redis.from_url(url) as client:
+        return int(client.get(f"LIMITS:{PREFIX}/{name}/{key}/{window}") or 0)
+
+
+def process(url: str, rate: str) -> RateLimits:
+    return RateLimits({"api": rate}, url)
+
+
+def test_small_limits_are_exact_across_processes(url):
+    key = secrets.token_hex(8)
+    workers = [process(url, "10/hour") for _ in range(4)]
+    allowed = 0
+    for i in range(40):
+        if workers[i % 4].hit("api", key) is None:
+            allowed += 1
+    assert allowed == 10
+    assert shared_count(url, "api", key) >= 10
+
+
+@pytest.mark.parametrize(("amount", "slack"), [(15, 0), (40, 2 * 2)])
+def test_concurrent_hits_stay_within_the_batch_bound(url, amount, slack):
+    # Under 16 a window nothing is batched: exact. Above, each process may let
+    # through at most 1/16 of the limit before it learns the limit was reached.
+    key = secrets.token_hex(8)
+    workers = [process(url, f"{amount}/hour") for _ in range(2)]
+    results: list[bool] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(8)
+
+    def run(worker: RateLimits) -> None:
+        barrier.wait(10)
+        for _ in range(10):
+            ok = worker.hit("api", key) is None
+            with lock:
+                results.append(ok)
+
+    threads = [threading.Thread(target=run, args=(workers[i % 2],)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(results) == 80
+    assert amount <= results.count(True) <= amount + slack
+
+
+def test_far_from_the_limit_hits_are_batched_then_sent(url, monkeypatch):
+    key = secrets.token_hex(8)
+    worker = process(url, "100000/hour")
+    sent: list[int] = []
+    real_incr = worker.store.incr
+
+    def incr(k, expiry, amount=1):
+        sent.append(amount)
+        return real_incr(k, expiry, amount=amount)
+
+    monkeypatch.setattr(worker.store, "incr", incr)
+    for _ in range(50):
+        assert worker.hit("api", key) is None
+    assert len(sent) < 5  # the first hit, then at most one trip per 0.1 s
+    time.sleep(limits.SYNC_EVERY + 0.02)
+    assert worker.hit("api", key) is None  # stale: this one carries what was pending
+    assert sum(sent) == 51
+    assert shared_count(url, "api", key) == 51
+
+
+def test_limits_are_shared_when_batched_too(url):
+    # 64/hour: 1/16 is 4 unsent hits per process at most, exact from 48 on.
+    key = secrets.token_hex(8)
+    workers = [process(url, "64/hour") for _ in range(3)]
+    allowed = sum(workers[i % 3].hit("api", key) is None for i in range(300))
+    assert 64 <= allowed <= 64 + 3 * 4
+    assert all(w.hit("api", key) is not None for w in workers)
+
+
+def test_a_spent_counter_refuses_without_asking_the_store(url, monkeypatch):
+    key = secrets.token_hex(8)
+    worker = process(url, "3/hour")
+    assert [worker.hit("api", key) is None for _ in range(4)] == [True, True, True, False]
+    calls: list[str] = []
+    monkeypatch.setattr(worker.store, "incr", lambda *a, **k: calls.append("incr"))
+    monkeypatch.setattr(worker.store, "get", lambda *a, **k: calls.append("get"))
+    for _ in range(100):
+        refusal = worker.hit("api", key)
+        assert refusal is not None and 1 <= refusal.retry <= 3600
+    assert worker.spent("api", key) is not None
+    assert calls == []
+
+
+def test_only_the_first_refusal_of_a_window_is_reported(url):
+    worker = process(url, "1/hour")
+    key = secrets.token_hex(8)
+    assert worker.hit("api", key) is None
+    refusals = [worker.hit("api", key) for _ in range(5)]
+    assert [r.first for r in refusals if r] == [True, False, False, False, False]
+
+
+def test_store_down_counts_per_process_then_recovers(url, monkeypatch):
+    key = secrets.token_hex(8)
+    worker = process(url, "5/hour")
+
+    def down(*args, **kwargs):
+        raise redis.ConnectionError("store down")
+
+    real_incr = worker.store.incr
+    monkeypatch.setattr(worker.store, "incr", down)
+    answers = [worker.hit("api", key) is None for _ in range(7)]
+    assert answers == [True] * 5 + [False] * 2  # the limit still holds, locally
+    monkeypatch.setattr(worker.store, "incr", real_incr)
+    monkeypatch.setattr(limits, "STORE_RETRY", 0.0)
+    worker._store_down_until = 0.0
+    fresh = secrets.token_hex(8)
+    assert worker.hit("api", fresh) is None
+    assert shared_count(url, "api", fresh) == 1  # back on the shared store
+
+
+def test_spent_checks_without_counting(url):
+    key = secrets.token_hex(8)
+    worker = process(url, "2/hour")
+    for _ in range(5):
+        assert worker.spent("api", key) is None
+    assert worker.hit("api", key) is None
+    assert worker.hit("api", key) is None
+    assert worker.spent("api", key) is not None
+
+
+def test_memory_store_counts_in_the_process():
+    worker = RateLimits({"api": "3/hour"}, "memory://")
+    assert worker.store is None
+    assert [worker.hit("api", "k") is None for _ in range(4)] == [True, True, True, False]
+    other = RateLimits({"api": "3/hour"}, "memory://")
+    assert other.hit("api", "k") is None  # another process has its own counters
+
+
+def test_ended_windows_are_forgotten(monkeypatch):
+    worker = RateLimits({"api": "3/second"}, "memory://")
+    for i in range(100):
+        worker.hit("api", f"k{i}")
+    assert len(worker._counters) == 100
+    now = time.time() + 5
+    monkeypatch.setattr(limits.time, "time", lambda: now)
+    worker._prune_at = 0
+    worker.hit("api", "fresh")
+    assert list(worker._counters) == ["api/fresh"]
