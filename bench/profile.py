@@ -4,7 +4,7 @@ Starts ``oauth2-server serve`` (Redis for every table, the bench's config), driv
 one scenario with wrk while ``py-spy record --subprocesses`` samples the gunicorn
 workers, and writes ``bench/profiles/<scenario>.txt``: where the workers' time goes
 by area (Flask-Limiter, Authlib, redis-py, the upstream proxy, ...; library time
-is charged to its caller, e.g. "redis-py <- flask-limiter") and the top functions
+is charged to its caller, e.g. "redis-py <- rate limits") and the top functions
 by own and by inclusive time. Only threads holding the GIL are sampled (``--gil``):
 this is where the workers' Python CPU goes, not where requests wait. Scenarios:
 ``gateway``, ``client_credentials`` (default both), ``introspect``, ``refresh``.
@@ -31,7 +31,7 @@ SECONDS = float(os.environ.get("BENCH_PROFILE_SECONDS", "15"))
 
 #: (area, substrings of a frame's file path or function), first match wins, leaf first.
 AREAS = [
-    ("flask-limiter / limits", ("flask_limiter", "/limits/")),
+    ("rate limits", ("app/limits.py", "/limits/")),
     ("session interface", ("app/sessions.py", "flask/sessions.py", "flask_login")),
     ("templates (jinja2)", ("jinja2",)),
     ("logging", ("logging/__init__.py",)),
@@ -49,7 +49,7 @@ AREAS = [
 
 #: Callers that own the library time below them (redis-py under the limiter, ...).
 OWNERS = [
-    ("flask-limiter", ("flask_limiter", "/limits/")),
+    ("rate limits", ("app/limits.py", "/limits/")),
     ("audit", ("app/audit.py",)),
     ("session", ("app/sessions.py", "flask_login")),
     ("storage", ("app/storage/",)),

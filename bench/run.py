@@ -110,7 +110,7 @@ def machine() -> dict[str, Any]:
         "redis",
         "psycopg",
         "psycopg-pool",
-        "flask-limiter",
+        "limits",
         "flask-login",
         "flask-wtf",
         "requests",
