@@ -22,6 +22,7 @@ from typing import Any
 
 from bench import procs, run
 
+ROUNDS = 5
 SCENARIOS = ("client_credentials", "refresh", "introspect", "gateway")
 BASIC = "Basic " + base64.b64encode(b"test:hunter2").decode()
 
@@ -131,22 +132,27 @@ def main(argv: list[str]) -> int:
                 if code != 200:
                     print(f"{name}: status {code}", file=sys.stderr)
                     return 1
-                count = n // 2 if name == "refresh" else n
+                # The least of ROUNDS rounds: the machine's noise only ever adds.
+                count = n // ROUNDS
+                best = (float("inf"), float("inf"))
                 profiler = cProfile.Profile() if want_profile else None
-                w0, c0 = time.perf_counter(), time.process_time()
-                if profiler:
-                    profiler.enable()
-                for _ in range(count):
-                    call(wsgi, make)
-                if profiler:
-                    profiler.disable()
-                wall = (time.perf_counter() - w0) / count * 1e6
-                cpu = (time.process_time() - c0) / count * 1e6
+                for _ in range(ROUNDS):
+                    w0, c0 = time.perf_counter(), time.process_time()
+                    if profiler:
+                        profiler.enable()
+                    for _ in range(count):
+                        call(wsgi, make)
+                    if profiler:
+                        profiler.disable()
+                    cpu = (time.process_time() - c0) / count * 1e6
+                    wall = (time.perf_counter() - w0) / count * 1e6
+                    best = min(best, (cpu, wall))
                 mode = "on " if limits else "off"
-                print(f"limits {mode} {name:20s} cpu {cpu:7.0f} µs  wall {wall:7.0f} µs")
+                print(f"limits {mode} {name:20s} cpu {best[0]:7.0f} µs  wall {best[1]:7.0f} µs")
                 if profiler:
                     out = io.StringIO()
-                    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+                    stats = pstats.Stats(profiler, stream=out).sort_stats("tottime")
+                    stats.print_stats(25)
                     print(out.getvalue())
             state.storage.close()
             fx.close()

@@ -326,14 +326,17 @@ def test_slow_site_is_upstream_timeout(echo: tuple[str, list]) -> None:
         ("form:site_token", lambda seen: seen["form"]["site_token"]),
     ],
 )
+@pytest.mark.parametrize("trust_env", [False, True], ids=["urllib3-pool", "requests-session"])
 def test_token_headers_query_and_body_reach_the_site(
-    echo: tuple[str, list], token_in: str, where: Any
+    echo: tuple[str, list], token_in: str, where: Any, trust_env: bool
 ) -> None:
     url, seen = echo
     route = {"method": "POST", "path": "/echo/u/{user_id}", "scope": "write", "token_in": token_in}
     oauth_headers = {"X-OAuth-Client-Id": "c1", "X-OAuth-User-Id": "u 1", "X-OAuth-Scope": "write"}
     headers = {**oauth_headers, "Content-Type": "application/x-www-form-urlencoded"}
-    with adapter_for(HttpAdapter, http_config(url, api={"up": route})) as adapter:
+    config = http_config(url, api={"up": route}, trust_env=trust_env)
+    with adapter_for(HttpAdapter, config) as adapter:
+        assert (adapter._pool is None) is trust_env
         response = call(
             adapter,
             "up",
