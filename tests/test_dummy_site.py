@@ -12,18 +12,22 @@ from pathlib import Path
 import pytest
 import requests
 from flask.testing import FlaskClient
+from werkzeug.test import Client, TestResponse
 
-from app.dummy_site import COOKIE, create_dummy_app, make_token, user_id
+from app.dummy_site import COOKIE, create_dummy_app, create_site, make_token, user_id
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def client() -> FlaskClient:
-    return create_dummy_app().test_client()
+@pytest.fixture(params=["flask", "served"])
+def client(request: pytest.FixtureRequest) -> FlaskClient | Client:
+    """The Flask app alone, and as served: behind the plain-WSGI ``/info`` path."""
+    if request.param == "flask":
+        return create_dummy_app().test_client()
+    return Client(create_site(), response_wrapper=TestResponse)
 
 
-def login(client: FlaskClient, username: str = "alice") -> str:
+def login(client: FlaskClient | Client, username: str = "alice") -> str:
     response = client.post("/login", data={"username": username, "password": "password"})
     assert response.status_code == 200
     cookie = client.get_cookie(COOKIE)
@@ -31,14 +35,14 @@ def login(client: FlaskClient, username: str = "alice") -> str:
     return cookie.value
 
 
-def test_login_with_form_sets_token_and_returns_profile(client: FlaskClient) -> None:
+def test_login_with_form_sets_token_and_returns_profile(client: FlaskClient | Client) -> None:
     response = client.post("/login", data={"username": "alice", "password": "password"})
     assert response.status_code == 200
     assert response.json == {"id": user_id("alice"), "firstName": "alice"}
     assert client.get_cookie(COOKIE) is not None
 
 
-def test_login_with_json(client: FlaskClient) -> None:
+def test_login_with_json(client: FlaskClient | Client) -> None:
     response = client.post("/login", json={"username": "bob", "password": "password"})
     assert response.status_code == 200
     assert response.json is not None and response.json["firstName"] == "bob"
@@ -53,7 +57,7 @@ def test_login_with_json(client: FlaskClient) -> None:
         {},
     ],
 )
-def test_bad_login_is_401(client: FlaskClient, fields: dict[str, str]) -> None:
+def test_bad_login_is_401(client: FlaskClient | Client, fields: dict[str, str]) -> None:
     response = client.post("/login", data=fields)
     assert response.status_code == 401
     assert response.json == {"error": "invalid credentials"}
@@ -66,10 +70,10 @@ def test_ids_are_stable_strings_and_distinct() -> None:
     assert isinstance(user_id("alice"), str)
 
 
-def test_info_by_query_and_by_cookie(client: FlaskClient) -> None:
+def test_info_by_query_and_by_cookie(client: FlaskClient | Client) -> None:
     token = login(client)
     by_cookie = client.get("/info")
-    by_query = create_dummy_app().test_client().get("/info", query_string={"token": token})
+    by_query = Client(create_site()).get("/info", query_string={"token": token})
     for response in (by_cookie, by_query):
         assert response.status_code == 200
         assert response.json is not None
@@ -78,7 +82,7 @@ def test_info_by_query_and_by_cookie(client: FlaskClient) -> None:
         assert "avatar" in response.json
 
 
-def test_update_avatar(client: FlaskClient) -> None:
+def test_update_avatar(client: FlaskClient | Client) -> None:
     token = login(client, "carol")
     response = client.post("/update_avatar", data={"token": token, "avatar": "/a/new.png"})
     assert response.json == {"success": 1}
@@ -86,10 +90,10 @@ def test_update_avatar(client: FlaskClient) -> None:
     assert info.json is not None and info.json["avatar"] == "/a/new.png"
 
 
-def test_tokens_verify_in_another_instance(client: FlaskClient) -> None:
+def test_tokens_verify_in_another_instance(client: FlaskClient | Client) -> None:
     token = login(client)
-    other = create_dummy_app().test_client()
-    assert other.get("/info", query_string={"token": token}).status_code == 200
+    for other in (create_dummy_app().test_client(), Client(create_site())):
+        assert other.get("/info", query_string={"token": token}).status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -102,7 +106,7 @@ def test_tokens_verify_in_another_instance(client: FlaskClient) -> None:
         make_token(b"dummy-site-dev-key", "alice")[:-1] + "x",
     ],
 )
-def test_bad_token_is_401(client: FlaskClient, token: str) -> None:
+def test_bad_token_is_401(client: FlaskClient | Client, token: str) -> None:
     assert client.get("/info", query_string={"token": token}).status_code == 401
     response = client.post("/update_avatar", query_string={"token": token})
     assert response.status_code == 401
@@ -138,3 +142,13 @@ def test_main_serves_with_gunicorn_and_stops_on_sigterm() -> None:
         finally:
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=15) == 0
+
+
+@pytest.mark.parametrize("valid", [True, False])
+def test_the_plain_info_path_answers_as_flask_does(valid: bool) -> None:
+    token = make_token(b"dummy-site-dev-key", "dora") if valid else "garbage.x.y"
+    flask_answer = create_dummy_app().test_client().get("/info", query_string={"token": token})
+    plain_answer = Client(create_site()).get("/info", query_string={"token": token})
+    assert plain_answer.status_code == flask_answer.status_code == (200 if valid else 401)
+    assert plain_answer.get_data() == flask_answer.get_data()
+    assert plain_answer.headers["Content-Type"] == flask_answer.headers["Content-Type"]
