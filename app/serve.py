@@ -25,6 +25,9 @@ from .storage import Storage, StorageConfigError, StorageUnavailable
 
 log = logging.getLogger("oauth2")
 
+#: Request threads per worker process (a worker waits on storage and the site).
+THREADS = 4
+
 
 def gunicorn_level(level: int) -> str:
     """Gunicorn knows debug/info/warning/error/critical; ``notice`` shows its start-up lines."""
@@ -41,7 +44,7 @@ def gunicorn_options(settings: Settings, bind: str | None = None) -> dict[str, A
         "bind": bind or f"{auth['host']}:{auth['port']}",
         "workers": settings.num_workers(),
         "worker_class": "gthread",
-        "threads": 4,
+        "threads": THREADS,
         "keepalive": 30,
         "graceful_timeout": 20,
         "timeout": 60,
@@ -110,9 +113,36 @@ def load_clients(settings: Settings) -> ClientRegistry:
     return ClientRegistry.from_settings(settings, list(adapter.scopes))
 
 
+def granian_options(settings: Settings, bind: str | None = None) -> dict[str, Any]:
+    """Map our settings to granian's (the same choices as for gunicorn where they exist)."""
+    from granian.constants import Interfaces
+    from granian.log import LogLevels
+
+    auth = settings.auth
+    host, _, port = (bind or f"{auth['host']}:{auth['port']}").rpartition(":")
+    options: dict[str, Any] = {
+        "address": host.strip("[]"),
+        "port": int(port),
+        "interface": Interfaces.WSGI,
+        "workers": settings.num_workers(),
+        # Python threads per worker, as many as gunicorn's gthread workers use.
+        "blocking_threads": THREADS,
+        "log_level": LogLevels(gunicorn_level(settings.log_level)),
+        "log_access": settings.log_level <= logging.DEBUG,
+        "respawn_failed_workers": True,
+        "workers_kill_timeout": 20,
+    }
+    if auth["ssl"]:
+        from granian.constants import SSLProtocols
+
+        options.update(
+            ssl_cert=auth["ssl_cert"], ssl_key=auth["ssl_key"], ssl_protocol_min=SSLProtocols.tls12
+        )
+    return options
+
+
 def serve(settings: Settings, bind: str | None = None) -> None:
-    """Prepare storage, start the dummy site if configured, then run gunicorn."""
-    from gunicorn.app.base import BaseApplication
+    """Prepare storage, start the dummy site if configured, then run the HTTP server."""
 
     clients = load_clients(settings)  # a bad adapter or clients file stops us here, clearly
     if settings.data["storage"].get("auto_migrate", True):
@@ -143,6 +173,36 @@ def serve(settings: Settings, bind: str | None = None) -> None:
             len(current["clients"]),
         )
 
+    def build_app():
+        from . import create_app
+
+        return create_app(current["settings"], clients=current["clients"])
+
+    server = settings.auth["server"]
+    log.log(25, "serving %s with %s, %d workers", settings.issuer, server, settings.num_workers())
+    if server == "granian":
+        _serve_granian(settings, bind, build_app, on_reload)
+    else:
+        _serve_gunicorn(settings, bind, build_app, on_reload)
+
+
+def _serve_granian(settings: Settings, bind: str | None, build_app, on_reload) -> None:
+    """granian: a Rust HTTP server running the WSGI app in worker processes.
+
+    Workers are forked from this process, so each builds the app from ``current``:
+    a ``SIGHUP`` runs ``on_reload`` here first, then replaces the workers one by one.
+    """
+    from granian.server import Server
+
+    server = Server("app:create_app", **granian_options(settings, bind))
+    server.on_startup(lambda: start_purger(settings))
+    server.on_reload(lambda: on_reload(None))
+    server.serve(target_loader=build_app, wrap_loader=False)
+
+
+def _serve_gunicorn(settings: Settings, bind: str | None, build_app, on_reload) -> None:
+    from gunicorn.app.base import BaseApplication
+
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
             for name, value in gunicorn_options(settings, bind).items():
@@ -153,9 +213,6 @@ def serve(settings: Settings, bind: str | None = None) -> None:
             self.cfg.set("on_reload", on_reload)
 
         def load(self):
-            from . import create_app
+            return build_app()
 
-            return create_app(current["settings"], clients=current["clients"])
-
-    log.log(25, "serving %s with %d workers", settings.issuer, settings.num_workers())
     Server().run()

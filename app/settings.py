@@ -283,6 +283,10 @@ def _check_type(where: str, value: Any, types: tuple[type, ...]) -> None:
         raise ConfigError(f"{where}: expected {types[0].__name__}, got {value!r}")
 
 
+#: The HTTP servers ``oauth2-server serve`` can run (``auth_server.server``).
+SERVERS = ("gunicorn", "granian")
+
+
 def validate(data: dict[str, Any], env: str) -> None:
     """Reject unknown sections and keys and values of the wrong type, naming them."""
     unknown = set(data) - set(DEFAULTS)
@@ -334,6 +338,10 @@ def _validate_auth_server(auth: dict[str, Any], env: str) -> None:
         raise ConfigError('auth_server.num_workers: expected a positive number or "auto"')
     if not 0 < auth["port"] < 65536:
         raise ConfigError(f"auth_server.port: {auth['port']} is not a TCP port")
+    if auth["server"] not in SERVERS:
+        raise ConfigError(
+            f"auth_server.server: {auth['server']!r} is not one of {', '.join(SERVERS)}"
+        )
     if not auth["url"].startswith(("http://", "https://")):
         raise ConfigError("auth_server.url: must start with http:// or https://")
     if auth["ssl"] and not (auth["ssl_cert"] and auth["ssl_key"]):

@@ -199,6 +199,7 @@ BAD_VALUES = [
     ({"auth_server": {"num_workers": 0}}, "auth_server.num_workers"),
     ({"auth_server": {"num_workers": "many"}}, "auth_server.num_workers"),
     ({"auth_server": {"num_workers": True}}, "auth_server.num_workers"),
+    ({"auth_server": {"server": "uwsgi"}}, "auth_server.server"),
     ({"auth_server": {"views": {"login": 5}}}, "auth_server.views.login"),
     ({"auth_server": {"views": "login"}}, "auth_server.views"),
     ({"auth_server": {"grant_types": ["password"]}}, "auth_server.grant_types"),

@@ -34,8 +34,9 @@ def wait_for(predicate, seconds: float = 20.0) -> bool:
     return False
 
 
-def test_sighup_loads_a_good_clients_file_and_refuses_a_bad_one(start_server):
-    server = start_server(workers=2)
+@pytest.mark.parametrize("http_server", ["gunicorn", "granian"])
+def test_sighup_loads_a_good_clients_file_and_refuses_a_bad_one(start_server, http_server):
+    server = start_server(workers=2, config={"auth_server": {"server": http_server}})
     config = json.loads((server.config_dir / "default.json").read_text())
     clients_file = Path(config["client_credentials"]["file"])
     entries = json.loads(clients_file.read_text())

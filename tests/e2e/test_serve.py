@@ -63,13 +63,18 @@ def wait_for_workers(server, count: int, timeout: float = 10.0) -> dict[int, str
     return workers
 
 
-def test_serve_code_pkce_refresh_revoke(start_server):
-    server = start_server([client_entry("e2e-public", [PUBLIC_REDIRECT], name="E2E public app")])
+@pytest.mark.parametrize("http_server", ["gunicorn", "granian"])
+def test_serve_code_pkce_refresh_revoke(start_server, http_server):
+    server = start_server(
+        [client_entry("e2e-public", [PUBLIC_REDIRECT], name="E2E public app")],
+        config={"auth_server": {"server": http_server}},
+    )
     base = server.url
 
-    # serve: two gunicorn workers plus the dummy site, all children of the server process.
+    # serve: two workers plus the dummy site, all children of the server process.
     workers = wait_for_workers(server, 2)
-    assert len(workers) == 2, f"expected 2 gunicorn workers, found {workers}\n{server.log()}"
+    assert len(workers) == 2, f"expected 2 {http_server} workers, found {workers}\n{server.log()}"
+    assert f"with {http_server}, 2 workers" in server.log(), server.log()
     assert len(server.dummy_site()) == 1, server.log()
 
     with requests.Session() as http:
