@@ -146,8 +146,30 @@ def create_site(key: bytes = DEV_KEY) -> FastInfo:
     return FastInfo(create_dummy_app(key), key)
 
 
-def serve(host: str, port: int, workers: int = 1, threads: int = 8) -> None:
-    """Serve the site with gunicorn until SIGTERM or SIGINT."""
+def site_from_env() -> FastInfo:
+    return create_site(os.environ.get("DUMMY_SITE_KEY", "").encode() or DEV_KEY)
+
+
+def serve(
+    host: str, port: int, workers: int = 1, threads: int = 8, server: str = "granian"
+) -> None:
+    """Serve the site until SIGTERM or SIGINT: granian by default (its per-request cost
+    is half gunicorn's, bench/README.md), or gunicorn."""
+    if server == "granian":
+        from granian.constants import Interfaces
+        from granian.log import LogLevels
+        from granian.server import Server
+
+        Server(
+            "app.dummy_site:site_from_env",
+            address=host,
+            port=port,
+            interface=Interfaces.WSGI,
+            workers=workers,
+            blocking_threads=threads,
+            log_level=LogLevels.warning,
+        ).serve(target_loader=site_from_env, wrap_loader=False)
+        return
     from gunicorn.app.base import BaseApplication
 
     class _Server(BaseApplication):  # type: ignore[misc]
@@ -167,7 +189,7 @@ def serve(host: str, port: int, workers: int = 1, threads: int = 8) -> None:
                     self.cfg.set(name, value)
 
         def load(self) -> FastInfo:
-            return create_site(os.environ.get("DUMMY_SITE_KEY", "").encode() or DEV_KEY)
+            return site_from_env()
 
     _Server().run()
 
@@ -179,8 +201,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8084)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--server", choices=("granian", "gunicorn"), default="granian")
     args = parser.parse_args(argv)
-    serve(args.host, args.port, args.workers, args.threads)
+    serve(args.host, args.port, args.workers, args.threads, args.server)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,11 @@ everything; prints one table and writes ``bench/results.json``.
 
 Environment: ``BENCH_SECONDS`` (default 10, per measured run), ``BENCH_WARMUP``
 (default 2), ``BENCH_FULL=1`` (add the 1M-token steps and a 1M-row purge),
-``BENCH_SERVERS=granian,gunicorn-sync,gunicorn-gthread`` (also run the Redis token
-scenarios with ``wsgi:app`` on those servers, and the bare ceiling on granian, when
-installed), ``BENCH_LIMITS=off`` (serve with ``limits.enabled: false``),
+``BENCH_SERVER`` (``auth_server.server`` of the main runs: ``granian``, the default,
+or ``gunicorn``), ``BENCH_SERVERS`` (default ``serve-gunicorn``: also run the Redis
+token scenarios with ``oauth2-server serve`` on the other server; ``granian``,
+``gunicorn-sync`` and ``gunicorn-gthread`` serve ``wsgi:app`` directly),
+``BENCH_LIMITS=off`` (serve with ``limits.enabled: false``),
 ``BENCH_QUIET_WAIT`` (seconds to wait for an idle machine before each run, default 10),
 ``BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6379/12``, flushed),
 ``BENCH_PG_URL`` (default ``postgresql://postgres@127.0.0.1:5432/bench``, created if
@@ -65,8 +67,10 @@ SESSION_SECRET = "bench-session-secret-" + "b" * 24
 HIGH_LIMIT = "100000000/minute"
 #: ``BENCH_LIMITS=off`` serves with ``limits.enabled: false`` (to price the limiter).
 LIMITS = os.environ.get("BENCH_LIMITS", "on") != "off"
-#: ``BENCH_SERVERS=granian,gunicorn-sync,...``: also run the token scenarios on those.
-SERVERS = [s for s in os.environ.get("BENCH_SERVERS", "").split(",") if s]
+#: The ``auth_server.server`` of the main runs (the one the bench measured fastest).
+SERVER = os.environ.get("BENCH_SERVER", "granian")
+#: ``BENCH_SERVERS=serve-gunicorn,granian,gunicorn-sync,...``: the token scenarios on those.
+SERVERS = [s for s in os.environ.get("BENCH_SERVERS", "serve-gunicorn").split(",") if s]
 QUIET_WAIT = float(os.environ.get("BENCH_QUIET_WAIT", "10"))
 #: Runs again (at most this often) a run whose connections all went to one worker.
 RETRIES = int(os.environ.get("BENCH_RETRIES", "2"))
@@ -280,7 +284,11 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def server_config(
-    port: int, site_port: int, storage: dict[str, Any], limits: bool = True
+    port: int,
+    site_port: int,
+    storage: dict[str, Any],
+    limits: bool = True,
+    http_server: str = SERVER,
 ) -> dict[str, Any]:
     from app.settings import DEFAULTS
 
@@ -289,6 +297,7 @@ def server_config(
             "url": f"http://127.0.0.1:{port}",
             "host": "127.0.0.1",
             "port": port,
+            "server": http_server,
             "num_workers": 2,
             "session_secret": SESSION_SECRET,
         },
@@ -332,16 +341,17 @@ ALT_SERVERS = {
 def start_server(
     run_dir: Path, backend: str, command: str = "serve", limits: bool = LIMITS
 ) -> Server:
+    """``command``: ``serve`` (with ``SERVER``), ``serve-<server>``, or an ``ALT_SERVERS`` key."""
     port, site_port = procs.free_port(), procs.free_port()
     name = f"{backend}-{command}{'' if limits else '-nolimits'}"
     config_dir = run_dir / f"config-{name}"
     config_dir.mkdir()
     storage = storage_for(backend)
-    (config_dir / "default.json").write_text(
-        json.dumps(server_config(port, site_port, storage, limits), indent=2)
-    )
+    http_server = command.removeprefix("serve-") if command.startswith("serve-") else SERVER
+    config = server_config(port, site_port, storage, limits, http_server)
+    (config_dir / "default.json").write_text(json.dumps(config, indent=2))
     env = clean_env({"OAUTH2_CONFIG_DIR": str(config_dir), "OAUTH2_ENV": "bench"})
-    if command == "serve":
+    if command.startswith("serve"):
         argv = [str(BIN / "oauth2-server"), "serve"]
     else:
         site = [sys.executable, "-m", "app.dummy_site", "--host", "127.0.0.1"]
@@ -778,31 +788,29 @@ def ceilings(run_dir: Path) -> dict[str, dict[str, Any]]:
             procs.stop(proc)
         r = out[name]
         log(f"ceiling {name}: {r['rps']:,.0f} req/s p99 {r['p99_ms']:.1f} ms errors {r['errors']}")
+    # The same bare app on granian (the server of the main runs): not the reference.
+    port = procs.free_port()
+    argv = [str(BIN / "granian")] + [a.format(port=port) for a in ALT_SERVERS["granian"][1:-1]]
+    argv.append("bench.ceiling:bare")
+    proc = procs.start("ceiling-bare-granian", argv, run_dir, clean_env(), str(ROOT), port, "/")
+    try:
+        out["bare_granian"] = measure(port, wrk.Load("/"), proc)
+    finally:
+        procs.stop(proc)
     return out
+
+
+#: What ``oauth2-server serve`` can run (``auth_server.server``).
+SERVES = ("gunicorn", "granian")
 
 
 def alt_server_runs(run_dir: Path, results: dict[str, Any]) -> None:
     """The server-choice experiment: the Redis token scenarios on other WSGI servers."""
+    known = [f"serve-{s}" for s in SERVES] + list(ALT_SERVERS)
     for command in SERVERS:
-        if command not in ALT_SERVERS:
-            log(f"unknown server {command!r} in BENCH_SERVERS (known: {', '.join(ALT_SERVERS)})")
+        if command not in known or command == f"serve-{SERVER}":
+            log(f"skipping {command!r} in BENCH_SERVERS (known: {', '.join(known)}; not SERVER)")
             continue
-        if shutil.which(ALT_SERVERS[command][0], path=str(BIN)) is None:
-            log(f"{ALT_SERVERS[command][0]} is not installed in the venv: skipping {command}")
-            continue
-        if command == "granian":
-            port = procs.free_port()
-            argv = [str(BIN / "granian")] + [
-                a.format(port=port) for a in ALT_SERVERS["granian"][1:-1]
-            ]
-            argv.append("bench.ceiling:bare")
-            proc = procs.start(
-                "ceiling-bare-granian", argv, run_dir, clean_env(), str(ROOT), port, "/"
-            )
-            try:
-                results["ceiling"]["bare_granian"] = measure(port, wrk.Load("/"), proc)
-            finally:
-                procs.stop(proc)
         server = start_server(run_dir, "redis", command)
         fx = Fixtures(server)
         try:
@@ -829,7 +837,7 @@ def run(run_dir: Path) -> dict[str, Any]:
             "flow_users": USERS,
             "sizes": SIZES,
             "purge_rows": PURGE_ROWS,
-            "server": "oauth2-server serve (gunicorn gthread, 2 workers)",
+            "server": f"oauth2-server serve ({SERVER}, 2 workers)",
             "limits": f"enabled, every limit {HIGH_LIMIT}" if LIMITS else "disabled",
         },
         "ceiling": {},
@@ -969,7 +977,7 @@ def fmt_row(cols: list[str], widths: list[int]) -> str:
 
 def table(results: dict[str, Any]) -> str:
     lines: list[str] = []
-    widths = [40, 10, 9, 9, 7, 7, 8, 9]
+    widths = [52, 10, 9, 9, 7, 7, 8, 9]
     head = ["scenario", "req/s", "p50 ms", "p99 ms", "errors", "ratio", "target", "cpu ms/r"]
     lines.append(fmt_row(head, widths))
     lines.append("-" * (sum(widths) + 2 * (len(widths) - 1)))
@@ -1018,7 +1026,7 @@ def table(results: dict[str, Any]) -> str:
     for backend, scenarios in results.get("scenarios", {}).items():
         for key, r in scenarios.items():
             target = f">={FLOW_TARGET:.0f}/s" if key == "flow" else f">={TARGETS[key]:.2f}"
-            row(f"[{backend}] {LABELS[key]}", r, target)
+            row(f"[{backend}, {SERVER}] {LABELS[key]}", r, target)
     for command, scenarios in (results.get("servers") or {}).items():
         for key, r in scenarios.items():
             row(f"[redis, {command}] {LABELS[key]}", r, f">={TARGETS.get(key, 0):.2f}")

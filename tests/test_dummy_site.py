@@ -129,16 +129,18 @@ def _wait_until_up(url: str, deadline: float) -> requests.Response:
             time.sleep(0.05)
 
 
-def test_main_serves_with_gunicorn_and_stops_on_sigterm() -> None:
+@pytest.mark.parametrize("server", ["granian", "gunicorn"])
+def test_main_serves_and_stops_on_sigterm(server: str) -> None:
     port = _free_port()
     command = [sys.executable, "-m", "app.dummy_site", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--server", server]
     with subprocess.Popen(
         command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     ) as process:
         try:
             response = _wait_until_up(f"http://127.0.0.1:{port}/info", time.monotonic() + 15)
             assert response.status_code == 401
-            assert response.headers["Server"].startswith("gunicorn")
+            assert response.headers["Server"].startswith(server)
         finally:
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=15) == 0
