@@ -8,8 +8,10 @@ server's object form (``{"type": "Redis", "host", "port", "db", "ttl", "options"
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -195,6 +197,20 @@ class Storage:
     def purge(self) -> dict[str, int]:
         """Delete expired rows in every table."""
         return {name: table.purge() for name, table in self.tables().items()}
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Send the writes made inside in one round trip per Redis server, at the end.
+
+        For writes that nothing inside reads back (a token response's records and
+        its audit entry): reads, takes and deletes still go at once. The writes are
+        sent when the block ends, also when it raised, so a caller answers only after
+        they landed. Backends without batching (SQL) write at once.
+        """
+        with contextlib.ExitStack() as stack:
+            for backend in self.backends.values():
+                stack.enter_context(backend.batch())
+            yield
 
     def close(self) -> None:
         for backend in self.backends.values():

@@ -7,6 +7,7 @@ behaviour; ``tests/storage/`` runs one suite against all of them.
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
 import time
 from collections.abc import Iterable
@@ -128,6 +129,13 @@ class Backend(abc.ABC):
 
     def ping(self) -> None:
         """Raise :class:`StorageUnavailable` if the store cannot be reached."""
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        """Hold this backend's writes made inside and send them together at the end.
+
+        A backend without batching writes at once (the default).
+        """
+        return contextlib.nullcontext()
 
     def close(self) -> None:
         """Release connections."""

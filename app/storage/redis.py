@@ -21,13 +21,15 @@ re-indexes it if it was put again meanwhile, so a live record is never unindexed
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
@@ -128,6 +130,38 @@ class Link:
         return self.client.mget(keys)
 
 
+class Batch:
+    """Writes held for one pipeline: each adds its commands, then reads its replies."""
+
+    def __init__(self, backend: RedisBackend) -> None:
+        self.backend = backend
+        self.ops: list[tuple[Callable[[Any], int], Callable[[list[Any]], None]]] = []
+
+    def add(self, queue: Callable[[Any], int], done: Callable[[list[Any]], None]) -> None:
+        """``queue(pipe)`` adds commands and says how many; ``done`` gets their replies."""
+        self.ops.append((queue, done))
+
+    @guarded
+    def send(self) -> None:
+        if not self.ops:
+            return
+        link = self.backend.link
+        for attempt in (1, 2):
+            pipe = link.client.pipeline(transaction=False)
+            counts = [queue(pipe) for queue, _ in self.ops]
+            try:
+                replies = pipe.execute()
+                break
+            except NoScriptError:  # the server lost its scripts: load, send again
+                if attempt == 2:
+                    raise
+                link.client.script_load(INDEX_LUA)
+        at = 0
+        for (_, done), count in zip(self.ops, counts, strict=True):
+            done(replies[at : at + count])
+            at += count
+
+
 class RedisBackend(Backend):
     schemes = ("redis", "rediss", "redis+cluster")
 
@@ -139,6 +173,23 @@ class RedisBackend(Backend):
             raise StorageConfigError(f"redis: unknown option(s) {', '.join(sorted(unknown))}")
         self._link: Link | None = None
         self._lock = threading.Lock()
+        self._batch: ContextVar[Batch | None] = ContextVar(f"redis-batch-{id(self)}", default=None)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        if self._batch.get() is not None or self.url.startswith("redis+cluster://"):
+            yield  # nested: the outer batch sends; a cluster's pipeline has no order
+            return
+        batch = Batch(self)
+        token = self._batch.set(batch)
+        try:
+            yield
+        finally:
+            self._batch.reset(token)
+            batch.send()
+
+    def current_batch(self) -> Batch | None:
+        return self._batch.get()
 
     def _connect(self) -> Any:
         # One quick retry re-dials a connection the server closed (restart, CLIENT KILL).
@@ -239,23 +290,31 @@ class RedisTable(Table):
             if record is not None:
                 self._index(link, key, record)
 
-    def _pipelined_put(
-        self, link: Link, key: str, data: Record, raw: str, at: int | None, log: float
-    ) -> Any:
-        """SET, index scripts by SHA and the log entry; return the record it replaced.
+    def _queue_put(
+        self, pipe: Any, link: Link, key: str, data: Record, raw: str, at: int | None, log: float
+    ) -> int:
+        """Add SET, the index scripts by SHA and the log entry to ``pipe``; count them.
 
         Scripts go by ``EVALSHA`` alone: redis-py would otherwise ask ``SCRIPT EXISTS``
         before every pipeline, a second round trip. After a server restart lost them,
         they are loaded again and the pipeline is sent once more.
         """
         score = "inf" if data["expires_at"] is None else repr(float(data["expires_at"]))
+        pipe.set(self._rkey(key), raw, pxat=at, get=True)
+        entries = self._entries(key, data)
+        for ikey, _ in entries:
+            pipe.evalsha(link.index.sha, 1, ikey, key, score)
+        if log:
+            pipe.zadd(self.log, {key: log})
+        return 1 + len(entries) + (1 if log else 0)
+
+    def _pipelined_put(
+        self, link: Link, key: str, data: Record, raw: str, at: int | None, log: float
+    ) -> Any:
+        """One put as one pipeline; return the record it replaced."""
         for attempt in (1, 2):
             pipe = link.client.pipeline(transaction=False)
-            pipe.set(self._rkey(key), raw, pxat=at, get=True)
-            for ikey, _ in self._entries(key, data):
-                pipe.evalsha(link.index.sha, 1, ikey, key, score)
-            if log:
-                pipe.zadd(self.log, {key: log})
+            self._queue_put(pipe, link, key, data, raw, at, log)
             try:
                 return pipe.execute()[0]
             except NoScriptError:
@@ -263,6 +322,12 @@ class RedisTable(Table):
                     raise
                 link.client.script_load(INDEX_LUA)
         return None
+
+    def _replaced(self, link: Link, key: str, data: Record, old: Any) -> None:
+        """Drop the index entries the replaced record had and the new one has not."""
+        if isinstance(old, str):
+            stale = set(self._entries(key, json.loads(old))) - set(self._entries(key, data))
+            self._unindex(link, sorted(stale))
 
     @guarded
     def put(self, key: str, record: Record, ttl: int | None = None) -> None:
@@ -289,10 +354,15 @@ class RedisTable(Table):
             if log:
                 link.client.zadd(self.log, {key: log})
         else:
+            batch = self.backend.current_batch()
+            if batch is not None:  # sent with the batch's pipeline, when the batch ends
+                batch.add(
+                    lambda pipe: self._queue_put(pipe, link, key, data, raw, at, log),
+                    lambda replies: self._replaced(link, key, data, replies[0]),
+                )
+                return
             old = self._pipelined_put(link, key, data, raw, at, log)
-        if isinstance(old, str):
-            stale = set(self._entries(key, json.loads(old))) - set(self._entries(key, data))
-            self._unindex(link, sorted(stale))
+        self._replaced(link, key, data, old)
 
     @guarded
     def get(self, key: str) -> Record | None:

@@ -8,7 +8,7 @@ from flask import Blueprint, request
 from ..limits import token_limits
 from ..oauth2.requests import ParamsRequest
 from ..oauth2.server import body_params
-from .common import oauth
+from .common import oauth, state
 
 bp = Blueprint("token", __name__)
 
@@ -28,9 +28,12 @@ def _respond(endpoint: str | None):
         params = _request()
     except OAuth2Error as error:
         return oauth().handle_error_response(None, error)
-    if endpoint is None:
-        return oauth().create_token_response(params)
-    return oauth().create_endpoint_response(endpoint, params)
+    # The records of a token response and its audit entry go in one round trip; they
+    # are sent before the response is returned.
+    with state().storage.batch():
+        if endpoint is None:
+            return oauth().create_token_response(params)
+        return oauth().create_endpoint_response(endpoint, params)
 
 
 @bp.post("/token")

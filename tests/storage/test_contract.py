@@ -172,3 +172,41 @@ def test_tables_are_isolated(backend: Backend) -> None:
 def test_migrate_is_idempotent(backend: Backend) -> None:
     assert backend.migrate() == []
     backend.ping()
+
+
+# -- batches: the writes of one token response in one round trip ------------------------
+def test_batched_writes_all_land_with_their_indexes(backend: Backend) -> None:
+    tokens, audit = backend.table("tokens", 3600), backend.table("audit", None)
+    with backend.batch():
+        tokens.put("a1", {"user_id": "u1", "client_id": "c1", "grant_id": "g1"})
+        tokens.put("a2", {"user_id": "u1", "client_id": "c2", "grant_id": "g2"})
+        audit.append({"event": "token_issued", "client_id": "c1"})
+    assert {r["key"] for r in tokens.list_by_user("u1")} == {"a1", "a2"}
+    assert [r["key"] for r in tokens.list_by_client("c2")] == ["a2"]
+    assert [r["event"] for r in audit.recent(5)] == ["token_issued"]
+
+
+def test_a_batched_overwrite_drops_the_stale_index_entry(backend: Backend) -> None:
+    tokens = backend.table("tokens", None)
+    tokens.put("k", {"user_id": "u1", "client_id": "c1", "grant_id": "g1"})
+    with backend.batch():
+        tokens.put("k", {"user_id": "u2", "client_id": "c1", "grant_id": "g1"})
+    assert tokens.list_by_user("u1") == []
+    assert [r["key"] for r in tokens.list_by_user("u2")] == ["k"]
+
+
+def test_a_batch_is_sent_when_its_block_raises(backend: Backend) -> None:
+    tokens = backend.table("tokens", None)
+    with pytest.raises(RuntimeError), backend.batch():
+        tokens.put("k", {"user_id": "u1"})
+        raise RuntimeError("after the write")
+    assert tokens.get("k")["user_id"] == "u1"
+
+
+def test_batches_nest_into_the_outer_one(backend: Backend) -> None:
+    tokens = backend.table("tokens", None)
+    with backend.batch():
+        with backend.batch():
+            tokens.put("inner", {"user_id": "u1"})
+        tokens.put("outer", {"user_id": "u1"})
+    assert {r["key"] for r in tokens.list_by_user("u1")} == {"inner", "outer"}

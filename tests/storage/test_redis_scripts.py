@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import redis
+
 from app.storage.redis import RedisBackend
 
 
@@ -18,3 +20,30 @@ def test_put_and_take_reload_flushed_scripts(redis_backend: RedisBackend) -> Non
     # The index entry went with the record: nothing stale is left for k1.
     assert redis_backend.link.client.zscore("oauth2:tokens:user_id:{u1}", "k1") is None
     assert table.revoke_by_grant("g1") == 1
+
+
+def test_a_batch_is_one_round_trip_and_survives_flushed_scripts(
+    redis_backend: RedisBackend, monkeypatch
+) -> None:
+    redis_backend.link.client.flushdb()
+    tokens, audit = redis_backend.table("tokens", 60), redis_backend.table("audit", None)
+    sent: list[int] = []
+    real = redis.client.Pipeline.execute
+
+    def execute(pipe, *args, **kwargs):
+        sent.append(len(pipe.command_stack))
+        return real(pipe, *args, **kwargs)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", execute)
+    redis_backend.link.client.script_flush()
+    with redis_backend.batch():
+        tokens.put("a", {"user_id": "u1", "client_id": "c1", "grant_id": "g1"})
+        tokens.put("r", {"user_id": "u1", "client_id": "c1", "grant_id": "g1"})
+        audit.append({"event": "token_issued", "client_id": "c1"})
+        assert tokens.get("a") is None  # held until the batch ends
+        assert sent == []
+    # 2 x (SET + 3 index scripts) + audit SET + its index script + log ZADD; sent twice,
+    # as the first try found the scripts flushed.
+    assert sent == [11, 11]
+    assert {r["key"] for r in tokens.list_by_client("c1")} == {"a", "r"}
+    assert len(audit.recent(5)) == 1
