@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import cProfile
 import io
+import os
 import pstats
 import sys
 import tempfile
@@ -151,7 +152,8 @@ def main(argv: list[str]) -> int:
                 print(f"limits {mode} {name:20s} cpu {best[0]:7.0f} µs  wall {best[1]:7.0f} µs")
                 if profiler:
                     out = io.StringIO()
-                    stats = pstats.Stats(profiler, stream=out).sort_stats("tottime")
+                    order = os.environ.get("INPROC_SORT", "tottime")
+                    stats = pstats.Stats(profiler, stream=out).sort_stats(order)
                     stats.print_stats(25)
                     print(out.getvalue())
             state.storage.close()

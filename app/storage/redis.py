@@ -73,6 +73,28 @@ if top == 'inf' then redis.call('PERSIST', KEYS[1])
 else redis.call('PEXPIREAT', KEYS[1], math.ceil(tonumber(top) * 1000)) end
 """
 
+# A whole put on one server: SET the record (returning the one it replaced), then add
+# it to each index (as INDEX_LUA does) and, for the audit table, to the log. KEYS: the
+# record, the index keys, then the log key if ARGV[5] is set. ARGV: the JSON, PXAT ms
+# or '', the member, its index score, the log score or ''. (One server only.)
+PUT_LUA = """
+local old
+if ARGV[2] ~= '' then old = redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2], 'GET')
+else old = redis.call('SET', KEYS[1], ARGV[1], 'GET') end
+local last = #KEYS
+if ARGV[5] ~= '' then
+  redis.call('ZADD', KEYS[last], ARGV[5], ARGV[3])
+  last = last - 1
+end
+for i = 2, last do
+  redis.call('ZADD', KEYS[i], ARGV[4], ARGV[3])
+  local top = redis.call('ZRANGE', KEYS[i], -1, -1, 'WITHSCORES')[2]
+  if top == 'inf' then redis.call('PERSIST', KEYS[i])
+  else redis.call('PEXPIREAT', KEYS[i], math.ceil(tonumber(top) * 1000)) end
+end
+return old
+"""
+
 # Delete a record only if it still belongs to the grant; return it.
 REVOKE_LUA = """
 local raw = redis.call('GET', KEYS[1])
@@ -122,6 +144,7 @@ class Link:
     index: Script
     revoke: Script
     take: Script
+    put: Script
     pid: int
 
     def mget(self, keys: list[str]) -> list[str | None]:
@@ -155,7 +178,7 @@ class Batch:
             except NoScriptError:  # the server lost its scripts: load, send again
                 if attempt == 2:
                     raise
-                link.client.script_load(INDEX_LUA)
+                link.client.script_load(PUT_LUA)
         at = 0
         for (_, done), count in zip(self.ops, counts, strict=True):
             done(replies[at : at + count])
@@ -205,12 +228,13 @@ class RedisBackend(Backend):
         with self._lock:
             if self._link is None or self._link.pid != os.getpid():
                 client = self._connect()
-                index, revoke, take = (
+                index, revoke, take, put = (
                     client.register_script(INDEX_LUA),
                     client.register_script(REVOKE_LUA),
                     client.register_script(TAKE_LUA),
+                    client.register_script(PUT_LUA),
                 )
-                self._link = Link(client, index, revoke, take, os.getpid())
+                self._link = Link(client, index, revoke, take, put, os.getpid())
             return self._link
 
     def table(self, name: str, ttl: int | None) -> RedisTable:
@@ -293,20 +317,19 @@ class RedisTable(Table):
     def _queue_put(
         self, pipe: Any, link: Link, key: str, data: Record, raw: str, at: int | None, log: float
     ) -> int:
-        """Add SET, the index scripts by SHA and the log entry to ``pipe``; count them.
+        """Add the put to ``pipe`` as one ``PUT_LUA`` call by SHA; return 1 (its replies).
 
         Scripts go by ``EVALSHA`` alone: redis-py would otherwise ask ``SCRIPT EXISTS``
         before every pipeline, a second round trip. After a server restart lost them,
         they are loaded again and the pipeline is sent once more.
         """
         score = "inf" if data["expires_at"] is None else repr(float(data["expires_at"]))
-        pipe.set(self._rkey(key), raw, pxat=at, get=True)
-        entries = self._entries(key, data)
-        for ikey, _ in entries:
-            pipe.evalsha(link.index.sha, 1, ikey, key, score)
+        keys = [self._rkey(key)] + [ikey for ikey, _ in self._entries(key, data)]
         if log:
-            pipe.zadd(self.log, {key: log})
-        return 1 + len(entries) + (1 if log else 0)
+            keys.append(self.log)
+        args = (raw, "" if at is None else at, key, score, repr(log) if log else "")
+        pipe.evalsha(link.put.sha, len(keys), *keys, *args)
+        return 1
 
     def _pipelined_put(
         self, link: Link, key: str, data: Record, raw: str, at: int | None, log: float
@@ -320,7 +343,7 @@ class RedisTable(Table):
             except NoScriptError:
                 if attempt == 2:
                     raise
-                link.client.script_load(INDEX_LUA)
+                link.client.script_load(PUT_LUA)
         return None
 
     def _replaced(self, link: Link, key: str, data: Record, old: Any) -> None:
