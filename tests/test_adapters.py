@@ -364,7 +364,10 @@ def test_get_sends_no_body(echo: tuple[str, list]) -> None:
     assert seen[-1]["body"] == b"" and seen[-1]["args"] == {"token": "tok"}
 
 
-def test_login_json_with_dotted_lookups_keeps_no_cookies(echo: tuple[str, list]) -> None:
+@pytest.mark.parametrize("trust_env", [False, True], ids=["urllib3-pool", "requests-session"])
+def test_login_json_with_dotted_lookups_keeps_no_cookies(
+    echo: tuple[str, list], trust_env: bool
+) -> None:
     url, seen = echo
     login = {
         "format": "json",
@@ -375,7 +378,8 @@ def test_login_json_with_dotted_lookups_keeps_no_cookies(echo: tuple[str, list])
         "name_from": "json:data.user.name",
     }
     api = {"get": {"path": "/echo/get", "scope": "read"}}
-    with adapter_for(HttpAdapter, http_config(url, login=login, api=api)) as adapter:
+    config = http_config(url, login=login, api=api, trust_env=trust_env)
+    with adapter_for(HttpAdapter, config) as adapter:
         assert adapter.login("ann", "password") == SiteUser(
             id="7", name="ann", site_token="tok-ann"
         )
@@ -388,10 +392,13 @@ def test_login_json_with_dotted_lookups_keeps_no_cookies(echo: tuple[str, list])
     ("login", "outcome"),
     [({"path": "/login-500"}, UpstreamUnavailable), ({"path": "/login-empty"}, None)],
 )
+@pytest.mark.parametrize("trust_env", [False, True], ids=["urllib3-pool", "requests-session"])
 def test_login_server_error_and_missing_token(
-    echo: tuple[str, list], login: dict, outcome: Any
+    echo: tuple[str, list], login: dict, outcome: Any, trust_env: bool
 ) -> None:
-    with adapter_for(HttpAdapter, http_config(echo[0], login=login)) as adapter:
+    with adapter_for(
+        HttpAdapter, http_config(echo[0], login=login, trust_env=trust_env)
+    ) as adapter:
         if outcome is None:
             assert adapter.login("ann", "password") is None
         else:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import re
 from dataclasses import dataclass, fields
 from http.cookiejar import DefaultCookiePolicy
+from http.cookies import CookieError, SimpleCookie
 from typing import Any, NoReturn
 from urllib.parse import quote, urlencode
 
@@ -153,7 +156,27 @@ def new_pool(timeout: float, pool_size: int = 32) -> urllib3.PoolManager:
     )
 
 
-def extract(spec: str, response: requests.Response) -> str | None:
+class PooledAnswer:
+    """A urllib3 response with the parts of ``requests.Response`` that ``extract`` reads."""
+
+    def __init__(self, response: urllib3.BaseHTTPResponse) -> None:
+        self.status_code = response.status
+        self.headers = response.headers
+        self.content = response.data
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        jar: SimpleCookie = SimpleCookie()
+        for header in self.headers.getlist("Set-Cookie"):
+            with contextlib.suppress(CookieError):
+                jar.load(header)
+        return {name: morsel.value for name, morsel in jar.items()}
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+def extract(spec: str, response: requests.Response | PooledAnswer) -> str | None:
     """Read ``cookie:<name>``, ``header:<Name>`` or ``json:<a.b>`` from a response."""
     kind, _, name = spec.partition(":")
     if kind == "cookie":
@@ -228,16 +251,55 @@ class HttpAdapter(ResourceServer):
     def login(self, username: str, password: str) -> SiteUser | None:
         spec = self.login_settings
         fields = {spec.username_field: username, spec.password_field: password}
-        where = "params" if spec.method == "GET" else "json" if spec.format == "json" else "data"
-        body = {where: fields}
-        response = self._send(spec.method, spec.path, allow_redirects=False, **body)
+        response: requests.Response | PooledAnswer
+        if self._pool is not None:
+            response = self._login_pooled(spec, fields)
+        else:
+            where = (
+                "params" if spec.method == "GET" else "json" if spec.format == "json" else "data"
+            )
+            body = {where: fields}
+            response = self._send(spec.method, spec.path, allow_redirects=False, **body)
         if response.status_code >= 500:
             raise UpstreamUnavailable(f"{self.base_url} login answered {response.status_code}")
         if response.status_code >= 400:
             return None
         return self._site_user(response, username)
 
-    def _site_user(self, response: requests.Response, username: str) -> SiteUser | None:
+    def _login_pooled(self, spec: LoginSettings, fields: dict[str, str]) -> PooledAnswer:
+        url, headers = self.base_url + spec.path, {"User-Agent": self._user_agent}
+        body: bytes | None = None
+        if spec.method == "GET":
+            url += ("&" if "?" in spec.path else "?") + urlencode(fields)
+        elif spec.format == "json":
+            body, headers["Content-Type"] = json.dumps(fields).encode(), "application/json"
+        else:
+            body = urlencode(fields).encode()
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        return PooledAnswer(self._request_pooled(spec.method, url, body, headers))
+
+    def _request_pooled(
+        self, method: str, url: str, body: bytes | None, headers: dict[str, str]
+    ) -> urllib3.BaseHTTPResponse:
+        assert self._pool is not None
+        try:
+            return self._pool.request(method, url, body=body, headers=headers, redirect=False)
+        # Messages name the site, not the URL: a URL may carry the user's site token.
+        # (A refused connection is a NewConnectionError, which urllib3 derives from
+        # its connect timeout: it is not a timeout.)
+        except urllib3.exceptions.TimeoutError as exc:
+            if isinstance(exc, urllib3.exceptions.NewConnectionError):
+                message = f"{self.base_url} is unreachable ({type(exc).__name__})"
+                raise UpstreamUnavailable(message) from exc
+            message = f"{self.base_url} gave no answer in {self.timeout}s"
+            raise UpstreamUnavailable(message, timeout=True) from exc
+        except urllib3.exceptions.HTTPError as exc:
+            message = f"{self.base_url} is unreachable ({type(exc).__name__})"
+            raise UpstreamUnavailable(message) from exc
+
+    def _site_user(
+        self, response: requests.Response | PooledAnswer, username: str
+    ) -> SiteUser | None:
         spec = self.login_settings
         token, uid = extract(spec.token_from, response), extract(spec.id_from, response)
         if not token or not uid:
@@ -294,22 +356,7 @@ class HttpAdapter(ResourceServer):
         url = self.base_url + path
         if params:
             url += ("&" if "?" in path else "?") + urlencode(params)
-        try:
-            response = self._pool.request(
-                route.method, url, body=data, headers=headers, redirect=False
-            )
-        # Messages name the site, not the URL: a URL may carry the user's site token.
-        # (A refused connection is a NewConnectionError, which urllib3 derives from
-        # its connect timeout: it is not a timeout.)
-        except urllib3.exceptions.TimeoutError as exc:
-            if isinstance(exc, urllib3.exceptions.NewConnectionError):
-                message = f"{self.base_url} is unreachable ({type(exc).__name__})"
-                raise UpstreamUnavailable(message) from exc
-            message = f"{self.base_url} gave no answer in {self.timeout}s"
-            raise UpstreamUnavailable(message, timeout=True) from exc
-        except urllib3.exceptions.HTTPError as exc:
-            message = f"{self.base_url} is unreachable ({type(exc).__name__})"
-            raise UpstreamUnavailable(message) from exc
+        response = self._request_pooled(route.method, url, data, headers)
         content_type = response.headers.get("Content-Type", "application/octet-stream")
         return UpstreamResponse(response.status, response.data, content_type)
 

@@ -70,10 +70,11 @@ def login_post():
             audit("lockout", username=username[:64], seconds=delay)
         return _form(next_url, "Wrong username or password.", 401)
     state().throttle.succeeded(username)
-    user = state().users.remember(site_user)
+    with state().storage.batch():  # the user record and the audit entry: one round trip
+        user = state().users.remember(site_user)
+        audit("login", user_id=user.id)
     session.regenerate()  # type: ignore[attr-defined]
     login_user(user)
-    audit("login", user_id=user.id)
     return redirect(next_url or "/review", 302)
 
 

@@ -81,12 +81,15 @@ def decide():
         return _error(error)
     allowed = "allow" in request.form and "cancel" not in request.form
     client_id = grant.client.get_client_id()
-    audit("consent" if allowed else "denied", client_id=client_id, user_id=current_user.id)
-    return oauth().create_authorization_response(
-        request=grant.request,
-        grant_user=current_user._get_current_object() if allowed else None,
-        grant=grant,
-    )
+    # The decision's audit entry, the code and its audit entry: one round trip, sent
+    # before the redirect is returned.
+    with state().storage.batch():
+        audit("consent" if allowed else "denied", client_id=client_id, user_id=current_user.id)
+        return oauth().create_authorization_response(
+            request=grant.request,
+            grant_user=current_user._get_current_object() if allowed else None,
+            grant=grant,
+        )
 
 
 def _take_transaction(transaction_id: str) -> dict | None:

@@ -61,4 +61,7 @@ class Proxy:
                 sink.sendall(data)
             sink.shutdown(socket.SHUT_WR)
         except OSError:
-            pass
+            # A reset on one side is a reset on the other: without this, a peer whose
+            # other half died by RST (not FIN) would wait on an open socket forever.
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_RDWR)
