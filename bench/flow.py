@@ -164,6 +164,7 @@ def run(port: int, users: int, seconds: float, warmup: float) -> dict[str, Any]:
     samples: list[str] = []
     timings: dict[str, list[float]] = {s: [] for s in STEPS}
     cpu_at_measure: list[resource.struct_rusage] = []
+    done_all = [0]  # every finished flow, warm-up included (for the server's CPU per flow)
 
     def user(k: int) -> None:
         browser = Browser(port, f"bench-user-{k}")
@@ -185,6 +186,8 @@ def run(port: int, users: int, seconds: float, warmup: float) -> dict[str, Any]:
                             samples.append(str(exc))
                 continue
             elapsed = time.perf_counter() - t0
+            with lock:
+                done_all[0] += 1
             if now >= measure_from and time.monotonic() <= stop_at:
                 with lock:
                     flows.append(elapsed)
@@ -215,6 +218,7 @@ def run(port: int, users: int, seconds: float, warmup: float) -> dict[str, Any]:
 
     return {
         "flows": count,
+        "flows_all": done_all[0],
         "seconds": seconds,
         "flows_per_s": count / seconds,
         "requests_per_flow": len(STEPS),

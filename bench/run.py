@@ -561,7 +561,9 @@ def run_flow(server: Server) -> dict[str, Any]:
     if done.returncode != 0:
         raise RuntimeError(f"flow driver failed: {done.stderr[-2000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    result.update(meter.stop(result["flows"] * result["requests_per_flow"]))
+    # The meter ran through the warm-up too: price it by every flow the driver finished.
+    done_flows = result.get("flows_all", result["flows"])
+    result.update(meter.stop(done_flows * result["requests_per_flow"]))
     result.update(quiet)
     result["one_worker"] = one_worker(result)
     return result
