@@ -79,7 +79,7 @@ class GrantStore:
         if self.storage.refresh_tokens.take(old.key) is None:
             return False
         if old.record.get("access_key"):
-            self.storage.tokens.delete(old.record["access_key"])
+            self.storage.tokens.discard(old.record["access_key"])
         tombstone = {"family": old.grant_id, "client": old.client_id}
         self.storage.refresh_tokens.put(ROTATED + old.key, tombstone)
         return True
@@ -90,15 +90,15 @@ class GrantStore:
     def revoke_token(self, token: StoredToken) -> None:
         """Revoke one token and its pair (RFC 7009 §2.1: revoking either ends both)."""
         if token.kind == "refresh_token":
-            self.storage.refresh_tokens.delete(token.key)
+            self.storage.refresh_tokens.discard(token.key)
             pair = token.record.get("access_key")
             if pair:
-                self.storage.tokens.delete(pair)
+                self.storage.tokens.discard(pair)
         else:
-            self.storage.tokens.delete(token.key)
+            self.storage.tokens.discard(token.key)
             pair = token.record.get("refresh_key")
             if pair:
-                self.storage.refresh_tokens.delete(pair)
+                self.storage.refresh_tokens.discard(pair)
 
     def revoke_grant(self, grant_id: str) -> int:
         """Delete every code and token of one grant; return how many tokens were live."""

@@ -76,6 +76,13 @@ class Table(abc.ABC):
     def delete(self, key: str) -> bool:
         """Delete ``key``; return whether a live record was there."""
 
+    def discard(self, key: str) -> None:
+        """Delete ``key`` when nothing needs to know whether it was there.
+
+        Inside a batch a backend may hold it and send it with the batch's writes.
+        """
+        self.delete(key)
+
     @abc.abstractmethod
     def list_by_user(self, user_id: str) -> list[Record]:
         """Return every live record whose ``user_id`` matches."""

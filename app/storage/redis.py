@@ -179,6 +179,7 @@ class Batch:
                 if attempt == 2:
                     raise
                 link.client.script_load(PUT_LUA)
+                link.client.script_load(TAKE_LUA)
         at = 0
         for (_, done), count in zip(self.ops, counts, strict=True):
             done(replies[at : at + count])
@@ -405,6 +406,19 @@ class RedisTable(Table):
 
     def delete(self, key: str) -> bool:
         return self.take(key) is not None
+
+    def discard(self, key: str) -> None:
+        batch = self.backend.current_batch()
+        if batch is None:
+            self.delete(key)
+            return
+        link = self.backend.link
+
+        def queue(pipe: Any) -> int:
+            pipe.evalsha(link.take.sha, 1, self._rkey(key), self.base, key)
+            return 1
+
+        batch.add(queue, lambda replies: None)
 
     @guarded
     def _list(self, field: str, value: str) -> list[Record]:

@@ -210,3 +210,15 @@ def test_batches_nest_into_the_outer_one(backend: Backend) -> None:
             tokens.put("inner", {"user_id": "u1"})
         tokens.put("outer", {"user_id": "u1"})
     assert {r["key"] for r in tokens.list_by_user("u1")} == {"inner", "outer"}
+
+
+def test_a_batched_discard_removes_the_record_and_its_index_entries(backend: Backend) -> None:
+    tokens = backend.table("tokens", None)
+    tokens.put("gone", {"user_id": "u1", "client_id": "c1", "grant_id": "g1"})
+    tokens.put("kept", {"user_id": "u1", "client_id": "c1", "grant_id": "g1"})
+    with backend.batch():
+        tokens.discard("gone")
+        tokens.discard("never-there")
+    assert tokens.get("gone") is None
+    assert [r["key"] for r in tokens.list_by_user("u1")] == ["kept"]
+    assert tokens.revoke_by_grant("g1") == 1
