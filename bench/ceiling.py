@@ -66,3 +66,13 @@ def postgres_index():
         (os.urandom(8).hex(),),
     )
     return jsonify(ok=True)
+
+
+redis_get_app = Flask("bench_redis_get")
+
+
+@redis_get_app.get("/")
+def redis_get_index():
+    # What a token check costs at least: one GET of a small record.
+    seen = _redis().get("bench:ceiling")
+    return jsonify(ok=seen is None)
