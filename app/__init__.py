@@ -93,7 +93,7 @@ def create_app(
     app.config.update(settings.flask_config())
     state = _build_state(settings, clients)
     app.extensions["oauth2"] = state
-    app.session_interface = StoredSessionInterface(state.storage.session)
+    app.session_interface = StoredSessionInterface(state.storage.session, state.storage.batch)
     if settings.auth["trusted_proxies"]:
         hops = settings.auth["trusted_proxies"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]

@@ -343,4 +343,4 @@ class LoginThrottle:
         return delay
 
     def succeeded(self, username: str) -> None:
-        self.table.delete(LOCK + _digest(username.strip().lower()))
+        self.table.discard(LOCK + _digest(username.strip().lower()))

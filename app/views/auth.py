@@ -69,8 +69,8 @@ def login_post():
         if delay:
             audit("lockout", username=username[:64], seconds=delay)
         return _form(next_url, "Wrong username or password.", 401)
-    state().throttle.succeeded(username)
-    with state().storage.batch():  # the user record and the audit entry: one round trip
+    with state().storage.batch():  # lockout, user record, audit entry: one round trip
+        state().throttle.succeeded(username)
         user = state().users.remember(site_user)
         audit("login", user_id=user.id)
     session.regenerate()  # type: ignore[attr-defined]
