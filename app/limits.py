@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import logging
 import math
 import threading
@@ -32,7 +33,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple, cast
 
 from authlib.oauth2.rfc6749.util import extract_basic_authorization
-from flask import current_app, request
+from flask import current_app, g, request
 from limits import RateLimitItem, parse
 from limits.storage import Storage as LimitsStorage
 from limits.storage import storage_from_string
@@ -55,6 +56,10 @@ BATCH_SHARE = 1 / 16
 SYNC_EVERY = 0.1
 #: After the store failed, count locally for this long before trying it again.
 STORE_RETRY = 1.0
+#: Redis driver timeouts for the limiter's store (seconds).
+STORE_TIMEOUTS = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
+#: At most this many counters per process; idle ones go first when it fills up.
+MAX_COUNTERS = 100_000
 
 
 def _digest(value: str) -> str:
@@ -85,13 +90,22 @@ class Counter:
 class RateLimits:
     """Fixed-window limits by name (``token``, ``api``, ...), batched as described above."""
 
-    def __init__(self, rates: dict[str, str], storage_uri: str, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        rates: dict[str, str],
+        storage_uri: str,
+        enabled: bool = True,
+        options: dict[str, Any] | None = None,
+    ) -> None:
         self.enabled = enabled
         self.rates: dict[str, RateLimitItem] = {name: parse(rate) for name, rate in rates.items()}
         self.uri = storage_uri
         self.store: LimitsStorage | None = None
         if enabled and not storage_uri.startswith("memory://"):
-            self.store = cast(LimitsStorage, storage_from_string(storage_uri))
+            # Short timeouts: a store that hangs must not hang requests (they count
+            # locally for a second instead).
+            options = {**STORE_TIMEOUTS, **(options or {})} if "redis" in storage_uri else {}
+            self.store = cast(LimitsStorage, storage_from_string(storage_uri, **options))
         self._counters: dict[str, Counter] = {}
         self._lock = threading.Lock()
         self._store_down_until = 0.0
@@ -172,8 +186,21 @@ class RateLimits:
             self._prune(now)
         counter = self._counters.get(ident)
         if counter is None or counter.window != window:
+            if counter is None and len(self._counters) >= MAX_COUNTERS:
+                self._make_room(now)
             counter = self._counters[ident] = Counter(window)
         return counter
+
+    def _make_room(self, now: float) -> None:
+        """Full (a flood of distinct keys): forget what only costs a store trip to relearn."""
+        self._prune(now)
+        if len(self._counters) >= MAX_COUNTERS:
+            idle = [i for i, c in self._counters.items() if not c.pending and not c.inflight]
+            for ident in idle:
+                del self._counters[ident]
+        if len(self._counters) >= MAX_COUNTERS:  # counted here alone: the oldest half goes
+            for ident in list(itertools.islice(self._counters, len(self._counters) // 2)):
+                del self._counters[ident]
 
     def _prune(self, now: float) -> None:
         """Forget counters whose window has ended (once a minute, under the lock)."""
@@ -225,13 +252,26 @@ def _ip() -> str:
     return request.remote_addr or "unknown"
 
 
-def client_key() -> str:
-    """The client a token request names; counted only once it has authenticated."""
+def client_budget(client: Any) -> str:
+    """The budget a client spends: its own, or for a public client (whose id anyone may
+    send) its id from the caller's address."""
+    client_id = client.get_client_id()
+    return f"client:{client_id}@{_ip()}" if client.public else f"client:{client_id}"
+
+
+def claimed_client_key() -> str | None:
+    """The budget of the registered client a token request names (checked, not counted)."""
     client_id, _ = extract_basic_authorization(request.headers)
     if not client_id:
         body = request.get_json(silent=True) if request.is_json else request.form
         client_id = body.get("client_id") if isinstance(body, dict) else None
-    return f"client:{client_id}" if client_id else f"ip:{_ip()}"
+    client = current_app.extensions["oauth2"].clients.get(client_id) if client_id else None
+    return client_budget(client) if client is not None else None
+
+
+def authenticated_client_key() -> str | None:
+    """The budget of the client that authenticated in this request, if one did."""
+    return g.get("client_budget")
 
 
 def username_key() -> str:
@@ -245,15 +285,17 @@ def token_key() -> str:
 
 def limited(
     *checks: tuple[str, Callable[[], str]],
-    after: tuple[str, Callable[[], str]] | None = None,
+    after: tuple[str, Callable[[], str | None], Callable[[], str | None]] | None = None,
     methods: tuple[str, ...] = (),
 ):
     """Count each ``(limit, key)`` of ``checks`` before the view runs.
 
-    ``after`` is counted once the view answered, unless it answered 401: a claimed
-    client id proves nothing until the client authenticated, so failures count
-    against the caller's IP only and nobody can spend another client's budget. Its
-    budget is checked (not counted) before the view runs.
+    ``after`` is ``(limit, claimed, proven)``: the ``claimed`` key's budget is checked
+    (not counted) before the view runs; once it answered, the ``proven`` key is counted,
+    if there is one. For the token endpoints that is the client that authenticated in
+    the request: a claimed client id proves nothing, so requests that fail before or
+    in client authentication count against the caller's IP only, and nobody can spend
+    another client's budget.
     """
 
     def decorate(view):
@@ -269,14 +311,16 @@ def limited(
                 if refusal is not None:
                     raise _refused(name, refusal)
             if after is not None:
-                name, key_func = after
-                key = scope + key_func()
-                refusal = limits.spent(name, key)
+                name, claimed, _ = after
+                key = claimed()
+                refusal = limits.spent(name, scope + key) if key is not None else None
                 if refusal is not None:
                     raise _refused(name, refusal)
             response = current_app.make_response(view(*args, **kwargs))
-            if after is not None and response.status_code != 401:
-                limits.hit(after[0], key)
+            if after is not None:
+                proven = after[2]()
+                if proven is not None:
+                    limits.hit(after[0], scope + proven)
             return response
 
         return limited_view
@@ -284,27 +328,35 @@ def limited(
     return decorate
 
 
-token_limits = limited(("token_ip", _ip), after=("token", client_key))
+token_limits = limited(
+    ("token_ip", _ip), after=("token", claimed_client_key, authenticated_client_key)
+)
 login_limits = limited(("login_ip", _ip), ("login_user", username_key), methods=("POST",))
 api_limit = limited(("api", token_key))
 
 
 def storage_uri(settings: Any) -> str:
     """The configured limiter storage, else the first Redis table's server, else memory."""
+    return storage_config(settings)[0]
+
+
+def storage_config(settings: Any) -> tuple[str, dict[str, Any]]:
+    """The limiter storage's URI and driver options (a Redis table's, if it is one)."""
     configured = settings.data["limits"].get("storage")
     if configured:
-        return configured
+        return configured, {}
     for spec in settings.storage_specs.values():
         if spec.scheme in ("redis", "rediss"):
-            return spec.url
-    return "memory://"
+            options = {k: v for k, v in spec.options.items() if k != "key_prefix"}
+            return spec.url, options
+    return "memory://", {}
 
 
 def build(settings: Any) -> RateLimits:
     config = settings.data["limits"]
-    return RateLimits(
-        {name: config[name] for name in RATES}, storage_uri(settings), config["enabled"]
-    )
+    rates = {name: config[name] for name in RATES}
+    uri, options = storage_config(settings)
+    return RateLimits(rates, uri, config["enabled"], options)
 
 
 class LoginThrottle:

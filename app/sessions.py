@@ -143,12 +143,17 @@ class StoredSessionInterface(SessionInterface):
             response.headers["Retry-After"] = answer.headers["Retry-After"]
 
     def _save(self, app, session: StoredSession, response) -> None:
+        # The cookie changes only once the writes landed: a failed save answers 503
+        # and leaves the browser's cookie as it was.
         with self.batch():
-            self._write(app, session, response)
+            set_cookie = self._write(app, session)
+        if set_cookie is not None:
+            set_cookie(response)
 
-    def _write(self, app, session: StoredSession, response) -> None:
+    def _write(self, app, session: StoredSession) -> Callable[[Any], None] | None:
+        """Write the session; return what to do to the response's cookie, if anything."""
         if session.failed:
-            return  # the request failed on storage: keep the stored session and cookie
+            return None  # the request failed on storage: keep the stored session and cookie
         if session.old_sid:
             self.table.discard(token_digest(session.old_sid))
         name, domain, path = (
@@ -157,26 +162,31 @@ class StoredSessionInterface(SessionInterface):
             self.get_cookie_path(app),
         )
         if not session.loaded:
-            return
+            return None
         if not dict.__len__(session):
             if session.sid or session.old_sid:
                 if session.sid:
                     self.table.discard(token_digest(session.sid))
-                response.delete_cookie(name, domain=domain, path=path)
-            return
+                return lambda response: response.delete_cookie(name, domain=domain, path=path)
+            return None
         now = time.time()
         if not session.modified and now - session.touched_at < TOUCH_EVERY:
-            return
+            return None
         sid = session.sid = session.sid or new_secret(32)
         self.table.put(token_digest(sid), dict(dict.items(session), _touched=now))
-        response.set_cookie(
-            name,
-            sid,
-            httponly=True,
-            path=path,
-            domain=domain,
-            secure=self.get_cookie_secure(app),
-            samesite=self.get_cookie_samesite(app),
-            max_age=self.table.ttl,
-        )
-        response.vary.add("Cookie")
+        secure, samesite = self.get_cookie_secure(app), self.get_cookie_samesite(app)
+
+        def set_cookie(response: Any) -> None:
+            response.set_cookie(
+                name,
+                sid,
+                httponly=True,
+                path=path,
+                domain=domain,
+                secure=secure,
+                samesite=samesite,
+                max_age=self.table.ttl,
+            )
+            response.vary.add("Cookie")
+
+        return set_cookie

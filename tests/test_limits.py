@@ -163,3 +163,23 @@ def test_a_flood_is_audited_once_per_window(make):
     assert [cc(client).status_code for _ in range(6)] == [200] + [429] * 5
     events = [r["event"] for r in app.extensions["oauth2"].storage.audit.recent(50)]
     assert events.count("rate_limited") == 1
+
+
+def test_requests_failing_before_client_auth_do_not_spend_its_budget(make):
+    client = make(token="2/hour", token_ip="100/hour").test_client()
+    bad = basic("test", "not-the-secret")
+    for _ in range(5):
+        in_query = client.post("/token?grant_type=client_credentials", headers=bad)
+        assert in_query.status_code == 400  # refused before any client authentication
+        unknown = client.post("/token", data={"grant_type": "nonsense"}, headers=bad)
+        assert unknown.status_code in (400, 401)
+    assert [cc(client).status_code for _ in range(2)] == [200, 200]
+    assert cc(client).status_code == 429
+
+
+def test_an_authenticated_client_spends_its_budget_on_failures_too(make):
+    client = make(token="2/hour", token_ip="100/hour").test_client()
+    grant = {"grant_type": "authorization_code", "code": "no-such-code", "redirect_uri": "x"}
+    answers = [client.post("/token", data=grant, headers=basic()).status_code for _ in range(2)]
+    assert answers == [400, 400]
+    assert cc(client).status_code == 429

@@ -171,3 +171,32 @@ def test_ended_windows_are_forgotten(monkeypatch):
     worker._prune_at = 0
     worker.hit("api", "fresh")
     assert list(worker._counters) == ["api/fresh"]
+
+
+def test_a_flood_of_distinct_keys_is_capped(monkeypatch, url):
+    monkeypatch.setattr(limits, "MAX_COUNTERS", 50)
+    for store in ("memory://", url):
+        worker = RateLimits({"api": "1000/hour"}, store)
+        for i in range(500):
+            worker.hit("api", f"flood-{secrets.token_hex(4)}-{i}")
+        assert len(worker._counters) <= 50
+
+
+def test_a_store_that_never_answers_does_not_hang_requests():
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts connections, never answers
+    try:
+        port = silent.getsockname()[1]
+        worker = RateLimits({"api": "5/hour"}, f"redis://127.0.0.1:{port}/0")
+        started = time.monotonic()
+        assert worker.hit("api", "k") is None  # counted locally
+        assert time.monotonic() - started < 2
+        started = time.monotonic()
+        answers = [worker.hit("api", "k") is None for _ in range(6)]
+        assert answers == [True] * 4 + [False] * 2  # the limit holds per process
+        assert time.monotonic() - started < 0.5  # no store trips while it is down
+    finally:
+        silent.close()

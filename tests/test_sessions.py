@@ -323,3 +323,23 @@ def test_the_dummy_site_down_gives_a_502_page(tmp_path):
     finally:
         app.extensions["oauth2"].storage.close()
         app.extensions["oauth2"].adapter.close()
+
+
+def test_a_failed_save_leaves_the_cookie_alone(client, state, monkeypatch):
+    monkeypatch.setattr(state.storage.session, "put", raising)
+    response = client.get("/login")  # the CSRF token would start a session
+    assert response.status_code == 503
+    assert "Set-Cookie" not in response.headers
+
+
+def test_a_logout_that_cannot_be_saved_keeps_the_cookie(app, client, state, monkeypatch):
+    login(client)
+    page = client.get("/review")
+    value = sid(client)
+    monkeypatch.setattr(state.storage.session, "discard", raising)
+    monkeypatch.setattr(state.storage.session, "delete", raising)
+    response = client.post("/logout", data={"csrf_token": csrf_from(page.get_data(as_text=True))})
+    assert response.status_code == 503
+    assert "Set-Cookie" not in response.headers  # the browser keeps the session it has
+    monkeypatch.undo()
+    assert sid(client) == value and logged_in(app, value) is True

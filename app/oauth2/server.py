@@ -8,6 +8,7 @@ from typing import Any
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749.errors import InvalidRequestError, UnsupportedResponseTypeError
 from authlib.oauth2.rfc6749.util import extract_basic_authorization
+from flask import g
 from flask import request as flask_request
 
 from ..audit import audit
@@ -188,8 +189,22 @@ def _auth_none(query_client, request):
     return client
 
 
+def _noted(method):
+    """Note the client that authenticated, so the rate limit counts against it."""
+
+    def authenticate(query_client, request):
+        client = method(query_client, request)
+        if client is not None:
+            from ..limits import client_budget
+
+            g.client_budget = client_budget(client)
+        return client
+
+    return authenticate
+
+
 CLIENT_AUTH = {
-    "client_secret_basic": _auth_basic,
-    "client_secret_post": _auth_post,
-    "none": _auth_none,
+    "client_secret_basic": _noted(_auth_basic),
+    "client_secret_post": _noted(_auth_post),
+    "none": _noted(_auth_none),
 }

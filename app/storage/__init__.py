@@ -203,7 +203,7 @@ class Storage:
         """Send the writes made inside in one round trip per Redis server, at the end.
 
         For writes that nothing inside reads back (a token response's records and
-        its audit entry): reads, takes and deletes still go at once. The writes are
+        its audit entry) and ``discard``: reads, takes and deletes still go at once. The writes are
         sent when the block ends, also when it raised, so a caller answers only after
         they landed. Backends without batching (SQL) write at once.
         """
