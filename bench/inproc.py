@@ -207,10 +207,14 @@ def main(argv: list[str]) -> int:
                 print(f"limits {mode} {name:20s} cpu {best[0]:7.0f} µs  wall {best[1]:7.0f} µs")
                 if profiler:
                     out = io.StringIO()
+                    out.write(f"cProfile of {name}, limits {mode.strip()}, in process\n")
                     order = os.environ.get("INPROC_SORT", "tottime")
                     stats = pstats.Stats(profiler, stream=out).sort_stats(order)
-                    stats.print_stats(25)
+                    stats.print_stats(30)
                     print(out.getvalue())
+                    if limits:
+                        path = run.ROOT / "bench" / "profiles" / f"inproc-{name}-{order}.txt"
+                        path.write_text(out.getvalue().replace(str(run.ROOT) + "/", ""))
             state.storage.close()
             fx.close()
     finally:

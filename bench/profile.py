@@ -190,7 +190,7 @@ def main(argv: list[str]) -> int:
             raw.write_text("".join(r.read_text() for r in raws if r.exists()))
             text = summarise(raw, result["requests"], result["seconds"])
             header = (
-                f"py-spy profile of the gunicorn workers, scenario {name} "
+                f"py-spy profile of the server workers ({run.SERVER}), scenario {name} "
                 f"({run.LABELS[name]}), Redis storage, 2 workers, wrk -t{wrk.THREADS} "
                 f"-c{wrk.CONNECTIONS}; errors {result['errors']}, "
                 f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms\n"
