@@ -168,6 +168,7 @@ def serve(
             workers=workers,
             blocking_threads=threads,
             log_level=LogLevels.warning,
+            workers_kill_timeout=3,  # a worker that does not stop in time is killed
         ).serve(target_loader=site_from_env, wrap_loader=False)
         return
     from gunicorn.app.base import BaseApplication

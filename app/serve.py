@@ -8,6 +8,7 @@ file while the old ones finish their requests: nothing is dropped.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .adapters import adapter_class, load_adapter
@@ -59,9 +61,14 @@ def gunicorn_options(settings: Settings, bind: str | None = None) -> dict[str, A
 
 
 def start_dummy_site(host: str, port: int) -> subprocess.Popen[bytes]:
-    """Start the bundled site in its own process and wait until it listens."""
+    """Start the bundled site in its own process group and wait until it listens.
+
+    Its own group: a Ctrl-C on the terminal reaches only the server, which then stops
+    the site (and everything the site started) with :func:`stop`.
+    """
     process = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
         [sys.executable, "-m", "app.dummy_site", "--host", host, "--port", str(port)],
+        start_new_session=True,
     )
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -72,17 +79,22 @@ def start_dummy_site(host: str, port: int) -> subprocess.Popen[bytes]:
             return process
         except OSError:
             time.sleep(0.1)
-    process.terminate()
+    stop(process)
     raise SystemExit(f"the dummy site did not start on {host}:{port}")
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
+def stop(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM the site (its main process stops its workers); after ``grace``, SIGKILL
+    whatever is left of its process group."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(grace)
+    # Also when the site's main process is gone: none of its workers may outlive it.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(5)
 
 
 def start_purger(settings: Settings) -> threading.Thread | None:
@@ -154,7 +166,7 @@ def serve(settings: Settings, bind: str | None = None) -> None:
         "OAUTH2_NO_DUMMY_SITE"
     ):
         site = start_dummy_site(str(config.get("host", "127.0.0.1")), int(config.get("port", 8084)))
-        atexit.register(stop, site)
+        atexit.register(stop, site, 3.0)  # a stand-in: no need to wait long for it
 
     # What workers are built from; a SIGHUP replaces it only with a configuration that loads.
     current: dict[str, Any] = {"settings": settings, "clients": clients}
@@ -197,7 +209,19 @@ def _serve_granian(settings: Settings, bind: str | None, build_app, on_reload) -
     server = Server("app:create_app", **granian_options(settings, bind))
     server.on_startup(lambda: start_purger(settings))
     server.on_reload(lambda: on_reload(None))
-    server.serve(target_loader=build_app, wrap_loader=False)
+    server.serve(target_loader=lambda: granian_worker(build_app), wrap_loader=False)
+
+
+def granian_worker(build: Callable[[], Any]) -> Any:
+    """Build the app in a granian worker that leaves the terminal's signals to its main.
+
+    Ctrl-C signals the terminal's whole process group; a worker hit by SIGINT and then
+    by its main process's own stop signal may not stop (granian's and gunicorn's alike),
+    and the main waits out its kill timeout. In a group of its own, a worker gets only
+    the main's signal.
+    """
+    os.setpgid(0, 0)
+    return build()
 
 
 def _serve_gunicorn(settings: Settings, bind: str | None, build_app, on_reload) -> None:
@@ -211,6 +235,8 @@ def _serve_gunicorn(settings: Settings, bind: str | None, build_app, on_reload) 
             # In the master, once workers are up: requests never wait on a purge.
             self.cfg.set("when_ready", lambda _arbiter: start_purger(settings))
             self.cfg.set("on_reload", on_reload)
+            # Workers leave the terminal's signals (Ctrl-C) to the master, as granian's do.
+            self.cfg.set("post_fork", lambda _arbiter, _worker: os.setpgid(0, 0))
 
         def load(self):
             return build_app()
