@@ -99,7 +99,6 @@ class RateLimits:
     ) -> None:
         self.enabled = enabled
         self.rates: dict[str, RateLimitItem] = {name: parse(rate) for name, rate in rates.items()}
-        self.uri = storage_uri
         self.store: LimitsStorage | None = None
         if enabled and not storage_uri.startswith("memory://"):
             # Short timeouts: a store that hangs must not hang requests (they count
@@ -114,11 +113,8 @@ class RateLimits:
     # -- the two questions -------------------------------------------------------------
     def hit(self, name: str, key: str, cost: int = 1) -> Refusal | None:
         """Count a request; ``None`` if it may go on, else the seconds until it may."""
-        rate = self.rates[name]
-        span = rate.get_expiry()
-        now = time.time()
-        window = int(now // span) * span
-        retry = max(1, math.ceil(window + span - now))
+        rate, now = self.rates[name], time.time()
+        window, retry = _window(rate, now)
         ident = f"{name}/{key}"
         with self._lock:
             counter = self._counter(ident, window, now)
@@ -136,27 +132,14 @@ class RateLimits:
                     return self._refuse(counter, retry)
                 counter.pending += cost
                 return None
-            send, counter.pending, counter.synced = counter.pending + cost, 0, now
-            counter.inflight += 1
-        total = self._send(store, f"{PREFIX}/{ident}/{window}", span, send)
-        with self._lock:
-            counter.inflight -= 1
-            if total is None:  # the store failed: this process decides alone
-                counter.pending += send
-                total = counter.seen + counter.pending
-            else:
-                counter.seen = max(counter.seen, total)
-            if total > rate.amount:
-                return self._refuse(counter, retry)
-        return None
+            send = _start_send(counter, now, cost)
+        total = self._exchange(store, counter, f"{PREFIX}/{ident}/{window}", rate, send)
+        return self._refuse(counter, retry) if total > rate.amount else None
 
     def spent(self, name: str, key: str) -> Refusal | None:
         """Whether ``key`` has no budget left (seconds to wait), without counting."""
-        rate = self.rates[name]
-        span = rate.get_expiry()
-        now = time.time()
-        window = int(now // span) * span
-        retry = max(1, math.ceil(window + span - now))
+        rate, now = self.rates[name], time.time()
+        window, retry = _window(rate, now)
         ident = f"{name}/{key}"
         with self._lock:
             counter = self._counter(ident, window, now)
@@ -165,20 +148,23 @@ class RateLimits:
             near = used >= rate.amount * EXACT_FROM or now - counter.synced >= SYNC_EVERY
             if store is None or used >= rate.amount or not near:
                 return self._refuse(counter, retry) if used >= rate.amount else None
-            send, counter.pending, counter.synced = counter.pending, 0, now
-            counter.inflight += 1
+            send = _start_send(counter, now, 0)
         # Near the limit (or stale): send what is pending and read the shared count.
-        total = self._send(store, f"{PREFIX}/{ident}/{window}", span, send)
+        total = self._exchange(store, counter, f"{PREFIX}/{ident}/{window}", rate, send)
+        return self._refuse(counter, retry) if total >= rate.amount else None
+
+    def _exchange(
+        self, store: LimitsStorage, counter: Counter, key: str, rate: RateLimitItem, send: int
+    ) -> int:
+        """Send ``send`` hits (see :func:`_start_send`); return the shared count after."""
+        total = self._send(store, key, rate.get_expiry(), send)
         with self._lock:
             counter.inflight -= 1
-            if total is None:
+            if total is None:  # the store failed: this process decides alone
                 counter.pending += send
-                total = counter.seen + counter.pending
-            else:
-                counter.seen = max(counter.seen, total)
-            if total >= rate.amount:
-                return self._refuse(counter, retry)
-        return None
+                return counter.seen + counter.pending
+            counter.seen = max(counter.seen, total)
+            return total
 
     # -- helpers -----------------------------------------------------------------------
     def _counter(self, ident: str, window: int, now: float) -> Counter:
@@ -233,8 +219,19 @@ class RateLimits:
         first, counter.reported = not counter.reported, True
         return Refusal(retry, first)
 
-    def close(self) -> None:
-        self._counters.clear()
+
+def _window(rate: RateLimitItem, now: float) -> tuple[int, int]:
+    """The start of the fixed window ``now`` falls in, and the seconds until it ends."""
+    span = rate.get_expiry()
+    window = int(now // span) * span
+    return window, max(1, math.ceil(window + span - now))
+
+
+def _start_send(counter: Counter, now: float, cost: int) -> int:
+    """Move the counter's pending hits (plus ``cost``) in flight; under the lock."""
+    send, counter.pending, counter.synced = counter.pending + cost, 0, now
+    counter.inflight += 1
+    return send
 
 
 def _limits() -> RateLimits:
@@ -333,11 +330,6 @@ token_limits = limited(
 )
 login_limits = limited(("login_ip", _ip), ("login_user", username_key), methods=("POST",))
 api_limit = limited(("api", token_key))
-
-
-def storage_uri(settings: Any) -> str:
-    """The configured limiter storage, else the first Redis table's server, else memory."""
-    return storage_config(settings)[0]
 
 
 def storage_config(settings: Any) -> tuple[str, dict[str, Any]]:
