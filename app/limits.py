@@ -134,7 +134,8 @@ class RateLimits:
                 return None
             send = _start_send(counter, now, cost)
         total = self._exchange(store, counter, f"{PREFIX}/{ident}/{window}", rate, send)
-        return self._refuse(counter, retry) if total > rate.amount else None
+        with self._lock:
+            return self._refuse(counter, retry) if total > rate.amount else None
 
     def spent(self, name: str, key: str) -> Refusal | None:
         """Whether ``key`` has no budget left (seconds to wait), without counting."""
@@ -151,7 +152,8 @@ class RateLimits:
             send = _start_send(counter, now, 0)
         # Near the limit (or stale): send what is pending and read the shared count.
         total = self._exchange(store, counter, f"{PREFIX}/{ident}/{window}", rate, send)
-        return self._refuse(counter, retry) if total >= rate.amount else None
+        with self._lock:
+            return self._refuse(counter, retry) if total >= rate.amount else None
 
     def _exchange(
         self, store: LimitsStorage, counter: Counter, key: str, rate: RateLimitItem, send: int
