@@ -151,15 +151,7 @@ def main(argv: list[str]) -> int:
     names = [a for a in argv if not a.startswith("-")] or list(SCENARIOS)
     n = 2000
     run_dir = Path(tempfile.mkdtemp(prefix="oauth2-inproc-"))
-    port = procs.free_port()
-    site = procs.start(
-        "site",
-        [sys.executable, "-m", "app.dummy_site", "--host", "127.0.0.1", "--port", str(port)],
-        run_dir,
-        env=run.clean_env(),
-        cwd=str(run.ROOT),
-        port=port,
-    )
+    site, port = run.start_site(run_dir)
     try:
         for limits in (True, False):
             run.flush_redis()

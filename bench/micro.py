@@ -36,15 +36,7 @@ def cost(fn: Callable[[], object], n: int) -> tuple[float, float]:
 
 def main() -> int:
     run_dir = Path(tempfile.mkdtemp(prefix="oauth2-micro-"))
-    port = procs.free_port()
-    site = procs.start(
-        "site",
-        [sys.executable, "-m", "app.dummy_site", "--host", "127.0.0.1", "--port", str(port)],
-        run_dir,
-        env=run.clean_env(),
-        cwd=str(run.ROOT),
-        port=port,
-    )
+    site, port = run.start_site(run_dir)
     rows: list[tuple[str, float, float]] = []
     try:
         import requests

@@ -338,6 +338,14 @@ ALT_SERVERS = {
 }  # fmt: skip
 
 
+def start_site(run_dir: Path) -> tuple[procs.Proc, int]:
+    """The dummy site alone, on a free port (for the in-process and micro benchmarks)."""
+    port = procs.free_port()
+    argv = [sys.executable, "-m", "app.dummy_site", "--host", "127.0.0.1", "--port", str(port)]
+    site = procs.start("site", argv, run_dir, env=clean_env(), cwd=str(ROOT), port=port)
+    return site, port
+
+
 def start_server(
     run_dir: Path, backend: str, command: str = "serve", limits: bool = LIMITS
 ) -> Server:
@@ -769,37 +777,18 @@ def ceilings(run_dir: Path) -> dict[str, dict[str, Any]]:
         ("redis", "bench.ceiling:redis_app"),
         ("postgres", "bench.ceiling:postgres_app"),
     ]
-    for name, target in apps:
-        port = procs.free_port()
-        argv = [
-            str(BIN / "gunicorn"),
-            "--workers",
-            "2",
-            "--worker-class",
-            "sync",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--log-level",
-            "warning",
-            target,
-        ]
-        proc = procs.start(f"ceiling-{name}", argv, run_dir, env, str(ROOT), port, "/")
-        try:
-            out[name] = measure(port, wrk.Load("/"), proc)
-        finally:
-            procs.stop(proc)
-        r = out[name]
-        log(f"ceiling {name}: {r['rps']:,.0f} req/s p99 {r['p99_ms']:.1f} ms errors {r['errors']}")
+    runs = [(name, "gunicorn-sync", target) for name, target in apps]
     # On granian (the server of the main runs), not the reference: the bare app, and the
     # same plus one Redis GET (the least a token check costs: the token scenarios' floor).
-    for name, target in (
-        ("bare_granian", "bench.ceiling:bare"),
-        ("redis_get_granian", "bench.ceiling:redis_get_app"),
-    ):
+    runs += [
+        ("bare_granian", "granian", "bench.ceiling:bare"),
+        ("redis_get_granian", "granian", "bench.ceiling:redis_get_app"),
+    ]
+    for name, server, target in runs:
         port = procs.free_port()
-        argv = [str(BIN / "granian")]
-        argv += [a.format(port=port) for a in ALT_SERVERS["granian"][1:-1]] + [target]
-        proc = procs.start(f"ceiling-{name}", argv, run_dir, env, str(ROOT), port, "/")
+        template = ALT_SERVERS[server]
+        argv = [str(BIN / template[0])] + [a.format(port=port) for a in template[1:-1]]
+        proc = procs.start(f"ceiling-{name}", argv + [target], run_dir, env, str(ROOT), port, "/")
         try:
             out[name] = measure(port, wrk.Load("/"), proc)
         finally:
