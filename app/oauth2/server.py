@@ -12,6 +12,7 @@ from flask import g
 from flask import request as flask_request
 
 from ..audit import audit
+from ..limits import client_budget
 from ..secrets_hash import new_secret, token_digest
 from .requests import ParamsRequest, checked, json_params, require_utf8
 from .tokens import new_grant_id
@@ -195,8 +196,6 @@ def _noted(method):
     def authenticate(query_client, request):
         client = method(query_client, request)
         if client is not None:
-            from ..limits import client_budget
-
             g.client_budget = client_budget(client)
         return client
 
