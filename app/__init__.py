@@ -57,20 +57,20 @@ class State:
 
 def _build_state(settings: Settings, clients: ClientRegistry | None = None) -> State:
     storage = Storage(settings.storage_specs)
-    if settings.data["storage"].get("auto_migrate", True):
+    if settings.storage.auto_migrate:
         storage.migrate()
-    adapter = load_adapter(settings.section("resource_server"))
+    adapter = load_adapter(settings.resource_server)
     if clients is None:
         clients = ClientRegistry.from_settings(settings, list(adapter.scopes))
     store, users = GrantStore(storage), UserStore(storage.users)
     server = build_server(settings, clients, store, users, list(adapter.scopes))
-    lim = settings.data["limits"]
+    lim = settings.limits
     throttle = limits.LoginThrottle(
         storage.session,
-        lim["lockout_after"],
-        lim["lockout_base"],
-        lim["lockout_max"],
-        enabled=lim["enabled"],
+        lim.lockout_after,
+        lim.lockout_base,
+        lim.lockout_max,
+        enabled=lim.enabled,
     )
     rates = limits.build(settings)
     return State(settings, storage, clients, adapter, store, users, server, throttle, rates)
@@ -94,8 +94,8 @@ def create_app(
     state = _build_state(settings, clients)
     app.extensions["oauth2"] = state
     app.session_interface = StoredSessionInterface(state.storage.session, state.storage.batch)
-    if settings.auth["trusted_proxies"]:
-        hops = settings.auth["trusted_proxies"]
+    if settings.auth.trusted_proxies:
+        hops = settings.auth.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
     app.before_request(_limit_streamed_body)
     _init_extensions(app, state)

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .clients import GRANT_TYPES, ClientFileError, ClientRegistry, append_client
+from .clients import ClientFileError, ClientRegistry, append_client
 from .secrets_hash import hash_random_secret, new_secret
-from .settings import ConfigError, Settings
+from .settings import GRANT_TYPES, ConfigError, Settings
 from .storage import Storage, StorageConfigError, StorageUnavailable
 
 
@@ -32,8 +32,8 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
     from .adapters import load_adapter
 
     settings = _settings(args)
-    path = args.file or settings.section("client_credentials")["file"]
-    scopes = list(load_adapter(settings.section("resource_server")).scopes)
+    path = args.file or settings.client_credentials.file
+    scopes = list(load_adapter(settings.resource_server).scopes)
     secret = None if args.public else new_secret(32)
     entry: dict[str, Any] = {
         "client_id": args.client_id or new_secret(12),
@@ -53,7 +53,7 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
         entry,
         0,
         scopes,
-        settings.section("client_credentials")["allow_wildcard_redirects"],
+        settings.client_credentials.allow_wildcard_redirects,
         require_https=settings.env == "production",
     )
     append_client(path, entry)
@@ -69,7 +69,7 @@ def cmd_clients_list(args: argparse.Namespace) -> int:
     from .adapters import load_adapter
 
     settings = _settings(args)
-    scopes = list(load_adapter(settings.section("resource_server")).scopes)
+    scopes = list(load_adapter(settings.resource_server).scopes)
     for client in ClientRegistry.from_settings(settings, scopes).all():
         kind = "public" if client.public else "confidential"
         print(f"{client.client_id}\t{client.name}\t{kind}\t{','.join(client.grant_types)}")
@@ -82,7 +82,7 @@ def _storage(args: argparse.Namespace) -> Iterator[Storage]:
     settings = _settings(args)
     storage = Storage(settings.storage_specs)
     try:
-        if settings.data["storage"].get("auto_migrate", True):
+        if settings.storage.auto_migrate:
             storage.migrate()
         yield storage
     finally:
@@ -114,6 +114,13 @@ def cmd_audit_tail(args: argparse.Namespace) -> int:
         event = record.pop("event", "?")
         fields = {k: v for k, v in record.items() if k not in ("key", "expires_at")}
         print(f"{at} {event} " + " ".join(f"{k}={v}" for k, v in fields.items() if v is not None))
+    return 0
+
+
+def cmd_defaults(args: argparse.Namespace) -> int:
+    from .settings import defaults_document
+
+    print(json.dumps(defaults_document(), indent=4))
     return 0
 
 
@@ -167,6 +174,9 @@ def parser() -> argparse.ArgumentParser:
     tail.add_argument("-n", "--lines", type=int, default=20)
     tail.set_defaults(func=cmd_audit_tail)
     sub.add_parser("check", help="validate the configuration and exit").set_defaults(func=cmd_check)
+    sub.add_parser(
+        "defaults", help="print every setting's default (config/default.json)"
+    ).set_defaults(func=cmd_defaults)
     return root
 
 

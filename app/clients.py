@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 from authlib.oauth2.rfc6749 import ClientMixin, list_to_scope, scope_to_list
 
 from .secrets_hash import known_scheme, verify_secret, verify_seed_sha1
+from .settings import GRANT_TYPES, Settings
 
-GRANT_TYPES = ("authorization_code", "implicit", "refresh_token", "client_credentials")
 RESPONSE_TYPES = {"code": "authorization_code", "token": "implicit"}
 LOOPBACK_HOSTS = ("127.0.0.1", "[::1]")
 
@@ -255,13 +255,13 @@ class ClientRegistry:
         self._clients = load_clients_file(path, all_scopes, allow_wildcard, require_https)
 
     @classmethod
-    def from_settings(cls, settings: Any, all_scopes: list[str]) -> ClientRegistry:
+    def from_settings(cls, settings: Settings, all_scopes: list[str]) -> ClientRegistry:
         """The configured clients file; production demands https redirect URIs."""
-        cc = settings.section("client_credentials")
+        cc = settings.client_credentials
         return cls(
-            resolve_file(cc["file"]),
+            resolve_file(cc.file),
             all_scopes,
-            allow_wildcard=cc["allow_wildcard_redirects"],
+            allow_wildcard=cc.allow_wildcard_redirects,
             require_https=settings.env == "production",
         )
 

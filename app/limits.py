@@ -40,6 +40,7 @@ from limits.storage import storage_from_string
 from werkzeug.exceptions import TooManyRequests
 
 from .audit import audit
+from .settings import Settings
 from .storage import Table
 
 log = logging.getLogger("oauth2.limits")
@@ -334,9 +335,9 @@ login_limits = limited(("login_ip", _ip), ("login_user", username_key), methods=
 api_limit = limited(("api", token_key))
 
 
-def storage_config(settings: Any) -> tuple[str, dict[str, Any]]:
+def storage_config(settings: Settings) -> tuple[str, dict[str, Any]]:
     """The limiter storage's URI and driver options (a Redis table's, if it is one)."""
-    configured = settings.data["limits"].get("storage")
+    configured = settings.limits.storage
     if configured:
         return configured, {}
     for spec in settings.storage_specs.values():
@@ -346,11 +347,11 @@ def storage_config(settings: Any) -> tuple[str, dict[str, Any]]:
     return "memory://", {}
 
 
-def build(settings: Any) -> RateLimits:
-    config = settings.data["limits"]
-    rates = {name: config[name] for name in RATES}
+def build(settings: Settings) -> RateLimits:
+    config = settings.limits
+    rates = {name: getattr(config, name) for name in RATES}
     uri, options = storage_config(settings)
-    return RateLimits(rates, uri, config["enabled"], options)
+    return RateLimits(rates, uri, config.enabled, options)
 
 
 class LoginThrottle:

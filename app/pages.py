@@ -13,8 +13,8 @@ CSP = (
 
 def view(name: str) -> str:
     """Map a logical page (``login``, ``dialog``...) to its template, as configured."""
-    views = current_app.extensions["oauth2"].settings.auth["views"]
-    return f"{views.get(name, name)}.html"
+    views = current_app.extensions["oauth2"].settings.auth.views
+    return f"{getattr(views, name)}.html"
 
 
 def render_page(name: str, code: int = 200, **context):
@@ -49,7 +49,7 @@ def _security_headers(response):
 
 
 def _context():
-    return {"site_name": current_app.extensions["oauth2"].settings.auth["site_name"]}
+    return {"site_name": current_app.extensions["oauth2"].settings.auth.site_name}
 
 
 def init_app(app: Flask) -> None:
