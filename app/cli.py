@@ -148,7 +148,7 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="oauth2-server", description=__doc__)
     root.add_argument("--config-dir", help="config folder (default $OAUTH2_CONFIG_DIR or ./config)")
     sub = root.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the server (gunicorn)")
+    serve = sub.add_parser("serve", help="run the server (auth_server.server: granian or gunicorn)")
     serve.add_argument("--bind", help="host:port, overriding auth_server.host/port")
     serve.set_defaults(func=cmd_serve)
     clients = sub.add_parser("clients", help="manage the clients file").add_subparsers(

@@ -121,9 +121,6 @@ class Client(ClientMixin):
             return False
         return any(ip in ipaddress.ip_network(net, strict=False) for net in self.ip_allowlist)
 
-    def to_public_dict(self) -> dict[str, Any]:
-        return {"client_id": self.client_id, "name": self.name}
-
 
 def _grant_types(entry: dict[str, Any], where: str) -> list[str]:
     if "grant_types" in entry:

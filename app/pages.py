@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from flask import Flask, current_app, render_template, request
 
+from .paths import CACHEABLE, STATIC
+
 #: Strict CSP: no inline script or style, nothing from elsewhere, no framing.
 CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self' http: https:; "
@@ -25,10 +27,6 @@ def render_error(status: int, title: str, message: str, detail: str | None = Non
     return render_page("error", status, status=status, title=title, message=message, detail=detail)
 
 
-#: Public, secret-free responses that caches may keep.
-CACHEABLE = ("/static/", "/.well-known/", "/openapi.json")
-
-
 def _security_headers(response):
     headers = response.headers
     headers.setdefault("X-Frame-Options", "DENY")
@@ -41,7 +39,7 @@ def _security_headers(response):
         headers.setdefault("Cache-Control", "no-store")
     if response.mimetype == "text/html":
         headers.setdefault("Content-Security-Policy", CSP)
-    elif "Content-Security-Policy" not in headers and not request.path.startswith("/static/"):
+    elif "Content-Security-Policy" not in headers and not request.path.startswith(STATIC):
         headers["Content-Security-Policy"] = "frame-ancestors 'none'"
     if request.is_secure:
         headers.setdefault("Strict-Transport-Security", "max-age=31536000")

@@ -15,6 +15,7 @@ from .rfc6749 import (
 from .rfc7009 import RevocationEndpoint
 from .rfc7636 import PKCEPolicy
 from .rfc7662 import IntrospectionEndpoint
+from .rfc8414 import build_metadata
 from .server import OAuth2Server
 
 __all__ = ["OAuth2Server", "build_server"]
@@ -67,4 +68,5 @@ def build_server(settings: Settings, clients, store, users, scopes: list[str]) -
     server.register_endpoint(IntrospectionEndpoint)
     server.issuer_parameter = Issuer(settings.issuer)
     server.register_extension(server.issuer_parameter)
+    server.metadata = build_metadata(server)
     return server

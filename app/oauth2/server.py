@@ -34,6 +34,9 @@ class OAuth2Server(AuthorizationServer):
         self.scopes_supported = list(scopes)
         self.grant_types: set[str] = set()
         self.response_types: set[str] = set()
+        self.endpoint_names: set[str] = set()
+        #: The RFC 8414 document, built once every grant and endpoint is registered.
+        self.metadata: dict[str, Any] = {}
         self.pkce: Any = None
         self.issuer_parameter: Any = None
         self.register_token_generator("default", self.generate_bearer_token)
@@ -75,6 +78,10 @@ class OAuth2Server(AuthorizationServer):
         super().register_grant(grant_cls, extensions)
         self.grant_types.add(grant_cls.GRANT_TYPE)
         self.response_types.update(getattr(grant_cls, "RESPONSE_TYPES", ()))
+
+    def register_endpoint(self, endpoint) -> None:
+        super().register_endpoint(endpoint)
+        self.endpoint_names.add(endpoint.ENDPOINT_NAME)
 
     # -- requests ---------------------------------------------------------------------
     def create_oauth2_request(self, request):

@@ -8,6 +8,7 @@ from flask import Blueprint, request
 from ..limits import token_limits
 from ..oauth2.requests import ParamsRequest
 from ..oauth2.server import body_params
+from ..paths import INTROSPECT, REVOKE, TOKEN
 from .common import oauth, state
 
 bp = Blueprint("token", __name__)
@@ -18,7 +19,7 @@ def _request() -> ParamsRequest:
     if request.args:
         raise InvalidRequestError("Send parameters in the request body, not the URL.")
     params = ParamsRequest(request.method, request.url, request.headers, body_params())
-    if request.path == "/token" and not params.payload.grant_type:
+    if request.path == TOKEN and not params.payload.grant_type:
         raise InvalidRequestError("Missing 'grant_type'.")
     return params
 
@@ -36,19 +37,19 @@ def _respond(endpoint: str | None):
         return oauth().create_endpoint_response(endpoint, params)
 
 
-@bp.post("/token")
+@bp.post(TOKEN)
 @token_limits
 def token():
     return _respond(None)
 
 
-@bp.post("/revoke")
+@bp.post(REVOKE)
 @token_limits
 def revoke():
     return _respond("revocation")
 
 
-@bp.post("/introspect")
+@bp.post(INTROSPECT)
 @token_limits
 def introspect():
     return _respond("introspection")
