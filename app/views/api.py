@@ -42,9 +42,9 @@ def call(name: str):
     route = state().adapter.api.get(name)
     if route is None:
         return _fail(404, "no such function")
-    if request.method != route.method:
-        response = _fail(405, "use " + route.method)
-        response.headers["Allow"] = route.method
+    if request.method not in route.allowed:
+        response = _fail(405, "use " + " or ".join(route.allowed))
+        response.headers["Allow"] = ", ".join(route.allowed)
         return response
     if route.scope not in (scope_to_list(token.scope) or []):
         return _fail(
@@ -54,7 +54,7 @@ def call(name: str):
         )
     if not token.user_id:
         return _fail(403, "this function acts for a user; use a user's token")
-    return _proxy(route, token)
+    return _proxy(route.called_with(request.method), token)
 
 
 def _proxy(route, token) -> Response:
