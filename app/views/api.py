@@ -9,6 +9,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from ..adapters import UpstreamUnavailable
 from ..limits import api_limit
+from ..oauth2.accept import find_access
 from .common import state
 
 bp = Blueprint("api", __name__)
@@ -36,7 +37,7 @@ def call(name: str):
     raw = _bearer()
     if raw is None:
         return _fail(401, "missing token", 'Bearer realm="api"')
-    token = state().store.find_access(raw)
+    token = find_access(state().server, raw)
     if token is None:
         return _fail(401, "invalid token", 'Bearer realm="api", error="invalid_token"')
     route = state().adapter.api.get(name)
