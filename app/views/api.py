@@ -8,13 +8,14 @@ from authlib.oauth2.rfc6749.util import scope_to_list
 from flask import Blueprint, Response, jsonify, request
 
 from ..adapters import UpstreamUnavailable
+from ..cors import any_origin
 from ..limits import api_limit
 from ..oauth2.accept import find_access
 from .common import state
 
 bp = Blueprint("api", __name__)
 
-METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 def _fail(status: int, error: str, www: str | None = None) -> Response:
@@ -32,6 +33,7 @@ def _bearer() -> str | None:
 
 
 @bp.route("/api/<path:name>", methods=METHODS)
+@any_origin
 @api_limit
 def call(name: str):
     raw = _bearer()
