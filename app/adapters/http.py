@@ -118,7 +118,9 @@ def parse_route(name: str, entry: Any, scopes: dict[str, str]) -> ApiRoute:
     if token_in.startswith("form:") and bodiless:
         _fail(f"{where}.token_in", f"'form:' needs a method with a body, not {bodiless[0]}")
     path = _path(entry.get("path", f"/{name}"), f"{where}.path")
-    return ApiRoute(name, scope, methods[0], path, token_in, methods)
+    return ApiRoute(
+        name=name, scope=scope, method=methods[0], path=path, token_in=token_in, methods=methods
+    )
 
 
 def _methods(value: Any, where: str) -> tuple[str, ...]:
