@@ -211,8 +211,10 @@ header_values = st.binary(max_size=40).map(
 )
 @given(
     origin=header_values | st.sampled_from([APP_ORIGIN, OTHER_ORIGIN, EVIL, "null"]),
-    path=st.sampled_from(["/token", "/revoke", "/introspect", "/api/profile", "/login"]),
-    method=st.sampled_from(["OPTIONS", "POST", "GET"]),
+    path=st.sampled_from(
+        ["/token", "/revoke", "/introspect", "/api/profile", "/api/update_avatar", "/login"]
+    ),
+    method=st.sampled_from(["OPTIONS", "POST", "GET", "PUT", "DELETE", "HEAD"]),
     client_id=st.sampled_from(["spa", "spa2", "test", "nope", ""]),
     request_method=header_values,
 )

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import quote, urlencode
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import (
     REDIRECT,
@@ -262,3 +265,26 @@ def test_implicit_grants_are_listed_and_revocable(client):
     assert set(checkboxes(client.get("/review").get_data(as_text=True))) == {"sp-demo"}
     save(client, keep=[])
     assert client.get("/api/profile", headers=bearer(token)).status_code == 401
+
+
+# -- any way back: a page or the 400 page, never a 5xx, and a refused POST revokes nothing ----
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    ids=st.lists(
+        st.sampled_from(["test", "sp-demo", "nope", ""]) | st.text(max_size=12), max_size=2
+    ),
+    uris=st.lists(
+        st.sampled_from([REDIRECT, REDIRECT + "x", "*"]) | st.text(max_size=20), max_size=2
+    ),
+)
+def test_any_way_back_is_the_page_or_the_400_page(client, both, ids, uris):
+    query = "?" + urlencode([("client_id", i) for i in ids] + [("redirect_uri", u) for u in uris])
+    page = client.get("/review?client_id=test&redirect_uri=" + quote(REDIRECT, safe=""))
+    form = {"csrf_token": csrf_from(page.get_data(as_text=True)), "save": "Save"}
+    response = client.get("/review" + query)
+    assert response.status_code in (200, 400)
+    posted = client.post("/review" + query, data={**form, **dict.fromkeys(NAMES, "1")})
+    assert posted.status_code == (302 if response.status_code == 200 else 400)
+    if response.status_code == 400:
+        client.post("/review" + query, data=form)  # unchecks both: refused, revokes nothing
+    assert set(NAMES) <= set(checkboxes(client.get("/review").get_data(as_text=True)))
