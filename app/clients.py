@@ -186,13 +186,19 @@ def _ip_allowlist(entry: dict[str, Any], where: str) -> list[str]:
     if not isinstance(networks, list):
         raise ClientFileError(f"{where}.ip_allowlist: expected a list of networks")
     for network in networks:
-        try:
-            ipaddress.ip_network(network if isinstance(network, str) else "-", strict=False)
-        except ValueError:
+        if not isinstance(network, str) or not _is_network(network):
             raise ClientFileError(
                 f"{where}.ip_allowlist: {network!r} is not an IP network such as 192.0.2.0/24"
-            ) from None
+            )
     return list(networks)
+
+
+def _is_network(value: str) -> bool:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 def _origin(value: Any) -> str | None:
@@ -216,8 +222,8 @@ def _allowed_origins(entry: dict[str, Any], where: str, public: bool) -> list[st
         raise ClientFileError(f"{where}.allowed_origins: expected a list of origins")
     if origins and not public:
         raise ClientFileError(
-            f"{where}.allowed_origins: only a public client runs in a browser; "
-            "a confidential client's secret must not"
+            f"{where}.allowed_origins: only a public client may list origins "
+            "(a confidential client's secret must never be in a browser)"
         )
     for origin in origins:
         if _origin(origin) is None:
