@@ -99,7 +99,7 @@ def create_dummy_app(key: bytes = DEV_KEY) -> Flask:
         username = read_token(key, _request_token())
         return jsonify(profile(username)) if username is not None else _unauthorized()
 
-    @app.post("/update_avatar")
+    @app.route("/update_avatar", methods=["GET", "POST"])  # GET as the original's site
     def update_avatar() -> Any:
         username = read_token(key, _request_token())
         if username is None:

@@ -300,7 +300,7 @@ def validate(data: dict[str, Any], env: str) -> None:
             if key not in types:
                 raise ConfigError(f"{where}: unknown key")
             _check_type(where, value, types[key])
-    _validate_auth_server(data["auth_server"], env)
+    _validate_auth_server(data["auth_server"])
     _validate_limits(data["limits"])
     if data["logging"]["level"].lower() not in LOG_LEVELS:
         raise ConfigError(
@@ -313,6 +313,8 @@ def validate(data: dict[str, Any], env: str) -> None:
         parse_storage_config(data["storage"])
     except StorageConfigError as exc:
         raise ConfigError(str(exc)) from exc
+    if env == "production":
+        _refuse_stand_ins(data)
 
 
 def _validate_limits(limits: dict[str, Any]) -> None:
@@ -332,7 +334,36 @@ def _validate_limits(limits: dict[str, Any]) -> None:
         raise ConfigError("limits.lockout_base: must be greater than 1 (delays grow)")
 
 
-def _validate_auth_server(auth: dict[str, Any], env: str) -> None:
+#: The demo clients file shipped for ``make run``; its secrets are published.
+DEMO_CLIENTS_FILE = "clients.json.example"
+
+
+def _refuse_stand_ins(data: dict[str, Any]) -> None:
+    """Production refuses development stand-ins, naming every one and its fix at once."""
+    auth, problems = data["auth_server"], []
+    if not auth["url"].startswith("https://"):
+        problems.append("auth_server.url: production serves over https (behind TLS or a proxy)")
+    secret = auth["session_secret"]
+    if not secret or secret in KNOWN_DEV_SECRETS or len(secret) < 16:
+        problems.append(
+            "auth_server.session_secret: production needs a strong secret of your own "
+            "(set OAUTH2_SESSION_SECRET)"
+        )
+    if data["resource_server"]["type"] in ("dummy", "app.adapters.dummy:DummyAdapter"):
+        problems.append(
+            'resource_server.type: "dummy" is the bundled stand-in site; production talks '
+            'to your site ("http" with its base_url, or "package.module:Class")'
+        )
+    if Path(data["client_credentials"]["file"]).name == DEMO_CLIENTS_FILE:
+        problems.append(
+            f"client_credentials.file: {DEMO_CLIENTS_FILE} holds the demo clients, whose "
+            "secrets are published; point it at your own clients.json"
+        )
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def _validate_auth_server(auth: dict[str, Any]) -> None:
     workers = auth["num_workers"]
     if workers != "auto" and not (isinstance(workers, int) and workers > 0):
         raise ConfigError('auth_server.num_workers: expected a positive number or "auto"')
@@ -357,12 +388,3 @@ def _validate_auth_server(auth: dict[str, Any], env: str) -> None:
         raise ConfigError(f"auth_server.grant_types: unknown {', '.join(sorted(unknown_grants))}")
     if auth["max_body_bytes"] < 1024:
         raise ConfigError("auth_server.max_body_bytes: must be at least 1024")
-    if env == "production" and not auth["url"].startswith("https://"):
-        raise ConfigError("auth_server.url: production serves over https (behind TLS or a proxy)")
-    if env == "production":
-        secret = auth["session_secret"]
-        if not secret or secret in KNOWN_DEV_SECRETS or len(secret) < 16:
-            raise ConfigError(
-                "auth_server.session_secret: production needs a strong secret of your own "
-                "(set OAUTH2_SESSION_SECRET)"
-            )

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 from flask import Flask, jsonify, request
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from werkzeug.datastructures import Headers
 from werkzeug.serving import make_server
 
@@ -185,6 +187,8 @@ def test_dummy_scopes_and_routes() -> None:
         assert list(adapter.scopes) == ["read-only", "read-write"]
         assert adapter.api["profile"].scope == "read-only"
         assert adapter.api["update_avatar"].method == "POST"
+        assert adapter.api["update_avatar"].allowed == ("POST", "GET")
+        assert adapter.api["profile"].allowed == ("GET",)
         assert adapter.api["update_avatar"].scope == "read-write"
         assert adapter.bundled_site == ("10.0.0.1", 9999)
     assert HttpAdapter.bundled_site is None
@@ -249,6 +253,12 @@ BAD_HTTP_CONFIGS = [
     ({"api": {"p": {"scope": "read", "token_in": "body:t"}}}, "resource_server.api.p.token_in:"),
     ({"api": {"p": {"scope": "read", "token_in": "form:t"}}}, "resource_server.api.p.token_in:"),
     ({"api": {"p": {"scope": "read", "verb": "GET"}}}, "resource_server.api.p.verb: unknown"),
+    ({"api": {"p": {"scope": "read", "method": []}}}, "resource_server.api.p.method: lists no"),
+    ({"api": {"p": {"scope": "read", "method": ["GET", 1]}}}, "resource_server.api.p.method:"),
+    (
+        {"api": {"p": {"scope": "read", "method": ["POST", "GET"], "token_in": "form:t"}}},
+        "resource_server.api.p.token_in: 'form:' needs a method with a body, not GET",
+    ),
     ({"api": {"a/b": {"scope": "read"}}}, "resource_server.api.a/b:"),
     ({"login": {"format": "xml"}}, "resource_server.login.format:"),
     ({"login": {"token_from": "query:t"}}, "resource_server.login.token_from:"),
@@ -256,6 +266,14 @@ BAD_HTTP_CONFIGS = [
     ({"login": {"method": "TRACE"}}, "resource_server.login.method:"),
     ({"login": {"user": "u"}}, "resource_server.login.user: unknown key"),
 ]
+
+
+def test_a_route_may_list_several_methods() -> None:
+    api = {"p": {"scope": "read", "method": ["get", "POST", "GET"]}}
+    with adapter_for(HttpAdapter, http_config(api=api)) as adapter:
+        route = adapter.api["p"]
+        assert (route.method, route.allowed) == ("GET", ("GET", "POST"))
+        assert route.called_with("POST").method == "POST"
 
 
 @pytest.mark.parametrize(("override", "message"), BAD_HTTP_CONFIGS)
@@ -404,3 +422,25 @@ def test_login_server_error_and_missing_token(
         else:
             with pytest.raises(outcome):
                 adapter.login("ann", "password")
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(method=json_values | st.lists(st.sampled_from(["GET", "post", "PUT", "BREW"]), max_size=4))
+def test_any_method_value_loads_or_names_the_key(method: object) -> None:
+    api = {"p": {"scope": "read", "method": method}}
+    try:
+        adapter = HttpAdapter(http_config(api=api))
+    except ValueError as exc:
+        assert str(exc).startswith("resource_server.api.p.method:")
+        return
+    route = adapter.api["p"]
+    adapter.close()
+    assert route.allowed and set(route.allowed) <= {"GET", "POST", "PUT"}
+    assert route.method == route.allowed[0]

@@ -292,8 +292,21 @@ def test_production_refuses_a_plain_http_url(folder):
         load(folder, OAUTH2_ENV="production")
 
 
+#: What production needs beside the URL and secret: a real site and the operator's clients.
+OWN_SITE = {
+    "resource_server": {
+        "type": "http",
+        "base_url": "https://www.example.com",
+        "scopes": {"read": "Read"},
+    },
+    "client_credentials": {"file": "/etc/oauth2/clients.json"},
+}
+
+
 def test_production_accepts_a_strong_secret_from_the_environment(folder):
-    write(folder, "production.json", {"auth_server": {"url": "https://auth.example.com"}})
+    write(
+        folder, "production.json", {"auth_server": {"url": "https://auth.example.com"}, **OWN_SITE}
+    )
     settings = load(folder, OAUTH2_ENV="production", OAUTH2_SESSION_SECRET=STRONG)
     assert settings.env == "production"
     assert settings.flask_config()["SECRET_KEY"] == STRONG
@@ -346,3 +359,38 @@ def test_storage_ttls_default_to_the_originals(folder):
     assert settings.ttl("codes") == 60
     assert settings.ttl("tokens") == 7200
     assert settings.ttl("session") == 1800
+
+
+def test_production_refuses_every_development_stand_in_at_once(folder):
+    write(folder, "production.json", {})
+    with pytest.raises(ConfigError) as caught:
+        load(folder, OAUTH2_ENV="production")
+    keys = [line.split(":")[0] for line in str(caught.value).splitlines()]
+    assert keys == [
+        "auth_server.url",
+        "auth_server.session_secret",
+        "resource_server.type",
+        "client_credentials.file",
+    ]
+    assert "clients.json.example holds the demo clients" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("over", "key"),
+    [
+        ({"resource_server": {"type": "dummy"}}, "resource_server.type"),
+        ({"resource_server": {"type": "app.adapters.dummy:DummyAdapter"}}, "resource_server.type"),
+        ({"client_credentials": {"file": "./clients.json.example"}}, "client_credentials.file"),
+    ],
+)
+def test_production_names_each_stand_in(folder, over, key):
+    config = {"auth_server": {"url": "https://auth.example.com", "session_secret": STRONG}}
+    write(folder, "production.json", {**config, **OWN_SITE, **over})
+    with pytest.raises(ConfigError, match="^" + re.escape(key) + ":"):
+        load(folder, OAUTH2_ENV="production")
+
+
+def test_development_keeps_the_stand_ins(folder):
+    settings = load(folder)
+    assert settings.section("resource_server")["type"] == "dummy"
+    assert settings.section("client_credentials")["file"].endswith("clients.json.example")

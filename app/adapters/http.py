@@ -112,12 +112,23 @@ def parse_route(name: str, entry: Any, scopes: dict[str, str]) -> ApiRoute:
     scope = entry.get("scope")
     if scope not in scopes:
         _fail(f"{where}.scope", f"unknown scope {scope!r}")
-    method = _method(entry.get("method", "GET"), f"{where}.method")
+    methods = _methods(entry.get("method", "GET"), f"{where}.method")
     token_in = _placement(entry.get("token_in", "query:token"), TOKEN_IN, f"{where}.token_in")
-    if token_in.startswith("form:") and method not in BODY_METHODS:
-        _fail(f"{where}.token_in", f"'form:' needs a method with a body, not {method}")
+    bodiless = [m for m in methods if m not in BODY_METHODS]
+    if token_in.startswith("form:") and bodiless:
+        _fail(f"{where}.token_in", f"'form:' needs a method with a body, not {bodiless[0]}")
     path = _path(entry.get("path", f"/{name}"), f"{where}.path")
-    return ApiRoute(name=name, scope=scope, method=method, path=path, token_in=token_in)
+    return ApiRoute(
+        name=name, scope=scope, method=methods[0], path=path, token_in=token_in, methods=methods
+    )
+
+
+def _methods(value: Any, where: str) -> tuple[str, ...]:
+    """One method (``"GET"``) or several (``["GET", "POST"]``), each sent on as called."""
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        _fail(where, "lists no method")
+    return tuple(dict.fromkeys(_method(v, where) for v in values))
 
 
 def _timeout(value: Any) -> float:
@@ -212,7 +223,8 @@ class HttpAdapter(ResourceServer):
                              "token_in": "query:token"}}}  # or header:, cookie:, form:
 
     ``login`` keys all have the defaults shown. An ``api`` path may contain
-    ``{token}`` and ``{user_id}``; ``method`` defaults to GET, ``path`` to
+    ``{token}`` and ``{user_id}``; ``method`` (one, or a list of those a partner may
+    use: the site is called with the partner's) defaults to GET, ``path`` to
     ``/<name>`` and ``token_in`` to ``query:token``. Login answers 4xx mean bad
     credentials; 5xx and network errors raise :class:`UpstreamUnavailable`.
     """

@@ -13,6 +13,7 @@ from authlib.oauth2.rfc6749 import grants
 from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidGrantError, InvalidScopeError
 
 from ..audit import audit
+from .accept import find_refresh
 from .tokens import new_grant_id
 
 
@@ -111,7 +112,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
     INCLUDE_NEW_REFRESH_TOKEN = True
 
     def authenticate_refresh_token(self, refresh_token: str):
-        found = self.server.store.find_refresh(refresh_token)
+        found = find_refresh(self.server, refresh_token)
         if found is None:
             self._revoke_if_reused(refresh_token)
         return found
