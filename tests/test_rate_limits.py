@@ -13,8 +13,8 @@ import time
 import pytest
 import redis
 
-from app import limits
-from app.limits import PREFIX, RateLimits
+from app.limits import counters as limits
+from app.limits.counters import PREFIX, RateLimits
 
 from .backends import redis_url, require_service
 

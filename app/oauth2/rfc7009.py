@@ -6,8 +6,9 @@ from authlib.oauth2.rfc6749.errors import InvalidRequestError, UnsupportedTokenT
 from authlib.oauth2.rfc7009 import RevocationEndpoint as _RevocationEndpoint
 
 from ..audit import audit
+from .client_auth import METHODS
 
-CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+CLIENT_AUTH_METHODS = list(METHODS)
 
 
 def query_either(store, token: str, hint: str | None):

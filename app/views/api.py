@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hmac
-
 from authlib.oauth2.rfc6749.util import scope_to_list
 from flask import Blueprint, Response, jsonify, request
 
 from ..adapters import UpstreamUnavailable
 from ..limits import api_limit
+from ..oauth2 import rfc6750
 from .common import state
 
 bp = Blueprint("api", __name__)
@@ -25,18 +24,15 @@ def _fail(status: int, error: str, www: str | None = None) -> Response:
     return response
 
 
-def _bearer() -> str | None:
-    kind, _, value = request.headers.get("Authorization", "").partition(" ")
-    return value.strip() if hmac.compare_digest(kind.lower(), "bearer") and value else None
-
-
 @bp.route("/api/<path:name>", methods=METHODS)
 @api_limit
 def call(name: str):
-    raw = _bearer()
-    if raw is None:
+    header = request.headers.get("Authorization", "")
+    raw = rfc6750.bearer_token(header)
+    token = state().store.find_access(raw) if raw else None
+    rfc6750.note(token is not None)
+    if token is None and not rfc6750.names_bearer(header):
         return _fail(401, "missing token", 'Bearer realm="api"')
-    token = state().store.find_access(raw)
     if token is None:
         return _fail(401, "invalid token", 'Bearer realm="api", error="invalid_token"')
     route = state().adapter.api.get(name)

@@ -51,13 +51,15 @@ def login_post():
     password = request.form.get("password", "")
     if not username or not password or len(username) > MAX_FIELD or len(password) > MAX_FIELD:
         return _form(next_url, "Enter your username and password.", 400)
-    wait = state().throttle.wait(username)
-    if wait:
+    lockout, subject = state().limits.login, username.strip().lower()
+    attempt = lockout.reserve(subject)  # counted before the site is asked: parallel-safe
+    if attempt.wait:
         audit("login_locked", username=username[:64])
-        return _locked(next_url, wait)
+        return _locked(next_url, attempt.wait)
     try:
         site_user = state().adapter.login(username, password)
     except UpstreamUnavailable:
+        lockout.release(subject)
         return render_error(
             502,
             "Sign-in unavailable",
@@ -65,12 +67,11 @@ def login_post():
         )
     if site_user is None:
         audit("login_failed", username=username[:64])
-        delay = state().throttle.failed(username)
-        if delay:
-            audit("lockout", username=username[:64], seconds=delay)
+        if attempt.delay:
+            audit("lockout", username=username[:64], seconds=attempt.delay)
         return _form(next_url, "Wrong username or password.", 401)
     with state().storage.batch():  # lockout, user record, audit entry: one round trip
-        state().throttle.succeeded(username)
+        lockout.succeeded(subject)
         user = state().users.remember(site_user)
         audit("login", user_id=user.id)
     session.regenerate()  # type: ignore[attr-defined]
