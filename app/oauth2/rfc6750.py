@@ -22,8 +22,10 @@ def bearer_token(header: str) -> str | None:
 
 
 def names_bearer(header: str) -> bool:
-    """Whether the header uses the ``Bearer`` scheme, well formed or not."""
-    return header.partition(" ")[0].lower() == "bearer"
+    """Whether the header presents some ``Bearer`` value, well formed or not (§3.1: a
+    request without one lacks authentication and gets no error code)."""
+    scheme, _, value = header.partition(" ")
+    return scheme.lower() == "bearer" and bool(value.strip())
 
 
 def note(valid: bool) -> None:
