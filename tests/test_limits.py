@@ -96,6 +96,8 @@ def test_login_lockout_grows_and_names_the_wait(make):
     locked = login_once(client, "mallory", "password")  # even the right password waits
     assert locked.status_code == 429
     assert 1 <= int(locked.headers["Retry-After"]) <= 4
+    assert locked.headers["RateLimit-Policy"] == '"login";q=2'
+    assert locked.headers["RateLimit"].startswith('"login";r=0;t=')
     assert "Too many failed attempts" in locked.get_data(as_text=True)
     # Another username is not affected.
     assert login_once(client, "alice", "password").status_code == 302
@@ -290,6 +292,8 @@ def test_guessing_a_secret_is_throttled_and_other_ips_are_not(make):
     assert answers.count(429) >= 180  # then one guess per growing delay
     refused = cc(attacker)  # even the right secret waits
     assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+    assert refused.headers["RateLimit-Policy"] == '"client-ip";q=5'
+    assert refused.headers["RateLimit"] == f'"client-ip";r=0;t={refused.headers["Retry-After"]}'
     # Another partner on another IP is not touched by the attacker's IP's delays.
     assert cc(from_ip(app, "198.51.100.2"), basic("sp-demo", "hunter2")).status_code != 429
 

@@ -9,6 +9,15 @@
 from .config import Limits, build
 from .counters import RateLimits
 from .delays import Delays
-from .web import api_limit, login_limits, token_limits
+from .web import api_limit, delay_fields, login_limits, token_limits
 
-__all__ = ["Delays", "Limits", "RateLimits", "api_limit", "build", "login_limits", "token_limits"]
+__all__ = [
+    "Delays",
+    "Limits",
+    "RateLimits",
+    "api_limit",
+    "build",
+    "delay_fields",
+    "login_limits",
+    "token_limits",
+]

@@ -23,6 +23,7 @@ from ..audit import audit
 from ..oauth2 import client_auth, rfc6750
 from .config import Limits
 from .counters import Refusal, digest
+from .delays import Delays
 
 Headers = list[tuple[str, str]]
 
@@ -68,6 +69,14 @@ def fields(name: str, key: str, rate: RateLimitItem | None = None) -> Headers:
     ]
 
 
+def delay_fields(delays: Delays, wait: int) -> Headers:
+    """The ``RateLimit`` fields of a shut gate: its free failures are spent for ``wait`` s."""
+    return [
+        ("RateLimit-Policy", f'"{delays.name}";q={delays.free}'),
+        ("RateLimit", f'"{delays.name}";r=0;t={wait}'),
+    ]
+
+
 def _check(refusal: Refusal | None, name: str, key: str, rate: RateLimitItem | None = None):
     if refusal is None:
         return
@@ -102,10 +111,14 @@ def _claimed_body() -> dict[str, Any] | None:
 def _before_token(scope: str) -> None:
     limits, ip = _limits(), ip_group()
     _check(limits.rates.spent("token_ip", scope + ip), "token_ip", scope + ip)
+    # The body is parsed only when the Basic header names no client.
     claimed = client_auth.claimed_client_id(None) or client_auth.claimed_client_id(_claimed_body())
-    wait = max(limits.client_ip.wait(ip), limits.client_id.wait(claimed) if claimed else 0)
+    waits = [(limits.client_ip.wait(ip), limits.client_ip)]
+    if claimed:
+        waits.append((limits.client_id.wait(claimed), limits.client_id))
+    wait, delays = max(waits, key=lambda pair: pair[0])
     if wait:
-        raise Limited(wait, [])
+        raise Limited(wait, delay_fields(delays, wait))
     client = current_app.extensions["oauth2"].clients.get(claimed) if claimed else None
     if client is not None:
         key, rate = _client_budget(client)

@@ -9,7 +9,7 @@ from flask_login import login_user, logout_user
 
 from ..adapters import UpstreamUnavailable
 from ..audit import audit
-from ..limits import login_limits
+from ..limits import delay_fields, login_limits
 from ..pages import render_error, render_page
 from .common import safe_next, state
 
@@ -35,6 +35,7 @@ def _locked(next_url: str, wait: int):
     minutes = f"{wait} seconds" if wait < 120 else f"{wait // 60} minutes"
     response = _form(next_url, f"Too many failed attempts. Try again in {minutes}.", 429)
     response.headers["Retry-After"] = str(wait)
+    response.headers.extend(delay_fields(state().limits.login, wait))
     return response
 
 
