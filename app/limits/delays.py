@@ -85,7 +85,7 @@ class Delays:
         """Count an attempt before checking it; refused while the gate is shut."""
         if not self.enabled:
             return Attempt(0, 0)
-        count, gate = self._keys(subject)
+        _, count, gate = self._keys(subject)
         failures = self.store.incr(count, self.memory)
         if failures <= self.free:
             return Attempt(0, 0)
@@ -99,18 +99,18 @@ class Delays:
     def release(self, subject: str) -> None:
         """Give back a reserved attempt that was never checked (the site was down)."""
         if self.enabled:
-            self.store.incr(self._keys(subject)[0], self.memory, amount=-1)
+            self.store.incr(self._keys(subject)[1], self.memory, amount=-1)
 
     # -- client authentication: ask, then count failures ------------------------------
     @_tolerant(0)
     def wait(self, subject: str) -> int:
         """Seconds ``subject`` must wait before its next attempt (0: may try now)."""
-        if not self.enabled or self._quiet.get(subject, 0.0) > time.time():
+        ident, count, gate = self._keys(subject)
+        if not self.enabled or self._quiet.get(ident, 0.0) > time.time():
             return 0
-        count, gate = self._keys(subject)
         failures = self.store.get(count)
         if failures == 0:
-            self._remember_quiet(subject)
+            self._remember_quiet(ident)
             return 0
         return self._left(gate) if failures > self.free and self.store.get(gate) else 0
 
@@ -119,8 +119,8 @@ class Delays:
         """Count a failure; return the delay it starts (0 while failures are free)."""
         if not self.enabled:
             return 0
-        self._quiet.pop(subject, None)
-        count, gate = self._keys(subject)
+        ident, count, gate = self._keys(subject)
+        self._quiet.pop(ident, None)
         failures = self.store.incr(count, self.memory)
         if failures <= self.free:
             return 0
@@ -131,16 +131,19 @@ class Delays:
     @_tolerant(None)
     def succeeded(self, subject: str) -> None:
         """Forget the subject's failures (nothing to do if it was seen clean just now)."""
-        if not self.enabled or self._quiet.get(subject, 0.0) > time.time():
+        ident, count, gate = self._keys(subject)
+        if not self.enabled or self._quiet.get(ident, 0.0) > time.time():
             return
-        for key in self._keys(subject):
-            self.store.clear(key)
-        self._remember_quiet(subject)
+        self.store.clear(count)
+        self.store.clear(gate)
+        self._remember_quiet(ident)
 
     # -- helpers ----------------------------------------------------------------------
-    def _keys(self, subject: str) -> tuple[str, str]:
-        key = f"{PREFIX}/{self.name}/{digest(subject)}"
-        return key + "/failures", key + "/gate"
+    def _keys(self, subject: str) -> tuple[str, str, str]:
+        """The subject's digest (any length: one short key) and its two store keys."""
+        ident = digest(subject)
+        key = f"{PREFIX}/{self.name}/{ident}"
+        return ident, key + "/failures", key + "/gate"
 
     def _delay(self, failures: int) -> int:
         return int(min(self.ceiling, math.ceil(self.base ** min(failures - self.free, 64))))
@@ -148,7 +151,7 @@ class Delays:
     def _left(self, gate: str) -> int:
         return max(1, math.ceil(self.store.get_expiry(gate) - time.time()))
 
-    def _remember_quiet(self, subject: str) -> None:
+    def _remember_quiet(self, ident: str) -> None:
         if len(self._quiet) >= MAX_QUIET:
             self._quiet.clear()
-        self._quiet[subject] = time.time() + SYNC_EVERY
+        self._quiet[ident] = time.time() + SYNC_EVERY
