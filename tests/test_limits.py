@@ -113,6 +113,8 @@ def test_login_lockout_clears_after_success(make):
     assert lockout.reserve("bob").wait > 0
     lockout.succeeded("bob")
     assert lockout.reserve("bob") == (0, 0)
+    lockout.succeeded("bob")  # at once again: the reservation between is cleared too
+    assert [lockout.reserve("bob") for _ in range(2)] == [(0, 0), (0, 2)]
 
 
 def test_login_limit_per_username(make):

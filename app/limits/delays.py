@@ -85,7 +85,8 @@ class Delays:
         """Count an attempt before checking it; refused while the gate is shut."""
         if not self.enabled:
             return Attempt(0, 0)
-        _, count, gate = self._keys(subject)
+        ident, count, gate = self._keys(subject)
+        self._quiet.pop(ident, None)  # counted: no longer known clean
         failures = self.store.incr(count, self.memory)
         if failures <= self.free:
             return Attempt(0, 0)

@@ -71,7 +71,7 @@ def login_post():
         if attempt.delay:
             audit("lockout", username=username[:64], seconds=attempt.delay)
         return _form(next_url, "Wrong username or password.", 401)
-    with state().storage.batch():  # lockout, user record, audit entry: one round trip
+    with state().storage.batch():  # user record and audit entry: one round trip
         lockout.succeeded(subject)
         user = state().users.remember(site_user)
         audit("login", user_id=user.id)
