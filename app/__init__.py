@@ -51,8 +51,7 @@ class State:
     store: GrantStore
     users: UserStore
     server: OAuth2Server
-    throttle: limits.LoginThrottle
-    limits: limits.RateLimits
+    limits: limits.Limits
 
 
 def _build_state(settings: Settings, clients: ClientRegistry | None = None) -> State:
@@ -64,16 +63,7 @@ def _build_state(settings: Settings, clients: ClientRegistry | None = None) -> S
         clients = ClientRegistry.from_settings(settings, list(adapter.scopes))
     store, users = GrantStore(storage), UserStore(storage.users)
     server = build_server(settings, clients, store, users, list(adapter.scopes))
-    lim = settings.data["limits"]
-    throttle = limits.LoginThrottle(
-        storage.session,
-        lim["lockout_after"],
-        lim["lockout_base"],
-        lim["lockout_max"],
-        enabled=lim["enabled"],
-    )
-    rates = limits.build(settings)
-    return State(settings, storage, clients, adapter, store, users, server, throttle, rates)
+    return State(settings, storage, clients, adapter, store, users, server, limits.build(settings))
 
 
 def create_app(

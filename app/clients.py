@@ -12,7 +12,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749 import ClientMixin, list_to_scope, scope_to_list
+from limits import parse
 
+from .oauth2.client_auth import SECRET_METHODS
 from .secrets_hash import known_scheme, verify_secret, verify_seed_sha1
 
 GRANT_TYPES = ("authorization_code", "implicit", "refresh_token", "client_credentials")
@@ -69,6 +71,7 @@ class Client(ClientMixin):
     #: Browser origins (``scheme://host[:port]``) of a public client's pages, answered
     #: CORS at ``/token`` and ``/revoke``.
     allowed_origins: list[str] = field(default_factory=list)
+    rate_limit: str | None = None  # its own cap on authenticated /token traffic
 
     # -- Authlib's ClientMixin --------------------------------------------------
     def get_client_id(self) -> str:
@@ -108,7 +111,7 @@ class Client(ClientMixin):
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
         if self.public:
             return method == "none"
-        return method in ("client_secret_basic", "client_secret_post")
+        return method in SECRET_METHODS
 
     def check_response_type(self, response_type: str) -> bool:
         return RESPONSE_TYPES.get(response_type) in self.grant_types
@@ -152,6 +155,18 @@ def _grant_types(entry: dict[str, Any], where: str) -> list[str]:
     if entry.get("allow_client_credentials"):
         grants.append("client_credentials")
     return grants
+
+
+def _rate_limit(entry: dict[str, Any], where: str) -> str | None:
+    """The client's own ``rate_limit`` (``"100000/minute"``), checked like ``limits.*``."""
+    rate = entry.get("rate_limit")
+    if rate is None:
+        return None
+    try:
+        parse(rate)
+    except (ValueError, TypeError) as exc:
+        raise ClientFileError(f"{where}.rate_limit: {rate!r} is not a rate like 60/minute") from exc
+    return str(rate)
 
 
 def _secret(entry: dict[str, Any], where: str, public: bool) -> dict[str, Any]:
@@ -278,6 +293,7 @@ def parse_client(
         ip_allowlist=_ip_allowlist(entry, where),
         allow_wildcard=allow_wildcard,
         allowed_origins=_allowed_origins(entry, where, public),
+        rate_limit=_rate_limit(entry, where),
         **_secret(entry, where, public),
     )
 

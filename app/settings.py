@@ -56,14 +56,17 @@ DEFAULTS: dict[str, Any] = {
     "limits": {
         "enabled": True,
         "storage": None,
-        "token": "600/minute",
+        "token": "60000/minute",
         "token_ip": "1200/minute",
         "login_ip": "60/minute",
         "login_user": "30/minute",
-        "api": "1200/minute",
+        "api": "6000/minute",
+        "api_ip": "120/minute",
         "lockout_after": 5,
         "lockout_base": 2,
         "lockout_max": 900,
+        "client_lockout_after": 20,
+        "client_lockout_max": 60,
     },
 }
 
@@ -97,9 +100,12 @@ _TYPES: dict[str, dict[str, tuple[type, ...]]] = {
         "login_ip": (str,),
         "login_user": (str,),
         "api": (str,),
+        "api_ip": (str,),
         "lockout_after": (int,),
         "lockout_base": (int, float),
         "lockout_max": (int,),
+        "client_lockout_after": (int,),
+        "client_lockout_max": (int,),
     },
 }
 
@@ -320,14 +326,19 @@ def validate(data: dict[str, Any], env: str) -> None:
 def _validate_limits(limits: dict[str, Any]) -> None:
     from limits import parse
 
-    for name in ("token", "token_ip", "login_ip", "login_user", "api"):
+    for name in ("token", "token_ip", "login_ip", "login_user", "api", "api_ip"):
         try:
             parse(limits[name])
         except ValueError as exc:
             raise ConfigError(
                 f"limits.{name}: {limits[name]!r} is not a rate like 60/minute"
             ) from exc
-    for key, floor in (("lockout_after", 1), ("lockout_max", 1)):
+    for key, floor in (
+        ("lockout_after", 1),
+        ("lockout_max", 1),
+        ("client_lockout_after", 1),
+        ("client_lockout_max", 1),
+    ):
         if limits[key] < floor:
             raise ConfigError(f"limits.{key}: must be at least {floor}")
     if limits["lockout_base"] <= 1:

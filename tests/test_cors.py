@@ -100,7 +100,7 @@ def test_api_preflight_names_methods_headers_and_max_age(client, app):
 
 
 def test_api_429_carries_cors_and_retry_after(tmp_path, dummy_site):
-    app = make_app(tmp_path, dummy_site, clients=CLIENTS, limits={"api": "1/minute"})
+    app = make_app(tmp_path, dummy_site, clients=CLIENTS, limits={"api_ip": "1/minute"})
     try:
         http = app.test_client()
         http.get("/api/profile", headers=bearer("x"))

@@ -1,4 +1,5 @@
-"""The batched fixed-window counters behind the limits (``app.limits.RateLimits``).
+"""The counters behind the limits: batched fixed windows (``app.limits.counters``) and the
+growing delays (``app.limits.delays``).
 
 Exact near a limit, batched far from it, shared through Redis, local while the
 store is down. Each ``RateLimits`` stands for one worker process.
@@ -13,8 +14,9 @@ import time
 import pytest
 import redis
 
-from app import limits
-from app.limits import PREFIX, RateLimits
+from app.limits import counters as limits
+from app.limits.counters import PREFIX, RateLimits
+from app.limits.delays import Delays
 
 from .backends import redis_url, require_service
 
@@ -200,3 +202,38 @@ def test_a_store_that_never_answers_does_not_hang_requests():
         assert time.monotonic() - started < 0.5  # no store trips while it is down
     finally:
         silent.close()
+
+
+def delays_of_one_process(url: str, free: int = 2) -> Delays:
+    return Delays(RateLimits({}, url).store, "test", free, 2, 60)
+
+
+def test_failure_delays_are_shared_across_processes(url):
+    subject = secrets.token_hex(8)
+    first, second = delays_of_one_process(url), delays_of_one_process(url)
+    assert [first.failed(subject) for _ in range(3)] == [0, 0, 2]
+    assert 1 <= second.wait(subject) <= 2  # the other process sees the shut gate
+    assert second.reserve(subject).wait >= 1  # and refuses without counting it
+    second.succeeded(subject)
+    assert first.wait(subject) == 0
+
+
+def test_reservations_are_atomic_across_processes(url):
+    subject = secrets.token_hex(8)
+    workers = [delays_of_one_process(url, free=3) for _ in range(4)]
+    barrier = threading.Barrier(20)
+    granted: list[bool] = []
+    lock = threading.Lock()
+
+    def run(worker: Delays) -> None:
+        barrier.wait()
+        ok = worker.reserve(subject).wait == 0
+        with lock:
+            granted.append(ok)
+
+    threads = [threading.Thread(target=run, args=(workers[i % 4],)) for i in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert granted.count(True) == 3 + 1  # the free ones and the one that shut the gate

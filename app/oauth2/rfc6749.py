@@ -14,13 +14,14 @@ from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidGrantError,
 
 from ..audit import audit
 from .accept import find_refresh
+from .client_auth import METHODS, SECRET_METHODS
 from .tokens import new_grant_id
 
 
 class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
     """Authorization code (§4.1), with PKCE registered as an extension."""
 
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+    TOKEN_ENDPOINT_AUTH_METHODS = list(METHODS)
 
     def save_authorization_code(self, code: str, request) -> None:
         payload = request.payload.data
@@ -108,7 +109,7 @@ class ImplicitGrant(grants.ImplicitGrant):
 class RefreshTokenGrant(grants.RefreshTokenGrant):
     """Refresh (§6) with rotation: the old refresh token and its access token end."""
 
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+    TOKEN_ENDPOINT_AUTH_METHODS = list(METHODS)
     INCLUDE_NEW_REFRESH_TOKEN = True
 
     def authenticate_refresh_token(self, refresh_token: str):
@@ -143,7 +144,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
 class ClientCredentialsGrant(grants.ClientCredentialsGrant):
     """Client credentials (§4.4), for clients that list it; no refresh token."""
 
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+    TOKEN_ENDPOINT_AUTH_METHODS = list(SECRET_METHODS)
 
     def create_token_response(self):
         client = self.request.client

@@ -7,8 +7,9 @@ from authlib.oauth2.rfc7009 import RevocationEndpoint as _RevocationEndpoint
 
 from ..audit import audit
 from .accept import find_either
+from .client_auth import METHODS
 
-CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+CLIENT_AUTH_METHODS = list(METHODS)
 
 
 def check_token_params(request, supported) -> None:
