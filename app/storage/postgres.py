@@ -9,8 +9,10 @@ probes again and recovers once the server is back. A pool inherited across
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
@@ -20,7 +22,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from .base import StorageConfigError, StorageUnavailable
-from .sql import SQLBackend
+from .sql import Run, SQLBackend
 
 #: Options (in ``options`` or the URL query) that size the pool; the rest go to libpq.
 POOL_OPTIONS: dict[str, type] = {
@@ -131,6 +133,23 @@ class PostgresBackend(SQLBackend):
                 # Every SQLTable statement is an upsert, a select or a delete, so
                 # running it again on a fresh connection leaves the same state.
                 return self._run(pool, sql, params, fetch)
+        except PoolTimeout as exc:
+            self._drop_if_down(pool)
+            raise StorageUnavailable(f"postgres: {exc}") from exc
+        except psycopg.Error as exc:
+            raise StorageUnavailable(f"postgres: {exc}") from exc
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Run]:
+        pool = self._get_pool()
+
+        def run(sql: str, params: tuple[Any, ...], fetch: bool) -> Any:
+            cursor = conn.execute(sql, params)
+            return cursor.fetchall() if fetch else cursor.rowcount
+
+        try:
+            with pool.connection() as conn, conn.transaction():
+                yield run
         except PoolTimeout as exc:
             self._drop_if_down(pool)
             raise StorageUnavailable(f"postgres: {exc}") from exc

@@ -8,11 +8,18 @@ filters on and :meth:`SQLTable.purge` deletes by.
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import time
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
-from .base import INDEXED_FIELDS, Backend, Record, Table, audit_key
+from .base import INDEXED_FIELDS, Backend, Put, Record, Table, audit_key
+
+#: One SQL statement and its parameters.
+Statement = tuple[str, tuple[Any, ...]]
+#: Runs one statement inside a transaction: ``run(sql, params, fetch)``.
+Run = Callable[[str, tuple[Any, ...], bool], Any]
 
 #: Versioned migrations: (version, description, statements); ``{t}`` is each table name.
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
@@ -50,11 +57,35 @@ class SQLBackend(Backend):
         """Run one statement in its own transaction; return rows if ``fetch`` else rowcount."""
 
     @abc.abstractmethod
+    def transaction(self) -> contextlib.AbstractContextManager[Run]:
+        """Yield a runner whose statements commit together when the block ends, or not at all."""
+
+    @abc.abstractmethod
     def run_migration(self, version: int, statements: list[str]) -> bool:
         """Apply one migration unless already applied; return whether it ran."""
 
+    def exchange(
+        self, take: tuple[Table, str], puts: Sequence[Put], discards: Sequence[tuple[Table, str]]
+    ) -> Record | None:
+        """One transaction: the take, the puts and the deletes commit together."""
+        table, key = take
+        if not self._owns([table, *(p.table for p in puts), *(t for t, _ in discards)]):
+            return super().exchange(take, puts, discards)
+        writes = [cast(SQLTable, p.table).put_statement(p.key, p.record, p.ttl) for p in puts]
+        writes += [cast(SQLTable, t).delete_statement(k) for t, k in discards]
+        with self.transaction() as run:
+            rows = run(*cast(SQLTable, table).take_statement(key), True)
+            if not rows:
+                return None
+            for statement, params in writes:
+                run(statement, params, False)
+        return _row(rows[0])
+
     def sql(self, text: str) -> str:
         return text.replace("?", self.placeholder)
+
+    def _owns(self, tables: list[Table]) -> bool:
+        return all(isinstance(t, SQLTable) and t.backend is self for t in tables)
 
     def table(self, name: str, ttl: int | None) -> SQLTable:
         return SQLTable(self, name, ttl)
@@ -102,19 +133,27 @@ class SQLTable(Table):
             f"SELECT key, expires_at, data FROM {t} WHERE {live} ORDER BY key DESC LIMIT ?"
         )
 
-    def put(self, key: str, record: Record, ttl: int | None = None) -> None:
+    def put_statement(self, key: str, record: Record, ttl: int | None) -> Statement:
+        """The upsert of one put, as (SQL, parameters)."""
         data = {k: v for k, v in record.items() if k not in ("key", "expires_at")}
         indexed = tuple(data.get(f) for f in INDEXED_FIELDS)
-        self.backend.execute(
-            self._put, (key, *indexed, self.expiry(ttl), json.dumps(data, separators=(",", ":")))
-        )
+        return self._put, (key, *indexed, self.expiry(ttl), json.dumps(data, separators=(",", ":")))
+
+    def take_statement(self, key: str) -> Statement:
+        return self._take, (key, time.time())
+
+    def delete_statement(self, key: str) -> Statement:
+        return self._delete_any, (key,)
+
+    def put(self, key: str, record: Record, ttl: int | None = None) -> None:
+        self.backend.execute(*self.put_statement(key, record, ttl))
 
     def get(self, key: str) -> Record | None:
         rows = self.backend.execute(self._get, (key, time.time()), fetch=True)
         return _row(rows[0]) if rows else None
 
     def take(self, key: str) -> Record | None:
-        rows = self.backend.execute(self._take, (key, time.time()), fetch=True)
+        rows = self.backend.execute(*self.take_statement(key), fetch=True)
         return _row(rows[0]) if rows else None
 
     def delete(self, key: str) -> bool:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from .base import StorageConfigError, StorageUnavailable
-from .sql import SQLBackend
+from .sql import Run, SQLBackend
 
 
 def sqlite_path(url: str) -> str:
@@ -54,6 +56,26 @@ class SQLiteBackend(SQLBackend):
         try:
             cursor = self._connect().execute(sql, params)
             return cursor.fetchall() if fetch else cursor.rowcount
+        except sqlite3.Error as exc:
+            raise StorageUnavailable(f"sqlite: {exc}") from exc
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Run]:
+        # IMMEDIATE takes the write lock at once: no other writer slips in between.
+        conn = self._connect()
+
+        def run(sql: str, params: tuple[Any, ...], fetch: bool) -> Any:
+            cursor = conn.execute(sql, params)
+            return cursor.fetchall() if fetch else cursor.rowcount
+
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield run
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StorageUnavailable(f"sqlite: {exc}") from exc
 
