@@ -8,18 +8,14 @@ filters on and :meth:`SQLTable.purge` deletes by.
 from __future__ import annotations
 
 import abc
-import contextlib
 import json
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any
 
-from .base import INDEXED_FIELDS, Backend, Put, Record, Table, audit_key
+from .base import INDEXED_FIELDS, Backend, Record, Table, audit_key
 
 #: One SQL statement and its parameters.
 Statement = tuple[str, tuple[Any, ...]]
-#: Runs one statement inside a transaction: ``run(sql, params, fetch)``.
-Run = Callable[[str, tuple[Any, ...], bool], Any]
 
 #: Versioned migrations: (version, description, statements); ``{t}`` is each table name.
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
@@ -38,8 +34,9 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
 ]
 
 
-def _row(row: tuple[Any, ...]) -> Record:
-    key, expires_at, data = row
+def row(values: tuple[Any, ...]) -> Record:
+    """A record from a (key, expires_at, data) row."""
+    key, expires_at, data = values
     record = json.loads(data)
     record["key"] = key
     record["expires_at"] = expires_at
@@ -57,34 +54,14 @@ class SQLBackend(Backend):
         """Run one statement in its own transaction; return rows if ``fetch`` else rowcount."""
 
     @abc.abstractmethod
-    def transaction(self) -> contextlib.AbstractContextManager[Run]:
-        """Yield a runner whose statements commit together when the block ends, or not at all."""
-
-    @abc.abstractmethod
     def run_migration(self, version: int, statements: list[str]) -> bool:
         """Apply one migration unless already applied; return whether it ran."""
-
-    def exchange(
-        self, take: tuple[Table, str], puts: Sequence[Put], discards: Sequence[tuple[Table, str]]
-    ) -> Record | None:
-        """One transaction: the take, the puts and the deletes commit together."""
-        table, key = take
-        if not self._owns([table, *(p.table for p in puts), *(t for t, _ in discards)]):
-            return super().exchange(take, puts, discards)
-        writes = [cast(SQLTable, p.table).put_statement(p.key, p.record, p.ttl) for p in puts]
-        writes += [cast(SQLTable, t).delete_statement(k) for t, k in discards]
-        with self.transaction() as run:
-            rows = run(*cast(SQLTable, table).take_statement(key), True)
-            if not rows:
-                return None
-            for statement, params in writes:
-                run(statement, params, False)
-        return _row(rows[0])
 
     def sql(self, text: str) -> str:
         return text.replace("?", self.placeholder)
 
-    def _owns(self, tables: list[Table]) -> bool:
+    def owns(self, tables: list[Table]) -> bool:
+        """Whether every table is one of this backend's (so one transaction spans them)."""
         return all(isinstance(t, SQLTable) and t.backend is self for t in tables)
 
     def table(self, name: str, ttl: int | None) -> SQLTable:
@@ -110,12 +87,16 @@ class SQLTable(Table):
         t = backend.table_prefix + name
         live = "(expires_at IS NULL OR expires_at > ?)"
         sql = backend.sql
-        self._put = sql(
-            f"INSERT INTO {t} (key, user_id, client_id, grant_id, expires_at, data)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET user_id = excluded.user_id,"
+        insert = f"INSERT INTO {t} (key, user_id, client_id, grant_id, expires_at, data)"
+        upsert = (
+            " ON CONFLICT (key) DO UPDATE SET user_id = excluded.user_id,"
             " client_id = excluded.client_id, grant_id = excluded.grant_id,"
             " expires_at = excluded.expires_at, data = excluded.data"
         )
+        self._put = sql(f"{insert} VALUES (?, ?, ?, ?, ?, ?){upsert}")
+        # The same writes made only if an exchange's take (the CTE ``taken``) found a record.
+        self._put_if_taken = sql(f"{insert} SELECT ?, ?, ?, ?, ?, ? FROM taken{upsert}")
+        self._delete_if_taken = sql(f"DELETE FROM {t} WHERE key = ? AND EXISTS (TABLE taken)")
         self._get = sql(f"SELECT key, expires_at, data FROM {t} WHERE key = ? AND {live}")
         self._take = sql(
             f"DELETE FROM {t} WHERE key = ? AND {live} RETURNING key, expires_at, data"
@@ -133,28 +114,31 @@ class SQLTable(Table):
             f"SELECT key, expires_at, data FROM {t} WHERE {live} ORDER BY key DESC LIMIT ?"
         )
 
-    def put_statement(self, key: str, record: Record, ttl: int | None) -> Statement:
+    def put_statement(
+        self, key: str, record: Record, ttl: int | None, if_taken: bool = False
+    ) -> Statement:
         """The upsert of one put, as (SQL, parameters)."""
         data = {k: v for k, v in record.items() if k not in ("key", "expires_at")}
         indexed = tuple(data.get(f) for f in INDEXED_FIELDS)
-        return self._put, (key, *indexed, self.expiry(ttl), json.dumps(data, separators=(",", ":")))
+        params = (key, *indexed, self.expiry(ttl), json.dumps(data, separators=(",", ":")))
+        return (self._put_if_taken if if_taken else self._put), params
 
     def take_statement(self, key: str) -> Statement:
         return self._take, (key, time.time())
 
-    def delete_statement(self, key: str) -> Statement:
-        return self._delete_any, (key,)
+    def delete_statement(self, key: str, if_taken: bool = False) -> Statement:
+        return (self._delete_if_taken if if_taken else self._delete_any), (key,)
 
     def put(self, key: str, record: Record, ttl: int | None = None) -> None:
         self.backend.execute(*self.put_statement(key, record, ttl))
 
     def get(self, key: str) -> Record | None:
         rows = self.backend.execute(self._get, (key, time.time()), fetch=True)
-        return _row(rows[0]) if rows else None
+        return row(rows[0]) if rows else None
 
     def take(self, key: str) -> Record | None:
         rows = self.backend.execute(*self.take_statement(key), fetch=True)
-        return _row(rows[0]) if rows else None
+        return row(rows[0]) if rows else None
 
     def delete(self, key: str) -> bool:
         live = self.backend.execute(self._delete, (key, time.time())) > 0
@@ -165,7 +149,7 @@ class SQLTable(Table):
     def _list(self, field: str, value: str) -> list[Record]:
         # str(): Postgres will not compare a TEXT column with an integer parameter.
         rows = self.backend.execute(self._by[field], (str(value), time.time()), fetch=True)
-        return [_row(r) for r in rows]
+        return [row(r) for r in rows]
 
     def list_by_user(self, user_id: str) -> list[Record]:
         return self._list("user_id", user_id)
@@ -188,4 +172,4 @@ class SQLTable(Table):
 
     def recent(self, limit: int = 50) -> list[Record]:
         rows = self.backend.execute(self._recent, (time.time(), limit), fetch=True)
-        return [_row(r) for r in rows]
+        return [row(r) for r in rows]

@@ -6,11 +6,11 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, cast
 
-from .base import StorageConfigError, StorageUnavailable
-from .sql import Run, SQLBackend
+from .base import Put, Record, StorageConfigError, StorageUnavailable, Table
+from .sql import SQLBackend, SQLTable, row
 
 
 def sqlite_path(url: str) -> str:
@@ -59,19 +59,31 @@ class SQLiteBackend(SQLBackend):
         except sqlite3.Error as exc:
             raise StorageUnavailable(f"sqlite: {exc}") from exc
 
+    def exchange(
+        self, take: tuple[Table, str], puts: Sequence[Put], discards: Sequence[tuple[Table, str]]
+    ) -> Record | None:
+        """One transaction: the take, the puts and the deletes commit together."""
+        table, key = take
+        if not self.owns([table, *(p.table for p in puts), *(t for t, _ in discards)]):
+            return super().exchange(take, puts, discards)
+        writes = [cast(SQLTable, p.table).put_statement(p.key, p.record, p.ttl) for p in puts]
+        writes += [cast(SQLTable, t).delete_statement(k) for t, k in discards]
+        with self._transaction() as conn:
+            found = conn.execute(*cast(SQLTable, table).take_statement(key)).fetchall()
+            if not found:
+                return None
+            for statement, params in writes:
+                conn.execute(statement, params)
+        return row(found[0])
+
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Run]:
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         # IMMEDIATE takes the write lock at once: no other writer slips in between.
         conn = self._connect()
-
-        def run(sql: str, params: tuple[Any, ...], fetch: bool) -> Any:
-            cursor = conn.execute(sql, params)
-            return cursor.fetchall() if fetch else cursor.rowcount
-
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                yield run
+                yield conn
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise

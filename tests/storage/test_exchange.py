@@ -87,7 +87,8 @@ def test_concurrent_exchanges_of_one_record_write_once(backend: Backend) -> None
 def fail_writes(backend: Backend, table: Table, monkeypatch: pytest.MonkeyPatch) -> None:
     """Make every write to ``table`` fail inside an exchange, the way each backend can."""
     if isinstance(table, SQLTable):  # a statement the server refuses, after the take
-        monkeypatch.setattr(table, "_put", "INSERT INTO oauth2_no_such_table VALUES (1)")
+        for statement in ("_put", "_put_if_taken"):
+            monkeypatch.setattr(table, statement, "INSERT INTO oauth2_no_such_table VALUES (1)")
     elif isinstance(backend, RedisBackend) and backend.url.startswith("redis+cluster://"):
         monkeypatch.setattr(table, "put", _down)
     else:  # an argument the script refuses; it must check before its first write
