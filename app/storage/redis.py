@@ -17,6 +17,10 @@ companion key of a record in that record's slot. Instead of multi-key
 transactions, writes are ordered: a put writes the record before its index
 entries, and whoever removes an index entry re-reads the record afterwards and
 re-indexes it if it was put again meanwhile, so a live record is never unindexed.
+
+``exchange`` (a redemption) is one script on a single server. A cluster puts the
+records of one redemption in different slots, so there it is the base class's
+take-then-write, which puts the taken record back if a write fails.
 """
 
 from __future__ import annotations
