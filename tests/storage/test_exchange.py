@@ -53,6 +53,16 @@ def test_exchange_takes_writes_and_deletes_together(backend: Backend) -> None:
     assert refresh.revoke_by_grant("g1") == 1
 
 
+def test_an_exchange_overwriting_a_record_drops_its_stale_index_entries(backend: Backend) -> None:
+    codes, tokens, refresh = tables(backend)
+    codes.put("code", CODE)
+    tokens.put("access", {"user_id": "bob", "client_id": "other", "grant_id": "g0"})
+    assert backend.exchange((codes, "code"), issue(codes, tokens, refresh), []) is not None
+    assert tokens.list_by_user("bob") == [] and tokens.list_by_client("other") == []
+    assert tokens.revoke_by_grant("g0") == 0
+    assert [r["key"] for r in tokens.list_by_user("alice")] == ["access"]
+
+
 def test_exchange_of_a_missing_record_writes_nothing(backend: Backend) -> None:
     codes, tokens, refresh = tables(backend)
     tokens.put("old-access", {"user_id": "alice"})
