@@ -61,7 +61,13 @@ def _build_state(settings: Settings, clients: ClientRegistry | None = None) -> S
     adapter = load_adapter(settings.section("resource_server"))
     if clients is None:
         clients = ClientRegistry.from_settings(settings, list(adapter.scopes))
-    store, users = GrantStore(storage), UserStore(storage.users)
+    auth = settings.auth
+    store = GrantStore(
+        storage,
+        grace=auth["refresh_grace_period"],
+        family_lifetime=auth["refresh_absolute_lifetime"],
+    )
+    users = UserStore(storage.users)
     server = build_server(settings, clients, store, users, list(adapter.scopes))
     return State(settings, storage, clients, adapter, store, users, server, limits.build(settings))
 

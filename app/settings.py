@@ -48,6 +48,8 @@ DEFAULTS: dict[str, Any] = {
         "allow_plain_pkce": False,
         "trusted_proxies": 0,
         "grant_types": ["authorization_code", "implicit", "refresh_token", "client_credentials"],
+        "refresh_grace_period": 10,
+        "refresh_absolute_lifetime": 7776000,
     },
     "client_credentials": {"file": "./clients.json.example", "allow_wildcard_redirects": False},
     "storage": {"default": "sqlite:///var/oauth2.db", "auto_migrate": True},
@@ -89,6 +91,8 @@ _TYPES: dict[str, dict[str, tuple[type, ...]]] = {
         "allow_plain_pkce": (bool,),
         "trusted_proxies": (int,),
         "grant_types": (list,),
+        "refresh_grace_period": (int,),
+        "refresh_absolute_lifetime": (int,),
     },
     "client_credentials": {"file": (str,), "allow_wildcard_redirects": (bool,)},
     "logging": {"level": (str,), "short_sid": (bool,)},
@@ -399,3 +403,7 @@ def _validate_auth_server(auth: dict[str, Any]) -> None:
         raise ConfigError(f"auth_server.grant_types: unknown {', '.join(sorted(unknown_grants))}")
     if auth["max_body_bytes"] < 1024:
         raise ConfigError("auth_server.max_body_bytes: must be at least 1024")
+    if not 0 <= auth["refresh_grace_period"] <= 300:
+        raise ConfigError("auth_server.refresh_grace_period: expected 0 to 300 seconds (0: off)")
+    if auth["refresh_absolute_lifetime"] < 0:
+        raise ConfigError("auth_server.refresh_absolute_lifetime: expected seconds >= 0 (0: none)")

@@ -205,6 +205,13 @@ BAD_VALUES = [
     ({"auth_server": {"grant_types": ["password"]}}, "auth_server.grant_types"),
     ({"auth_server": {"max_body_bytes": 10}}, "auth_server.max_body_bytes"),
     ({"auth_server": {"max_body_bytes": "64k"}}, "auth_server.max_body_bytes"),
+    ({"auth_server": {"refresh_grace_period": -1}}, "auth_server.refresh_grace_period"),
+    ({"auth_server": {"refresh_grace_period": 3600}}, "auth_server.refresh_grace_period"),
+    ({"auth_server": {"refresh_absolute_lifetime": -1}}, "auth_server.refresh_absolute_lifetime"),
+    (
+        {"auth_server": {"refresh_absolute_lifetime": "90d"}},
+        "auth_server.refresh_absolute_lifetime",
+    ),
     ({"auth_server": {"session_secret": 12345}}, "auth_server.session_secret"),
     ({"auth_server": []}, "auth_server"),
     (

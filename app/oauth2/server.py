@@ -42,6 +42,10 @@ class OAuth2Server(AuthorizationServer):
         return self.clients.get(client_id)
 
     def save_token(self, token: dict[str, Any], request) -> None:
+        self.store.save_token(token, self.token_fields(request))
+
+    def token_fields(self, request) -> dict[str, Any]:
+        """The fields a token response's records carry: client, grant and user."""
         user = request.user
         fields = {
             "client_id": request.client.get_client_id(),
@@ -50,7 +54,7 @@ class OAuth2Server(AuthorizationServer):
         }
         if user:
             fields.update(user_name=user.name, site_token=user.site_token)
-        self.store.save_token(token, fields)
+        return fields
 
     def generate_bearer_token(
         self, grant_type, client, user=None, scope=None, expires_in=None, include_refresh_token=True
