@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from app.adapters.base import ApiRoute, SiteUser, UpstreamResponse, UpstreamUnav
 from app.adapters.dummy import DummyAdapter
 from app.adapters.http import HttpAdapter
 from app.dummy_site import create_dummy_app, user_id
+from bench import procs
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
@@ -155,10 +155,7 @@ def echo() -> Iterator[tuple[str, list[dict[str, Any]]]]:
 @pytest.fixture
 def down_url() -> str:
     """A URL on which nothing listens."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{procs.free_port()}"
 
 
 def call(adapter: Any, name: str, token: str = "tok", **kwargs: Any) -> UpstreamResponse:
