@@ -19,6 +19,9 @@ from app.limits import PREFIX, RateLimits
 
 from .backends import redis_url, require_service
 
+#: ``url`` is the test Redis (the backend markers of tests/conftest.py).
+BACKEND_FIXTURES = {"url": "redis"}
+
 
 @pytest.fixture
 def url():

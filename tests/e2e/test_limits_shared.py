@@ -10,7 +10,7 @@ import requests
 
 from tests.backends import redis_url, require_service
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
 LIMIT = 10
 DB = 11

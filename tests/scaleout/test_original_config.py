@@ -49,6 +49,8 @@ from tests.e2e.conftest import ROOT, SERVER_BIN
 from .conftest import TIMEOUT, Launch, RedisServer, clean_env
 
 pytestmark = pytest.mark.e2e
+#: ``schema`` is in the test PostgreSQL (the backend markers of tests/conftest.py).
+BACKEND_FIXTURES = {"schema": "postgres"}
 
 SEED = ROOT.parent / "shared" / "fixtures" / "seed-config-default.json"
 REDIS_TABLES = ("default", "session", "codes", "tokens", "refresh_tokens")
