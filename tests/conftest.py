@@ -15,6 +15,7 @@ from werkzeug.serving import make_server
 
 from app import create_app
 from app.dummy_site import create_dummy_app
+from tests.factories import REDIRECT, csrf_from, login  # also imported from here by tests
 
 #: One marker per storage backend (registered in pyproject.toml).
 BACKEND_MARKS = ("sqlite", "redis", "postgres", "redis_cluster")
@@ -32,7 +33,6 @@ BACKEND_FIXTURES = {
 #: Fixtures parametrised over backends by name (the storage contract suite, flows).
 BACKEND_PARAMS = ("backend", "kind")
 
-REDIRECT = "http://localhost:8080/"
 VERIFIER = "v" * 43 + "-verifier_with.chars~"
 CHALLENGE = (
     base64.urlsafe_b64encode(hashlib.sha256(VERIFIER.encode()).digest()).decode().rstrip("=")
@@ -102,28 +102,9 @@ def state(app):
 
 
 # -- helpers ----------------------------------------------------------------------------
-def csrf_from(html: str) -> str:
-    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert match, "page has no CSRF token"
-    return match.group(1)
-
-
 def hidden(html: str, name: str) -> str | None:
     match = re.search(rf'name="{name}" value="([^"]*)"', html)
     return match.group(1) if match else None
-
-
-def login(client, username="alice", password="password", next_url=""):
-    page = client.get("/login")
-    return client.post(
-        "/login",
-        data={
-            "username": username,
-            "password": password,
-            "next": next_url,
-            "csrf_token": csrf_from(page.get_data(as_text=True)),
-        },
-    )
 
 
 def authorize_url(

@@ -6,7 +6,6 @@ bounded wait until it answers, and a teardown that checks every process it start
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import os
@@ -28,28 +27,6 @@ SERVER_BIN = Path(sys.executable).parent / "oauth2-server"
 DEMO_CLIENTS = ROOT / "clients.json.example"
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
-
-
-def secret_hash(secret: str) -> str:
-    """The clients file's ``sha256$<hex>`` scheme."""
-    return "sha256$" + hashlib.sha256(secret.encode()).hexdigest()
-
-
-def client_entry(
-    client_id: str, redirect_uris: list[str], secret: str | None = None, name: str | None = None
-) -> dict:
-    """A client in the new clients-file format (public when ``secret`` is None)."""
-    entry: dict = {
-        "client_id": client_id,
-        "name": name or client_id,
-        "redirect_uris": redirect_uris,
-        "grant_types": ["authorization_code", "refresh_token"],
-    }
-    if secret is None:
-        entry["public"] = True
-    else:
-        entry["client_secret_hash"] = secret_hash(secret)
-    return entry
 
 
 @dataclass

@@ -14,8 +14,9 @@ from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.requests_client import OAuth2Session
 
 from app.dummy_site import user_id
+from tests.factories import make_client
 
-from .conftest import client_entry, hidden_inputs
+from .conftest import hidden_inputs
 
 pytestmark = pytest.mark.e2e
 
@@ -66,7 +67,7 @@ def wait_for_workers(server, count: int, timeout: float = 10.0) -> dict[int, str
 @pytest.mark.parametrize("http_server", ["gunicorn", "granian"])
 def test_serve_code_pkce_refresh_revoke(start_server, http_server):
     server = start_server(
-        [client_entry("e2e-public", [PUBLIC_REDIRECT], name="E2E public app")],
+        [make_client("e2e-public", [PUBLIC_REDIRECT], None, name="E2E public app")],
         config={"auth_server": {"server": http_server}},
     )
     base = server.url
