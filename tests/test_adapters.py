@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 from flask import Flask, jsonify, request
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from werkzeug.datastructures import Headers
 from werkzeug.serving import make_server
 
@@ -488,3 +490,23 @@ def test_non_http_proxy_is_a_config_error(proxy_env: Callable[..., None]) -> Non
     with pytest.raises(ValueError, match="^resource_server.trust_env: .* must be http"):
         HttpAdapter(via_proxy_config("http://127.0.0.1:9"))
     HttpAdapter(http_config()).close()  # without trust_env the variable is never read
+
+
+# --- any token and query: what the site receives is what was sent -------------------
+
+TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
+
+
+@given(token=TEXT.filter(bool), query=st.dictionaries(TEXT.filter(bool), TEXT, max_size=4))
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_any_token_and_query_reach_the_site_as_given(
+    echo: tuple[str, list], token: str, query: dict[str, str]
+) -> None:
+    url, seen = echo
+    api = {"get": {"path": "/echo/get", "scope": "read", "token_in": "query:t"}}
+    with adapter_for(HttpAdapter, http_config(url, api=api)) as adapter:
+        response = call(adapter, "get", token, query=query)
+    assert response.status == 200
+    assert seen[-1]["args"] == {**query, "t": token}
