@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from bench import procs
 from bench.procs import Proc, children
@@ -26,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVER_BIN = Path(sys.executable).parent / "oauth2-server"
 DEMO_CLIENTS = ROOT / "clients.json.example"
 START_TIMEOUT = 20.0
+#: Seconds any one HTTP request of these tests may take.
+HTTP_TIMEOUT = 10
 STOP_TIMEOUT = 10.0
 
 
@@ -165,6 +168,21 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
 
 
 # -- front-channel helpers (a scripted user agent with requests) ---------------------------
+def submit_login(
+    agent: requests.Session, login_url: str, username: str = "alice", **fields: str
+) -> requests.Response:
+    """Open the login page and send its form (hidden fields kept, ``fields`` added) as
+    ``username`` with the dummy site's password; return the 302 that answers it."""
+    page = agent.get(login_url, timeout=HTTP_TIMEOUT)
+    assert page.status_code == 200, page.text
+    form = hidden_inputs(page.text)
+    assert form.get("csrf_token"), "login form has no CSRF token"
+    form |= {"username": username, "password": "password", **fields}
+    answer = agent.post(login_url, data=form, allow_redirects=False, timeout=HTTP_TIMEOUT)
+    assert answer.status_code == 302, answer.text
+    return answer
+
+
 def hidden_inputs(page: str) -> dict[str, str]:
     """Every ``<input type="hidden" name=... value=...>`` of a page."""
     found = {}

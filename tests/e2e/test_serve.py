@@ -16,7 +16,7 @@ from authlib.integrations.requests_client import OAuth2Session
 from app.dummy_site import user_id
 from tests.factories import make_client
 
-from .conftest import hidden_inputs
+from .conftest import hidden_inputs, submit_login
 
 pytestmark = pytest.mark.e2e
 
@@ -33,13 +33,7 @@ def sign_in_and_allow(agent: requests.Session, authorize_url: str, username: str
     if answer.status_code == 302:
         login_url = urljoin(authorize_url, answer.headers["Location"])
         assert urlsplit(login_url).path == "/login"
-        page = agent.get(login_url, timeout=5)
-        assert page.status_code == 200
-        form = hidden_inputs(page.text)
-        assert form.get("csrf_token"), "login form has no CSRF token"
-        form.update(username=username, password="password")
-        answer = agent.post(login_url, data=form, allow_redirects=False, timeout=5)
-        assert answer.status_code == 302, answer.text
+        answer = submit_login(agent, login_url, username)
         back = urljoin(login_url, answer.headers["Location"])
         assert urlsplit(back).path == "/authorize"
         answer = agent.get(back, allow_redirects=False, timeout=5)

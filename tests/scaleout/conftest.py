@@ -43,6 +43,7 @@ from tests.e2e.conftest import (
     hidden_inputs,
     serve,
     shut_down,
+    submit_login,
 )
 
 #: The Redis databases this folder may flush (15 is the storage suite's).
@@ -270,12 +271,7 @@ def authorize_path(state: str = "s1") -> str:
 
 
 def log_in(agent: requests.Session, server: Instance, next_path: str = "") -> None:
-    page = agent.get(f"{server.url}/login", timeout=TIMEOUT)
-    assert page.status_code == 200
-    form = hidden_inputs(page.text) | {"username": "alice", "password": "password"}
-    form["next"] = next_path
-    answer = agent.post(f"{server.url}/login", data=form, allow_redirects=False, timeout=TIMEOUT)
-    assert answer.status_code == 302, answer.text
+    submit_login(agent, f"{server.url}/login", next=next_path)
 
 
 def consent_page(agent: requests.Session, server: Instance, state: str = "s1") -> dict[str, str]:
