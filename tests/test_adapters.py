@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from flask import Flask, jsonify, request
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from werkzeug.datastructures import Headers
 from werkzeug.serving import make_server
@@ -316,90 +316,6 @@ def test_slow_site_is_upstream_timeout(echo: tuple[str, list]) -> None:
         assert error.value.timeout is True
 
 
-# --- what reaches the site ----------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("token_in", "where"),
-    [
-        ("query:access", lambda seen: seen["args"]["access"]),
-        ("header:X-Site-Token", lambda seen: seen["headers"]["X-Site-Token"]),
-        ("cookie:sid", lambda seen: seen["cookies"]["sid"]),
-        ("form:site_token", lambda seen: seen["form"]["site_token"]),
-    ],
-)
-def test_token_headers_query_and_body_reach_the_site(
-    echo: tuple[str, list], token_in: str, where: Any
-) -> None:
-    url, seen = echo
-    route = {"method": "POST", "path": "/echo/u/{user_id}", "scope": "write", "token_in": token_in}
-    oauth_headers = {"X-OAuth-Client-Id": "c1", "X-OAuth-User-Id": "u 1", "X-OAuth-Scope": "write"}
-    headers = {**oauth_headers, "Content-Type": "application/x-www-form-urlencoded"}
-    config = http_config(url, api={"up": route})
-    with adapter_for(HttpAdapter, config) as adapter:
-        response = call(
-            adapter,
-            "up",
-            "s3cret",
-            user_id="u 1",
-            headers=headers,
-            body=b"avatar=a.png",
-            query={"page": "2"},
-        )
-    assert response.status == 200
-    got = seen[-1]
-    assert where(got) == "s3cret"
-    assert got["path"] == "/echo/u/u 1"
-    assert got["args"]["page"] == "2"
-    assert got["form"]["avatar"] == "a.png"
-    assert got["headers"]["User-Agent"] == "adapter-tests/1"
-    assert {k: got["headers"][k] for k in oauth_headers} == oauth_headers
-
-
-def test_get_sends_no_body(echo: tuple[str, list]) -> None:
-    url, seen = echo
-    api = {"get": {"path": "/echo/get", "scope": "read"}}
-    with adapter_for(HttpAdapter, http_config(url, api=api)) as adapter:
-        call(adapter, "get", body=b"ignored")
-    assert seen[-1]["body"] == b"" and seen[-1]["args"] == {"token": "tok"}
-
-
-def test_login_json_with_dotted_lookups_keeps_no_cookies(echo: tuple[str, list]) -> None:
-    url, seen = echo
-    login = {
-        "format": "json",
-        "username_field": "user",
-        "password_field": "pass",
-        "token_from": "json:data.token",
-        "id_from": "json:data.user.id",
-        "name_from": "json:data.user.name",
-    }
-    api = {"get": {"path": "/echo/get", "scope": "read"}}
-    config = http_config(url, login=login, api=api)
-    with adapter_for(HttpAdapter, config) as adapter:
-        assert adapter.login("ann", "password") == SiteUser(
-            id="7", name="ann", site_token="tok-ann"
-        )
-        assert adapter.login("ann", "nope") is None
-        call(adapter, "get")
-    assert seen[-1]["cookies"] == {}  # the login cookie must not leak into other calls
-
-
-@pytest.mark.parametrize(
-    ("login", "outcome"),
-    [({"path": "/login-500"}, UpstreamUnavailable), ({"path": "/login-empty"}, None)],
-)
-def test_login_server_error_and_missing_token(
-    echo: tuple[str, list], login: dict, outcome: Any
-) -> None:
-    with adapter_for(HttpAdapter, http_config(echo[0], login=login)) as adapter:
-        if outcome is None:
-            assert adapter.login("ann", "password") is None
-        else:
-            with pytest.raises(outcome):
-                adapter.login("ann", "password")
-
-
 # --- proxies from the environment (trust_env) -----------------------------------------
 # The echo site doubles as a forward proxy: Werkzeug serves an absolute request target
 # ("GET http://site/path"), which it records, so a call that reached it through the
@@ -497,16 +413,103 @@ def test_non_http_proxy_is_a_config_error(proxy_env: Callable[..., None]) -> Non
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
 
 
-@given(token=TEXT.filter(bool), query=st.dictionaries(TEXT.filter(bool), TEXT, max_size=4))
-@settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+def test_any_token_and_query_reach_the_site_as_given() -> None:
+    seen: list[dict[str, Any]] = []
+    api = {"get": {"path": "/echo/get", "scope": "read", "token_in": "query:t"}}
+    queries = st.dictionaries(TEXT.filter(bool), TEXT, max_size=4)
+    with (
+        serve(echo_app(seen, threading.Event())) as (url, _),
+        adapter_for(HttpAdapter, http_config(url, api=api)) as adapter,
+    ):
+
+        @settings(max_examples=60, deadline=None)
+        @given(token=TEXT.filter(bool), query=queries)
+        def reaches(token: str, query: dict[str, str]) -> None:
+            assert call(adapter, "get", token, query=query).status == 200
+            assert seen[-1]["args"] == {**query, "t": token}
+
+        reaches()
+
+
+# --- what reaches the site ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("token_in", "where"),
+    [
+        ("query:access", lambda seen: seen["args"]["access"]),
+        ("header:X-Site-Token", lambda seen: seen["headers"]["X-Site-Token"]),
+        ("cookie:sid", lambda seen: seen["cookies"]["sid"]),
+        ("form:site_token", lambda seen: seen["form"]["site_token"]),
+    ],
 )
-def test_any_token_and_query_reach_the_site_as_given(
-    echo: tuple[str, list], token: str, query: dict[str, str]
+def test_token_headers_query_and_body_reach_the_site(
+    echo: tuple[str, list], token_in: str, where: Any
 ) -> None:
     url, seen = echo
-    api = {"get": {"path": "/echo/get", "scope": "read", "token_in": "query:t"}}
-    with adapter_for(HttpAdapter, http_config(url, api=api)) as adapter:
-        response = call(adapter, "get", token, query=query)
+    route = {"method": "POST", "path": "/echo/u/{user_id}", "scope": "write", "token_in": token_in}
+    oauth_headers = {"X-OAuth-Client-Id": "c1", "X-OAuth-User-Id": "u 1", "X-OAuth-Scope": "write"}
+    headers = {**oauth_headers, "Content-Type": "application/x-www-form-urlencoded"}
+    config = http_config(url, api={"up": route})
+    with adapter_for(HttpAdapter, config) as adapter:
+        response = call(
+            adapter,
+            "up",
+            "s3cret",
+            user_id="u 1",
+            headers=headers,
+            body=b"avatar=a.png",
+            query={"page": "2"},
+        )
     assert response.status == 200
-    assert seen[-1]["args"] == {**query, "t": token}
+    got = seen[-1]
+    assert where(got) == "s3cret"
+    assert got["path"] == "/echo/u/u 1"
+    assert got["args"]["page"] == "2"
+    assert got["form"]["avatar"] == "a.png"
+    assert got["headers"]["User-Agent"] == "adapter-tests/1"
+    assert {k: got["headers"][k] for k in oauth_headers} == oauth_headers
+
+
+def test_get_sends_no_body(echo: tuple[str, list]) -> None:
+    url, seen = echo
+    api = {"get": {"path": "/echo/get", "scope": "read"}}
+    with adapter_for(HttpAdapter, http_config(url, api=api)) as adapter:
+        call(adapter, "get", body=b"ignored")
+    assert seen[-1]["body"] == b"" and seen[-1]["args"] == {"token": "tok"}
+
+
+def test_login_json_with_dotted_lookups_keeps_no_cookies(echo: tuple[str, list]) -> None:
+    url, seen = echo
+    login = {
+        "format": "json",
+        "username_field": "user",
+        "password_field": "pass",
+        "token_from": "json:data.token",
+        "id_from": "json:data.user.id",
+        "name_from": "json:data.user.name",
+    }
+    api = {"get": {"path": "/echo/get", "scope": "read"}}
+    config = http_config(url, login=login, api=api)
+    with adapter_for(HttpAdapter, config) as adapter:
+        assert adapter.login("ann", "password") == SiteUser(
+            id="7", name="ann", site_token="tok-ann"
+        )
+        assert adapter.login("ann", "nope") is None
+        call(adapter, "get")
+    assert seen[-1]["cookies"] == {}  # the login cookie must not leak into other calls
+
+
+@pytest.mark.parametrize(
+    ("login", "outcome"),
+    [({"path": "/login-500"}, UpstreamUnavailable), ({"path": "/login-empty"}, None)],
+)
+def test_login_server_error_and_missing_token(
+    echo: tuple[str, list], login: dict, outcome: Any
+) -> None:
+    with adapter_for(HttpAdapter, http_config(echo[0], login=login)) as adapter:
+        if outcome is None:
+            assert adapter.login("ann", "password") is None
+        else:
+            with pytest.raises(outcome):
+                adapter.login("ann", "password")
