@@ -20,9 +20,9 @@ install: $(STAMP)
 run: install
 	$(BIN)/oauth2-server serve
 
-## Lint, type-check and run every test.
+## Lint, type-check and run every test; report line and branch coverage of app/.
 test: install lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --cov=app --cov-report=term
 
 lint: install
 	$(BIN)/ruff check app tests bench

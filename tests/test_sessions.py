@@ -269,14 +269,7 @@ def test_next_accepts_only_same_origin_paths(client, next_url):
 def test_next_in_the_query_is_checked_too(client):
     page = client.get("/login?next=//evil.com")
     assert 'name="next" value=""' in page.get_data(as_text=True)
-    response = client.post(
-        "/login?next=//evil.com",
-        data={
-            "username": "alice",
-            "password": "password",
-            "csrf_token": csrf_from(page.get_data(as_text=True)),
-        },
-    )
+    response = login(client, next_url=None, path="/login?next=//evil.com")
     assert response.status_code == 302
     assert response.headers["Location"] == "/review"
 

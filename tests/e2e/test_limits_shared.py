@@ -11,7 +11,7 @@ import requests
 
 from tests.backends import redis_url, require_service
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
 FREE = 5
 DB = 11

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from .conftest import client_entry
+from tests.factories import make_client
 
 pytestmark = pytest.mark.e2e
 
@@ -40,7 +40,7 @@ def test_sighup_loads_a_good_clients_file_and_refuses_a_bad_one(start_server, ht
     config = json.loads((server.config_dir / "default.json").read_text())
     clients_file = Path(config["client_credentials"]["file"])
     entries = json.loads(clients_file.read_text())
-    new = client_entry("reloaded", ["https://partner.example/cb"], secret="fresh-secret")
+    new = make_client("reloaded", ["https://partner.example/cb"], secret="fresh-secret")
     new["grant_types"] = ["client_credentials"]
     assert cc_token(server, "reloaded", "fresh-secret").status_code == 401
 

@@ -42,12 +42,15 @@ import redis
 import requests
 from psycopg import sql
 
+from bench.procs import free_ports
 from tests.backends import database_url, postgres_schema
-from tests.e2e.conftest import ROOT, SERVER_BIN, free_port
+from tests.e2e.conftest import ROOT, SERVER_BIN
 
 from .conftest import TIMEOUT, Launch, RedisServer, clean_env
 
 pytestmark = pytest.mark.e2e
+#: ``schema`` is in the test PostgreSQL (the backend markers of tests/conftest.py).
+BACKEND_FIXTURES = {"schema": "postgres"}
 
 SEED = ROOT.parent / "shared" / "fixtures" / "seed-config-default.json"
 REDIS_TABLES = ("default", "session", "codes", "tokens", "refresh_tokens")
@@ -68,7 +71,7 @@ def set_key(config: dict[str, Any], path: str, value: Any, changed: list[str]) -
 def adapt(seed: dict[str, Any], redis_port: int) -> tuple[dict[str, Any], list[str]]:
     """The original config, changed only where this machine requires; and what changed."""
     config, changed = copy.deepcopy(seed), list[str]()
-    port, site_port = free_port(), free_port()
+    port, site_port = free_ports(2)
     set_key(config, "auth_server.url", f"http://127.0.0.1:{port}", changed)
     set_key(config, "auth_server.port", port, changed)
     set_key(config, "resource_server.port", site_port, changed)
