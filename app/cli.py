@@ -32,7 +32,7 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
     from .adapters import load_adapter
 
     settings = _settings(args)
-    path = args.file or settings.section("client_credentials")["file"]
+    path = args.file or _own_clients_file(settings)
     scopes = list(load_adapter(settings.section("resource_server")).scopes)
     secret = None if args.public else new_secret(32)
     entry: dict[str, Any] = {
@@ -63,6 +63,18 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
         print("The secret is shown once and stored only as a hash. Keep it safe.")
     print(f"Added to {path}. Send SIGHUP to the server to load it.")
     return 0
+
+
+def _own_clients_file(settings: Settings) -> str:
+    """The configured clients file, unless it is the tracked example (a checkout's demo)."""
+    path = settings.resolve_path(settings.section("client_credentials")["file"])
+    if path.endswith(".example"):
+        raise ConfigError(
+            f"client_credentials.file is the example file {path}, which stays as shipped: "
+            "set client_credentials.file to your own clients.json (e.g. in config/runtime.json) "
+            "or pass --file"
+        )
+    return path
 
 
 def cmd_clients_list(args: argparse.Namespace) -> int:

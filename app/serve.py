@@ -56,7 +56,10 @@ def gunicorn_options(settings: Settings, bind: str | None = None) -> dict[str, A
         "loglevel": gunicorn_level(settings.log_level),
     }
     if auth["ssl"]:
-        options.update(certfile=auth["ssl_cert"], keyfile=auth["ssl_key"])
+        options.update(
+            certfile=settings.resolve_path(auth["ssl_cert"]),
+            keyfile=settings.resolve_path(auth["ssl_key"]),
+        )
     return options
 
 
@@ -148,7 +151,9 @@ def granian_options(settings: Settings, bind: str | None = None) -> dict[str, An
         from granian.constants import SSLProtocols
 
         options.update(
-            ssl_cert=auth["ssl_cert"], ssl_key=auth["ssl_key"], ssl_protocol_min=SSLProtocols.tls12
+            ssl_cert=settings.resolve_path(auth["ssl_cert"]),
+            ssl_key=settings.resolve_path(auth["ssl_key"]),
+            ssl_protocol_min=SSLProtocols.tls12,
         )
     return options
 

@@ -145,7 +145,7 @@ class RunningServer:
 
 def _clean_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OAUTH2_")}
-    env["OAUTH2_ENV"] = "test"
+    env["OAUTH2_ENV"] = "development"  # no test.json: an unknown env is an error
     env["PYTHONUNBUFFERED"] = "1"
     env["HOME"] = str(tmp_path)
     return env

@@ -204,7 +204,7 @@ class Instance:
 
 def clean_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OAUTH2_", "PG"))}
-    env.update(OAUTH2_ENV="test", PYTHONUNBUFFERED="1", HOME=str(home))
+    env.update(OAUTH2_ENV="development", PYTHONUNBUFFERED="1", HOME=str(home))
     env.update(extra or {})
     return env
 
