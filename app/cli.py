@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
+import logging.config
 import sys
 import time
 from collections.abc import Iterator
@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .clients import GRANT_TYPES, ClientFileError, ClientRegistry, append_client
+from .logconfig import log_config
 from .secrets_hash import hash_random_secret, new_secret
 from .settings import ConfigError, Settings
 from .storage import Storage, StorageConfigError, StorageUnavailable
@@ -153,7 +154,7 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="oauth2-server", description=__doc__)
     root.add_argument("--config-dir", help="config folder (default $OAUTH2_CONFIG_DIR or ./config)")
     sub = root.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the server (gunicorn)")
+    serve = sub.add_parser("serve", help="run the server (granian or gunicorn)")
     serve.add_argument("--bind", help="host:port, overriding auth_server.host/port")
     serve.set_defaults(func=cmd_serve)
     clients = sub.add_parser("clients", help="manage the clients file").add_subparsers(
@@ -183,9 +184,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.config.dictConfig(log_config())
     args = parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
