@@ -364,10 +364,15 @@ def test_an_environment_without_its_file_is_an_error_naming_it(folder):
 
 @pytest.mark.parametrize("env", ["development", "production"])
 def test_the_builtin_environments_need_no_file_of_their_own(folder, env):
-    https = json.dumps("https://auth.example")
-    settings = load(
-        folder, OAUTH2_ENV=env, OAUTH2_SESSION_SECRET=STRONG, OAUTH2__auth_server__url=https
-    )
+    # Set in the environment (not a file): what production asks of a configuration.
+    own = {
+        "OAUTH2__auth_server__url": json.dumps("https://auth.example"),
+        "OAUTH2__client_credentials__file": "clients.json",
+        "OAUTH2__resource_server": json.dumps(
+            {"type": "http", "base_url": "https://site.example", "scopes": {"read": "Read"}}
+        ),
+    }
+    settings = load(folder, OAUTH2_ENV=env, OAUTH2_SESSION_SECRET=STRONG, **own)
     assert settings.env == env
     assert [p.name for p in settings.sources] == ["default.json"]
 
