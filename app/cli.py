@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
+import logging.config
 import sys
 import time
 from collections.abc import Iterator
@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .clients import GRANT_TYPES, ClientFileError, ClientRegistry, append_client
+from .logconfig import log_config
 from .secrets_hash import hash_random_secret, new_secret
 from .settings import ConfigError, Settings
 from .storage import Storage, StorageConfigError, StorageUnavailable
@@ -32,7 +33,7 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
     from .adapters import load_adapter
 
     settings = _settings(args)
-    path = args.file or settings.section("client_credentials")["file"]
+    path = args.file or _own_clients_file(settings)
     scopes = list(load_adapter(settings.section("resource_server")).scopes)
     secret = None if args.public else new_secret(32)
     entry: dict[str, Any] = {
@@ -63,6 +64,18 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
         print("The secret is shown once and stored only as a hash. Keep it safe.")
     print(f"Added to {path}. Send SIGHUP to the server to load it.")
     return 0
+
+
+def _own_clients_file(settings: Settings) -> str:
+    """The configured clients file, unless it is the tracked example (a checkout's demo)."""
+    path = settings.resolve_path(settings.section("client_credentials")["file"])
+    if path.endswith(".example"):
+        raise ConfigError(
+            f"client_credentials.file is the example file {path}, which stays as shipped: "
+            "set client_credentials.file to your own clients.json (e.g. in config/runtime.json) "
+            "or pass --file"
+        )
+    return path
 
 
 def cmd_clients_list(args: argparse.Namespace) -> int:
@@ -141,7 +154,7 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="oauth2-server", description=__doc__)
     root.add_argument("--config-dir", help="config folder (default $OAUTH2_CONFIG_DIR or ./config)")
     sub = root.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the server (gunicorn)")
+    serve = sub.add_parser("serve", help="run the server (granian or gunicorn)")
     serve.add_argument("--bind", help="host:port, overriding auth_server.host/port")
     serve.set_defaults(func=cmd_serve)
     clients = sub.add_parser("clients", help="manage the clients file").add_subparsers(
@@ -171,9 +184,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.config.dictConfig(log_config())
     args = parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

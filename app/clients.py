@@ -344,14 +344,6 @@ def _refusals(client: Client, seen: dict[str, Client], production: bool) -> list
     return problems
 
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def resolve_file(name: str) -> str:
-    """A configured file: as given if absolute or present, else relative to the project."""
-    path = Path(name)
-    return str(path if path.is_absolute() or path.exists() else ROOT / path)
-
 
 class ClientRegistry:
     """The clients of the file, read once; ``serve`` builds a new one on ``SIGHUP``."""
@@ -372,7 +364,7 @@ class ClientRegistry:
         """The configured clients file, held to production's rules there."""
         cc = settings.section("client_credentials")
         return cls(
-            resolve_file(cc["file"]),
+            settings.resolve_path(cc["file"]),
             all_scopes,
             allow_wildcard=cc["allow_wildcard_redirects"],
             production=settings.env == "production",

@@ -4,12 +4,15 @@ Files are read from ``$OAUTH2_CONFIG_DIR`` (default ``./config``) in this order:
 ``default.json``, ``$OAUTH2_ENV.json`` (``OAUTH2_ENV`` defaults to ``development``),
 ``runtime.json``; later files win key by key. Environment variables win over files:
 ``OAUTH2_SESSION_SECRET`` and ``OAUTH2__<section>__<key>=<JSON or text>``.
+Relative paths in the config resolve against the config folder's parent (the project
+root for ``config/``), never the working directory.
 This is the only module that knows Flask's and Authlib's config names.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -18,9 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from .clients import GRANT_TYPES
-from .storage import StorageConfigError, parse_storage_config
+from .storage import StorageConfigError, StorageSpec, parse_storage_config
 
 log = logging.getLogger(__name__)
+
+#: The project: relative paths resolve here when no config folder was read (tests).
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Environments that need no ``<env>.json`` of their own.
+BUILTIN_ENVS = ("development", "production")
 
 #: The shipped defaults; ``config/default.json`` restates them for operators.
 DEFAULTS: dict[str, Any] = {
@@ -173,8 +182,22 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def config_files(config_dir: str | os.PathLike[str], env: str) -> list[Path]:
-    """Return the config files that exist, in merge order."""
+    """Return the config files that exist, in merge order.
+
+    A missing folder, or an ``OAUTH2_ENV`` with no file of its own (a typo), is an error:
+    running on defaults alone would hide it.
+    """
     folder = Path(config_dir)
+    if not folder.is_dir():
+        raise ConfigError(
+            f"config directory {str(folder)!r} not found: pass --config-dir or set "
+            "OAUTH2_CONFIG_DIR to the folder holding default.json"
+        )
+    if env not in BUILTIN_ENVS and not (folder / f"{env}.json").is_file():
+        raise ConfigError(
+            f"OAUTH2_ENV={env!r}: no {folder / (env + '.json')}; create it, or set "
+            f"OAUTH2_ENV to {' or '.join(BUILTIN_ENVS)}"
+        )
     names = ["default.json", f"{env}.json", "runtime.json"]
     return [folder / name for name in names if (folder / name).is_file()]
 
@@ -211,9 +234,11 @@ class Settings:
         self.env = env
         self.sources = list(sources)
         self.config_dir = config_dir
+        self.root = Path(config_dir).resolve().parent if config_dir else ROOT
         self.data = data
         validate(data, env)
-        self.storage_specs = parse_storage_config(data["storage"])
+        specs = parse_storage_config(data["storage"])
+        self.storage_specs = {table: self._local(spec) for table, spec in specs.items()}
 
     @classmethod
     def load(
@@ -237,6 +262,18 @@ class Settings:
             data = deep_merge(data, overrides)
         data = deep_merge(data, _env_overrides(environ))
         return cls(data, env, sources, folder)
+
+    def resolve_path(self, name: str) -> str:
+        """A configured path: as given when absolute, else under :attr:`root`."""
+        return str(self.root / name)
+
+    def _local(self, spec: StorageSpec) -> StorageSpec:
+        """A SQLite spec with its file resolved, so the working directory never matters."""
+        path, sep, query = spec.url.partition("?")
+        name = path[len("sqlite:///") :]
+        if spec.scheme != "sqlite" or not name or name == ":memory:":
+            return spec
+        return dataclasses.replace(spec, url=f"sqlite:///{self.resolve_path(name)}{sep}{query}")
 
     def section(self, name: str) -> dict[str, Any]:
         return self.data[name]

@@ -358,7 +358,7 @@ def start_server(
     http_server = command.removeprefix("serve-") if command.startswith("serve-") else SERVER
     config = server_config(port, site_port, storage, limits, http_server)
     (config_dir / "default.json").write_text(json.dumps(config, indent=2))
-    env = clean_env({"OAUTH2_CONFIG_DIR": str(config_dir), "OAUTH2_ENV": "bench"})
+    env = clean_env({"OAUTH2_CONFIG_DIR": str(config_dir), "OAUTH2_ENV": "development"})
     if command.startswith("serve"):
         argv = [str(BIN / "oauth2-server"), "serve"]
     else:

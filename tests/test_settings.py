@@ -9,8 +9,11 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from app.settings import DEFAULTS, ConfigError, Settings
+from app.storage.sqlite import sqlite_path
 
 ROOT = Path(__file__).resolve().parents[1]
 STRONG = "a-strong-secret-" + "q" * 24
@@ -130,6 +133,67 @@ def test_overrides_alone_read_no_files(tmp_path, monkeypatch):
     settings = Settings.load({"storage": {"default": f"sqlite:///{tmp_path}/x.db"}}, environ={})
     assert settings.sources == []
     assert settings.auth["port"] == 8081
+
+
+# -- config folder, environment name and relative paths -----------------------------------
+def test_a_missing_config_folder_is_an_error_naming_the_fix(tmp_path):
+    with pytest.raises(ConfigError, match="--config-dir or set OAUTH2_CONFIG_DIR"):
+        Settings.load(config_dir=str(tmp_path / "no-such-folder"), environ={})
+
+
+def test_an_environment_without_its_file_is_an_error_naming_it(folder):
+    with pytest.raises(ConfigError, match=r"OAUTH2_ENV='prodution': no .*prodution\.json"):
+        load(folder, OAUTH2_ENV="prodution")
+
+
+@pytest.mark.parametrize("env", ["development", "production"])
+def test_the_builtin_environments_need_no_file_of_their_own(folder, env):
+    # Set in the environment (not a file): what production asks of a configuration.
+    own = {
+        "OAUTH2__auth_server__url": json.dumps("https://auth.example"),
+        "OAUTH2__client_credentials__file": "clients.json",
+        "OAUTH2__resource_server": json.dumps(
+            {"type": "http", "base_url": "https://site.example", "scopes": {"read": "Read"}}
+        ),
+    }
+    settings = load(folder, OAUTH2_ENV=env, OAUTH2_SESSION_SECRET=STRONG, **own)
+    assert settings.env == env
+    assert [p.name for p in settings.sources] == ["default.json"]
+
+
+def test_relative_paths_resolve_against_the_config_folders_parent(folder, tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    write(folder, "runtime.json", {"storage": {"default": "sqlite:///var/oauth2.db?timeout=5"}})
+    settings = load(folder)
+    assert settings.root == tmp_path
+    assert settings.storage_specs["codes"].url == f"sqlite:///{tmp_path}/var/oauth2.db?timeout=5"
+    assert settings.resolve_path("./clients.json") == str(tmp_path / "clients.json")
+    assert settings.resolve_path("/etc/tls/key.pem") == "/etc/tls/key.pem"
+
+
+def test_relative_paths_resolve_against_the_project_when_no_folder_is_read(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = Settings.load({"storage": {"default": "sqlite:///var/x.db"}}, environ={})
+    assert settings.storage_specs["tokens"].url == f"sqlite:///{ROOT}/var/x.db"
+
+
+@pytest.mark.parametrize("url", ["sqlite:///:memory:", "redis://127.0.0.1:6379/1"])
+def test_urls_without_a_relative_file_are_kept(folder, url):
+    write(folder, "runtime.json", {"storage": {"default": url}})
+    assert load(folder).storage_specs["session"].url == url
+
+
+@given(
+    name=st.text(st.characters(blacklist_characters="\x00?/"), min_size=1).filter(
+        lambda n: n not in (".", "..", ":memory:")
+    )
+)
+def test_any_relative_sqlite_file_lands_under_the_root(name):
+    settings = Settings.load({"storage": {"default": f"sqlite:///{name}"}}, environ={})
+    path = Path(sqlite_path(settings.storage_specs["tokens"].url))
+    assert path.is_absolute() and path.parent == ROOT
 
 
 # -- environment --------------------------------------------------------------------------

@@ -85,7 +85,7 @@ class Server:
 def clean_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     """This environment without our config variables (nor libpq's), in the test env."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OAUTH2_", "PG"))}
-    env.update(OAUTH2_ENV="test", PYTHONUNBUFFERED="1", HOME=str(home))
+    env.update(OAUTH2_ENV="development", PYTHONUNBUFFERED="1", HOME=str(home))
     env.update(extra or {})
     return env
 

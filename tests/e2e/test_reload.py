@@ -1,4 +1,5 @@
-"""SIGHUP: served workers pick up a changed clients file; a bad file is refused."""
+"""SIGHUP: every worker picks up a changed clients file before the reload is logged
+complete; a bad file is refused."""
 
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ def wait_for(predicate, seconds: float = 20.0) -> bool:
     return False
 
 
+def reloads_completed(server) -> int:
+    return server.log_path.read_text(errors="replace").count("reload complete: generation")
+
+
 @pytest.mark.parametrize("http_server", ["gunicorn", "granian"])
 def test_sighup_loads_a_good_clients_file_and_refuses_a_bad_one(start_server, http_server):
     server = start_server(workers=2, config={"auth_server": {"server": http_server}})
@@ -46,11 +51,16 @@ def test_sighup_loads_a_good_clients_file_and_refuses_a_bad_one(start_server, ht
 
     clients_file.write_text(json.dumps(entries + [new]))
     os.kill(server.process.pid, signal.SIGHUP)
-    assert wait_for(lambda: cc_token(server, "reloaded", "fresh-secret").status_code == 200)
+    assert wait_for(lambda: reloads_completed(server) == 1), server.log()
+    assert "reload complete: generation 1, 2 workers, log level notice, 3 clients" in server.log()
+    # Once the reload is logged complete, no worker answers with the old clients.
+    answers = [cc_token(server, "reloaded", "fresh-secret").status_code for _ in range(8)]
+    assert answers == [200] * 8
 
     clients_file.write_text('[{"client_id": "broken"}]')
     os.kill(server.process.pid, signal.SIGHUP)
-    assert wait_for(lambda: "reload refused" in server.log())
+    assert wait_for(lambda: reloads_completed(server) == 2), server.log()
+    assert "reload refused" in server.log()
     assert server.process.poll() is None
     # Every request after the refused reload is still served with the last good clients.
     answers = [cc_token(server, "reloaded", "fresh-secret").status_code for _ in range(6)]

@@ -4,6 +4,7 @@ OAuth client library (Authlib's ``OAuth2Session``) driving code + PKCE + refresh
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from urllib.parse import parse_qs, urljoin, urlsplit
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.e2e
 
 REDIRECT = "http://localhost:8080/"
 PUBLIC_REDIRECT = "http://127.0.0.1/callback"
+ISO_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z [A-Z]+ \S+: ")
 
 
 def sign_in_and_allow(agent: requests.Session, authorize_url: str, username: str) -> str:
@@ -187,3 +189,10 @@ def test_serve_code_pkce_refresh_revoke(start_server, http_server):
                 headers={"Authorization": f"Bearer {refreshed['access_token']}"},
             )
         assert ended.status_code == 401, ended.text
+
+    # One log format whatever the server: every line (the server's, its workers', the
+    # dummy site's) starts with an ISO 8601 UTC timestamp.
+    lines = server.log_path.read_text(errors="replace").splitlines()
+    assert lines, "the server logged nothing"
+    untimed = [line for line in lines if not ISO_LINE.match(line)]
+    assert untimed == [], untimed
