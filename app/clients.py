@@ -344,7 +344,6 @@ def _refusals(client: Client, seen: dict[str, Client], production: bool) -> list
     return problems
 
 
-
 class ClientRegistry:
     """The clients of the file, read once; ``serve`` builds a new one on ``SIGHUP``."""
 

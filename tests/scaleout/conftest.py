@@ -227,7 +227,7 @@ def launch(tmp_path: Path) -> Iterator[Launch]:
         **over: Any,
     ) -> Instance:
         folder = tmp_path / f"instance-{name}"
-        folder.mkdir()
+        folder.mkdir(exist_ok=True)  # a test may have put files beside its config
         clients_file = folder / "clients.json"
         clients_file.write_text(DEMO_CLIENTS.read_text())
         if config is None:  # else given whole (the original's file): its ports are the truth
