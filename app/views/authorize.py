@@ -21,8 +21,12 @@ TXN = "txn:"
 
 
 def _error(error: OAuth2Error):
-    """Redirect to the client once its redirect URI is known good; else show a page."""
-    if error.redirect_uri:
+    """Redirect to the client once its redirect URI is known good and the user signed in.
+
+    Before sign-in the error page is shown instead (RFC 9700 §4.11.2): an unauthenticated
+    visitor must not be bounced to a client's URI by any request someone crafted.
+    """
+    if error.redirect_uri and current_user.is_authenticated:
         return oauth().with_issuer(oauth().handle_error_response(None, error))
     return render_error(
         400,
@@ -104,10 +108,10 @@ def _take_transaction(transaction_id: str) -> dict | None:
 
 
 def _narrowed(granted: str, posted: str | None) -> str:
-    """The user may grant fewer scopes than asked, never more."""
-    if not posted:
+    """The user may grant fewer scopes than asked, never more; a blank scope changes nothing."""
+    if not posted or not posted.strip():
         return granted
     wanted = scope_to_list(posted)
-    if not set(wanted) <= set(scope_to_list(granted)):
+    if not set(wanted) <= set(scope_to_list(granted) or ()):
         raise InvalidScopeError()
     return " ".join(wanted)
