@@ -9,6 +9,7 @@ from flask_login import AnonymousUserMixin
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
+from .audit import printable
 from .pages import render_error
 from .storage import StorageUnavailable
 
@@ -25,7 +26,7 @@ def wants_json() -> bool:
 
 
 def _storage_unavailable(exc: StorageUnavailable):
-    log.error("storage unavailable on %s: %s", request.path, exc)
+    log.error("storage unavailable on %s: %s", printable(request.path), exc)
     return unavailable_response()
 
 
@@ -103,7 +104,7 @@ def _json_error_code(status: int) -> str:
 
 
 def _unexpected(exc: Exception):
-    log.exception("unhandled error on %s %s", request.method, request.path)
+    log.exception("unhandled error on %s %s", printable(request.method), printable(request.path))
     if wants_json():
         response = jsonify(error="server_error", error_description="Internal error.")
         response.status_code = 500

@@ -20,6 +20,7 @@ from flask import request as flask_request
 from flask.sessions import SessionInterface, SessionMixin
 from werkzeug.datastructures import CallbackDict
 
+from .audit import printable
 from .secrets_hash import new_secret, token_digest
 from .storage import StorageUnavailable, Table
 
@@ -135,7 +136,7 @@ class StoredSessionInterface(SessionInterface):
             # The same 503 a view's outage gets (JSON or the error page), in place.
             from .errors import unavailable_response
 
-            log.error("session storage unavailable on %s: %s", request.path, exc)
+            log.error("session storage unavailable on %s: %s", printable(request.path), exc)
             answer = unavailable_response()
             response.status_code = answer.status_code
             response.set_data(answer.get_data())

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import secrets
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,7 @@ DEFAULTS: dict[str, Any] = {
         "lockout_base": 2,
         "lockout_max": 900,
     },
+    "audit": {"retention_days": 90},
 }
 
 _TYPES: dict[str, dict[str, tuple[type, ...]]] = {
@@ -101,6 +103,7 @@ _TYPES: dict[str, dict[str, tuple[type, ...]]] = {
         "lockout_base": (int, float),
         "lockout_max": (int,),
     },
+    "audit": {"retention_days": (int,)},
 }
 
 #: The original's syslog-style levels mapped onto Python's.
@@ -204,6 +207,9 @@ class Settings:
         self.data = data
         validate(data, env)
         self.storage_specs = parse_storage_config(data["storage"])
+        # One key for the audit trail's lifetime: it is the audit table's TTL everywhere.
+        days = data["audit"]["retention_days"]
+        self.storage_specs["audit"] = replace(self.storage_specs["audit"], ttl=days * 86400)
 
     @classmethod
     def load(
@@ -302,6 +308,7 @@ def validate(data: dict[str, Any], env: str) -> None:
             _check_type(where, value, types[key])
     _validate_auth_server(data["auth_server"], env)
     _validate_limits(data["limits"])
+    _validate_audit(data)
     if data["logging"]["level"].lower() not in LOG_LEVELS:
         raise ConfigError(
             f"logging.level: unknown level {data['logging']['level']!r} "
@@ -330,6 +337,14 @@ def _validate_limits(limits: dict[str, Any]) -> None:
             raise ConfigError(f"limits.{key}: must be at least {floor}")
     if limits["lockout_base"] <= 1:
         raise ConfigError("limits.lockout_base: must be greater than 1 (delays grow)")
+
+
+def _validate_audit(data: dict[str, Any]) -> None:
+    if data["audit"]["retention_days"] < 0:
+        raise ConfigError("audit.retention_days: expected whole days >= 0 (0: keep forever)")
+    entry = data["storage"].get("audit")
+    if isinstance(entry, dict) and entry.get("ttl") is not None:
+        raise ConfigError("storage.audit.ttl: set audit.retention_days instead")
 
 
 def _validate_auth_server(auth: dict[str, Any], env: str) -> None:
