@@ -60,13 +60,9 @@ def _escaped(char: str) -> str:
     if unicodedata.category(char) not in HIDDEN:
         return char
     code = ord(char)
-    return (
-        f"\\x{code:02x}"
-        if code < 0x100
-        else f"\\u{code:04x}"
-        if code < 0x10000
-        else f"\\U{code:08x}"
-    )
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def fields_line(record: Mapping[str, Any], skip: tuple[str, ...] = ()) -> str:
