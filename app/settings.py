@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
         },
         "max_body_bytes": 65536,
         "transaction_ttl": 600,
+        "session_max_age": 43200,
         "require_pkce": False,
         "allow_plain_pkce": False,
         "trusted_proxies": 0,
@@ -84,6 +85,7 @@ _TYPES: dict[str, dict[str, tuple[type, ...]]] = {
         "views": (dict,),
         "max_body_bytes": (int,),
         "transaction_ttl": (int,),
+        "session_max_age": (int,),
         "require_pkce": (bool,),
         "allow_plain_pkce": (bool,),
         "trusted_proxies": (int,),
@@ -370,6 +372,8 @@ def _validate_auth_server(auth: dict[str, Any], env: str) -> None:
     unknown_grants = set(auth["grant_types"]) - set(GRANT_TYPES)
     if unknown_grants:
         raise ConfigError(f"auth_server.grant_types: unknown {', '.join(sorted(unknown_grants))}")
+    if auth["session_max_age"] < 60:
+        raise ConfigError("auth_server.session_max_age: must be at least 60 seconds")
     if auth["max_body_bytes"] < 1024:
         raise ConfigError("auth_server.max_body_bytes: must be at least 1024")
     if env == "production" and not auth["url"].startswith("https://"):
