@@ -70,19 +70,16 @@ def _dialog(grant, transaction_id: str):
 
 @bp.post("/authorize")
 def decide():
-    txn = _take_transaction(request.form.get("transaction_id", ""))
+    key, txn = _own_transaction(request.form.get("transaction_id", ""))
     if txn is None:
-        return render_error(
-            400,
-            "This request has expired",
-            "The sign-in request was already answered or has expired. "
-            "Go back to the application and start again.",
-        )
+        return _expired()
     try:
         params = dict(txn["params"], scope=[_narrowed(txn["scope"], request.form.get("scope"))])
         grant = oauth().get_consent_grant(request=params, end_user=current_user)
     except OAuth2Error as error:
-        return _error(error)
+        return _error(error)  # a refused answer leaves the transaction as it was
+    if state().storage.session.take(key) is None:
+        return _expired()  # single use: another answer took it meanwhile
     allowed = "allow" in request.form and "cancel" not in request.form
     client_id = grant.client.get_client_id()
     # The decision's audit entry, the code and its audit entry: one round trip, sent
@@ -96,15 +93,24 @@ def decide():
         )
 
 
-def _take_transaction(transaction_id: str) -> dict | None:
-    """Use up the signed-in user's own transaction; anyone else's is left untouched."""
-    if not transaction_id or not current_user.is_authenticated:
-        return None
+def _expired():
+    return render_error(
+        400,
+        "This request has expired",
+        "The sign-in request was already answered or has expired. "
+        "Go back to the application and start again.",
+    )
+
+
+def _own_transaction(transaction_id: str) -> tuple[str, dict | None]:
+    """The signed-in user's own transaction (its key and record); anyone else's is not."""
     key = TXN + token_digest(transaction_id)
+    if not transaction_id or not current_user.is_authenticated:
+        return key, None
     txn = state().storage.session.get(key)
     if txn is None or txn["user_id"] != current_user.id:
-        return None
-    return state().storage.session.take(key)
+        return key, None
+    return key, txn
 
 
 def _narrowed(granted: str, posted: str | None) -> str:

@@ -299,10 +299,12 @@ def test_consent_without_the_csrf_token_is_refused(client, state, csrf):
 def test_consent_form_cannot_widen_the_scope(client, state):
     login(client)
     form = consent_form(client, authorize_url(scope="read-only"))
-    response = client.post("/authorize", data=dict(form, scope="read-only read-write"))
+    with unchanged(state):  # the transaction too: a refused answer uses nothing up
+        response = client.post("/authorize", data=dict(form, scope="read-only read-write"))
     assert is_error_page(response)
     assert "invalid_scope" in page_detail(response)
     assert snapshot(state)["codes"] == frozenset()
+    assert "code" in location_params(client.post("/authorize", data=form))
 
 
 #: A client whose default scope (its first) is wider than what it asks for below.
