@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from authlib.oauth2.rfc6749.errors import InvalidRequestError, UnsupportedResponseTypeError
+from hypothesis import given
+from hypothesis import strategies as st
 
+from app.oauth2.requests import GRAMMAR, checked
 from tests.conftest import REDIRECT, basic, login
 from tests.oauth2.conftest import unchanged
 
@@ -110,3 +114,26 @@ def test_back_channel_refuses_other_body_encodings(client, state, path, content_
         response = client.post(path, data=data, headers=basic(), **kwargs)
     assert response.status_code == 400
     assert response.get_json()["error"] == "invalid_request"
+
+
+#: Printable ASCII (what passes the VSCHAR check), the quote and backslash included.
+PRINTABLE = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=30)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(sorted(GRAMMAR)) | st.text(max_size=8),
+        st.lists(PRINTABLE | st.text(max_size=30), min_size=1, max_size=2),
+        max_size=6,
+    )
+)
+def test_checked_params_never_break_the_errors_authlib_builds_from_them(params):
+    """Whatever ``checked`` lets through, Authlib can quote in an error description."""
+    try:
+        accepted = checked(params, unique=False)
+    except InvalidRequestError:
+        return
+    for key in GRAMMAR:
+        for value in accepted.get(key, []):
+            InvalidRequestError(f"Redirect URI {value} is not supported by client.")
+            UnsupportedResponseTypeError(f"The response type '{value}' is not supported.", value)
