@@ -89,7 +89,9 @@ def create_app(
     app.config.update(settings.flask_config())
     state = _build_state(settings, clients)
     app.extensions["oauth2"] = state
-    app.session_interface = StoredSessionInterface(state.storage.session, state.storage.batch)
+    app.session_interface = StoredSessionInterface(
+        state.storage.session, state.storage.batch, settings.auth["session_max_age"]
+    )
     if settings.auth["trusted_proxies"]:
         hops = settings.auth["trusted_proxies"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
@@ -103,6 +105,7 @@ def create_app(
 def _init_extensions(app: Flask, state: State) -> None:
     login_manager.init_app(app)
     login_manager.login_view = "auth.login"
+    login_manager.login_message = None  # the sign-in page says it; a flash would store a session
     login_manager.user_loader(_load_user)
     csrf.init_app(app)
     state.server.init_app(app)

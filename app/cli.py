@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .audit import fields_line, printable
 from .clients import GRANT_TYPES, ClientFileError, ClientRegistry, append_client
 from .logconfig import log_config
 from .secrets_hash import hash_random_secret, new_secret
@@ -123,11 +124,15 @@ def cmd_audit_tail(args: argparse.Namespace) -> int:
     with _storage(args) as storage:
         records = storage.audit.recent(args.lines)
     for record in reversed(records):
-        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.pop("at", 0)))
-        event = record.pop("event", "?")
-        fields = {k: v for k, v in record.items() if k not in ("key", "expires_at")}
-        print(f"{at} {event} " + " ".join(f"{k}={v}" for k, v in fields.items() if v is not None))
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(_number(record.pop("at", 0))))
+        event = printable(record.pop("event", "?"))
+        print(f"{at} {event} {fields_line(record, skip=('key', 'expires_at'))}".rstrip())
     return 0
+
+
+def _number(value: Any) -> float:
+    """A record's time, or 0 for a row that holds something else."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import secrets
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ DEFAULTS: dict[str, Any] = {
         },
         "max_body_bytes": 65536,
         "transaction_ttl": 600,
+        "session_max_age": 43200,
         "require_pkce": False,
         "allow_plain_pkce": False,
         "trusted_proxies": 0,
@@ -79,6 +81,7 @@ DEFAULTS: dict[str, Any] = {
         "client_lockout_after": 20,
         "client_lockout_max": 60,
     },
+    "audit": {"retention_days": 90},
 }
 
 _TYPES: dict[str, dict[str, tuple[type, ...]]] = {
@@ -96,6 +99,7 @@ _TYPES: dict[str, dict[str, tuple[type, ...]]] = {
         "views": (dict,),
         "max_body_bytes": (int,),
         "transaction_ttl": (int,),
+        "session_max_age": (int,),
         "require_pkce": (bool,),
         "allow_plain_pkce": (bool,),
         "trusted_proxies": (int,),
@@ -120,6 +124,7 @@ _TYPES: dict[str, dict[str, tuple[type, ...]]] = {
         "client_lockout_after": (int,),
         "client_lockout_max": (int,),
     },
+    "audit": {"retention_days": (int,)},
 }
 
 #: The original's syslog-style levels mapped onto Python's.
@@ -239,6 +244,9 @@ class Settings:
         validate(data, env)
         specs = parse_storage_config(data["storage"])
         self.storage_specs = {table: self._local(spec) for table, spec in specs.items()}
+        # One key for the audit trail's lifetime: it is the audit table's TTL everywhere.
+        days = data["audit"]["retention_days"]
+        self.storage_specs["audit"] = replace(self.storage_specs["audit"], ttl=days * 86400)
 
     @classmethod
     def load(
@@ -349,6 +357,7 @@ def validate(data: dict[str, Any], env: str) -> None:
             _check_type(where, value, types[key])
     _validate_auth_server(data["auth_server"])
     _validate_limits(data["limits"])
+    _validate_audit(data)
     if data["logging"]["level"].lower() not in LOG_LEVELS:
         raise ConfigError(
             f"logging.level: unknown level {data['logging']['level']!r} "
@@ -415,6 +424,14 @@ def _refuse_stand_ins(data: dict[str, Any]) -> None:
         raise ConfigError("\n".join(problems))
 
 
+def _validate_audit(data: dict[str, Any]) -> None:
+    if data["audit"]["retention_days"] < 0:
+        raise ConfigError("audit.retention_days: expected whole days >= 0 (0: keep forever)")
+    entry = data["storage"].get("audit")
+    if isinstance(entry, dict) and entry.get("ttl") is not None:
+        raise ConfigError("storage.audit.ttl: set audit.retention_days instead")
+
+
 def _validate_auth_server(auth: dict[str, Any]) -> None:
     workers = auth["num_workers"]
     if workers != "auto" and not (isinstance(workers, int) and workers > 0):
@@ -438,6 +455,8 @@ def _validate_auth_server(auth: dict[str, Any]) -> None:
     unknown_grants = set(auth["grant_types"]) - set(GRANT_TYPES)
     if unknown_grants:
         raise ConfigError(f"auth_server.grant_types: unknown {', '.join(sorted(unknown_grants))}")
+    if auth["session_max_age"] < 60:
+        raise ConfigError("auth_server.session_max_age: must be at least 60 seconds")
     if auth["max_body_bytes"] < 1024:
         raise ConfigError("auth_server.max_body_bytes: must be at least 1024")
     if not 0 <= auth["refresh_grace_period"] <= 300:

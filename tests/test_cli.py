@@ -258,6 +258,27 @@ def test_audit_tail_shows_the_latest_events_oldest_first(config_dir, capsys):
     assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", lines[0])
 
 
+@pytest.mark.parametrize(
+    "forged",
+    ["alice\n2026-01-01T00:00:00Z login user_id=admin", "alice\r\x1b[2K", "bob\u2028x\u202e"],
+    ids=["newline", "ansi", "unicode"],
+)
+def test_audit_tail_prints_one_line_per_event_whatever_the_fields_hold(config_dir, capsys, forged):
+    assert run(config_dir, "db", "upgrade") == 0
+    storage = storage_of(config_dir)
+    try:
+        storage.audit.append({"event": "login_failed", "at": time.time(), "username": forged})
+        storage.audit.append({"event": "x\ny", "at": "not a time", forged: "v"})
+    finally:
+        storage.close()
+    capsys.readouterr()
+    assert run(config_dir, "audit", "tail") == 0
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) == 2
+    assert out.isascii() and "\x1b" not in out and "\r" not in out
+    assert 'username="alice' in out or 'username="bob' in out
+
+
 def test_audit_tail_records_real_logins(tmp_path, dummy_site, config_dir, capsys):
     app = create_app(Settings.load(config_dir=str(config_dir), environ={}))
     try:

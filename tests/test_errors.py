@@ -309,3 +309,20 @@ def test_malformed_json_token_bodies_are_400(client, body):
     )
     assert response.status_code == 400
     assert response.get_json()["error"] == "invalid_request"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kind"),
+    [
+        ("GET", "/login", "text/html"),
+        ("GET", "/review", "text/html"),
+        ("GET", "/authorize", "text/html"),
+        ("POST", "/token", "application/json"),
+        ("GET", "/api/profile", "application/json"),
+    ],
+)
+def test_raw_non_utf8_query_bytes_are_400_never_500(client, method, path, kind):
+    """A WSGI server passes raw query bytes on as latin-1; Werkzeug cannot decode them."""
+    response = client.open(path, method=method, environ_overrides={"QUERY_STRING": "next=\x80"})
+    assert response.status_code == 400
+    assert response.mimetype == kind

@@ -94,7 +94,7 @@ class OAuth2Server(AuthorizationServer):
         """Authlib's, with errors redirected once the client and redirect URI are good."""
         request = self.create_oauth2_request(request)
         try:
-            return super().get_consent_grant(request, end_user)
+            return _check_response_mode(super().get_consent_grant(request, end_user))
         except UnsupportedResponseTypeError as error:
             if request.payload.response_type:
                 raise
@@ -132,6 +132,25 @@ class OAuth2Server(AuthorizationServer):
         return super().handle_error_response(request, error)
 
 
+#: The response modes each response type is delivered by (OAuth 2.0 Multiple Response
+#: Type Encoding Practices §2.1: the default one); ``form_post`` is not offered.
+RESPONSE_MODES = {"code": "query", "token": "fragment"}
+
+
+def _check_response_mode(grant):
+    """Refuse a ``response_mode`` other than the response type's own (RFC 6749 §3.1)."""
+    request = grant.request
+    mode = request.payload.data.get("response_mode")
+    if mode is not None and mode != RESPONSE_MODES.get(request.payload.response_type):
+        raise InvalidRequestError(
+            "Unsupported 'response_mode'.",
+            state=request.payload.state,
+            redirect_uri=grant.redirect_uri,
+            redirect_fragment=request.payload.response_type == "token",
+        )
+    return grant
+
+
 def query_params() -> dict[str, list[str]]:
     """The authorization request; Authlib reports repeats once the redirect URI is known."""
     require_utf8(flask_request.query_string)
@@ -143,8 +162,10 @@ def body_params() -> dict[str, list[str]]:
     if flask_request.is_json:
         params = json_params(flask_request.get_json(silent=True))
     else:
-        if flask_request.mimetype == "application/x-www-form-urlencoded":
-            require_utf8(flask_request.get_data(cache=True))
+        if flask_request.mimetype != "application/x-www-form-urlencoded":
+            # RFC 6749 §3.2: form encoding (JSON for the original's clients), not multipart.
+            raise InvalidRequestError("Send the body as application/x-www-form-urlencoded.")
+        require_utf8(flask_request.get_data(cache=True))
         form = flask_request.form
         params = checked({key: form.getlist(key) for key in form})
     if "client_secret" in params and client_auth.basic_sent(flask_request.headers):

@@ -75,7 +75,7 @@ def login_post():
         lockout.succeeded(subject)
         user = state().users.remember(site_user)
         audit("login", user_id=user.id)
-    session.regenerate()  # type: ignore[attr-defined]
+    session.signed_in()  # type: ignore[attr-defined]  # new id, new CSRF secret
     login_user(user)
     return redirect(next_url or "/review", 302)
 
