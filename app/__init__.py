@@ -51,8 +51,7 @@ class State:
     store: GrantStore
     users: UserStore
     server: OAuth2Server
-    throttle: limits.LoginThrottle
-    limits: limits.RateLimits
+    limits: limits.Limits
 
 
 def _build_state(settings: Settings, clients: ClientRegistry | None = None) -> State:
@@ -62,18 +61,15 @@ def _build_state(settings: Settings, clients: ClientRegistry | None = None) -> S
     adapter = load_adapter(settings.resource_server)
     if clients is None:
         clients = ClientRegistry.from_settings(settings, list(adapter.scopes))
-    store, users = GrantStore(storage), UserStore(storage.users)
-    server = build_server(settings, clients, store, users, list(adapter.scopes))
-    lim = settings.limits
-    throttle = limits.LoginThrottle(
-        storage.session,
-        lim.lockout_after,
-        lim.lockout_base,
-        lim.lockout_max,
-        enabled=lim.enabled,
+    auth = settings.auth
+    store = GrantStore(
+        storage,
+        grace=auth.refresh_grace_period,
+        family_lifetime=auth.refresh_absolute_lifetime,
     )
-    rates = limits.build(settings)
-    return State(settings, storage, clients, adapter, store, users, server, throttle, rates)
+    users = UserStore(storage.users)
+    server = build_server(settings, clients, store, users, list(adapter.scopes))
+    return State(settings, storage, clients, adapter, store, users, server, limits.build(settings))
 
 
 def create_app(
@@ -93,7 +89,9 @@ def create_app(
     app.config.update(settings.flask_config())
     state = _build_state(settings, clients)
     app.extensions["oauth2"] = state
-    app.session_interface = StoredSessionInterface(state.storage.session, state.storage.batch)
+    app.session_interface = StoredSessionInterface(
+        state.storage.session, state.storage.batch, settings.auth.session_max_age
+    )
     if settings.auth.trusted_proxies:
         hops = settings.auth.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
@@ -107,6 +105,7 @@ def create_app(
 def _init_extensions(app: Flask, state: State) -> None:
     login_manager.init_app(app)
     login_manager.login_view = "auth.login"
+    login_manager.login_message = None  # the sign-in page says it; a flash would store a session
     login_manager.user_loader(_load_user)
     csrf.init_app(app)
     state.server.init_app(app)

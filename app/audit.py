@@ -1,21 +1,74 @@
-"""The audit trail: one record per security-relevant event, in the ``audit`` table."""
+"""The audit trail: one record per security-relevant event, in the ``audit`` table.
+
+Strangers choose some of what is recorded (a claimed client id, a username), so each
+string is stored bounded (:func:`bounded`), and every log line or ``audit tail`` line
+that shows such values renders them through :func:`fields_line`, which escapes what
+could forge a line or a field.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
+import unicodedata
+from collections.abc import Mapping
 from typing import Any
 
 from flask import current_app, has_request_context, request
 
 log = logging.getLogger("oauth2.audit")
 
+#: Longest string stored in an audit record; real ids and usernames are far shorter.
+MAX_FIELD = 64
+
+#: Unicode categories never shown raw: controls, format (bidi overrides, zero-width),
+#: line and paragraph separators, surrogates, private use and unassigned code points.
+HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
+
 
 def audit(event: str, **fields: Any) -> None:
     """Record ``event`` with the client, user, IP and time; never a secret."""
-    record = {"event": event, "at": time.time(), **fields}
+    record = {"event": event, "at": time.time(), **{k: bounded(v) for k, v in fields.items()}}
     if has_request_context():
         record.setdefault("ip", request.remote_addr)
     current_app.extensions["oauth2"].storage.audit.append(record)
     if log.isEnabledFor(logging.INFO):  # the hot path logs nothing above NOTICE
-        log.info("%s %s", event, " ".join(f"{k}={v}" for k, v in fields.items() if v is not None))
+        log.info("%s %s", printable(event), fields_line(record, skip=("event", "at", "ip")))
+
+
+def bounded(value: Any) -> Any:
+    """Clip a long string, keeping a digest of the whole so distinct values stay distinct."""
+    if not isinstance(value, str) or len(value) <= MAX_FIELD:
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{value[: MAX_FIELD - 20]}...#{digest}"
+
+
+def printable(value: Any) -> str:
+    """``value`` as one safe token: quoted and escaped when it holds anything unusual."""
+    text = str(value)
+    escaped = "".join(_escaped(c) for c in text)
+    if text and escaped == text and not any(c in ' ="' for c in text):
+        return text
+    return f'"{escaped}"'
+
+
+def _escaped(char: str) -> str:
+    if char in '"\\':
+        return "\\" + char
+    if unicodedata.category(char) not in HIDDEN:
+        return char
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def fields_line(record: Mapping[str, Any], skip: tuple[str, ...] = ()) -> str:
+    """``key=value`` pairs for one log line, keys and values escaped by :func:`printable`."""
+    return " ".join(
+        f"{printable(k)}={printable(v)}"
+        for k, v in record.items()
+        if v is not None and k not in skip
+    )

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
+import logging.config
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .audit import fields_line, printable
 from .clients import ClientFileError, ClientRegistry, append_client
+from .logconfig import log_config
 from .secrets_hash import hash_random_secret, new_secret
 from .settings import GRANT_TYPES, ConfigError, Settings
 from .storage import Storage, StorageConfigError, StorageUnavailable
@@ -32,7 +34,7 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
     from .adapters import load_adapter
 
     settings = _settings(args)
-    path = args.file or settings.client_credentials.file
+    path = args.file or _own_clients_file(settings)
     scopes = list(load_adapter(settings.resource_server).scopes)
     secret = None if args.public else new_secret(32)
     entry: dict[str, Any] = {
@@ -63,6 +65,18 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
         print("The secret is shown once and stored only as a hash. Keep it safe.")
     print(f"Added to {path}. Send SIGHUP to the server to load it.")
     return 0
+
+
+def _own_clients_file(settings: Settings) -> str:
+    """The configured clients file, unless it is the tracked example (a checkout's demo)."""
+    path = settings.resolve_path(settings.client_credentials.file)
+    if path.endswith(".example"):
+        raise ConfigError(
+            f"client_credentials.file is the example file {path}, which stays as shipped: "
+            "set client_credentials.file to your own clients.json (e.g. in config/runtime.json) "
+            "or pass --file"
+        )
+    return path
 
 
 def cmd_clients_list(args: argparse.Namespace) -> int:
@@ -110,11 +124,15 @@ def cmd_audit_tail(args: argparse.Namespace) -> int:
     with _storage(args) as storage:
         records = storage.audit.recent(args.lines)
     for record in reversed(records):
-        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.pop("at", 0)))
-        event = record.pop("event", "?")
-        fields = {k: v for k, v in record.items() if k not in ("key", "expires_at")}
-        print(f"{at} {event} " + " ".join(f"{k}={v}" for k, v in fields.items() if v is not None))
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(_number(record.pop("at", 0))))
+        event = printable(record.pop("event", "?"))
+        print(f"{at} {event} {fields_line(record, skip=('key', 'expires_at'))}".rstrip())
     return 0
+
+
+def _number(value: Any) -> float:
+    """A record's time, or 0 for a row that holds something else."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
 
 
 def cmd_defaults(args: argparse.Namespace) -> int:
@@ -148,7 +166,7 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="oauth2-server", description=__doc__)
     root.add_argument("--config-dir", help="config folder (default $OAUTH2_CONFIG_DIR or ./config)")
     sub = root.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the server (auth_server.server: granian or gunicorn)")
+    serve = sub.add_parser("serve", help="run the server (granian or gunicorn)")
     serve.add_argument("--bind", help="host:port, overriding auth_server.host/port")
     serve.set_defaults(func=cmd_serve)
     clients = sub.add_parser("clients", help="manage the clients file").add_subparsers(
@@ -174,16 +192,15 @@ def parser() -> argparse.ArgumentParser:
     tail.add_argument("-n", "--lines", type=int, default=20)
     tail.set_defaults(func=cmd_audit_tail)
     sub.add_parser("check", help="validate the configuration and exit").set_defaults(func=cmd_check)
-    sub.add_parser(
+    defaults = sub.add_parser(
         "defaults", help="print every setting's default (config/default.json)"
-    ).set_defaults(func=cmd_defaults)
+    )
+    defaults.set_defaults(func=cmd_defaults)
     return root
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.config.dictConfig(log_config())
     args = parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -12,10 +12,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749 import ClientMixin, list_to_scope, scope_to_list
+from limits import parse
 
+from .oauth2.client_auth import SECRET_METHODS
 from .secrets_hash import known_scheme, verify_secret, verify_seed_sha1
 from .settings import GRANT_TYPES, Settings
 
+#: Client secrets published with the demo data (README, clients.json.example).
+DEMO_SECRETS = ("hunter2",)
 RESPONSE_TYPES = {"code": "authorization_code", "token": "implicit"}
 LOOPBACK_HOSTS = ("127.0.0.1", "[::1]")
 
@@ -64,6 +68,10 @@ class Client(ClientMixin):
     seed_secret: tuple[str, str] | None = None  # (hex sha1, salt) of the original format
     ip_allowlist: list[str] = field(default_factory=list)
     allow_wildcard: bool = False
+    #: Browser origins (``scheme://host[:port]``) of a public client's pages, answered
+    #: CORS at ``/token`` and ``/revoke``.
+    allowed_origins: list[str] = field(default_factory=list)
+    rate_limit: str | None = None  # its own cap on authenticated /token traffic
 
     # -- Authlib's ClientMixin --------------------------------------------------
     def get_client_id(self) -> str:
@@ -103,7 +111,7 @@ class Client(ClientMixin):
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
         if self.public:
             return method == "none"
-        return method in ("client_secret_basic", "client_secret_post")
+        return method in SECRET_METHODS
 
     def check_response_type(self, response_type: str) -> bool:
         return RESPONSE_TYPES.get(response_type) in self.grant_types
@@ -120,6 +128,17 @@ class Client(ClientMixin):
         except ValueError:
             return False
         return any(ip in ipaddress.ip_network(net, strict=False) for net in self.ip_allowlist)
+
+    def allows_origin(self, origin: str | None) -> bool:
+        """True when ``origin`` is one of this public client's registered origins."""
+        return self.public and origin in self.allowed_origins
+
+    def uses_demo_secret(self) -> bool:
+        """True when the secret is one published with the demo data."""
+        return any(self.check_client_secret(secret) for secret in DEMO_SECRETS)
+
+    def to_public_dict(self) -> dict[str, Any]:
+        return {"client_id": self.client_id, "name": self.name}
 
 
 def _grant_types(entry: dict[str, Any], where: str) -> list[str]:
@@ -138,6 +157,18 @@ def _grant_types(entry: dict[str, Any], where: str) -> list[str]:
     return grants
 
 
+def _rate_limit(entry: dict[str, Any], where: str) -> str | None:
+    """The client's own ``rate_limit`` (``"100000/minute"``), checked like ``limits.*``."""
+    rate = entry.get("rate_limit")
+    if rate is None:
+        return None
+    try:
+        parse(rate)
+    except (ValueError, TypeError) as exc:
+        raise ClientFileError(f"{where}.rate_limit: {rate!r} is not a rate like 60/minute") from exc
+    return str(rate)
+
+
 def _secret(entry: dict[str, Any], where: str, public: bool) -> dict[str, Any]:
     if public:
         if entry.get("client_secret") or entry.get("client_secret_hash"):
@@ -154,6 +185,68 @@ def _secret(entry: dict[str, Any], where: str, public: bool) -> dict[str, Any]:
         f"{where}: needs client_secret_hash (or the original client_secret + client_salt), "
         'or "public": true'
     )
+
+
+def _plain_http(uri: str) -> bool:
+    return uri != "*" and not uri.startswith("https://") and _loopback(uri) is None
+
+
+def _plain_http_problem(where: str, uri: str) -> str:
+    return f"{where}: redirect URI {uri!r} must use https outside loopback in production"
+
+
+def _ip_allowlist(entry: dict[str, Any], where: str) -> list[str]:
+    """Each entry an IP network (``10.0.0.0/8``, ``2001:db8::/32``) or a single address."""
+    networks = entry.get("ip_allowlist", [])
+    if not isinstance(networks, list):
+        raise ClientFileError(f"{where}.ip_allowlist: expected a list of networks")
+    for network in networks:
+        if not isinstance(network, str) or not _is_network(network):
+            raise ClientFileError(
+                f"{where}.ip_allowlist: {network!r} is not an IP network such as 192.0.2.0/24"
+            )
+    return list(networks)
+
+
+def _is_network(value: str) -> bool:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def _origin(value: Any) -> str | None:
+    """``value`` as browsers send it in ``Origin`` (RFC 6454), or None if it is not one."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except (TypeError, ValueError, AttributeError):
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+        return None
+    default = {"http": 80, "https": 443}[parts.scheme]
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    origin = f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
+    return origin if value == origin else None
+
+
+def _allowed_origins(entry: dict[str, Any], where: str, public: bool) -> list[str]:
+    origins = entry.get("allowed_origins", [])
+    if not isinstance(origins, list):
+        raise ClientFileError(f"{where}.allowed_origins: expected a list of origins")
+    if origins and not public:
+        raise ClientFileError(
+            f"{where}.allowed_origins: only a public client may list origins "
+            "(a confidential client's secret must never be in a browser)"
+        )
+    for origin in origins:
+        if _origin(origin) is None:
+            raise ClientFileError(
+                f"{where}.allowed_origins: {origin!r} is not an origin such as "
+                "https://app.example.com (lower case, no path, no default port)"
+            )
+    return list(origins)
 
 
 def parse_client(
@@ -180,10 +273,8 @@ def parse_client(
                 )
         elif not isinstance(uri, str) or not valid_redirect_uri(uri):
             raise ClientFileError(f"{where}: invalid redirect URI {uri!r}")
-        elif require_https and not uri.startswith("https://") and _loopback(uri) is None:
-            raise ClientFileError(
-                f"{where}: redirect URI {uri!r} must use https outside loopback in production"
-            )
+        elif require_https and _plain_http(uri):
+            raise ClientFileError(_plain_http_problem(where, uri))
     scopes = entry.get("scopes", all_scopes)
     unknown = [s for s in scopes if s not in all_scopes]
     if unknown:
@@ -199,8 +290,10 @@ def parse_client(
         grant_types=grants,
         scopes=list(scopes),
         public=public,
-        ip_allowlist=list(entry.get("ip_allowlist", [])),
+        ip_allowlist=_ip_allowlist(entry, where),
         allow_wildcard=allow_wildcard,
+        allowed_origins=_allowed_origins(entry, where, public),
+        rate_limit=_rate_limit(entry, where),
         **_secret(entry, where, public),
     )
 
@@ -209,9 +302,10 @@ def load_clients_file(
     path: str | os.PathLike[str],
     all_scopes: list[str],
     allow_wildcard: bool = False,
-    require_https: bool = False,
+    production: bool = False,
 ) -> dict[str, Client]:
-    """Read and validate the clients file; raise :class:`ClientFileError` on any problem."""
+    """Read and validate the clients file; raise :class:`ClientFileError` naming every
+    problem at once. Production also demands https redirect URIs and no demo secrets."""
     try:
         entries = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
@@ -221,21 +315,33 @@ def load_clients_file(
     if not isinstance(entries, list):
         raise ClientFileError(f"client_credentials.file: {path} must hold a JSON list")
     clients: dict[str, Client] = {}
+    problems: list[str] = []
     for index, entry in enumerate(entries):
-        client = parse_client(entry, index, all_scopes, allow_wildcard, require_https)
-        if client.client_id in clients:
-            raise ClientFileError(f"client {client.client_id!r}: listed twice")
+        try:
+            client = parse_client(entry, index, all_scopes, allow_wildcard)
+        except ClientFileError as exc:
+            problems.append(str(exc))
+            continue
+        problems += _refusals(client, clients, production)
         clients[client.client_id] = client
+    if problems:
+        raise ClientFileError("\n".join(problems))
     return clients
 
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def resolve_file(name: str) -> str:
-    """A configured file: as given if absolute or present, else relative to the project."""
-    path = Path(name)
-    return str(path if path.is_absolute() or path.exists() else ROOT / path)
+def _refusals(client: Client, seen: dict[str, Client], production: bool) -> list[str]:
+    where = f"client {client.client_id!r}"
+    if client.client_id in seen:
+        return [f"{where}: listed twice"]
+    if not production:
+        return []
+    problems = [_plain_http_problem(where, u) for u in client.redirect_uris if _plain_http(u)]
+    if client.uses_demo_secret():
+        problems.append(
+            f"{where}: its secret is a published demo secret; production needs a secret "
+            "of its own (a new client_secret_hash, or `oauth2-server clients add`)"
+        )
+    return problems
 
 
 class ClientRegistry:
@@ -246,24 +352,29 @@ class ClientRegistry:
         path: str,
         all_scopes: list[str],
         allow_wildcard: bool = False,
-        require_https: bool = False,
+        production: bool = False,
     ) -> None:
         self.path = path
-        self._clients = load_clients_file(path, all_scopes, allow_wildcard, require_https)
+        self._clients = load_clients_file(path, all_scopes, allow_wildcard, production)
+        self._origins = {o for c in self._clients.values() if c.public for o in c.allowed_origins}
 
     @classmethod
     def from_settings(cls, settings: Settings, all_scopes: list[str]) -> ClientRegistry:
-        """The configured clients file; production demands https redirect URIs."""
+        """The configured clients file, held to production's rules there."""
         cc = settings.client_credentials
         return cls(
-            resolve_file(cc.file),
+            settings.resolve_path(cc.file),
             all_scopes,
             allow_wildcard=cc.allow_wildcard_redirects,
-            require_https=settings.env == "production",
+            production=settings.env == "production",
         )
 
     def get(self, client_id: str | None) -> Client | None:
         return self._clients.get(client_id) if client_id else None
+
+    def public_origin(self, origin: str | None) -> bool:
+        """True when ``origin`` is registered by any public client."""
+        return origin in self._origins
 
     def all(self) -> list[Client]:
         return list(self._clients.values())

@@ -23,6 +23,8 @@ from urllib.parse import parse_qs
 
 from flask import Flask, Response, jsonify, request
 
+from .logconfig import log_config
+
 COOKIE = "dummy-server-token"
 PASSWORD = "password"  # noqa: S105 - the documented demo password
 #: Development-only signing key; the site is a stand-in and holds nothing of value.
@@ -99,7 +101,7 @@ def create_dummy_app(key: bytes = DEV_KEY) -> Flask:
         username = read_token(key, _request_token())
         return jsonify(profile(username)) if username is not None else _unauthorized()
 
-    @app.post("/update_avatar")
+    @app.route("/update_avatar", methods=["GET", "POST"])  # GET as the original's site
     def update_avatar() -> Any:
         username = read_token(key, _request_token())
         if username is None:
@@ -168,6 +170,7 @@ def serve(
             workers=workers,
             blocking_threads=threads,
             log_level=LogLevels.warning,
+            log_dictconfig=log_config({"_granian": "WARNING"}),  # the server's format
             workers_kill_timeout=3,  # a worker that does not stop in time is killed
         ).serve(target_loader=site_from_env, wrap_loader=False)
         return
@@ -184,6 +187,10 @@ def serve(
                 "graceful_timeout": 5,
                 "control_socket_disable": True,  # would clash with the main server's
                 "proc_name": "oauth2-dummy-site",
+                # The server's format; no access log.
+                "logconfig_dict": log_config(
+                    {"gunicorn.error": "INFO", "gunicorn.access": "WARNING"}
+                ),
             }
             for name, value in options.items():
                 if name in self.cfg.settings:

@@ -7,8 +7,9 @@ import logging
 from flask import Flask, Response, g, jsonify, request, session
 from flask_login import AnonymousUserMixin
 from flask_wtf.csrf import CSRFError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import BadRequest, HTTPException
 
+from .audit import printable
 from .pages import render_error
 from .paths import API, JSON_PATHS
 from .storage import StorageUnavailable
@@ -24,7 +25,7 @@ def wants_json() -> bool:
 
 
 def _storage_unavailable(exc: StorageUnavailable):
-    log.error("storage unavailable on %s: %s", request.path, exc)
+    log.error("storage unavailable on %s: %s", printable(request.path), exc)
     return unavailable_response()
 
 
@@ -102,7 +103,7 @@ def _json_error_code(status: int) -> str:
 
 
 def _unexpected(exc: Exception):
-    log.exception("unhandled error on %s %s", request.method, request.path)
+    log.exception("unhandled error on %s %s", printable(request.method), printable(request.path))
     if wants_json():
         response = jsonify(error="server_error", error_description="Internal error.")
         response.status_code = 500
@@ -110,7 +111,20 @@ def _unexpected(exc: Exception):
     return render_error(500, "Something went wrong", "The error was logged.")
 
 
+def _require_utf8_query() -> None:
+    """Refuse raw non-UTF-8 bytes in the query string before any view or limit reads it.
+
+    Werkzeug raises on them while parsing ``request.args``; percent-encoded bytes it
+    replaces, and the OAuth endpoints refuse those themselves (RFC 6749 Appendix B).
+    """
+    try:
+        request.query_string.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("The query string is not valid UTF-8.") from None
+
+
 def init_app(app: Flask) -> None:
+    app.before_request(_require_utf8_query)
     app.register_error_handler(StorageUnavailable, _storage_unavailable)
     app.register_error_handler(CSRFError, _csrf_error)
     app.register_error_handler(HTTPException, _http_error)

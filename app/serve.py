@@ -1,8 +1,8 @@
-"""``oauth2-server serve``: gunicorn with the configured workers, plus the dummy site.
+"""``oauth2-server serve``: granian or gunicorn with the configured workers, plus the dummy site.
 
-Each worker builds the app from the config files, so ``SIGHUP`` to the master
-(gunicorn's graceful reload) starts workers with the new log level and clients
-file while the old ones finish their requests: nothing is dropped.
+Each worker builds the app from the config files, so ``SIGHUP`` to the main process
+starts workers with the new log level and clients file, and the old ones finish their
+requests once the new ones are ready: nothing is dropped (see :mod:`app.reload`).
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ from collections.abc import Callable
 from typing import Any
 
 from .adapters import load_adapter
-from .clients import ClientFileError, ClientRegistry
-from .settings import ConfigError, Settings
-from .storage import Storage, StorageConfigError, StorageUnavailable
+from .clients import ClientRegistry
+from .logconfig import log_config
+from .reload import Configuration
+from .settings import Settings
+from .storage import Storage, StorageUnavailable
 
 log = logging.getLogger("oauth2")
 
@@ -52,11 +54,18 @@ def gunicorn_options(settings: Settings, bind: str | None = None) -> dict[str, A
         "timeout": 60,
         "proc_name": "oauth2-server",
         "control_socket_disable": True,
-        "accesslog": "-" if settings.log_level <= logging.DEBUG else None,
         "loglevel": gunicorn_level(settings.log_level),
+        # Our format on gunicorn's loggers; the access log shows only at ``debug``.
+        "logconfig_dict": log_config(
+            {
+                "gunicorn.error": gunicorn_level(settings.log_level).upper(),
+                "gunicorn.access": "INFO" if settings.log_level <= logging.DEBUG else "WARNING",
+            }
+        ),
     }
     if auth.ssl:
-        options.update(certfile=auth.ssl_cert, keyfile=auth.ssl_key)
+        certfile, keyfile = settings.tls_files()
+        options.update(certfile=certfile, keyfile=keyfile)
     return options
 
 
@@ -148,15 +157,15 @@ def granian_options(settings: Settings, bind: str | None = None) -> dict[str, An
         "blocking_threads": THREADS,
         "log_level": LogLevels(gunicorn_level(settings.log_level)),
         "log_access": settings.log_level <= logging.DEBUG,
+        "log_dictconfig": log_config({"_granian": "INFO", "granian.access": "INFO"}),
         "respawn_failed_workers": True,
         "workers_kill_timeout": 20,
     }
     if auth.ssl:
         from granian.constants import SSLProtocols
 
-        options.update(
-            ssl_cert=auth.ssl_cert, ssl_key=auth.ssl_key, ssl_protocol_min=SSLProtocols.tls12
-        )
+        cert, key = settings.tls_files()
+        options.update(ssl_cert=cert, ssl_key=key, ssl_protocol_min=SSLProtocols.tls12)
     return options
 
 
@@ -173,48 +182,51 @@ def serve(settings: Settings, bind: str | None = None) -> None:
         site = start_dummy_site(*bundled)
         atexit.register(stop, site, 3.0)  # a stand-in: no need to wait long for it
 
-    # What workers are built from; a SIGHUP replaces it only with a configuration that loads.
-    current: dict[str, Any] = {"settings": settings, "clients": clients}
-
-    def on_reload(_arbiter) -> None:
-        try:
-            fresh = Settings.load(config_dir=settings.config_dir)
-            current.update(settings=fresh, clients=load_clients(fresh))
-        except (ConfigError, ClientFileError, StorageConfigError, ValueError) as exc:
-            log.error("reload refused, keeping the running configuration: %s", exc)
-            return
-        log.log(
-            25,
-            "reloaded: log level %s, %d clients",
-            fresh.config.logging.level,
-            len(current["clients"]),
-        )
-
-    def build_app():
-        from . import create_app
-
-        return create_app(current["settings"], clients=current["clients"])
-
+    configuration = Configuration(settings, clients, load_clients)
     server = settings.auth.server
     log.log(25, "serving %s with %s, %d workers", settings.issuer, server, settings.num_workers())
     if server == "granian":
-        _serve_granian(settings, bind, build_app, on_reload)
+        _serve_granian(settings, bind, configuration)
     else:
-        _serve_gunicorn(settings, bind, build_app, on_reload)
+        _serve_gunicorn(settings, bind, configuration)
 
 
-def _serve_granian(settings: Settings, bind: str | None, build_app, on_reload) -> None:
+def _serve_granian(settings: Settings, bind: str | None, config: Configuration) -> None:
     """granian: a Rust HTTP server running the WSGI app in worker processes.
 
-    Workers are forked from this process, so each builds the app from ``current``:
-    a ``SIGHUP`` runs ``on_reload`` here first, then replaces the workers one by one.
+    Workers are forked from this process, so each builds the app from ``config``. On
+    ``SIGHUP`` granian would replace the workers one at a time, a few seconds apart, old
+    and new answering side by side meanwhile; this subclass starts all new workers, waits
+    until each has built its app, then stops the old ones together. It overrides
+    granian's ``_reload`` (2.x, pinned by the lock; tests/e2e/test_reload.py checks it).
     """
     from granian.server import Server
 
-    server = Server("app:create_app", **granian_options(settings, bind))
+    class Granian(Server):  # type: ignore[misc,valid-type]
+        def _reload(self, spawn_target, target_loader) -> None:
+            log.info("SIGHUP: starting new workers before stopping the old ones")
+            self.reload_signal = False
+            self.respawned_wrks.clear()
+            self.main_loop_interrupt.clear()
+            self._env_loader(self.env_files)
+            self._call_hooks(self.hooks_reload)
+            old: list[Any] = self.wrks  # type: ignore[has-type]
+            self.wrks = []  # type: ignore[var-annotated]
+            self._spawn_workers(spawn_target, target_loader)
+            config.await_workers(self.workers)
+            for worker in old:
+                worker.terminate()
+            for worker in old:
+                worker.join(self.workers_kill_timeout)
+                if worker.is_alive():
+                    worker.kill()
+                    worker.join()
+            config.complete(len(self.wrks))
+
+    server = Granian("app:create_app", **granian_options(settings, bind))
     server.on_startup(lambda: start_purger(settings))
-    server.on_reload(lambda: on_reload(None))
-    server.serve(target_loader=lambda: granian_worker(build_app), wrap_loader=False)
+    server.on_reload(config.reload)
+    server.serve(target_loader=lambda: granian_worker(config.build_app), wrap_loader=False)
 
 
 def granian_worker(build: Callable[[], Any]) -> Any:
@@ -229,8 +241,29 @@ def granian_worker(build: Callable[[], Any]) -> Any:
     return build()
 
 
-def _serve_gunicorn(settings: Settings, bind: str | None, build_app, on_reload) -> None:
+def _serve_gunicorn(settings: Settings, bind: str | None, config: Configuration) -> None:
+    """gunicorn: on ``SIGHUP`` its master spawns new workers and at once stops the old
+    ones; this arbiter waits for the new ones to build their app first, and logs
+    ``reload complete`` once gunicorn has seen the old ones exit."""
     from gunicorn.app.base import BaseApplication
+    from gunicorn.arbiter import Arbiter
+
+    class ReloadArbiter(Arbiter):  # type: ignore[misc]
+        awaiting = False
+
+        def reload(self) -> None:
+            last_age, self.awaiting = self.worker_age, True
+            super().reload()  # returns once the old workers exited (or graceful_timeout)
+            if all(worker.age > last_age for worker in self.WORKERS.values()):
+                config.complete(len(self.WORKERS))
+            else:
+                log.warning("reload: old workers still running after the graceful timeout")
+
+        def manage_workers(self) -> None:
+            if self.awaiting:  # reload() spawned the new workers; it stops the old ones next
+                self.awaiting = False
+                config.await_workers(self.num_workers)
+            super().manage_workers()
 
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -239,11 +272,14 @@ def _serve_gunicorn(settings: Settings, bind: str | None, build_app, on_reload) 
                     self.cfg.set(name, value)
             # In the master, once workers are up: requests never wait on a purge.
             self.cfg.set("when_ready", lambda _arbiter: start_purger(settings))
-            self.cfg.set("on_reload", on_reload)
+            self.cfg.set("on_reload", lambda _arbiter: config.reload())
             # Workers leave the terminal's signals (Ctrl-C) to the master, as granian's do.
             self.cfg.set("post_fork", lambda _arbiter, _worker: os.setpgid(0, 0))
 
         def load(self):
-            return build_app()
+            return config.build_app()
+
+        def run(self) -> None:
+            ReloadArbiter(self).run()
 
     Server().run()

@@ -4,6 +4,12 @@ The cookie holds a random id; storage holds the data under the id's SHA-256, so 
 login made through one worker or machine holds on every other, and logout ends it
 everywhere. Endpoints that never read the session (``/token``, ``/api/*``) cost no
 storage round trip for it.
+
+A stranger's visit stores nothing: until someone signs in, what the session holds (the
+CSRF secret of the sign-in form, Flask-Login's flags) travels in a second, signed
+cookie, so no row is written for a visitor who never signs in. Signing in starts a
+stored session with a new id and a new CSRF secret, which ends a fixed time
+(``auth_server.session_max_age``) after sign-in however active it is.
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ from typing import Any
 
 from flask import request
 from flask import request as flask_request
-from flask.sessions import SessionInterface, SessionMixin
+from flask.sessions import SecureCookieSessionInterface, SessionInterface, SessionMixin
+from itsdangerous import BadData, URLSafeTimedSerializer
 from werkzeug.datastructures import CallbackDict
 
+from .audit import printable
 from .secrets_hash import new_secret, token_digest
 from .storage import StorageUnavailable, Table
 
@@ -28,11 +36,23 @@ log = logging.getLogger("oauth2")
 #: Rewrite an unchanged session at most this often, to slide its expiry.
 TOUCH_EVERY = 60
 
+#: Flask-Login's key for the signed-in user: a session holding it is stored.
+USER_KEY = "_user_id"
+#: Flask-WTF's key for the CSRF secret (``WTF_CSRF_FIELD_NAME``'s default).
+CSRF_KEY = "csrf_token"
+#: When the stored session began (sign-in), for its absolute lifetime.
+SIGNED_IN_AT = "_signed_in_at"
+
 
 class StoredSession(CallbackDict, SessionMixin):
     """A session dict that reads storage on first use."""
 
-    def __init__(self, sid: str | None, loader: Callable[[str], dict[str, Any] | None]) -> None:
+    def __init__(
+        self,
+        sid: str | None,
+        loader: Callable[[str], dict[str, Any] | None],
+        anonymous: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(None, lambda _self: setattr(self, "modified", True))
         self.sid = sid
         self.old_sid: str | None = None
@@ -41,6 +61,9 @@ class StoredSession(CallbackDict, SessionMixin):
         self.failed = False
         self.touched_at = 0.0
         self._loader = loader
+        self.anonymous = anonymous or {}  # what the signed visitor cookie carried
+        if sid is None:
+            dict.update(self, self.anonymous)
 
     def _load(self) -> None:
         if self.loaded:
@@ -48,18 +71,32 @@ class StoredSession(CallbackDict, SessionMixin):
         record = self._loader(self.sid) if self.sid else None
         self.loaded = True  # only now: a failed read must not look like an empty session
         if record is None:
+            if self.sid and not self.old_sid:
+                self.old_sid = self.sid  # ended by its absolute lifetime: delete the row
             self.sid = None
+            dict.update(self, self.anonymous)
             return
         self.touched_at = record.pop("_touched", 0.0)
         dict.update(self, record)
 
     def regenerate(self) -> None:
-        """Give the session a new id (at login); the old id stops working."""
+        """Give the session a new id; the old id stops working."""
         self._load()
         if self.sid and not self.old_sid:
             self.old_sid = self.sid
         self.sid = None
         self.modified = True
+
+    def signed_in(self) -> None:
+        """Start the signed-in session: a new id, a new CSRF secret, its lifetime from now."""
+        self.regenerate()
+        self.pop(CSRF_KEY, None)
+        self[SIGNED_IN_AT] = time.time()
+
+    @property
+    def stored(self) -> bool:
+        """Whether this session lives in storage (someone signed in) or in the signed cookie."""
+        return self.sid is not None or USER_KEY in dict.keys(self)
 
     def unavailable(self) -> None:
         """Storage failed in this request: read as empty from now on, save nothing."""
@@ -110,23 +147,60 @@ for _name in (
     setattr(StoredSession, _name, _loading(_name))
 
 
+class VisitorCookie(SecureCookieSessionInterface):
+    """Flask's signed cookie session, under its own salt: a visitor's session."""
+
+    salt = "oauth2-visitor-session"
+
+
 class StoredSessionInterface(SessionInterface):
     """Flask session interface over a storage :class:`Table`."""
 
     def __init__(
-        self, table: Table, batch: Callable[[], AbstractContextManager[Any]] | None = None
+        self,
+        table: Table,
+        batch: Callable[[], AbstractContextManager[Any]] | None = None,
+        max_age: int | None = None,
     ) -> None:
         self.table = table
         # Storage.batch: a renewed session's delete and put go in one round trip.
         self.batch = batch or contextlib.nullcontext
+        self.max_age = max_age
+        self.visitor = VisitorCookie()
 
     def get_cookie_secure(self, app) -> bool:
         # Secure whenever this request came over TLS (directly, or per a trusted proxy).
         return bool(app.config["SESSION_COOKIE_SECURE"]) or flask_request.is_secure
 
+    def visitor_cookie_name(self, app) -> str:
+        return self.get_cookie_name(app) + "_visitor"
+
     def open_session(self, app, request) -> StoredSession:
         sid = request.cookies.get(self.get_cookie_name(app))
-        return StoredSession(sid or None, lambda s: self.table.get(token_digest(s)))
+        return StoredSession(sid or None, self._record, self._visitor_data(app, request))
+
+    def _record(self, sid: str) -> dict[str, Any] | None:
+        """The stored session, unless its absolute lifetime since sign-in has run out."""
+        record = self.table.get(token_digest(sid))
+        if record and self.max_age and time.time() >= record.get(SIGNED_IN_AT, 0) + self.max_age:
+            return None
+        return record
+
+    def _visitor_data(self, app, request) -> dict[str, Any]:
+        value = request.cookies.get(self.visitor_cookie_name(app))
+        if not value:
+            return {}
+        try:
+            data = self._signer(app).loads(value, max_age=self.table.ttl)
+        except BadData:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _signer(self, app) -> URLSafeTimedSerializer:
+        signer = self.visitor.get_signing_serializer(app)
+        if signer is None:  # settings always set one; Flask's type allows none
+            raise RuntimeError("SECRET_KEY is not set")
+        return signer
 
     def save_session(self, app, session, response) -> None:
         try:
@@ -135,7 +209,7 @@ class StoredSessionInterface(SessionInterface):
             # The same 503 a view's outage gets (JSON or the error page), in place.
             from .errors import unavailable_response
 
-            log.error("session storage unavailable on %s: %s", request.path, exc)
+            log.error("session storage unavailable on %s: %s", printable(request.path), exc)
             answer = unavailable_response()
             response.status_code = answer.status_code
             response.set_data(answer.get_data())
@@ -143,50 +217,52 @@ class StoredSessionInterface(SessionInterface):
             response.headers["Retry-After"] = answer.headers["Retry-After"]
 
     def _save(self, app, session: StoredSession, response) -> None:
-        # The cookie changes only once the writes landed: a failed save answers 503
-        # and leaves the browser's cookie as it was.
+        # The cookies change only once the writes landed: a failed save answers 503
+        # and leaves the browser's cookies as they were.
         with self.batch():
-            set_cookie = self._write(app, session)
-        if set_cookie is not None:
-            set_cookie(response)
+            cookies = self._write(app, session)
+        for name, value in cookies.items():
+            self._set_cookie(app, response, name, value)
 
-    def _write(self, app, session: StoredSession) -> Callable[[Any], None] | None:
-        """Write the session; return what to do to the response's cookie, if anything."""
+    def _write(self, app, session: StoredSession) -> dict[str, str | None]:
+        """Write the session; return the cookies to set (``None``: delete)."""
         if session.failed:
-            return None  # the request failed on storage: keep the stored session and cookie
+            return {}  # the request failed on storage: keep the stored session and cookie
         if session.old_sid:
             self.table.discard(token_digest(session.old_sid))
-        name, domain, path = (
-            self.get_cookie_name(app),
-            self.get_cookie_domain(app),
-            self.get_cookie_path(app),
-        )
         if not session.loaded:
-            return None
+            return {}
+        name, visitor = self.get_cookie_name(app), self.visitor_cookie_name(app)
+        cookies: dict[str, str | None] = {name: None} if session.old_sid else {}
+        if not session.stored:
+            if session.modified and dict.__len__(session):
+                cookies[visitor] = self._signer(app).dumps(dict(dict.items(session)))
+            elif session.anonymous and not dict.__len__(session):
+                cookies[visitor] = None
+            return cookies
+        if session.anonymous:
+            cookies[visitor] = None  # signed in: the visitor's cookie is done with
         if not dict.__len__(session):
-            if session.sid or session.old_sid:
-                if session.sid:
-                    self.table.discard(token_digest(session.sid))
-                return lambda response: response.delete_cookie(name, domain=domain, path=path)
-            return None
+            self.table.discard(token_digest(str(session.sid)))
+            return {**cookies, name: None}
         now = time.time()
         if not session.modified and now - session.touched_at < TOUCH_EVERY:
-            return None
+            return {}
         sid = session.sid = session.sid or new_secret(32)
         self.table.put(token_digest(sid), dict(dict.items(session), _touched=now))
-        secure, samesite = self.get_cookie_secure(app), self.get_cookie_samesite(app)
+        return {**cookies, name: sid}
 
-        def set_cookie(response: Any) -> None:
-            response.set_cookie(
-                name,
-                sid,
-                httponly=True,
-                path=path,
-                domain=domain,
-                secure=secure,
-                samesite=samesite,
-                max_age=self.table.ttl,
-            )
-            response.vary.add("Cookie")
-
-        return set_cookie
+    def _set_cookie(self, app, response: Any, name: str, value: str | None) -> None:
+        """Set a cookie, or delete it (``None``), with the session cookie's attributes."""
+        response.set_cookie(
+            name,
+            value or "",
+            httponly=True,
+            path=self.get_cookie_path(app),
+            domain=self.get_cookie_domain(app),
+            secure=self.get_cookie_secure(app),
+            samesite=self.get_cookie_samesite(app),
+            max_age=self.table.ttl if value else 0,
+            expires=None if value else 0,
+        )
+        response.vary.add("Cookie")

@@ -4,6 +4,8 @@ Files are read from ``$OAUTH2_CONFIG_DIR`` (default ``./config``) in this order:
 ``default.json``, ``$OAUTH2_ENV.json`` (``OAUTH2_ENV`` defaults to ``development``),
 ``runtime.json``; later files win key by key. Environment variables win over files:
 ``OAUTH2_SESSION_SECRET`` and ``OAUTH2__<section>__<key>=<JSON or text>``.
+Relative paths in the config resolve against the config folder's parent (the project
+root for ``config/``), never the working directory.
 
 :class:`Config` (pydantic, strict, unknown keys refused) owns every default, type and range;
 :func:`cross_checks` the rules that span keys or depend on the environment. Every problem
@@ -14,6 +16,7 @@ module that knows Flask's and Authlib's config names.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -34,6 +37,15 @@ from pydantic import (
 from .storage import StorageConfigError, StorageSpec, parse_spec, parse_storage_config
 
 log = logging.getLogger(__name__)
+
+#: The project: relative paths resolve here when no config folder was read (tests).
+ROOT = Path(__file__).resolve().parent.parent
+#: Environments that need no ``<env>.json`` of their own.
+BUILTIN_ENVS = ("development", "production")
+#: The demo clients file shipped for ``make run``; its secrets are published.
+DEMO_CLIENTS_FILE = "clients.json.example"
+#: The bundled stand-in site's adapter, under both of its names.
+DUMMY_ADAPTERS = ("dummy", "app.adapters.dummy:DummyAdapter")
 
 #: The original's syslog-style levels mapped onto Python's.
 LOG_LEVELS = {
@@ -139,10 +151,16 @@ class AuthServer(Section):
     views: Views = Views()
     max_body_bytes: Annotated[int, Field(ge=1024)] = 65536
     transaction_ttl: Annotated[int, Field(gt=0)] = 600
+    #: A signed-in session ends this long after sign-in, however active.
+    session_max_age: Annotated[int, Field(ge=60)] = 43200
     require_pkce: bool = False
     allow_plain_pkce: bool = False
     trusted_proxies: Seconds = 0
     grant_types: list[GrantType] = list(GRANT_TYPES)
+    #: Seconds in which the owner repeating a just-rotated refresh is not treated as a thief.
+    refresh_grace_period: Annotated[int, Field(ge=0, le=300)] = 10
+    #: Seconds after consent after which no refresh token of the grant works (0: no limit).
+    refresh_absolute_lifetime: Seconds = 7776000
 
 
 class ClientCredentials(Section):
@@ -181,14 +199,22 @@ class Logging(Section):
 class Limits(Section):
     enabled: bool = True
     storage: str | None = None
-    token: Rate = "600/minute"  # noqa: S105 - a rate, not a secret
+    token: Rate = "60000/minute"  # noqa: S105 - a rate, not a secret
     token_ip: Rate = "1200/minute"  # noqa: S105
     login_ip: Rate = "60/minute"
     login_user: Rate = "30/minute"
-    api: Rate = "1200/minute"
+    api: Rate = "6000/minute"
+    api_ip: Rate = "120/minute"
     lockout_after: Annotated[int, Field(ge=1)] = 5
     lockout_base: Annotated[float, Field(gt=1)] = 2
     lockout_max: Annotated[int, Field(ge=1)] = 900
+    client_lockout_after: Annotated[int, Field(ge=1)] = 20
+    client_lockout_max: Annotated[int, Field(ge=1)] = 60
+
+
+class Audit(Section):
+    #: Days audit records are kept; 0 keeps them forever. It is the audit table's TTL.
+    retention_days: Seconds = 90
 
 
 class Config(Section):
@@ -200,6 +226,7 @@ class Config(Section):
     resource_server: ResourceServer = ResourceServer()
     logging: Logging = Logging()
     limits: Limits = Limits()
+    audit: Audit = Audit()
 
 
 def defaults_document() -> dict[str, Any]:
@@ -219,15 +246,35 @@ def cross_checks(config: Config, env: str) -> list[str]:
     auth, problems = config.auth_server, []
     if auth.ssl and not (auth.ssl_cert and auth.ssl_key):
         problems.append("auth_server.ssl_cert/ssl_key: required when auth_server.ssl is true")
+    audit_entry = config.storage.audit
+    if isinstance(audit_entry, dict) and audit_entry.get("ttl") is not None:
+        problems.append("storage.audit.ttl: set audit.retention_days instead")
     if env == "production":
-        if not auth.url.startswith("https://"):
-            problems.append("auth_server.url: production serves over https (behind TLS or a proxy)")
-        secret = auth.session_secret
-        if not secret or secret in KNOWN_DEV_SECRETS or len(secret) < 16:
-            problems.append(
-                "auth_server.session_secret: production needs a strong secret of your own "
-                "(set OAUTH2_SESSION_SECRET)"
-            )
+        problems += _stand_ins(config)
+    return problems
+
+
+def _stand_ins(config: Config) -> list[str]:
+    """Production refuses development stand-ins, naming every one and its fix."""
+    auth, problems = config.auth_server, []
+    if not auth.url.startswith("https://"):
+        problems.append("auth_server.url: production serves over https (behind TLS or a proxy)")
+    secret = auth.session_secret
+    if not secret or secret in KNOWN_DEV_SECRETS or len(secret) < 16:
+        problems.append(
+            "auth_server.session_secret: production needs a strong secret of your own "
+            "(set OAUTH2_SESSION_SECRET)"
+        )
+    if config.resource_server.type in DUMMY_ADAPTERS:
+        problems.append(
+            'resource_server.type: "dummy" is the bundled stand-in site; production talks '
+            'to your site ("http" with its base_url, or "package.module:Class")'
+        )
+    if Path(config.client_credentials.file).name == DEMO_CLIENTS_FILE:
+        problems.append(
+            f"client_credentials.file: {DEMO_CLIENTS_FILE} holds the demo clients, whose "
+            "secrets are published; point it at your own clients.json"
+        )
     return problems
 
 
@@ -299,8 +346,22 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def config_files(config_dir: str | os.PathLike[str], env: str) -> list[Path]:
-    """Return the config files that exist, in merge order."""
+    """Return the config files that exist, in merge order.
+
+    A missing folder, or an ``OAUTH2_ENV`` with no file of its own (a typo), is an error:
+    running on defaults alone would hide it.
+    """
     folder = Path(config_dir)
+    if not folder.is_dir():
+        raise ConfigError(
+            f"config directory {str(folder)!r} not found: pass --config-dir or set "
+            "OAUTH2_CONFIG_DIR to the folder holding default.json"
+        )
+    if env not in BUILTIN_ENVS and not (folder / f"{env}.json").is_file():
+        raise ConfigError(
+            f"OAUTH2_ENV={env!r}: no {folder / (env + '.json')}; create it, or set "
+            f"OAUTH2_ENV to {' or '.join(BUILTIN_ENVS)}"
+        )
     names = ["default.json", f"{env}.json", "runtime.json"]
     return [folder / name for name in names if (folder / name).is_file()]
 
@@ -339,10 +400,13 @@ class Settings:
         self.env = env
         self.sources = list(sources)
         self.config_dir = config_dir
+        self.root = Path(config_dir).resolve().parent if config_dir else ROOT
         self.config = parse_config(data, env)
-        self.storage_specs: dict[str, StorageSpec] = parse_storage_config(
-            self.config.storage.model_dump(exclude_none=True)
-        )
+        specs = parse_storage_config(self.config.storage.model_dump(exclude_none=True))
+        # One key for the audit trail's lifetime: it is the audit table's TTL everywhere.
+        days = self.config.audit.retention_days
+        specs["audit"] = dataclasses.replace(specs["audit"], ttl=days * 86400)
+        self.storage_specs = {table: self._local(spec) for table, spec in specs.items()}
 
     @classmethod
     def load(
@@ -367,6 +431,25 @@ class Settings:
         data = deep_merge(data, _env_overrides(environ))
         return cls(data, env, sources, folder)
 
+    def resolve_path(self, name: str) -> str:
+        """A configured path: as given when absolute, else under :attr:`root`."""
+        return str(self.root / name)
+
+    def tls_files(self) -> tuple[str, str]:
+        """The certificate and key files (set whenever ``ssl`` is on: :func:`cross_checks`)."""
+        cert, key = self.auth.ssl_cert, self.auth.ssl_key
+        if not (cert and key):
+            raise ConfigError("auth_server.ssl_cert/ssl_key: required when auth_server.ssl is true")
+        return self.resolve_path(cert), self.resolve_path(key)
+
+    def _local(self, spec: StorageSpec) -> StorageSpec:
+        """A SQLite spec with its file resolved, so the working directory never matters."""
+        path, sep, query = spec.url.partition("?")
+        name = path[len("sqlite:///") :]
+        if spec.scheme != "sqlite" or not name or name == ":memory:":
+            return spec
+        return dataclasses.replace(spec, url=f"sqlite:///{self.resolve_path(name)}{sep}{query}")
+
     # -- the sections ---------------------------------------------------------------------
     @property
     def auth(self) -> AuthServer:
@@ -375,6 +458,10 @@ class Settings:
     @property
     def limits(self) -> Limits:
         return self.config.limits
+
+    @property
+    def audit(self) -> Audit:
+        return self.config.audit
 
     @property
     def storage(self) -> StorageSection:

@@ -1,8 +1,13 @@
-"""Processes the bench starts: loopback only, each with a bounded lifetime, all stopped at exit.
+"""Real processes for the bench and the tests: loopback only, stopped by the id we started.
 
-Every process runs under coreutils ``timeout`` in a process group of its own, so
-it ends by itself even if the bench is killed with SIGKILL, and ``stop_all``
-(called on exit, on failure and on Ctrl-C) ends the whole group it started, by id.
+The one launcher of servers (``start``) and the one free-port helper (``free_port``,
+``free_ports``), used by ``bench``, ``tests/e2e``, ``tests/scaleout`` and the dummy
+site's and Redis Cluster's tests. Every process runs in a process group of its own;
+the bench's also run under coreutils ``timeout`` (``lifetime``), so they end by
+themselves even if the bench is killed with SIGKILL, and ``stop_all`` (called on
+exit, on failure and on Ctrl-C) ends each whole group it started. Tests instead
+stop with ``shut_down``, which signals only the server and reports any process
+or port that outlived it (the server must stop its own children).
 """
 
 from __future__ import annotations
@@ -22,10 +27,22 @@ from pathlib import Path
 MAX_LIFETIME = int(os.environ.get("BENCH_MAX_LIFETIME", "3600"))
 
 
+def free_ports(count: int, below: int = 65536) -> list[int]:
+    """``count`` distinct loopback ports nobody listens on now, each under ``below``."""
+    with contextlib.ExitStack() as stack:
+        ports: list[int] = []
+        while len(ports) < count:
+            # Held open until all are found: the kernel cannot hand out one twice.
+            sock = stack.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            if sock.getsockname()[1] < below:
+                ports.append(int(sock.getsockname()[1]))
+        return ports
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nobody listens on now."""
+    return free_ports(1)[0]
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -36,6 +53,53 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
+def wait_port_free(port: int, timeout: float = 5.0) -> bool:
+    """Whether ``port`` stopped answering within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while port_open(port):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _stat(pid: int | str) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name: state, ppid, pgrp, ..."""
+    stat = (Path("/proc") / str(pid) / "stat").read_text()
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        return _stat(pid)[0] != "Z"
+    except OSError:
+        return False
+
+
+def children(pid: int) -> dict[int, str]:
+    """The live child processes of ``pid`` (``{pid: command line}``), read from /proc."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = _stat(entry.name) if entry.name.isdigit() else ["Z"]
+            if fields[0] != "Z" and int(fields[1]) == pid:
+                found[int(entry.name)] = cmdline(int(entry.name)).strip()
+    return found
+
+
+def descendants(pid: int) -> set[int]:
+    """Children, grandchildren, ... of ``pid`` (a server's workers, its dummy site)."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children(todo.pop()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
 @dataclass
 class Proc:
     name: str
@@ -43,6 +107,8 @@ class Proc:
     log_path: Path
     port: int | None = None
     extra_ports: list[int] = field(default_factory=list)
+    #: Its descendants once ready: each must be gone after ``shut_down``.
+    started: set[int] = field(default_factory=set)
 
     @property
     def pid(self) -> int:
@@ -69,13 +135,17 @@ def start(
     port: int | None = None,
     ready_path: str | None = None,
     timeout: float = 30.0,
-    lifetime: int = MAX_LIFETIME,
+    lifetime: int | None = MAX_LIFETIME,
 ) -> Proc:
-    """Start ``argv`` under ``timeout`` in its own process group; wait for ``port`` if given."""
+    """Start ``argv`` in its own process group, under ``timeout`` unless ``lifetime`` is
+    None (then signals sent to ``Proc.pid`` reach the process itself); wait until
+    ``port`` answers, and ``ready_path`` there with 200, if given."""
     log_path = log_dir / f"{name}.log"
     log = log_path.open("ab")
+    if lifetime is not None:
+        argv = [shutil.which("timeout") or "/usr/bin/timeout", "-k", "10", str(lifetime), *argv]
     process = subprocess.Popen(  # noqa: S603 - fixed argument lists of our own
-        [shutil.which("timeout") or "/usr/bin/timeout", "-k", "10", str(lifetime), *argv],
+        argv,
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -88,6 +158,7 @@ def start(
     _running.append(proc)
     if port is not None:
         wait_ready(proc, port, ready_path, timeout)
+    proc.started = descendants(proc.pid)
     return proc
 
 
@@ -142,16 +213,54 @@ def stop_all() -> None:
         stop(proc)
 
 
+def shut_down(procs: list[Proc], grace: float = 10.0) -> list[str]:
+    """SIGTERM each process (not its group) at once and wait; SIGKILL whatever it
+    started that outlived it; return what went wrong (each a sentence), for a test."""
+    problems: list[str] = []
+    known = {proc.name: descendants(proc.pid) | proc.started for proc in procs}
+    for proc in procs:
+        if proc in _running:
+            _running.remove(proc)
+        if proc.alive():
+            proc.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            problems.append(f"{proc.name} ignored SIGTERM for {grace:.0f} s; killed")
+            proc.process.kill()
+            proc.process.wait(5)
+    problems += _reap(known)
+    for proc in procs:
+        for port in [proc.port, *proc.extra_ports]:
+            if port is not None and not wait_port_free(port):
+                problems.append(f"{proc.name}: port {port} still in use after shutdown")
+    return problems
+
+
+def _reap(known: dict[str, set[int]]) -> list[str]:
+    """Give ``known`` processes 5 s to end; SIGKILL and name each one left."""
+    pids = set().union(*known.values())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(pid_alive(pid) for pid in pids):
+        time.sleep(0.1)
+    problems = []
+    for name, started in known.items():
+        for pid in sorted(started):
+            if pid_alive(pid):
+                problems.append(f"{name}: process {pid} outlived it; killed")
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    return problems
+
+
 def group_pids(pgid: int) -> list[int]:
     """Pids in process group ``pgid`` (from /proc), for profiling and CPU accounting."""
     pids = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
         with contextlib.suppress(OSError, ValueError, IndexError):
-            stat = (entry / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[2]) == pgid:
+            if entry.name.isdigit() and int(_stat(entry.name)[2]) == pgid:
                 pids.append(int(entry.name))
     return sorted(pids)
 
@@ -168,7 +277,6 @@ def cpu_seconds(pids: list[int]) -> float:
     total = 0
     for pid in pids:
         with contextlib.suppress(OSError, ValueError, IndexError):
-            stat = (Path("/proc") / str(pid) / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
+            fields = _stat(pid)
             total += int(fields[11]) + int(fields[12])
     return total / ticks

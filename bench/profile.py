@@ -31,7 +31,7 @@ SECONDS = float(os.environ.get("BENCH_PROFILE_SECONDS", "15"))
 
 #: (area, substrings of a frame's file path or function), first match wins, leaf first.
 AREAS = [
-    ("rate limits", ("app/limits.py", "/limits/")),
+    ("rate limits", ("app/limits/", "/limits/")),
     ("session interface", ("app/sessions.py", "flask/sessions.py", "flask_login")),
     ("templates (jinja2)", ("jinja2",)),
     ("logging", ("logging/__init__.py",)),
@@ -49,7 +49,7 @@ AREAS = [
 
 #: Callers that own the library time below them (redis-py under the limiter, ...).
 OWNERS = [
-    ("rate limits", ("app/limits.py", "/limits/")),
+    ("rate limits", ("app/limits/", "/limits/")),
     ("audit", ("app/audit.py",)),
     ("session", ("app/sessions.py", "flask_login")),
     ("storage", ("app/storage/",)),

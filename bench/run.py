@@ -18,7 +18,7 @@ token scenarios with ``oauth2-server serve`` on the other server; ``granian``,
 ``BENCH_PG_URL`` (default ``postgresql://postgres@127.0.0.1:5432/bench``, created if
 missing, its ``public`` schema dropped at start), ``BENCH_THREADS``/``BENCH_CONNECTIONS``
 (wrk, default 2/16), ``BENCH_USERS`` (flow driver, default 8), ``BENCH_ONLY`` (comma
-list of parts: ceiling, redis, postgres, growth, review, purge, site).
+list of parts: ceiling, redis, postgres, growth, review, purge, site, partner).
 """
 
 from __future__ import annotations
@@ -76,9 +76,9 @@ QUIET_WAIT = float(os.environ.get("BENCH_QUIET_WAIT", "10"))
 RETRIES = int(os.environ.get("BENCH_RETRIES", "2"))
 PARTS = {
     p.strip()
-    for p in os.environ.get("BENCH_ONLY", "ceiling,redis,postgres,growth,review,purge,site").split(
-        ","
-    )
+    for p in os.environ.get(
+        "BENCH_ONLY", "ceiling,redis,postgres,growth,review,purge,site,partner"
+    ).split(",")
 }
 
 #: Issue 5 targets, as ratios to the bare-Flask gunicorn-sync figure.
@@ -358,7 +358,7 @@ def start_server(
     http_server = command.removeprefix("serve-") if command.startswith("serve-") else SERVER
     config = server_config(port, site_port, storage, limits, http_server)
     (config_dir / "default.json").write_text(json.dumps(config, indent=2))
-    env = clean_env({"OAUTH2_CONFIG_DIR": str(config_dir), "OAUTH2_ENV": "bench"})
+    env = clean_env({"OAUTH2_CONFIG_DIR": str(config_dir), "OAUTH2_ENV": "development"})
     if command.startswith("serve"):
         argv = [str(BIN / "oauth2-server"), "serve"]
     else:
@@ -850,6 +850,10 @@ def run(run_dir: Path) -> dict[str, Any]:
             run_backend(backend, run_dir, results)
     if SERVERS:
         attempt(results, "other servers", lambda: alt_server_runs(run_dir, results))
+    if "partner" in PARTS:
+        from bench import partner  # imports this module: only once it is loaded
+
+        results["partner"] = attempt(results, "busy partner", lambda: partner.measure(run_dir))
     results["elapsed_seconds"] = round(time.monotonic() - started, 1)
     results["machine"]["loadavg_at_end"] = os.getloadavg()
     add_ratios(results)
@@ -1077,6 +1081,10 @@ def table(results: dict[str, Any]) -> str:
             f"Review page, {r['grants']} grants [{backend}]: median {r['median_ms']} ms, "
             f"p90 {r['p90_ms']} ms (target < 50 ms), statuses {r['statuses']}"
         )
+    if results.get("partner"):
+        from bench import partner
+
+        lines.append(partner.line(results["partner"]))
     if "purge" in results:
         p = results["purge"]
         lines.append(

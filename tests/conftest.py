@@ -1,4 +1,5 @@
-"""Shared fixtures: the dummy site on a free port, an app per test, helpers for flows."""
+"""Shared fixtures: the dummy site on a free port, an app per test, helpers for flows;
+and the backend markers (``pytest -m redis`` runs the tests that need a Redis)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,46 @@ from werkzeug.serving import make_server
 
 from app import create_app
 from app.dummy_site import create_dummy_app
+from tests.factories import REDIRECT, csrf_from, login  # also imported from here by tests
 
-REDIRECT = "http://localhost:8080/"
+#: One marker per storage backend (registered in pyproject.toml).
+BACKEND_MARKS = ("sqlite", "redis", "postgres", "redis_cluster")
+#: Fixtures that bring a backend's server into a test, directly or through others. A
+#: test module may add its own in a module-level ``BACKEND_FIXTURES`` dict.
+BACKEND_FIXTURES = {
+    "redis_backend": "redis",
+    "shared_redis": "redis",
+    "own_redis": "redis",
+    "postgres_backend": "postgres",
+    "pg_schema": "postgres",
+    "pg_url": "postgres",
+    "redis_cluster_backend": "redis_cluster",
+}
+#: Fixtures parametrised over backends by name (the storage contract suite, flows).
+BACKEND_PARAMS = ("backend", "kind")
+
 VERIFIER = "v" * 43 + "-verifier_with.chars~"
 CHALLENGE = (
     base64.urlsafe_b64encode(hashlib.sha256(VERIFIER.encode()).digest()).decode().rstrip("=")
 )
+
+
+def backends_of(item: pytest.Item) -> set[str]:
+    """The backends a collected test runs on, from its fixtures and parameters."""
+    fixtures = {
+        **BACKEND_FIXTURES,
+        **getattr(getattr(item, "module", None), "BACKEND_FIXTURES", {}),
+    }
+    found = {fixtures[name] for name in getattr(item, "fixturenames", ()) if name in fixtures}
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    found.update(params[name] for name in BACKEND_PARAMS if params.get(name) in BACKEND_MARKS)
+    return found
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for backend in sorted(backends_of(item)):
+            item.add_marker(backend)
 
 
 @pytest.fixture(scope="session")
@@ -67,28 +102,9 @@ def state(app):
 
 
 # -- helpers ----------------------------------------------------------------------------
-def csrf_from(html: str) -> str:
-    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert match, "page has no CSRF token"
-    return match.group(1)
-
-
 def hidden(html: str, name: str) -> str | None:
     match = re.search(rf'name="{name}" value="([^"]*)"', html)
     return match.group(1) if match else None
-
-
-def login(client, username="alice", password="password", next_url=""):
-    page = client.get("/login")
-    return client.post(
-        "/login",
-        data={
-            "username": username,
-            "password": password,
-            "next": next_url,
-            "csrf_token": csrf_from(page.get_data(as_text=True)),
-        },
-    )
 
 
 def authorize_url(

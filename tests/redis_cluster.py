@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,17 +11,7 @@ from pathlib import Path
 
 import redis
 
-
-def _free_ports(count: int) -> list[int]:
-    """Ports whose cluster bus (port + 10000) is free too."""
-    ports: list[int] = []
-    while len(ports) < count:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port + 10000 < 65536 and port not in ports:
-            ports.append(port)
-    return ports
+from bench.procs import free_ports
 
 
 def _wait_ok(port: int, seconds: float = 20) -> None:
@@ -44,7 +33,7 @@ def redis_cluster(folder: Path) -> Iterator[str]:
     server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
     if not server or not cli:
         raise RuntimeError("redis-server and redis-cli are needed for the cluster tests")
-    ports = _free_ports(3)
+    ports = free_ports(3, below=65536 - 10000)  # each node's cluster bus is port + 10000
     processes = []
     try:
         for port in ports:

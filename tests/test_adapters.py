@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
-import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask, jsonify, request
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from werkzeug.datastructures import Headers
 from werkzeug.serving import make_server
 
@@ -20,6 +22,7 @@ from app.adapters.base import ApiRoute, SiteUser, UpstreamResponse, UpstreamUnav
 from app.adapters.dummy import DummyAdapter
 from app.adapters.http import HttpAdapter
 from app.dummy_site import create_dummy_app, user_id
+from bench import procs
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
@@ -96,6 +99,8 @@ def echo_app(seen: list[dict[str, Any]], release: threading.Event) -> Flask:
                 "cookies": dict(request.cookies),
                 "form": request.form.to_dict(),
                 "body": body,
+                # The request line's target: absolute ("http://site/...") when proxied.
+                "target": request.environ["REQUEST_URI"],
             }
         )
         return jsonify(ok=True, rest=rest)
@@ -152,10 +157,7 @@ def echo() -> Iterator[tuple[str, list[dict[str, Any]]]]:
 @pytest.fixture
 def down_url() -> str:
     """A URL on which nothing listens."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{procs.free_port()}"
 
 
 def call(adapter: Any, name: str, token: str = "tok", **kwargs: Any) -> UpstreamResponse:
@@ -185,6 +187,8 @@ def test_dummy_scopes_and_routes() -> None:
         assert list(adapter.scopes) == ["read-only", "read-write"]
         assert adapter.api["profile"].scope == "read-only"
         assert adapter.api["update_avatar"].method == "POST"
+        assert adapter.api["update_avatar"].allowed == ("POST", "GET")
+        assert adapter.api["profile"].allowed == ("GET",)
         assert adapter.api["update_avatar"].scope == "read-write"
         assert adapter.bundled_site == ("10.0.0.1", 9999)
     assert HttpAdapter.bundled_site is None
@@ -249,6 +253,12 @@ BAD_HTTP_CONFIGS = [
     ({"api": {"p": {"scope": "read", "token_in": "body:t"}}}, "resource_server.api.p.token_in:"),
     ({"api": {"p": {"scope": "read", "token_in": "form:t"}}}, "resource_server.api.p.token_in:"),
     ({"api": {"p": {"scope": "read", "verb": "GET"}}}, "resource_server.api.p.verb: unknown"),
+    ({"api": {"p": {"scope": "read", "method": []}}}, "resource_server.api.p.method: lists no"),
+    ({"api": {"p": {"scope": "read", "method": ["GET", 1]}}}, "resource_server.api.p.method:"),
+    (
+        {"api": {"p": {"scope": "read", "method": ["POST", "GET"], "token_in": "form:t"}}},
+        "resource_server.api.p.token_in: 'form:' needs a method with a body, not GET",
+    ),
     ({"api": {"a/b": {"scope": "read"}}}, "resource_server.api.a/b:"),
     ({"login": {"format": "xml"}}, "resource_server.login.format:"),
     ({"login": {"token_from": "query:t"}}, "resource_server.login.token_from:"),
@@ -256,6 +266,14 @@ BAD_HTTP_CONFIGS = [
     ({"login": {"method": "TRACE"}}, "resource_server.login.method:"),
     ({"login": {"user": "u"}}, "resource_server.login.user: unknown key"),
 ]
+
+
+def test_a_route_may_list_several_methods() -> None:
+    api = {"p": {"scope": "read", "method": ["get", "POST", "GET"]}}
+    with adapter_for(HttpAdapter, http_config(api=api)) as adapter:
+        route = adapter.api["p"]
+        assert (route.method, route.allowed) == ("GET", ("GET", "POST"))
+        assert route.called_with("POST").method == "POST"
 
 
 @pytest.mark.parametrize(("override", "message"), BAD_HTTP_CONFIGS)
@@ -314,6 +332,121 @@ def test_slow_site_is_upstream_timeout(echo: tuple[str, list]) -> None:
         assert error.value.timeout is True
 
 
+# --- proxies from the environment (trust_env) -----------------------------------------
+# The echo site doubles as a forward proxy: Werkzeug serves an absolute request target
+# ("GET http://site/path"), which it records, so a call that reached it through the
+# proxy names the real site (one where nothing listens) in ``target``.
+
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+@pytest.fixture
+def proxy_env(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Clear the proxy variables; return a setter for the test's own."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+    def setenv(**values: str) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+
+    return setenv
+
+
+def via_proxy_config(site: str) -> dict[str, Any]:
+    api = {"get": {"path": "/echo/get", "scope": "read"}}
+    return http_config(site, trust_env=True, api=api, login={"path": "/echo/login"})
+
+
+def test_trust_env_sends_login_and_calls_through_the_proxy(
+    echo: tuple[str, list], down_url: str, proxy_env: Callable[..., None]
+) -> None:
+    proxy, seen = echo
+    proxy_env(HTTP_PROXY=proxy)
+    with adapter_for(HttpAdapter, via_proxy_config(down_url)) as adapter:
+        assert adapter.login("ann", "pw") is None  # the echo answers no token
+        assert seen[-1]["target"] == f"{down_url}/echo/login"
+        assert call(adapter, "get").status == 200
+    assert seen[-1]["target"] == f"{down_url}/echo/get?token=tok"
+    assert "Proxy-Authorization" not in seen[-1]["headers"]
+
+
+@pytest.mark.parametrize(
+    ("trust_env", "no_proxy"),
+    [(False, None), (True, "127.0.0.1"), (True, "*")],
+    ids=["trust_env-off", "no_proxy-host", "no_proxy-all"],
+)
+def test_proxy_not_used_without_trust_env_or_for_no_proxy_hosts(
+    echo: tuple[str, list],
+    down_url: str,
+    proxy_env: Callable[..., None],
+    trust_env: bool,
+    no_proxy: str | None,
+) -> None:
+    proxy, seen = echo
+    proxy_env(HTTP_PROXY=proxy, **({"NO_PROXY": no_proxy} if no_proxy else {}))
+    config = {**via_proxy_config(down_url), "trust_env": trust_env}
+    with adapter_for(HttpAdapter, config) as adapter, pytest.raises(UpstreamUnavailable):
+        call(adapter, "get")  # straight to the site, where nothing listens
+    assert seen == []
+
+
+def test_proxy_credentials_in_the_url_are_sent_to_the_proxy(
+    echo: tuple[str, list], down_url: str, proxy_env: Callable[..., None]
+) -> None:
+    proxy, seen = echo
+    proxy_env(ALL_PROXY=proxy.replace("http://", "http://pat:p%40ss@"))
+    with adapter_for(HttpAdapter, via_proxy_config(down_url)) as adapter:
+        assert call(adapter, "get").status == 200
+    expected = "Basic " + base64.b64encode(b"pat:p@ss").decode()
+    assert seen[-1]["headers"]["Proxy-Authorization"] == expected
+
+
+def test_proxy_down_is_upstream_unavailable(
+    echo: tuple[str, list], down_url: str, proxy_env: Callable[..., None]
+) -> None:
+    site, seen = echo
+    proxy_env(HTTP_PROXY=down_url)
+    with adapter_for(HttpAdapter, via_proxy_config(site)) as adapter:
+        with pytest.raises(UpstreamUnavailable) as error:
+            adapter.login("ann", "pw")
+        assert error.value.timeout is False
+        with pytest.raises(UpstreamUnavailable):
+            call(adapter, "get")
+    assert seen == []
+
+
+def test_non_http_proxy_is_a_config_error(proxy_env: Callable[..., None]) -> None:
+    proxy_env(ALL_PROXY="socks5://127.0.0.1:1080")
+    with pytest.raises(ValueError, match="^resource_server.trust_env: .* must be http"):
+        HttpAdapter(via_proxy_config("http://127.0.0.1:9"))
+    HttpAdapter(http_config()).close()  # without trust_env the variable is never read
+
+
+# --- any token and query: what the site receives is what was sent -------------------
+
+TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
+
+
+def test_any_token_and_query_reach_the_site_as_given() -> None:
+    seen: list[dict[str, Any]] = []
+    api = {"get": {"path": "/echo/get", "scope": "read", "token_in": "query:t"}}
+    queries = st.dictionaries(TEXT.filter(bool), TEXT, max_size=4)
+    with (
+        serve(echo_app(seen, threading.Event())) as (url, _),
+        adapter_for(HttpAdapter, http_config(url, api=api)) as adapter,
+    ):
+
+        @settings(max_examples=60, deadline=None)
+        @given(token=TEXT.filter(bool), query=queries)
+        def reaches(token: str, query: dict[str, str]) -> None:
+            assert call(adapter, "get", token, query=query).status == 200
+            assert seen[-1]["args"] == {**query, "t": token}
+
+        reaches()
+
+
 # --- what reaches the site ----------------------------------------------------------
 
 
@@ -326,17 +459,15 @@ def test_slow_site_is_upstream_timeout(echo: tuple[str, list]) -> None:
         ("form:site_token", lambda seen: seen["form"]["site_token"]),
     ],
 )
-@pytest.mark.parametrize("trust_env", [False, True], ids=["urllib3-pool", "requests-session"])
 def test_token_headers_query_and_body_reach_the_site(
-    echo: tuple[str, list], token_in: str, where: Any, trust_env: bool
+    echo: tuple[str, list], token_in: str, where: Any
 ) -> None:
     url, seen = echo
     route = {"method": "POST", "path": "/echo/u/{user_id}", "scope": "write", "token_in": token_in}
     oauth_headers = {"X-OAuth-Client-Id": "c1", "X-OAuth-User-Id": "u 1", "X-OAuth-Scope": "write"}
     headers = {**oauth_headers, "Content-Type": "application/x-www-form-urlencoded"}
-    config = http_config(url, api={"up": route}, trust_env=trust_env)
+    config = http_config(url, api={"up": route})
     with adapter_for(HttpAdapter, config) as adapter:
-        assert (adapter._pool is None) is trust_env
         response = call(
             adapter,
             "up",
@@ -364,10 +495,7 @@ def test_get_sends_no_body(echo: tuple[str, list]) -> None:
     assert seen[-1]["body"] == b"" and seen[-1]["args"] == {"token": "tok"}
 
 
-@pytest.mark.parametrize("trust_env", [False, True], ids=["urllib3-pool", "requests-session"])
-def test_login_json_with_dotted_lookups_keeps_no_cookies(
-    echo: tuple[str, list], trust_env: bool
-) -> None:
+def test_login_json_with_dotted_lookups_keeps_no_cookies(echo: tuple[str, list]) -> None:
     url, seen = echo
     login = {
         "format": "json",
@@ -378,7 +506,7 @@ def test_login_json_with_dotted_lookups_keeps_no_cookies(
         "name_from": "json:data.user.name",
     }
     api = {"get": {"path": "/echo/get", "scope": "read"}}
-    config = http_config(url, login=login, api=api, trust_env=trust_env)
+    config = http_config(url, login=login, api=api)
     with adapter_for(HttpAdapter, config) as adapter:
         assert adapter.login("ann", "password") == SiteUser(
             id="7", name="ann", site_token="tok-ann"
@@ -392,15 +520,34 @@ def test_login_json_with_dotted_lookups_keeps_no_cookies(
     ("login", "outcome"),
     [({"path": "/login-500"}, UpstreamUnavailable), ({"path": "/login-empty"}, None)],
 )
-@pytest.mark.parametrize("trust_env", [False, True], ids=["urllib3-pool", "requests-session"])
 def test_login_server_error_and_missing_token(
-    echo: tuple[str, list], login: dict, outcome: Any, trust_env: bool
+    echo: tuple[str, list], login: dict, outcome: Any
 ) -> None:
-    with adapter_for(
-        HttpAdapter, http_config(echo[0], login=login, trust_env=trust_env)
-    ) as adapter:
+    with adapter_for(HttpAdapter, http_config(echo[0], login=login)) as adapter:
         if outcome is None:
             assert adapter.login("ann", "password") is None
         else:
             with pytest.raises(outcome):
                 adapter.login("ann", "password")
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(method=json_values | st.lists(st.sampled_from(["GET", "post", "PUT", "BREW"]), max_size=4))
+def test_any_method_value_loads_or_names_the_key(method: object) -> None:
+    api = {"p": {"scope": "read", "method": method}}
+    try:
+        adapter = HttpAdapter(http_config(api=api))
+    except ValueError as exc:
+        assert str(exc).startswith("resource_server.api.p.method:")
+        return
+    route = adapter.api["p"]
+    adapter.close()
+    assert route.allowed and set(route.allowed) <= {"GET", "POST", "PUT"}
+    assert route.method == route.allowed[0]

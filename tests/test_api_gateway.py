@@ -105,7 +105,7 @@ def http_resource(base_url: str) -> dict:
     }
 
 
-def http_app(tmp_path, base_url: str):
+def http_app(tmp_path, base_url: str, resource: dict | None = None):
     # The resource_server section is set whole on purpose: merged over the shipped
     # defaults it would inherit the dummy adapter's host/port (see test_settings).
     data = deep_merge(
@@ -115,7 +115,7 @@ def http_app(tmp_path, base_url: str):
             "storage": {"default": f"sqlite:///{tmp_path}/oauth2.db"},
         },
     )
-    data["resource_server"] = http_resource(base_url)
+    data["resource_server"] = resource or http_resource(base_url)
     app = create_app(Settings(copy.deepcopy(data)))
     app.config["TESTING"] = True
     return app
@@ -389,7 +389,46 @@ def test_http_adapter_login_checks_the_password_at_the_site(gateway):
 def test_the_wrong_method_is_405_and_reaches_no_site(client):
     code = get_code(client, scope="read-only read-write")
     token = exchange(client, code).get_json()["access_token"]
-    response = client.get("/api/update_avatar", headers=bearer(token))
+    response = client.delete("/api/update_avatar", headers=bearer(token))
     assert response.status_code == 405
-    assert response.headers["Allow"] == "POST"
-    assert response.get_json() == {"success": 0, "error": "use POST"}
+    assert response.headers["Allow"] == "POST, GET"
+    assert response.get_json() == {"success": 0, "error": "use POST or GET"}
+    assert client.put("/api/profile", headers=bearer(token)).headers["Allow"] == "GET"
+
+
+# -- methods the original accepted --------------------------------------------------------
+def test_update_avatar_on_get_takes_the_avatar_from_the_query_as_the_original(client):
+    token = token_for(client, scope="read-write read-only")["access_token"]
+    response = client.get("/api/update_avatar?avatar=/me.png", headers=bearer(token))
+    assert response.status_code == 200
+    assert response.get_json() == {"success": 1}
+    profile = client.get("/api/profile", headers=bearer(token)).get_json()
+    assert profile["avatar"] == "/me.png"
+
+
+def test_update_avatar_on_get_still_needs_read_write(client):
+    token = token_for(client, scope="read-only")["access_token"]
+    response = client.get("/api/update_avatar?avatar=/me.png", headers=bearer(token))
+    assert response.status_code == 403
+
+
+def test_the_site_is_called_with_the_method_the_partner_used(tmp_path, capture):
+    site, base_url = capture
+    site.app.add_url_rule("/update", view_func=site.record, methods=["GET"], endpoint="g")
+    resource = http_resource(base_url)
+    resource["api"]["update_avatar"]["method"] = ["POST", "GET"]
+    app = http_app(tmp_path, base_url, resource)
+    try:
+        http = app.test_client()
+        token = token_for(http, scope="read-write")["access_token"]
+        assert (
+            http.get("/api/update_avatar?avatar=/a.png", headers=bearer(token)).status_code == 200
+        )
+        http.post("/api/update_avatar", headers=bearer(token), data={"avatar": "/b.png"})
+    finally:
+        close(app)
+    assert [(s["method"], s["args"].get("avatar")) for s in site.seen] == [
+        ("GET", "/a.png"),
+        ("POST", None),
+    ]
+    assert site.seen[1]["body"] == b"avatar=/b.png"

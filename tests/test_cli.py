@@ -173,6 +173,37 @@ def test_clients_add_refuses_a_duplicate_id(tmp_path, config_dir, capsys):
     assert clients.read_text() == before
 
 
+def add_to_configured_file(config_dir: Path) -> int:
+    return run(config_dir, "clients", "add", "--name", "X", "--redirect-uri", CALLBACK)
+
+
+def test_clients_add_refuses_to_write_into_the_example_file(config_dir, capsys):
+    example = ROOT / "clients.json.example"
+    before = example.read_bytes()
+    assert add_to_configured_file(config_dir) == 2
+    err = capsys.readouterr().err
+    assert "client_credentials.file" in err and "--file" in err
+    assert example.read_bytes() == before
+
+
+def test_clients_add_writes_the_configured_file_beside_the_config_folder(
+    tmp_path, config_dir, capsys, monkeypatch
+):
+    (config_dir / "runtime.json").write_text(
+        json.dumps({"client_credentials": {"file": "clients.json"}})
+    )
+    (tmp_path / "clients.json").write_text("[]")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert add_to_configured_file(config_dir) == 0
+    client_id = printed(capsys.readouterr().out, "client_id")
+    assert [e["client_id"] for e in json.loads((tmp_path / "clients.json").read_text())] == [
+        client_id
+    ]
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_clients_list(tmp_path, config_dir, capsys):
     assert run(config_dir, "clients", "list") == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -225,6 +256,27 @@ def test_audit_tail_shows_the_latest_events_oldest_first(config_dir, capsys):
     assert [line.split()[1] for line in lines] == ["event2", "event3", "event4"]
     assert "user_id=u4" in lines[-1]
     assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", lines[0])
+
+
+@pytest.mark.parametrize(
+    "forged",
+    ["alice\n2026-01-01T00:00:00Z login user_id=admin", "alice\r\x1b[2K", "bob\u2028x\u202e"],
+    ids=["newline", "ansi", "unicode"],
+)
+def test_audit_tail_prints_one_line_per_event_whatever_the_fields_hold(config_dir, capsys, forged):
+    assert run(config_dir, "db", "upgrade") == 0
+    storage = storage_of(config_dir)
+    try:
+        storage.audit.append({"event": "login_failed", "at": time.time(), "username": forged})
+        storage.audit.append({"event": "x\ny", "at": "not a time", forged: "v"})
+    finally:
+        storage.close()
+    capsys.readouterr()
+    assert run(config_dir, "audit", "tail") == 0
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) == 2
+    assert out.isascii() and "\x1b" not in out and "\r" not in out
+    assert 'username="alice' in out or 'username="bob' in out
 
 
 def test_audit_tail_records_real_logins(tmp_path, dummy_site, config_dir, capsys):
@@ -299,6 +351,42 @@ def test_oauth2_env_selects_the_file_for_commands(config_dir, capsys, monkeypatc
     monkeypatch.setenv("OAUTH2_ENV", "production")
     assert run(config_dir, "check") == 2
     assert "auth_server.port" in capsys.readouterr().err
+
+
+@pytest.fixture
+def no_server(monkeypatch):
+    """``serve`` must stop before starting anything; if it gets that far, fail at once."""
+    monkeypatch.setattr("app.serve.serve", lambda *_: pytest.fail("serve started a server"))
+
+
+@pytest.mark.parametrize("command", ["check", "serve"])
+def test_a_missing_config_folder_exits_2_naming_the_fix(tmp_path, capsys, no_server, command):
+    assert run(tmp_path / "no-such-folder", command) == 2
+    assert "pass --config-dir or set OAUTH2_CONFIG_DIR" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["check", "serve"])
+def test_an_unknown_oauth2_env_exits_2_naming_the_fix(
+    config_dir, capsys, monkeypatch, no_server, command
+):
+    monkeypatch.setenv("OAUTH2_ENV", "prodution")
+    assert run(config_dir, command) == 2
+    err = capsys.readouterr().err
+    assert "prodution.json" in err and "development or production" in err
+
+
+def test_db_upgrade_from_another_folder_creates_nothing_there(
+    tmp_path, config_dir, capsys, monkeypatch
+):
+    (config_dir / "runtime.json").write_text(
+        json.dumps({"storage": {"default": "sqlite:///var/x.db"}})
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert run(config_dir, "db", "upgrade") == 0
+    assert (tmp_path / "var" / "x.db").is_file()
+    assert list(elsewhere.iterdir()) == []
 
 
 @pytest.mark.parametrize("argv", [[], ["clients"], ["db"], ["audit"], ["nope"]])

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from app import create_app
 from app.clients import ClientFileError, ClientRegistry, load_clients_file, parse_client
@@ -362,3 +365,133 @@ def test_registry_get_of_empty_or_unknown_id_is_none(tmp_path):
     assert registry.get(None) is None
     assert registry.get("") is None
     assert registry.get("C1") is None
+
+
+# -- per-client policy: IP allowlist and browser origins -----------------------------------
+@pytest.mark.parametrize(
+    "networks",
+    [["10.0.0.0/8"], ["192.0.2.7"], ["2001:db8::/32", "::1"], ["10.1.2.3/8"], []],
+)
+def test_ip_allowlist_takes_networks_and_addresses(tmp_path, networks):
+    path = write_clients(tmp_path, [entry(ip_allowlist=networks)])
+    assert load_clients_file(path, SCOPES)["c1"].ip_allowlist == networks
+
+
+@pytest.mark.parametrize(
+    "networks", [["10.0.0.0/33"], ["example.com"], ["10.0.0.1", ""], [7], "10.0.0.0/8", [None]]
+)
+def test_a_bad_ip_allowlist_entry_stops_loading_in_every_environment(tmp_path, networks):
+    path = write_clients(tmp_path, [entry(ip_allowlist=networks)])
+    with pytest.raises(ClientFileError, match=r"^client 'c1'\.ip_allowlist: "):
+        load_clients_file(path, SCOPES)
+
+
+def public(**over) -> dict:
+    return entry(client_secret_hash=None, public=True, **over)
+
+
+@pytest.mark.parametrize(
+    "origins", [["https://app.example.com"], ["http://localhost:8080", "http://[::1]:3000"], []]
+)
+def test_allowed_origins_of_a_public_client(tmp_path, origins):
+    client = load_clients_file(write_clients(tmp_path, [public(allowed_origins=origins)]), SCOPES)
+    assert client["c1"].allowed_origins == origins
+    assert all(client["c1"].allows_origin(origin) for origin in origins)
+    assert not client["c1"].allows_origin("https://evil.example")
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "https://app.example.com/",
+        "https://app.example.com/cb",
+        "https://App.example.com",
+        "https://app.example.com:443",
+        "ftp://app.example.com",
+        "https://user@app.example.com",
+        "https://app.example.com?x",
+        "app.example.com",
+        "*",
+        "null",
+        7,
+    ],
+)
+def test_an_origin_must_be_as_browsers_send_it(tmp_path, origin):
+    path = write_clients(tmp_path, [public(allowed_origins=[origin])])
+    with pytest.raises(ClientFileError, match=r"^client 'c1'\.allowed_origins: "):
+        load_clients_file(path, SCOPES)
+
+
+def test_a_confidential_client_gets_no_origins(tmp_path):
+    path = write_clients(tmp_path, [entry(allowed_origins=["https://app.example.com"])])
+    with pytest.raises(ClientFileError, match="only a public client"):
+        load_clients_file(path, SCOPES)
+
+
+def test_every_problem_of_the_file_is_reported_at_once(tmp_path):
+    bad = [entry(), entry(client_id="c2", ip_allowlist=["nope"])]
+    bad += [entry(client_id="c3", redirect_uris=["x"]), entry()]
+    with pytest.raises(ClientFileError) as caught:
+        load_clients_file(write_clients(tmp_path, bad), SCOPES)
+    lines = str(caught.value).splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "client 'c2'.ip_allowlist",
+        "client 'c3'",
+        "client 'c1'",
+    ]
+    assert lines[2].endswith("listed twice")
+
+
+# -- production refuses the demo secrets ---------------------------------------------------
+def test_production_refuses_the_demo_clients_by_their_secret(tmp_path):
+    copied = tmp_path / "clients.json"
+    shutil.copy(Path(__file__).resolve().parents[1] / "clients.json.example", copied)
+    assert len(load_clients_file(copied, SCOPES)) == 2  # fine in development
+    with pytest.raises(ClientFileError) as caught:
+        load_clients_file(copied, SCOPES, production=True)
+    message = str(caught.value)
+    assert "client 'sp-demo': its secret is a published demo secret" in message
+    assert "client 'test': its secret is a published demo secret" in message
+
+
+@pytest.mark.parametrize("hasher", [hash_random_secret, hash_chosen_secret])
+def test_production_refuses_a_new_format_client_whose_secret_is_hunter2(tmp_path, hasher):
+    entries = [entry(client_secret_hash=hasher("hunter2")), entry(client_id="c2")]
+    path = write_clients(tmp_path, entries)
+    with pytest.raises(ClientFileError, match=r"^client 'c1': its secret is a published demo"):
+        load_clients_file(path, SCOPES, production=True)
+    assert set(load_clients_file(write_clients(tmp_path, entries[1:]), SCOPES, production=True))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=6,
+)
+origin_like = st.builds(
+    "{}://{}{}".format,
+    st.sampled_from(["http", "https", "HTTPS", "ftp", ""]),
+    st.sampled_from(["a.example", "A.example", "[::1]", "127.0.0.1", "x@a.example", ""]),
+    st.sampled_from(["", ":80", ":443", ":8080", ":0", ":99999", "/", "/p", "?q", "#f"]),
+)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    networks=json_values | st.lists(st.text(max_size=20) | st.ip_addresses().map(str)),
+    origins=json_values | st.lists(origin_like | st.text(max_size=20), max_size=3),
+    is_public=st.booleans(),
+)
+def test_any_policy_value_loads_or_names_the_field(tmp_path, networks, origins, is_public):
+    make = public if is_public else entry
+    path = write_clients(tmp_path, [make(ip_allowlist=networks, allowed_origins=origins)])
+    try:
+        client = load_clients_file(path, SCOPES)["c1"]
+    except ClientFileError as exc:
+        assert str(exc).startswith(("client 'c1'.ip_allowlist:", "client 'c1'.allowed_origins:"))
+        return
+    assert client.check_ip("10.0.0.1") in (True, False)  # every entry parses
+    for origin in client.allowed_origins:
+        assert urlsplit(origin).scheme in ("http", "https") and not urlsplit(origin).path

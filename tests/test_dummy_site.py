@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +11,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import Client, TestResponse
 
 from app.dummy_site import COOKIE, create_dummy_app, create_site, make_token, user_id
+from bench import procs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,37 +110,20 @@ def test_bad_token_is_401(client: FlaskClient | Client, token: str) -> None:
     assert response.json == {"error": "invalid token"}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_until_up(url: str, deadline: float) -> requests.Response:
-    while True:
-        try:
-            return requests.get(url, timeout=1, headers={"Connection": "close"})
-        except requests.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
 @pytest.mark.parametrize("server", ["granian", "gunicorn"])
-def test_main_serves_and_stops_on_sigterm(server: str) -> None:
-    port = _free_port()
+def test_main_serves_and_stops_on_sigterm(server: str, tmp_path: Path) -> None:
+    port = procs.free_port()
     command = [sys.executable, "-m", "app.dummy_site", "--host", "127.0.0.1", "--port", str(port)]
     command += ["--server", server]
-    with subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    ) as process:
-        try:
-            response = _wait_until_up(f"http://127.0.0.1:{port}/info", time.monotonic() + 15)
-            assert response.status_code == 401
-            assert response.headers["Server"].startswith(server)
-        finally:
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=15) == 0
+    site = procs.start("dummy-site", command, tmp_path, cwd=str(ROOT), port=port, lifetime=None)
+    try:
+        url = f"http://127.0.0.1:{port}/info"
+        response = requests.get(url, timeout=5, headers={"Connection": "close"})
+        assert response.status_code == 401
+        assert response.headers["Server"].startswith(server)
+    finally:
+        problems = procs.shut_down([site], grace=15)  # SIGTERM, then every process gone
+    assert problems == [] and site.process.returncode == 0, site.log_tail()
 
 
 @pytest.mark.parametrize("valid", [True, False])

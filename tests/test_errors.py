@@ -14,11 +14,11 @@ from tests.conftest import (
     basic,
     bearer,
     consent,
-    csrf_from,
     exchange,
     get_code,
     login,
 )
+from tests.factories import make_code, make_token
 
 LIMIT = 65536
 
@@ -29,12 +29,6 @@ def down(*args, **kwargs):
 
 def boom(*args, **kwargs):
     raise RuntimeError("secret internals /srv/app.py line 42")
-
-
-def access_token(client) -> str:
-    response = exchange(client, get_code(client))
-    assert response.status_code == 200
-    return response.get_json()["access_token"]
 
 
 def assert_clean(response) -> None:
@@ -214,7 +208,7 @@ def test_token_endpoint_answers_503_json_when_storage_is_down(client, state, mon
 
 
 def test_code_exchange_answers_503_and_the_code_still_works_after(client, state, monkeypatch):
-    code = get_code(client)
+    code = make_code(state)
     with monkeypatch.context() as patch:
         patch.setattr(state.storage.codes, "get", down)
         response = exchange(client, code)
@@ -225,7 +219,7 @@ def test_code_exchange_answers_503_and_the_code_still_works_after(client, state,
 
 @pytest.mark.parametrize(("method", "path"), [("GET", "/api/profile"), ("POST", "/revoke")])
 def test_api_and_revoke_answer_503_json(client, state, monkeypatch, method, path):
-    token = access_token(client)
+    token = make_token(state)["access_token"]
     monkeypatch.setattr(state.storage.tokens, "get", down)
     if path == "/revoke":
         response = client.post(path, data={"token": token}, headers=basic())
@@ -238,7 +232,7 @@ def test_api_and_revoke_answer_503_json(client, state, monkeypatch, method, path
 
 
 def test_api_recovers_when_storage_returns(client, state, monkeypatch):
-    token = access_token(client)
+    token = make_token(state)["access_token"]
     with monkeypatch.context() as patch:
         patch.setattr(state.storage.tokens, "get", down)
         assert client.get("/api/profile", headers=bearer(token)).status_code == 503
@@ -258,16 +252,8 @@ def test_review_page_answers_the_503_page(client, state, monkeypatch):
 
 
 def test_login_answers_the_503_page(client, state, monkeypatch):
-    page = client.get("/login")
     monkeypatch.setattr(state.storage.users, "put", down)
-    response = client.post(
-        "/login",
-        data={
-            "username": "alice",
-            "password": "password",
-            "csrf_token": csrf_from(page.get_data(as_text=True)),
-        },
-    )
+    response = login(client)
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "5"
     assert response.mimetype == "text/html"
@@ -295,7 +281,7 @@ def test_health_check_reports_an_outage(client, state, monkeypatch):
 
 # -- surprises ----------------------------------------------------------------------------
 def test_unexpected_errors_on_api_are_json_500_without_details(client, state, monkeypatch):
-    token = access_token(client)
+    token = make_token(state)["access_token"]
     monkeypatch.setattr(state.storage.tokens, "get", boom)
     response = client.get("/api/profile", headers=bearer(token))
     assert response.status_code == 500
@@ -323,3 +309,20 @@ def test_malformed_json_token_bodies_are_400(client, body):
     )
     assert response.status_code == 400
     assert response.get_json()["error"] == "invalid_request"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kind"),
+    [
+        ("GET", "/login", "text/html"),
+        ("GET", "/review", "text/html"),
+        ("GET", "/authorize", "text/html"),
+        ("POST", "/token", "application/json"),
+        ("GET", "/api/profile", "application/json"),
+    ],
+)
+def test_raw_non_utf8_query_bytes_are_400_never_500(client, method, path, kind):
+    """A WSGI server passes raw query bytes on as latin-1; Werkzeug cannot decode them."""
+    response = client.open(path, method=method, environ_overrides={"QUERY_STRING": "next=\x80"})
+    assert response.status_code == 400
+    assert response.mimetype == kind

@@ -6,11 +6,24 @@ window's end.
 
 from __future__ import annotations
 
+import base64
+import itertools
+import secrets
+import threading
+import time
+from pathlib import Path
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from app import create_app
+from app.clients import ClientFileError
 
+from .backends import redis_url, require_service
 from .conftest import base_config, basic, bearer, csrf_from
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def limited_app(tmp_path, dummy_site, **limits):
@@ -83,6 +96,8 @@ def test_login_lockout_grows_and_names_the_wait(make):
     locked = login_once(client, "mallory", "password")  # even the right password waits
     assert locked.status_code == 429
     assert 1 <= int(locked.headers["Retry-After"]) <= 4
+    assert locked.headers["RateLimit-Policy"] == '"login";q=2'
+    assert locked.headers["RateLimit"].startswith('"login";r=0;t=')
     assert "Too many failed attempts" in locked.get_data(as_text=True)
     # Another username is not affected.
     assert login_once(client, "alice", "password").status_code == 302
@@ -92,11 +107,14 @@ def test_login_lockout_grows_and_names_the_wait(make):
 
 def test_login_lockout_clears_after_success(make):
     app = make(lockout_after=1)
-    throttle = app.extensions["oauth2"].throttle
-    assert throttle.failed("bob") == 0
-    assert throttle.failed("bob") == 2
-    throttle.succeeded("bob")
-    assert throttle.wait("bob") == 0
+    lockout = app.extensions["oauth2"].limits.login
+    assert lockout.reserve("bob") == (0, 0)
+    assert lockout.reserve("bob") == (0, 2)  # the second attempt shuts the gate for 2 s
+    assert lockout.reserve("bob").wait > 0
+    lockout.succeeded("bob")
+    assert lockout.reserve("bob") == (0, 0)
+    lockout.succeeded("bob")  # at once again: the reservation between is cleared too
+    assert [lockout.reserve("bob") for _ in range(2)] == [(0, 0), (0, 2)]
 
 
 def test_login_limit_per_username(make):
@@ -124,7 +142,15 @@ def test_limits_can_be_switched_off(make):
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("token", "lots"), ("api", "1/fortnight"), ("lockout_base", 1), ("enabled", "yes")],
+    [
+        ("token", "lots"),
+        ("api", "1/fortnight"),
+        ("api_ip", "many"),
+        ("lockout_base", 1),
+        ("client_lockout_after", 0),
+        ("client_lockout_max", 0),
+        ("enabled", "yes"),
+    ],
 )
 def test_bad_limit_settings_fail_at_start_naming_the_key(tmp_path, dummy_site, key, value):
     from app.settings import ConfigError
@@ -160,7 +186,9 @@ def test_each_token_endpoint_has_its_own_budget(make):
 def test_a_flood_is_audited_once_per_window(make):
     app = make(token_ip="1/hour")
     client = app.test_client()
-    assert [cc(client).status_code for _ in range(6)] == [200] + [429] * 5
+    junk = {"grant_type": "nonsense"}
+    answers = [client.post("/token", data=junk).status_code for _ in range(6)]
+    assert answers == [400] + [429] * 5
     events = [r["event"] for r in app.extensions["oauth2"].storage.audit.recent(50)]
     assert events.count("rate_limited") == 1
 
@@ -183,3 +211,224 @@ def test_an_authenticated_client_spends_its_budget_on_failures_too(make):
     answers = [client.post("/token", data=grant, headers=basic()).status_code for _ in range(2)]
     assert answers == [400, 400]
     assert cc(client).status_code == 429
+
+
+# -- client authentication: a total Basic parser, failures throttled -------------------------
+def raw_basic(payload: bytes) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(payload).decode()}
+
+
+BAD_BASIC = [
+    raw_basic(b"\xff\xfe"),
+    raw_basic(b"test:\xed\xa0\x80"),  # an encoded lone surrogate
+    raw_basic(b"\xed\xa0\x80:hunter2"),
+    raw_basic(b"test"),  # no colon
+    {"Authorization": "Basic %%%not-base64"},
+    {"Authorization": "Basic \u00e9\u00e9=="},  # not ASCII
+    {"Authorization": "Basic"},
+]
+
+
+@pytest.mark.parametrize("endpoint", ["/token", "/revoke", "/introspect"])
+@pytest.mark.parametrize("headers", BAD_BASIC)
+def test_a_malformed_basic_header_is_invalid_client_not_500(make, endpoint, headers):
+    client = make().test_client()
+    data = {"grant_type": "client_credentials", "token": "x"}
+    answer = client.post(endpoint, data=data, headers=headers)
+    assert answer.status_code in (400, 401)
+    assert answer.get_json()["error"] in ("invalid_client", "invalid_request")
+
+
+def test_basic_credentials_are_form_urlencoded_inside():
+    from werkzeug.datastructures import Headers
+
+    from app.oauth2.client_auth import basic_credentials
+
+    assert basic_credentials(Headers(raw_basic(b"a%3Ab:c%20d"))) == ("a:b", "c d")
+    assert basic_credentials(Headers(raw_basic(b"id:"))) == ("id", "")
+    assert basic_credentials(Headers(raw_basic(b"\xff:x"))) == (None, None)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(value=st.binary(max_size=40), scheme=st.sampled_from(["Basic", "Bearer", "bAsIc", "\xe9"]))
+def test_any_authorization_header_is_never_a_5xx_and_issues_nothing(
+    tmp_path_factory, dummy_site, value, scheme
+):
+    app = _fuzz_app(tmp_path_factory, dummy_site)
+    n = next(_ADDRESSES)
+    client = from_ip(app, f"198.18.{n // 256 % 256}.{n % 256}")  # past the per-IP delays
+    header = scheme + " " + value.decode("latin-1").replace("\r", "").replace("\n", "")
+    tokens = app.extensions["oauth2"].storage.tokens
+    before = len(tokens.list_by_client("test"))
+    issued = 0
+    for path in ("/token", "/revoke", "/introspect"):
+        data = {"grant_type": "client_credentials", "token": "x"}
+        answer = client.post(path, data=data, headers={"Authorization": header})
+        assert answer.status_code < 500
+        issued += path == "/token" and answer.status_code == 200
+    assert client.get("/api/profile", headers={"Authorization": header}).status_code < 500
+    assert len(tokens.list_by_client("test")) == before + issued  # a refusal stores nothing
+
+
+_FUZZ: dict[str, object] = {}
+_ADDRESSES = itertools.count(1)
+
+
+def _fuzz_app(tmp_path_factory, dummy_site):
+    if "app" not in _FUZZ:
+        _FUZZ["app"] = limited_app(tmp_path_factory.mktemp("fuzz"), dummy_site)
+    return _FUZZ["app"]
+
+
+def from_ip(app, address: str):
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = address
+    return client
+
+
+def test_guessing_a_secret_is_throttled_and_other_ips_are_not(make):
+    app = make()
+    attacker = from_ip(app, "203.0.113.7")
+    answers = [cc(attacker, basic("test", f"guess{i}")).status_code for i in range(200)]
+    assert answers[:5] == [401] * 5  # lockout_after free failures
+    assert answers.count(429) >= 180  # then one guess per growing delay
+    refused = cc(attacker)  # even the right secret waits
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+    assert refused.headers["RateLimit-Policy"] == '"client-ip";q=5'
+    assert refused.headers["RateLimit"] == f'"client-ip";r=0;t={refused.headers["Retry-After"]}'
+    # Another partner on another IP is not touched by the attacker's IP's delays.
+    assert cc(from_ip(app, "198.51.100.2"), basic("sp-demo", "hunter2")).status_code != 429
+
+
+def test_the_claimed_client_is_throttled_only_after_many_failures(make):
+    app = make(client_lockout_after=3, client_lockout_max=60)
+    for i in range(4):  # four strangers' IPs, one failure each: the fourth shuts the gate
+        assert cc(from_ip(app, f"192.0.2.{i}"), basic("test", "wrong")).status_code == 401
+    partner = cc(from_ip(app, "198.51.100.9"))
+    assert partner.status_code == 429 and 1 <= int(partner.headers["Retry-After"]) <= 2
+    assert cc(from_ip(app, "198.51.100.9"), basic("sp-demo", "hunter2")).status_code != 429
+
+
+def test_a_success_resets_the_claimed_clients_failures(make):
+    app = make(client_lockout_after=3)
+    for round_ in range(3):
+        for i in range(3):
+            answer = cc(from_ip(app, f"192.0.2.{round_ * 3 + i}"), basic("test", "wrong"))
+            assert answer.status_code == 401
+        assert cc(from_ip(app, "198.51.100.9")).status_code == 200
+
+
+def test_ipv6_callers_share_their_64(make):
+    app = make(lockout_after=2)
+    for i in range(3):
+        cc(from_ip(app, f"2001:db8:1:2::{i + 1}"), basic("test", "wrong"))
+    assert cc(from_ip(app, "2001:db8:1:2:ffff::9")).status_code == 429
+    assert cc(from_ip(app, "2001:db8:1:3::1")).status_code == 200
+
+
+def test_a_busy_partner_gets_no_429_with_default_limits(make):
+    client = make().test_client()
+    answers = [cc(client).status_code for _ in range(700)]  # over the old 600/minute
+    assert set(answers) == {200}
+
+
+def test_token_responses_carry_the_ratelimit_fields(make):
+    client = make(token="5/hour").test_client()
+    answer = cc(client)
+    assert answer.headers["RateLimit-Policy"] == '"token";q=5;w=3600'
+    assert answer.headers["RateLimit"].startswith('"token";r=4;t=')
+    for _ in range(4):
+        cc(client)
+    refused = cc(client)
+    assert refused.status_code == 429 and refused.headers["Retry-After"]
+    assert refused.headers["RateLimit"].startswith('"token";r=0;t=')
+
+
+def test_a_client_may_have_its_own_rate(tmp_path, dummy_site):
+    import json
+
+    entries = json.loads((ROOT / "clients.json.example").read_text())
+    for entry in entries:
+        if entry["client_id"] == "test":
+            entry["rate_limit"] = "2/hour"
+    path = tmp_path / "clients.json"
+    path.write_text(json.dumps(entries))
+    config = base_config(tmp_path, dummy_site)
+    config["client_credentials"] = {"file": str(path)}
+    config["limits"] = {"storage": "memory://"}
+    client = create_app(config).test_client()
+    assert [cc(client).status_code for _ in range(3)] == [200, 200, 429]
+    path.write_text(json.dumps([{**entries[0], "rate_limit": "lots"}]))
+    with pytest.raises(ClientFileError, match="rate_limit"):
+        create_app(config)
+
+
+# -- /api: bearer parsing and bad tokens per IP -------------------------------------------------
+@pytest.mark.parametrize(
+    "value",
+    ["B\u00e9arer x", "\u00e9 abc", "Bearer", "Bearer a b", "Bearer \u00e9\u00e9", "Bearer =abc"],
+)
+def test_a_malformed_authorization_at_api_is_401_not_500(make, value):
+    answer = make().test_client().get("/api/profile", headers={"Authorization": value})
+    assert answer.status_code == 401
+    assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_random_bearer_tokens_are_limited_per_ip(make):
+    app = make(api_ip="5/hour")
+    guesser = from_ip(app, "203.0.113.9")
+    answers = [
+        guesser.get("/api/profile", headers=bearer(secrets.token_urlsafe(16))).status_code
+        for _ in range(8)
+    ]
+    assert answers == [401] * 5 + [429] * 3
+    token = cc(from_ip(app, "198.51.100.1")).get_json()["access_token"]
+    good = from_ip(app, "198.51.100.1").get("/api/profile", headers=bearer(token))
+    assert good.status_code == 403  # a client token reaches the view: not limited
+    assert good.headers["RateLimit-Policy"].startswith('"api";q=')
+
+
+# -- sign-in lockout: reserved before the site is asked --------------------------------------
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_parallel_wrong_passwords_reach_the_site_at_most_lockout_after_plus_one(
+    tmp_path, dummy_site, backend, monkeypatch
+):
+    config = base_config(tmp_path, dummy_site)
+    if backend == "redis":
+        url = redis_url()
+        require_service("redis", url)
+        config["storage"] = {"default": config["storage"]["default"], "session": url}
+        config["limits"] = {"lockout_after": 3}
+    else:
+        config["limits"] = {"storage": "memory://", "lockout_after": 3}
+    app = create_app(config)
+    state = app.extensions["oauth2"]
+    state.limits.login.succeeded(user := f"victim-{secrets.token_hex(4)}")
+    calls, lock = [], threading.Lock()
+
+    def slow_login(username, password):
+        with lock:
+            calls.append(username)
+        time.sleep(0.2)  # a slow site: every attempt is in flight at once
+        return None
+
+    monkeypatch.setattr(state.adapter, "login", slow_login)
+    app.config["WTF_CSRF_ENABLED"] = False
+    barrier = threading.Barrier(25)
+    statuses: list[int] = []
+
+    def attempt() -> None:
+        client = app.test_client()
+        barrier.wait()
+        answer = client.post("/login", data={"username": user, "password": "wrong"})
+        with lock:
+            statuses.append(answer.status_code)
+
+    threads = [threading.Thread(target=attempt) for _ in range(25)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) <= 3 + 1
+    assert statuses.count(429) >= 25 - 4
+    state.storage.close()

@@ -22,7 +22,7 @@ from schemathesis.config import SchemathesisConfig
 
 from app.paths import JSON_PATHS
 from app.views import docs
-from tests.conftest import exchange, get_code
+from tests.factories import make_token
 
 SPEC = files("app").joinpath("openapi.json")
 
@@ -46,13 +46,6 @@ def load_spec() -> dict:
     return json.loads(SPEC.read_text(encoding="utf-8"))
 
 
-def user_token(client) -> str:
-    """A user's access token holding every scope of the dummy adapter, by the code flow."""
-    response = exchange(client, get_code(client, scope="read-only read-write"))
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()["access_token"]
-
-
 #: Generation is bounded and reproducible: the same requests on every run.
 CONFIG = SchemathesisConfig.from_dict(
     {
@@ -65,7 +58,9 @@ schema = schemathesis.openapi.from_path(str(SPEC), config=CONFIG)
 
 @pytest.fixture
 def bearer_headers(app) -> dict[str, str]:
-    return {"Authorization": f"Bearer {user_token(app.test_client())}"}
+    """A user's access token holding every scope of the dummy adapter."""
+    token = make_token(app.extensions["oauth2"], scope="read-only read-write")
+    return {"Authorization": f"Bearer {token['access_token']}"}
 
 
 @schema.parametrize()

@@ -218,7 +218,7 @@ def test_deny_still_leaves_pages_framing_safe(client):
 def test_forms_work_over_tls_where_the_referer_is_checked(tmp_path, dummy_site):
     # Over TLS Flask-WTF demands a same-origin Referer: pages must let browsers send it.
     from app import create_app
-    from tests.conftest import base_config, csrf_from
+    from tests.conftest import base_config
 
     config = base_config(tmp_path, dummy_site, auth_server={"url": "https://auth.example"})
     app = create_app(config)
@@ -227,12 +227,7 @@ def test_forms_work_over_tls_where_the_referer_is_checked(tmp_path, dummy_site):
     page = client.get("/login", base_url=base)
     assert page.headers["Referrer-Policy"] == "same-origin"
     assert 'content="same-origin"' in page.get_data(as_text=True)
-    form = {
-        "username": "alice",
-        "password": "password",
-        "csrf_token": csrf_from(page.get_data(as_text=True)),
-    }
-    sent = client.post("/login", data=form, base_url=base, headers={"Referer": f"{base}/login"})
+    sent = login(client, base_url=base, headers={"Referer": f"{base}/login"})
     assert sent.status_code == 302
     assert "Secure" in sent.headers["Set-Cookie"]
     app.extensions["oauth2"].storage.close()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import quote, urlencode
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import (
     REDIRECT,
@@ -164,26 +167,53 @@ def test_unchecking_is_audited(client, state, both):
 
 
 # -- returning to the client --------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("query", "location"),
-    [
-        ("?client_id=test&redirect_uri=http%3A%2F%2Flocalhost%3A8080%2F", REDIRECT),
-        ("?client_id=sp-demo&redirect_uri=http%3A%2F%2Flocalhost%3A8080%2F", REDIRECT),
-        ("?client_id=test&redirect_uri=https%3A%2F%2Fevil.example%2F", "/review?saved=1"),
-        ("?client_id=nope&redirect_uri=http%3A%2F%2Flocalhost%3A8080%2F", "/review?saved=1"),
-        ("?client_id=test", "/review?saved=1"),
-        ("?redirect_uri=http%3A%2F%2Flocalhost%3A8080%2F", "/review?saved=1"),
-        ("?client_id=test&redirect_uri=http%3A%2F%2Flocalhost%3A8080%2F%23x", "/review?saved=1"),
-        ("?client_id=test&redirect_uri=http%3A%2F%2Flocalhost%3A8080%2Fother", "/review?saved=1"),
-    ],
-)
-def test_returns_to_the_client_only_via_a_registered_redirect_uri(client, both, query, location):
+GOOD_WAYS_BACK = [
+    "?client_id=test&redirect_uri=http%3A%2F%2Flocalhost%3A8080%2F",
+    "?client_id=sp-demo&redirect_uri=http%3A%2F%2Flocalhost%3A8080%2F",
+]
+BAD_WAYS_BACK = [
+    "?client_id=test&redirect_uri=https%3A%2F%2Fevil.example%2F",
+    "?client_id=nope&redirect_uri=http%3A%2F%2Flocalhost%3A8080%2F",
+    "?client_id=test",
+    "?redirect_uri=http%3A%2F%2Flocalhost%3A8080%2F",
+    "?client_id=test&redirect_uri=http%3A%2F%2Flocalhost%3A8080%2F%23x",
+    "?client_id=test&redirect_uri=http%3A%2F%2Flocalhost%3A8080%2Fother",
+    "?client_id=test&client_id=sp-demo&redirect_uri=http%3A%2F%2Flocalhost%3A8080%2F",
+    "?client_id=&redirect_uri=",
+]
+
+
+@pytest.mark.parametrize("query", GOOD_WAYS_BACK)
+def test_returns_to_the_client_via_a_registered_redirect_uri(client, both, query):
     html = client.get("/review" + query).get_data(as_text=True)
-    returning = location != "/review?saved=1"
-    assert ("returned to the app" in html) is returning
+    assert "returned to the app" in html
     response = save(client, keep=["test", "sp-demo"], query=query)
     assert response.status_code == 302
-    assert response.headers["Location"] == location
+    assert response.headers["Location"] == REDIRECT
+
+
+def test_without_a_way_back_saving_stays_on_the_page(client, both):
+    response = save(client, keep=["test", "sp-demo"])
+    assert response.headers["Location"] == "/review?saved=1"
+
+
+@pytest.mark.parametrize("query", BAD_WAYS_BACK)
+def test_an_unknown_client_or_unregistered_uri_is_the_400_page(client, both, query):
+    page = client.get("/review?client_id=test&redirect_uri=http%3A%2F%2Flocalhost%3A8080%2F")
+    form = {"csrf_token": csrf_from(page.get_data(as_text=True)), "save": "Save"}
+    response = client.get("/review" + query)
+    assert response.status_code == 400
+    assert response.mimetype == "text/html"
+    assert "cannot be used" in response.get_data(as_text=True)
+    posted = client.post("/review" + query, data=form)  # unchecks both: must change nothing
+    assert posted.status_code == 400
+    assert set(NAMES) <= set(checkboxes(client.get("/review").get_data(as_text=True)))
+
+
+@pytest.mark.parametrize("query", BAD_WAYS_BACK[:2])
+def test_a_bad_way_back_is_refused_before_sign_in(client, query):
+    response = client.get("/review" + query)
+    assert response.status_code == 400
 
 
 def test_return_to_works_with_no_grants_at_all(client):
@@ -235,3 +265,26 @@ def test_implicit_grants_are_listed_and_revocable(client):
     assert set(checkboxes(client.get("/review").get_data(as_text=True))) == {"sp-demo"}
     save(client, keep=[])
     assert client.get("/api/profile", headers=bearer(token)).status_code == 401
+
+
+# -- any way back: a page or the 400 page, never a 5xx, and a refused POST revokes nothing ----
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    ids=st.lists(
+        st.sampled_from(["test", "sp-demo", "nope", ""]) | st.text(max_size=12), max_size=2
+    ),
+    uris=st.lists(
+        st.sampled_from([REDIRECT, REDIRECT + "x", "*"]) | st.text(max_size=20), max_size=2
+    ),
+)
+def test_any_way_back_is_the_page_or_the_400_page(client, both, ids, uris):
+    query = "?" + urlencode([("client_id", i) for i in ids] + [("redirect_uri", u) for u in uris])
+    page = client.get("/review?client_id=test&redirect_uri=" + quote(REDIRECT, safe=""))
+    form = {"csrf_token": csrf_from(page.get_data(as_text=True)), "save": "Save"}
+    response = client.get("/review" + query)
+    assert response.status_code in (200, 400)
+    posted = client.post("/review" + query, data={**form, **dict.fromkeys(NAMES, "1")})
+    assert posted.status_code == (302 if response.status_code == 200 else 400)
+    if response.status_code == 400:
+        client.post("/review" + query, data=form)  # unchecks both: refused, revokes nothing
+    assert set(NAMES) <= set(checkboxes(client.get("/review").get_data(as_text=True)))

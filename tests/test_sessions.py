@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+import time
+from types import SimpleNamespace
+
 import pytest
 
-from app import create_app
+from app import create_app, sessions
 from app.dummy_site import user_id as site_user_id
 from app.secrets_hash import token_digest
+from app.settings import ConfigError, Settings
 from app.storage import StorageUnavailable
 from tests.conftest import base_config, csrf_from, login
 
 COOKIE = "oauth2_session"
+VISITOR = "oauth2_session_visitor"
 
 
 def sid(client) -> str | None:
@@ -18,8 +25,8 @@ def sid(client) -> str | None:
     return cookie.value if cookie else None
 
 
-def set_cookie_header(response) -> str:
-    cookies = [h for h in response.headers.getlist("Set-Cookie") if h.startswith(COOKIE + "=")]
+def set_cookie_header(response, name: str = COOKIE) -> str:
+    cookies = [h for h in response.headers.getlist("Set-Cookie") if h.startswith(name + "=")]
     assert len(cookies) == 1, response.headers.getlist("Set-Cookie")
     return cookies[0]
 
@@ -37,13 +44,57 @@ def raising(*args, **kwargs):
     raise StorageUnavailable("storage is down (test)")
 
 
-def test_anonymous_requests_store_nothing_until_a_form_needs_it(client, state):
-    response = client.get("/.well-known/oauth-authorization-server")
-    assert response.status_code == 200
+def session_rows(state) -> list[str]:
+    """Keys of stored sessions (transactions and lockouts share the table)."""
+    url = state.storage.specs["session"].url
+    with contextlib.closing(sqlite3.connect(url[len("sqlite:///") :])) as db:
+        rows = db.execute("SELECT key FROM oauth2_session").fetchall()
+    return [key for (key,) in rows if ":" not in key]
+
+
+@pytest.mark.parametrize("path", ["/login", "/review", "/login?next=/review", "/nope"])
+def test_a_visitor_without_cookies_stores_no_session(client, state, path):
+    """Issue 9 item 4: strangers' page views write no session row."""
+    assert client.get("/.well-known/oauth-authorization-server").status_code == 200
+    assert client.get(path).status_code in (200, 302, 404)
+    assert client.get(path).status_code in (200, 302, 404)
     assert sid(client) is None
-    assert client.get("/login").status_code == 200  # the CSRF token needs a session
-    assert sid(client) is not None
-    assert state.storage.session.get(token_digest(sid(client))) is not None
+    assert session_rows(state) == []
+
+
+def test_the_sign_in_form_works_from_the_visitor_cookie_alone(client, state):
+    page = client.get("/login")
+    assert client.get_cookie(VISITOR) is not None
+    response = client.post(
+        "/login",
+        data={"username": "alice", "password": "password", "csrf_token": csrf_from(page.text)},
+    )
+    assert response.status_code == 302
+    assert len(session_rows(state)) == 1 and sid(client) is not None
+    assert client.get_cookie(VISITOR) is None  # signed in: the stored session took over
+
+
+def test_a_forged_visitor_cookie_gives_no_csrf_secret(client):
+    page = client.get("/login")
+    client.set_cookie(VISITOR, client.get_cookie(VISITOR).value[:-2] + "xx")
+    response = client.post(
+        "/login",
+        data={"username": "alice", "password": "password", "csrf_token": csrf_from(page.text)},
+    )
+    assert response.status_code == 400
+    assert sid(client) is None
+
+
+def test_the_csrf_secret_changes_at_sign_in_and_sign_out(client):
+    before = csrf_from(client.get("/login").text)
+    assert login(client).status_code == 302
+    # The token of the sign-in page no longer signs a form once signed in ...
+    assert client.post("/logout", data={"csrf_token": before}).status_code == 400
+    during = csrf_from(client.get("/review").text)
+    assert during != before
+    assert client.post("/logout", data={"csrf_token": during}).status_code == 302
+    # ... and the signed-in one no longer works after signing out.
+    assert client.post("/login", data={"csrf_token": during, "username": "a"}).status_code == 400
 
 
 def test_session_is_stored_under_the_hash_of_the_cookie(client, state):
@@ -79,7 +130,7 @@ def test_endpoints_that_never_read_the_session_do_not_load_it(
 
 
 def test_session_id_is_renewed_at_login_and_the_old_one_stops_working(app, client, state):
-    client.get("/login")
+    login(client, "bob")
     before = sid(client)
     assert before
     response = login(client)
@@ -95,7 +146,7 @@ def test_session_id_is_renewed_at_login_and_the_old_one_stops_working(app, clien
 def test_a_cookie_planted_before_login_is_not_the_session_after_login(app, client, state):
     # Session fixation: an attacker's id must not become the victim's signed-in session.
     attacker = app.test_client()
-    attacker.get("/login")
+    login(attacker, "mallory")
     planted = sid(attacker)
     client.set_cookie(COOKIE, planted)
     login(client)
@@ -133,7 +184,7 @@ def test_logout_needs_post_with_csrf(app, client, state, method, data, status):
 
 def test_cookie_flags(client):
     response = client.get("/login")
-    header = set_cookie_header(response)
+    header = set_cookie_header(response, VISITOR)
     assert "HttpOnly" in header
     assert "SameSite=Lax" in header
     assert "Path=/" in header
@@ -148,7 +199,7 @@ def test_cookie_is_secure_behind_https(tmp_path, dummy_site):
     app = create_app(base_config(tmp_path, dummy_site, auth_server={"url": "https://auth.example"}))
     try:
         response = app.test_client().get("/login", base_url="https://auth.example")
-        header = set_cookie_header(response)
+        header = set_cookie_header(response, VISITOR)
         assert "Secure" in header
         assert "HttpOnly" in header
     finally:
@@ -179,8 +230,11 @@ def test_unknown_session_ids_are_anonymous(app, client, value):
 
 
 def test_saving_the_session_during_an_outage_answers_503(client, state, monkeypatch):
+    login(client)
+    page = client.get("/review")
     monkeypatch.setattr(state.storage.session, "put", raising)
-    response = client.get("/login")
+    monkeypatch.setattr(state.storage.session, "discard", raising)
+    response = client.post("/logout", data={"csrf_token": csrf_from(page.text)})
     assert response.status_code == 503
     assert response.headers["Retry-After"]
     assert "Traceback" not in response.get_data(as_text=True)
@@ -269,14 +323,7 @@ def test_next_accepts_only_same_origin_paths(client, next_url):
 def test_next_in_the_query_is_checked_too(client):
     page = client.get("/login?next=//evil.com")
     assert 'name="next" value=""' in page.get_data(as_text=True)
-    response = client.post(
-        "/login?next=//evil.com",
-        data={
-            "username": "alice",
-            "password": "password",
-            "csrf_token": csrf_from(page.get_data(as_text=True)),
-        },
-    )
+    response = login(client, next_url=None, path="/login?next=//evil.com")
     assert response.status_code == 302
     assert response.headers["Location"] == "/review"
 
@@ -326,8 +373,10 @@ def test_the_dummy_site_down_gives_a_502_page(tmp_path):
 
 
 def test_a_failed_save_leaves_the_cookie_alone(client, state, monkeypatch):
+    page = client.get("/login")
     monkeypatch.setattr(state.storage.session, "put", raising)
-    response = client.get("/login")  # the CSRF token would start a session
+    form = {"username": "alice", "password": "password", "csrf_token": csrf_from(page.text)}
+    response = client.post("/login", data=form)  # signing in starts a stored session
     assert response.status_code == 503
     assert "Set-Cookie" not in response.headers
 
@@ -343,3 +392,42 @@ def test_a_logout_that_cannot_be_saved_keeps_the_cookie(app, client, state, monk
     assert "Set-Cookie" not in response.headers  # the browser keeps the session it has
     monkeypatch.undo()
     assert sid(client) == value and logged_in(app, value) is True
+
+
+# -- absolute lifetime ---------------------------------------------------------------------
+def at(monkeypatch, seconds_from_now: float) -> None:
+    """Move the sessions' clock (sign-in time, absolute lifetime) forward."""
+    moved = time.time() + seconds_from_now
+    monkeypatch.setattr(sessions, "time", SimpleNamespace(time=lambda: moved))
+
+
+def test_a_session_ends_its_max_age_after_sign_in_however_active(app, client, state, monkeypatch):
+    login(client)
+    value = sid(client)
+    max_age = state.settings.auth.session_max_age
+    assert max_age == 12 * 3600
+    at(monkeypatch, max_age - 60)
+    assert client.get("/review").status_code == 200  # active all along: still signed in
+    at(monkeypatch, max_age)
+    response = client.get("/review")
+    assert response.status_code == 302 and response.headers["Location"].startswith("/login")
+    assert state.storage.session.get(token_digest(value)) is None  # the row is gone too
+    assert sid(client) is None
+
+
+def test_session_max_age_is_configurable(tmp_path, dummy_site, monkeypatch):
+    app = create_app(base_config(tmp_path, dummy_site, auth_server={"session_max_age": 600}))
+    try:
+        client = app.test_client()
+        login(client)
+        at(monkeypatch, 600)
+        assert client.get("/review").status_code == 302
+    finally:
+        app.extensions["oauth2"].storage.close()
+        app.extensions["oauth2"].adapter.close()
+
+
+@pytest.mark.parametrize("value", [0, 59, "1h"])
+def test_a_bad_session_max_age_is_refused_by_name(tmp_path, dummy_site, value):
+    with pytest.raises(ConfigError, match="auth_server.session_max_age"):
+        Settings.load(base_config(tmp_path, dummy_site, auth_server={"session_max_age": value}))

@@ -9,8 +9,11 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from app.settings import DEFAULTS, ConfigError, Settings, defaults_document
+from app.storage.sqlite import sqlite_path
 
 ROOT = Path(__file__).resolve().parents[1]
 STRONG = "a-strong-secret-" + "q" * 24
@@ -132,6 +135,67 @@ def test_overrides_alone_read_no_files(tmp_path, monkeypatch):
     assert settings.auth.port == 8081
 
 
+# -- config folder, environment name and relative paths -----------------------------------
+def test_a_missing_config_folder_is_an_error_naming_the_fix(tmp_path):
+    with pytest.raises(ConfigError, match="--config-dir or set OAUTH2_CONFIG_DIR"):
+        Settings.load(config_dir=str(tmp_path / "no-such-folder"), environ={})
+
+
+def test_an_environment_without_its_file_is_an_error_naming_it(folder):
+    with pytest.raises(ConfigError, match=r"OAUTH2_ENV='prodution': no .*prodution\.json"):
+        load(folder, OAUTH2_ENV="prodution")
+
+
+@pytest.mark.parametrize("env", ["development", "production"])
+def test_the_builtin_environments_need_no_file_of_their_own(folder, env):
+    # Set in the environment (not a file): what production asks of a configuration.
+    own = {
+        "OAUTH2__auth_server__url": json.dumps("https://auth.example"),
+        "OAUTH2__client_credentials__file": "clients.json",
+        "OAUTH2__resource_server": json.dumps(
+            {"type": "http", "base_url": "https://site.example", "scopes": {"read": "Read"}}
+        ),
+    }
+    settings = load(folder, OAUTH2_ENV=env, OAUTH2_SESSION_SECRET=STRONG, **own)
+    assert settings.env == env
+    assert [p.name for p in settings.sources] == ["default.json"]
+
+
+def test_relative_paths_resolve_against_the_config_folders_parent(folder, tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    write(folder, "runtime.json", {"storage": {"default": "sqlite:///var/oauth2.db?timeout=5"}})
+    settings = load(folder)
+    assert settings.root == tmp_path
+    assert settings.storage_specs["codes"].url == f"sqlite:///{tmp_path}/var/oauth2.db?timeout=5"
+    assert settings.resolve_path("./clients.json") == str(tmp_path / "clients.json")
+    assert settings.resolve_path("/etc/tls/key.pem") == "/etc/tls/key.pem"
+
+
+def test_relative_paths_resolve_against_the_project_when_no_folder_is_read(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = Settings.load({"storage": {"default": "sqlite:///var/x.db"}}, environ={})
+    assert settings.storage_specs["tokens"].url == f"sqlite:///{ROOT}/var/x.db"
+
+
+@pytest.mark.parametrize("url", ["sqlite:///:memory:", "redis://127.0.0.1:6379/1"])
+def test_urls_without_a_relative_file_are_kept(folder, url):
+    write(folder, "runtime.json", {"storage": {"default": url}})
+    assert load(folder).storage_specs["session"].url == url
+
+
+@given(
+    name=st.text(st.characters(blacklist_characters="\x00?/"), min_size=1).filter(
+        lambda n: n not in (".", "..", ":memory:")
+    )
+)
+def test_any_relative_sqlite_file_lands_under_the_root(name):
+    settings = Settings.load({"storage": {"default": f"sqlite:///{name}"}}, environ={})
+    path = Path(sqlite_path(settings.storage_specs["tokens"].url))
+    assert path.is_absolute() and path.parent == ROOT
+
+
 # -- environment --------------------------------------------------------------------------
 def test_session_secret_from_the_environment_wins(folder):
     write(folder, "runtime.json", {"auth_server": {"session_secret": "from-the-file-" + "x" * 9}})
@@ -205,6 +269,13 @@ BAD_VALUES = [
     ({"auth_server": {"grant_types": ["password"]}}, "auth_server.grant_types"),
     ({"auth_server": {"max_body_bytes": 10}}, "auth_server.max_body_bytes"),
     ({"auth_server": {"max_body_bytes": "64k"}}, "auth_server.max_body_bytes"),
+    ({"auth_server": {"refresh_grace_period": -1}}, "auth_server.refresh_grace_period"),
+    ({"auth_server": {"refresh_grace_period": 3600}}, "auth_server.refresh_grace_period"),
+    ({"auth_server": {"refresh_absolute_lifetime": -1}}, "auth_server.refresh_absolute_lifetime"),
+    (
+        {"auth_server": {"refresh_absolute_lifetime": "90d"}},
+        "auth_server.refresh_absolute_lifetime",
+    ),
     ({"auth_server": {"session_secret": 12345}}, "auth_server.session_secret"),
     ({"auth_server": []}, "auth_server"),
     (
@@ -292,8 +363,21 @@ def test_production_refuses_a_plain_http_url(folder):
         load(folder, OAUTH2_ENV="production")
 
 
+#: What production needs beside the URL and secret: a real site and the operator's clients.
+OWN_SITE = {
+    "resource_server": {
+        "type": "http",
+        "base_url": "https://www.example.com",
+        "scopes": {"read": "Read"},
+    },
+    "client_credentials": {"file": "/etc/oauth2/clients.json"},
+}
+
+
 def test_production_accepts_a_strong_secret_from_the_environment(folder):
-    write(folder, "production.json", {"auth_server": {"url": "https://auth.example.com"}})
+    write(
+        folder, "production.json", {"auth_server": {"url": "https://auth.example.com"}, **OWN_SITE}
+    )
     settings = load(folder, OAUTH2_ENV="production", OAUTH2_SESSION_SECRET=STRONG)
     assert settings.env == "production"
     assert settings.flask_config()["SECRET_KEY"] == STRONG
@@ -348,6 +432,41 @@ def test_storage_ttls_default_to_the_originals(folder):
     assert settings.ttl("session") == 1800
 
 
+def test_production_refuses_every_development_stand_in_at_once(folder):
+    write(folder, "production.json", {})
+    with pytest.raises(ConfigError) as caught:
+        load(folder, OAUTH2_ENV="production")
+    keys = [line.split(":")[0] for line in str(caught.value).splitlines()]
+    assert keys == [
+        "auth_server.url",
+        "auth_server.session_secret",
+        "resource_server.type",
+        "client_credentials.file",
+    ]
+    assert "clients.json.example holds the demo clients" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("over", "key"),
+    [
+        ({"resource_server": {"type": "dummy"}}, "resource_server.type"),
+        ({"resource_server": {"type": "app.adapters.dummy:DummyAdapter"}}, "resource_server.type"),
+        ({"client_credentials": {"file": "./clients.json.example"}}, "client_credentials.file"),
+    ],
+)
+def test_production_names_each_stand_in(folder, over, key):
+    config = {"auth_server": {"url": "https://auth.example.com", "session_secret": STRONG}}
+    write(folder, "production.json", {**config, **OWN_SITE, **over})
+    with pytest.raises(ConfigError, match="^" + re.escape(key) + ":"):
+        load(folder, OAUTH2_ENV="production")
+
+
+def test_development_keeps_the_stand_ins(folder):
+    settings = load(folder)
+    assert settings.resource_server["type"] == "dummy"
+    assert settings.client_credentials.file.endswith("clients.json.example")
+
+
 # -- one model, every problem at once -------------------------------------------------------
 def test_the_shipped_default_json_is_the_model_s_defaults():
     # config/default.json is generated (`oauth2-server defaults`): it cannot drift.
@@ -367,15 +486,13 @@ def test_every_problem_is_reported_at_once_each_naming_its_key(folder):
     with pytest.raises(ConfigError) as caught:
         load(folder)
     named = [line.split(":")[0] for line in caught.value.problems]
-    assert sorted(named) == sorted(
-        [
-            "auth_server.port",
-            "auth_server.server",
-            "auth_server.typo",
-            "limits.token",
-            "storage.codes.type",
-        ]
-    )
+    assert sorted(named) == [
+        "auth_server.port",
+        "auth_server.server",
+        "auth_server.typo",
+        "limits.token",
+        "storage.codes.type",
+    ]
     assert str(caught.value).count("\n") == 4
 
 
@@ -386,6 +503,8 @@ def test_production_lists_every_problem_together(folder):
     assert [p.split(":")[0] for p in caught.value.problems] == [
         "auth_server.url",
         "auth_server.session_secret",
+        "resource_server.type",
+        "client_credentials.file",
     ]
 
 

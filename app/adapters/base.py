@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -25,12 +25,26 @@ class ApiRoute:
 
     name: str
     scope: str
+    #: The method the site is called with; in :meth:`ResourceServer.call`, the one the
+    #: partner used (the site is told which, as the original's sites were).
     method: str = "GET"
     #: Path on the site; ``{token}`` and ``{user_id}`` are filled in.
     path: str = ""
     #: Where the user's site token goes: ``query:<param>``, ``header:<Name>``,
     #: ``cookie:<name>`` or ``form:<field>``.
     token_in: str = "query:token"  # noqa: S105 - a placement, not a secret
+    #: Every method partners may use (the original answered GET for every function);
+    #: empty means ``method`` alone.
+    methods: tuple[str, ...] = ()
+
+    @property
+    def allowed(self) -> tuple[str, ...]:
+        """The methods a partner may call this function with."""
+        return self.methods or (self.method,)
+
+    def called_with(self, method: str) -> ApiRoute:
+        """This route as called with ``method`` (one of :attr:`allowed`)."""
+        return replace(self, method=method)
 
 
 @dataclass
@@ -63,8 +77,9 @@ class ResourceServer(abc.ABC):
     * list every ``/api/<name>`` function in :attr:`api`, each naming a scope
       from :attr:`scopes`;
     * in :meth:`call`, pass ``user.site_token`` (never the OAuth token) to the
-      site together with ``headers``, and raise :class:`UpstreamUnavailable` when
-      the site is down or slow, never a driver exception.
+      site together with ``headers``, with ``route.method`` (the partner's method),
+      and raise :class:`UpstreamUnavailable` when the site is down or slow, never a
+      driver exception.
     """
 
     #: Started and stopped with ``oauth2-server serve`` when set (the dummy site).

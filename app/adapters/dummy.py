@@ -13,7 +13,8 @@ SCOPES = {
 
 API = {
     "profile": {"method": "GET", "path": "/info", "scope": "read-only"},
-    "update_avatar": {"method": "POST", "path": "/update_avatar", "scope": "read-write"},
+    # The original answered every function on GET too, the avatar in the query string.
+    "update_avatar": {"method": ["POST", "GET"], "path": "/update_avatar", "scope": "read-write"},
 }
 
 KEYS = {"type", "host", "port", "user_agent", "timeout"}

@@ -6,16 +6,13 @@ import contextlib
 import json
 import logging
 import re
+import urllib.request
 from dataclasses import dataclass, fields
-from http.cookiejar import DefaultCookiePolicy
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, NoReturn
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
-import requests
 import urllib3
-from requests.adapters import HTTPAdapter as _PoolAdapter
-from requests.structures import CaseInsensitiveDict
 
 from .base import ApiRoute, ResourceServer, SiteUser, UpstreamResponse, UpstreamUnavailable
 
@@ -112,12 +109,23 @@ def parse_route(name: str, entry: Any, scopes: dict[str, str]) -> ApiRoute:
     scope = entry.get("scope")
     if scope not in scopes:
         _fail(f"{where}.scope", f"unknown scope {scope!r}")
-    method = _method(entry.get("method", "GET"), f"{where}.method")
+    methods = _methods(entry.get("method", "GET"), f"{where}.method")
     token_in = _placement(entry.get("token_in", "query:token"), TOKEN_IN, f"{where}.token_in")
-    if token_in.startswith("form:") and method not in BODY_METHODS:
-        _fail(f"{where}.token_in", f"'form:' needs a method with a body, not {method}")
+    bodiless = [m for m in methods if m not in BODY_METHODS]
+    if token_in.startswith("form:") and bodiless:
+        _fail(f"{where}.token_in", f"'form:' needs a method with a body, not {bodiless[0]}")
     path = _path(entry.get("path", f"/{name}"), f"{where}.path")
-    return ApiRoute(name=name, scope=scope, method=method, path=path, token_in=token_in)
+    return ApiRoute(
+        name=name, scope=scope, method=methods[0], path=path, token_in=token_in, methods=methods
+    )
+
+
+def _methods(value: Any, where: str) -> tuple[str, ...]:
+    """One method (``"GET"``) or several (``["GET", "POST"]``), each sent on as called."""
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        _fail(where, "lists no method")
+    return tuple(dict.fromkeys(_method(v, where) for v in values))
 
 
 def _timeout(value: Any) -> float:
@@ -132,59 +140,60 @@ def _base_url(value: Any) -> str:
     return value.rstrip("/")
 
 
-def new_session(user_agent: str, trust_env: bool, pool_size: int = 32) -> requests.Session:
-    """Build a pooled session that never keeps cookies (users' cookies must not mix)."""
-    session = requests.Session()
-    pool = _PoolAdapter(pool_connections=4, pool_maxsize=pool_size)
-    session.mount("http://", pool)
-    session.mount("https://", pool)
-    session.headers["User-Agent"] = user_agent
-    session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
-    session.trust_env = trust_env
-    return session
+def proxy_for(base_url: str, trust_env: bool) -> str | None:
+    """The proxy URL the environment names for ``base_url`` (as requests reads it), if any.
+
+    ``HTTP_PROXY``/``HTTPS_PROXY`` (or ``ALL_PROXY``) name it; ``NO_PROXY`` exempts hosts.
+    """
+    if not trust_env:
+        return None
+    parts = urlsplit(base_url)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(parts.netloc):
+        return None
+    if not proxy.startswith(("http://", "https://")):
+        _fail("trust_env", f"the environment's proxy for {parts.scheme} must be http(s)://")
+    return proxy
 
 
-def new_pool(timeout: float, pool_size: int = 32) -> urllib3.PoolManager:
-    """The ``/api`` calls' connection pool: urllib3 (what requests uses underneath)
-    without requests' per-call session, cookie and hook machinery, which cost twice
-    the CPU of the call itself (bench/README.md). No retries, redirects or cookies."""
-    return urllib3.PoolManager(
-        num_pools=4,
-        maxsize=pool_size,
-        retries=False,
-        timeout=urllib3.Timeout(connect=timeout, read=timeout),
-    )
+def new_pool(timeout: float, proxy: str | None = None, pool_size: int = 32) -> urllib3.PoolManager:
+    """The site's connection pool (urllib3: requests' per-call session, cookie and hook
+    machinery cost twice the CPU of the call itself, bench/README.md), or a
+    ``ProxyManager`` when a proxy applies. No retries, redirects or cookies: each
+    call stands alone, so one user's cookie can never reach another's call."""
+    options: dict[str, Any] = {
+        "num_pools": 4,
+        "maxsize": pool_size,
+        "retries": False,
+        "timeout": urllib3.Timeout(connect=timeout, read=timeout),
+    }
+    if proxy is None:
+        return urllib3.PoolManager(**options)
+    user = urlsplit(proxy)
+    if user.username is not None:
+        secret = unquote(f"{user.username}:{user.password or ''}")
+        options["proxy_headers"] = urllib3.make_headers(proxy_basic_auth=secret)
+    return urllib3.ProxyManager(proxy, **options)
 
 
-class PooledAnswer:
-    """A urllib3 response with the parts of ``requests.Response`` that ``extract`` reads."""
-
-    def __init__(self, response: urllib3.BaseHTTPResponse) -> None:
-        self.status_code = response.status
-        self.headers = response.headers
-        self.content = response.data
-
-    @property
-    def cookies(self) -> dict[str, str]:
-        jar: SimpleCookie = SimpleCookie()
-        for header in self.headers.getlist("Set-Cookie"):
-            with contextlib.suppress(CookieError):
-                jar.load(header)
-        return {name: morsel.value for name, morsel in jar.items()}
-
-    def json(self) -> Any:
-        return json.loads(self.content)
+def _cookies(response: urllib3.BaseHTTPResponse) -> dict[str, str]:
+    jar: SimpleCookie = SimpleCookie()
+    for header in response.headers.getlist("Set-Cookie"):
+        with contextlib.suppress(CookieError):
+            jar.load(header)
+    return {name: morsel.value for name, morsel in jar.items()}
 
 
-def extract(spec: str, response: requests.Response | PooledAnswer) -> str | None:
+def extract(spec: str, response: urllib3.BaseHTTPResponse) -> str | None:
     """Read ``cookie:<name>``, ``header:<Name>`` or ``json:<a.b>`` from a response."""
     kind, _, name = spec.partition(":")
     if kind == "cookie":
-        return response.cookies.get(name)
+        return _cookies(response).get(name)
     if kind == "header":
         return response.headers.get(name)
     try:
-        value: Any = response.json()
+        value: Any = json.loads(response.data)
     except ValueError:
         return None
     for part in name.split("."):
@@ -201,7 +210,7 @@ class HttpAdapter(ResourceServer):
          "base_url": "https://www.example.com",   # required
          "timeout": 5,                             # seconds, per request
          "user_agent": "oauth2-server/0.1",
-         "trust_env": false,                       # honour HTTP(S)_PROXY, NO_PROXY, .netrc
+         "trust_env": false,                       # honour HTTP(S)_PROXY, NO_PROXY
          "login": {"path": "/login", "method": "POST",
                    "username_field": "username", "password_field": "password",
                    "format": "form",                # or "json"
@@ -212,7 +221,8 @@ class HttpAdapter(ResourceServer):
                              "token_in": "query:token"}}}  # or header:, cookie:, form:
 
     ``login`` keys all have the defaults shown. An ``api`` path may contain
-    ``{token}`` and ``{user_id}``; ``method`` defaults to GET, ``path`` to
+    ``{token}`` and ``{user_id}``; ``method`` (one, or a list of those a partner may
+    use: the site is called with the partner's) defaults to GET, ``path`` to
     ``/<name>`` and ``token_in`` to ``query:token``. Login answers 4xx mean bad
     credentials; 5xx and network errors raise :class:`UpstreamUnavailable`.
     """
@@ -228,13 +238,9 @@ class HttpAdapter(ResourceServer):
         if not isinstance(routes, dict):
             _fail("api", "must be an object of name -> route")
         self._api = {name: parse_route(name, e, self._scopes) for name, e in routes.items()}
-        user_agent = str(settings.get("user_agent") or DEFAULT_USER_AGENT)
-        trust_env = bool(settings.get("trust_env", False))
-        self._user_agent = user_agent
-        self._session = new_session(user_agent, trust_env)
-        # Proxies from the environment are requests' business: with trust_env the
-        # API calls go through the session too.
-        self._pool = None if trust_env else new_pool(self.timeout)
+        self._user_agent = str(settings.get("user_agent") or DEFAULT_USER_AGENT)
+        proxy = proxy_for(self.base_url, bool(settings.get("trust_env", False)))
+        self._pool = new_pool(self.timeout, proxy)
 
     def http_config(self, config: dict[str, Any]) -> dict[str, Any]:
         """Return the config in the form documented above; presets override this."""
@@ -251,55 +257,22 @@ class HttpAdapter(ResourceServer):
     def login(self, username: str, password: str) -> SiteUser | None:
         spec = self.login_settings
         fields = {spec.username_field: username, spec.password_field: password}
-        response: requests.Response | PooledAnswer
-        if self._pool is not None:
-            response = self._login_pooled(spec, fields)
-        else:
-            where = (
-                "params" if spec.method == "GET" else "json" if spec.format == "json" else "data"
-            )
-            body = {where: fields}
-            response = self._send(spec.method, spec.path, allow_redirects=False, **body)
-        if response.status_code >= 500:
-            raise UpstreamUnavailable(f"{self.base_url} login answered {response.status_code}")
-        if response.status_code >= 400:
-            return None
-        return self._site_user(response, username)
-
-    def _login_pooled(self, spec: LoginSettings, fields: dict[str, str]) -> PooledAnswer:
-        url, headers = self.base_url + spec.path, {"User-Agent": self._user_agent}
-        body: bytes | None = None
+        path, headers, body = spec.path, {}, None
         if spec.method == "GET":
-            url += ("&" if "?" in spec.path else "?") + urlencode(fields)
+            path += ("&" if "?" in path else "?") + urlencode(fields)
         elif spec.format == "json":
             body, headers["Content-Type"] = json.dumps(fields).encode(), "application/json"
         else:
             body = urlencode(fields).encode()
             headers["Content-Type"] = "application/x-www-form-urlencoded"
-        return PooledAnswer(self._request_pooled(spec.method, url, body, headers))
+        response = self._request(spec.method, path, body, headers)
+        if response.status >= 500:
+            raise UpstreamUnavailable(f"{self.base_url} login answered {response.status}")
+        if response.status >= 400:
+            return None
+        return self._site_user(response, username)
 
-    def _request_pooled(
-        self, method: str, url: str, body: bytes | None, headers: dict[str, str]
-    ) -> urllib3.BaseHTTPResponse:
-        assert self._pool is not None
-        try:
-            return self._pool.request(method, url, body=body, headers=headers, redirect=False)
-        # Messages name the site, not the URL: a URL may carry the user's site token.
-        # (A refused connection is a NewConnectionError, which urllib3 derives from
-        # its connect timeout: it is not a timeout.)
-        except urllib3.exceptions.TimeoutError as exc:
-            if isinstance(exc, urllib3.exceptions.NewConnectionError):
-                message = f"{self.base_url} is unreachable ({type(exc).__name__})"
-                raise UpstreamUnavailable(message) from exc
-            message = f"{self.base_url} gave no answer in {self.timeout}s"
-            raise UpstreamUnavailable(message, timeout=True) from exc
-        except urllib3.exceptions.HTTPError as exc:
-            message = f"{self.base_url} is unreachable ({type(exc).__name__})"
-            raise UpstreamUnavailable(message) from exc
-
-    def _site_user(
-        self, response: requests.Response | PooledAnswer, username: str
-    ) -> SiteUser | None:
+    def _site_user(self, response: urllib3.BaseHTTPResponse, username: str) -> SiteUser | None:
         spec = self.login_settings
         token, uid = extract(spec.token_from, response), extract(spec.id_from, response)
         if not token or not uid:
@@ -318,28 +291,7 @@ class HttpAdapter(ResourceServer):
         query: dict[str, str],
     ) -> UpstreamResponse:
         path = route.path.format(token=quote(site_token, safe=""), user_id=quote(user_id, safe=""))
-        if self._pool is not None:
-            return self._call_pooled(route, path, site_token, headers, body, query)
-        request: dict[str, Any] = {"params": dict(query), "cookies": {}}
-        request["headers"] = CaseInsensitiveDict(headers)
-        request["data"] = body if route.method in BODY_METHODS else None
-        _place_token(request, route.token_in, site_token)
-        response = self._send(route.method, path, allow_redirects=False, **request)
-        content_type = response.headers.get("Content-Type", "application/octet-stream")
-        return UpstreamResponse(response.status_code, response.content, content_type)
-
-    def _call_pooled(
-        self,
-        route: ApiRoute,
-        path: str,
-        site_token: str,
-        headers: dict[str, str],
-        body: bytes | None,
-        query: dict[str, str],
-    ) -> UpstreamResponse:
-        assert self._pool is not None
-        params = dict(query)
-        headers = {"User-Agent": self._user_agent, **headers}
+        params, headers = dict(query), dict(headers)
         data = body if route.method in BODY_METHODS else None
         kind, _, name = route.token_in.partition(":")
         if kind == "query":
@@ -353,38 +305,30 @@ class HttpAdapter(ResourceServer):
             data = data + b"&" + pair if data else pair
             if not any(k.lower() == "content-type" for k in headers):
                 headers["Content-Type"] = "application/x-www-form-urlencoded"
-        url = self.base_url + path
         if params:
-            url += ("&" if "?" in path else "?") + urlencode(params)
-        response = self._request_pooled(route.method, url, data, headers)
+            path += ("&" if "?" in path else "?") + urlencode(params)
+        response = self._request(route.method, path, data, headers)
         content_type = response.headers.get("Content-Type", "application/octet-stream")
         return UpstreamResponse(response.status, response.data, content_type)
 
-    def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        url = self.base_url + path
+    def _request(
+        self, method: str, path: str, body: bytes | None, headers: dict[str, str]
+    ) -> urllib3.BaseHTTPResponse:
+        url, headers = self.base_url + path, {"User-Agent": self._user_agent, **headers}
         try:
-            return self._session.request(method, url, timeout=self.timeout, **kwargs)
+            return self._pool.request(method, url, body=body, headers=headers, redirect=False)
         # Messages name the site, not the URL: a URL may carry the user's site token.
-        except requests.Timeout as exc:
+        # (A refused connection is a NewConnectionError, which urllib3 derives from
+        # its connect timeout: it is not a timeout.)
+        except urllib3.exceptions.TimeoutError as exc:
+            if isinstance(exc, urllib3.exceptions.NewConnectionError):
+                message = f"{self.base_url} is unreachable ({type(exc).__name__})"
+                raise UpstreamUnavailable(message) from exc
             message = f"{self.base_url} gave no answer in {self.timeout}s"
             raise UpstreamUnavailable(message, timeout=True) from exc
-        except requests.RequestException as exc:
+        except urllib3.exceptions.HTTPError as exc:
             message = f"{self.base_url} is unreachable ({type(exc).__name__})"
             raise UpstreamUnavailable(message) from exc
 
     def close(self) -> None:
-        self._session.close()
-        if self._pool is not None:
-            self._pool.clear()
-
-
-def _place_token(request: dict[str, Any], token_in: str, token: str) -> None:
-    """Put the user's site token where the route says (``query:``, ``header:``...)."""
-    kind, _, name = token_in.partition(":")
-    if kind == "form":
-        pair = urlencode({name: token}).encode()
-        request["data"] = request["data"] + b"&" + pair if request["data"] else pair
-        request["headers"].setdefault("Content-Type", "application/x-www-form-urlencoded")
-    else:
-        target = {"query": "params", "header": "headers", "cookie": "cookies"}[kind]
-        request[target][name] = token
+        self._pool.clear()

@@ -60,11 +60,18 @@ class StoredToken(TokenMixin):
     def scope(self) -> str:
         return self.record.get("scope", "")
 
+    @property
+    def grant_scope(self) -> str:
+        """The scope the user granted, which every refresh of the family may ask for again."""
+        return self.record.get("grant_scope", self.scope)
+
     def check_client(self, client: Any) -> bool:
         return self.client_id == client.get_client_id()
 
     def get_scope(self) -> str:
-        return self.scope
+        # RFC 6749 §6: a refresh may ask for any part of the original grant's scope,
+        # and one without ``scope`` gets all of it, however an earlier one narrowed.
+        return self.grant_scope if self.kind == "refresh_token" else self.scope
 
     def get_expires_in(self) -> int:
         expires_at = self.record.get("expires_at")

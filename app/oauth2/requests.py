@@ -84,9 +84,23 @@ VSCHAR_PARAMS = frozenset(
         "code_challenge_method",
         "token",
         "token_type_hint",
+        "response_mode",
     }
 )
 VSCHAR = re.compile(r"[\x20-\x7e]*")
+
+#: RFC 6749 Appendix A (and RFC 3986 for URIs): the stricter syntax of parameters that
+#: Authlib quotes in its error descriptions, so no value can break the error it builds.
+_NAME = r"[A-Za-z0-9_.-]+"
+_URI = r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+"
+GRAMMAR = {
+    "response_type": re.compile(r"[A-Za-z0-9_]+( [A-Za-z0-9_]+)*"),
+    "response_mode": re.compile(_NAME),
+    "grant_type": re.compile(f"{_NAME}|{_URI}"),
+    "redirect_uri": re.compile(_URI),
+    "code_challenge_method": re.compile(_NAME),
+    "token_type_hint": re.compile(_NAME),
+}
 
 #: Bounds on what a request may carry; real OAuth parameters are far smaller.
 MAX_PARAMS = 32
@@ -115,4 +129,7 @@ def checked(params: Params, unique: bool = True) -> Params:
                 raise InvalidRequestError(f"Parameter '{shown(key)}' holds a NUL character.")
         if key in VSCHAR_PARAMS and not all(VSCHAR.fullmatch(v) for v in values):
             raise InvalidRequestError(f"Parameter '{key}' must be printable ASCII (RFC 6749 A).")
+        grammar = GRAMMAR.get(key)
+        if grammar and not all(grammar.fullmatch(v) for v in values):
+            raise InvalidRequestError(f"Parameter '{key}' is malformed (RFC 6749 Appendix A).")
     return params

@@ -1,25 +1,54 @@
 """The OAuth 2.0 Authorization Framework (RFC 6749), https://www.rfc-editor.org/rfc/rfc6749
 
 Each grant holds only the storage and user hooks; the protocol is Authlib's.
-Single use is enforced by an atomic ``take`` at the moment of issuing, so that
-two concurrent redemptions of one code or refresh token cannot both win.
+Single use is enforced at the moment of issuing: the code or refresh token is
+taken and the tokens it buys are written in one storage ``exchange``, so two
+concurrent redemptions cannot both win and a crash cannot burn a code for nothing.
 """
 
 from __future__ import annotations
 
+import hmac
 import time
+from typing import Any
 
 from authlib.oauth2.rfc6749 import grants
 from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidGrantError, InvalidScopeError
+from authlib.oauth2.rfc7636.challenge import CODE_VERIFIER_PATTERN, create_s256_code_challenge
 
 from ..audit import audit
+from .accept import find_refresh
+from .client_auth import METHODS, SECRET_METHODS
 from .tokens import new_grant_id
+
+
+def may_revoke(tombstone: dict[str, Any], client, request) -> bool:
+    """Decide whether presenting a used code or rotated refresh token may revoke its grant.
+
+    The one place for that decision (RFC 9700 §4.14.2, RFC 6749 §4.1.2): only the
+    client that owns it, authenticated (Authlib authenticates the client before
+    the grant looks the credential up), and with the right PKCE verifier when the
+    code had a challenge. Anyone else only gets ``invalid_grant``.
+    """
+    if tombstone.get("client") != client.get_client_id():
+        return False
+    challenge = tombstone.get("code_challenge")
+    return not challenge or _verifier_matches(
+        request.form.get("code_verifier"), challenge, tombstone.get("code_challenge_method")
+    )
+
+
+def _verifier_matches(verifier: str | None, challenge: str, method: str | None) -> bool:
+    if not verifier or not CODE_VERIFIER_PATTERN.match(verifier):
+        return False
+    expected = create_s256_code_challenge(verifier) if method == "S256" else verifier
+    return hmac.compare_digest(expected.encode(), challenge.encode())
 
 
 class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
     """Authorization code (§4.1), with PKCE registered as an extension."""
 
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+    TOKEN_ENDPOINT_AUTH_METHODS = list(METHODS)
 
     def save_authorization_code(self, code: str, request) -> None:
         payload = request.payload.data
@@ -53,20 +82,30 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
     def _revoke_if_replayed(self, code: str, client) -> None:
         """RFC 6749 §4.1.2: a code used twice revokes the tokens issued from it."""
         used = self.server.store.replayed_code(code)
-        if used and used["client"] == client.get_client_id():
-            revoked = self.server.store.revoke_grant(used["family"])
-            audit("code_replay", client_id=client.get_client_id(), revoked=revoked)
+        if not used:
+            return
+        client_id = client.get_client_id()
+        if not may_revoke(used, client, self.request):
+            audit("code_replay_refused", client_id=client_id)
+            return
+        revoked = self.server.store.revoke_grant(used["family"])
+        audit("code_replay", client_id=client_id, revoked=revoked)
 
     def delete_authorization_code(self, authorization_code) -> None:
-        """Nothing left to do: the code was taken in :meth:`create_token_response`."""
+        """Nothing left to do: the code was taken in :meth:`save_token`."""
+
+    def save_token(self, token) -> None:
+        """Take the code and store its tokens in one exchange; a lost race is ``invalid_grant``."""
+        code = self.request.authorization_code
+        fields = self.server.token_fields(self.request)
+        if not self.server.store.redeem_code(code, token, fields):
+            raise InvalidGrantError("Invalid 'code' in request.")
 
     def authenticate_user(self, authorization_code):
         return self.server.users.get(authorization_code.record["user_id"])
 
     def create_token_response(self):
         code = self.request.authorization_code
-        if not self.server.store.consume_code(code):
-            raise InvalidGrantError("Invalid 'code' in request.")
         self.request.grant_id = code.record["grant_id"]
         result = super().create_token_response()
         audit(
@@ -107,32 +146,50 @@ class ImplicitGrant(grants.ImplicitGrant):
 class RefreshTokenGrant(grants.RefreshTokenGrant):
     """Refresh (§6) with rotation: the old refresh token and its access token end."""
 
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+    TOKEN_ENDPOINT_AUTH_METHODS = list(METHODS)
     INCLUDE_NEW_REFRESH_TOKEN = True
 
     def authenticate_refresh_token(self, refresh_token: str):
-        found = self.server.store.find_refresh(refresh_token)
+        found = find_refresh(self.server, refresh_token)
         if found is None:
             self._revoke_if_reused(refresh_token)
         return found
 
     def _revoke_if_reused(self, refresh_token: str) -> None:
-        """RFC 9700 §4.14.2: a rotated refresh token presented again ends its family."""
-        rotated = self.server.store.rotated_refresh(refresh_token)
-        if rotated:
-            revoked = self.server.store.revoke_grant(rotated["family"])
-            audit("refresh_reuse", client_id=rotated["client"], revoked=revoked)
+        """RFC 9700 §4.14.2: a rotated refresh token presented again ends its family.
+
+        Not within the grace period after its rotation while its successor is
+        unused: that is the owner's concurrent or retried refresh, not a thief.
+        """
+        store = self.server.store
+        rotated = store.rotated_refresh(refresh_token)
+        if not rotated:
+            return
+        client = self.request.client
+        client_id = client.get_client_id()
+        if not may_revoke(rotated, client, self.request):
+            audit("refresh_reuse_refused", client_id=client_id)
+        elif store.within_grace(rotated):
+            audit("refresh_reuse_in_grace", client_id=client_id)
+        else:
+            revoked = store.revoke_grant(rotated["family"])
+            audit("refresh_reuse", client_id=client_id, revoked=revoked)
 
     def authenticate_user(self, refresh_token):
         return self.server.users.get(refresh_token.user_id)
 
     def revoke_old_credential(self, refresh_token) -> None:
-        """Nothing left to do: the token was taken in :meth:`create_token_response`."""
+        """Nothing left to do: the token was taken in :meth:`save_token`."""
+
+    def save_token(self, token) -> None:
+        """Rotate in one exchange: take the old token, end its access token, store the pair."""
+        old = self.request.refresh_token
+        fields = self.server.token_fields(self.request)
+        if not self.server.store.rotate_refresh(old, token, fields):
+            raise InvalidGrantError()
 
     def create_token_response(self):
         old = self.request.refresh_token
-        if not self.server.store.rotate_refresh(old):
-            raise InvalidGrantError()
         self.request.grant_id = old.grant_id
         result = super().create_token_response()
         audit("token_refreshed", client_id=old.client_id, user_id=old.user_id)
@@ -142,7 +199,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
 class ClientCredentialsGrant(grants.ClientCredentialsGrant):
     """Client credentials (§4.4), for clients that list it; no refresh token."""
 
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+    TOKEN_ENDPOINT_AUTH_METHODS = list(SECRET_METHODS)
 
     def create_token_response(self):
         client = self.request.client

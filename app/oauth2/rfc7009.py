@@ -6,20 +6,10 @@ from authlib.oauth2.rfc6749.errors import InvalidRequestError, UnsupportedTokenT
 from authlib.oauth2.rfc7009 import RevocationEndpoint as _RevocationEndpoint
 
 from ..audit import audit
+from .accept import find_either
+from .client_auth import METHODS
 
-CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
-
-
-def query_either(store, token: str, hint: str | None):
-    """Look the token up as the hinted type first, then as the other (RFC 7009 §2.1)."""
-    lookups = [store.find_access, store.find_refresh]
-    if hint == "refresh_token":
-        lookups.reverse()
-    for lookup in lookups:
-        found = lookup(token)
-        if found is not None:
-            return found
-    return None
+CLIENT_AUTH_METHODS = list(METHODS)
 
 
 def check_token_params(request, supported) -> None:
@@ -42,7 +32,7 @@ class RevocationEndpoint(_RevocationEndpoint):
         check_token_params(request, self.SUPPORTED_TOKEN_TYPES)
 
     def query_token(self, token_string: str, token_type_hint: str | None):
-        return query_either(self.server.store, token_string, token_type_hint)
+        return find_either(self.server, token_string, token_type_hint)
 
     def revoke_token(self, token, request) -> None:
         self.server.store.revoke_token(token)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _IntrospectionEndpoint
 
-from .rfc7009 import CLIENT_AUTH_METHODS, check_token_params, query_either
+from .accept import find_either
+from .rfc7009 import CLIENT_AUTH_METHODS, check_token_params
 
 
 class IntrospectionEndpoint(_IntrospectionEndpoint):
@@ -16,7 +17,7 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
         check_token_params(request, self.SUPPORTED_TOKEN_TYPES)
 
     def query_token(self, token_string: str, token_type_hint: str | None):
-        return query_either(self.server.store, token_string, token_type_hint)
+        return find_either(self.server, token_string, token_type_hint)
 
     def check_permission(self, token, client, request) -> bool:
         return token.client_id == client.get_client_id()

@@ -10,12 +10,13 @@ from typing import Any
 from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
 
 from .. import paths
+from .client_auth import METHODS
 
 
 def build_metadata(server: Any) -> dict[str, Any]:
     """Describe the endpoints, grants, auth methods and scopes this server registered."""
     issuer = server.issuer
-    auth_methods = ["client_secret_basic", "client_secret_post", "none"]
+    auth_methods = list(METHODS)
     endpoints = {
         f"{name}_endpoint": issuer + path
         for name, path in paths.ENDPOINTS.items()

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749.errors import InvalidRequestError, UnsupportedResponseTypeError
-from authlib.oauth2.rfc6749.util import extract_basic_authorization
-from flask import g
 from flask import request as flask_request
 
 from ..audit import audit
-from ..limits import client_budget
-from ..secrets_hash import new_secret, token_digest
+from ..secrets_hash import new_secret
+from . import client_auth
 from .requests import ParamsRequest, checked, json_params, require_utf8
 from .tokens import new_grant_id
-
-#: Compared against when a client id is unknown, so that path costs the same.
-_DUMMY_DIGEST = token_digest("unknown-client")
 
 
 class OAuth2Server(AuthorizationServer):
@@ -40,7 +34,7 @@ class OAuth2Server(AuthorizationServer):
         self.pkce: Any = None
         self.issuer_parameter: Any = None
         self.register_token_generator("default", self.generate_bearer_token)
-        for method, func in CLIENT_AUTH.items():
+        for method, func in client_auth.HOOKS.items():
             self.register_client_auth_method(method, func)
 
     def load_config(self, config) -> None:
@@ -51,6 +45,10 @@ class OAuth2Server(AuthorizationServer):
         return self.clients.get(client_id)
 
     def save_token(self, token: dict[str, Any], request) -> None:
+        self.store.save_token(token, self.token_fields(request))
+
+    def token_fields(self, request) -> dict[str, Any]:
+        """The fields a token response's records carry: client, grant and user."""
         user = request.user
         fields = {
             "client_id": request.client.get_client_id(),
@@ -59,7 +57,7 @@ class OAuth2Server(AuthorizationServer):
         }
         if user:
             fields.update(user_name=user.name, site_token=user.site_token)
-        self.store.save_token(token, fields)
+        return fields
 
     def generate_bearer_token(
         self, grant_type, client, user=None, scope=None, expires_in=None, include_refresh_token=True
@@ -78,6 +76,9 @@ class OAuth2Server(AuthorizationServer):
         super().register_grant(grant_cls, extensions)
         self.grant_types.add(grant_cls.GRANT_TYPE)
         self.response_types.update(getattr(grant_cls, "RESPONSE_TYPES", ()))
+
+    def authenticate_client(self, request, methods, endpoint="token"):
+        return client_auth.authenticate(super().authenticate_client, request, methods, endpoint)
 
     def register_endpoint(self, endpoint) -> None:
         super().register_endpoint(endpoint)
@@ -100,7 +101,7 @@ class OAuth2Server(AuthorizationServer):
         """Authlib's, with errors redirected once the client and redirect URI are good."""
         request = self.create_oauth2_request(request)
         try:
-            return super().get_consent_grant(request, end_user)
+            return _check_response_mode(super().get_consent_grant(request, end_user))
         except UnsupportedResponseTypeError as error:
             if request.payload.response_type:
                 raise
@@ -133,8 +134,28 @@ class OAuth2Server(AuthorizationServer):
 
     def handle_error_response(self, request, error):
         if error.error == "invalid_client" and request is not None:
-            audit("client_auth_failed", client_id=_claimed_client_id(request))
+            claimed = client_auth.claimed_client_id(request.payload.data)
+            audit("client_auth_failed", client_id=claimed)
         return super().handle_error_response(request, error)
+
+
+#: The response modes each response type is delivered by (OAuth 2.0 Multiple Response
+#: Type Encoding Practices §2.1: the default one); ``form_post`` is not offered.
+RESPONSE_MODES = {"code": "query", "token": "fragment"}
+
+
+def _check_response_mode(grant):
+    """Refuse a ``response_mode`` other than the response type's own (RFC 6749 §3.1)."""
+    request = grant.request
+    mode = request.payload.data.get("response_mode")
+    if mode is not None and mode != RESPONSE_MODES.get(request.payload.response_type):
+        raise InvalidRequestError(
+            "Unsupported 'response_mode'.",
+            state=request.payload.state,
+            redirect_uri=grant.redirect_uri,
+            redirect_fragment=request.payload.response_type == "token",
+        )
+    return grant
 
 
 def query_params() -> dict[str, list[str]]:
@@ -148,69 +169,13 @@ def body_params() -> dict[str, list[str]]:
     if flask_request.is_json:
         params = json_params(flask_request.get_json(silent=True))
     else:
-        if flask_request.mimetype == "application/x-www-form-urlencoded":
-            require_utf8(flask_request.get_data(cache=True))
+        if flask_request.mimetype != "application/x-www-form-urlencoded":
+            # RFC 6749 §3.2: form encoding (JSON for the original's clients), not multipart.
+            raise InvalidRequestError("Send the body as application/x-www-form-urlencoded.")
+        require_utf8(flask_request.get_data(cache=True))
         form = flask_request.form
         params = checked({key: form.getlist(key) for key in form})
-    if "client_secret" in params and extract_basic_authorization(flask_request.headers)[0]:
+    if "client_secret" in params and client_auth.basic_sent(flask_request.headers):
         # RFC 6749 §2.3: a client MUST NOT use more than one authentication method.
         raise InvalidRequestError("Use one client authentication method, not two.")
     return params
-
-
-def _claimed_client_id(request) -> str | None:
-    client_id, _ = extract_basic_authorization(request.headers)
-    return client_id or request.payload.data.get("client_id")
-
-
-def _client_with_secret(query_client, client_id: str | None, secret: str | None):
-    """One path for known and unknown clients: always one secret check, same answer."""
-    if not client_id or not secret:
-        return None
-    client = query_client(client_id)
-    if client is None:
-        hmac.compare_digest(token_digest(secret), _DUMMY_DIGEST)
-        return None
-    if not client.check_client_secret(secret) or not client.check_ip(flask_request.remote_addr):
-        return None
-    return client
-
-
-def _auth_basic(query_client, request):
-    return _client_with_secret(query_client, *extract_basic_authorization(request.headers))
-
-
-def _auth_post(query_client, request):
-    data = request.form
-    return _client_with_secret(query_client, data.get("client_id"), data.get("client_secret"))
-
-
-def _auth_none(query_client, request):
-    data = request.payload.data
-    if not data.get("client_id") or data.get("client_secret"):
-        return None
-    if extract_basic_authorization(request.headers)[0]:
-        return None
-    client = query_client(data["client_id"])
-    if client is None or not client.public or not client.check_ip(flask_request.remote_addr):
-        return None
-    return client
-
-
-def _noted(method):
-    """Note the client that authenticated, so the rate limit counts against it."""
-
-    def authenticate(query_client, request):
-        client = method(query_client, request)
-        if client is not None:
-            g.client_budget = client_budget(client)
-        return client
-
-    return authenticate
-
-
-CLIENT_AUTH = {
-    "client_secret_basic": _noted(_auth_basic),
-    "client_secret_post": _noted(_auth_post),
-    "none": _noted(_auth_none),
-}

@@ -7,16 +7,19 @@ token, removes every token descended from it in two deletes.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 from ..secrets_hash import new_secret, token_digest
-from ..storage import Storage
+from ..storage import Put, Storage
 from .models import AuthorizationCode, StoredToken
 
 #: Tombstones let a replayed code or rotated refresh token be recognised after use.
 USED_CODE = "used:"
 ROTATED = "rotated:"
+#: How many rotated refresh tokens of one family keep a tombstone (the newest ones).
+ROTATIONS_REMEMBERED = 16
 
 
 def new_grant_id() -> str:
@@ -24,10 +27,16 @@ def new_grant_id() -> str:
 
 
 class GrantStore:
-    """Storage verbs for the OAuth objects, in the words of the protocol."""
+    """Storage verbs for the OAuth objects, in the words of the protocol.
 
-    def __init__(self, storage: Storage) -> None:
+    ``grace`` is the refresh grace period and ``family_lifetime`` the refresh-token
+    family's absolute lifetime, both in seconds (0: none).
+    """
+
+    def __init__(self, storage: Storage, *, grace: int = 0, family_lifetime: int = 0) -> None:
         self.storage = storage
+        self.grace = grace
+        self.family_lifetime = family_lifetime
 
     # -- authorization codes --------------------------------------------------------
     def save_code(self, code: str, record: dict[str, Any]) -> None:
@@ -38,14 +47,24 @@ class GrantStore:
         record = self.storage.codes.get(key)
         return AuthorizationCode(key, record) if record else None
 
-    def consume_code(self, code: AuthorizationCode) -> bool:
-        """Take the code atomically; leave a tombstone so a replay can be recognised."""
-        if self.storage.codes.take(code.key) is None:
-            return False
-        # Unindexed fields: a tombstone is no live grant to list or to revoke.
-        tombstone = {"family": code.record["grant_id"], "client": code.record["client_id"]}
-        self.storage.codes.put(USED_CODE + code.key, tombstone, ttl=self.storage.tokens.ttl)
-        return True
+    def redeem_code(
+        self, code: AuthorizationCode, token: dict[str, Any], fields: dict[str, Any]
+    ) -> bool:
+        """Take the code and store its tokens and tombstone together; False if it was gone."""
+        now = time.time()
+        family = {"family_start": now, "grant_scope": token.get("scope", "")}
+        puts = self._pair(token, fields, family, now)
+        # The tombstone guards what the code bought: it lives as long as the longest of it.
+        lifetimes = [(put.table.ttl if put.ttl is None else put.ttl) or 0 for put in puts]
+        guarded = 0 if 0 in lifetimes else max(lifetimes)  # 0: one of them never expires
+        tombstone = {
+            "family": code.record["grant_id"],
+            "client": code.record["client_id"],
+            "code_challenge": code.record.get("code_challenge"),
+            "code_challenge_method": code.record.get("code_challenge_method"),
+        }
+        puts.append(Put(self.storage.codes, USED_CODE + code.key, tombstone, guarded))
+        return self.storage.exchange((self.storage.codes, code.key), puts) is not None
 
     def replayed_code(self, code: str) -> dict[str, Any] | None:
         return self.storage.codes.get(USED_CODE + token_digest(code))
@@ -53,16 +72,33 @@ class GrantStore:
     # -- tokens ---------------------------------------------------------------------
     def save_token(self, token: dict[str, Any], fields: dict[str, Any]) -> None:
         """Store the access token (and refresh token) of one token response, paired."""
-        now = int(time.time())
+        now = time.time()
+        family = {"family_start": now, "grant_scope": token.get("scope", "")}
+        for put in self._pair(token, fields, family, now):
+            put.table.put(put.key, put.record, put.ttl)
+
+    def _pair(
+        self, token: dict[str, Any], fields: dict[str, Any], family: dict[str, Any], now: float
+    ) -> list[Put]:
+        """The writes of one token response: the refresh token (if any), then the access token."""
         access_key = token_digest(token["access_token"])
         refresh = token.get("refresh_token")
         refresh_key = token_digest(refresh) if refresh else None
-        base = dict(fields, scope=token.get("scope", ""), issued_at=now)
-        if refresh_key:
-            self.storage.refresh_tokens.put(refresh_key, dict(base, access_key=access_key))
-        self.storage.tokens.put(
-            access_key, dict(base, refresh_key=refresh_key), ttl=token.get("expires_in")
-        )
+        base = dict(fields, scope=token.get("scope", ""), issued_at=int(now))
+        access_record = dict(base, refresh_key=refresh_key)
+        access = Put(self.storage.tokens, access_key, access_record, token.get("expires_in"))
+        if not refresh_key:
+            return [access]
+        record = dict(base, access_key=access_key, **family)
+        ttl = self._refresh_ttl(family["family_start"], now)
+        return [Put(self.storage.refresh_tokens, refresh_key, record, ttl), access]
+
+    def _refresh_ttl(self, family_start: float, now: float) -> int | None:
+        """A refresh token's lifetime: the table's, cut at its family's absolute end."""
+        if not self.family_lifetime:
+            return None
+        left = math.ceil(family_start + self.family_lifetime - now)
+        return min(left, self.storage.refresh_tokens.ttl or left)
 
     def find_access(self, token: str) -> StoredToken | None:
         key = token_digest(token)
@@ -74,18 +110,50 @@ class GrantStore:
         record = self.storage.refresh_tokens.get(key)
         return StoredToken(key, record, "refresh_token") if record else None
 
-    def rotate_refresh(self, old: StoredToken) -> bool:
-        """Take the refresh token atomically and end its access token; False if lost a race."""
-        if self.storage.refresh_tokens.take(old.key) is None:
+    def rotate_refresh(
+        self, old: StoredToken, token: dict[str, Any], fields: dict[str, Any]
+    ) -> bool:
+        """Take the refresh token, end its access token, store the new pair and a tombstone.
+
+        All together, or nothing (False: the token was gone, or its family is over).
+        The family keeps its start, its original scope and tombstones of its
+        :data:`ROTATIONS_REMEMBERED` newest rotations; older tombstones are deleted.
+        """
+        now = time.time()
+        start = old.record.get("family_start", old.record.get("issued_at", now))
+        ttl = self._refresh_ttl(start, now)
+        if ttl is not None and ttl <= 0:
             return False
+        rotated = [*old.record.get("rotated", []), ROTATED + old.key]
+        family = {
+            "family_start": start,
+            "grant_scope": old.grant_scope,
+            "rotated": rotated[-ROTATIONS_REMEMBERED:],
+        }
+        puts = self._pair(token, fields, family, now)
+        discards = [(self.storage.refresh_tokens, key) for key in rotated[:-ROTATIONS_REMEMBERED]]
         if old.record.get("access_key"):
-            self.storage.tokens.discard(old.record["access_key"])
-        tombstone = {"family": old.grant_id, "client": old.client_id}
-        self.storage.refresh_tokens.put(ROTATED + old.key, tombstone)
-        return True
+            discards.append((self.storage.tokens, old.record["access_key"]))
+        puts.append(self._tombstone(old, puts[0].key, now))
+        taken = self.storage.exchange((self.storage.refresh_tokens, old.key), puts, discards)
+        return taken is not None
+
+    def _tombstone(self, old: StoredToken, child: str, now: float) -> Put:
+        """A rotated token's tombstone: it lives no longer than the token would have."""
+        expires_at = old.record.get("expires_at")
+        ttl = max(1, math.ceil(expires_at - now)) if expires_at else 0
+        record: dict[str, Any] = {"family": old.grant_id, "client": old.client_id}
+        record.update(rotated_at=now, child=child)
+        return Put(self.storage.refresh_tokens, ROTATED + old.key, record, ttl)
 
     def rotated_refresh(self, token: str) -> dict[str, Any] | None:
         return self.storage.refresh_tokens.get(ROTATED + token_digest(token))
+
+    def within_grace(self, tombstone: dict[str, Any]) -> bool:
+        """Whether a rotated token is the family's newest and was rotated within the grace."""
+        if time.time() - tombstone.get("rotated_at", 0) >= self.grace:
+            return False
+        return self.storage.refresh_tokens.get(tombstone.get("child", "")) is not None
 
     def revoke_token(self, token: StoredToken) -> None:
         """Revoke one token and its pair (RFC 7009 §2.1: revoking either ends both)."""

@@ -10,15 +10,29 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from .base import Backend, StorageConfigError, StorageUnavailable, Table
+from .base import (
+    Backend,
+    Put,
+    Record,
+    StorageConfigError,
+    StorageUnavailable,
+    Table,
+    ordered_exchange,
+)
 
-__all__ = ["Storage", "StorageSpec", "StorageUnavailable", "StorageConfigError", "Table"]
+__all__ = ["Put", "Storage", "StorageSpec", "StorageUnavailable", "StorageConfigError", "Table"]
+
+log = logging.getLogger(__name__)
+
+#: The tables one redemption writes together (see :meth:`Storage.exchange`).
+GRANT_TABLES = ("codes", "tokens", "refresh_tokens")
 
 TABLES = ("session", "codes", "tokens", "refresh_tokens", "users", "audit", "clients")
 
@@ -174,8 +188,17 @@ class Storage:
         self.specs = specs
         self.backends: dict[str, Backend] = {}
         self._lock = threading.Lock()
+        self._owner: dict[str, Backend] = {}
         for name, spec in specs.items():
-            setattr(self, name, self._backend(spec).table(name, spec.ttl))
+            self._owner[name] = self._backend(spec)
+            setattr(self, name, self._owner[name].table(name, spec.ttl))
+        grant_specs = {name: specs[name] for name in GRANT_TABLES if name in specs}
+        if len({spec.url for spec in grant_specs.values()}) > 1:
+            log.warning(
+                "storage: %s are on different backends, so redeeming a code or refresh "
+                "token cannot commit atomically (ordered best effort instead)",
+                ", ".join(f"{name} ({spec.scheme})" for name, spec in grant_specs.items()),
+            )
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Storage:
@@ -189,6 +212,23 @@ class Storage:
 
     def tables(self) -> dict[str, Table]:
         return {name: getattr(self, name) for name in TABLES}
+
+    def exchange(
+        self,
+        take: tuple[Table, str],
+        puts: Sequence[Put],
+        discards: Sequence[tuple[Table, str]] = (),
+    ) -> Record | None:
+        """Take one record and write what it buys, all or nothing; ``None``: it was gone.
+
+        Atomic when every table lives on one backend (one transaction or one script);
+        across backends, the ordered best effort of :func:`~.base.ordered_exchange`.
+        """
+        tables = [take[0], *(p.table for p in puts), *(t for t, _ in discards)]
+        owners = {id(self._owner[t.name]): self._owner[t.name] for t in tables}
+        if len(owners) == 1:
+            return next(iter(owners.values())).exchange(take, puts, discards)
+        return ordered_exchange(take, puts, discards)
 
     def migrate(self) -> dict[str, list[str]]:
         """Apply schema migrations on every backend."""

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 Record = dict[str, Any]
@@ -31,6 +33,16 @@ def audit_key(now: float | None = None) -> str:
     """Return a key that sorts by time, so audit rows read back newest first."""
     ns = int((now if now is not None else time.time()) * 1e9)
     return f"{ns:020d}-{os.urandom(4).hex()}"
+
+
+@dataclass(frozen=True)
+class Put:
+    """One write of an exchange: ``record`` under ``key`` in ``table``."""
+
+    table: Table
+    key: str
+    record: Record
+    ttl: int | None = None
 
 
 class Table(abc.ABC):
@@ -137,6 +149,17 @@ class Backend(abc.ABC):
     def ping(self) -> None:
         """Raise :class:`StorageUnavailable` if the store cannot be reached."""
 
+    def exchange(
+        self, take: tuple[Table, str], puts: Sequence[Put], discards: Sequence[tuple[Table, str]]
+    ) -> Record | None:
+        """Take ``take``'s record and, only if it was live, write ``puts`` and delete ``discards``.
+
+        Implementations MUST make it all-or-nothing and atomic towards concurrent
+        callers: one transaction, or one server-side script. This default (for a
+        store without them) is the ordered best effort of :func:`ordered_exchange`.
+        """
+        return ordered_exchange(take, puts, discards)
+
     def batch(self) -> contextlib.AbstractContextManager[None]:
         """Hold this backend's writes made inside and send them together at the end.
 
@@ -146,3 +169,39 @@ class Backend(abc.ABC):
 
     def close(self) -> None:
         """Release connections."""
+
+
+def ordered_exchange(
+    take: tuple[Table, str], puts: Sequence[Put], discards: Sequence[tuple[Table, str]]
+) -> Record | None:
+    """Take, then write; if a write fails, put the taken record back and undo the writes.
+
+    The best effort where no transaction spans the tables (a Redis Cluster, tables
+    on different backends): a failing write is undone, but a process killed between
+    the take and the writes still loses the taken record.
+    """
+    table, key = take
+    record = table.take(key)
+    if record is None:
+        return None
+    try:
+        for put in puts:
+            put.table.put(put.key, put.record, put.ttl)
+    except StorageUnavailable:
+        with contextlib.suppress(StorageUnavailable):
+            _restore(table, key, record)
+            for put in puts:
+                put.table.delete(put.key)
+        raise
+    for other, gone in discards:
+        other.discard(gone)
+    return record
+
+
+def _restore(table: Table, key: str, record: Record) -> None:
+    """Put a taken record back with the lifetime it had left."""
+    expires_at = record.get("expires_at")
+    if expires_at is None:
+        table.put(key, record, ttl=0)
+    elif expires_at > time.time():
+        table.put(key, record, ttl=max(1, math.ceil(expires_at - time.time())))

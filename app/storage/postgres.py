@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import psycopg
@@ -19,8 +20,8 @@ from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
-from .base import StorageConfigError, StorageUnavailable
-from .sql import SQLBackend
+from .base import Put, Record, StorageConfigError, StorageUnavailable, Table
+from .sql import SQLBackend, SQLTable, row
 
 #: Options (in ``options`` or the URL query) that size the pool; the rest go to libpq.
 POOL_OPTIONS: dict[str, type] = {
@@ -136,6 +137,25 @@ class PostgresBackend(SQLBackend):
             raise StorageUnavailable(f"postgres: {exc}") from exc
         except psycopg.Error as exc:
             raise StorageUnavailable(f"postgres: {exc}") from exc
+
+    def exchange(
+        self, take: tuple[Table, str], puts: Sequence[Put], discards: Sequence[tuple[Table, str]]
+    ) -> Record | None:
+        """One statement, so one round trip: the take is a CTE and every write depends on it."""
+        table, key = take
+        if not self.owns([table, *(p.table for p in puts), *(t for t, _ in discards)]):
+            return super().exchange(take, puts, discards)
+        take_sql, params = cast(SQLTable, table).take_statement(key)
+        steps, values = [f"taken AS ({take_sql})"], list(params)
+        writes = [cast(SQLTable, p.table).put_statement(p.key, p.record, p.ttl, True) for p in puts]
+        writes += [cast(SQLTable, t).delete_statement(k, True) for t, k in discards]
+        for number, (statement, args) in enumerate(writes):
+            steps.append(f"w{number} AS ({statement})")
+            values.extend(args)
+        # The steps are SQLTable's fixed statements; every value is a parameter.
+        query = f"WITH {', '.join(steps)} SELECT key, expires_at, data FROM taken"  # noqa: S608
+        found = self.execute(query, tuple(values), True)
+        return row(found[0]) if found else None
 
     def run_migration(self, version: int, statements: list[str]) -> bool:
         versions = pgsql.Identifier(f"{self.table_prefix}schema_version")

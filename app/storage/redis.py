@@ -17,6 +17,10 @@ companion key of a record in that record's slot. Instead of multi-key
 transactions, writes are ordered: a put writes the record before its index
 entries, and whoever removes an index entry re-reads the record afterwards and
 re-indexes it if it was put again meanwhile, so a live record is never unindexed.
+
+``exchange`` (a redemption) is one script on a single server. A cluster puts the
+records of one redemption in different slots, so there it is the base class's
+take-then-write, which puts the taken record back if a write fails.
 """
 
 from __future__ import annotations
@@ -28,10 +32,10 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 import redis
 from redis.backoff import NoBackoff
@@ -43,6 +47,7 @@ from redis.retry import Retry
 from .base import (
     INDEXED_FIELDS,
     Backend,
+    Put,
     Record,
     StorageConfigError,
     StorageUnavailable,
@@ -122,6 +127,51 @@ end
 return raw
 """
 
+# The exchange (see ``Backend.exchange``) as one script on one server: take a record,
+# then put records and delete others, index upkeep included. ARGV[1] is the plan:
+# {"take": [rkey, base, key], "puts": [[rkey, json, pxat|'', member, score, [ikeys]]],
+# "discards": [[rkey, base, key]]}; ARGV[2] is now (seconds). Redis does not roll a
+# failed script back, so every argument is checked before the first write.
+EXCHANGE_LUA = """
+local plan = cjson.decode(ARGV[1])
+for _, put in ipairs(plan.puts) do
+  if put[3] ~= '' and not tonumber(put[3]) then return redis.error_reply('bad expiry') end
+  if put[5] ~= 'inf' and not tonumber(put[5]) then return redis.error_reply('bad score') end
+end
+local function unindex(raw, base, member)
+  local record = cjson.decode(raw)
+  for _, field in ipairs({'user_id', 'client_id', 'grant_id'}) do
+    local value = record[field]
+    if value ~= nil and value ~= cjson.null then
+      redis.call('ZREM', base .. ':' .. field .. ':{' .. tostring(value) .. '}', member)
+    end
+  end
+  return record
+end
+local raw = redis.call('GETDEL', plan.take[1])
+if not raw then return false end
+local taken = unindex(raw, plan.take[2], plan.take[3])
+if taken.expires_at ~= nil and taken.expires_at ~= cjson.null
+  and taken.expires_at <= tonumber(ARGV[2]) then return false end
+for _, put in ipairs(plan.puts) do
+  local old
+  if put[3] ~= '' then old = redis.call('SET', put[1], put[2], 'PXAT', put[3], 'GET')
+  else old = redis.call('SET', put[1], put[2], 'GET') end
+  if old then unindex(old, put[7], put[4]) end
+  for _, ikey in ipairs(put[6]) do
+    redis.call('ZADD', ikey, put[5], put[4])
+    local top = redis.call('ZRANGE', ikey, -1, -1, 'WITHSCORES')[2]
+    if top == 'inf' then redis.call('PERSIST', ikey)
+    else redis.call('PEXPIREAT', ikey, math.ceil(tonumber(top) * 1000)) end
+  end
+end
+for _, gone in ipairs(plan.discards) do
+  local old = redis.call('GETDEL', gone[1])
+  if old then unindex(old, gone[2], gone[3]) end
+end
+return raw
+"""
+
 
 def guarded(method: Callable[P, R]) -> Callable[P, R]:
     """Turn every Redis driver error into :class:`StorageUnavailable`."""
@@ -145,6 +195,7 @@ class Link:
     revoke: Script
     take: Script
     put: Script
+    exchange: Script
     pid: int
 
     def mget(self, keys: list[str]) -> list[str | None]:
@@ -229,17 +280,41 @@ class RedisBackend(Backend):
         with self._lock:
             if self._link is None or self._link.pid != os.getpid():
                 client = self._connect()
-                index, revoke, take, put = (
-                    client.register_script(INDEX_LUA),
-                    client.register_script(REVOKE_LUA),
-                    client.register_script(TAKE_LUA),
-                    client.register_script(PUT_LUA),
+                script = client.register_script
+                self._link = Link(
+                    client,
+                    index=script(INDEX_LUA),
+                    revoke=script(REVOKE_LUA),
+                    take=script(TAKE_LUA),
+                    put=script(PUT_LUA),
+                    exchange=script(EXCHANGE_LUA),
+                    pid=os.getpid(),
                 )
-                self._link = Link(client, index, revoke, take, put, os.getpid())
             return self._link
 
     def table(self, name: str, ttl: int | None) -> RedisTable:
         return RedisTable(self, name, ttl)
+
+    @guarded
+    def exchange(
+        self, take: tuple[Table, str], puts: Sequence[Put], discards: Sequence[tuple[Table, str]]
+    ) -> Record | None:
+        """One script on one server; a cluster spreads the keys over slots, so there
+        (and for tables elsewhere) the ordered best effort of the base class."""
+        table, key = take
+        tables = [table, *(p.table for p in puts), *(t for t, _ in discards)]
+        link = self.link
+        if isinstance(link.client, RedisCluster) or not all(
+            isinstance(t, RedisTable) and t.backend is self for t in tables
+        ):
+            return super().exchange(take, puts, discards)
+        plan = {
+            "take": cast(RedisTable, table).locator(key),
+            "puts": [cast(RedisTable, p.table).planned_put(p) for p in puts],
+            "discards": [cast(RedisTable, t).locator(k) for t, k in discards],
+        }
+        raw = link.exchange(args=[json.dumps(plan), repr(time.time())], client=link.client)
+        return cast(RedisTable, table)._decode(key, raw, time.time()) if raw else None
 
     @guarded
     def ping(self) -> None:
@@ -280,6 +355,21 @@ class RedisTable(Table):
 
     def _ikey(self, field: str, value: Any) -> str:
         return f"{self.base}:{field}:{{{value}}}"
+
+    def locator(self, key: str) -> list[str]:
+        """The record's Redis key, the table's key base and the index member, for scripts."""
+        return [self._rkey(key), self.base, key]
+
+    def planned_put(self, put: Put) -> list[Any]:
+        """One put for ``EXCHANGE_LUA``: [rkey, json, pxat|'', member, score, ikeys, base]."""
+        expires_at = self.expiry(put.ttl)
+        data = {k: v for k, v in put.record.items() if k not in ("key", "expires_at")}
+        data["expires_at"] = expires_at
+        at = "" if expires_at is None else str(math.ceil(expires_at * 1000))
+        score = "inf" if expires_at is None else repr(float(expires_at))
+        ikeys = [ikey for ikey, _ in self._entries(put.key, data)]
+        raw = json.dumps(data, separators=(",", ":"))
+        return [self._rkey(put.key), raw, at, put.key, score, ikeys, self.base]
 
     def _decode(self, key: str, raw: str | None, now: float) -> Record | None:
         if raw is None:

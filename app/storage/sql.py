@@ -14,6 +14,9 @@ from typing import Any
 
 from .base import INDEXED_FIELDS, Backend, Record, Table, audit_key
 
+#: One SQL statement and its parameters.
+Statement = tuple[str, tuple[Any, ...]]
+
 #: Versioned migrations: (version, description, statements); ``{t}`` is each table name.
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (
@@ -31,8 +34,9 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
 ]
 
 
-def _row(row: tuple[Any, ...]) -> Record:
-    key, expires_at, data = row
+def row(values: tuple[Any, ...]) -> Record:
+    """A record from a (key, expires_at, data) row."""
+    key, expires_at, data = values
     record = json.loads(data)
     record["key"] = key
     record["expires_at"] = expires_at
@@ -55,6 +59,10 @@ class SQLBackend(Backend):
 
     def sql(self, text: str) -> str:
         return text.replace("?", self.placeholder)
+
+    def owns(self, tables: list[Table]) -> bool:
+        """Whether every table is one of this backend's (so one transaction spans them)."""
+        return all(isinstance(t, SQLTable) and t.backend is self for t in tables)
 
     def table(self, name: str, ttl: int | None) -> SQLTable:
         return SQLTable(self, name, ttl)
@@ -79,12 +87,16 @@ class SQLTable(Table):
         t = backend.table_prefix + name
         live = "(expires_at IS NULL OR expires_at > ?)"
         sql = backend.sql
-        self._put = sql(
-            f"INSERT INTO {t} (key, user_id, client_id, grant_id, expires_at, data)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET user_id = excluded.user_id,"
+        insert = f"INSERT INTO {t} (key, user_id, client_id, grant_id, expires_at, data)"
+        upsert = (
+            " ON CONFLICT (key) DO UPDATE SET user_id = excluded.user_id,"
             " client_id = excluded.client_id, grant_id = excluded.grant_id,"
             " expires_at = excluded.expires_at, data = excluded.data"
         )
+        self._put = sql(f"{insert} VALUES (?, ?, ?, ?, ?, ?){upsert}")
+        # The same writes made only if an exchange's take (the CTE ``taken``) found a record.
+        self._put_if_taken = sql(f"{insert} SELECT ?, ?, ?, ?, ?, ? FROM taken{upsert}")
+        self._delete_if_taken = sql(f"DELETE FROM {t} WHERE key = ? AND EXISTS (TABLE taken)")
         self._get = sql(f"SELECT key, expires_at, data FROM {t} WHERE key = ? AND {live}")
         self._take = sql(
             f"DELETE FROM {t} WHERE key = ? AND {live} RETURNING key, expires_at, data"
@@ -102,20 +114,31 @@ class SQLTable(Table):
             f"SELECT key, expires_at, data FROM {t} WHERE {live} ORDER BY key DESC LIMIT ?"
         )
 
-    def put(self, key: str, record: Record, ttl: int | None = None) -> None:
+    def put_statement(
+        self, key: str, record: Record, ttl: int | None, if_taken: bool = False
+    ) -> Statement:
+        """The upsert of one put, as (SQL, parameters)."""
         data = {k: v for k, v in record.items() if k not in ("key", "expires_at")}
         indexed = tuple(data.get(f) for f in INDEXED_FIELDS)
-        self.backend.execute(
-            self._put, (key, *indexed, self.expiry(ttl), json.dumps(data, separators=(",", ":")))
-        )
+        params = (key, *indexed, self.expiry(ttl), json.dumps(data, separators=(",", ":")))
+        return (self._put_if_taken if if_taken else self._put), params
+
+    def take_statement(self, key: str) -> Statement:
+        return self._take, (key, time.time())
+
+    def delete_statement(self, key: str, if_taken: bool = False) -> Statement:
+        return (self._delete_if_taken if if_taken else self._delete_any), (key,)
+
+    def put(self, key: str, record: Record, ttl: int | None = None) -> None:
+        self.backend.execute(*self.put_statement(key, record, ttl))
 
     def get(self, key: str) -> Record | None:
         rows = self.backend.execute(self._get, (key, time.time()), fetch=True)
-        return _row(rows[0]) if rows else None
+        return row(rows[0]) if rows else None
 
     def take(self, key: str) -> Record | None:
-        rows = self.backend.execute(self._take, (key, time.time()), fetch=True)
-        return _row(rows[0]) if rows else None
+        rows = self.backend.execute(*self.take_statement(key), fetch=True)
+        return row(rows[0]) if rows else None
 
     def delete(self, key: str) -> bool:
         live = self.backend.execute(self._delete, (key, time.time())) > 0
@@ -126,7 +149,7 @@ class SQLTable(Table):
     def _list(self, field: str, value: str) -> list[Record]:
         # str(): Postgres will not compare a TEXT column with an integer parameter.
         rows = self.backend.execute(self._by[field], (str(value), time.time()), fetch=True)
-        return [_row(r) for r in rows]
+        return [row(r) for r in rows]
 
     def list_by_user(self, user_id: str) -> list[Record]:
         return self._list("user_id", user_id)
@@ -149,4 +172,4 @@ class SQLTable(Table):
 
     def recent(self, limit: int = 50) -> list[Record]:
         rows = self.backend.execute(self._recent, (time.time(), limit), fetch=True)
-        return [_row(r) for r in rows]
+        return [row(r) for r in rows]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, cast
 
-from .base import StorageConfigError, StorageUnavailable
-from .sql import SQLBackend
+from .base import Put, Record, StorageConfigError, StorageUnavailable, Table
+from .sql import SQLBackend, SQLTable, row
 
 
 def sqlite_path(url: str) -> str:
@@ -54,6 +56,38 @@ class SQLiteBackend(SQLBackend):
         try:
             cursor = self._connect().execute(sql, params)
             return cursor.fetchall() if fetch else cursor.rowcount
+        except sqlite3.Error as exc:
+            raise StorageUnavailable(f"sqlite: {exc}") from exc
+
+    def exchange(
+        self, take: tuple[Table, str], puts: Sequence[Put], discards: Sequence[tuple[Table, str]]
+    ) -> Record | None:
+        """One transaction: the take, the puts and the deletes commit together."""
+        table, key = take
+        if not self.owns([table, *(p.table for p in puts), *(t for t, _ in discards)]):
+            return super().exchange(take, puts, discards)
+        writes = [cast(SQLTable, p.table).put_statement(p.key, p.record, p.ttl) for p in puts]
+        writes += [cast(SQLTable, t).delete_statement(k) for t, k in discards]
+        with self._transaction() as conn:
+            found = conn.execute(*cast(SQLTable, table).take_statement(key)).fetchall()
+            if not found:
+                return None
+            for statement, params in writes:
+                conn.execute(statement, params)
+        return row(found[0])
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        # IMMEDIATE takes the write lock at once: no other writer slips in between.
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StorageUnavailable(f"sqlite: {exc}") from exc
 

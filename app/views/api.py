@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import hmac
-
 from authlib.oauth2.rfc6749.util import scope_to_list
 from flask import Blueprint, Response, jsonify, request
 
 from ..adapters import UpstreamUnavailable
+from ..cors import any_origin
 from ..limits import api_limit
+from ..oauth2 import rfc6750
+from ..oauth2.accept import find_access
 from .common import state
 
 bp = Blueprint("api", __name__)
 
-METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 def _fail(status: int, error: str, www: str | None = None) -> Response:
@@ -25,26 +26,24 @@ def _fail(status: int, error: str, www: str | None = None) -> Response:
     return response
 
 
-def _bearer() -> str | None:
-    kind, _, value = request.headers.get("Authorization", "").partition(" ")
-    return value.strip() if hmac.compare_digest(kind.lower(), "bearer") and value else None
-
-
 @bp.route("/api/<path:name>", methods=METHODS)
+@any_origin
 @api_limit
 def call(name: str):
-    raw = _bearer()
-    if raw is None:
+    header = request.headers.get("Authorization", "")
+    raw = rfc6750.bearer_token(header)
+    token = find_access(state().server, raw) if raw else None
+    rfc6750.note(token is not None)
+    if token is None and not rfc6750.names_bearer(header):
         return _fail(401, "missing token", 'Bearer realm="api"')
-    token = state().store.find_access(raw)
     if token is None:
         return _fail(401, "invalid token", 'Bearer realm="api", error="invalid_token"')
     route = state().adapter.api.get(name)
     if route is None:
         return _fail(404, "no such function")
-    if request.method != route.method:
-        response = _fail(405, "use " + route.method)
-        response.headers["Allow"] = route.method
+    if request.method not in route.allowed:
+        response = _fail(405, "use " + " or ".join(route.allowed))
+        response.headers["Allow"] = ", ".join(route.allowed)
         return response
     if route.scope not in (scope_to_list(token.scope) or []):
         return _fail(
@@ -54,7 +53,7 @@ def call(name: str):
         )
     if not token.user_id:
         return _fail(403, "this function acts for a user; use a user's token")
-    return _proxy(route, token)
+    return _proxy(route.called_with(request.method), token)
 
 
 def _proxy(route, token) -> Response:

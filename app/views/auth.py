@@ -9,7 +9,7 @@ from flask_login import login_user, logout_user
 
 from ..adapters import UpstreamUnavailable
 from ..audit import audit
-from ..limits import login_limits
+from ..limits import delay_fields, login_limits
 from ..pages import render_error, render_page
 from .common import safe_next, state
 
@@ -35,6 +35,7 @@ def _locked(next_url: str, wait: int):
     minutes = f"{wait} seconds" if wait < 120 else f"{wait // 60} minutes"
     response = _form(next_url, f"Too many failed attempts. Try again in {minutes}.", 429)
     response.headers["Retry-After"] = str(wait)
+    response.headers.extend(delay_fields(state().limits.login, wait))
     return response
 
 
@@ -51,13 +52,15 @@ def login_post():
     password = request.form.get("password", "")
     if not username or not password or len(username) > MAX_FIELD or len(password) > MAX_FIELD:
         return _form(next_url, "Enter your username and password.", 400)
-    wait = state().throttle.wait(username)
-    if wait:
+    lockout, subject = state().limits.login, username.strip().lower()
+    attempt = lockout.reserve(subject)  # counted before the site is asked: parallel-safe
+    if attempt.wait:
         audit("login_locked", username=username[:64])
-        return _locked(next_url, wait)
+        return _locked(next_url, attempt.wait)
     try:
         site_user = state().adapter.login(username, password)
     except UpstreamUnavailable:
+        lockout.release(subject)
         return render_error(
             502,
             "Sign-in unavailable",
@@ -65,15 +68,14 @@ def login_post():
         )
     if site_user is None:
         audit("login_failed", username=username[:64])
-        delay = state().throttle.failed(username)
-        if delay:
-            audit("lockout", username=username[:64], seconds=delay)
+        if attempt.delay:
+            audit("lockout", username=username[:64], seconds=attempt.delay)
         return _form(next_url, "Wrong username or password.", 401)
-    with state().storage.batch():  # lockout, user record, audit entry: one round trip
-        state().throttle.succeeded(username)
+    with state().storage.batch():  # user record and audit entry: one round trip
+        lockout.succeeded(subject)
         user = state().users.remember(site_user)
         audit("login", user_id=user.id)
-    session.regenerate()  # type: ignore[attr-defined]
+    session.signed_in()  # type: ignore[attr-defined]  # new id, new CSRF secret
     login_user(user)
     return redirect(next_url or "/review", 302)
 

@@ -21,8 +21,12 @@ TXN = "txn:"
 
 
 def _error(error: OAuth2Error):
-    """Redirect to the client once its redirect URI is known good; else show a page."""
-    if error.redirect_uri:
+    """Redirect to the client once its redirect URI is known good and the user signed in.
+
+    Before sign-in the error page is shown instead (RFC 9700 §4.11.2): an unauthenticated
+    visitor must not be bounced to a client's URI by any request someone crafted.
+    """
+    if error.redirect_uri and current_user.is_authenticated:
         return oauth().with_issuer(oauth().handle_error_response(None, error))
     return render_error(
         400,
@@ -66,19 +70,16 @@ def _dialog(grant, transaction_id: str):
 
 @bp.post("/authorize")
 def decide():
-    txn = _take_transaction(request.form.get("transaction_id", ""))
+    key, txn = _own_transaction(request.form.get("transaction_id", ""))
     if txn is None:
-        return render_error(
-            400,
-            "This request has expired",
-            "The sign-in request was already answered or has expired. "
-            "Go back to the application and start again.",
-        )
+        return _expired()
     try:
         params = dict(txn["params"], scope=[_narrowed(txn["scope"], request.form.get("scope"))])
         grant = oauth().get_consent_grant(request=params, end_user=current_user)
     except OAuth2Error as error:
-        return _error(error)
+        return _error(error)  # a refused answer leaves the transaction as it was
+    if state().storage.session.take(key) is None:
+        return _expired()  # single use: another answer took it meanwhile
     allowed = "allow" in request.form and "cancel" not in request.form
     client_id = grant.client.get_client_id()
     # The decision's audit entry, the code and its audit entry: one round trip, sent
@@ -92,22 +93,31 @@ def decide():
         )
 
 
-def _take_transaction(transaction_id: str) -> dict | None:
-    """Use up the signed-in user's own transaction; anyone else's is left untouched."""
-    if not transaction_id or not current_user.is_authenticated:
-        return None
+def _expired():
+    return render_error(
+        400,
+        "This request has expired",
+        "The sign-in request was already answered or has expired. "
+        "Go back to the application and start again.",
+    )
+
+
+def _own_transaction(transaction_id: str) -> tuple[str, dict | None]:
+    """The signed-in user's own transaction (its key and record); anyone else's is not."""
     key = TXN + token_digest(transaction_id)
+    if not transaction_id or not current_user.is_authenticated:
+        return key, None
     txn = state().storage.session.get(key)
     if txn is None or txn["user_id"] != current_user.id:
-        return None
-    return state().storage.session.take(key)
+        return key, None
+    return key, txn
 
 
 def _narrowed(granted: str, posted: str | None) -> str:
-    """The user may grant fewer scopes than asked, never more."""
-    if not posted:
+    """The user may grant fewer scopes than asked, never more; a blank scope changes nothing."""
+    if not posted or not posted.strip():
         return granted
     wanted = scope_to_list(posted)
-    if not set(wanted) <= set(scope_to_list(granted)):
+    if not set(wanted) <= set(scope_to_list(granted) or ()):
         raise InvalidScopeError()
     return " ".join(wanted)

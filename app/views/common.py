@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from flask import current_app
 
 from ..oauth2.server import OAuth2Server
 
+if TYPE_CHECKING:  # app/__init__.py imports the views: no import cycle at run time
+    from .. import State
 
-def state():
-    return current_app.extensions["oauth2"]
+
+def state() -> State:
+    """The process's :class:`~app.State` (built by ``create_app``), typed for the views."""
+    built: State = current_app.extensions["oauth2"]
+    return built
 
 
 def oauth() -> OAuth2Server:

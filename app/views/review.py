@@ -6,23 +6,45 @@ import time
 from urllib.parse import urlencode
 
 from authlib.oauth2.rfc6749.util import scope_to_list
-from flask import Blueprint, redirect, request
+from flask import Blueprint, g, redirect, request
 from flask_login import current_user, login_required
 
 from ..audit import audit
-from ..pages import render_page
+from ..pages import render_error, render_page
 from .common import state
 
 bp = Blueprint("review", __name__)
 
 
+class NoWayBack(Exception):
+    """``?client_id=&redirect_uri=`` names no registered way back to a client."""
+
+
 def _return_to() -> dict[str, str] | None:
-    """``?client_id=&redirect_uri=`` names a way back only if registered for that client."""
-    client = state().clients.get(request.args.get("client_id"))
-    redirect_uri = request.args.get("redirect_uri", "")
-    if client is None or not client.check_redirect_uri(redirect_uri):
+    """``?client_id=&redirect_uri=``: none, or one registered way back to that client."""
+    args = request.args
+    if "client_id" not in args and "redirect_uri" not in args:
         return None
-    return {"client_id": client.client_id, "redirect_uri": redirect_uri}
+    ids, uris = args.getlist("client_id"), args.getlist("redirect_uri")
+    client = state().clients.get(ids[0]) if len(ids) == 1 else None
+    if client is None or len(uris) != 1 or not client.check_redirect_uri(uris[0]):
+        raise NoWayBack()
+    return {"client_id": client.client_id, "redirect_uri": uris[0]}
+
+
+@bp.before_request
+def _way_back() -> None:
+    """Refuse a bad way back first, before sign-in: the link itself is wrong."""
+    g.return_to = _return_to()
+
+
+@bp.errorhandler(NoWayBack)
+def _no_way_back(_error: NoWayBack):
+    return render_error(
+        400,
+        "This link cannot be used",
+        "The application sent an unknown client or a return address it has not registered.",
+    )
 
 
 def _grants() -> list[dict]:
@@ -51,7 +73,7 @@ def _action(return_to: dict[str, str] | None) -> str:
 @bp.get("/review")
 @login_required
 def review():
-    return_to = _return_to()
+    return_to = g.return_to
     return render_page(
         "review",
         grants=_grants(),
@@ -69,7 +91,6 @@ def review_post():
         if client_id not in kept:
             revoked = state().store.revoke_client_for_user(current_user.id, client_id)
             audit("grant_revoked", client_id=client_id, user_id=current_user.id, revoked=revoked)
-    return_to = _return_to()
-    if return_to:
-        return redirect(return_to["redirect_uri"], 302)
+    if g.return_to:
+        return redirect(g.return_to["redirect_uri"], 302)
     return redirect("/review?saved=1", 302)

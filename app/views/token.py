@@ -5,6 +5,7 @@ from __future__ import annotations
 from authlib.oauth2.rfc6749.errors import InvalidRequestError, OAuth2Error
 from flask import Blueprint, request
 
+from ..cors import public_client_origins
 from ..limits import token_limits
 from ..oauth2.requests import ParamsRequest
 from ..oauth2.server import body_params
@@ -37,13 +38,15 @@ def _respond(endpoint: str | None):
         return oauth().create_endpoint_response(endpoint, params)
 
 
-@bp.post(TOKEN)
+@bp.route(TOKEN, methods=["POST", "OPTIONS"])
+@public_client_origins
 @token_limits
 def token():
     return _respond(None)
 
 
-@bp.post(REVOKE)
+@bp.route(REVOKE, methods=["POST", "OPTIONS"])
+@public_client_origins
 @token_limits
 def revoke():
     return _respond("revocation")

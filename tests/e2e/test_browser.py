@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 import requests
 
-from .conftest import client_entry
+from tests.factories import make_client
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -101,8 +101,8 @@ def test_browser_login_allow_then_revoke_on_review(start_server, partner_site, c
     secret = secrets.token_urlsafe(24)
     server = start_server(
         [
-            client_entry("e2e-browser", [callback], secret, name="Browser Test Partner"),
-            client_entry("e2e-other", [callback], secret, name="Other Partner"),
+            make_client("e2e-browser", [callback], secret, name="Browser Test Partner"),
+            make_client("e2e-other", [callback], secret, name="Other Partner"),
         ]
     )
     base = server.url

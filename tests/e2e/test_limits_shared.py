@@ -1,7 +1,8 @@
-"""Rate limits held in Redis are shared by every worker: parallel requests, one budget."""
+"""Limits held in Redis are shared by every worker: parallel requests, one budget."""
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
@@ -10,13 +11,13 @@ import requests
 
 from tests.backends import redis_url, require_service
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
-LIMIT = 10
+FREE = 5
 DB = 11
 
 
-def test_token_limit_is_shared_across_two_workers(start_server):
+def test_the_sign_in_lockout_is_reserved_across_two_workers(start_server):
     base = redis_url().rsplit("/", 1)[0]
     url = f"{base}/{DB}"
     require_service("redis", url)
@@ -24,10 +25,9 @@ def test_token_limit_is_shared_across_two_workers(start_server):
         store.flushdb()
     server = start_server(
         workers=2,
-        # The per-IP limit counts each request as it arrives (one atomic INCR): exact
-        # under concurrency. (The per-client one counts after the answer, so it can
-        # overshoot by the number of requests in flight.)
-        config={"limits": {"storage": url, "token_ip": f"{LIMIT}/hour"}},
+        # Each attempt is reserved with one atomic INCR before the site is asked, so
+        # parallel wrong passwords on both workers share one count.
+        config={"limits": {"storage": url, "lockout_after": FREE, "lockout_base": 60}},
     )
     assert len(server.workers()) == 2
     barrier = threading.Barrier(8)
@@ -36,13 +36,16 @@ def test_token_limit_is_shared_across_two_workers(start_server):
 
     def hammer() -> None:
         with requests.Session() as session:
+            page = session.get(f"{server.url}/login", timeout=10).text
+            csrf = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page)
+            assert csrf is not None
             barrier.wait(10)
             for _ in range(5):
                 answer = session.post(
-                    f"{server.url}/token",
-                    data={"grant_type": "client_credentials"},
-                    auth=("test", "hunter2"),
+                    f"{server.url}/login",
+                    data={"username": "victim", "password": "wrong", "csrf_token": csrf[1]},
                     timeout=10,
+                    allow_redirects=False,
                 )
                 with lock:
                     statuses.append(answer.status_code)
@@ -52,11 +55,11 @@ def test_token_limit_is_shared_across_two_workers(start_server):
         thread.start()
     for thread in threads:
         thread.join(30)
-    # 40 requests spread over both workers: exactly the shared budget succeeds.
+    # 40 attempts spread over both workers: the free ones and one more reach the site.
     assert len(statuses) == 40
-    assert statuses.count(200) == LIMIT
-    assert statuses.count(429) == 40 - LIMIT
+    assert statuses.count(401) == FREE + 1
+    assert statuses.count(429) == 40 - FREE - 1
     store = redis.Redis.from_url(url)
-    assert any(b"oauth2-limits" in key for key in store.keys("*"))  # the counters live in Redis
+    assert any(b"oauth2-limits" in key for key in store.keys("*"))  # the counts live in Redis
     store.flushdb()
     store.close()

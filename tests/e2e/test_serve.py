@@ -4,6 +4,7 @@ OAuth client library (Authlib's ``OAuth2Session``) driving code + PKCE + refresh
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from urllib.parse import parse_qs, urljoin, urlsplit
@@ -14,13 +15,15 @@ from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.requests_client import OAuth2Session
 
 from app.dummy_site import user_id
+from tests.factories import make_client
 
-from .conftest import client_entry, hidden_inputs
+from .conftest import hidden_inputs, submit_login
 
 pytestmark = pytest.mark.e2e
 
 REDIRECT = "http://localhost:8080/"
 PUBLIC_REDIRECT = "http://127.0.0.1/callback"
+ISO_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z [A-Z]+ \S+: ")
 
 
 def sign_in_and_allow(agent: requests.Session, authorize_url: str, username: str) -> str:
@@ -32,13 +35,7 @@ def sign_in_and_allow(agent: requests.Session, authorize_url: str, username: str
     if answer.status_code == 302:
         login_url = urljoin(authorize_url, answer.headers["Location"])
         assert urlsplit(login_url).path == "/login"
-        page = agent.get(login_url, timeout=5)
-        assert page.status_code == 200
-        form = hidden_inputs(page.text)
-        assert form.get("csrf_token"), "login form has no CSRF token"
-        form.update(username=username, password="password")
-        answer = agent.post(login_url, data=form, allow_redirects=False, timeout=5)
-        assert answer.status_code == 302, answer.text
+        answer = submit_login(agent, login_url, username)
         back = urljoin(login_url, answer.headers["Location"])
         assert urlsplit(back).path == "/authorize"
         answer = agent.get(back, allow_redirects=False, timeout=5)
@@ -66,7 +63,7 @@ def wait_for_workers(server, count: int, timeout: float = 10.0) -> dict[int, str
 @pytest.mark.parametrize("http_server", ["gunicorn", "granian"])
 def test_serve_code_pkce_refresh_revoke(start_server, http_server):
     server = start_server(
-        [client_entry("e2e-public", [PUBLIC_REDIRECT], name="E2E public app")],
+        [make_client("e2e-public", [PUBLIC_REDIRECT], None, name="E2E public app")],
         config={"auth_server": {"server": http_server}},
     )
     base = server.url
@@ -192,3 +189,10 @@ def test_serve_code_pkce_refresh_revoke(start_server, http_server):
                 headers={"Authorization": f"Bearer {refreshed['access_token']}"},
             )
         assert ended.status_code == 401, ended.text
+
+    # One log format whatever the server: every line (the server's, its workers', the
+    # dummy site's) starts with an ISO 8601 UTC timestamp.
+    lines = server.log_path.read_text(errors="replace").splitlines()
+    assert lines, "the server logged nothing"
+    untimed = [line for line in lines if not ISO_LINE.match(line)]
+    assert untimed == [], untimed

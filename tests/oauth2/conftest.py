@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from app import create_app
-from app.secrets_hash import hash_random_secret
 from app.storage import sql
 from tests.conftest import (
     REDIRECT,
@@ -25,33 +24,20 @@ from tests.conftest import (
     get_code,
     location_params,
 )
+from tests.factories import make_client
 
 ROOT = Path(__file__).resolve().parents[2]
 
 #: Clients beside the demo ones: public (PKCE), without implicit, limited to ``read-only``.
 EXTRA_CLIENTS: list[dict[str, Any]] = [
-    {
-        "client_id": "spa",
-        "name": "Single-page app",
-        "public": True,
-        "grant_types": ["authorization_code", "refresh_token"],
-        "redirect_uris": [REDIRECT],
-    },
-    {
-        "client_id": "code-only",
-        "name": "Code only",
-        "client_secret_hash": hash_random_secret("hunter2"),
-        "grant_types": ["authorization_code", "refresh_token"],
-        "redirect_uris": [REDIRECT],
-    },
-    {
-        "client_id": "reader",
-        "name": "Read-only partner",
-        "client_secret_hash": hash_random_secret("hunter2"),
-        "grant_types": ["authorization_code", "implicit", "refresh_token", "client_credentials"],
-        "scopes": ["read-only"],
-        "redirect_uris": [REDIRECT],
-    },
+    make_client("spa", secret=None, name="Single-page app"),
+    make_client("code-only", name="Code only"),
+    make_client(
+        "reader",
+        name="Read-only partner",
+        grant_types=["authorization_code", "implicit", "refresh_token", "client_credentials"],
+        scopes=["read-only"],
+    ),
 ]
 
 #: The issued state: every key (tombstones included) of these tables and the open

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from authlib.oauth2.rfc6749.errors import InvalidRequestError, UnsupportedResponseTypeError
+from hypothesis import given
+from hypothesis import strategies as st
 
+from app.oauth2.requests import GRAMMAR, checked
 from tests.conftest import REDIRECT, basic, login
 from tests.oauth2.conftest import unchanged
 
@@ -70,3 +74,66 @@ def test_json_body_with_two_auth_methods_is_refused(client, state):
         )
     assert response.status_code == 400
     assert response.get_json()["error"] == "invalid_request"
+
+
+#: Characters Authlib refuses in an error description, in the parameters it quotes there.
+QUOTED_BY_AUTHLIB = [
+    f"redirect_uri={REDIRECT[:-1]}\\@evil.example/",
+    f"redirect_uri={REDIRECT}%22",
+    f"redirect_uri={REDIRECT}&response_type=co%22de",
+    f"redirect_uri={REDIRECT}&response_type=co%5Cde",
+    f"redirect_uri={REDIRECT}&response_type=code%0A",
+]
+
+
+@pytest.mark.parametrize("signed_in", [False, True], ids=["anonymous", "signed-in"])
+@pytest.mark.parametrize("query", QUOTED_BY_AUTHLIB)
+def test_authorize_refuses_unquotable_values_with_a_page(client, state, query, signed_in):
+    if signed_in:
+        login(client)
+    if "response_type" not in query:
+        query += "&response_type=code"
+    with unchanged(state):
+        response = client.get(f"/authorize?client_id=test&state=xyz&{query}")
+    assert response.status_code == 400
+    assert response.mimetype == "text/html"
+    assert "invalid_request" in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("path", ["/token", "/revoke", "/introspect"])
+@pytest.mark.parametrize(
+    "content_type", ["multipart/form-data", "text/plain", None], ids=["multipart", "text", "none"]
+)
+def test_back_channel_refuses_other_body_encodings(client, state, path, content_type):
+    """RFC 6749 §3.2: form encoding (and JSON for the original's clients) only."""
+    data: dict | bytes = {"grant_type": "client_credentials", "token": "x"}
+    if content_type != "multipart/form-data":
+        data = b"grant_type=client_credentials&token=x"
+    kwargs = {"content_type": content_type} if content_type else {}
+    with unchanged(state):
+        response = client.post(path, data=data, headers=basic(), **kwargs)
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "invalid_request"
+
+
+#: Printable ASCII (what passes the VSCHAR check), the quote and backslash included.
+PRINTABLE = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=30)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(sorted(GRAMMAR)) | st.text(max_size=8),
+        st.lists(PRINTABLE | st.text(max_size=30), min_size=1, max_size=2),
+        max_size=6,
+    )
+)
+def test_checked_params_never_break_the_errors_authlib_builds_from_them(params):
+    """Whatever ``checked`` lets through, Authlib can quote in an error description."""
+    try:
+        accepted = checked(params, unique=False)
+    except InvalidRequestError:
+        return
+    for key in GRAMMAR:
+        for value in accepted.get(key, []):
+            InvalidRequestError(f"Redirect URI {value} is not supported by client.")
+            UnsupportedResponseTypeError(f"The response type '{value}' is not supported.", value)

@@ -22,9 +22,12 @@ from tests.conftest import (
     login,
 )
 from tests.oauth2.conftest import (
+    EXTRA_CLIENTS,
     error_of,
+    make_app,
     page_detail,
     profile_status,
+    redeem,
     redirect_error,
     refresh,
     snapshot,
@@ -171,6 +174,8 @@ REDIRECTED_ERRORS = [
     ("bad-challenge", authorize_url(code_challenge="short"), "invalid_request"),
     ("repeated-scope", authorize_url(scope="read-only") + "&scope=read-write", "invalid_request"),
     ("repeated-response-type", authorize_url() + "&response_type=token", "invalid_request"),
+    ("unknown-response-mode", authorize_url(response_mode="form_post"), "invalid_request"),
+    ("fragment-mode-for-code", authorize_url(response_mode="fragment"), "invalid_request"),
 ]
 
 
@@ -188,10 +193,29 @@ def test_bad_request_from_a_good_client_is_redirected_with_the_error(client, sta
 
 
 @pytest.mark.parametrize(
+    "url", [case[1] for case in REDIRECTED_ERRORS], ids=[case[0] for case in REDIRECTED_ERRORS]
+)
+def test_bad_request_before_sign_in_shows_the_error_page(client, state, url):
+    """RFC 9700 §4.11.2: no redirect to the client until the user has authenticated."""
+    with unchanged(state):
+        response = client.get(url)
+    assert response.status_code == 400
+    assert response.mimetype == "text/html"
+    assert "Location" not in response.headers
+
+
+def test_query_response_mode_is_accepted_for_code(client):
+    login(client)
+    response = consent(client, authorize_url(response_mode="query"))
+    assert "code" in location_params(response)
+
+
+@pytest.mark.parametrize(
     "url", [authorize_url(response_type="foo"), authorize_url(scope="bogus")], ids=["rt", "scope"]
 )
 def test_error_redirect_carries_iss(client, state, url):
     """RFC 9207 §2: ``iss`` goes in every authorization response, error responses included."""
+    login(client)
     response = client.get(url)
     assert redirect_error(response)
     assert location_params(response).get("iss") == state.server.issuer
@@ -275,10 +299,27 @@ def test_consent_without_the_csrf_token_is_refused(client, state, csrf):
 def test_consent_form_cannot_widen_the_scope(client, state):
     login(client)
     form = consent_form(client, authorize_url(scope="read-only"))
-    response = client.post("/authorize", data=dict(form, scope="read-only read-write"))
+    with unchanged(state):  # the transaction too: a refused answer uses nothing up
+        response = client.post("/authorize", data=dict(form, scope="read-only read-write"))
     assert is_error_page(response)
     assert "invalid_scope" in page_detail(response)
     assert snapshot(state)["codes"] == frozenset()
+    assert "code" in location_params(client.post("/authorize", data=form))
+
+
+#: A client whose default scope (its first) is wider than what it asks for below.
+WRITER_FIRST = dict(EXTRA_CLIENTS[2], client_id="writer-first", scopes=["read-write", "read-only"])
+
+
+@pytest.mark.parametrize("blank", [" ", "\t", "  \n "])
+def test_blank_consent_scope_grants_what_the_page_showed(tmp_path, dummy_site, blank):
+    """A whitespace-only scope is "no change", never the client's wider default."""
+    client = make_app(tmp_path, dummy_site, [WRITER_FIRST]).test_client()
+    login(client)
+    form = consent_form(client, authorize_url(client_id="writer-first", scope="read-only"))
+    response = client.post("/authorize", data=dict(form, scope=blank))
+    code = location_params(response)["code"]
+    assert redeem(client, code, "writer-first").get_json()["scope"] == "read-only"
 
 
 def test_consent_form_may_narrow_the_scope(client):

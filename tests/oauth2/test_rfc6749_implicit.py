@@ -57,8 +57,9 @@ def test_deny_puts_access_denied_in_the_fragment(client, state, state_param):
         ({"client_id": "code-only"}, "unauthorized_client"),
         ({"scope": "bogus"}, "invalid_scope"),
         ({"client_id": "reader", "scope": "read-write"}, "invalid_scope"),
+        ({"response_mode": "query"}, "invalid_request"),
     ],
-    ids=["grant-not-allowed", "unknown-scope", "scope-not-allowed"],
+    ids=["grant-not-allowed", "unknown-scope", "scope-not-allowed", "query-mode"],
 )
 def test_bad_implicit_request_gets_the_error_in_the_fragment(client, state, params, error):
     login(client)
@@ -78,3 +79,9 @@ def test_implicit_token_cannot_be_refreshed_or_used_after_revocation(client, sta
     )
     assert revoke.status_code == 200
     assert profile_status(client, token) == 401
+
+
+def test_fragment_response_mode_is_accepted_for_token(client):
+    login(client)
+    response = consent(client, authorize_url(response_type="token", response_mode="fragment"))
+    assert "access_token" in location_params(response, fragment=True)

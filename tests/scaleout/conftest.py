@@ -14,14 +14,11 @@ one line saying what to start; with ``CI`` set they fail instead (``tests/backen
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
@@ -31,6 +28,7 @@ import redis
 import requests
 
 from app.storage import TABLES
+from bench import procs
 from tests.backends import (
     database_url,
     postgres_schema,
@@ -40,14 +38,12 @@ from tests.backends import (
 )
 from tests.e2e.conftest import (
     DEMO_CLIENTS,
-    ROOT,
-    SERVER_BIN,
-    descendants,
-    free_port,
+    Server,
+    clean_env,
     hidden_inputs,
-    pid_alive,
-    wait_port_free,
-    wait_serving,
+    serve,
+    shut_down,
+    submit_login,
 )
 
 #: The Redis databases this folder may flush (15 is the storage suite's).
@@ -58,7 +54,6 @@ COOKIE = "oauth2_session"
 #: Seconds any one HTTP request of these tests may take.
 TIMEOUT = 10
 SESSION_SECRET = "scaleout-session-secret-" + "s" * 24
-START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 
 
@@ -111,7 +106,7 @@ class RedisServer:
             _unavailable("redis-server is not installed; install it (apt-get install redis-server)")
         self.binary = str(binary)
         self.folder = folder
-        self.port = free_port()
+        self.port = procs.free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self._logs: list[Any] = []
 
@@ -151,7 +146,7 @@ class RedisServer:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
-        assert wait_port_free(self.port), f"port {self.port} still answers after the kill"
+        assert procs.wait_port_free(self.port), f"port {self.port} still answers after the kill"
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -182,31 +177,8 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 # -- oauth2-server serve ------------------------------------------------------------------
-@dataclass
-class Instance:
-    """One running ``oauth2-server serve``."""
-
-    name: str
-    url: str
-    port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    config_dir: Path
-    #: Ports that must be free after shutdown (its own, and the dummy site's if it ran one).
-    ports: list[int] = field(default_factory=list)
-    started: set[int] = field(default_factory=set)
-
-    def log(self) -> str:
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text(errors="replace")[-6000:]
-        return ""
-
-
-def clean_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OAUTH2_", "PG"))}
-    env.update(OAUTH2_ENV="test", PYTHONUNBUFFERED="1", HOME=str(home))
-    env.update(extra or {})
-    return env
+#: The scale-out tests' name for a running server.
+Instance = Server
 
 
 def instance_config(
@@ -231,42 +203,6 @@ def instance_config(
     return config
 
 
-def wait_ready(instance: Instance, timeout: float = START_TIMEOUT) -> None:
-    wait_serving(instance.process, f"{instance.url}/healthz", instance.log, instance.name, timeout)
-
-
-def stop_instances(instances: list[Instance]) -> list[str]:
-    """SIGTERM them all at once, wait, SIGKILL what is left; return what went wrong."""
-    problems: list[str] = []
-    known = {i.name: descendants(i.process.pid) | i.started for i in instances}
-    for instance in instances:
-        if instance.process.poll() is None:
-            instance.process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    for instance in instances:
-        try:
-            instance.process.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            problems.append(f"{instance.name} ignored SIGTERM for {STOP_TIMEOUT:.0f} s; killed")
-            instance.process.kill()
-            instance.process.wait(5)
-    pids = set().union(*known.values()) if known else set()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(pid_alive(pid) for pid in pids):
-        time.sleep(0.1)
-    for name, started in known.items():
-        for pid in sorted(started):
-            if pid_alive(pid):
-                problems.append(f"{name}: process {pid} outlived the server; killed")
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-    for instance in instances:
-        for port in instance.ports:
-            if not wait_port_free(port):
-                problems.append(f"{instance.name}: port {port} still in use after shutdown")
-    return problems
-
-
 Launch = Callable[..., Instance]
 
 
@@ -280,7 +216,6 @@ def launch(tmp_path: Path) -> Iterator[Launch]:
     to stop); then the test fails if any process or port outlived them.
     """
     instances: list[Instance] = []
-    handles: list[Any] = []
 
     def start(
         storage: dict[str, Any],
@@ -292,48 +227,21 @@ def launch(tmp_path: Path) -> Iterator[Launch]:
         **over: Any,
     ) -> Instance:
         folder = tmp_path / f"instance-{name}"
-        config_dir = folder / "config"
-        config_dir.mkdir(parents=True)
+        folder.mkdir(exist_ok=True)  # a test may have put files beside its config
         clients_file = folder / "clients.json"
         clients_file.write_text(DEMO_CLIENTS.read_text())
-        if config is None:
-            site_port = site_port or free_port()
-            config = instance_config(free_port(), site_port, storage, clients_file, **over)
-        else:  # given whole (the original's file): its ports are the truth
-            site_port = int(config["resource_server"]["port"])
-        (config_dir / "default.json").write_text(json.dumps(config, indent=2))
+        if config is None:  # else given whole (the original's file): its ports are the truth
+            port, spare = procs.free_ports(2)
+            config = instance_config(port, site_port or spare, storage, clients_file, **over)
         extra = dict(env or {})
         if not run_site:
             extra["OAUTH2_NO_DUMMY_SITE"] = "1"
-        log_path = folder / "server.log"
-        log = log_path.open("wb")
-        handles.append(log)
-        process = subprocess.Popen(
-            [str(SERVER_BIN), "--config-dir", str(config_dir), "serve"],
-            cwd=ROOT,
-            env=clean_env(tmp_path, extra),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        port = int(config["auth_server"]["port"])
-        ports = [port, site_port] if run_site else [port]
-        instance = Instance(
-            name, f"http://127.0.0.1:{port}", port, process, log_path, config_dir, ports
-        )
-        instances.append(instance)
-        wait_ready(instance)
-        instance.started = descendants(process.pid)
-        return instance
+        environment = clean_env(tmp_path, extra)
+        instances.append(serve(folder, config, environment, run_site=run_site, name=name))
+        return instances[-1]
 
     yield start
-
-    problems = stop_instances(instances)
-    for handle in handles:
-        handle.close()
-    if problems:
-        logs = "\n".join(f"--- {i.name}\n{i.log()}" for i in instances)
-        pytest.fail("server shutdown: " + "; ".join(problems) + "\n" + logs)
+    shut_down(instances)
 
 
 # -- a scripted browser and partner back end (requests) -------------------------------------
@@ -363,12 +271,7 @@ def authorize_path(state: str = "s1") -> str:
 
 
 def log_in(agent: requests.Session, server: Instance, next_path: str = "") -> None:
-    page = agent.get(f"{server.url}/login", timeout=TIMEOUT)
-    assert page.status_code == 200
-    form = hidden_inputs(page.text) | {"username": "alice", "password": "password"}
-    form["next"] = next_path
-    answer = agent.post(f"{server.url}/login", data=form, allow_redirects=False, timeout=TIMEOUT)
-    assert answer.status_code == 302, answer.text
+    submit_login(agent, f"{server.url}/login", next=next_path)
 
 
 def consent_page(agent: requests.Session, server: Instance, state: str = "s1") -> dict[str, str]:

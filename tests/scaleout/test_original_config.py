@@ -19,8 +19,9 @@ asserts the list, so this comment cannot drift):
 
 Unchanged on purpose: the published development
 ``session_secret`` (refused only when ``OAUTH2_ENV`` is production), ``num_workers:
-"auto"``, ``client_credentials.file`` ``./clients.json.example`` (resolved against the
-project when not found from the working directory) and ``resource_server.user_agent``.
+"auto"``, ``client_credentials.file`` ``./clients.json.example`` (relative to the config
+folder's parent, where the original's project has it: the test puts a copy of the example
+beside each config folder) and ``resource_server.user_agent``.
 Not in the file at all: the Postgres schema. The server gets ``PGOPTIONS=-csearch_path=...``
 in its environment (libpq reads it), so its tables live in a schema of this test's own.
 """
@@ -30,6 +31,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,12 +44,15 @@ import redis
 import requests
 from psycopg import sql
 
+from bench.procs import free_ports
 from tests.backends import database_url, postgres_schema
-from tests.e2e.conftest import ROOT, SERVER_BIN, free_port
+from tests.e2e.conftest import ROOT, SERVER_BIN
 
 from .conftest import TIMEOUT, Launch, RedisServer, clean_env
 
 pytestmark = pytest.mark.e2e
+#: ``schema`` is in the test PostgreSQL (the backend markers of tests/conftest.py).
+BACKEND_FIXTURES = {"schema": "postgres"}
 
 SEED = ROOT.parent / "shared" / "fixtures" / "seed-config-default.json"
 REDIS_TABLES = ("default", "session", "codes", "tokens", "refresh_tokens")
@@ -68,7 +73,7 @@ def set_key(config: dict[str, Any], path: str, value: Any, changed: list[str]) -
 def adapt(seed: dict[str, Any], redis_port: int) -> tuple[dict[str, Any], list[str]]:
     """The original config, changed only where this machine requires; and what changed."""
     config, changed = copy.deepcopy(seed), list[str]()
-    port, site_port = free_port(), free_port()
+    port, site_port = free_ports(2)
     set_key(config, "auth_server.url", f"http://127.0.0.1:{port}", changed)
     set_key(config, "auth_server.port", port, changed)
     set_key(config, "resource_server.port", site_port, changed)
@@ -130,6 +135,10 @@ def test_the_original_config_checks_serves_and_issues_tokens(
     folder = tmp_path / "check"
     folder.mkdir()
     (folder / "default.json").write_text(json.dumps(config, indent=2))
+    # Beside the config folders of ``check`` and of the launched instance, as in a checkout.
+    for home in (tmp_path, tmp_path / "instance-original"):
+        home.mkdir(exist_ok=True)
+        shutil.copy(ROOT / "clients.json.example", home)
     check = subprocess.run(
         [str(SERVER_BIN), "--config-dir", str(folder), "check"],
         cwd=tmp_path,  # not the project: relative paths must still resolve

@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from tests.e2e.conftest import children, hidden_inputs
+from bench.procs import children
+from tests.e2e.conftest import hidden_inputs
 
 from .conftest import (
     COOKIE,

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
+
 from app.storage.base import Table
 from app.storage.postgres import PostgresBackend
 from tests.backends import database_url, postgres_schema, with_search_path
@@ -45,6 +47,7 @@ def test_take_and_revoke_racing_leave_nothing(table: Table) -> None:
     assert table.list_by_user("alice") == []
 
 
+@pytest.mark.postgres
 def test_racing_migrations_apply_once() -> None:
     with postgres_schema(database_url()) as schema:
         url = with_search_path(database_url(), schema)

@@ -1,4 +1,4 @@
-"""Abuse limits: per client, IP, username and token, plus the sign-in lockout.
+"""The counter engine: fixed-window counters, batched, shared through the limiter's store.
 
 Each limit is a fixed-window counter kept by a storage of the ``limits`` library:
 Redis when any table is on Redis (every worker and machine then shares it), else
@@ -16,38 +16,26 @@ across workers), and far from it a busy counter costs one round trip per 0.1 s p
 process. Far from the limit the shared count can lag by at most 1/16 of the limit
 per process. A counter already past its limit refuses without asking the store at
 all, so a flood costs no storage traffic. When the store fails, each process counts
-on its own until it answers again. A failed login also grows a per-username lockout
-kept in the ``session`` table (``LoginThrottle``), so guessing slows down everywhere.
+on its own until it answers again.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import itertools
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable
 from typing import Any, NamedTuple, cast
 
-from authlib.oauth2.rfc6749.util import extract_basic_authorization
-from flask import current_app, g, request
 from limits import RateLimitItem, parse
 from limits.storage import Storage as LimitsStorage
 from limits.storage import storage_from_string
-from werkzeug.exceptions import TooManyRequests
-
-from .audit import audit
-from .settings import Settings
-from .storage import Table
 
 log = logging.getLogger("oauth2.limits")
 
-LOCK = "lock:"
 PREFIX = "oauth2-limits"
-RATES = ("token", "token_ip", "login_ip", "login_user", "api")
 
 #: Send at once past this share of a limit (the process's view) ...
 EXACT_FROM = 0.75
@@ -63,7 +51,8 @@ STORE_TIMEOUTS = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
 MAX_COUNTERS = 100_000
 
 
-def _digest(value: str) -> str:
+def digest(value: str) -> str:
+    """A short, fixed-length key for any value (bounds the key space of strangers)."""
     return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
@@ -77,10 +66,10 @@ class Refusal(NamedTuple):
 class Counter:
     """A process's view of one key's counter in one window."""
 
-    __slots__ = ("inflight", "pending", "reported", "seen", "synced", "window")
+    __slots__ = ("inflight", "pending", "reported", "seen", "span", "synced", "window")
 
-    def __init__(self, window: int) -> None:
-        self.window = window
+    def __init__(self, window: int, span: int) -> None:
+        self.window, self.span = window, span
         self.seen = 0  # the shared count, as the store last answered
         self.pending = 0  # hits counted here and not sent yet
         self.synced = 0.0
@@ -112,13 +101,18 @@ class RateLimits:
         self._prune_at = time.time() + 60
 
     # -- the two questions -------------------------------------------------------------
-    def hit(self, name: str, key: str, cost: int = 1) -> Refusal | None:
-        """Count a request; ``None`` if it may go on, else the seconds until it may."""
-        rate, now = self.rates[name], time.time()
+    def hit(
+        self, name: str, key: str, cost: int = 1, rate: RateLimitItem | None = None
+    ) -> Refusal | None:
+        """Count a request; ``None`` if it may go on, else the seconds until it may.
+
+        ``rate`` overrides the named limit's (a client's own ``rate_limit``).
+        """
+        rate, now = rate or self.rates[name], time.time()
         window, retry = _window(rate, now)
         ident = f"{name}/{key}"
         with self._lock:
-            counter = self._counter(ident, window, now)
+            counter = self._counter(ident, window, now, rate)
             if counter.seen >= rate.amount:
                 return self._refuse(counter, retry)  # known spent: no store trip
             used = counter.seen + counter.pending + cost
@@ -138,13 +132,13 @@ class RateLimits:
         with self._lock:
             return self._refuse(counter, retry) if total > rate.amount else None
 
-    def spent(self, name: str, key: str) -> Refusal | None:
+    def spent(self, name: str, key: str, rate: RateLimitItem | None = None) -> Refusal | None:
         """Whether ``key`` has no budget left (seconds to wait), without counting."""
-        rate, now = self.rates[name], time.time()
+        rate, now = rate or self.rates[name], time.time()
         window, retry = _window(rate, now)
         ident = f"{name}/{key}"
         with self._lock:
-            counter = self._counter(ident, window, now)
+            counter = self._counter(ident, window, now, rate)
             used = counter.seen + counter.pending
             store = self._usable_store(now)
             near = used >= rate.amount * EXACT_FROM or now - counter.synced >= SYNC_EVERY
@@ -155,6 +149,15 @@ class RateLimits:
         total = self._exchange(store, counter, f"{PREFIX}/{ident}/{window}", rate, send)
         with self._lock:
             return self._refuse(counter, retry) if total >= rate.amount else None
+
+    def remaining(self, name: str, key: str, rate: RateLimitItem | None = None) -> tuple[int, int]:
+        """``(quota left, seconds until the window ends)`` as this process sees them."""
+        rate, now = rate or self.rates[name], time.time()
+        window, reset = _window(rate, now)
+        with self._lock:
+            counter = self._counters.get(f"{name}/{key}")
+            used = counter.seen + counter.pending if counter and counter.window == window else 0
+        return max(0, rate.amount - used), reset
 
     def _exchange(
         self, store: LimitsStorage, counter: Counter, key: str, rate: RateLimitItem, send: int
@@ -170,14 +173,14 @@ class RateLimits:
             return total
 
     # -- helpers -----------------------------------------------------------------------
-    def _counter(self, ident: str, window: int, now: float) -> Counter:
+    def _counter(self, ident: str, window: int, now: float, rate: RateLimitItem) -> Counter:
         if now >= self._prune_at:
             self._prune(now)
         counter = self._counters.get(ident)
         if counter is None or counter.window != window:
             if counter is None and len(self._counters) >= MAX_COUNTERS:
                 self._make_room(now)
-            counter = self._counters[ident] = Counter(window)
+            counter = self._counters[ident] = Counter(window, rate.get_expiry())
         return counter
 
     def _make_room(self, now: float) -> None:
@@ -194,11 +197,7 @@ class RateLimits:
     def _prune(self, now: float) -> None:
         """Forget counters whose window has ended (once a minute, under the lock)."""
         self._prune_at = now + 60
-        ended = [
-            ident
-            for ident, counter in self._counters.items()
-            if counter.window + self.rates[ident.partition("/")[0]].get_expiry() <= now
-        ]
+        ended = [i for i, c in self._counters.items() if c.window + c.span <= now]
         for ident in ended:
             del self._counters[ident]
 
@@ -235,159 +234,3 @@ def _start_send(counter: Counter, now: float, cost: int) -> int:
     send, counter.pending, counter.synced = counter.pending + cost, 0, now
     counter.inflight += 1
     return send
-
-
-def _limits() -> RateLimits:
-    return current_app.extensions["oauth2"].limits
-
-
-def _refused(name: str, refusal: Refusal) -> TooManyRequests:
-    if refusal.first:  # one audit record per key and window: a flood writes no more
-        audit("rate_limited", path=request.path, limit=f"{name} {_limits().rates[name]}")
-    retry = refusal.retry
-    return TooManyRequests(f"Too many requests; try again in {retry} s.", retry_after=retry)
-
-
-def _ip() -> str:
-    return request.remote_addr or "unknown"
-
-
-def client_budget(client: Any) -> str:
-    """The budget a client spends: its own, or for a public client (whose id anyone may
-    send) its id from the caller's address."""
-    client_id = client.get_client_id()
-    return f"client:{client_id}@{_ip()}" if client.public else f"client:{client_id}"
-
-
-def claimed_client_key() -> str | None:
-    """The budget of the registered client a token request names (checked, not counted)."""
-    client_id, _ = extract_basic_authorization(request.headers)
-    if not client_id:
-        body = request.get_json(silent=True) if request.is_json else request.form
-        client_id = body.get("client_id") if isinstance(body, dict) else None
-    client = current_app.extensions["oauth2"].clients.get(client_id) if client_id else None
-    return client_budget(client) if client is not None else None
-
-
-def authenticated_client_key() -> str | None:
-    """The budget of the client that authenticated in this request, if one did."""
-    return g.get("client_budget")
-
-
-def username_key() -> str:
-    return "user:" + _digest(request.form.get("username", "").strip().lower())
-
-
-def token_key() -> str:
-    kind, _, value = request.headers.get("Authorization", "").partition(" ")
-    return "token:" + _digest(value) if value else f"ip:{_ip()}"
-
-
-def limited(
-    *checks: tuple[str, Callable[[], str]],
-    after: tuple[str, Callable[[], str | None], Callable[[], str | None]] | None = None,
-    methods: tuple[str, ...] = (),
-):
-    """Count each ``(limit, key)`` of ``checks`` before the view runs.
-
-    ``after`` is ``(limit, claimed, proven)``: the ``claimed`` key's budget is checked
-    (not counted) before the view runs; once it answered, the ``proven`` key is counted,
-    if there is one. For the token endpoints that is the client that authenticated in
-    the request: a claimed client id proves nothing, so requests that fail before or
-    in client authentication count against the caller's IP only, and nobody can spend
-    another client's budget.
-    """
-
-    def decorate(view):
-        scope = view.__name__ + ":"  # each endpoint has its own budgets
-
-        @functools.wraps(view)
-        def limited_view(*args: Any, **kwargs: Any):
-            limits = _limits()
-            if not limits.enabled or (methods and request.method not in methods):
-                return view(*args, **kwargs)
-            for name, key_func in checks:
-                refusal = limits.hit(name, scope + key_func())
-                if refusal is not None:
-                    raise _refused(name, refusal)
-            if after is not None:
-                name, claimed, _ = after
-                key = claimed()
-                refusal = limits.spent(name, scope + key) if key is not None else None
-                if refusal is not None:
-                    raise _refused(name, refusal)
-            response = current_app.make_response(view(*args, **kwargs))
-            if after is not None:
-                proven = after[2]()
-                if proven is not None:
-                    limits.hit(after[0], scope + proven)
-            return response
-
-        return limited_view
-
-    return decorate
-
-
-token_limits = limited(
-    ("token_ip", _ip), after=("token", claimed_client_key, authenticated_client_key)
-)
-login_limits = limited(("login_ip", _ip), ("login_user", username_key), methods=("POST",))
-api_limit = limited(("api", token_key))
-
-
-def storage_config(settings: Settings) -> tuple[str, dict[str, Any]]:
-    """The limiter storage's URI and driver options (a Redis table's, if it is one)."""
-    configured = settings.limits.storage
-    if configured:
-        return configured, {}
-    for spec in settings.storage_specs.values():
-        if spec.scheme in ("redis", "rediss"):
-            options = {k: v for k, v in spec.options.items() if k != "key_prefix"}
-            return spec.url, options
-    return "memory://", {}
-
-
-def build(settings: Settings) -> RateLimits:
-    config = settings.limits
-    rates = {name: getattr(config, name) for name in RATES}
-    uri, options = storage_config(settings)
-    return RateLimits(rates, uri, config.enabled, options)
-
-
-class LoginThrottle:
-    """Growing delays per username: after ``free`` failures, 2^n seconds, up to ``ceiling``."""
-
-    def __init__(
-        self, table: Table, free: int, base: float, ceiling: int, enabled: bool = True
-    ) -> None:
-        self.table, self.free, self.base, self.ceiling = table, free, base, ceiling
-        self.enabled = enabled
-
-    def wait(self, username: str) -> int:
-        """Seconds the username must still wait before trying again (0: may try now)."""
-        if not self.enabled:
-            return 0
-        record = self.table.get(LOCK + _digest(username.strip().lower()))
-        if not record:
-            return 0
-        return max(0, math.ceil(record.get("until", 0) - time.time()))
-
-    def failed(self, username: str) -> int:
-        """Count a failure; return the lockout it earns (0 while failures are free)."""
-        if not self.enabled:
-            return 0
-        key = LOCK + _digest(username.strip().lower())
-        record = self.table.get(key) or {"failures": 0}
-        failures = record["failures"] + 1
-        delay = 0
-        if failures > self.free:
-            delay = int(min(self.ceiling, self.base ** (failures - self.free)))
-        self.table.put(
-            key,
-            {"failures": failures, "until": time.time() + delay},
-            ttl=max(self.ceiling * 4, 3600),
-        )
-        return delay
-
-    def succeeded(self, username: str) -> None:
-        self.table.discard(LOCK + _digest(username.strip().lower()))

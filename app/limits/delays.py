@@ -1,0 +1,158 @@
+"""Growing delays after failures: sign-in per username, client authentication per id and IP.
+
+After ``free`` failures of one subject, each further attempt shuts a gate for
+``base ** k`` seconds (``k`` = attempts past ``free``), up to ``ceiling``; while the gate
+is shut every attempt is refused, the right password or secret too, so guessing is
+bounded. The counts are atomic increments in the limiter's store (Redis when any table
+is on Redis, shared by every worker and machine; process memory otherwise) and are
+forgotten ``memory`` seconds after the first failure.
+
+Two ways in:
+
+* :meth:`Delays.reserve` counts the attempt *before* it is checked (sign-in): with N
+  parallel attempts at most ``free`` + 1 reach the site before the gate shuts;
+* :meth:`Delays.wait` then :meth:`Delays.failed` (client authentication, where the
+  check is cheap and every request pays for the question): a process that saw the
+  subject clean less than 0.1 s ago skips the store, and any failure it sees ends that.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
+
+from limits.storage import Storage as LimitsStorage
+
+from .counters import PREFIX, SYNC_EVERY, digest
+
+log = logging.getLogger("oauth2.limits")
+T = TypeVar("T")
+
+#: At most this many subjects remembered clean per process (a flood empties it).
+MAX_QUIET = 100_000
+
+
+def _tolerant(default: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Answer ``default`` (let the attempt go on) while the store is down: the tables
+    share that store, so they answer 503 anyway, and a flaky limiter must not lock
+    everyone out."""
+
+    def decorate(method: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(method)
+        def tolerant(*args: Any, **kwargs: Any) -> T:
+            try:
+                return method(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 - any store fault
+                log.warning("delay store unavailable (%s)", type(error).__name__)
+                return default
+
+        return tolerant
+
+    return decorate
+
+
+class Attempt(NamedTuple):
+    """A reserved attempt: ``wait`` > 0 refuses it; ``delay`` it starts if it fails."""
+
+    wait: int
+    delay: int
+
+
+class Delays:
+    """Growing delays for one kind of failure (named ``name`` in the store)."""
+
+    def __init__(
+        self,
+        store: LimitsStorage,
+        name: str,
+        free: int,
+        base: float,
+        ceiling: int,
+        enabled: bool = True,
+    ) -> None:
+        self.store, self.name, self.enabled = store, name, enabled
+        self.free, self.base, self.ceiling = free, base, ceiling
+        self.memory = max(ceiling * 4, 86_400)
+        self._quiet: dict[str, float] = {}  # subject -> seen clean until
+
+    # -- sign-in: reserve first -------------------------------------------------------
+    @_tolerant(Attempt(0, 0))
+    def reserve(self, subject: str) -> Attempt:
+        """Count an attempt before checking it; refused while the gate is shut."""
+        if not self.enabled:
+            return Attempt(0, 0)
+        ident, count, gate = self._keys(subject)
+        self._quiet.pop(ident, None)  # counted: no longer known clean
+        failures = self.store.incr(count, self.memory)
+        if failures <= self.free:
+            return Attempt(0, 0)
+        delay = self._delay(failures)
+        if self.store.incr(gate, delay) == 1:  # the gate was open: this attempt shuts it
+            return Attempt(0, delay)
+        self.store.incr(count, self.memory, amount=-1)  # refused: not an attempt
+        return Attempt(self._left(gate), 0)
+
+    @_tolerant(None)
+    def release(self, subject: str) -> None:
+        """Give back a reserved attempt that was never checked (the site was down)."""
+        if self.enabled:
+            self.store.incr(self._keys(subject)[1], self.memory, amount=-1)
+
+    # -- client authentication: ask, then count failures ------------------------------
+    @_tolerant(0)
+    def wait(self, subject: str) -> int:
+        """Seconds ``subject`` must wait before its next attempt (0: may try now)."""
+        ident, count, gate = self._keys(subject)
+        if not self.enabled or self._quiet.get(ident, 0.0) > time.time():
+            return 0
+        failures = self.store.get(count)
+        if failures == 0:
+            self._remember_quiet(ident)
+            return 0
+        return self._left(gate) if failures > self.free and self.store.get(gate) else 0
+
+    @_tolerant(0)
+    def failed(self, subject: str) -> int:
+        """Count a failure; return the delay it starts (0 while failures are free)."""
+        if not self.enabled:
+            return 0
+        ident, count, gate = self._keys(subject)
+        self._quiet.pop(ident, None)
+        failures = self.store.incr(count, self.memory)
+        if failures <= self.free:
+            return 0
+        delay = self._delay(failures)
+        self.store.incr(gate, delay)  # already shut by a parallel failure: that one stands
+        return delay
+
+    @_tolerant(None)
+    def succeeded(self, subject: str) -> None:
+        """Forget the subject's failures (nothing to do if it was seen clean just now)."""
+        ident, count, gate = self._keys(subject)
+        if not self.enabled or self._quiet.get(ident, 0.0) > time.time():
+            return
+        self.store.clear(count)
+        self.store.clear(gate)
+        self._remember_quiet(ident)
+
+    # -- helpers ----------------------------------------------------------------------
+    def _keys(self, subject: str) -> tuple[str, str, str]:
+        """The subject's digest (any length: one short key) and its two store keys."""
+        ident = digest(subject)
+        key = f"{PREFIX}/{self.name}/{ident}"
+        return ident, key + "/failures", key + "/gate"
+
+    def _delay(self, failures: int) -> int:
+        return int(min(self.ceiling, math.ceil(self.base ** min(failures - self.free, 64))))
+
+    def _left(self, gate: str) -> int:
+        return max(1, math.ceil(self.store.get_expiry(gate) - time.time()))
+
+    def _remember_quiet(self, ident: str) -> None:
+        if len(self._quiet) >= MAX_QUIET:
+            self._quiet.clear()
+        self._quiet[ident] = time.time() + SYNC_EVERY

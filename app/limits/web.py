@@ -1,0 +1,200 @@
+"""The limits at the endpoints: keys, decorators, ``Retry-After`` and ``RateLimit`` fields.
+
+Success budgets are counted per proven identity (an authenticated client, a good
+bearer token) after the view answered; per-IP budgets count only what proves nothing
+(requests no client authenticated in, bad bearer tokens), so a busy partner spends
+only its own budget. Failed client authentication also grows :mod:`.delays` per
+claimed client id and per IP. Responses under a budget carry the IETF fields
+(draft-ietf-httpapi-ratelimit-headers): ``RateLimit-Policy: "token";q=...;w=...``
+and ``RateLimit: "token";r=...;t=...``; a 429 always carries ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from typing import Any
+
+from flask import Response, current_app, request
+from limits import RateLimitItem, parse
+from werkzeug.exceptions import TooManyRequests
+
+from ..audit import audit
+from ..oauth2 import client_auth, rfc6750
+from .config import Limits
+from .counters import Refusal, digest
+from .delays import Delays
+
+Headers = list[tuple[str, str]]
+
+
+class Limited(TooManyRequests):
+    """A 429 with ``Retry-After`` and the budget's ``RateLimit`` fields."""
+
+    def __init__(self, retry: int, fields: Headers) -> None:
+        super().__init__(f"Too many requests; try again in {retry} s.", retry_after=retry)
+        self.fields = fields
+
+    def get_headers(self, environ=None, scope=None):  # type: ignore[no-untyped-def]
+        return [*super().get_headers(environ, scope), *self.fields]
+
+
+def _limits() -> Limits:
+    return current_app.extensions["oauth2"].limits
+
+
+def ip_group() -> str:
+    """The caller's address; IPv6 by /64 (one host usually holds the whole /64)."""
+    address = request.remote_addr or "unknown"
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False)) if ip.version == 6 else address
+
+
+@functools.lru_cache(maxsize=256)
+def _rate(text: str) -> RateLimitItem:
+    return parse(text)
+
+
+def fields(name: str, key: str, rate: RateLimitItem | None = None) -> Headers:
+    """The ``RateLimit-Policy`` and ``RateLimit`` fields of one budget."""
+    rates = _limits().rates
+    rate = rate or rates.rates[name]
+    left, reset = rates.remaining(name, key, rate)
+    return [
+        ("RateLimit-Policy", f'"{name}";q={rate.amount};w={rate.get_expiry()}'),
+        ("RateLimit", f'"{name}";r={left};t={reset}'),
+    ]
+
+
+def delay_fields(delays: Delays, wait: int) -> Headers:
+    """The ``RateLimit`` fields of a shut gate: its free failures are spent for ``wait`` s."""
+    return [
+        ("RateLimit-Policy", f'"{delays.name}";q={delays.free}'),
+        ("RateLimit", f'"{delays.name}";r=0;t={wait}'),
+    ]
+
+
+def _check(refusal: Refusal | None, name: str, key: str, rate: RateLimitItem | None = None):
+    if refusal is None:
+        return
+    if refusal.first:  # one audit record per key and window: a flood writes no more
+        shown = rate or _limits().rates.rates[name]
+        audit("rate_limited", path=request.path, limit=f"{name} {shown}")
+    raise Limited(refusal.retry, fields(name, key, rate))
+
+
+def _hit(response: Response, name: str, key: str, rate: RateLimitItem | None = None) -> None:
+    _limits().rates.hit(name, key, rate=rate)
+    response.headers.extend(fields(name, key, rate))
+
+
+# -- /token, /revoke, /introspect ----------------------------------------------------------
+def _client_budget(client: Any) -> tuple[str, RateLimitItem | None]:
+    """A client's budget key and its own rate; a public client's id anyone may send,
+    so its budget is per caller's address."""
+    client_id = client.get_client_id()
+    key = f"client:{client_id}@{ip_group()}" if client.public else f"client:{client_id}"
+    return key, _rate(client.rate_limit) if client.rate_limit else None
+
+
+def _claimed_body() -> dict[str, Any] | None:
+    if request.is_json:
+        body = request.get_json(silent=True)
+        return body if isinstance(body, dict) else None
+    request.get_data(cache=True)  # the view checks the raw body after the form is parsed
+    return request.form
+
+
+def _before_token(scope: str) -> None:
+    limits, ip = _limits(), ip_group()
+    _check(limits.rates.spent("token_ip", scope + ip), "token_ip", scope + ip)
+    # The body is parsed only when the Basic header names no client.
+    claimed = client_auth.claimed_client_id(None) or client_auth.claimed_client_id(_claimed_body())
+    waits = [(limits.client_ip.wait(ip), limits.client_ip)]
+    if claimed:
+        waits.append((limits.client_id.wait(claimed), limits.client_id))
+    wait, delays = max(waits, key=lambda pair: pair[0])
+    if wait:
+        raise Limited(wait, delay_fields(delays, wait))
+    client = current_app.extensions["oauth2"].clients.get(claimed) if claimed else None
+    if client is not None:
+        key, rate = _client_budget(client)
+        _check(limits.rates.spent("token", scope + key, rate), "token", scope + key, rate)
+
+
+def _after_token(scope: str, response: Response) -> None:
+    limits, ip, outcome = _limits(), ip_group(), client_auth.outcome()
+    if outcome is not None and outcome.client is not None:
+        key, rate = _client_budget(outcome.client)
+        _hit(response, "token", scope + key, rate)
+        if outcome.claimed:
+            limits.client_id.succeeded(outcome.claimed)
+        return
+    _hit(response, "token_ip", scope + ip)
+    if outcome is not None:  # client authentication failed
+        delay = max(
+            limits.client_ip.failed(ip),
+            limits.client_id.failed(outcome.claimed) if outcome.claimed else 0,
+        )
+        if delay:
+            audit("client_lockout", seconds=delay)
+
+
+def token_limits(view):
+    """Budgets and failure delays of a token-style endpoint (each has its own budgets)."""
+    scope = view.__name__ + ":"
+
+    @functools.wraps(view)
+    def limited_view(*args: Any, **kwargs: Any):
+        if not _limits().enabled:
+            return view(*args, **kwargs)
+        _before_token(scope)
+        response = current_app.make_response(view(*args, **kwargs))
+        _after_token(scope, response)
+        return response
+
+    return limited_view
+
+
+# -- /api/* --------------------------------------------------------------------------------
+def api_limit(view):
+    """A good bearer token spends its own budget; bad ones spend their caller's IP's."""
+
+    @functools.wraps(view)
+    def limited_view(*args: Any, **kwargs: Any):
+        limits = _limits()
+        if not limits.enabled:
+            return view(*args, **kwargs)
+        ip = "api:" + ip_group()
+        _check(limits.rates.spent("api_ip", ip), "api_ip", ip)
+        raw = rfc6750.bearer_token(request.headers.get("Authorization", ""))
+        key = "token:" + digest(raw) if raw else None
+        if key is not None:
+            _check(limits.rates.spent("api", key), "api", key)
+        response = current_app.make_response(view(*args, **kwargs))
+        if key is not None and rfc6750.verified():
+            _hit(response, "api", key)
+        else:
+            _hit(response, "api_ip", ip)
+        return response
+
+    return limited_view
+
+
+# -- /login --------------------------------------------------------------------------------
+def login_limits(view):
+    """Sign-in attempts per IP and per username (the lockout itself is :mod:`.delays`)."""
+
+    @functools.wraps(view)
+    def limited_view(*args: Any, **kwargs: Any):
+        limits = _limits()
+        if limits.enabled and request.method == "POST":
+            username = request.form.get("username", "").strip().lower()
+            for name, key in (("login_ip", ip_group()), ("login_user", "user:" + digest(username))):
+                _check(limits.rates.hit(name, key), name, key)
+        return view(*args, **kwargs)
+
+    return limited_view

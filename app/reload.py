@@ -1,0 +1,105 @@
+"""``SIGHUP``: read the configuration again and switch every worker to it at once.
+
+The main process numbers each configuration (its *generation*). A worker reports its
+generation on a pipe once its app is built; on a reload the server starts a full set of
+new workers, waits until all of them report, and only then stops the old ones. When the
+old ones are gone it logs ``reload complete``: from then on every request is answered
+with the new configuration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import time
+from collections import Counter
+from typing import Any
+
+from .clients import ClientFileError, ClientRegistry
+from .settings import ConfigError, Settings
+from .storage import StorageConfigError
+
+log = logging.getLogger("oauth2")
+
+#: Seconds to wait for new workers to build their app before stopping the old ones anyway.
+READY_TIMEOUT = 30.0
+
+
+class Readiness:
+    """A pipe on which forked workers report the generation they were built from."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        # A worker never blocks on a full pipe; a lost report only makes a reload wait.
+        os.set_blocking(self._write, False)
+        self._seen: Counter[int] = Counter()
+        self._partial = b""
+
+    def report(self, generation: int) -> None:
+        """In a worker: my app is built (a write this short is atomic on a pipe)."""
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._write, b"%d\n" % generation)
+
+    def wait(self, generation: int, count: int, timeout: float) -> bool:
+        """In the main process: True once ``count`` workers of ``generation`` reported."""
+        deadline = time.monotonic() + timeout
+        while self._seen[generation] < count:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._read], [], [], left)[0]:
+                return False
+            self._take(os.read(self._read, 4096))
+        return True
+
+    def _take(self, data: bytes) -> None:
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        self._seen.update(int(line) for line in lines)
+
+
+class Configuration:
+    """What workers are built from: the settings, the clients, and their generation."""
+
+    def __init__(self, settings: Settings, clients: ClientRegistry, load_clients) -> None:
+        self.settings, self.clients, self.generation = settings, clients, 0
+        self._load_clients = load_clients
+        self.readiness = Readiness()
+
+    def reload(self) -> None:
+        """Read the files again; keep the running configuration if they fail their checks.
+
+        Either way a new generation begins: the server replaces every worker.
+        """
+        self.generation += 1
+        try:
+            fresh = Settings.load(config_dir=self.settings.config_dir)
+            self.settings, self.clients = fresh, self._load_clients(fresh)
+        except (ConfigError, ClientFileError, StorageConfigError, ValueError) as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+
+    def build_app(self) -> Any:
+        """In a worker: the app of the current configuration, then report it ready."""
+        from . import create_app
+
+        app = create_app(self.settings, clients=self.clients)
+        self.readiness.report(self.generation)
+        return app
+
+    def await_workers(self, count: int) -> None:
+        """In the main process: wait until ``count`` workers of this generation are ready."""
+        if not self.readiness.wait(self.generation, count, READY_TIMEOUT):
+            log.warning(
+                "reload: new workers not all ready after %.0f s; stopping the old ones anyway",
+                READY_TIMEOUT,
+            )
+
+    def complete(self, workers: int) -> None:
+        """Log that only workers of this generation are left."""
+        log.log(
+            25,
+            "reload complete: generation %d, %d workers, log level %s, %d clients",
+            self.generation,
+            workers,
+            self.settings.config.logging.level,
+            len(self.clients),
+        )

@@ -1,0 +1,49 @@
+"""Reload bookkeeping (the servers themselves are driven in tests/e2e/test_reload.py)
+and the one log format."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.logconfig import FORMAT, IsoFormatter
+from app.reload import Readiness
+
+
+def test_wait_is_true_once_every_worker_of_the_generation_reported():
+    readiness = Readiness()
+    readiness.report(0)
+    readiness.report(1)
+    assert readiness.wait(1, 2, timeout=0) is False  # one of two so far
+    readiness.report(1)
+    assert readiness.wait(1, 2, timeout=5) is True
+    assert readiness.wait(0, 1, timeout=0) is True
+
+
+def test_wait_gives_up_after_the_timeout_when_nobody_reports():
+    assert Readiness().wait(3, 1, timeout=0) is False
+
+
+@given(
+    reports=st.lists(st.integers(0, 10**6), max_size=40),
+    cuts=st.lists(st.integers(0, 400), max_size=8),
+)
+def test_reports_count_the_same_however_the_pipe_splits_them(reports, cuts):
+    readiness = Readiness()
+    data = b"".join(b"%d\n" % generation for generation in reports)
+    edges = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    for start, end in zip(edges, edges[1:], strict=False):
+        readiness._take(data[start:end])
+    assert readiness._seen == {g: reports.count(g) for g in set(reports)}
+
+
+def test_log_lines_start_with_an_iso_utc_timestamp():
+    record = logging.LogRecord("oauth2", 25, __file__, 1, "reload complete", None, None)
+    record.created = 1_796_169_600.25  # 2026-12-02T00:00:00.250Z
+    record.levelname = "NOTICE"
+    line = IsoFormatter(FORMAT).format(record)
+    assert line == "2026-12-02T00:00:00.250Z NOTICE oauth2: reload complete"
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ", line)
