@@ -56,16 +56,16 @@ class State:
 
 def _build_state(settings: Settings, clients: ClientRegistry | None = None) -> State:
     storage = Storage(settings.storage_specs)
-    if settings.data["storage"].get("auto_migrate", True):
+    if settings.storage.auto_migrate:
         storage.migrate()
-    adapter = load_adapter(settings.section("resource_server"))
+    adapter = load_adapter(settings.resource_server)
     if clients is None:
         clients = ClientRegistry.from_settings(settings, list(adapter.scopes))
     auth = settings.auth
     store = GrantStore(
         storage,
-        grace=auth["refresh_grace_period"],
-        family_lifetime=auth["refresh_absolute_lifetime"],
+        grace=auth.refresh_grace_period,
+        family_lifetime=auth.refresh_absolute_lifetime,
     )
     users = UserStore(storage.users)
     server = build_server(settings, clients, store, users, list(adapter.scopes))
@@ -90,10 +90,10 @@ def create_app(
     state = _build_state(settings, clients)
     app.extensions["oauth2"] = state
     app.session_interface = StoredSessionInterface(
-        state.storage.session, state.storage.batch, settings.auth["session_max_age"]
+        state.storage.session, state.storage.batch, settings.auth.session_max_age
     )
-    if settings.auth["trusted_proxies"]:
-        hops = settings.auth["trusted_proxies"]
+    if settings.auth.trusted_proxies:
+        hops = settings.auth.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
     app.before_request(_limit_streamed_body)
     _init_extensions(app, state)

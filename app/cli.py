@@ -12,10 +12,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from .audit import fields_line, printable
-from .clients import GRANT_TYPES, ClientFileError, ClientRegistry, append_client
+from .clients import ClientFileError, ClientRegistry, append_client
 from .logconfig import log_config
 from .secrets_hash import hash_random_secret, new_secret
-from .settings import ConfigError, Settings
+from .settings import GRANT_TYPES, ConfigError, Settings
 from .storage import Storage, StorageConfigError, StorageUnavailable
 
 
@@ -35,7 +35,7 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     path = args.file or _own_clients_file(settings)
-    scopes = list(load_adapter(settings.section("resource_server")).scopes)
+    scopes = list(load_adapter(settings.resource_server).scopes)
     secret = None if args.public else new_secret(32)
     entry: dict[str, Any] = {
         "client_id": args.client_id or new_secret(12),
@@ -55,7 +55,7 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
         entry,
         0,
         scopes,
-        settings.section("client_credentials")["allow_wildcard_redirects"],
+        settings.client_credentials.allow_wildcard_redirects,
         require_https=settings.env == "production",
     )
     append_client(path, entry)
@@ -69,7 +69,7 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
 
 def _own_clients_file(settings: Settings) -> str:
     """The configured clients file, unless it is the tracked example (a checkout's demo)."""
-    path = settings.resolve_path(settings.section("client_credentials")["file"])
+    path = settings.resolve_path(settings.client_credentials.file)
     if path.endswith(".example"):
         raise ConfigError(
             f"client_credentials.file is the example file {path}, which stays as shipped: "
@@ -83,7 +83,7 @@ def cmd_clients_list(args: argparse.Namespace) -> int:
     from .adapters import load_adapter
 
     settings = _settings(args)
-    scopes = list(load_adapter(settings.section("resource_server")).scopes)
+    scopes = list(load_adapter(settings.resource_server).scopes)
     for client in ClientRegistry.from_settings(settings, scopes).all():
         kind = "public" if client.public else "confidential"
         print(f"{client.client_id}\t{client.name}\t{kind}\t{','.join(client.grant_types)}")
@@ -96,7 +96,7 @@ def _storage(args: argparse.Namespace) -> Iterator[Storage]:
     settings = _settings(args)
     storage = Storage(settings.storage_specs)
     try:
-        if settings.data["storage"].get("auto_migrate", True):
+        if settings.storage.auto_migrate:
             storage.migrate()
         yield storage
     finally:
@@ -133,6 +133,13 @@ def cmd_audit_tail(args: argparse.Namespace) -> int:
 def _number(value: Any) -> float:
     """A record's time, or 0 for a row that holds something else."""
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+
+def cmd_defaults(args: argparse.Namespace) -> int:
+    from .settings import defaults_document
+
+    print(json.dumps(defaults_document(), indent=4))
+    return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -185,6 +192,10 @@ def parser() -> argparse.ArgumentParser:
     tail.add_argument("-n", "--lines", type=int, default=20)
     tail.set_defaults(func=cmd_audit_tail)
     sub.add_parser("check", help="validate the configuration and exit").set_defaults(func=cmd_check)
+    defaults = sub.add_parser(
+        "defaults", help="print every setting's default (config/default.json)"
+    )
+    defaults.set_defaults(func=cmd_defaults)
     return root
 
 

@@ -16,8 +16,8 @@ from limits import parse
 
 from .oauth2.client_auth import SECRET_METHODS
 from .secrets_hash import known_scheme, verify_secret, verify_seed_sha1
+from .settings import GRANT_TYPES, Settings
 
-GRANT_TYPES = ("authorization_code", "implicit", "refresh_token", "client_credentials")
 #: Client secrets published with the demo data (README, clients.json.example).
 DEMO_SECRETS = ("hunter2",)
 RESPONSE_TYPES = {"code": "authorization_code", "token": "implicit"}
@@ -359,13 +359,13 @@ class ClientRegistry:
         self._origins = {o for c in self._clients.values() if c.public for o in c.allowed_origins}
 
     @classmethod
-    def from_settings(cls, settings: Any, all_scopes: list[str]) -> ClientRegistry:
+    def from_settings(cls, settings: Settings, all_scopes: list[str]) -> ClientRegistry:
         """The configured clients file, held to production's rules there."""
-        cc = settings.section("client_credentials")
+        cc = settings.client_credentials
         return cls(
-            settings.resolve_path(cc["file"]),
+            settings.resolve_path(cc.file),
             all_scopes,
-            allow_wildcard=cc["allow_wildcard_redirects"],
+            allow_wildcard=cc.allow_wildcard_redirects,
             production=settings.env == "production",
         )
 

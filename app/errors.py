@@ -11,18 +11,17 @@ from werkzeug.exceptions import BadRequest, HTTPException
 
 from .audit import printable
 from .pages import render_error
+from .paths import API, JSON_PATHS
 from .storage import StorageUnavailable
 
 log = logging.getLogger("oauth2")
 
-#: Paths whose callers are programs: they get JSON errors.
-JSON_PREFIXES = ("/api/", "/token", "/revoke", "/introspect", "/.well-known/", "/healthz")
 
 RETRY_AFTER = "5"
 
 
 def wants_json() -> bool:
-    return request.path.startswith(JSON_PREFIXES)
+    return request.path.startswith(JSON_PATHS)
 
 
 def _storage_unavailable(exc: StorageUnavailable):
@@ -86,7 +85,7 @@ def _http_error_body(exc: HTTPException):
             "error": _json_error_code(exc.code or 500),
             "error_description": exc.description,
         }
-        if request.path.startswith("/api/"):
+        if request.path.startswith(API):
             body = {"success": 0, "error": (exc.name or "error").lower()}
         response = jsonify(body)
         response.status_code = exc.code or 500

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from flask import Flask, current_app, render_template, request
 
+from .paths import CACHEABLE, STATIC
+
 #: Strict CSP: no inline script or style, nothing from elsewhere, no framing.
 CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self' http: https:; "
@@ -13,8 +15,8 @@ CSP = (
 
 def view(name: str) -> str:
     """Map a logical page (``login``, ``dialog``...) to its template, as configured."""
-    views = current_app.extensions["oauth2"].settings.auth["views"]
-    return f"{views.get(name, name)}.html"
+    views = current_app.extensions["oauth2"].settings.auth.views
+    return f"{getattr(views, name)}.html"
 
 
 def render_page(name: str, code: int = 200, **context):
@@ -23,10 +25,6 @@ def render_page(name: str, code: int = 200, **context):
 
 def render_error(status: int, title: str, message: str, detail: str | None = None):
     return render_page("error", status, status=status, title=title, message=message, detail=detail)
-
-
-#: Public, secret-free responses that caches may keep.
-CACHEABLE = ("/static/", "/.well-known/", "/openapi.json")
 
 
 def _security_headers(response):
@@ -41,7 +39,7 @@ def _security_headers(response):
         headers.setdefault("Cache-Control", "no-store")
     if response.mimetype == "text/html":
         headers.setdefault("Content-Security-Policy", CSP)
-    elif "Content-Security-Policy" not in headers and not request.path.startswith("/static/"):
+    elif "Content-Security-Policy" not in headers and not request.path.startswith(STATIC):
         headers["Content-Security-Policy"] = "frame-ancestors 'none'"
     if request.is_secure:
         headers.setdefault("Strict-Transport-Security", "max-age=31536000")
@@ -49,7 +47,7 @@ def _security_headers(response):
 
 
 def _context():
-    return {"site_name": current_app.extensions["oauth2"].settings.auth["site_name"]}
+    return {"site_name": current_app.extensions["oauth2"].settings.auth.site_name}
 
 
 def init_app(app: Flask) -> None:

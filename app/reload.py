@@ -100,6 +100,6 @@ class Configuration:
             "reload complete: generation %d, %d workers, log level %s, %d clients",
             self.generation,
             workers,
-            self.settings.data["logging"]["level"],
+            self.settings.config.logging.level,
             len(self.clients),
         )

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .adapters import adapter_class, load_adapter
+from .adapters import load_adapter
 from .clients import ClientRegistry
 from .logconfig import log_config
 from .reload import Configuration
@@ -45,7 +45,7 @@ def gunicorn_options(settings: Settings, bind: str | None = None) -> dict[str, A
     """Map our settings to gunicorn's."""
     auth = settings.auth
     options: dict[str, Any] = {
-        "bind": bind or f"{auth['host']}:{auth['port']}",
+        "bind": bind or f"{auth.host}:{auth.port}",
         "workers": settings.num_workers(),
         "worker_class": "gthread",
         "threads": THREADS,
@@ -63,11 +63,9 @@ def gunicorn_options(settings: Settings, bind: str | None = None) -> dict[str, A
             }
         ),
     }
-    if auth["ssl"]:
-        options.update(
-            certfile=settings.resolve_path(auth["ssl_cert"]),
-            keyfile=settings.resolve_path(auth["ssl_key"]),
-        )
+    if auth.ssl:
+        certfile, keyfile = settings.tls_files()
+        options.update(certfile=certfile, keyfile=keyfile)
     return options
 
 
@@ -110,7 +108,7 @@ def stop(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
 
 def start_purger(settings: Settings) -> threading.Thread | None:
     """Purge expired rows every ``storage.purge_interval`` seconds, off the request path."""
-    interval = settings.data["storage"].get("purge_interval", 300)
+    interval = settings.storage.purge_interval
     if not interval:
         return None
 
@@ -131,9 +129,16 @@ def start_purger(settings: Settings) -> threading.Thread | None:
 
 def load_clients(settings: Settings) -> ClientRegistry:
     """Build the adapter (checking its config) and read the clients file, or raise."""
-    adapter = load_adapter(settings.section("resource_server"))
+    adapter = load_adapter(settings.resource_server)
     adapter.close()
     return ClientRegistry.from_settings(settings, list(adapter.scopes))
+
+
+def bundled_site(settings: Settings) -> tuple[str, int] | None:
+    """The ``(host, port)`` of the stand-in site the adapter talks to, if it has one."""
+    adapter = load_adapter(settings.resource_server)
+    adapter.close()
+    return getattr(adapter, "bundled_site", None)
 
 
 def granian_options(settings: Settings, bind: str | None = None) -> dict[str, Any]:
@@ -142,7 +147,7 @@ def granian_options(settings: Settings, bind: str | None = None) -> dict[str, An
     from granian.log import LogLevels
 
     auth = settings.auth
-    host, _, port = (bind or f"{auth['host']}:{auth['port']}").rpartition(":")
+    host, _, port = (bind or f"{auth.host}:{auth.port}").rpartition(":")
     options: dict[str, Any] = {
         "address": host.strip("[]"),
         "port": int(port),
@@ -156,14 +161,11 @@ def granian_options(settings: Settings, bind: str | None = None) -> dict[str, An
         "respawn_failed_workers": True,
         "workers_kill_timeout": 20,
     }
-    if auth["ssl"]:
+    if auth.ssl:
         from granian.constants import SSLProtocols
 
-        options.update(
-            ssl_cert=settings.resolve_path(auth["ssl_cert"]),
-            ssl_key=settings.resolve_path(auth["ssl_key"]),
-            ssl_protocol_min=SSLProtocols.tls12,
-        )
+        cert, key = settings.tls_files()
+        options.update(ssl_cert=cert, ssl_key=key, ssl_protocol_min=SSLProtocols.tls12)
     return options
 
 
@@ -171,19 +173,17 @@ def serve(settings: Settings, bind: str | None = None) -> None:
     """Prepare storage, start the dummy site if configured, then run the HTTP server."""
 
     clients = load_clients(settings)  # a bad adapter or clients file stops us here, clearly
-    if settings.data["storage"].get("auto_migrate", True):
+    if settings.storage.auto_migrate:
         storage = Storage(settings.storage_specs)
         storage.migrate()
         storage.close()
-    config = settings.section("resource_server")
-    if adapter_class(config["type"]).__name__ == "DummyAdapter" and not os.environ.get(
-        "OAUTH2_NO_DUMMY_SITE"
-    ):
-        site = start_dummy_site(str(config.get("host", "127.0.0.1")), int(config.get("port", 8084)))
+    bundled = bundled_site(settings)
+    if bundled is not None and not os.environ.get("OAUTH2_NO_DUMMY_SITE"):
+        site = start_dummy_site(*bundled)
         atexit.register(stop, site, 3.0)  # a stand-in: no need to wait long for it
 
     configuration = Configuration(settings, clients, load_clients)
-    server = settings.auth["server"]
+    server = settings.auth.server
     log.log(25, "serving %s with %s, %d workers", settings.issuer, server, settings.num_workers())
     if server == "granian":
         _serve_granian(settings, bind, configuration)

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis import checks
 from schemathesis.config import SchemathesisConfig
 
-from app.errors import JSON_PREFIXES
+from app.paths import JSON_PATHS
 from app.views import docs
 from tests.factories import make_token
 
@@ -38,7 +38,7 @@ CHECKS = [
     checks.ignored_auth,
 ]
 
-#: JSON routes outside the prefixes whose errors are JSON (``app.errors.JSON_PREFIXES``).
+#: JSON routes outside the prefixes whose errors are JSON (``app.paths.JSON_PATHS``).
 JSON_EXTRAS = {"/healthz", "/openapi.json"}
 
 
@@ -141,7 +141,7 @@ def test_every_json_route_is_described(app):
     json_rules = [
         rule
         for rule in app.url_map.iter_rules()
-        if rule.rule.startswith(JSON_PREFIXES) or rule.rule in JSON_EXTRAS
+        if rule.rule.startswith(JSON_PATHS) or rule.rule in JSON_EXTRAS
     ]
     assert {rule.rule for rule in json_rules} >= JSON_EXTRAS
     for rule in json_rules:

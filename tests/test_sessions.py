@@ -404,7 +404,7 @@ def at(monkeypatch, seconds_from_now: float) -> None:
 def test_a_session_ends_its_max_age_after_sign_in_however_active(app, client, state, monkeypatch):
     login(client)
     value = sid(client)
-    max_age = state.settings.auth["session_max_age"]
+    max_age = state.settings.auth.session_max_age
     assert max_age == 12 * 3600
     at(monkeypatch, max_age - 60)
     assert client.get("/review").status_code == 200  # active all along: still signed in

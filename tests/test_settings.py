@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.settings import DEFAULTS, ConfigError, Settings
+from app.settings import DEFAULTS, ConfigError, Settings, defaults_document
 from app.storage.sqlite import sqlite_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,9 +50,9 @@ def test_files_merge_in_order_default_env_runtime(folder):
     write(folder, "development.json", {"auth_server": {"site_name": "From development"}})
     write(folder, "runtime.json", {"logging": {"level": "debug"}})
     settings = load(folder)
-    assert settings.auth["port"] == 9000
-    assert settings.auth["site_name"] == "From development"
-    assert settings.data["logging"]["level"] == "debug"
+    assert settings.auth.port == 9000
+    assert settings.auth.site_name == "From development"
+    assert settings.config.logging.level == "debug"
     assert settings.log_level == logging.DEBUG
     assert [p.name for p in settings.sources] == [
         "default.json",
@@ -64,7 +64,7 @@ def test_files_merge_in_order_default_env_runtime(folder):
 def test_runtime_wins_over_the_environment_file(folder):
     write(folder, "development.json", {"auth_server": {"site_name": "From development"}})
     write(folder, "runtime.json", {"auth_server": {"site_name": "From runtime"}})
-    assert load(folder).auth["site_name"] == "From runtime"
+    assert load(folder).auth.site_name == "From runtime"
 
 
 def test_oauth2_env_chooses_the_environment_file(folder):
@@ -72,28 +72,28 @@ def test_oauth2_env_chooses_the_environment_file(folder):
     write(folder, "staging.json", {"auth_server": {"site_name": "From staging"}})
     settings = load(folder, OAUTH2_ENV="staging")
     assert settings.env == "staging"
-    assert settings.auth["site_name"] == "From staging"
+    assert settings.auth.site_name == "From staging"
     assert [p.name for p in settings.sources] == ["default.json", "staging.json"]
 
 
 def test_config_folder_comes_from_oauth2_config_dir(folder):
     settings = Settings.load(environ={"OAUTH2_CONFIG_DIR": str(folder)})
-    assert settings.auth["port"] == 9000
+    assert settings.auth.port == 9000
     assert settings.config_dir == str(folder)
 
 
 def test_merge_is_deep_and_keeps_sibling_keys(folder):
     write(folder, "runtime.json", {"auth_server": {"views": {"login": "my-login"}}})
-    views = load(folder).auth["views"]
-    assert views["login"] == "my-login"
-    assert views["dialog"] == "dialog"
-    assert views["error"] == "error"
+    views = load(folder).auth.views
+    assert views.login == "my-login"
+    assert views.dialog == "dialog"
+    assert views.error == "error"
 
 
 def test_unset_keys_keep_the_shipped_defaults(folder):
     settings = load(folder)
-    assert settings.auth["max_body_bytes"] == DEFAULTS["auth_server"]["max_body_bytes"] == 65536
-    assert settings.auth["url"] == "http://127.0.0.1:8081"
+    assert settings.auth.max_body_bytes == DEFAULTS["auth_server"]["max_body_bytes"] == 65536
+    assert settings.auth.url == "http://127.0.0.1:8081"
 
 
 def test_storage_table_entry_is_replaced_whole(folder, tmp_path):
@@ -109,7 +109,7 @@ def test_a_different_adapter_type_does_not_inherit_the_dummy_keys(folder):
     # section must not inherit them, or the adapter refuses them as unknown keys.
     http = {"type": "http", "base_url": "http://127.0.0.1:9", "scopes": {"read": "Read"}}
     write(folder, "runtime.json", {"resource_server": http})
-    section = load(folder).section("resource_server")
+    section = load(folder).resource_server
     assert section == http
 
     from app.adapters import load_adapter
@@ -123,8 +123,8 @@ def test_a_different_adapter_type_does_not_inherit_the_dummy_keys(folder):
 
 def test_the_shipped_config_folder_loads():
     settings = Settings.load(config_dir=str(ROOT / "config"), environ={})
-    assert settings.auth["port"] == 8081
-    assert settings.section("resource_server")["type"] == "dummy"
+    assert settings.auth.port == 8081
+    assert settings.resource_server["type"] == "dummy"
 
 
 def test_overrides_alone_read_no_files(tmp_path, monkeypatch):
@@ -132,7 +132,7 @@ def test_overrides_alone_read_no_files(tmp_path, monkeypatch):
     write(tmp_path, "default.json", {"auth_server": {"port": 1}})
     settings = Settings.load({"storage": {"default": f"sqlite:///{tmp_path}/x.db"}}, environ={})
     assert settings.sources == []
-    assert settings.auth["port"] == 8081
+    assert settings.auth.port == 8081
 
 
 # -- config folder, environment name and relative paths -----------------------------------
@@ -200,7 +200,7 @@ def test_any_relative_sqlite_file_lands_under_the_root(name):
 def test_session_secret_from_the_environment_wins(folder):
     write(folder, "runtime.json", {"auth_server": {"session_secret": "from-the-file-" + "x" * 9}})
     settings = load(folder, OAUTH2_SESSION_SECRET=STRONG)
-    assert settings.auth["session_secret"] == STRONG
+    assert settings.auth.session_secret == STRONG
     assert settings.flask_config()["SECRET_KEY"] == STRONG
 
 
@@ -230,7 +230,7 @@ def test_session_secret_from_the_environment_wins(folder):
 def test_env_overrides_by_section_and_key(folder, name, raw, section, key, value):
     write(folder, "runtime.json", {"auth_server": {"port": 7000}})
     settings = load(folder, **{name: raw})
-    assert settings.section(section)[key] == value
+    assert getattr(getattr(settings.config, section), key) == value
 
 
 def test_env_override_of_a_nested_storage_entry(folder, tmp_path):
@@ -242,7 +242,7 @@ def test_env_override_of_a_nested_storage_entry(folder, tmp_path):
 
 def test_other_environment_variables_are_ignored(folder):
     settings = load(folder, OAUTH2_SOMETHING="1", HOME="/root", OAUTH2_="x")
-    assert settings.auth["port"] == 9000
+    assert settings.auth.port == 9000
 
 
 # -- validation ---------------------------------------------------------------------------
@@ -463,5 +463,61 @@ def test_production_names_each_stand_in(folder, over, key):
 
 def test_development_keeps_the_stand_ins(folder):
     settings = load(folder)
-    assert settings.section("resource_server")["type"] == "dummy"
-    assert settings.section("client_credentials")["file"].endswith("clients.json.example")
+    assert settings.resource_server["type"] == "dummy"
+    assert settings.client_credentials.file.endswith("clients.json.example")
+
+
+# -- one model, every problem at once -------------------------------------------------------
+def test_the_shipped_default_json_is_the_model_s_defaults():
+    # config/default.json is generated (`oauth2-server defaults`): it cannot drift.
+    assert json.loads((ROOT / "config/default.json").read_text()) == defaults_document()
+
+
+def test_every_problem_is_reported_at_once_each_naming_its_key(folder):
+    write(
+        folder,
+        "runtime.json",
+        {
+            "auth_server": {"port": 0, "server": "uwsgi", "typo": 1},
+            "limits": {"token": "lots"},
+            "storage": {"codes": {"type": "Mongo"}},
+        },
+    )
+    with pytest.raises(ConfigError) as caught:
+        load(folder)
+    named = [line.split(":")[0] for line in caught.value.problems]
+    assert sorted(named) == [
+        "auth_server.port",
+        "auth_server.server",
+        "auth_server.typo",
+        "limits.token",
+        "storage.codes.type",
+    ]
+    assert str(caught.value).count("\n") == 4
+
+
+def test_production_lists_every_problem_together(folder):
+    write(folder, "production.json", {"auth_server": {"session_secret": "short"}})
+    with pytest.raises(ConfigError) as caught:
+        load(folder, OAUTH2_ENV="production")
+    assert [p.split(":")[0] for p in caught.value.problems] == [
+        "auth_server.url",
+        "auth_server.session_secret",
+        "resource_server.type",
+        "client_credentials.file",
+    ]
+
+
+@pytest.mark.parametrize("value", ["no", "false", 0, 1, None])
+def test_booleans_are_booleans_not_words(folder, value):
+    # "no" used to be read as true; a bool key takes JSON true or false only.
+    write(folder, "runtime.json", {"storage": {"auto_migrate": value}})
+    with pytest.raises(ConfigError, match=re.escape("storage.auto_migrate")):
+        load(folder)
+
+
+def test_sections_are_typed_and_frozen(folder):
+    settings = load(folder)
+    assert settings.limits.lockout_after == 5
+    with pytest.raises(ValueError, match="frozen"):
+        settings.auth.port = 1  # type: ignore[misc]

@@ -7,6 +7,7 @@ from typing import Any
 
 from limits.storage import MemoryStorage
 
+from ..settings import Settings
 from .counters import RateLimits
 from .delays import Delays
 
@@ -25,9 +26,9 @@ class Limits:
     client_ip: Delays  # failed client authentications per IP
 
 
-def storage_config(settings: Any) -> tuple[str, dict[str, Any]]:
+def storage_config(settings: Settings) -> tuple[str, dict[str, Any]]:
     """The limiter storage's URI and driver options (a Redis table's, if it is one)."""
-    configured = settings.data["limits"].get("storage")
+    configured = settings.limits.storage
     if configured:
         return configured, {}
     for spec in settings.storage_specs.values():
@@ -37,19 +38,21 @@ def storage_config(settings: Any) -> tuple[str, dict[str, Any]]:
     return "memory://", {}
 
 
-def build(settings: Any) -> Limits:
-    config = settings.data["limits"]
+def build(settings: Settings) -> Limits:
+    config = settings.limits
     uri, options = storage_config(settings)
-    rates = RateLimits({name: config[name] for name in RATES}, uri, config["enabled"], options)
+    rates = RateLimits(
+        {name: getattr(config, name) for name in RATES}, uri, config.enabled, options
+    )
     store = rates.store if rates.store is not None else MemoryStorage()
-    on, base = config["enabled"], config["lockout_base"]
-    after, ceiling = config["lockout_after"], config["lockout_max"]
+    on, base = config.enabled, config.lockout_base
+    after, ceiling = config.lockout_after, config.lockout_max
     return Limits(
         enabled=on,
         rates=rates,
         login=Delays(store, "login", after, base, ceiling, on),
         client_id=Delays(
-            store, "client", config["client_lockout_after"], base, config["client_lockout_max"], on
+            store, "client", config.client_lockout_after, base, config.client_lockout_max, on
         ),
         client_ip=Delays(store, "client-ip", after, base, ceiling, on),
     )

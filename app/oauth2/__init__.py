@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc9207 import IssuerParameter
 
+from ..settings import Settings
 from .rfc6749 import (
     AuthorizationCodeGrant,
     ClientCredentialsGrant,
@@ -16,6 +15,7 @@ from .rfc6749 import (
 from .rfc7009 import RevocationEndpoint
 from .rfc7636 import PKCEPolicy
 from .rfc7662 import IntrospectionEndpoint
+from .rfc8414 import build_metadata
 from .server import OAuth2Server
 
 __all__ = ["OAuth2Server", "build_server"]
@@ -43,7 +43,7 @@ class Issuer(IssuerParameter):
             super().add_issuer_parameter(authorization_server, response)
 
 
-def build_server(settings: Any, clients, store, users, scopes: list[str]) -> OAuth2Server:
+def build_server(settings: Settings, clients, store, users, scopes: list[str]) -> OAuth2Server:
     """Register exactly the grants and endpoints the configuration lists."""
     auth = settings.auth
     server = OAuth2Server(
@@ -54,8 +54,8 @@ def build_server(settings: Any, clients, store, users, scopes: list[str]) -> OAu
         access_ttl=settings.ttl("tokens") or 3600,
         scopes=scopes,
     )
-    server.pkce = PKCEPolicy(auth["require_pkce"], auth["allow_plain_pkce"])
-    enabled = set(auth["grant_types"])
+    server.pkce = PKCEPolicy(auth.require_pkce, auth.allow_plain_pkce)
+    enabled = set(auth.grant_types)
     if "authorization_code" in enabled:
         server.register_grant(AuthorizationCodeGrant, [server.pkce])
     if "implicit" in enabled:
@@ -68,4 +68,5 @@ def build_server(settings: Any, clients, store, users, scopes: list[str]) -> OAu
     server.register_endpoint(IntrospectionEndpoint)
     server.issuer_parameter = Issuer(settings.issuer)
     server.register_extension(server.issuer_parameter)
+    server.metadata = build_metadata(server)
     return server

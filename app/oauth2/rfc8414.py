@@ -9,6 +9,7 @@ from typing import Any
 
 from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
 
+from .. import paths
 from .client_auth import METHODS
 
 
@@ -16,13 +17,17 @@ def build_metadata(server: Any) -> dict[str, Any]:
     """Describe the endpoints, grants, auth methods and scopes this server registered."""
     issuer = server.issuer
     auth_methods = list(METHODS)
+    endpoints = {
+        f"{name}_endpoint": issuer + path
+        for name, path in paths.ENDPOINTS.items()
+        if name in server.endpoint_names
+    }
     metadata = AuthorizationServerMetadata(
         {
             "issuer": issuer,
-            "authorization_endpoint": f"{issuer}/authorize",
-            "token_endpoint": f"{issuer}/token",
-            "revocation_endpoint": f"{issuer}/revoke",
-            "introspection_endpoint": f"{issuer}/introspect",
+            "authorization_endpoint": issuer + paths.AUTHORIZE,
+            "token_endpoint": issuer + paths.TOKEN,
+            **endpoints,
             "scopes_supported": list(server.scopes_supported or []),
             "response_types_supported": sorted(server.response_types),
             "response_modes_supported": ["query", "fragment"],

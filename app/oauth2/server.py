@@ -28,6 +28,9 @@ class OAuth2Server(AuthorizationServer):
         self.scopes_supported = list(scopes)
         self.grant_types: set[str] = set()
         self.response_types: set[str] = set()
+        self.endpoint_names: set[str] = set()
+        #: The RFC 8414 document, built once every grant and endpoint is registered.
+        self.metadata: dict[str, Any] = {}
         self.pkce: Any = None
         self.issuer_parameter: Any = None
         self.register_token_generator("default", self.generate_bearer_token)
@@ -76,6 +79,10 @@ class OAuth2Server(AuthorizationServer):
 
     def authenticate_client(self, request, methods, endpoint="token"):
         return client_auth.authenticate(super().authenticate_client, request, methods, endpoint)
+
+    def register_endpoint(self, endpoint) -> None:
+        super().register_endpoint(endpoint)
+        self.endpoint_names.add(endpoint.ENDPOINT_NAME)
 
     # -- requests ---------------------------------------------------------------------
     def create_oauth2_request(self, request):

@@ -49,7 +49,7 @@ def authorize():
     state().storage.session.put(
         TXN + token_digest(transaction_id),
         {"user_id": current_user.id, "params": params, "scope": grant.request.scope},
-        ttl=state().settings.auth["transaction_ttl"],
+        ttl=state().settings.auth.transaction_ttl,
     )
     return _dialog(grant, transaction_id)
 

@@ -9,6 +9,7 @@ from ..cors import public_client_origins
 from ..limits import token_limits
 from ..oauth2.requests import ParamsRequest
 from ..oauth2.server import body_params
+from ..paths import INTROSPECT, REVOKE, TOKEN
 from .common import oauth, state
 
 bp = Blueprint("token", __name__)
@@ -19,7 +20,7 @@ def _request() -> ParamsRequest:
     if request.args:
         raise InvalidRequestError("Send parameters in the request body, not the URL.")
     params = ParamsRequest(request.method, request.url, request.headers, body_params())
-    if request.path == "/token" and not params.payload.grant_type:
+    if request.path == TOKEN and not params.payload.grant_type:
         raise InvalidRequestError("Missing 'grant_type'.")
     return params
 
@@ -37,21 +38,21 @@ def _respond(endpoint: str | None):
         return oauth().create_endpoint_response(endpoint, params)
 
 
-@bp.route("/token", methods=["POST", "OPTIONS"])
+@bp.route(TOKEN, methods=["POST", "OPTIONS"])
 @public_client_origins
 @token_limits
 def token():
     return _respond(None)
 
 
-@bp.route("/revoke", methods=["POST", "OPTIONS"])
+@bp.route(REVOKE, methods=["POST", "OPTIONS"])
 @public_client_origins
 @token_limits
 def revoke():
     return _respond("revocation")
 
 
-@bp.post("/introspect")
+@bp.post(INTROSPECT)
 @token_limits
 def introspect():
     return _respond("introspection")

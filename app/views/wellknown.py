@@ -4,23 +4,20 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from ..oauth2.rfc8414 import build_metadata
+from ..paths import AS_METADATA, HEALTH
 from .common import oauth, state
 
 bp = Blueprint("wellknown", __name__)
 
 
-@bp.get("/.well-known/oauth-authorization-server")
+@bp.get(AS_METADATA)
 def metadata():
-    server = oauth()
-    if not hasattr(server, "metadata"):
-        server.metadata = build_metadata(server)
-    response = jsonify(server.metadata)
+    response = jsonify(oauth().metadata)
     response.headers["Cache-Control"] = "public, max-age=3600"
     return response
 
 
-@bp.get("/healthz")
+@bp.get(HEALTH)
 def health():
     for backend in state().storage.backends.values():
         backend.ping()

@@ -519,7 +519,7 @@ def test_expired_code_is_invalid_grant(client, later):
 def test_expired_transaction_gets_an_error_page(client, state, later):
     login(client)
     form = consent_form(client, authorize_url())
-    later(state.settings.auth["transaction_ttl"] + 1)
+    later(state.settings.auth.transaction_ttl + 1)
     assert is_error_page(client.post("/authorize", data=form))
 
 

@@ -150,7 +150,7 @@ def test_another_clients_rotated_token_revokes_nothing(client, state, clock):
 def test_reuse_after_the_grace_period_revokes_the_family(client, state, clock):
     first = issue_tokens(client)
     second = refresh(client, first["refresh_token"]).get_json()
-    clock(state.settings.auth["refresh_grace_period"])
+    clock(state.settings.auth.refresh_grace_period)
     assert error_of(refresh(client, first["refresh_token"])) == "invalid_grant"
     assert events(state)[0] == "refresh_reuse"
     assert profile_status(client, second["access_token"]) == 401
@@ -160,7 +160,7 @@ def test_reuse_after_the_grace_period_revokes_the_family(client, state, clock):
 def test_reuse_within_the_grace_period_is_refused_and_keeps_the_new_pair(client, state, clock):
     first = issue_tokens(client)
     second = refresh(client, first["refresh_token"]).get_json()
-    clock(state.settings.auth["refresh_grace_period"] - 1)
+    clock(state.settings.auth.refresh_grace_period - 1)
     with unchanged(state):
         again = refresh(client, first["refresh_token"])
     assert again.status_code == 400 and error_of(again) == "invalid_grant"

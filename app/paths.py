@@ -1,0 +1,23 @@
+"""Where each endpoint lives, spelled once: for the routes, the metadata and the error pages."""
+
+from __future__ import annotations
+
+AUTHORIZE = "/authorize"
+TOKEN = "/token"  # noqa: S105 - a path, not a secret
+REVOKE = "/revoke"
+INTROSPECT = "/introspect"
+API = "/api/"
+WELL_KNOWN = "/.well-known/"
+AS_METADATA = WELL_KNOWN + "oauth-authorization-server"
+HEALTH = "/healthz"
+OPENAPI = "/openapi.json"
+STATIC = "/static/"
+
+#: Endpoint name (as Authlib registers it) -> path, for the metadata document.
+ENDPOINTS = {"revocation": REVOKE, "introspection": INTROSPECT}
+
+#: Paths whose callers are programs: their errors are JSON, never a page.
+JSON_PATHS = (API, TOKEN, REVOKE, INTROSPECT, WELL_KNOWN, HEALTH)
+
+#: Public, secret-free responses that caches may keep.
+CACHEABLE = (STATIC, WELL_KNOWN, OPENAPI)
