@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from authlib.oauth2.rfc6749 import ClientMixin, list_to_scope, scope_to_list
 from limits import parse
 
+from .addresses import parse_ip
 from .oauth2.client_auth import SECRET_METHODS
 from .secrets_hash import known_scheme, verify_secret, verify_seed_sha1
 from .settings import GRANT_TYPES, Settings
@@ -123,9 +124,8 @@ class Client(ClientMixin):
         """True when the client has no IP allowlist or ``address`` is in it."""
         if not self.ip_allowlist:
             return True
-        try:
-            ip = ipaddress.ip_address(address or "")
-        except ValueError:
+        ip = parse_ip(address)
+        if ip is None:
             return False
         return any(ip in ipaddress.ip_network(net, strict=False) for net in self.ip_allowlist)
 

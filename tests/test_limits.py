@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
 import secrets
 import threading
 import time
@@ -22,6 +23,7 @@ from app.clients import ClientFileError
 
 from .backends import redis_url, require_service
 from .conftest import base_config, basic, bearer, csrf_from
+from .factories import SECRET, make_client
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -432,3 +434,64 @@ def test_parallel_wrong_passwords_reach_the_site_at_most_lockout_after_plus_one(
     assert len(calls) <= 3 + 1
     assert statuses.count(429) >= 25 - 4
     state.storage.close()
+
+
+# -- found by review: ids as authentication reads them, mapped IPv4, public clients --------
+def app_with_clients(tmp_path, dummy_site, entries, **limits):
+    clients = tmp_path / "clients.json"
+    clients.write_text(json.dumps(entries))
+    config = base_config(tmp_path, dummy_site, client_credentials={"file": str(clients)})
+    config["limits"] = {"storage": f"memory://{tmp_path.name}", **limits}
+    app = create_app(config)
+    app.config["TESTING"] = True
+    return app
+
+
+def test_a_json_number_client_id_is_throttled_as_its_text(tmp_path, dummy_site):
+    numeric = make_client("12345", grant_types=["client_credentials"])
+    app = app_with_clients(tmp_path, dummy_site, [numeric], client_lockout_after=3)
+    try:
+        body = {"grant_type": "client_credentials", "client_id": 12345}
+        for i in range(4):  # strangers' IPs, the secret in a JSON body with a numeric id
+            guess = from_ip(app, f"192.0.2.{i}").post("/token", json=body | {"client_secret": "x"})
+            assert guess.status_code == 401
+        right = from_ip(app, "198.51.100.9").post("/token", json=body | {"client_secret": SECRET})
+        assert right.status_code == 429  # the gate the guesses shut holds for JSON too
+    finally:
+        app.extensions["oauth2"].storage.close()
+
+
+def test_ipv4_mapped_callers_are_their_ipv4_address(make):
+    app = make(lockout_after=2)
+    for _ in range(3):
+        cc(from_ip(app, "::ffff:203.0.113.7"), basic("test", "wrong"))
+    assert cc(from_ip(app, "::ffff:203.0.113.7")).status_code == 429
+    # Another IPv4 caller on a dual-stack listener is not in the attacker's "/64".
+    assert cc(from_ip(app, "::ffff:198.51.100.9")).status_code == 200
+
+
+def test_ip_allowlists_match_ipv4_mapped_callers(tmp_path, dummy_site):
+    entry = make_client("net", grant_types=["client_credentials"], ip_allowlist=["198.51.100.0/24"])
+    app = app_with_clients(tmp_path, dummy_site, [entry])
+    try:
+        assert cc(from_ip(app, "::ffff:198.51.100.9"), basic("net", SECRET)).status_code == 200
+        assert cc(from_ip(app, "::ffff:203.0.113.7"), basic("net", SECRET)).status_code == 401
+    finally:
+        app.extensions["oauth2"].storage.close()
+
+
+def test_strangers_cannot_lock_a_public_client_out(tmp_path, dummy_site):
+    spa = make_client("spa", secret=None)
+    app = app_with_clients(tmp_path, dummy_site, [spa], client_lockout_after=3)
+    try:
+        bogus = {"grant_type": "refresh_token", "client_id": "spa", "client_secret": "x"}
+        for i in range(10):  # from ten /64s: each failure is the stranger's own
+            answer = from_ip(app, f"2001:db8:{i}::1").post("/token", data=bogus)
+            assert answer.status_code == 401
+        user = from_ip(app, "192.0.2.50").post(
+            "/token", data={"grant_type": "refresh_token", "client_id": "spa", "refresh_token": "r"}
+        )
+        assert user.status_code == 400  # invalid_grant for a made-up token, not 429
+        assert user.get_json()["error"] == "invalid_grant"
+    finally:
+        app.extensions["oauth2"].storage.close()

@@ -19,6 +19,7 @@ from flask import Response, current_app, request
 from limits import RateLimitItem, parse
 from werkzeug.exceptions import TooManyRequests
 
+from ..addresses import parse_ip
 from ..audit import audit
 from ..oauth2 import client_auth, rfc6750
 from .config import Limits
@@ -45,12 +46,10 @@ def _limits() -> Limits:
 
 def ip_group() -> str:
     """The caller's address; IPv6 by /64 (one host usually holds the whole /64)."""
-    address = request.remote_addr or "unknown"
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address
-    return str(ipaddress.ip_network(f"{ip}/64", strict=False)) if ip.version == 6 else address
+    ip = parse_ip(request.remote_addr)
+    if ip is None:
+        return request.remote_addr or "unknown"
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False)) if ip.version == 6 else str(ip)
 
 
 @functools.lru_cache(maxsize=256)
@@ -113,16 +112,28 @@ def _before_token(scope: str) -> None:
     _check(limits.rates.spent("token_ip", scope + ip), "token_ip", scope + ip)
     # The body is parsed only when the Basic header names no client.
     claimed = client_auth.claimed_client_id(None) or client_auth.claimed_client_id(_claimed_body())
+    client = current_app.extensions["oauth2"].clients.get(claimed) if claimed else None
     waits = [(limits.client_ip.wait(ip), limits.client_ip)]
-    if claimed:
+    if _guarded_id(claimed):
         waits.append((limits.client_id.wait(claimed), limits.client_id))
     wait, delays = max(waits, key=lambda pair: pair[0])
     if wait:
         raise Limited(wait, delay_fields(delays, wait))
-    client = current_app.extensions["oauth2"].clients.get(claimed) if claimed else None
     if client is not None:
         key, rate = _client_budget(client)
         _check(limits.rates.spent("token", scope + key, rate), "token", scope + key, rate)
+
+
+def _guarded_id(claimed: str | None) -> bool:
+    """Whether failures delay this claimed id: a secret's, not a public client's.
+
+    A public client has no secret to guess, and anyone may send its id: counting
+    strangers' failures against it would only let them lock its users out.
+    """
+    if not claimed:
+        return False
+    client = current_app.extensions["oauth2"].clients.get(claimed)
+    return client is None or not client.public
 
 
 def _after_token(scope: str, response: Response) -> None:
@@ -137,7 +148,7 @@ def _after_token(scope: str, response: Response) -> None:
     if outcome is not None:  # client authentication failed
         delay = max(
             limits.client_ip.failed(ip),
-            limits.client_id.failed(outcome.claimed) if outcome.claimed else 0,
+            limits.client_id.failed(outcome.claimed) if _guarded_id(outcome.claimed) else 0,
         )
         if delay:
             audit("client_lockout", seconds=delay)

@@ -21,6 +21,7 @@ from flask import g
 from flask import request as flask_request
 
 from ..secrets_hash import token_digest
+from .requests import json_text
 
 #: The methods a client may use, in the order they are tried; the metadata lists them.
 METHODS = ("client_secret_basic", "client_secret_post", "none")
@@ -81,8 +82,8 @@ def claimed_client_id(body: dict[str, Any] | None = None) -> str | None:
     """The client id a token request names (Basic first, else the body), unproven."""
     client_id, _ = basic_credentials(flask_request.headers)
     if client_id is None and body is not None:
-        claimed = body.get("client_id")
-        client_id = claimed if isinstance(claimed, str) and claimed else None
+        # As authentication reads it: a JSON number names the client as its text.
+        client_id = json_text(body.get("client_id")) or None
     return client_id
 
 

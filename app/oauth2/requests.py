@@ -61,10 +61,18 @@ def json_params(body: Any) -> Params:
         raise InvalidRequestError("The JSON body must be an object.")
     params: Params = {}
     for key, value in body.items():
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        text = json_text(value)
+        if text is None:
             raise InvalidRequestError(f"Parameter '{shown(key)}' must be a string.")
-        params[str(key)] = [str(value)]
+        params[str(key)] = [text]
     return checked(params)
+
+
+def json_text(value: Any) -> str | None:
+    """A JSON body's value as the parameter it stands for: strings, and numbers as text."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None
+    return str(value)
 
 
 #: RFC 6749 Appendix A: these parameters are printable ASCII (VSCHAR, NQCHAR, URI).

@@ -55,7 +55,7 @@ def login_post():
     lockout, subject = state().limits.login, username.strip().lower()
     attempt = lockout.reserve(subject)  # counted before the site is asked: parallel-safe
     if attempt.wait:
-        audit("login_locked", username=username[:64])
+        audit("login_locked", username=username)
         return _locked(next_url, attempt.wait)
     try:
         site_user = state().adapter.login(username, password)
@@ -67,9 +67,9 @@ def login_post():
             "We cannot reach the site to check your password. Try again soon.",
         )
     if site_user is None:
-        audit("login_failed", username=username[:64])
+        audit("login_failed", username=username)
         if attempt.delay:
-            audit("lockout", username=username[:64], seconds=attempt.delay)
+            audit("lockout", username=username, seconds=attempt.delay)
         return _form(next_url, "Wrong username or password.", 401)
     with state().storage.batch():  # user record and audit entry: one round trip
         lockout.succeeded(subject)
