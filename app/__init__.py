@@ -18,7 +18,7 @@ from . import limits
 from .adapters import ResourceServer, load_adapter
 from .clients import ClientRegistry
 from .oauth2 import OAuth2Server, build_server
-from .oauth2.tokens import GrantStore
+from .oauth2.grant_store import GrantStore
 from .sessions import StoredSessionInterface
 from .settings import Settings
 from .storage import Storage
@@ -45,10 +45,12 @@ class State:
     """Everything a request needs, built once per process."""
 
     settings: Settings
+    #: The tables themselves (``storage.session``, ``storage.audit``...), per backend.
     storage: Storage
     clients: ClientRegistry
     adapter: ResourceServer
-    store: GrantStore
+    #: The OAuth records (codes, tokens, grants) in the protocol's words, over ``storage``.
+    grants: GrantStore
     users: UserStore
     server: OAuth2Server
     limits: limits.Limits
@@ -62,14 +64,14 @@ def _build_state(settings: Settings, clients: ClientRegistry | None = None) -> S
     if clients is None:
         clients = ClientRegistry.from_settings(settings, list(adapter.scopes))
     auth = settings.auth
-    store = GrantStore(
+    grants = GrantStore(
         storage,
         grace=auth.refresh_grace_period,
         family_lifetime=auth.refresh_absolute_lifetime,
     )
     users = UserStore(storage.users)
-    server = build_server(settings, clients, store, users, list(adapter.scopes))
-    return State(settings, storage, clients, adapter, store, users, server, limits.build(settings))
+    server = build_server(settings, clients, grants, users, list(adapter.scopes))
+    return State(settings, storage, clients, adapter, grants, users, server, limits.build(settings))
 
 
 def create_app(

@@ -387,7 +387,7 @@ class Fixtures:
     """The app's own storage objects (for checks and single records) plus the bulk writers."""
 
     def __init__(self, server: Server) -> None:
-        from app.oauth2.tokens import GrantStore
+        from app.oauth2.grant_store import GrantStore
         from app.storage import Storage, parse_storage_config
         from app.users import UserStore
 

@@ -20,7 +20,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from app import State
-from app.oauth2.tokens import new_grant_id
+from app.oauth2.grant_store import new_grant_id
 from app.secrets_hash import hash_random_secret, new_secret
 from app.users import User
 
@@ -72,7 +72,7 @@ def make_code(state: State, client_id: str = "test", **fields: Any) -> str:
         "code_challenge_method": None,
         "auth_time": int(time.time()),
     }
-    state.store.save_code(code, record | fields)
+    state.grants.save_code(code, record | fields)
     return code
 
 
@@ -98,7 +98,7 @@ def make_token(
     user = make_user(state)
     record = {"client_id": client_id, "grant_id": new_grant_id(), "user_id": user.id}
     record |= {"user_name": user.name, "site_token": user.site_token}
-    state.store.save_token(token, record | fields)
+    state.grants.save_token(token, record | fields)
     return token
 
 

@@ -43,12 +43,12 @@ class Issuer(IssuerParameter):
             super().add_issuer_parameter(authorization_server, response)
 
 
-def build_server(settings: Settings, clients, store, users, scopes: list[str]) -> OAuth2Server:
+def build_server(settings: Settings, clients, grants, users, scopes: list[str]) -> OAuth2Server:
     """Register exactly the grants and endpoints the configuration lists."""
     auth = settings.auth
     server = OAuth2Server(
         clients=clients,
-        store=store,
+        grants=grants,
         users=users,
         issuer=settings.issuer,
         access_ttl=settings.ttl("tokens") or 3600,

@@ -20,12 +20,12 @@ def _of_registered_client(server: Any, token: StoredToken | None) -> StoredToken
 
 def find_access(server: Any, token: str) -> StoredToken | None:
     """The access token ``token``, if it is still accepted."""
-    return _of_registered_client(server, server.store.find_access(token))
+    return _of_registered_client(server, server.grants.find_access(token))
 
 
 def find_refresh(server: Any, token: str) -> StoredToken | None:
     """The refresh token ``token``, if it is still accepted."""
-    return _of_registered_client(server, server.store.find_refresh(token))
+    return _of_registered_client(server, server.grants.find_refresh(token))
 
 
 def find_either(server: Any, token: str, hint: str | None) -> StoredToken | None:

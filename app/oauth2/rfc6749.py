@@ -19,7 +19,7 @@ from authlib.oauth2.rfc7636.challenge import CODE_VERIFIER_PATTERN, create_s256_
 from ..audit import audit
 from .accept import find_refresh
 from .client_auth import METHODS, SECRET_METHODS
-from .tokens import new_grant_id
+from .grant_store import new_grant_id
 
 
 def may_revoke(tombstone: dict[str, Any], client, request) -> bool:
@@ -52,7 +52,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
 
     def save_authorization_code(self, code: str, request) -> None:
         payload = request.payload.data
-        self.server.store.save_code(
+        self.server.grants.save_code(
             code,
             {
                 "client_id": request.client.get_client_id(),
@@ -72,7 +72,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         )
 
     def query_authorization_code(self, code: str, client):
-        found = self.server.store.find_code(code)
+        found = self.server.grants.find_code(code)
         if found is not None and found.record["client_id"] == client.get_client_id():
             return found
         if found is None:
@@ -81,14 +81,14 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
 
     def _revoke_if_replayed(self, code: str, client) -> None:
         """RFC 6749 §4.1.2: a code used twice revokes the tokens issued from it."""
-        used = self.server.store.replayed_code(code)
+        used = self.server.grants.replayed_code(code)
         if not used:
             return
         client_id = client.get_client_id()
         if not may_revoke(used, client, self.request):
             audit("code_replay_refused", client_id=client_id)
             return
-        revoked = self.server.store.revoke_grant(used["family"])
+        revoked = self.server.grants.revoke_grant(used["family"])
         audit("code_replay", client_id=client_id, revoked=revoked)
 
     def delete_authorization_code(self, authorization_code) -> None:
@@ -98,7 +98,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         """Take the code and store its tokens in one exchange; a lost race is ``invalid_grant``."""
         code = self.request.authorization_code
         fields = self.server.token_fields(self.request)
-        if not self.server.store.redeem_code(code, token, fields):
+        if not self.server.grants.redeem_code(code, token, fields):
             raise InvalidGrantError("Invalid 'code' in request.")
 
     def authenticate_user(self, authorization_code):
@@ -161,7 +161,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         Not within the grace period after its rotation while its successor is
         unused: that is the owner's concurrent or retried refresh, not a thief.
         """
-        store = self.server.store
+        store = self.server.grants
         rotated = store.rotated_refresh(refresh_token)
         if not rotated:
             return
@@ -185,7 +185,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         """Rotate in one exchange: take the old token, end its access token, store the pair."""
         old = self.request.refresh_token
         fields = self.server.token_fields(self.request)
-        if not self.server.store.rotate_refresh(old, token, fields):
+        if not self.server.grants.rotate_refresh(old, token, fields):
             raise InvalidGrantError()
 
     def create_token_response(self):

@@ -35,5 +35,5 @@ class RevocationEndpoint(_RevocationEndpoint):
         return find_either(self.server, token_string, token_type_hint)
 
     def revoke_token(self, token, request) -> None:
-        self.server.store.revoke_token(token)
+        self.server.grants.revoke_token(token)
         audit("token_revoked", client_id=token.client_id, user_id=token.user_id, kind=token.kind)

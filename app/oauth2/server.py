@@ -1,4 +1,4 @@
-"""The authorization server: Authlib's engine wired to our clients, store and users."""
+"""The authorization server: Authlib's engine wired to our clients, grant store and users."""
 
 from __future__ import annotations
 
@@ -11,17 +11,17 @@ from flask import request as flask_request
 from ..audit import audit
 from ..secrets_hash import new_secret
 from . import client_auth
+from .grant_store import new_grant_id
 from .requests import ParamsRequest, checked, json_params, require_utf8
-from .tokens import new_grant_id
 
 
 class OAuth2Server(AuthorizationServer):
     """Authlib's Flask server with this project's storage and request rules."""
 
-    def __init__(self, *, clients, store, users, issuer: str, access_ttl: int, scopes) -> None:
+    def __init__(self, *, clients, grants, users, issuer: str, access_ttl: int, scopes) -> None:
         super().__init__()
         self.clients = clients
-        self.store = store
+        self.grants = grants
         self.users = users
         self.issuer = issuer
         self.access_ttl = access_ttl
@@ -45,7 +45,7 @@ class OAuth2Server(AuthorizationServer):
         return self.clients.get(client_id)
 
     def save_token(self, token: dict[str, Any], request) -> None:
-        self.store.save_token(token, self.token_fields(request))
+        self.grants.save_token(token, self.token_fields(request))
 
     def token_fields(self, request) -> dict[str, Any]:
         """The fields a token response's records carry: client, grant and user."""

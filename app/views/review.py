@@ -50,7 +50,7 @@ def _no_way_back(_error: NoWayBack):
 def _grants() -> list[dict]:
     scopes = state().adapter.scopes
     rows = []
-    for client_id, grants in state().store.grants_of_user(current_user.id).items():
+    for client_id, grants in state().grants.grants_of_user(current_user.id).items():
         client = state().clients.get(client_id)
         granted = sorted({s for g in grants for s in scope_to_list(g["scope"]) or []})
         first = min(g["issued_at"] for g in grants)
@@ -87,9 +87,9 @@ def review():
 @login_required
 def review_post():
     kept = set(request.form)
-    for client_id in state().store.grants_of_user(current_user.id):
+    for client_id in state().grants.grants_of_user(current_user.id):
         if client_id not in kept:
-            revoked = state().store.revoke_client_for_user(current_user.id, client_id)
+            revoked = state().grants.revoke_client_for_user(current_user.id, client_id)
             audit("grant_revoked", client_id=client_id, user_id=current_user.id, revoked=revoked)
     if g.return_to:
         return redirect(g.return_to["redirect_uri"], 302)

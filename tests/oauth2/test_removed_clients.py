@@ -38,8 +38,8 @@ def test_every_lookup_refuses_them_though_storage_still_holds_them(removed):
     app, tokens = removed
     state = app.extensions["oauth2"]
     access, refresh_token = tokens["access_token"], tokens["refresh_token"]
-    assert state.store.find_access(access) is not None
-    assert state.store.find_refresh(refresh_token) is not None
+    assert state.grants.find_access(access) is not None
+    assert state.grants.find_refresh(refresh_token) is not None
     assert find_access(state.server, access) is None
     assert find_refresh(state.server, refresh_token) is None
     for hint in (None, "access_token", "refresh_token"):

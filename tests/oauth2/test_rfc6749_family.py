@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from app.oauth2 import tokens as grant_store
-from app.oauth2.tokens import ROTATED, ROTATIONS_REMEMBERED, USED_CODE
+from app.oauth2 import grant_store
+from app.oauth2.grant_store import ROTATED, ROTATIONS_REMEMBERED, USED_CODE
 from app.secrets_hash import token_digest
 from app.storage import sql
 from tests.conftest import bearer, exchange, get_code

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.oauth2 import tokens as grant_store
+from app.oauth2 import grant_store
 from tests.conftest import CHALLENGE, REDIRECT, VERIFIER, basic, exchange, get_code
 from tests.oauth2.conftest import (
     error_of,
