@@ -106,6 +106,7 @@ def _storage(args: argparse.Namespace) -> Iterator[Storage]:
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     storage = Storage(_settings(args).storage_specs)
     try:
+        storage.ping()  # a backend with no schema (Redis) must still be there
         for url, steps in storage.migrate().items():
             print(f"{_redact(url)}: {', '.join(steps) if steps else 'up to date'}")
     finally:
@@ -146,7 +147,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from . import create_app
 
-    create_app(settings)
+    create_app(settings).extensions["oauth2"].storage.ping()
     print(
         json.dumps({"ok": True, "env": settings.env, "files": [str(p) for p in settings.sources]})
     )

@@ -171,7 +171,8 @@ def granian_options(settings: Settings, bind: str | None = None) -> dict[str, An
 
 def serve(settings: Settings, bind: str | None = None) -> None:
     """Prepare storage, start the dummy site if configured, then run the HTTP server."""
-
+    # The main process logs at the configured level too (workers set it in create_app).
+    logging.getLogger("oauth2").setLevel(settings.log_level)
     clients = load_clients(settings)  # a bad adapter or clients file stops us here, clearly
     if settings.storage.auto_migrate:
         storage = Storage(settings.storage_specs)

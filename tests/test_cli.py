@@ -395,3 +395,12 @@ def test_incomplete_commands_exit_2_with_usage(argv, capsys):
         main(argv)
     assert info.value.code == 2
     assert "usage:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [("check",), ("db", "upgrade"), ("purge",)])
+def test_an_unreachable_redis_is_exit_status_3_for_every_command(config_dir, capsys, argv):
+    # Redis has no schema to migrate: check and db upgrade must still ask it.
+    write_runtime = config_dir / "runtime.json"
+    write_runtime.write_text(json.dumps({"storage": {"tokens": "redis://127.0.0.1:1/0"}}))
+    assert run(config_dir, *argv) == 3
+    assert "storage unavailable" in capsys.readouterr().err

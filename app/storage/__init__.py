@@ -230,6 +230,11 @@ class Storage:
             return next(iter(owners.values())).exchange(take, puts, discards)
         return ordered_exchange(take, puts, discards)
 
+    def ping(self) -> None:
+        """Raise :class:`StorageUnavailable` unless every backend answers."""
+        for backend in self.backends.values():
+            backend.ping()
+
     def migrate(self) -> dict[str, list[str]]:
         """Apply schema migrations on every backend."""
         return {url: backend.migrate() for url, backend in self.backends.items()}

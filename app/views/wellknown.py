@@ -19,8 +19,7 @@ def metadata():
 
 @bp.get(HEALTH)
 def health():
-    for backend in state().storage.backends.values():
-        backend.ping()
+    state().storage.ping()
     return jsonify(status="ok")
 
 
