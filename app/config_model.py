@@ -91,7 +91,7 @@ def _storage_entry(value: Any) -> Any:
     try:
         parse_spec("x", value)
     except StorageConfigError as exc:
-        # "storage.x.ttl: ..." -> ".ttl: ...": the table's key goes in front (see _problems).
+        # "storage.x.ttl: ..." -> ".ttl: ...": the table's key goes in front (see problem_lines).
         raise ValueError(str(exc).removeprefix("storage.x").removeprefix(": ")) from None
     return value
 
@@ -236,6 +236,24 @@ def cross_checks(config: Config, env: str) -> list[str]:
     return problems
 
 
+def adapter_problems(data: Mapping[str, Any]) -> list[str]:
+    """What the adapter ``resource_server.type`` names finds wrong with its section."""
+    from .adapters import adapter_class
+
+    section = data.get("resource_server", {})
+    kind = section.get("type", "dummy") if isinstance(section, dict) else None
+    if not kind or not isinstance(kind, str):
+        return []  # the model names what is wrong with the section itself
+    section = {"type": ResourceServer().type, **section}
+    try:
+        adapter_class(section["type"]).check_config(section)
+    except ConfigError as error:
+        return error.problems
+    except ValueError as error:  # the type itself: not importable, not an adapter
+        return [str(error)]
+    return []
+
+
 def _stand_ins(config: Config) -> list[str]:
     """Production refuses development stand-ins, naming every one and its fix."""
     auth, problems = config.auth_server, []
@@ -260,11 +278,13 @@ def _stand_ins(config: Config) -> list[str]:
     return problems
 
 
-def _problems(error: ValidationError) -> list[str]:
-    """One ``key: message`` line per pydantic error."""
+def problem_lines(error: ValidationError, root: str = "") -> list[str]:
+    """One ``key: message`` line per pydantic error; ``root`` names the section checked."""
     lines = []
     for item in error.errors(include_url=False):
-        where = ".".join(str(part) for part in item["loc"] if not _is_union_tag(part))
+        parts = [root] if root else []
+        parts += [str(part) for part in item["loc"] if not _is_union_tag(part)]
+        where = ".".join(parts)
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key" if "." in where else "unknown config section"
@@ -282,11 +302,13 @@ def _is_union_tag(part: Any) -> bool:
 
 def parse_config(data: Mapping[str, Any], env: str) -> Config:
     """Validate merged config data; raise :class:`ConfigError` listing every problem."""
+    config, problems = None, adapter_problems(data)
     try:
         config = Config.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_problems(error)) from None
-    problems = cross_checks(config, env)
-    if problems:
+        problems = problem_lines(error) + problems
+    if config is not None:
+        problems += cross_checks(config, env)
+    if problems or config is None:
         raise ConfigError(problems)
     return config

@@ -521,3 +521,40 @@ def test_sections_are_typed_and_frozen(folder):
     assert settings.limits.lockout_after == 5
     with pytest.raises(ValueError, match="frozen"):
         settings.auth.port = 1  # type: ignore[misc]
+
+
+def test_the_adapter_s_keys_are_checked_with_the_rest(folder):
+    # Adapters declare their keys as models too: one run names every problem.
+    write(
+        folder,
+        "runtime.json",
+        {
+            "auth_server": {"port": 0},
+            "resource_server": {"type": "http", "base_url": "ftp://x", "scopes": {}, "tmeout": 5},
+        },
+    )
+    with pytest.raises(ConfigError) as caught:
+        load(folder)
+    assert sorted(p.split(":")[0] for p in caught.value.problems) == [
+        "auth_server.port",
+        "resource_server.base_url",
+        "resource_server.scopes",
+        "resource_server.tmeout",
+    ]
+
+
+def test_the_dummy_adapter_s_keys_are_typed(folder):
+    write(folder, "runtime.json", {"resource_server": {"port": "8084", "hots": "x"}})
+    with pytest.raises(ConfigError) as caught:
+        load(folder)
+    assert sorted(p.split(":")[0] for p in caught.value.problems) == [
+        "resource_server.hots",
+        "resource_server.port",
+    ]
+
+
+@pytest.mark.parametrize("kind", [5, None, [], "", "no.such.module:Adapter"])
+def test_a_bad_adapter_type_is_one_problem_never_a_crash(folder, kind):
+    write(folder, "runtime.json", {"resource_server": {"type": kind}})
+    with pytest.raises(ConfigError, match=re.escape("resource_server.type")):
+        load(folder)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ValidationError
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,23 @@ class ResourceServer(abc.ABC):
     #: Started and stopped with ``oauth2-server serve`` when set (the dummy site).
     bundled_site: tuple[str, int] | None = None
 
+    #: The model of this adapter's ``resource_server`` keys (``None``: not checked).
+    Config: ClassVar[type[BaseModel] | None] = None
+
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> Any:
+        """Validate ``config`` against :attr:`Config`; raise ``ConfigError`` naming each key."""
+        if cls.Config is None:
+            return config
+        from ..config_model import ConfigError, problem_lines
+
+        try:
+            return cls.Config.model_validate(config)
+        except ValidationError as error:
+            raise ConfigError(problem_lines(error, "resource_server")) from None
 
     @property
     @abc.abstractmethod

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
 
 from .http import HttpAdapter
+from .http_config import DummyConfig
 
 SCOPES = {
     "read-only": "Read your profile",
@@ -17,37 +20,28 @@ API = {
     "update_avatar": {"method": ["POST", "GET"], "path": "/update_avatar", "scope": "read-write"},
 }
 
-KEYS = {"type", "host", "port", "user_agent", "timeout"}
-
 
 class DummyAdapter(HttpAdapter):
     """Talk to the bundled dummy site (``app.dummy_site``), started beside the server.
 
-    Config: ``host`` (default ``127.0.0.1``), ``port`` (default ``8084``),
-    ``user_agent`` and ``timeout`` (default 5 seconds).
+    Config (:class:`DummyConfig`): ``host`` (default ``127.0.0.1``), ``port`` (default
+    ``8084``), ``user_agent`` and ``timeout`` (default 5 seconds).
     """
+
+    Config: ClassVar[type[BaseModel] | None] = DummyConfig
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
-        self.bundled_site = site_address(config)
+        site: DummyConfig = self.check_config(config)
+        self.bundled_site = (site.host, site.port)
 
     def http_config(self, config: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(config) - KEYS)
-        if unknown:
-            raise ValueError(f"resource_server.{unknown[0]}: unknown key for the dummy adapter")
-        host, port = site_address(config)
-        preset = {"base_url": f"http://{host}:{port}", "scopes": SCOPES, "api": API}
-        preset["login"] = {"token_from": "cookie:dummy-server-token"}
+        site: DummyConfig = self.check_config(config)
         return {
-            **preset,
-            **{key: config[key] for key in ("user_agent", "timeout") if key in config},
+            "base_url": f"http://{site.host}:{site.port}",
+            "scopes": SCOPES,
+            "api": API,
+            "login": {"token_from": "cookie:dummy-server-token"},
+            "user_agent": site.user_agent,
+            "timeout": site.timeout,
         }
-
-
-def site_address(config: dict[str, Any]) -> tuple[str, int]:
-    """Return the dummy site's ``(host, port)`` from config."""
-    port = config.get("port", 8084)
-    port = int(port) if isinstance(port, str) and port.isdigit() else port
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-        raise ValueError(f"resource_server.port: {port!r} is not a TCP port")
-    return str(config.get("host", "127.0.0.1")), port

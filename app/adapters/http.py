@@ -5,139 +5,18 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 import urllib.request
-from dataclasses import dataclass, fields
 from http.cookies import CookieError, SimpleCookie
-from typing import Any, NoReturn
+from typing import Any, ClassVar
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import urllib3
+from pydantic import BaseModel
 
 from .base import ApiRoute, ResourceServer, SiteUser, UpstreamResponse, UpstreamUnavailable
+from .http_config import BODY_METHODS, HttpConfig
 
 log = logging.getLogger(__name__)
-
-DEFAULT_USER_AGENT = "oauth2-server/0.1"
-METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
-BODY_METHODS = ("POST", "PUT", "PATCH")
-TOKEN_IN = ("query", "header", "cookie", "form")
-TOKEN_FROM = ("cookie", "json", "header")
-TOP_KEYS = {"type", "base_url", "timeout", "user_agent", "trust_env", "login", "scopes", "api"}
-ROUTE_KEYS = {"method", "path", "scope", "token_in"}
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-def _fail(key: str, message: str) -> NoReturn:
-    raise ValueError(f"resource_server.{key}: {message}")
-
-
-def _check_keys(section: Any, allowed: set[str], where: str) -> dict[str, Any]:
-    if not isinstance(section, dict):
-        _fail(where, "must be an object")
-    for key in section:
-        if key not in allowed:
-            _fail(f"{where}.{key}" if where else key, "unknown key")
-    return section
-
-
-def _placement(value: Any, kinds: tuple[str, ...], where: str) -> str:
-    kind, _, name = str(value).partition(":")
-    if kind not in kinds or not name:
-        _fail(where, f"{value!r} is not one of {', '.join(k + ':<name>' for k in kinds)}")
-    return str(value)
-
-
-def _method(value: Any, where: str) -> str:
-    if str(value).upper() not in METHODS:
-        _fail(where, f"unsupported method {value!r}")
-    return str(value).upper()
-
-
-def _path(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value.startswith("/"):
-        _fail(where, f"{value!r} must start with '/'")
-    try:
-        value.format(token="", user_id="")
-    except (KeyError, IndexError, ValueError):
-        _fail(where, f"{value!r} may only use the placeholders {{token}} and {{user_id}}")
-    return value
-
-
-@dataclass(frozen=True)
-class LoginSettings:
-    """How :meth:`HttpAdapter.login` talks to the site's login endpoint."""
-
-    path: str = "/login"
-    method: str = "POST"
-    username_field: str = "username"
-    password_field: str = "password"  # noqa: S105 - a form field name
-    format: str = "form"
-    token_from: str = "cookie:session"  # noqa: S105 - where the token is read
-    id_from: str = "json:id"
-    name_from: str = "json:firstName"
-
-    @classmethod
-    def parse(cls, section: Any) -> LoginSettings:
-        """Validate the ``login`` section, filling in defaults."""
-        given = _check_keys(section, {f.name for f in fields(cls)}, "login")
-        settings = cls(**{**given, "method": _method(given.get("method", "POST"), "login.method")})
-        _path(settings.path, "login.path")
-        if settings.format not in ("form", "json"):
-            _fail("login.format", f"{settings.format!r} is not 'form' or 'json'")
-        for name in ("token_from", "id_from", "name_from"):
-            _placement(getattr(settings, name), TOKEN_FROM, f"login.{name}")
-        return settings
-
-
-def parse_scopes(value: Any) -> dict[str, str]:
-    """Validate ``scopes``: a non-empty object of name -> description."""
-    if not isinstance(value, dict) or not value:
-        _fail("scopes", "must be a non-empty object of scope name -> description")
-    for name, text in value.items():
-        if not _NAME.match(name) or not isinstance(text, str):
-            _fail(f"scopes.{name}", "needs a plain name and a description string")
-    return dict(value)
-
-
-def parse_route(name: str, entry: Any, scopes: dict[str, str]) -> ApiRoute:
-    """Validate one ``api.<name>`` entry."""
-    where = f"api.{name}"
-    if not _NAME.match(name):
-        _fail(where, "the name may hold only letters, digits, '_', '.' and '-'")
-    entry = _check_keys(entry, ROUTE_KEYS, where)
-    scope = entry.get("scope")
-    if scope not in scopes:
-        _fail(f"{where}.scope", f"unknown scope {scope!r}")
-    methods = _methods(entry.get("method", "GET"), f"{where}.method")
-    token_in = _placement(entry.get("token_in", "query:token"), TOKEN_IN, f"{where}.token_in")
-    bodiless = [m for m in methods if m not in BODY_METHODS]
-    if token_in.startswith("form:") and bodiless:
-        _fail(f"{where}.token_in", f"'form:' needs a method with a body, not {bodiless[0]}")
-    path = _path(entry.get("path", f"/{name}"), f"{where}.path")
-    return ApiRoute(
-        name=name, scope=scope, method=methods[0], path=path, token_in=token_in, methods=methods
-    )
-
-
-def _methods(value: Any, where: str) -> tuple[str, ...]:
-    """One method (``"GET"``) or several (``["GET", "POST"]``), each sent on as called."""
-    values = value if isinstance(value, list) else [value]
-    if not values:
-        _fail(where, "lists no method")
-    return tuple(dict.fromkeys(_method(v, where) for v in values))
-
-
-def _timeout(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        _fail("timeout", f"{value!r} must be a positive number of seconds")
-    return float(value)
-
-
-def _base_url(value: Any) -> str:
-    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
-        _fail("base_url", f"{value!r} must be an http:// or https:// URL")
-    return value.rstrip("/")
 
 
 def proxy_for(base_url: str, trust_env: bool) -> str | None:
@@ -153,7 +32,10 @@ def proxy_for(base_url: str, trust_env: bool) -> str | None:
     if not proxy or urllib.request.proxy_bypass(parts.netloc):
         return None
     if not proxy.startswith(("http://", "https://")):
-        _fail("trust_env", f"the environment's proxy for {parts.scheme} must be http(s)://")
+        raise ValueError(
+            f"resource_server.trust_env: the environment's proxy for {parts.scheme} "
+            "must be http(s)://"
+        )
     return proxy
 
 
@@ -227,20 +109,18 @@ class HttpAdapter(ResourceServer):
     credentials; 5xx and network errors raise :class:`UpstreamUnavailable`.
     """
 
+    Config: ClassVar[type[BaseModel] | None] = HttpConfig
+
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
-        settings = _check_keys(self.http_config(config), TOP_KEYS, "")
-        self.base_url = _base_url(settings.get("base_url"))
-        self.timeout = _timeout(settings.get("timeout", 5))
-        self.login_settings = LoginSettings.parse(settings.get("login", {}))
-        self._scopes = parse_scopes(settings.get("scopes"))
-        routes = settings.get("api", {})
-        if not isinstance(routes, dict):
-            _fail("api", "must be an object of name -> route")
-        self._api = {name: parse_route(name, e, self._scopes) for name, e in routes.items()}
-        self._user_agent = str(settings.get("user_agent") or DEFAULT_USER_AGENT)
-        proxy = proxy_for(self.base_url, bool(settings.get("trust_env", False)))
-        self._pool = new_pool(self.timeout, proxy)
+        self.check_config(config)  # this class's own keys (a preset's, such as the dummy's)
+        settings: HttpConfig = HttpAdapter.check_config(self.http_config(config))
+        self.base_url, self.timeout = settings.base_url, settings.timeout
+        self.login_settings = settings.login
+        self._scopes = dict(settings.scopes)
+        self._api = {name: route.route(name) for name, route in settings.api.items()}
+        self._user_agent = settings.user_agent
+        self._pool = new_pool(self.timeout, proxy_for(self.base_url, settings.trust_env))
 
     def http_config(self, config: dict[str, Any]) -> dict[str, Any]:
         """Return the config in the form documented above; presets override this."""
