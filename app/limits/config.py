@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from limits.storage import MemoryStorage
-
+from ..storage import Table, open_table
 from .counters import RateLimits
-from .delays import Delays
+from .delays import Counters, Delays, TableCounters
 
 #: The named fixed-window budgets (``limits.<name>`` is its rate).
 RATES = ("token", "token_ip", "login_ip", "login_user", "api", "api_ip")
@@ -37,11 +36,16 @@ def storage_config(settings: Any) -> tuple[str, dict[str, Any]]:
     return "memory://", {}
 
 
-def build(settings: Any) -> Limits:
+def build(settings: Any, session: Table | None = None) -> Limits:
+    """The limits of one process; ``session`` is the storage's table (else opened here)."""
     config = settings.data["limits"]
     uri, options = storage_config(settings)
     rates = RateLimits({name: config[name] for name in RATES}, uri, config["enabled"], options)
-    store = rates.store if rates.store is not None else MemoryStorage()
+    store: Counters
+    if rates.store is not None:
+        store = rates.store
+    else:  # the limiter counts in process memory: share the failures through storage
+        store = TableCounters(session or open_table("session", settings.storage_specs["session"]))
     on, base = config["enabled"], config["lockout_base"]
     after, ceiling = config["lockout_after"], config["lockout_max"]
     return Limits(

@@ -27,7 +27,15 @@ from .base import (
     ordered_exchange,
 )
 
-__all__ = ["Put", "Storage", "StorageSpec", "StorageUnavailable", "StorageConfigError", "Table"]
+__all__ = [
+    "Put",
+    "Storage",
+    "StorageConfigError",
+    "StorageSpec",
+    "StorageUnavailable",
+    "Table",
+    "open_table",
+]
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +176,11 @@ def _backend_class(scheme: str) -> type[Backend]:
         return getattr(importlib.import_module(module), cls)
     except ImportError as exc:  # pragma: no cover - depends on installed extras
         raise StorageConfigError(f"storage backend {scheme!r} is not available: {exc}") from exc
+
+
+def open_table(name: str, spec: StorageSpec) -> Table:
+    """The table ``name`` on a backend of its own (for a user outside :class:`Storage`)."""
+    return _backend_class(spec.scheme)(spec.url, spec.options).table(name, spec.ttl)
 
 
 class Storage:
