@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..storage import Table, open_table
+from ..storage import open_table
 from .counters import RateLimits
 from .delays import Counters, Delays, TableCounters
 
@@ -36,8 +36,8 @@ def storage_config(settings: Any) -> tuple[str, dict[str, Any]]:
     return "memory://", {}
 
 
-def build(settings: Any, session: Table | None = None) -> Limits:
-    """The limits of one process; ``session`` is the storage's table (else opened here)."""
+def build(settings: Any) -> Limits:
+    """The limits of one process (built after its :class:`~app.storage.Storage`)."""
     config = settings.data["limits"]
     uri, options = storage_config(settings)
     rates = RateLimits({name: config[name] for name in RATES}, uri, config["enabled"], options)
@@ -45,7 +45,7 @@ def build(settings: Any, session: Table | None = None) -> Limits:
     if rates.store is not None:
         store = rates.store
     else:  # the limiter counts in process memory: share the failures through storage
-        store = TableCounters(session or open_table("session", settings.storage_specs["session"]))
+        store = TableCounters(open_table("session", settings.storage_specs["session"]))
     on, base = config["enabled"], config["lockout_base"]
     after, ceiling = config["lockout_after"], config["lockout_max"]
     return Limits(

@@ -58,6 +58,8 @@ CLIENT_OPTIONS = {
 
 
 class RedisBackend(Backend):
+    """One Redis server, or a Cluster (``redis+cluster://``), shared by its tables."""
+
     def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
         super().__init__(url, options)
         self.prefix = str(self.options.pop("key_prefix", "oauth2"))
@@ -85,6 +87,7 @@ class RedisBackend(Backend):
         return self._batch.get()
 
     @property
+    @guarded  # a Cluster client asks for the slot map as it is made
     def link(self) -> Link:
         """Return this process's link, (re)creating it lazily and after fork()."""
         with self._lock:
@@ -147,6 +150,7 @@ class RedisTable(Table):
         self.log = f"{self.base}:log"
 
     def rkey(self, key: str) -> str:
+        """The Redis key of the record under ``key``."""
         return f"{self.base}:{{{key}}}"
 
     def _ikey(self, field: str, value: Any) -> str:
@@ -179,10 +183,12 @@ class RedisTable(Table):
         return [self._decode(k, raw, now) for k, raw in zip(keys, raws, strict=True)]
 
     def entries(self, key: str, record: Record) -> list[tuple[str, str]]:
+        """The (index key, member) pairs of ``record`` under ``key``."""
         fields = [f for f in INDEXED_FIELDS if record.get(f) is not None]
         return [(self._ikey(f, record[f]), key) for f in fields]
 
     def index(self, link: Link, key: str, record: Record) -> None:
+        """Add the record to its indexes, one one-key script each (Cluster-safe)."""
         expires_at = record.get("expires_at")
         score = "inf" if expires_at is None else repr(float(expires_at))
         for ikey, _ in self.entries(key, record):
