@@ -391,10 +391,23 @@ def test_random_bearer_tokens_are_limited_per_ip(make):
 
 
 # -- sign-in lockout: reserved before the site is asked --------------------------------------
+def test_a_lockout_earned_at_one_instance_holds_at_another(make):
+    # Two instances on one SQLite file, the limiter in process memory (`make run`'s
+    # workers): the failure counts live in the shared session table.
+    one, other = make(lockout_after=2, lockout_base=60), make(lockout_after=2, lockout_base=60)
+    assert [login_once(one.test_client(), "mallory", "nope").status_code for _ in range(3)] == [
+        401
+    ] * 3
+    locked = login_once(other.test_client(), "mallory", "password")
+    assert locked.status_code == 429
+    assert 1 <= int(locked.headers["Retry-After"]) <= 60
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_parallel_wrong_passwords_reach_the_site_at_most_lockout_after_plus_one(
     tmp_path, dummy_site, backend, monkeypatch
 ):
+    """Across two instances (workers) of one deployment, the lockout holds as in one."""
     config = base_config(tmp_path, dummy_site)
     if backend == "redis":
         url = redis_url()
@@ -403,9 +416,8 @@ def test_parallel_wrong_passwords_reach_the_site_at_most_lockout_after_plus_one(
         config["limits"] = {"lockout_after": 3}
     else:
         config["limits"] = {"storage": "memory://", "lockout_after": 3}
-    app = create_app(config)
-    state = app.extensions["oauth2"]
-    state.limits.login.succeeded(user := f"victim-{secrets.token_hex(4)}")
+    apps = [create_app(config), create_app(config)]
+    apps[0].extensions["oauth2"].limits.login.succeeded(user := f"victim-{secrets.token_hex(4)}")
     calls, lock = [], threading.Lock()
 
     def slow_login(username, password):
@@ -414,26 +426,28 @@ def test_parallel_wrong_passwords_reach_the_site_at_most_lockout_after_plus_one(
         time.sleep(0.2)  # a slow site: every attempt is in flight at once
         return None
 
-    monkeypatch.setattr(state.adapter, "login", slow_login)
-    app.config["WTF_CSRF_ENABLED"] = False
-    barrier = threading.Barrier(25)
+    for app in apps:
+        monkeypatch.setattr(app.extensions["oauth2"].adapter, "login", slow_login)
+        app.config["WTF_CSRF_ENABLED"] = False
+    barrier = threading.Barrier(26)
     statuses: list[int] = []
 
-    def attempt() -> None:
+    def attempt(app) -> None:
         client = app.test_client()
         barrier.wait()
         answer = client.post("/login", data={"username": user, "password": "wrong"})
         with lock:
             statuses.append(answer.status_code)
 
-    threads = [threading.Thread(target=attempt) for _ in range(25)]
+    threads = [threading.Thread(target=attempt, args=(apps[i % 2],)) for i in range(26)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert len(calls) <= 3 + 1
-    assert statuses.count(429) >= 25 - 4
-    state.storage.close()
+    assert statuses.count(429) >= 26 - 4
+    for app in apps:
+        app.extensions["oauth2"].storage.close()
 
 
 # -- found by review: ids as authentication reads them, mapped IPv4, public clients --------

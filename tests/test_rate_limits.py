@@ -11,13 +11,16 @@ import contextlib
 import secrets
 import threading
 import time
+from collections.abc import Callable, Iterator
+from typing import cast
 
 import pytest
 import redis
 
 from app.limits import counters as limits
 from app.limits.counters import PREFIX, RateLimits
-from app.limits.delays import Delays
+from app.limits.delays import Counters, Delays, TableCounters
+from app.storage.sqlite import SQLiteBackend
 
 from .backends import redis_url, require_service
 
@@ -218,13 +221,33 @@ def test_a_store_that_never_answers_does_not_hang_requests():
             sock.close()
 
 
-def delays_of_one_process(url: str, free: int = 2) -> Delays:
-    return Delays(RateLimits({}, url).store, "test", free, 2, 60)
+@pytest.fixture(params=["redis", "sqlite"])
+def backend(request: pytest.FixtureRequest, tmp_path) -> Iterator[Callable[[], Counters]]:
+    """Where one worker process keeps its delay counts: the limiter's Redis, or (the
+    limiter in process memory) the session table of one SQLite file the workers share."""
+    if request.param == "redis":
+        url = request.getfixturevalue("url")
+        yield lambda: cast(Counters, RateLimits({}, url).store)
+        return
+    opened: list[SQLiteBackend] = []
+
+    def open_one() -> Counters:
+        opened.append(SQLiteBackend(f"sqlite:///{tmp_path}/shared.db"))
+        opened[-1].migrate()
+        return TableCounters(opened[-1].table("session", 1800))
+
+    yield open_one
+    for worker in opened:
+        worker.close()
 
 
-def test_failure_delays_are_shared_across_processes(url):
+def delays_of_one_process(store: Counters, free: int = 2) -> Delays:
+    return Delays(store, "test", free, 2, 60)
+
+
+def test_failure_delays_are_shared_across_processes(backend):
     subject = secrets.token_hex(8)
-    first, second = delays_of_one_process(url), delays_of_one_process(url)
+    first, second = delays_of_one_process(backend()), delays_of_one_process(backend())
     assert [first.failed(subject) for _ in range(3)] == [0, 0, 2]
     assert 1 <= second.wait(subject) <= 2  # the other process sees the shut gate
     assert second.reserve(subject).wait >= 1  # and refuses without counting it
@@ -232,9 +255,9 @@ def test_failure_delays_are_shared_across_processes(url):
     assert first.wait(subject) == 0
 
 
-def test_reservations_are_atomic_across_processes(url):
+def test_reservations_are_atomic_across_processes(backend):
     subject = secrets.token_hex(8)
-    workers = [delays_of_one_process(url, free=3) for _ in range(4)]
+    workers = [delays_of_one_process(backend(), free=3) for _ in range(4)]
     barrier = threading.Barrier(20)
     granted: list[bool] = []
     lock = threading.Lock()

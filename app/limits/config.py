@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from limits.storage import MemoryStorage
-
 from ..settings import Settings
+from ..storage import open_table
 from .counters import RateLimits
-from .delays import Delays
+from .delays import Counters, Delays, TableCounters
 
 #: The named fixed-window budgets (``limits.<name>`` is its rate).
 RATES = ("token", "token_ip", "login_ip", "login_user", "api", "api_ip")
@@ -39,12 +38,17 @@ def storage_config(settings: Settings) -> tuple[str, dict[str, Any]]:
 
 
 def build(settings: Settings) -> Limits:
+    """The limits of one process (built after its :class:`~app.storage.Storage`)."""
     config = settings.limits
     uri, options = storage_config(settings)
     rates = RateLimits(
         {name: getattr(config, name) for name in RATES}, uri, config.enabled, options
     )
-    store = rates.store if rates.store is not None else MemoryStorage()
+    store: Counters
+    if rates.store is not None:
+        store = rates.store
+    else:  # the limiter counts in process memory: share the failures through storage
+        store = TableCounters(open_table("session", settings.storage_specs["session"]))
     on, base = config.enabled, config.lockout_base
     after, ceiling = config.lockout_after, config.lockout_max
     return Limits(

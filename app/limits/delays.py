@@ -3,9 +3,10 @@
 After ``free`` failures of one subject, each further attempt shuts a gate for
 ``base ** k`` seconds (``k`` = attempts past ``free``), up to ``ceiling``; while the gate
 is shut every attempt is refused, the right password or secret too, so guessing is
-bounded. The counts are atomic increments in the limiter's store (Redis when any table
-is on Redis, shared by every worker and machine; process memory otherwise) and are
-forgotten ``memory`` seconds after the first failure.
+bounded. The counts are atomic increments shared by every worker and machine: in the
+limiter's store when it is Redis, else (its store is process memory) in the ``session``
+table through :class:`TableCounters`. They are forgotten ``memory`` seconds after the
+first failure.
 
 Two ways in:
 
@@ -23,10 +24,9 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
-from limits.storage import Storage as LimitsStorage
-
+from ..storage import Table
 from .counters import PREFIX, SYNC_EVERY, digest
 
 log = logging.getLogger("oauth2.limits")
@@ -34,6 +34,41 @@ T = TypeVar("T")
 
 #: At most this many subjects remembered clean per process (a flood empties it).
 MAX_QUIET = 100_000
+
+
+class Counters(Protocol):
+    """The counter verbs of a ``limits`` storage that :class:`Delays` uses."""
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int: ...
+
+    def get(self, key: str) -> int: ...
+
+    def clear(self, key: str) -> None: ...
+
+    def get_expiry(self, key: str) -> float: ...
+
+
+class TableCounters:
+    """:class:`Counters` on a storage table (its atomic ``incr``), shared by every
+    process that uses the table: the delays of SQL storage, where the limiter's own
+    store would be process memory (one lockout per worker)."""
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        return self.table.incr(key, amount, ttl=expiry)
+
+    def get(self, key: str) -> int:
+        record = self.table.get(key)
+        return int(record["count"]) if record else 0
+
+    def clear(self, key: str) -> None:
+        self.table.delete(key)
+
+    def get_expiry(self, key: str) -> float:
+        record = self.table.get(key)
+        return float(record["expires_at"]) if record and record["expires_at"] else time.time()
 
 
 def _tolerant(default: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
@@ -67,7 +102,7 @@ class Delays:
 
     def __init__(
         self,
-        store: LimitsStorage,
+        store: Counters,
         name: str,
         free: int,
         base: float,

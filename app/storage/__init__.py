@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import logging
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,15 @@ from .base import (
     ordered_exchange,
 )
 
-__all__ = ["Put", "Storage", "StorageSpec", "StorageUnavailable", "StorageConfigError", "Table"]
+__all__ = [
+    "Put",
+    "Storage",
+    "StorageConfigError",
+    "StorageSpec",
+    "StorageUnavailable",
+    "Table",
+    "open_table",
+]
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +179,21 @@ def _backend_class(scheme: str) -> type[Backend]:
         raise StorageConfigError(f"storage backend {scheme!r} is not available: {exc}") from exc
 
 
+#: This process's open backends by URL (see :func:`open_table`).
+_OPEN: weakref.WeakValueDictionary[str, Backend] = weakref.WeakValueDictionary()
+
+
+def open_table(name: str, spec: StorageSpec) -> Table:
+    """The table ``name`` for a user outside :class:`Storage` (the limits' counters).
+
+    It shares the backend a :class:`Storage` of this process opened for the URL, so
+    its connections and its view of an outage (a dropped pool, a failed probe), and
+    opens one only where there is none.
+    """
+    backend = _OPEN.get(spec.url) or _backend_class(spec.scheme)(spec.url, spec.options)
+    return backend.table(name, spec.ttl)
+
+
 class Storage:
     """Every table, each bound to its backend; backends are shared per URL.
 
@@ -208,6 +232,7 @@ class Storage:
         with self._lock:
             if spec.url not in self.backends:
                 self.backends[spec.url] = _backend_class(spec.scheme)(spec.url, spec.options)
+                _OPEN[spec.url] = self.backends[spec.url]
             return self.backends[spec.url]
 
     def tables(self) -> dict[str, Table]:

@@ -11,7 +11,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,20 +119,24 @@ class Table(abc.ABC):
     def recent(self, limit: int = 50) -> list[Record]:
         """Return up to ``limit`` records put by :meth:`append`, newest first."""
 
-    def revoke_many(self, keys: Iterable[str]) -> int:
-        """Delete several keys; return how many were live."""
-        return sum(1 for key in keys if self.delete(key))
+    @abc.abstractmethod
+    def incr(self, key: str, amount: int = 1, ttl: int | None = None) -> int:
+        """Atomically add ``amount`` to the counter under ``key``; return the new count.
+
+        An absent or expired counter starts at ``amount`` and lives ``ttl`` seconds
+        (the table's default if None); later increments keep that expiry. The counter
+        is a record ``{"count": n}``: :meth:`get` reads it, :meth:`delete` resets it.
+        Concurrent increments are never lost, on every backend.
+        """
 
 
 class Backend(abc.ABC):
     """A connection (pool) to one store, shared by every table configured on it.
 
-    Subclasses declare the URL schemes they serve in ``schemes`` and are built
-    from a URL by :func:`app.storage.open_backend`. Driver imports MUST be lazy
-    so that an unused backend's driver need not be installed.
+    Built from a URL by the scheme registry ``BACKENDS`` in :mod:`app.storage`.
+    Driver imports MUST be lazy so that an unused backend's driver need not be
+    installed.
     """
-
-    schemes: tuple[str, ...] = ()
 
     def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
         self.url = url

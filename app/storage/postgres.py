@@ -73,8 +73,11 @@ def _connection_lost(exc: psycopg.OperationalError) -> bool:
 
 
 class PostgresBackend(SQLBackend):
-    schemes = ("postgresql", "postgres")
     placeholder = "%s"
+    json_count = (
+        "jsonb_set({c}::jsonb, '{{count}}',"
+        " to_jsonb(COALESCE(({c}::jsonb ->> 'count')::bigint, 0) + ?::bigint))::text"
+    )
 
     def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
         super().__init__(url, options)
@@ -130,7 +133,8 @@ class PostgresBackend(SQLBackend):
                 if not _connection_lost(exc):
                     raise
                 # Every SQLTable statement is an upsert, a select or a delete, so
-                # running it again on a fresh connection leaves the same state.
+                # running it again on a fresh connection leaves the same state; an
+                # increment may count twice, which errs on the strict side.
                 return self._run(pool, sql, params, fetch)
         except PoolTimeout as exc:
             self._drop_if_down(pool)

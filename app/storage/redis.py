@@ -21,28 +21,22 @@ re-indexes it if it was put again meanwhile, so a live record is never unindexed
 ``exchange`` (a redemption) is one script on a single server. A cluster puts the
 records of one redemption in different slots, so there it is the base class's
 take-then-write, which puts the taken record back if a write fails.
+
+What differs between one server and a Cluster lives in :mod:`.redis_link`, chosen at
+connect time; the Lua scripts are the files in ``lua/``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar, cast
-
-import redis
-from redis.backoff import NoBackoff
-from redis.cluster import RedisCluster
-from redis.commands.core import Script
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
-from redis.retry import Retry
+from typing import Any, cast
 
 from .base import (
     INDEXED_FIELDS,
@@ -50,13 +44,10 @@ from .base import (
     Put,
     Record,
     StorageConfigError,
-    StorageUnavailable,
     Table,
     audit_key,
 )
-
-P = ParamSpec("P")
-R = TypeVar("R")
+from .redis_link import Batch, Link, connect, guarded
 
 #: Driver options a table entry may set; anything else is a configuration error.
 CLIENT_OPTIONS = {
@@ -64,181 +55,10 @@ CLIENT_OPTIONS = {
     "username", "password", "client_name", "ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile",
     "ssl_keyfile",
 }  # fmt: skip
-CLIENT_DEFAULTS: dict[str, Any] = {
-    "socket_connect_timeout": 2.0,
-    "socket_timeout": 2.0,
-    "health_check_interval": 15,
-}
-
-# Add a member to an index and keep the index alive as long as its longest-lived member.
-INDEX_LUA = """
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2]
-if top == 'inf' then redis.call('PERSIST', KEYS[1])
-else redis.call('PEXPIREAT', KEYS[1], math.ceil(tonumber(top) * 1000)) end
-"""
-
-# A whole put on one server: SET the record (returning the one it replaced), then add
-# it to each index (as INDEX_LUA does) and, for the audit table, to the log. KEYS: the
-# record, the index keys, then the log key if ARGV[5] is set. ARGV: the JSON, PXAT ms
-# or '', the member, its index score, the log score or ''. (One server only.)
-PUT_LUA = """
-local old
-if ARGV[2] ~= '' then old = redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2], 'GET')
-else old = redis.call('SET', KEYS[1], ARGV[1], 'GET') end
-local last = #KEYS
-if ARGV[5] ~= '' then
-  redis.call('ZADD', KEYS[last], ARGV[5], ARGV[3])
-  last = last - 1
-end
-for i = 2, last do
-  redis.call('ZADD', KEYS[i], ARGV[4], ARGV[3])
-  local top = redis.call('ZRANGE', KEYS[i], -1, -1, 'WITHSCORES')[2]
-  if top == 'inf' then redis.call('PERSIST', KEYS[i])
-  else redis.call('PEXPIREAT', KEYS[i], math.ceil(tonumber(top) * 1000)) end
-end
-return old
-"""
-
-# Delete a record only if it still belongs to the grant; return it.
-REVOKE_LUA = """
-local raw = redis.call('GET', KEYS[1])
-if not raw then return false end
-local grant = cjson.decode(raw)['grant_id']
-if type(grant) ~= 'string' and type(grant) ~= 'number' then return false end
-if tostring(grant) ~= ARGV[1] then return false end
-redis.call('DEL', KEYS[1])
-return raw
-"""
-
-
-# Take a record and drop its index entries in one atomic step (one server only: the
-# index keys are not declared, which Redis Cluster would refuse).
-TAKE_LUA = """
-local raw = redis.call('GETDEL', KEYS[1])
-if not raw then return false end
-local record = cjson.decode(raw)
-for _, field in ipairs({'user_id', 'client_id', 'grant_id'}) do
-  local value = record[field]
-  if value ~= nil and value ~= cjson.null then
-    redis.call('ZREM', ARGV[1] .. ':' .. field .. ':{' .. tostring(value) .. '}', ARGV[2])
-  end
-end
-return raw
-"""
-
-# The exchange (see ``Backend.exchange``) as one script on one server: take a record,
-# then put records and delete others, index upkeep included. ARGV[1] is the plan:
-# {"take": [rkey, base, key], "puts": [[rkey, json, pxat|'', member, score, [ikeys]]],
-# "discards": [[rkey, base, key]]}; ARGV[2] is now (seconds). Redis does not roll a
-# failed script back, so every argument is checked before the first write.
-EXCHANGE_LUA = """
-local plan = cjson.decode(ARGV[1])
-for _, put in ipairs(plan.puts) do
-  if put[3] ~= '' and not tonumber(put[3]) then return redis.error_reply('bad expiry') end
-  if put[5] ~= 'inf' and not tonumber(put[5]) then return redis.error_reply('bad score') end
-end
-local function unindex(raw, base, member)
-  local record = cjson.decode(raw)
-  for _, field in ipairs({'user_id', 'client_id', 'grant_id'}) do
-    local value = record[field]
-    if value ~= nil and value ~= cjson.null then
-      redis.call('ZREM', base .. ':' .. field .. ':{' .. tostring(value) .. '}', member)
-    end
-  end
-  return record
-end
-local raw = redis.call('GETDEL', plan.take[1])
-if not raw then return false end
-local taken = unindex(raw, plan.take[2], plan.take[3])
-if taken.expires_at ~= nil and taken.expires_at ~= cjson.null
-  and taken.expires_at <= tonumber(ARGV[2]) then return false end
-for _, put in ipairs(plan.puts) do
-  local old
-  if put[3] ~= '' then old = redis.call('SET', put[1], put[2], 'PXAT', put[3], 'GET')
-  else old = redis.call('SET', put[1], put[2], 'GET') end
-  if old then unindex(old, put[7], put[4]) end
-  for _, ikey in ipairs(put[6]) do
-    redis.call('ZADD', ikey, put[5], put[4])
-    local top = redis.call('ZRANGE', ikey, -1, -1, 'WITHSCORES')[2]
-    if top == 'inf' then redis.call('PERSIST', ikey)
-    else redis.call('PEXPIREAT', ikey, math.ceil(tonumber(top) * 1000)) end
-  end
-end
-for _, gone in ipairs(plan.discards) do
-  local old = redis.call('GETDEL', gone[1])
-  if old then unindex(old, gone[2], gone[3]) end
-end
-return raw
-"""
-
-
-def guarded(method: Callable[P, R]) -> Callable[P, R]:
-    """Turn every Redis driver error into :class:`StorageUnavailable`."""
-
-    @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return method(*args, **kwargs)
-        except (RedisError, RedisClusterException, OSError) as exc:
-            raise StorageUnavailable(f"redis: {exc}") from exc
-
-    return wrapper
-
-
-@dataclass
-class Link:
-    """One process's client and the scripts registered on it."""
-
-    client: Any
-    index: Script
-    revoke: Script
-    take: Script
-    put: Script
-    exchange: Script
-    pid: int
-
-    def mget(self, keys: list[str]) -> list[str | None]:
-        if isinstance(self.client, RedisCluster):
-            return self.client.mget_nonatomic(keys)
-        return self.client.mget(keys)
-
-
-class Batch:
-    """Writes held for one pipeline: each adds its commands, then reads its replies."""
-
-    def __init__(self, backend: RedisBackend) -> None:
-        self.backend = backend
-        self.ops: list[tuple[Callable[[Any], int], Callable[[list[Any]], None]]] = []
-
-    def add(self, queue: Callable[[Any], int], done: Callable[[list[Any]], None]) -> None:
-        """``queue(pipe)`` adds commands and says how many; ``done`` gets their replies."""
-        self.ops.append((queue, done))
-
-    @guarded
-    def send(self) -> None:
-        if not self.ops:
-            return
-        link = self.backend.link
-        for attempt in (1, 2):
-            pipe = link.client.pipeline(transaction=False)
-            counts = [queue(pipe) for queue, _ in self.ops]
-            try:
-                replies = pipe.execute()
-                break
-            except NoScriptError:  # the server lost its scripts: load, send again
-                if attempt == 2:
-                    raise
-                link.client.script_load(PUT_LUA)
-                link.client.script_load(TAKE_LUA)
-        at = 0
-        for (_, done), count in zip(self.ops, counts, strict=True):
-            done(replies[at : at + count])
-            at += count
 
 
 class RedisBackend(Backend):
-    schemes = ("redis", "rediss", "redis+cluster")
+    """One Redis server, or a Cluster (``redis+cluster://``), shared by its tables."""
 
     def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
         super().__init__(url, options)
@@ -252,10 +72,10 @@ class RedisBackend(Backend):
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
-        if self._batch.get() is not None or self.url.startswith("redis+cluster://"):
-            yield  # nested: the outer batch sends; a cluster's pipeline has no order
+        batch = None if self._batch.get() is not None else self.link.batch()
+        if batch is None:
+            yield  # nested: the outer batch sends; a cluster holds nothing
             return
-        batch = Batch(self)
         token = self._batch.set(batch)
         try:
             yield
@@ -266,30 +86,13 @@ class RedisBackend(Backend):
     def current_batch(self) -> Batch | None:
         return self._batch.get()
 
-    def _connect(self) -> Any:
-        # One quick retry re-dials a connection the server closed (restart, CLIENT KILL).
-        kwargs = {**CLIENT_DEFAULTS, **self.options, "decode_responses": True}
-        kwargs["retry"] = Retry(NoBackoff(), 1)
-        if self.url.startswith("redis+cluster://"):
-            return RedisCluster.from_url("redis://" + self.url.split("://", 1)[1], **kwargs)
-        return redis.Redis(connection_pool=redis.ConnectionPool.from_url(self.url, **kwargs))
-
     @property
+    @guarded  # a Cluster client asks for the slot map as it is made
     def link(self) -> Link:
-        """Return this process's client, (re)creating it lazily and after fork()."""
+        """Return this process's link, (re)creating it lazily and after fork()."""
         with self._lock:
             if self._link is None or self._link.pid != os.getpid():
-                client = self._connect()
-                script = client.register_script
-                self._link = Link(
-                    client,
-                    index=script(INDEX_LUA),
-                    revoke=script(REVOKE_LUA),
-                    take=script(TAKE_LUA),
-                    put=script(PUT_LUA),
-                    exchange=script(EXCHANGE_LUA),
-                    pid=os.getpid(),
-                )
+                self._link = connect(self.url, self.options)
             return self._link
 
     def table(self, name: str, ttl: int | None) -> RedisTable:
@@ -304,7 +107,7 @@ class RedisBackend(Backend):
         table, key = take
         tables = [table, *(p.table for p in puts), *(t for t, _ in discards)]
         link = self.link
-        if isinstance(link.client, RedisCluster) or not all(
+        if not link.spans_keys or not all(
             isinstance(t, RedisTable) and t.backend is self for t in tables
         ):
             return super().exchange(take, puts, discards)
@@ -313,7 +116,7 @@ class RedisBackend(Backend):
             "puts": [cast(RedisTable, p.table).planned_put(p) for p in puts],
             "discards": [cast(RedisTable, t).locator(k) for t, k in discards],
         }
-        raw = link.exchange(args=[json.dumps(plan), repr(time.time())], client=link.client)
+        raw = link.run("exchange", [], [json.dumps(plan), repr(time.time())])
         return cast(RedisTable, table)._decode(key, raw, time.time()) if raw else None
 
     @guarded
@@ -323,12 +126,8 @@ class RedisBackend(Backend):
     def close(self) -> None:
         with self._lock:
             link, self._link = self._link, None
-        if link is None or link.pid != os.getpid():
-            return
-        if isinstance(link.client, RedisCluster):
-            link.client.close()
-        else:
-            link.client.connection_pool.disconnect()
+        if link is not None and link.pid == os.getpid():
+            link.close()
 
 
 def _expired(record: Record, now: float) -> bool:
@@ -350,7 +149,8 @@ class RedisTable(Table):
         self.base = f"{backend.prefix}:{name}"
         self.log = f"{self.base}:log"
 
-    def _rkey(self, key: str) -> str:
+    def rkey(self, key: str) -> str:
+        """The Redis key of the record under ``key``."""
         return f"{self.base}:{{{key}}}"
 
     def _ikey(self, field: str, value: Any) -> str:
@@ -358,18 +158,18 @@ class RedisTable(Table):
 
     def locator(self, key: str) -> list[str]:
         """The record's Redis key, the table's key base and the index member, for scripts."""
-        return [self._rkey(key), self.base, key]
+        return [self.rkey(key), self.base, key]
 
     def planned_put(self, put: Put) -> list[Any]:
-        """One put for ``EXCHANGE_LUA``: [rkey, json, pxat|'', member, score, ikeys, base]."""
+        """One put for ``lua/exchange.lua``: [rkey, json, pxat|'', member, score, ikeys, base]."""
         expires_at = self.expiry(put.ttl)
         data = {k: v for k, v in put.record.items() if k not in ("key", "expires_at")}
         data["expires_at"] = expires_at
         at = "" if expires_at is None else str(math.ceil(expires_at * 1000))
         score = "inf" if expires_at is None else repr(float(expires_at))
-        ikeys = [ikey for ikey, _ in self._entries(put.key, data)]
+        ikeys = [ikey for ikey, _ in self.entries(put.key, data)]
         raw = json.dumps(data, separators=(",", ":"))
-        return [self._rkey(put.key), raw, at, put.key, score, ikeys, self.base]
+        return [self.rkey(put.key), raw, at, put.key, score, ikeys, self.base]
 
     def _decode(self, key: str, raw: str | None, now: float) -> Record | None:
         if raw is None:
@@ -378,21 +178,23 @@ class RedisTable(Table):
         return None if _expired(record, now) else {**record, "key": key}
 
     def _load(self, link: Link, keys: list[str]) -> list[Record | None]:
-        raws = link.mget([self._rkey(k) for k in keys]) if keys else []
+        raws = link.mget([self.rkey(k) for k in keys]) if keys else []
         now = time.time()
         return [self._decode(k, raw, now) for k, raw in zip(keys, raws, strict=True)]
 
-    def _entries(self, key: str, record: Record) -> list[tuple[str, str]]:
+    def entries(self, key: str, record: Record) -> list[tuple[str, str]]:
+        """The (index key, member) pairs of ``record`` under ``key``."""
         fields = [f for f in INDEXED_FIELDS if record.get(f) is not None]
         return [(self._ikey(f, record[f]), key) for f in fields]
 
-    def _index(self, link: Link, key: str, record: Record, client: Any = None) -> None:
+    def index(self, link: Link, key: str, record: Record) -> None:
+        """Add the record to its indexes, one one-key script each (Cluster-safe)."""
         expires_at = record.get("expires_at")
         score = "inf" if expires_at is None else repr(float(expires_at))
-        for ikey, _ in self._entries(key, record):
-            link.index(keys=[ikey], args=[key, score], client=client or link.client)
+        for ikey, _ in self.entries(key, record):
+            link.run("index", [ikey], [key, score])
 
-    def _unindex(self, link: Link, entries: list[tuple[str, str]]) -> None:
+    def unindex(self, link: Link, entries: list[tuple[str, str]]) -> None:
         """Drop index entries, then re-index any of their records put again meanwhile."""
         if not entries:
             return
@@ -403,45 +205,13 @@ class RedisTable(Table):
         keys = sorted({key for _, key in entries})
         for key, record in zip(keys, self._load(link, keys), strict=True):
             if record is not None:
-                self._index(link, key, record)
-
-    def _queue_put(
-        self, pipe: Any, link: Link, key: str, data: Record, raw: str, at: int | None, log: float
-    ) -> int:
-        """Add the put to ``pipe`` as one ``PUT_LUA`` call by SHA; return 1 (its replies).
-
-        Scripts go by ``EVALSHA`` alone: redis-py would otherwise ask ``SCRIPT EXISTS``
-        before every pipeline, a second round trip. After a server restart lost them,
-        they are loaded again and the pipeline is sent once more.
-        """
-        score = "inf" if data["expires_at"] is None else repr(float(data["expires_at"]))
-        keys = [self._rkey(key)] + [ikey for ikey, _ in self._entries(key, data)]
-        if log:
-            keys.append(self.log)
-        args = (raw, "" if at is None else at, key, score, repr(log) if log else "")
-        pipe.evalsha(link.put.sha, len(keys), *keys, *args)
-        return 1
-
-    def _pipelined_put(
-        self, link: Link, key: str, data: Record, raw: str, at: int | None, log: float
-    ) -> Any:
-        """One put as one pipeline; return the record it replaced."""
-        for attempt in (1, 2):
-            pipe = link.client.pipeline(transaction=False)
-            self._queue_put(pipe, link, key, data, raw, at, log)
-            try:
-                return pipe.execute()[0]
-            except NoScriptError:
-                if attempt == 2:
-                    raise
-                link.client.script_load(PUT_LUA)
-        return None
+                self.index(link, key, record)
 
     def _replaced(self, link: Link, key: str, data: Record, old: Any) -> None:
         """Drop the index entries the replaced record had and the new one has not."""
         if isinstance(old, str):
-            stale = set(self._entries(key, json.loads(old))) - set(self._entries(key, data))
-            self._unindex(link, sorted(stale))
+            stale = set(self.entries(key, json.loads(old))) - set(self.entries(key, data))
+            self.unindex(link, sorted(stale))
 
     @guarded
     def put(self, key: str, record: Record, ttl: int | None = None) -> None:
@@ -452,47 +222,32 @@ class RedisTable(Table):
         self._put(key, record, expires_at)
 
     def _put(self, key: str, record: Record, expires_at: float | None, log: float = 0) -> None:
-        """Write the record, then its index entries (and a log entry), in one round trip.
-
-        A pipeline on one server runs in order, so the record still lands before its
-        index entries; a cluster's pipeline may not, so there each step is its own call.
-        """
+        """Write the record, then its index entries (and a log entry), in one round trip
+        on one server (held for the batch, if there is one)."""
         data = {k: v for k, v in record.items() if k not in ("key", "expires_at")}
         data["expires_at"] = expires_at
         link = self.backend.link
         at = math.ceil(expires_at * 1000) if expires_at is not None else None
-        raw = json.dumps(data, separators=(",", ":"))
-        if isinstance(link.client, RedisCluster):
-            old = link.client.set(self._rkey(key), raw, pxat=at, get=True)
-            self._index(link, key, data)
-            if log:
-                link.client.zadd(self.log, {key: log})
-        else:
-            batch = self.backend.current_batch()
-            if batch is not None:  # sent with the batch's pipeline, when the batch ends
-                batch.add(
-                    lambda pipe: self._queue_put(pipe, link, key, data, raw, at, log),
-                    lambda replies: self._replaced(link, key, data, replies[0]),
-                )
-                return
-            old = self._pipelined_put(link, key, data, raw, at, log)
-        self._replaced(link, key, data, old)
+        batch = self.backend.current_batch()
+        if batch is None:
+            self._replaced(link, key, data, link.write(self, key, data, at, log))
+        else:  # sent with the batch's pipeline, when the batch ends
+            batch.put(self, key, data, at, log, lambda old: self._replaced(link, key, data, old))
 
     @guarded
     def get(self, key: str) -> Record | None:
-        return self._decode(key, self.backend.link.client.get(self._rkey(key)), time.time())
+        return self._decode(key, self.backend.link.client.get(self.rkey(key)), time.time())
 
     @guarded
     def take(self, key: str) -> Record | None:
-        link = self.backend.link
-        if not isinstance(link.client, RedisCluster):
-            taken = link.take(keys=[self._rkey(key)], args=[self.base, key], client=link.client)
-            return self._decode(key, taken, time.time()) if isinstance(taken, str) else None
-        raw: Any = link.client.getdel(self._rkey(key))
-        if raw is None:
-            return None
-        self._unindex(link, self._entries(key, json.loads(raw)))
-        return self._decode(key, raw, time.time())
+        return self._decode(key, self.backend.link.take(self, key), time.time())
+
+    @guarded
+    def incr(self, key: str, amount: int = 1, ttl: int | None = None) -> int:
+        expires_at = self.expiry(ttl)
+        fresh = json.dumps({"count": amount, "expires_at": expires_at}, separators=(",", ":"))
+        at = "" if expires_at is None else math.ceil(expires_at * 1000)
+        return int(self.backend.link.run("incr", [self.rkey(key)], [amount, fresh, at]))
 
     def delete(self, key: str) -> bool:
         return self.take(key) is not None
@@ -501,14 +256,8 @@ class RedisTable(Table):
         batch = self.backend.current_batch()
         if batch is None:
             self.delete(key)
-            return
-        link = self.backend.link
-
-        def queue(pipe: Any) -> int:
-            pipe.evalsha(link.take.sha, 1, self._rkey(key), self.base, key)
-            return 1
-
-        batch.add(queue, lambda replies: None)
+        else:
+            batch.take(self, key)
 
     @guarded
     def _list(self, field: str, value: str) -> list[Record]:
@@ -520,7 +269,7 @@ class RedisTable(Table):
         records = self._load(link, keys)
         pairs = list(zip(keys, records, strict=True))
         stale = [(ikey, k) for k, r in pairs if r is None or not _matches(r, field, value)]
-        self._unindex(link, stale)
+        self.unindex(link, stale)
         return [r for _, r in pairs if r is not None and _matches(r, field, value)]
 
     def list_by_user(self, user_id: str) -> list[Record]:
@@ -535,12 +284,12 @@ class RedisTable(Table):
         keys = link.client.zrange(ikey, 0, -1)
         removed = {}
         for key in keys:
-            raw = link.revoke(keys=[self._rkey(key)], args=[str(grant_id)], client=link.client)
+            raw = link.run("revoke", [self.rkey(key)], [str(grant_id)])
             if raw:
                 removed[key] = json.loads(raw)
         entries = {(ikey, k) for k in keys}
-        entries.update(e for k, r in removed.items() for e in self._entries(k, r))
-        self._unindex(link, sorted(entries))
+        entries.update(e for k, r in removed.items() for e in self.entries(k, r))
+        self.unindex(link, sorted(entries))
         now = time.time()
         return sum(1 for r in removed.values() if not _expired(r, now))
 

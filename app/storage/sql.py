@@ -48,6 +48,8 @@ class SQLBackend(Backend):
 
     placeholder = "?"
     table_prefix = "oauth2_"
+    #: ``column``'s JSON text with ``count`` raised by one parameter (dialects differ).
+    json_count = "json_set({c}, '$.count', COALESCE(json_extract({c}, '$.count'), 0) + ?)"
 
     @abc.abstractmethod
     def execute(self, sql: str, params: tuple[Any, ...] = (), fetch: bool = False) -> Any:
@@ -110,6 +112,15 @@ class SQLTable(Table):
         self._revoke = sql(f"DELETE FROM {t} WHERE grant_id = ? AND {live}")
         self._revoke_any = sql(f"DELETE FROM {t} WHERE grant_id = ?")
         self._purge = sql(f"DELETE FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= ?")
+        # A counter: created if absent, else raised in place (restarted if expired); one
+        # statement, so the row lock makes concurrent increments add up on both engines.
+        was_live = f"({t}.expires_at IS NULL OR {t}.expires_at > ?)"
+        self._incr = sql(
+            f"{insert} VALUES (?, NULL, NULL, NULL, ?, ?) ON CONFLICT (key) DO UPDATE SET"
+            f" data = CASE WHEN {was_live} THEN {backend.json_count.format(c=t + '.data')}"
+            f" ELSE excluded.data END, expires_at = CASE WHEN {was_live}"
+            f" THEN {t}.expires_at ELSE excluded.expires_at END RETURNING data"
+        )
         self._recent = sql(
             f"SELECT key, expires_at, data FROM {t} WHERE {live} ORDER BY key DESC LIMIT ?"
         )
@@ -145,6 +156,12 @@ class SQLTable(Table):
         if not live:
             self.backend.execute(self._delete_any, (key,))
         return live
+
+    def incr(self, key: str, amount: int = 1, ttl: int | None = None) -> int:
+        fresh = json.dumps({"count": amount}, separators=(",", ":"))
+        now = time.time()
+        params = (key, self.expiry(ttl), fresh, now, amount, now)
+        return int(json.loads(self.backend.execute(self._incr, params, fetch=True)[0][0])["count"])
 
     def _list(self, field: str, value: str) -> list[Record]:
         # str(): Postgres will not compare a TEXT column with an integer parameter.

@@ -24,7 +24,6 @@ def sqlite_path(url: str) -> str:
 
 
 class SQLiteBackend(SQLBackend):
-    schemes = ("sqlite",)
     placeholder = "?"
 
     def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:

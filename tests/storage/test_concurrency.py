@@ -60,3 +60,9 @@ def test_racing_migrations_apply_once() -> None:
         finally:
             for backend in backends:
                 backend.close()
+
+
+def test_parallel_increments_are_never_lost(table: Table) -> None:
+    results = at_once(20, lambda _: table.incr("failures", ttl=60))
+    assert sorted(results) == list(range(1, 21))
+    assert table.get("failures")["count"] == 20

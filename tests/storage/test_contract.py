@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import time
+import uuid
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from app.storage.base import Backend, Table
 
@@ -100,13 +104,6 @@ def test_delete(table: Table) -> None:
     assert table.delete("k1") is False
     assert table.get("k1") is None
     assert table.list_by_client("web") == []
-
-
-def test_revoke_many(table: Table) -> None:
-    make(table, "a")
-    make(table, "b")
-    assert table.revoke_many(["a", "b", "missing"]) == 2
-    assert table.get("a") is None and table.get("b") is None
 
 
 def test_list_by_user_and_client_return_live_matches_only(table: Table) -> None:
@@ -222,3 +219,50 @@ def test_a_batched_discard_removes_the_record_and_its_index_entries(backend: Bac
     assert tokens.get("gone") is None
     assert [r["key"] for r in tokens.list_by_user("u1")] == ["kept"]
     assert tokens.revoke_by_grant("g1") == 1
+
+
+# -- counters --------------------------------------------------------------------------
+def test_incr_starts_at_the_amount_and_returns_the_total(table: Table) -> None:
+    assert table.incr("n") == 1
+    assert table.incr("n", 4) == 5
+    assert table.incr("n", -2) == 3
+    assert table.get("n")["count"] == 3
+    assert table.incr("other", 7) == 7
+
+
+def test_incr_keeps_the_first_expiry(table: Table) -> None:
+    table.incr("n", ttl=60)
+    table.incr("n", ttl=3600)
+    assert table.get("n")["expires_at"] == pytest.approx(time.time() + 60, abs=2)
+
+
+def test_incr_without_ttl_uses_the_tables_lifetime(backend: Backend) -> None:
+    assert backend.table("tokens", None).incr("forever") == 1
+    assert backend.table("tokens", None).get("forever")["expires_at"] is None
+    codes = backend.table("codes", 60)
+    codes.incr("short")
+    assert codes.get("short")["expires_at"] == pytest.approx(time.time() + 60, abs=2)
+
+
+def test_an_expired_counter_starts_again(table: Table) -> None:
+    table.incr("n", 5, ttl=-1)
+    assert table.get("n") is None
+    assert table.incr("n", ttl=60) == 1
+    assert table.get("n")["expires_at"] == pytest.approx(time.time() + 60, abs=2)
+
+
+def test_delete_resets_a_counter(table: Table) -> None:
+    table.incr("n", 3)
+    assert table.delete("n") is True
+    assert table.incr("n") == 1
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(amounts=st.lists(st.integers(-(2**40), 2**40), min_size=1, max_size=8))
+def test_incr_returns_the_running_sum(table: Table, amounts: list[int]) -> None:
+    key = f"n-{uuid.uuid4().hex}"
+    assert [table.incr(key, amount, ttl=60) for amount in amounts] == list(
+        itertools.accumulate(amounts)
+    )

@@ -1,10 +1,16 @@
-"""Redis: the index scripts survive a server that forgot them (restart, SCRIPT FLUSH)."""
+"""Redis scripts: shipped with the package, and reloaded when a server forgot them
+(restart, SCRIPT FLUSH)."""
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
+
 import redis
+from setuptools import find_packages
 
 from app.storage.redis import RedisBackend
+from app.storage.redis_link import SCRIPTS, lua
 
 
 def test_put_and_take_reload_flushed_scripts(redis_backend: RedisBackend) -> None:
@@ -47,3 +53,18 @@ def test_a_batch_is_one_round_trip_and_survives_flushed_scripts(
     assert sent == [3, 3]
     assert {r["key"] for r in tokens.list_by_client("c1")} == {"a", "r"}
     assert len(audit.recent(5)) == 1
+
+
+def test_an_installed_package_has_every_module_and_script() -> None:
+    """pyproject.toml finds every package, and its package data every ``lua/`` script."""
+    root = Path(__file__).resolve().parents[2]
+    setup = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = {
+        ".".join(p.parent.relative_to(root).parts) for p in (root / "app").rglob("__init__.py")
+    }
+    include = setup["packages"]["find"]["include"]
+    assert set(find_packages(str(root), include=include)) == found
+    storage = root / "app" / "storage"
+    shipped = {p for pattern in setup["package-data"]["app.storage"] for p in storage.glob(pattern)}
+    assert {p.stem for p in shipped} == set(SCRIPTS)
+    assert all(lua(name).startswith("--") for name in SCRIPTS)

@@ -1,0 +1,42 @@
+-- The exchange (see Backend.exchange) as one script on one server: take a record,
+-- then put records and delete others, index upkeep included. ARGV[1] is the plan:
+-- {"take": [rkey, base, key], "puts": [[rkey, json, pxat|'', member, score, [ikeys], base]],
+-- "discards": [[rkey, base, key]]}; ARGV[2] is now (seconds). Redis does not roll a
+-- failed script back, so every argument is checked before the first write.
+local plan = cjson.decode(ARGV[1])
+for _, put in ipairs(plan.puts) do
+  if put[3] ~= '' and not tonumber(put[3]) then return redis.error_reply('bad expiry') end
+  if put[5] ~= 'inf' and not tonumber(put[5]) then return redis.error_reply('bad score') end
+end
+local function unindex(raw, base, member)
+  local record = cjson.decode(raw)
+  for _, field in ipairs({'user_id', 'client_id', 'grant_id'}) do
+    local value = record[field]
+    if value ~= nil and value ~= cjson.null then
+      redis.call('ZREM', base .. ':' .. field .. ':{' .. tostring(value) .. '}', member)
+    end
+  end
+  return record
+end
+local raw = redis.call('GETDEL', plan.take[1])
+if not raw then return false end
+local taken = unindex(raw, plan.take[2], plan.take[3])
+if taken.expires_at ~= nil and taken.expires_at ~= cjson.null
+  and taken.expires_at <= tonumber(ARGV[2]) then return false end
+for _, put in ipairs(plan.puts) do
+  local old
+  if put[3] ~= '' then old = redis.call('SET', put[1], put[2], 'PXAT', put[3], 'GET')
+  else old = redis.call('SET', put[1], put[2], 'GET') end
+  if old then unindex(old, put[7], put[4]) end
+  for _, ikey in ipairs(put[6]) do
+    redis.call('ZADD', ikey, put[5], put[4])
+    local top = redis.call('ZRANGE', ikey, -1, -1, 'WITHSCORES')[2]
+    if top == 'inf' then redis.call('PERSIST', ikey)
+    else redis.call('PEXPIREAT', ikey, math.ceil(tonumber(top) * 1000)) end
+  end
+end
+for _, gone in ipairs(plan.discards) do
+  local old = redis.call('GETDEL', gone[1])
+  if old then unindex(old, gone[2], gone[3]) end
+end
+return raw

@@ -1,0 +1,247 @@
+"""One process's Redis connection: its scripts, and where one server and a Cluster differ.
+
+The shape of the deployment is chosen once, at connect time (:func:`connect`), and
+every difference lives in the two :class:`Link` kinds, so :mod:`.redis` reads as one
+path:
+
+* :class:`Single` (one server) runs each step as one script, and sends a put as one
+  pipeline of ``EVALSHA`` calls, which a :class:`Batch` can hold and send with others;
+* :class:`Cluster` spreads the keys of one step over slots, where multi-key scripts
+  are refused and a pipeline has no order: each step is ordered one-key calls, and
+  :meth:`Link.batch` gives none.
+
+The Lua scripts are the files in ``lua/`` (package data), read once per process.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import json
+import os
+from collections.abc import Callable
+from importlib import resources
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+import redis
+from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.retry import Retry
+
+from .base import StorageUnavailable
+
+if TYPE_CHECKING:
+    from .redis import RedisTable
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: The scripts in ``lua/``, by file name.
+SCRIPTS = ("index", "put", "revoke", "take", "exchange", "incr")
+
+CLIENT_DEFAULTS: dict[str, Any] = {
+    "socket_connect_timeout": 2.0,
+    "socket_timeout": 2.0,
+    "health_check_interval": 15,
+}
+
+
+@functools.cache
+def lua(name: str) -> str:
+    """The text of the script ``lua/<name>.lua``."""
+    return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text("utf-8")
+
+
+def guarded(method: Callable[P, R]) -> Callable[P, R]:
+    """Turn every Redis driver error into :class:`StorageUnavailable`."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except (RedisError, RedisClusterException, OSError) as exc:
+            raise StorageUnavailable(f"redis: {exc}") from exc
+
+    return wrapper
+
+
+def connect(url: str, options: dict[str, Any]) -> Link:
+    """The link for ``url``: a Cluster for ``redis+cluster://``, else one server."""
+    # One quick retry re-dials a connection the server closed (restart, CLIENT KILL).
+    kwargs = {**CLIENT_DEFAULTS, **options, "decode_responses": True}
+    kwargs["retry"] = Retry(NoBackoff(), 1)
+    if url.startswith("redis+cluster://"):
+        return Cluster(RedisCluster.from_url("redis://" + url.split("://", 1)[1], **kwargs))
+    return Single(redis.Redis(connection_pool=redis.ConnectionPool.from_url(url, **kwargs)))
+
+
+class Link(abc.ABC):
+    """One process's client and the scripts registered on it."""
+
+    #: Whether one script may span several records (a redemption is then one script).
+    spans_keys: bool
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.pid = os.getpid()
+        self.scripts = {name: client.register_script(lua(name)) for name in SCRIPTS}
+
+    def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run one script (loading it if the server does not have it)."""
+        return self.scripts[name](keys=keys, args=args, client=self.client)
+
+    def batch(self) -> Batch | None:
+        """A batch to hold writes in, or ``None`` where writes cannot be held."""
+        return None
+
+    @abc.abstractmethod
+    def mget(self, keys: list[str]) -> list[str | None]:
+        """The raw values of ``keys``."""
+
+    @abc.abstractmethod
+    def take(self, table: RedisTable, key: str) -> str | None:
+        """GETDEL the record and drop its index entries; return its JSON."""
+
+    @abc.abstractmethod
+    def write(
+        self, table: RedisTable, key: str, data: dict[str, Any], at: int | None, log: float
+    ) -> Any:
+        """SET the record, then its index entries (and a log entry); return the one replaced."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the connections."""
+
+
+class Single(Link):
+    """One server: each step is one script; a put is one pipelined ``EVALSHA``."""
+
+    spans_keys = True
+
+    def batch(self) -> Batch:
+        return Batch(self)
+
+    def mget(self, keys: list[str]) -> list[str | None]:
+        return self.client.mget(keys)
+
+    def take(self, table: RedisTable, key: str) -> str | None:
+        raw = self.run("take", [table.rkey(key)], [table.base, key])
+        return raw if isinstance(raw, str) else None
+
+    def write(
+        self, table: RedisTable, key: str, data: dict[str, Any], at: int | None, log: float
+    ) -> Any:
+        return self.pipelined(lambda pipe: self.queue_put(pipe, table, key, data, at, log))[0]
+
+    def queue_script(self, pipe: Any, name: str, keys: list[str], args: list[Any]) -> int:
+        """Add one script call to ``pipe`` by SHA; return 1 (its replies).
+
+        Scripts go by ``EVALSHA`` alone: redis-py would otherwise ask ``SCRIPT EXISTS``
+        before every pipeline, a second round trip (see :meth:`pipelined`).
+        """
+        pipe.evalsha(self.scripts[name].sha, len(keys), *keys, *args)
+        return 1
+
+    def queue_put(
+        self, pipe: Any, table: RedisTable, key: str, data: dict[str, Any], at: int | None,
+        log: float,
+    ) -> int:  # fmt: skip
+        """Add the put to ``pipe`` as one ``put.lua`` call; return 1."""
+        score = "inf" if data["expires_at"] is None else repr(float(data["expires_at"]))
+        keys = [table.rkey(key)] + [ikey for ikey, _ in table.entries(key, data)]
+        if log:
+            keys.append(table.log)
+        raw = json.dumps(data, separators=(",", ":"))
+        args = [raw, "" if at is None else at, key, score, repr(log) if log else ""]
+        return self.queue_script(pipe, "put", keys, args)
+
+    def pipelined(self, queue: Callable[[Any], Any]) -> list[Any]:
+        """Send what ``queue(pipe)`` adds as one pipeline; return the replies.
+
+        After a server restart (or ``SCRIPT FLUSH``) lost the scripts, they are
+        loaded again and the pipeline is sent once more.
+        """
+        try:
+            return self._send(queue)
+        except NoScriptError:
+            for script in self.scripts.values():
+                self.client.script_load(script.script)
+            return self._send(queue)
+
+    def _send(self, queue: Callable[[Any], Any]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        queue(pipe)
+        return pipe.execute()
+
+    def close(self) -> None:
+        self.client.connection_pool.disconnect()
+
+
+class Cluster(Link):
+    """A Redis Cluster: ordered one-key calls; whoever unindexes re-reads (see redis.py)."""
+
+    spans_keys = False
+
+    def mget(self, keys: list[str]) -> list[str | None]:
+        return self.client.mget_nonatomic(keys)
+
+    def take(self, table: RedisTable, key: str) -> str | None:
+        raw = self.client.getdel(table.rkey(key))
+        if raw is not None:
+            table.unindex(self, table.entries(key, json.loads(raw)))
+        return raw
+
+    def write(
+        self, table: RedisTable, key: str, data: dict[str, Any], at: int | None, log: float
+    ) -> Any:
+        raw = json.dumps(data, separators=(",", ":"))
+        old = self.client.set(table.rkey(key), raw, pxat=at, get=True)
+        table.index(self, key, data)
+        if log:
+            self.client.zadd(table.log, {key: log})
+        return old
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class Batch:
+    """Writes held for one pipeline on one server: each adds its commands, then reads
+    its replies."""
+
+    def __init__(self, link: Single) -> None:
+        self.link = link
+        self.ops: list[tuple[Callable[[Any], int], Callable[[list[Any]], None]]] = []
+
+    def put(
+        self, table: RedisTable, key: str, data: dict[str, Any], at: int | None, log: float,
+        done: Callable[[Any], None],
+    ) -> None:  # fmt: skip
+        """Hold a put; ``done`` gets the record it replaced."""
+        queue = functools.partial(self.link.queue_put, table=table, key=key, data=data)
+        self.ops.append((lambda pipe: queue(pipe, at=at, log=log), lambda r: done(r[0])))
+
+    def take(self, table: RedisTable, key: str) -> None:
+        """Hold a take whose result nobody reads (a discard)."""
+        keys, args = [table.rkey(key)], [table.base, key]
+        self.ops.append((lambda pipe: self.link.queue_script(pipe, "take", keys, args), _ignore))
+
+    @guarded
+    def send(self) -> None:
+        if not self.ops:
+            return
+        counts: list[int] = []
+
+        def queue(pipe: Any) -> None:
+            counts[:] = [add(pipe) for add, _ in self.ops]  # again if the pipeline is resent
+
+        replies = self.link.pipelined(queue)
+        at = 0
+        for (_, done), count in zip(self.ops, counts, strict=True):
+            done(replies[at : at + count])
+            at += count
+
+
+def _ignore(replies: list[Any]) -> None:
+    """The replies of a write nobody reads."""
