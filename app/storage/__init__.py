@@ -43,6 +43,12 @@ log = logging.getLogger(__name__)
 #: The tables one redemption writes together (see :meth:`Storage.exchange`).
 GRANT_TABLES = ("codes", "tokens", "refresh_tokens")
 
+#: The logical tables. ``session`` holds three kinds of short-lived record, told apart by
+#: key: signed-in sessions (the SHA-256 of the cookie's id, ``app.sessions``), consent
+#: transactions (``txn:`` + the SHA-256 of the form's id, ``app.views.authorize``) and,
+#: when no table is on Redis, the failure counters of the sign-in and client-auth
+#: delays (``oauth2-limits/...``, ``app.limits.delays``). Codes and refresh tokens keep
+#: their tombstones in their own tables (``used:``, ``rotated:``, ``app.oauth2.grant_store``).
 TABLES = ("session", "codes", "tokens", "refresh_tokens", "users", "audit", "clients")
 
 #: The original server's lifetimes, in seconds; 0 means records never expire.
