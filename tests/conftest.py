@@ -7,7 +7,8 @@ import base64
 import hashlib
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -16,6 +17,8 @@ from werkzeug.serving import make_server
 from app import create_app
 from app.dummy_site import create_dummy_app
 from tests.factories import REDIRECT, csrf_from, login  # also imported from here by tests
+
+T = TypeVar("T")
 
 #: One marker per storage backend (registered in pyproject.toml).
 BACKEND_MARKS = ("sqlite", "redis", "postgres", "redis_cluster")
@@ -159,3 +162,23 @@ def exchange(client, code, **extra):
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def race(count: int, attempt: Callable[[Callable[[], object]], T], timeout=30.0) -> list[T]:
+    """Run ``attempt(go)`` in ``count`` threads; each calls ``go()`` when ready, and all go
+    on together. Return what the attempts returned (a failed attempt returns nothing)."""
+    barrier = threading.Barrier(count)
+    results: list[T] = []
+    lock = threading.Lock()
+
+    def run() -> None:
+        result = attempt(lambda: barrier.wait(timeout))
+        with lock:
+            results.append(result)
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    return results

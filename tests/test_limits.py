@@ -22,7 +22,7 @@ from app import create_app
 from app.clients import ClientFileError
 
 from .backends import redis_url, require_service
-from .conftest import base_config, basic, bearer, csrf_from
+from .conftest import base_config, basic, bearer, csrf_from, race
 from .factories import SECRET, make_client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -416,21 +416,13 @@ def test_parallel_wrong_passwords_reach_the_site_at_most_lockout_after_plus_one(
 
     monkeypatch.setattr(state.adapter, "login", slow_login)
     app.config["WTF_CSRF_ENABLED"] = False
-    barrier = threading.Barrier(25)
-    statuses: list[int] = []
 
-    def attempt() -> None:
+    def attempt(go) -> int:
         client = app.test_client()
-        barrier.wait()
-        answer = client.post("/login", data={"username": user, "password": "wrong"})
-        with lock:
-            statuses.append(answer.status_code)
+        go()
+        return client.post("/login", data={"username": user, "password": "wrong"}).status_code
 
-    threads = [threading.Thread(target=attempt) for _ in range(25)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    statuses = race(25, attempt)
     assert len(calls) <= 3 + 1
     assert statuses.count(429) >= 25 - 4
     state.storage.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from types import SimpleNamespace
 
@@ -11,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.oauth2 import tokens as grant_store
-from tests.conftest import CHALLENGE, REDIRECT, VERIFIER, basic, exchange, get_code
+from tests.conftest import CHALLENGE, REDIRECT, VERIFIER, basic, exchange, get_code, race
 from tests.oauth2.conftest import (
     error_of,
     issue_tokens,
@@ -194,21 +193,13 @@ def test_a_grace_period_of_zero_is_strict(strict_client):
 
 def test_concurrent_refreshes_leave_the_winners_pair_working(app, client):
     tokens = issue_tokens(client)
-    barrier = threading.Barrier(12)
-    won: list[dict] = []
 
-    def attempt() -> None:
+    def attempt(go):
         own = app.test_client()
-        barrier.wait()
-        response = refresh(own, tokens["refresh_token"])
-        if response.status_code == 200:
-            won.append(response.get_json())
+        go()
+        return refresh(own, tokens["refresh_token"])
 
-    threads = [threading.Thread(target=attempt) for _ in range(12)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    won = [response.get_json() for response in race(12, attempt) if response.status_code == 200]
     assert len(won) == 1
     assert alive(client, won[0])
 
