@@ -12,6 +12,7 @@ from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from flask import Flask
 from werkzeug.serving import make_server
 
 from app import create_app
@@ -84,14 +85,33 @@ def base_config(tmp_path, dummy_site, **over) -> dict:
     return config
 
 
+def close_app(app: Flask) -> None:
+    """Release what the app holds open: its storage connections and the adapter's pool."""
+    state = app.extensions["oauth2"]
+    state.storage.close()
+    state.adapter.close()
+
+
+@pytest.fixture
+def closing() -> Iterator[Callable[[Flask], Flask]]:
+    """Return ``keep(app)``: it returns ``app``, which is closed after the test."""
+    apps: list[Flask] = []
+
+    def keep(app: Flask) -> Flask:
+        apps.append(app)
+        return app
+
+    yield keep
+    for app in apps:
+        close_app(app)
+
+
 @pytest.fixture
 def app(tmp_path, dummy_site):
     app = create_app(base_config(tmp_path, dummy_site))
     app.config["TESTING"] = True
     yield app
-    state = app.extensions["oauth2"]
-    state.storage.close()
-    state.adapter.close()
+    close_app(app)
 
 
 @pytest.fixture

@@ -37,18 +37,11 @@ def limited_app(tmp_path, dummy_site, **limits):
 
 
 @pytest.fixture
-def make(tmp_path, dummy_site):
-    apps = []
-
+def make(tmp_path, dummy_site, closing):
     def build(**limits):
-        app = limited_app(tmp_path, dummy_site, **limits)
-        apps.append(app)
-        return app
+        return closing(limited_app(tmp_path, dummy_site, **limits))
 
-    yield build
-    for app in apps:
-        app.extensions["oauth2"].storage.close()
-        app.extensions["oauth2"].adapter.close()
+    return build
 
 
 def cc(client, auth=None):

@@ -14,7 +14,7 @@ from tests.conftest import CHALLENGE, REDIRECT, VERIFIER, basic, exchange, get_c
 from tests.oauth2.conftest import (
     error_of,
     issue_tokens,
-    make_app,
+    open_app,
     profile_status,
     refresh,
     unchanged,
@@ -28,10 +28,8 @@ FUZZ = settings(
 @pytest.fixture
 def unlimited(tmp_path, dummy_site):
     """An app without rate limits, so that many examples may sign in and redeem."""
-    app = make_app(tmp_path, dummy_site, limits={"enabled": False})
-    yield app
-    app.extensions["oauth2"].storage.close()
-    app.extensions["oauth2"].adapter.close()
+    with open_app(tmp_path, dummy_site, limits={"enabled": False}) as app:
+        yield app
 
 
 def events(state) -> list[str]:
@@ -178,10 +176,8 @@ def test_grace_covers_only_the_newest_rotation(client, state):
 
 @pytest.fixture
 def strict_client(tmp_path, dummy_site):
-    app = make_app(tmp_path, dummy_site, auth_server={"refresh_grace_period": 0})
-    yield app.test_client()
-    app.extensions["oauth2"].storage.close()
-    app.extensions["oauth2"].adapter.close()
+    with open_app(tmp_path, dummy_site, auth_server={"refresh_grace_period": 0}) as app:
+        yield app.test_client()
 
 
 def test_a_grace_period_of_zero_is_strict(strict_client):
