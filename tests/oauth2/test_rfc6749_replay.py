@@ -83,29 +83,26 @@ def test_replay_by_the_owner_with_its_verifier_revokes_the_grant(client, state):
     assert profile_status(client, tokens["access_token"]) == 401
 
 
-def test_replay_by_another_authenticated_client_revokes_nothing(client, state):
+def replayed_by(client, state, headers: dict[str, str]):
+    """Redeem a new code as ``test``, then again with ``headers``, which changes nothing.
+    Return the replay's response and the first redemption's tokens."""
     code = get_code(client)
     tokens = exchange(client, code).get_json()
+    data = {"grant_type": "authorization_code", "code": code}
     with unchanged(state):
-        replay = client.post(
-            "/token",
-            data={"grant_type": "authorization_code", "code": code},
-            headers=basic("sp-demo"),
-        )
+        replay = client.post("/token", data=data, headers=headers)
+    return replay, tokens
+
+
+def test_replay_by_another_authenticated_client_revokes_nothing(client, state):
+    replay, tokens = replayed_by(client, state, basic("sp-demo"))
     assert error_of(replay) == "invalid_grant"
     assert events(state)[0] == "code_replay_refused"
     assert alive(client, tokens)
 
 
 def test_replay_with_a_wrong_secret_revokes_nothing(client, state):
-    code = get_code(client)
-    tokens = exchange(client, code).get_json()
-    with unchanged(state):
-        replay = client.post(
-            "/token",
-            data={"grant_type": "authorization_code", "code": code},
-            headers=basic("test", "wrong"),
-        )
+    replay, tokens = replayed_by(client, state, basic("test", "wrong"))
     assert error_of(replay) == "invalid_client"
     assert alive(client, tokens)
 
