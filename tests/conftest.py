@@ -7,7 +7,7 @@ import base64
 import hashlib
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -182,6 +182,11 @@ def exchange(client, code, **extra):
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def table(rows: Iterable[Sequence]) -> list:
+    """A parametrize table from rows ``(id, *values)``: each row's values, named by its id."""
+    return [pytest.param(*row[1:], id=row[0]) for row in rows]
 
 
 def race(count: int, attempt: Callable[[Callable[[], object]], T], timeout=30.0) -> list[T]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import basic, bearer, race
+from tests.conftest import basic, bearer, race, table
 from tests.oauth2.conftest import error_of, issue_tokens, profile_status, refresh, unchanged
 
 
@@ -74,11 +74,7 @@ BAD_REFRESHES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("client_id", "secret", "extra", "status", "error"),
-    [case[1:] for case in BAD_REFRESHES],
-    ids=[case[0] for case in BAD_REFRESHES],
-)
+@pytest.mark.parametrize(("client_id", "secret", "extra", "status", "error"), table(BAD_REFRESHES))
 def test_bad_refresh_changes_nothing(client, state, client_id, secret, extra, status, error):
     tokens = issue_tokens(client)
     data = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"], **extra}

@@ -13,6 +13,7 @@ from tests.conftest import (
     get_code,
     location_params,
     login,
+    table,
 )
 from tests.oauth2.conftest import (
     error_of,
@@ -86,11 +87,7 @@ BAD_VERIFIERS = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("challenge", "verifier"),
-    [case[1:] for case in BAD_VERIFIERS],
-    ids=[case[0] for case in BAD_VERIFIERS],
-)
+@pytest.mark.parametrize(("challenge", "verifier"), table(BAD_VERIFIERS))
 def test_verifier_mismatch_is_invalid_grant_and_leaves_the_code(client, state, challenge, verifier):
     pkce = {"code_challenge": challenge, "code_challenge_method": "S256"} if challenge else {}
     code = get_code(client, **pkce)
