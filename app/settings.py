@@ -25,12 +25,7 @@ from .config_model import (
     DEFAULTS,
     GRANT_TYPES,
     LOG_LEVELS,
-    Audit,
-    AuthServer,
-    ClientCredentials,
     ConfigError,
-    Limits,
-    StorageSection,
     defaults_document,
     parse_config,
 )
@@ -137,10 +132,13 @@ class Settings:
         self.sources = list(sources)
         self.config_dir = config_dir
         self.root = Path(config_dir).resolve().parent if config_dir else ROOT
-        self.config = parse_config(data, env)
-        specs = parse_storage_config(self.config.storage.model_dump(exclude_none=True))
+        self.config = config = parse_config(data, env)
+        # The sections as typed attributes (the models are frozen, so these never go stale).
+        self.auth, self.limits, self.audit = config.auth_server, config.limits, config.audit
+        self.storage, self.client_credentials = config.storage, config.client_credentials
+        specs = parse_storage_config(self.storage.model_dump(exclude_none=True))
         # One key for the audit trail's lifetime: it is the audit table's TTL everywhere.
-        days = self.config.audit.retention_days
+        days = self.audit.retention_days
         specs["audit"] = dataclasses.replace(specs["audit"], ttl=days * 86400)
         self.storage_specs = {table: self._local(spec) for table, spec in specs.items()}
 
@@ -187,26 +185,6 @@ class Settings:
         return dataclasses.replace(spec, url=f"sqlite:///{self.resolve_path(name)}{sep}{query}")
 
     # -- the sections ---------------------------------------------------------------------
-    @property
-    def auth(self) -> AuthServer:
-        return self.config.auth_server
-
-    @property
-    def limits(self) -> Limits:
-        return self.config.limits
-
-    @property
-    def audit(self) -> Audit:
-        return self.config.audit
-
-    @property
-    def storage(self) -> StorageSection:
-        return self.config.storage
-
-    @property
-    def client_credentials(self) -> ClientCredentials:
-        return self.config.client_credentials
-
     @property
     def resource_server(self) -> dict[str, Any]:
         """The adapter's section as a dict (the adapter checks its own keys)."""

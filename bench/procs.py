@@ -1,7 +1,8 @@
 """Real processes for the bench and the tests: loopback only, stopped by the id we started.
 
-The one launcher of servers (``start``) and the one free-port helper (``free_port``,
-``free_ports``), used by ``bench``, ``tests/e2e``, ``tests/scaleout`` and the dummy
+The one launcher of servers (``start``), the one free-port helper (``free_port``,
+``free_ports``) and the one config of a loopback ``oauth2-server serve``
+(``serve_config``), used by ``bench``, ``tests/e2e``, ``tests/scaleout`` and the dummy
 site's and Redis Cluster's tests. Every process runs in a process group of its own;
 the bench's also run under coreutils ``timeout`` (``lifetime``), so they end by
 themselves even if the bench is killed with SIGKILL, and ``stop_all`` (called on
@@ -22,6 +23,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 #: No process of the bench outlives this many seconds.
 MAX_LIFETIME = int(os.environ.get("BENCH_MAX_LIFETIME", "3600"))
@@ -38,6 +40,35 @@ def free_ports(count: int, below: int = 65536) -> list[int]:
             if sock.getsockname()[1] < below:
                 ports.append(int(sock.getsockname()[1]))
         return ports
+
+
+def serve_config(
+    port: int,
+    site_port: int,
+    storage: dict[str, Any],
+    clients_file: Path,
+    session_secret: str,
+    workers: int,
+    **over: dict[str, Any],
+) -> dict[str, Any]:
+    """The config of ``oauth2-server serve`` on loopback ``port`` with the dummy site on
+    ``site_port``; each ``over`` section updates the section of that name."""
+    config: dict[str, Any] = {
+        "auth_server": {
+            "url": f"http://127.0.0.1:{port}",
+            "host": "127.0.0.1",
+            "port": port,
+            "num_workers": workers,
+            "session_secret": session_secret,
+        },
+        "client_credentials": {"file": str(clients_file)},
+        "storage": storage,
+        "resource_server": {"type": "dummy", "host": "127.0.0.1", "port": site_port},
+        "logging": {"level": "notice"},
+    }
+    for section, values in over.items():
+        config.setdefault(section, {}).update(values)
+    return config
 
 
 def free_port() -> int:

@@ -292,20 +292,12 @@ def server_config(
 ) -> dict[str, Any]:
     from app.settings import DEFAULTS
 
-    config: dict[str, Any] = {
-        "auth_server": {
-            "url": f"http://127.0.0.1:{port}",
-            "host": "127.0.0.1",
-            "port": port,
-            "server": http_server,
-            "num_workers": 2,
-            "session_secret": SESSION_SECRET,
-        },
-        "client_credentials": {"file": str(ROOT / "clients.json.example")},
-        "storage": dict(storage, purge_interval=0),
-        "resource_server": {"type": "dummy", "host": "127.0.0.1", "port": site_port},
-        "logging": {"level": "notice"},
-    }
+    clients_file = ROOT / "clients.json.example"
+    storage = dict(storage, purge_interval=0)
+    server = {"server": http_server}
+    config = procs.serve_config(
+        port, site_port, storage, clients_file, SESSION_SECRET, 2, auth_server=server
+    )
     if "limits" in DEFAULTS:
         # Limits stay on (their cost is part of the hot path), set above any bench rate.
         # Every rate limit (any key whose default reads like "600/minute").

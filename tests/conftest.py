@@ -7,15 +7,19 @@ import base64
 import hashlib
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from flask import Flask
 from werkzeug.serving import make_server
 
 from app import create_app
 from app.dummy_site import create_dummy_app
 from tests.factories import REDIRECT, csrf_from, login  # also imported from here by tests
+
+T = TypeVar("T")
 
 #: One marker per storage backend (registered in pyproject.toml).
 BACKEND_MARKS = ("sqlite", "redis", "postgres", "redis_cluster")
@@ -81,14 +85,33 @@ def base_config(tmp_path, dummy_site, **over) -> dict:
     return config
 
 
+def close_app(app: Flask) -> None:
+    """Release what the app holds open: its storage connections and the adapter's pool."""
+    state = app.extensions["oauth2"]
+    state.storage.close()
+    state.adapter.close()
+
+
+@pytest.fixture
+def closing() -> Iterator[Callable[[Flask], Flask]]:
+    """Return ``keep(app)``: it returns ``app``, which is closed after the test."""
+    apps: list[Flask] = []
+
+    def keep(app: Flask) -> Flask:
+        apps.append(app)
+        return app
+
+    yield keep
+    for app in apps:
+        close_app(app)
+
+
 @pytest.fixture
 def app(tmp_path, dummy_site):
     app = create_app(base_config(tmp_path, dummy_site))
     app.config["TESTING"] = True
     yield app
-    state = app.extensions["oauth2"]
-    state.storage.close()
-    state.adapter.close()
+    close_app(app)
 
 
 @pytest.fixture
@@ -159,3 +182,28 @@ def exchange(client, code, **extra):
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def table(rows: Iterable[Sequence]) -> list:
+    """A parametrize table from rows ``(id, *values)``: each row's values, named by its id."""
+    return [pytest.param(*row[1:], id=row[0]) for row in rows]
+
+
+def race(count: int, attempt: Callable[[Callable[[], object]], T], timeout=30.0) -> list[T]:
+    """Run ``attempt(go)`` in ``count`` threads; each calls ``go()`` when ready, and all go
+    on together. Return what the attempts returned (a failed attempt returns nothing)."""
+    barrier = threading.Barrier(count)
+    results: list[T] = []
+    lock = threading.Lock()
+
+    def run() -> None:
+        result = attempt(lambda: barrier.wait(timeout))
+        with lock:
+            results.append(result)
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    return results

@@ -165,6 +165,15 @@ def call(adapter: Any, name: str, token: str = "tok", **kwargs: Any) -> Upstream
     return adapter.call(adapter.api[name], token, **args)  # type: ignore[no-any-return]
 
 
+def assert_unreachable(adapter: HttpAdapter, username: str, password: str, route: str) -> None:
+    """A login and a call both raise :class:`UpstreamUnavailable`, the login's no timeout."""
+    with pytest.raises(UpstreamUnavailable) as error:
+        adapter.login(username, password)
+    assert error.value.timeout is False
+    with pytest.raises(UpstreamUnavailable):
+        call(adapter, route)
+
+
 # --- the contract -------------------------------------------------------------------
 
 
@@ -317,11 +326,7 @@ def test_dummy_site_refusal_is_passed_through(dummy: DummyAdapter) -> None:
 
 def test_site_down_is_upstream_unavailable(down_url: str) -> None:
     with adapter_for(HttpAdapter, http_config(down_url)) as adapter:
-        with pytest.raises(UpstreamUnavailable) as error:
-            adapter.login("alice", "password")
-        assert error.value.timeout is False
-        with pytest.raises(UpstreamUnavailable):
-            call(adapter, "profile")
+        assert_unreachable(adapter, "alice", "password", "profile")
 
 
 def test_slow_site_is_upstream_timeout(echo: tuple[str, list]) -> None:
@@ -409,11 +414,7 @@ def test_proxy_down_is_upstream_unavailable(
     site, seen = echo
     proxy_env(HTTP_PROXY=down_url)
     with adapter_for(HttpAdapter, via_proxy_config(site)) as adapter:
-        with pytest.raises(UpstreamUnavailable) as error:
-            adapter.login("ann", "pw")
-        assert error.value.timeout is False
-        with pytest.raises(UpstreamUnavailable):
-            call(adapter, "get")
+        assert_unreachable(adapter, "ann", "pw", "get")
     assert seen == []
 
 

@@ -10,12 +10,13 @@ from collections.abc import Iterator
 
 import pytest
 from flask import Flask, jsonify, request
+from flask.testing import FlaskClient
 from werkzeug.serving import make_server
 
 from app import create_app
 from app.secrets_hash import token_digest
 from app.settings import DEFAULTS, Settings, deep_merge
-from tests.conftest import basic, bearer, exchange, get_code, login
+from tests.conftest import basic, bearer, close_app, exchange, get_code, login
 
 SITE_SCOPES = {"read-only": "Read your profile", "read-write": "Change your avatar"}
 
@@ -25,6 +26,13 @@ def token_for(client, scope: str | None = None) -> dict:
     response = exchange(client, get_code(client, scope=scope))
     assert response.status_code == 200, response.get_json()
     return response.get_json()
+
+
+def signed_in(gateway, scope: str | None = None) -> tuple[FlaskClient, str]:
+    """A test client of the gateway's app and an access token it holds for ``scope``."""
+    app, _ = gateway
+    http = app.test_client()
+    return http, token_for(http, scope)["access_token"]
 
 
 def expire(state, access_token: str) -> None:
@@ -121,11 +129,6 @@ def http_app(tmp_path, base_url: str, resource: dict | None = None):
     return app
 
 
-def close(app) -> None:
-    app.extensions["oauth2"].storage.close()
-    app.extensions["oauth2"].adapter.close()
-
-
 @pytest.fixture
 def capture():
     site = Capture()
@@ -139,7 +142,7 @@ def gateway(tmp_path, capture):
     site, base_url = capture
     app = http_app(tmp_path, base_url)
     yield app, site
-    close(app)
+    close_app(app)
 
 
 # -- bearer checks ------------------------------------------------------------------------
@@ -269,9 +272,8 @@ def test_client_credentials_token_cannot_act_for_a_user(client):
 
 # -- what reaches the site ----------------------------------------------------------------
 def test_oauth_headers_reach_the_site(gateway):
-    app, site = gateway
-    http = app.test_client()
-    token = token_for(http, scope="read-only read-write")["access_token"]
+    _, site = gateway
+    http, token = signed_in(gateway, "read-only read-write")
     response = http.get("/api/profile", headers=bearer(token))
     assert response.status_code == 200
     headers = site.seen[-1]["headers"]
@@ -281,9 +283,8 @@ def test_oauth_headers_reach_the_site(gateway):
 
 
 def test_the_site_gets_the_users_site_token_never_the_oauth_token(gateway):
-    app, site = gateway
-    http = app.test_client()
-    token = token_for(http)["access_token"]
+    _, site = gateway
+    http, token = signed_in(gateway)
     http.get("/api/profile", headers=bearer(token))
     seen = site.seen[-1]
     assert seen["args"]["token"] == "site-token-alice"
@@ -293,9 +294,8 @@ def test_the_site_gets_the_users_site_token_never_the_oauth_token(gateway):
 
 
 def test_spoofed_oauth_headers_from_the_caller_are_not_forwarded(gateway):
-    app, site = gateway
-    http = app.test_client()
-    token = token_for(http, scope="read-only")["access_token"]
+    _, site = gateway
+    http, token = signed_in(gateway, "read-only")
     spoofed = {
         "X-OAuth-Client-Id": "evil-client",
         "X-OAuth-User-Id": "admin",
@@ -315,9 +315,8 @@ def test_spoofed_oauth_headers_from_the_caller_are_not_forwarded(gateway):
 
 
 def test_post_body_and_content_type_reach_the_site(gateway):
-    app, site = gateway
-    http = app.test_client()
-    token = token_for(http, scope="read-only read-write")["access_token"]
+    _, site = gateway
+    http, token = signed_in(gateway, "read-only read-write")
     response = http.post("/api/update_avatar", headers=bearer(token), json={"avatar": "/new.png"})
     assert response.status_code == 200
     seen = site.seen[-1]
@@ -328,27 +327,22 @@ def test_post_body_and_content_type_reach_the_site(gateway):
 
 
 def test_site_status_and_body_pass_through(gateway):
-    app, _ = gateway
-    http = app.test_client()
-    token = token_for(http)["access_token"]
+    http, token = signed_in(gateway)
     response = http.get("/api/teapot", headers=bearer(token))
     assert response.status_code == 418
     assert response.get_json() == {"short": "and stout"}
 
 
 def test_nothing_reaches_the_site_for_a_bad_token_or_scope(gateway):
-    app, site = gateway
-    http = app.test_client()
-    token = token_for(http, scope="read-only")["access_token"]
+    _, site = gateway
+    http, token = signed_in(gateway, "read-only")
     http.get("/api/profile", headers={"Authorization": "Bearer garbage"})
     http.post("/api/update_avatar", headers=bearer(token), data=b"x")
     assert site.seen == []
 
 
 def test_slow_site_is_504_json(gateway):
-    app, _ = gateway
-    http = app.test_client()
-    token = token_for(http)["access_token"]
+    http, token = signed_in(gateway)
     response = http.get("/api/slow", headers=bearer(token))
     assert response.status_code == 504
     assert response.get_json()["success"] == 0
@@ -356,9 +350,7 @@ def test_slow_site_is_504_json(gateway):
 
 
 def test_site_down_is_502_json(tmp_path, gateway):
-    app, _ = gateway
-    http = app.test_client()
-    token = token_for(http)["access_token"]
+    http, token = signed_in(gateway)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -372,7 +364,7 @@ def test_site_down_is_502_json(tmp_path, gateway):
         assert "127.0.0.1" not in body["error"]
         assert "site-token" not in response.get_data(as_text=True)
     finally:
-        close(down)
+        close_app(down)
 
 
 def test_http_adapter_login_checks_the_password_at_the_site(gateway):
@@ -426,7 +418,7 @@ def test_the_site_is_called_with_the_method_the_partner_used(tmp_path, capture):
         )
         http.post("/api/update_avatar", headers=bearer(token), data={"avatar": "/b.png"})
     finally:
-        close(app)
+        close_app(app)
     assert [(s["method"], s["args"].get("avatar")) for s in site.seen] == [
         ("GET", "/a.png"),
         ("POST", None),

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from app import create_app
 from app.audit import HIDDEN, MAX_FIELD, bounded, fields_line, printable
 from app.settings import ConfigError, Settings
-from tests.conftest import base_config, login
+from tests.conftest import base_config, close_app, login
 
 FORGED = "alice\n2026-01-01T00:00:00Z login user_id=admin"
 
@@ -51,8 +51,7 @@ def test_an_app_expires_its_audit_rows_after_the_retention(tmp_path, dummy_site)
     try:
         assert app.extensions["oauth2"].storage.audit.ttl == 7 * 86400
     finally:
-        app.extensions["oauth2"].storage.close()
-        app.extensions["oauth2"].adapter.close()
+        close_app(app)
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,15 @@ from app.cli import main
 from app.secrets_hash import token_digest
 from app.settings import Settings
 from app.storage import Storage
-from tests.conftest import authorize_url, base_config, basic, consent, location_params, login
+from tests.conftest import (
+    authorize_url,
+    base_config,
+    basic,
+    close_app,
+    consent,
+    location_params,
+    login,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CALLBACK = "https://x.example/cb"
@@ -113,8 +121,7 @@ def test_printed_secret_authenticates_at_token(tmp_path, dummy_site, config_dir,
         assert token.status_code == 200, token.get_json()
         assert token.get_json()["refresh_token"]
     finally:
-        app.extensions["oauth2"].storage.close()
-        app.extensions["oauth2"].adapter.close()
+        close_app(app)
 
 
 def test_clients_add_appends_and_keeps_existing_clients(tmp_path, config_dir, capsys):
@@ -284,8 +291,7 @@ def test_audit_tail_records_real_logins(tmp_path, dummy_site, config_dir, capsys
     try:
         login(app.test_client(), password="wrong")
     finally:
-        app.extensions["oauth2"].storage.close()
-        app.extensions["oauth2"].adapter.close()
+        close_app(app)
     capsys.readouterr()
     assert run(config_dir, "audit", "tail") == 0
     assert "login_failed username=alice" in capsys.readouterr().out

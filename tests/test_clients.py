@@ -54,20 +54,13 @@ def make(**over):
 
 
 @pytest.fixture
-def make_app(tmp_path, dummy_site):
-    apps = []
-
+def make_app(tmp_path, dummy_site, closing):
     def build(clients_path: Path, **cc):
         config = base_config(tmp_path, dummy_site, client_credentials={"file": str(clients_path)})
         config["client_credentials"].update(cc)
-        app = create_app(config)
-        apps.append(app)
-        return app
+        return closing(create_app(config))
 
-    yield build
-    for app in apps:
-        app.extensions["oauth2"].storage.close()
-        app.extensions["oauth2"].adapter.close()
+    return build
 
 
 # -- the original format ------------------------------------------------------------------

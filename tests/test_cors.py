@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import CHALLENGE, VERIFIER, basic, bearer, get_code
-from tests.oauth2.conftest import EXTRA_CLIENTS, REDIRECT, issue_tokens, make_app, unchanged
+from tests.oauth2.conftest import EXTRA_CLIENTS, REDIRECT, issue_tokens, open_app, unchanged
 
 APP_ORIGIN = "https://app.example.com"
 OTHER_ORIGIN = "http://localhost:3000"
@@ -39,10 +39,8 @@ def cors_headers(response) -> dict[str, str]:
 
 @pytest.fixture
 def app(tmp_path, dummy_site):
-    app = make_app(tmp_path, dummy_site, clients=CLIENTS)
-    yield app
-    app.extensions["oauth2"].storage.close()
-    app.extensions["oauth2"].adapter.close()
+    with open_app(tmp_path, dummy_site, clients=CLIENTS) as app:
+        yield app
 
 
 @pytest.fixture
@@ -100,14 +98,10 @@ def test_api_preflight_names_methods_headers_and_max_age(client, app):
 
 
 def test_api_429_carries_cors_and_retry_after(tmp_path, dummy_site):
-    app = make_app(tmp_path, dummy_site, clients=CLIENTS, limits={"api_ip": "1/minute"})
-    try:
+    with open_app(tmp_path, dummy_site, clients=CLIENTS, limits={"api_ip": "1/minute"}) as app:
         http = app.test_client()
         http.get("/api/profile", headers=bearer("x"))
         response = http.get("/api/profile", headers={**bearer("x"), "Origin": EVIL})
-    finally:
-        app.extensions["oauth2"].storage.close()
-        app.extensions["oauth2"].adapter.close()
     assert response.status_code == 429
     assert response.headers["Access-Control-Allow-Origin"] == "*"
     assert response.headers["Retry-After"]

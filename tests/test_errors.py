@@ -13,6 +13,7 @@ from tests.conftest import (
     base_config,
     basic,
     bearer,
+    close_app,
     consent,
     exchange,
     get_code,
@@ -190,8 +191,7 @@ def test_limit_follows_max_body_bytes(tmp_path, dummy_site):
         big = {"grant_type": "client_credentials", "pad": "a" * 3000}
         assert http.post("/token", data=big, headers=basic()).status_code == 413
     finally:
-        app.extensions["oauth2"].storage.close()
-        app.extensions["oauth2"].adapter.close()
+        close_app(app)
 
 
 # -- storage outages ----------------------------------------------------------------------

@@ -36,7 +36,7 @@ from tests.conftest import (
     hidden,
     login,
 )
-from tests.oauth2.conftest import make_app
+from tests.oauth2.conftest import open_app
 
 #: Stand-ins replaced, per example, by live values of the session the request runs in.
 LIVE = (b"live.csrf", b"live.txn", b"live.access", b"live.refresh", b"live.code")
@@ -284,17 +284,15 @@ def requests(draw, method: str, path: str) -> Request:
 def fuzz_app(tmp_path_factory, dummy_site) -> Iterator:
     """One app on SQLite for the module, rate limits set far above what fuzzing sends."""
     path = tmp_path_factory.mktemp("fuzz")
-    app = make_app(
+    with open_app(
         path,
         dummy_site,
         limits={
             **{k: "100000/minute" for k in ("token", "token_ip", "login_ip", "login_user", "api")},
             "lockout_after": 100000,
         },
-    )
-    yield app
-    app.extensions["oauth2"].storage.close()
-    app.extensions["oauth2"].adapter.close()
+    ) as app:
+        yield app
 
 
 def snapshot(app) -> dict[str, frozenset]:

@@ -22,7 +22,7 @@ from app import create_app
 from app.clients import ClientFileError
 
 from .backends import redis_url, require_service
-from .conftest import base_config, basic, bearer, csrf_from
+from .conftest import base_config, basic, bearer, csrf_from, race
 from .factories import SECRET, make_client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,18 +37,11 @@ def limited_app(tmp_path, dummy_site, **limits):
 
 
 @pytest.fixture
-def make(tmp_path, dummy_site):
-    apps = []
-
+def make(tmp_path, dummy_site, closing):
     def build(**limits):
-        app = limited_app(tmp_path, dummy_site, **limits)
-        apps.append(app)
-        return app
+        return closing(limited_app(tmp_path, dummy_site, **limits))
 
-    yield build
-    for app in apps:
-        app.extensions["oauth2"].storage.close()
-        app.extensions["oauth2"].adapter.close()
+    return build
 
 
 def cc(client, auth=None):
@@ -429,21 +422,15 @@ def test_parallel_wrong_passwords_reach_the_site_at_most_lockout_after_plus_one(
     for app in apps:
         monkeypatch.setattr(app.extensions["oauth2"].adapter, "login", slow_login)
         app.config["WTF_CSRF_ENABLED"] = False
-    barrier = threading.Barrier(26)
-    statuses: list[int] = []
+    turns = itertools.cycle(apps)
 
-    def attempt(app) -> None:
-        client = app.test_client()
-        barrier.wait()
-        answer = client.post("/login", data={"username": user, "password": "wrong"})
+    def attempt(go) -> int:
         with lock:
-            statuses.append(answer.status_code)
+            client = next(turns).test_client()
+        go()
+        return client.post("/login", data={"username": user, "password": "wrong"}).status_code
 
-    threads = [threading.Thread(target=attempt, args=(apps[i % 2],)) for i in range(26)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    statuses = race(26, attempt)
     assert len(calls) <= 3 + 1
     assert statuses.count(429) >= 26 - 4
     for app in apps:

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tests.conftest import authorize_url, consent, csrf_from, get_code, hidden, login
+from tests.conftest import authorize_url, close_app, consent, csrf_from, get_code, hidden, login
 
 
 def _login_page(client):
@@ -204,8 +204,7 @@ def test_site_name_from_config_appears_on_pages(tmp_path, dummy_site):
         assert "Acme Web" in html
         assert "Stuff Nation" not in html
     finally:
-        app.extensions["oauth2"].storage.close()
-        app.extensions["oauth2"].adapter.close()
+        close_app(app)
 
 
 def test_deny_still_leaves_pages_framing_safe(client):
@@ -230,5 +229,4 @@ def test_forms_work_over_tls_where_the_referer_is_checked(tmp_path, dummy_site):
     sent = login(client, base_url=base, headers={"Referer": f"{base}/login"})
     assert sent.status_code == 302
     assert "Secure" in sent.headers["Set-Cookie"]
-    app.extensions["oauth2"].storage.close()
-    app.extensions["oauth2"].adapter.close()
+    close_app(app)

@@ -9,16 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import (
-    REDIRECT,
-    authorize_url,
-    basic,
-    bearer,
-    consent,
-    csrf_from,
-    location_params,
-    login,
-)
+from tests.conftest import authorize_url, basic, bearer, consent, location_params
+from tests.factories import REDIRECT, csrf_from, login
 
 NAMES = {"test": "Automated tests", "sp-demo": "Demo partner site"}
 

@@ -14,7 +14,7 @@ from app.dummy_site import user_id as site_user_id
 from app.secrets_hash import token_digest
 from app.settings import ConfigError, Settings
 from app.storage import StorageUnavailable
-from tests.conftest import base_config, csrf_from, login
+from tests.conftest import base_config, close_app, csrf_from, login
 
 COOKIE = "oauth2_session"
 VISITOR = "oauth2_session_visitor"
@@ -203,8 +203,7 @@ def test_cookie_is_secure_behind_https(tmp_path, dummy_site):
         assert "Secure" in header
         assert "HttpOnly" in header
     finally:
-        app.extensions["oauth2"].storage.close()
-        app.extensions["oauth2"].adapter.close()
+        close_app(app)
 
 
 def test_a_session_made_by_one_worker_holds_on_another(tmp_path, dummy_site, app, client):
@@ -217,8 +216,7 @@ def test_a_session_made_by_one_worker_holds_on_another(tmp_path, dummy_site, app
         assert page.status_code == 200
         assert "alice" in page.get_data(as_text=True)
     finally:
-        other.extensions["oauth2"].storage.close()
-        other.extensions["oauth2"].adapter.close()
+        close_app(other)
 
 
 @pytest.mark.parametrize("value", ["garbage", "x" * 300, ""])
@@ -368,8 +366,7 @@ def test_the_dummy_site_down_gives_a_502_page(tmp_path):
         assert response.mimetype == "text/html"
         assert "Traceback" not in response.get_data(as_text=True)
     finally:
-        app.extensions["oauth2"].storage.close()
-        app.extensions["oauth2"].adapter.close()
+        close_app(app)
 
 
 def test_a_failed_save_leaves_the_cookie_alone(client, state, monkeypatch):
@@ -423,8 +420,7 @@ def test_session_max_age_is_configurable(tmp_path, dummy_site, monkeypatch):
         at(monkeypatch, 600)
         assert client.get("/review").status_code == 302
     finally:
-        app.extensions["oauth2"].storage.close()
-        app.extensions["oauth2"].adapter.close()
+        close_app(app)
 
 
 @pytest.mark.parametrize("value", [0, 59, "1h"])

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from authlib.oauth2.rfc6749.errors import InvalidRequestError, UnsupportedTokenTypeError
 from authlib.oauth2.rfc7009 import RevocationEndpoint as _RevocationEndpoint
 
 from ..audit import audit
 from .accept import find_either
 from .client_auth import METHODS
-
-CLIENT_AUTH_METHODS = list(METHODS)
 
 
 def check_token_params(request, supported) -> None:
@@ -23,16 +23,23 @@ def check_token_params(request, supported) -> None:
         raise error
 
 
-class RevocationEndpoint(_RevocationEndpoint):
-    """Revoking either token of a pair ends both; unknown tokens still answer 200."""
+class TokenRequest:
+    """What revocation and introspection (RFC 7662 §2.1 takes this RFC's request) share:
+    our client authentication, the ``token`` and hint checks, finding either token."""
 
-    CLIENT_AUTH_METHODS = CLIENT_AUTH_METHODS
+    CLIENT_AUTH_METHODS = list(METHODS)
+    SUPPORTED_TOKEN_TYPES: tuple[str, ...]
+    server: Any
 
     def check_params(self, request, client) -> None:
         check_token_params(request, self.SUPPORTED_TOKEN_TYPES)
 
     def query_token(self, token_string: str, token_type_hint: str | None):
         return find_either(self.server, token_string, token_type_hint)
+
+
+class RevocationEndpoint(TokenRequest, _RevocationEndpoint):
+    """Revoking either token of a pair ends both; unknown tokens still answer 200."""
 
     def revoke_token(self, token, request) -> None:
         self.server.grants.revoke_token(token)

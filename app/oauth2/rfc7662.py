@@ -4,20 +4,11 @@ from __future__ import annotations
 
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _IntrospectionEndpoint
 
-from .accept import find_either
-from .rfc7009 import CLIENT_AUTH_METHODS, check_token_params
+from .rfc7009 import TokenRequest
 
 
-class IntrospectionEndpoint(_IntrospectionEndpoint):
+class IntrospectionEndpoint(TokenRequest, _IntrospectionEndpoint):
     """A client may introspect only the tokens issued to it; others read as inactive."""
-
-    CLIENT_AUTH_METHODS = CLIENT_AUTH_METHODS
-
-    def check_params(self, request, client) -> None:
-        check_token_params(request, self.SUPPORTED_TOKEN_TYPES)
-
-    def query_token(self, token_string: str, token_type_hint: str | None):
-        return find_either(self.server, token_string, token_type_hint)
 
     def check_permission(self, token, client, request) -> bool:
         return token.client_id == client.get_client_id()

@@ -26,6 +26,7 @@ from bench.procs import Proc, children
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_BIN = Path(sys.executable).parent / "oauth2-server"
 DEMO_CLIENTS = ROOT / "clients.json.example"
+SESSION_SECRET = "e2e-session-secret-" + "s" * 24
 START_TIMEOUT = 20.0
 #: Seconds any one HTTP request of these tests may take.
 HTTP_TIMEOUT = 10
@@ -144,21 +145,10 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
         demo = json.loads(DEMO_CLIENTS.read_text())
         clients_file.write_text(json.dumps(demo + list(clients or []), indent=2))
         port, site_port = procs.free_ports(2)
-        config_data = {
-            "auth_server": {
-                "url": f"http://127.0.0.1:{port}",
-                "host": "127.0.0.1",
-                "port": port,
-                "num_workers": workers,
-                "session_secret": "e2e-session-secret-" + "s" * 24,
-            },
-            "client_credentials": {"file": str(clients_file)},
-            "storage": {"default": f"sqlite:///{folder}/oauth2.db"},
-            "resource_server": {"type": "dummy", "host": "127.0.0.1", "port": site_port},
-            "logging": {"level": "notice"},
-        }
-        for section, values in (config or {}).items():
-            config_data.setdefault(section, {}).update(values)
+        storage = {"default": f"sqlite:///{folder}/oauth2.db"}
+        config_data = procs.serve_config(
+            port, site_port, storage, clients_file, SESSION_SECRET, workers, **(config or {})
+        )
         ready = "/.well-known/oauth-authorization-server"
         servers.append(serve(folder, config_data, clean_env(tmp_path), ready))
         return servers[-1]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-import threading
 
 import pytest
 import redis
 import requests
 
 from tests.backends import redis_url, require_service
+from tests.conftest import race
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -30,16 +30,14 @@ def test_the_sign_in_lockout_is_reserved_across_two_workers(start_server):
         config={"limits": {"storage": url, "lockout_after": FREE, "lockout_base": 60}},
     )
     assert len(server.workers()) == 2
-    barrier = threading.Barrier(8)
-    statuses: list[int] = []
-    lock = threading.Lock()
 
-    def hammer() -> None:
+    def hammer(go) -> list[int]:
+        statuses = []
         with requests.Session() as session:
             page = session.get(f"{server.url}/login", timeout=10).text
             csrf = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page)
             assert csrf is not None
-            barrier.wait(10)
+            go()
             for _ in range(5):
                 answer = session.post(
                     f"{server.url}/login",
@@ -47,14 +45,10 @@ def test_the_sign_in_lockout_is_reserved_across_two_workers(start_server):
                     timeout=10,
                     allow_redirects=False,
                 )
-                with lock:
-                    statuses.append(answer.status_code)
+                statuses.append(answer.status_code)
+        return statuses
 
-    threads = [threading.Thread(target=hammer) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    statuses = [status for answers in race(8, hammer) for status in answers]
     # 40 attempts spread over both workers: the free ones and one more reach the site.
     assert len(statuses) == 40
     assert statuses.count(401) == FREE + 1

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from flask import Flask
 
 from app import create_app
 from app.storage import sql
@@ -21,6 +22,7 @@ from tests.conftest import (
     base_config,
     basic,
     bearer,
+    close_app,
     get_code,
     location_params,
 )
@@ -62,13 +64,20 @@ def make_app(tmp_path, dummy_site, clients: list[dict[str, Any]] | None = None, 
     return app
 
 
+@contextlib.contextmanager
+def open_app(tmp_path, dummy_site, **over) -> Iterator[Flask]:
+    """:func:`make_app`'s app, closed when the block ends."""
+    app = make_app(tmp_path, dummy_site, **over)
+    try:
+        yield app
+    finally:
+        close_app(app)
+
+
 @pytest.fixture
 def app(tmp_path, dummy_site):
-    app = make_app(tmp_path, dummy_site)
-    yield app
-    state = app.extensions["oauth2"]
-    state.storage.close()
-    state.adapter.close()
+    with open_app(tmp_path, dummy_site) as app:
+        yield app
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.oauth2.accept import find_access, find_either, find_refresh
-from tests.conftest import basic
+from tests.conftest import basic, close_app
 from tests.oauth2.conftest import EXTRA_CLIENTS, issue_tokens, make_app, profile_status, refresh
 
 KEPT = [c for c in EXTRA_CLIENTS if c["client_id"] != "reader"]
@@ -17,12 +17,10 @@ def removed(tmp_path, dummy_site):
     before = make_app(tmp_path, dummy_site)
     tokens = issue_tokens(before.test_client(), client_id="reader", scope="read-only")
     assert profile_status(before.test_client(), tokens["access_token"]) == 200
-    before.extensions["oauth2"].storage.close()
-    before.extensions["oauth2"].adapter.close()
+    close_app(before)
     after = make_app(tmp_path, dummy_site, clients=KEPT)
     yield after, tokens
-    after.extensions["oauth2"].storage.close()
-    after.extensions["oauth2"].adapter.close()
+    close_app(after)
 
 
 def test_api_refuses_the_token_of_a_removed_client(removed):

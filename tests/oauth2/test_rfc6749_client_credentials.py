@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import basic, bearer
+from tests.conftest import basic, bearer, table
 from tests.oauth2.conftest import error_of, unchanged
 
 
@@ -48,11 +48,7 @@ BAD_REQUESTS = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("client_id", "secret", "extra", "status", "error"),
-    [case[1:] for case in BAD_REQUESTS],
-    ids=[case[0] for case in BAD_REQUESTS],
-)
+@pytest.mark.parametrize(("client_id", "secret", "extra", "status", "error"), table(BAD_REQUESTS))
 def test_bad_client_credentials_request_issues_nothing(
     client, state, client_id, secret, extra, status, error
 ):

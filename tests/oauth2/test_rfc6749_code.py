@@ -20,6 +20,7 @@ from tests.conftest import (
     hidden,
     location_params,
     login,
+    table,
 )
 from tests.oauth2.conftest import (
     EXTRA_CLIENTS,
@@ -179,11 +180,7 @@ REDIRECTED_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("url", "error"),
-    [case[1:] for case in REDIRECTED_ERRORS],
-    ids=[case[0] for case in REDIRECTED_ERRORS],
-)
+@pytest.mark.parametrize(("url", "error"), table(REDIRECTED_ERRORS))
 def test_bad_request_from_a_good_client_is_redirected_with_the_error(client, state, url, error):
     login(client)
     with unchanged(state):
@@ -192,9 +189,7 @@ def test_bad_request_from_a_good_client_is_redirected_with_the_error(client, sta
     assert location_params(response)["state"] == "xyz"
 
 
-@pytest.mark.parametrize(
-    "url", [case[1] for case in REDIRECTED_ERRORS], ids=[case[0] for case in REDIRECTED_ERRORS]
-)
+@pytest.mark.parametrize("url", table(case[:2] for case in REDIRECTED_ERRORS))
 def test_bad_request_before_sign_in_shows_the_error_page(client, state, url):
     """RFC 9700 §4.11.2: no redirect to the client until the user has authenticated."""
     with unchanged(state):
@@ -414,11 +409,7 @@ BAD_TOKEN_REQUESTS = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("fields", "headers", "status", "error"),
-    [case[1:] for case in BAD_TOKEN_REQUESTS],
-    ids=[case[0] for case in BAD_TOKEN_REQUESTS],
-)
+@pytest.mark.parametrize(("fields", "headers", "status", "error"), table(BAD_TOKEN_REQUESTS))
 def test_bad_token_request_gets_the_rfc_error_and_leaves_the_code_usable(
     client, state, fields, headers, status, error
 ):

@@ -12,7 +12,7 @@ from app.oauth2.grant_store import ROTATED, ROTATIONS_REMEMBERED, USED_CODE
 from app.secrets_hash import token_digest
 from app.storage import sql
 from tests.conftest import bearer, exchange, get_code
-from tests.oauth2.conftest import error_of, issue_tokens, make_app, profile_status, refresh
+from tests.oauth2.conftest import error_of, issue_tokens, open_app, profile_status, refresh
 
 LIFETIME = 1000
 
@@ -20,10 +20,8 @@ LIFETIME = 1000
 @pytest.fixture
 def short_app(tmp_path, dummy_site):
     """Families end 1,000 s after the user's consent."""
-    app = make_app(tmp_path, dummy_site, auth_server={"refresh_absolute_lifetime": LIFETIME})
-    yield app
-    app.extensions["oauth2"].storage.close()
-    app.extensions["oauth2"].adapter.close()
+    with open_app(tmp_path, dummy_site, auth_server={"refresh_absolute_lifetime": LIFETIME}) as app:
+        yield app
 
 
 @pytest.fixture
@@ -84,15 +82,13 @@ def test_a_family_past_its_absolute_lifetime_cannot_refresh(short_app, clock):
 
 
 def test_absolute_lifetime_zero_means_none(tmp_path, dummy_site):
-    app = make_app(tmp_path, dummy_site, auth_server={"refresh_absolute_lifetime": 0})
-    client, state = app.test_client(), app.extensions["oauth2"]
-    tokens = issue_tokens(client)
-    ttl = state.storage.refresh_tokens.ttl
-    assert stored(state, tokens["refresh_token"])["expires_at"] == pytest.approx(
-        time.time() + ttl, abs=5
-    )
-    state.storage.close()
-    state.adapter.close()
+    with open_app(tmp_path, dummy_site, auth_server={"refresh_absolute_lifetime": 0}) as app:
+        client, state = app.test_client(), app.extensions["oauth2"]
+        tokens = issue_tokens(client)
+        ttl = state.storage.refresh_tokens.ttl
+        assert stored(state, tokens["refresh_token"])["expires_at"] == pytest.approx(
+            time.time() + ttl, abs=5
+        )
 
 
 # -- tombstones -----------------------------------------------------------------------

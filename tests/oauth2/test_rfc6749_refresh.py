@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
-from tests.conftest import basic, bearer
+from tests.conftest import basic, bearer, race, table
 from tests.oauth2.conftest import error_of, issue_tokens, profile_status, refresh, unchanged
 
 
@@ -76,11 +74,7 @@ BAD_REFRESHES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("client_id", "secret", "extra", "status", "error"),
-    [case[1:] for case in BAD_REFRESHES],
-    ids=[case[0] for case in BAD_REFRESHES],
-)
+@pytest.mark.parametrize(("client_id", "secret", "extra", "status", "error"), table(BAD_REFRESHES))
 def test_bad_refresh_changes_nothing(client, state, client_id, secret, extra, status, error):
     tokens = issue_tokens(client)
     data = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"], **extra}
@@ -110,22 +104,14 @@ def test_access_token_is_not_a_refresh_token(client, state):
 
 def test_concurrent_refreshes_of_one_token_yield_exactly_one_success(app, client):
     tokens = issue_tokens(client)
-    barrier = threading.Barrier(20)
-    results: list[tuple[int, str | None]] = []
-    lock = threading.Lock()
 
-    def attempt() -> None:
+    def attempt(go) -> tuple[int, str | None]:
         own = app.test_client()
-        barrier.wait()
+        go()
         response = refresh(own, tokens["refresh_token"])
-        with lock:
-            results.append((response.status_code, error_of(response)))
+        return response.status_code, error_of(response)
 
-    threads = [threading.Thread(target=attempt) for _ in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    results = race(20, attempt)
     assert len(results) == 20
     assert sorted(results, key=str) == sorted(
         [(200, None)] + [(400, "invalid_grant")] * 19, key=str

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from types import SimpleNamespace
 
@@ -11,11 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.oauth2 import grant_store
-from tests.conftest import CHALLENGE, REDIRECT, VERIFIER, basic, exchange, get_code
+from tests.conftest import CHALLENGE, REDIRECT, VERIFIER, basic, exchange, get_code, race
 from tests.oauth2.conftest import (
     error_of,
     issue_tokens,
-    make_app,
+    open_app,
     profile_status,
     refresh,
     unchanged,
@@ -29,10 +28,8 @@ FUZZ = settings(
 @pytest.fixture
 def unlimited(tmp_path, dummy_site):
     """An app without rate limits, so that many examples may sign in and redeem."""
-    app = make_app(tmp_path, dummy_site, limits={"enabled": False})
-    yield app
-    app.extensions["oauth2"].storage.close()
-    app.extensions["oauth2"].adapter.close()
+    with open_app(tmp_path, dummy_site, limits={"enabled": False}) as app:
+        yield app
 
 
 def events(state) -> list[str]:
@@ -86,29 +83,26 @@ def test_replay_by_the_owner_with_its_verifier_revokes_the_grant(client, state):
     assert profile_status(client, tokens["access_token"]) == 401
 
 
-def test_replay_by_another_authenticated_client_revokes_nothing(client, state):
+def replayed_by(client, state, headers: dict[str, str]):
+    """Redeem a new code as ``test``, then again with ``headers``, which changes nothing.
+    Return the replay's response and the first redemption's tokens."""
     code = get_code(client)
     tokens = exchange(client, code).get_json()
+    data = {"grant_type": "authorization_code", "code": code}
     with unchanged(state):
-        replay = client.post(
-            "/token",
-            data={"grant_type": "authorization_code", "code": code},
-            headers=basic("sp-demo"),
-        )
+        replay = client.post("/token", data=data, headers=headers)
+    return replay, tokens
+
+
+def test_replay_by_another_authenticated_client_revokes_nothing(client, state):
+    replay, tokens = replayed_by(client, state, basic("sp-demo"))
     assert error_of(replay) == "invalid_grant"
     assert events(state)[0] == "code_replay_refused"
     assert alive(client, tokens)
 
 
 def test_replay_with_a_wrong_secret_revokes_nothing(client, state):
-    code = get_code(client)
-    tokens = exchange(client, code).get_json()
-    with unchanged(state):
-        replay = client.post(
-            "/token",
-            data={"grant_type": "authorization_code", "code": code},
-            headers=basic("test", "wrong"),
-        )
+    replay, tokens = replayed_by(client, state, basic("test", "wrong"))
     assert error_of(replay) == "invalid_client"
     assert alive(client, tokens)
 
@@ -179,10 +173,8 @@ def test_grace_covers_only_the_newest_rotation(client, state):
 
 @pytest.fixture
 def strict_client(tmp_path, dummy_site):
-    app = make_app(tmp_path, dummy_site, auth_server={"refresh_grace_period": 0})
-    yield app.test_client()
-    app.extensions["oauth2"].storage.close()
-    app.extensions["oauth2"].adapter.close()
+    with open_app(tmp_path, dummy_site, auth_server={"refresh_grace_period": 0}) as app:
+        yield app.test_client()
 
 
 def test_a_grace_period_of_zero_is_strict(strict_client):
@@ -194,21 +186,13 @@ def test_a_grace_period_of_zero_is_strict(strict_client):
 
 def test_concurrent_refreshes_leave_the_winners_pair_working(app, client):
     tokens = issue_tokens(client)
-    barrier = threading.Barrier(12)
-    won: list[dict] = []
 
-    def attempt() -> None:
+    def attempt(go):
         own = app.test_client()
-        barrier.wait()
-        response = refresh(own, tokens["refresh_token"])
-        if response.status_code == 200:
-            won.append(response.get_json())
+        go()
+        return refresh(own, tokens["refresh_token"])
 
-    threads = [threading.Thread(target=attempt) for _ in range(12)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    won = [response.get_json() for response in race(12, attempt) if response.status_code == 200]
     assert len(won) == 1
     assert alive(client, won[0])
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import basic
+from tests.conftest import basic, table
 from tests.oauth2.conftest import error_of, issue_tokens, profile_status, refresh, unchanged
 
 
@@ -74,11 +74,7 @@ BAD_REVOCATIONS = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("client_id", "secret", "form", "status", "error"),
-    [case[1:] for case in BAD_REVOCATIONS],
-    ids=[case[0] for case in BAD_REVOCATIONS],
-)
+@pytest.mark.parametrize(("client_id", "secret", "form", "status", "error"), table(BAD_REVOCATIONS))
 def test_bad_revocation_request_changes_nothing(
     client, state, client_id, secret, form, status, error
 ):

@@ -13,10 +13,11 @@ from tests.conftest import (
     get_code,
     location_params,
     login,
+    table,
 )
 from tests.oauth2.conftest import (
     error_of,
-    make_app,
+    open_app,
     profile_status,
     redeem,
     redirect_error,
@@ -65,17 +66,15 @@ def test_plain_is_refused_unless_allowed(client, state, pkce):
 def test_matching_plain_verifier_redeems_the_code_when_allowed(
     tmp_path, dummy_site, challenge, method
 ):
-    app = make_app(tmp_path, dummy_site, auth_server={"allow_plain_pkce": True})
-    client = app.test_client()
-    extra = {"code_challenge": challenge}
-    if method:
-        extra["code_challenge_method"] = method
-    code = get_code(client, **extra)
-    response = redeem(client, code, code_verifier=VERIFIER)
-    assert response.status_code == 200, response.get_json()
-    assert profile_status(client, response.get_json()["access_token"]) == 200
-    app.extensions["oauth2"].storage.close()
-    app.extensions["oauth2"].adapter.close()
+    with open_app(tmp_path, dummy_site, auth_server={"allow_plain_pkce": True}) as app:
+        client = app.test_client()
+        extra = {"code_challenge": challenge}
+        if method:
+            extra["code_challenge_method"] = method
+        code = get_code(client, **extra)
+        response = redeem(client, code, code_verifier=VERIFIER)
+        assert response.status_code == 200, response.get_json()
+        assert profile_status(client, response.get_json()["access_token"]) == 200
 
 
 BAD_VERIFIERS = [
@@ -88,11 +87,7 @@ BAD_VERIFIERS = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("challenge", "verifier"),
-    [case[1:] for case in BAD_VERIFIERS],
-    ids=[case[0] for case in BAD_VERIFIERS],
-)
+@pytest.mark.parametrize(("challenge", "verifier"), table(BAD_VERIFIERS))
 def test_verifier_mismatch_is_invalid_grant_and_leaves_the_code(client, state, challenge, verifier):
     pkce = {"code_challenge": challenge, "code_challenge_method": "S256"} if challenge else {}
     code = get_code(client, **pkce)
@@ -152,12 +147,10 @@ def test_public_client_without_proof_gets_nothing(client, state, extra, status, 
 # -- configuration ----------------------------------------------------------------------
 @pytest.fixture
 def strict_app(tmp_path, dummy_site):
-    app = make_app(
+    with open_app(
         tmp_path, dummy_site, auth_server={"require_pkce": True, "allow_plain_pkce": False}
-    )
-    yield app
-    app.extensions["oauth2"].storage.close()
-    app.extensions["oauth2"].adapter.close()
+    ) as app:
+        yield app
 
 
 @pytest.mark.parametrize(

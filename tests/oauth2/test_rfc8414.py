@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.oauth2.conftest import make_app
+from tests.oauth2.conftest import open_app
 
 AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
 
@@ -52,24 +52,18 @@ def test_metadata_lists_auth_methods_pkce_and_iss(client):
 
 
 def test_issuer_follows_the_configured_url(tmp_path, dummy_site):
-    app = make_app(tmp_path, dummy_site, auth_server={"url": "https://auth.example.com"})
-    try:
+    with open_app(tmp_path, dummy_site, auth_server={"url": "https://auth.example.com"}) as app:
         doc = metadata(app.test_client())
-    finally:
-        app.extensions["oauth2"].storage.close()
-        app.extensions["oauth2"].adapter.close()
     assert doc["issuer"] == "https://auth.example.com"
     assert doc["token_endpoint"] == "https://auth.example.com/token"
 
 
 @pytest.fixture
 def code_only_app(tmp_path, dummy_site):
-    app = make_app(
+    with open_app(
         tmp_path, dummy_site, auth_server={"grant_types": ["authorization_code", "refresh_token"]}
-    )
-    yield app
-    app.extensions["oauth2"].storage.close()
-    app.extensions["oauth2"].adapter.close()
+    ) as app:
+        yield app
 
 
 def test_metadata_lists_only_the_grants_switched_on(code_only_app):

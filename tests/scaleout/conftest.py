@@ -181,28 +181,6 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 Instance = Server
 
 
-def instance_config(
-    port: int, site_port: int, storage: dict[str, Any], clients_file: Path, **over: Any
-) -> dict[str, Any]:
-    """A config for one instance: 1 worker, the dummy site on ``site_port``."""
-    config: dict[str, Any] = {
-        "auth_server": {
-            "url": f"http://127.0.0.1:{port}",
-            "host": "127.0.0.1",
-            "port": port,
-            "num_workers": 1,
-            "session_secret": SESSION_SECRET,
-        },
-        "client_credentials": {"file": str(clients_file)},
-        "storage": storage,
-        "resource_server": {"type": "dummy", "host": "127.0.0.1", "port": site_port},
-        "logging": {"level": "notice"},
-    }
-    for section, values in over.items():
-        config.setdefault(section, {}).update(values)
-    return config
-
-
 Launch = Callable[..., Instance]
 
 
@@ -232,7 +210,10 @@ def launch(tmp_path: Path) -> Iterator[Launch]:
         clients_file.write_text(DEMO_CLIENTS.read_text())
         if config is None:  # else given whole (the original's file): its ports are the truth
             port, spare = procs.free_ports(2)
-            config = instance_config(port, site_port or spare, storage, clients_file, **over)
+            site = site_port or spare
+            config = procs.serve_config(
+                port, site, storage, clients_file, SESSION_SECRET, 1, **over
+            )
         extra = dict(env or {})
         if not run_site:
             extra["OAUTH2_NO_DUMMY_SITE"] = "1"

@@ -23,7 +23,7 @@ from app.storage import TABLES
 from app.storage.postgres import PostgresBackend
 from app.storage.redis import RedisBackend
 from app.storage.sqlite import SQLiteBackend
-from tests.conftest import base_config, basic, bearer, exchange, get_code
+from tests.conftest import base_config, basic, bearer, close_app, exchange, get_code
 
 from .conftest import every_table
 
@@ -52,9 +52,7 @@ def app(tmp_path, dummy_site, storage_url: str) -> Iterator[Flask]:
     app = create_app(base_config(tmp_path, dummy_site, storage=every_table(storage_url)))
     app.config["TESTING"] = True
     yield app
-    state = app.extensions["oauth2"]
-    state.storage.close()
-    state.adapter.close()
+    close_app(app)
 
 
 def row_counts(kind: str, url: str) -> dict[str, int]:

@@ -149,6 +149,21 @@ class Outage:
     def close(self) -> None:
         self.visitor.close()
 
+    def ride_out(self, title: str, stop: Callable, start: Callable, live: dict) -> None:
+        """Stop storage, check every request (with ``live``'s tokens) twice, start it again
+        and report the timings once a token can be issued again."""
+        try:
+            login_form = self.prepare()
+            stop()
+            # Twice: the first round meets pooled connections the outage broke, the
+            # second connection attempts that are refused.
+            for _ in range(2):
+                self.check(live["access_token"], live["refresh_token"], login_form)
+        finally:
+            self.close()
+        start()
+        report(title, self.timings, wait_recovered(self.server))
+
 
 def wait_recovered(server: Instance) -> float:
     """Seconds until a token can be issued again (bounded)."""
@@ -216,19 +231,7 @@ def test_redis_killed_answers_503_then_recovers(
     assert profile(server, live["access_token"]) == 200
     assert profile(server, revoked["access_token"]) == 401
     outage = Outage(server, agent, backend)
-    try:
-        login_form = outage.prepare()
-        own_redis.kill()
-        # Twice: the first round meets pooled connections the kill broke, the second
-        # connection attempts that are refused.
-        for _ in range(2):
-            outage.check(live["access_token"], live["refresh_token"], login_form)
-    finally:
-        outage.close()
-
-    own_redis.start()
-    recovery = wait_recovered(server)
-    report("redis outage", outage.timings, recovery)
+    outage.ride_out("redis outage", own_redis.kill, own_redis.start, live)
 
     # Redis kept nothing: the old session and every old token are gone, revoked or not.
     for token in (revoked["access_token"], live["access_token"], revoked["refresh_token"]):
@@ -292,17 +295,7 @@ def test_postgres_outage_answers_503_and_keeps_every_answered_write(
     assert agent.get(f"{server.url}/review", allow_redirects=False).status_code == 200
 
     outage = Outage(server, agent, backend)
-    try:
-        login_form = outage.prepare()
-        pg_proxy.stop()
-        for _ in range(2):
-            outage.check(live["access_token"], live["refresh_token"], login_form)
-    finally:
-        outage.close()
-
-    pg_proxy.start()
-    recovery = wait_recovered(server)
-    report("postgres outage", outage.timings, recovery)
+    outage.ride_out("postgres outage", pg_proxy.stop, pg_proxy.start, live)
 
     # Every write answered before the outage holds: issued tokens work, revoked stay so.
     assert profile(server, live["access_token"]) == 200
