@@ -22,7 +22,7 @@ from pydantic import (
     ValidationError,
 )
 
-from .storage import StorageConfigError, parse_spec
+from .storage import StorageConfigError, option_problems, parse_spec
 
 #: The demo clients file shipped for ``make run``; its secrets are published.
 DEMO_CLIENTS_FILE = "clients.json.example"
@@ -302,7 +302,11 @@ def _is_union_tag(part: Any) -> bool:
 
 def parse_config(data: Mapping[str, Any], env: str) -> Config:
     """Validate merged config data; raise :class:`ConfigError` listing every problem."""
-    config, problems = None, adapter_problems(data)
+    # The adapter's and the backends' own keys are checked even when ours are not right.
+    storage = data.get("storage")
+    problems = adapter_problems(data)
+    problems += option_problems(storage) if isinstance(storage, dict) else []
+    config = None
     try:
         config = Config.model_validate(data)
     except ValidationError as error:

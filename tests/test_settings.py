@@ -290,6 +290,10 @@ BAD_VALUES = [
     ({"storage": {"tokens": {"url": "sqlite:///x.db", "ttl": -1}}}, "storage.tokens.ttl"),
     ({"storage": {"codes": {"type": "Mongo"}}}, "storage.codes.type"),
     ({"storage": {"session": 42}}, "storage.session"),
+    (
+        {"storage": {"session": {"url": "sqlite:///x.db", "options": [1]}}},
+        "storage.session.options",
+    ),
 ]
 
 
@@ -558,3 +562,27 @@ def test_a_bad_adapter_type_is_one_problem_never_a_crash(folder, kind):
     write(folder, "runtime.json", {"resource_server": {"type": kind}})
     with pytest.raises(ConfigError, match=re.escape("resource_server.type")):
         load(folder)
+
+
+def test_storage_options_are_checked_by_their_backend_with_the_rest(folder):
+    # Backends declare their options as models: a typo is named with every other problem.
+    write(
+        folder,
+        "runtime.json",
+        {
+            "auth_server": {"port": 0},
+            "storage": {
+                "tokens": {"url": "redis://127.0.0.1:6379/1", "options": {"socket_timout": 1}},
+                "codes": {"url": "redis://127.0.0.1:6379/1", "options": {"max_connections": "9"}},
+                "users": {"url": "postgresql://db/x", "options": {"max_size": 0}},
+            },
+        },
+    )
+    with pytest.raises(ConfigError) as caught:
+        load(folder)
+    assert sorted(p.split(":")[0] for p in caught.value.problems) == [
+        "auth_server.port",
+        "storage.codes.options.max_connections",
+        "storage.tokens.options.socket_timout",
+        "storage.users.options.max_size",
+    ]

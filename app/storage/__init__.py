@@ -129,7 +129,10 @@ def parse_spec(table: str, entry: Any) -> StorageSpec:
     ttl = entry.get("ttl")
     if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 0):
         raise StorageConfigError(f"{where}.ttl: expected a whole number of seconds >= 0")
-    options = dict(entry.get("options") or {})
+    options = entry.get("options") or {}
+    if not isinstance(options, dict):
+        raise StorageConfigError(f"{where}.options: expected an object")
+    options = dict(options)
     if "url" in entry:
         return _checked(where, StorageSpec(url=entry["url"], ttl=ttl, options=options))
     kind = str(entry.get("type", "")).lower()
@@ -175,6 +178,21 @@ def parse_storage_config(config: dict[str, Any]) -> dict[str, StorageSpec]:
         ttl = spec.ttl if name in config and spec.ttl is not None else DEFAULT_TTLS[name]
         specs[name] = StorageSpec(url=spec.url, ttl=ttl, options=spec.options)
     return specs
+
+
+def option_problems(config: dict[str, Any]) -> list[str]:
+    """What each entry's backend finds wrong with its ``options``, one line per key."""
+    problems = []
+    for name, entry in config.items():
+        if name not in TABLES and name != "default":
+            continue  # auto_migrate, purge_interval
+        try:
+            spec = parse_spec(name, entry)
+        except StorageConfigError:
+            continue  # the settings model reports the entry itself
+        where = f"storage.{name}.options"
+        problems += _backend_class(spec.scheme).option_problems(spec.options, where)
+    return problems
 
 
 def _backend_class(scheme: str) -> type[Backend]:

@@ -13,7 +13,9 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 Record = dict[str, Any]
 
@@ -130,6 +132,12 @@ class Table(abc.ABC):
         """
 
 
+class BackendOptions(BaseModel):
+    """A backend's options: strict types, unknown keys refused (``app.config_model``'s way)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
 class Backend(abc.ABC):
     """A connection (pool) to one store, shared by every table configured on it.
 
@@ -138,9 +146,28 @@ class Backend(abc.ABC):
     installed.
     """
 
+    #: The model of the ``options`` a table entry may give this backend (``None``: any).
+    Options: ClassVar[type[BaseModel] | None] = None
+
     def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
         self.url = url
         self.options = dict(options or {})
+        problems = self.option_problems(self.options, "options")
+        if problems:
+            raise StorageConfigError("\n".join(problems))
+
+    @classmethod
+    def option_problems(cls, options: dict[str, Any], where: str) -> list[str]:
+        """What :attr:`Options` finds wrong with ``options``, one line per key under ``where``."""
+        if cls.Options is None:
+            return []
+        from ..config_model import problem_lines
+
+        try:
+            cls.Options.model_validate(options)
+        except ValidationError as error:
+            return problem_lines(error, where)
+        return []
 
     @abc.abstractmethod
     def table(self, name: str, ttl: int | None) -> Table:

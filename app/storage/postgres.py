@@ -12,15 +12,16 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Annotated, Any, cast
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+from pydantic import ConfigDict, Field
 
-from .base import Put, Record, StorageConfigError, StorageUnavailable, Table
+from .base import BackendOptions, Put, Record, StorageConfigError, StorageUnavailable, Table
 from .sql import SQLBackend, SQLTable, row
 
 #: Options (in ``options`` or the URL query) that size the pool; the rest go to libpq.
@@ -72,7 +73,23 @@ def _connection_lost(exc: psycopg.OperationalError) -> bool:
     return exc.sqlstate is None or exc.sqlstate.startswith(("08", "57P"))
 
 
+class PostgresOptions(BackendOptions):
+    """The pool's options, typed; any other key is a libpq keyword, which libpq checks."""
+
+    model_config = ConfigDict(extra="allow", strict=False, frozen=True)
+
+    min_size: Annotated[int, Field(ge=0)] | None = None
+    max_size: Annotated[int, Field(gt=0)] | None = None
+    timeout: Annotated[float, Field(gt=0)] | None = None
+    max_idle: Annotated[float, Field(gt=0)] | None = None
+    max_lifetime: Annotated[float, Field(gt=0)] | None = None
+    reconnect_timeout: Annotated[float, Field(gt=0)] | None = None
+    max_waiting: Annotated[int, Field(ge=0)] | None = None
+    num_workers: Annotated[int, Field(gt=0)] | None = None
+
+
 class PostgresBackend(SQLBackend):
+    Options = PostgresOptions
     placeholder = "%s"
     json_count = (
         "jsonb_set({c}::jsonb, '{{count}}',"

@@ -36,36 +36,47 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
-from typing import Any, cast
+from typing import Annotated, Any, cast
+
+from pydantic import Field
 
 from .base import (
     INDEXED_FIELDS,
     Backend,
+    BackendOptions,
     Put,
     Record,
-    StorageConfigError,
     Table,
     audit_key,
 )
 from .redis_link import Batch, Link, connect, guarded
 
-#: Driver options a table entry may set; anything else is a configuration error.
-CLIENT_OPTIONS = {
-    "max_connections", "socket_timeout", "socket_connect_timeout", "health_check_interval",
-    "username", "password", "client_name", "ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile",
-    "ssl_keyfile",
-}  # fmt: skip
+
+class RedisOptions(BackendOptions):
+    """What a table entry's ``options`` may set: the key prefix and redis-py's client options."""
+
+    key_prefix: str = "oauth2"
+    max_connections: Annotated[int, Field(gt=0)] | None = None
+    socket_timeout: Annotated[float, Field(gt=0)] | None = None
+    socket_connect_timeout: Annotated[float, Field(gt=0)] | None = None
+    health_check_interval: Annotated[int, Field(ge=0)] | None = None
+    username: str | None = None
+    password: str | None = Field(default=None, repr=False)
+    client_name: str | None = None
+    ssl_cert_reqs: str | None = None
+    ssl_ca_certs: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
 
 
 class RedisBackend(Backend):
     """One Redis server, or a Cluster (``redis+cluster://``), shared by its tables."""
 
+    Options = RedisOptions
+
     def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
         super().__init__(url, options)
         self.prefix = str(self.options.pop("key_prefix", "oauth2"))
-        unknown = set(self.options) - CLIENT_OPTIONS
-        if unknown:
-            raise StorageConfigError(f"redis: unknown option(s) {', '.join(sorted(unknown))}")
         self._link: Link | None = None
         self._lock = threading.Lock()
         self._batch: ContextVar[Batch | None] = ContextVar(f"redis-batch-{id(self)}", default=None)

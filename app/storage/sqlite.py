@@ -7,9 +7,11 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
-from .base import Put, Record, StorageConfigError, StorageUnavailable, Table
+from pydantic import Field
+
+from .base import BackendOptions, Put, Record, StorageConfigError, StorageUnavailable, Table
 from .sql import SQLBackend, SQLTable, row
 
 
@@ -23,8 +25,14 @@ def sqlite_path(url: str) -> str:
     return path
 
 
+class SQLiteOptions(BackendOptions):
+    #: Seconds a write waits for another process's lock before failing.
+    timeout: Annotated[float, Field(gt=0)] = 5.0
+
+
 class SQLiteBackend(SQLBackend):
     placeholder = "?"
+    Options = SQLiteOptions
 
     def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
         super().__init__(url, options)
