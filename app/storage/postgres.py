@@ -159,14 +159,12 @@ class PostgresBackend(SQLBackend):
         except psycopg.Error as exc:
             raise StorageUnavailable(f"postgres: {exc}") from exc
 
-    def exchange(
-        self, take: tuple[Table, str], puts: Sequence[Put], discards: Sequence[tuple[Table, str]]
+    def exchange_owned(
+        self, take: tuple[SQLTable, str], puts: Sequence[Put], discards: Sequence[tuple[Table, str]]
     ) -> Record | None:
         """One statement, so one round trip: the take is a CTE and every write depends on it."""
         table, key = take
-        if not self.owns([table, *(p.table for p in puts), *(t for t, _ in discards)]):
-            return super().exchange(take, puts, discards)
-        take_sql, params = cast(SQLTable, table).take_statement(key)
+        take_sql, params = table.take_statement(key)
         steps, values = [f"taken AS ({take_sql})"], list(params)
         writes = [cast(SQLTable, p.table).put_statement(p.key, p.record, p.ttl, True) for p in puts]
         writes += [cast(SQLTable, t).delete_statement(k, True) for t, k in discards]

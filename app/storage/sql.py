@@ -10,9 +10,10 @@ from __future__ import annotations
 import abc
 import json
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
-from .base import INDEXED_FIELDS, Backend, Record, Table, audit_key
+from .base import INDEXED_FIELDS, Backend, Put, Record, Table, audit_key
 
 #: One SQL statement and its parameters.
 Statement = tuple[str, tuple[Any, ...]]
@@ -68,6 +69,21 @@ class SQLBackend(Backend):
 
     def table(self, name: str, ttl: int | None) -> SQLTable:
         return SQLTable(self, name, ttl)
+
+    def exchange(
+        self, take: tuple[Table, str], puts: Sequence[Put], discards: Sequence[tuple[Table, str]]
+    ) -> Record | None:
+        """Atomic when every table is this backend's; else the base class's best effort."""
+        table, key = take
+        if not self.owns([table, *(p.table for p in puts), *(t for t, _ in discards)]):
+            return super().exchange(take, puts, discards)
+        return self.exchange_owned((cast(SQLTable, table), key), puts, discards)
+
+    @abc.abstractmethod
+    def exchange_owned(
+        self, take: tuple[SQLTable, str], puts: Sequence[Put], discards: Sequence[tuple[Table, str]]
+    ) -> Record | None:
+        """:meth:`exchange` over this backend's own tables: one transaction or statement."""
 
     def migrate(self) -> list[str]:
         from . import TABLES

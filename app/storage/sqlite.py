@@ -66,17 +66,15 @@ class SQLiteBackend(SQLBackend):
         except sqlite3.Error as exc:
             raise StorageUnavailable(f"sqlite: {exc}") from exc
 
-    def exchange(
-        self, take: tuple[Table, str], puts: Sequence[Put], discards: Sequence[tuple[Table, str]]
+    def exchange_owned(
+        self, take: tuple[SQLTable, str], puts: Sequence[Put], discards: Sequence[tuple[Table, str]]
     ) -> Record | None:
         """One transaction: the take, the puts and the deletes commit together."""
         table, key = take
-        if not self.owns([table, *(p.table for p in puts), *(t for t, _ in discards)]):
-            return super().exchange(take, puts, discards)
         writes = [cast(SQLTable, p.table).put_statement(p.key, p.record, p.ttl) for p in puts]
         writes += [cast(SQLTable, t).delete_statement(k) for t, k in discards]
         with self._transaction() as conn:
-            found = conn.execute(*cast(SQLTable, table).take_statement(key)).fetchall()
+            found = conn.execute(*table.take_statement(key)).fetchall()
             if not found:
                 return None
             for statement, params in writes:
