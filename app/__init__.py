@@ -19,6 +19,7 @@ from .adapters import ResourceServer, load_adapter
 from .clients import ClientRegistry
 from .oauth2 import OAuth2Server, build_server
 from .oauth2.grant_store import GrantStore
+from .oidc.keys import KeyRing
 from .sessions import StoredSessionInterface
 from .settings import Settings
 from .storage import Storage
@@ -54,6 +55,8 @@ class State:
     users: UserStore
     server: OAuth2Server
     limits: limits.Limits
+    #: The OpenID Connect signing keys (``keys`` table), shared by every worker.
+    keys: KeyRing
 
 
 def _build_state(settings: Settings, clients: ClientRegistry | None = None) -> State:
@@ -71,7 +74,11 @@ def _build_state(settings: Settings, clients: ClientRegistry | None = None) -> S
     )
     users = UserStore(storage.users)
     server = build_server(settings, clients, grants, users, list(adapter.scopes))
-    return State(settings, storage, clients, adapter, grants, users, server, limits.build(settings))
+    oidc = settings.oidc
+    keys = KeyRing(storage.keys, retire_after=oidc.id_token_ttl + oidc.jwks_max_age)
+    return State(
+        settings, storage, clients, adapter, grants, users, server, limits.build(settings), keys
+    )
 
 
 def create_app(

@@ -73,6 +73,16 @@ class Client(ClientMixin):
     #: CORS at ``/token`` and ``/revoke``.
     allowed_origins: list[str] = field(default_factory=list)
     rate_limit: str | None = None  # its own cap on authenticated /token traffic
+    # -- OpenID Connect (RFC 7591 / OIDC Registration names) ----------------------
+    post_logout_redirect_uris: list[str] = field(default_factory=list)
+    #: ``client_secret_basic``, ``client_secret_post`` or ``none``; None: any it may use.
+    token_endpoint_auth_method: str | None = None
+    id_token_signed_response_alg: str | None = None  # None: ``oidc.default_alg``
+    subject_type: str = "public"  # or "pairwise"
+    backchannel_logout_uri: str | None = None
+    backchannel_logout_session_required: bool = False
+    #: A first-party client: the user is never asked to consent.
+    skip_consent: bool = False
 
     # -- Authlib's ClientMixin --------------------------------------------------
     def get_client_id(self) -> str:

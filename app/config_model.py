@@ -161,6 +161,8 @@ class StorageSection(Section):
     users: StorageEntry | None = None
     audit: StorageEntry | None = None
     clients: StorageEntry | None = None
+    keys: StorageEntry | None = None
+    consents: StorageEntry | None = None
     auto_migrate: bool = True
     purge_interval: Seconds = 300
 
@@ -199,6 +201,25 @@ class Audit(Section):
     retention_days: Seconds = 90
 
 
+class OIDC(Section):
+    """OpenID Connect: ID Tokens, signing keys, remembered consent, logout."""
+
+    #: Lifetime of an ID Token (and how long a retired signing key stays published after
+    #: its last use, plus ``jwks_max_age``).
+    id_token_ttl: Annotated[int, Field(gt=0, le=86400)] = 3600
+    #: The ID Token signing algorithm for clients that name none
+    #: (``id_token_signed_response_alg``).
+    default_alg: Literal["RS256", "ES256"] = "RS256"
+    #: How long relying parties and caches may keep the JWKS (``Cache-Control: max-age``);
+    #: ``keys rotate`` waits at least this long between publishing a key and signing with it.
+    jwks_max_age: Annotated[int, Field(ge=0, le=86400)] = 600
+    #: Seconds a user's consent to a client is remembered (0: until revoked at /review).
+    consent_lifetime: Seconds = 0
+    #: Back-channel logout delivery: seconds per attempt, and attempts after the first.
+    backchannel_timeout: Annotated[int, Field(gt=0, le=60)] = 5
+    backchannel_retries: Annotated[int, Field(ge=0, le=10)] = 3
+
+
 class Config(Section):
     """The whole configuration, one section per attribute."""
 
@@ -209,6 +230,7 @@ class Config(Section):
     logging: Logging = Logging()
     limits: Limits = Limits()
     audit: Audit = Audit()
+    oidc: OIDC = OIDC()
 
 
 def defaults_document() -> dict[str, Any]:

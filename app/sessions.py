@@ -40,8 +40,11 @@ TOUCH_EVERY = 60
 USER_KEY = "_user_id"
 #: Flask-WTF's key for the CSRF secret (``WTF_CSRF_FIELD_NAME``'s default).
 CSRF_KEY = "csrf_token"
-#: When the stored session began (sign-in), for its absolute lifetime.
+#: When the stored session began (sign-in), for its absolute lifetime and the ID Token's
+#: ``auth_time``.
 SIGNED_IN_AT = "_signed_in_at"
+#: The OpenID Connect session id (``sid``) of this sign-in, new at each sign-in.
+SID = "_sid"
 
 
 class StoredSession(CallbackDict, SessionMixin):
@@ -92,6 +95,7 @@ class StoredSession(CallbackDict, SessionMixin):
         self.regenerate()
         self.pop(CSRF_KEY, None)
         self[SIGNED_IN_AT] = time.time()
+        self[SID] = new_secret(16)
 
     @property
     def stored(self) -> bool:

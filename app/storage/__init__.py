@@ -49,7 +49,19 @@ GRANT_TABLES = ("codes", "tokens", "refresh_tokens")
 #: when no table is on Redis, the failure counters of the sign-in and client-auth
 #: delays (``oauth2-limits/...``, ``app.limits.delays``). Codes and refresh tokens keep
 #: their tombstones in their own tables (``used:``, ``rotated:``, ``app.oauth2.grant_store``).
-TABLES = ("session", "codes", "tokens", "refresh_tokens", "users", "audit", "clients")
+#: ``keys`` holds the OpenID Connect signing key ring (``app.oidc.keys``); ``consents``
+#: the scopes each user granted each client, remembered (``app.oidc.consent``).
+TABLES = (
+    "session",
+    "codes",
+    "tokens",
+    "refresh_tokens",
+    "users",
+    "audit",
+    "clients",
+    "keys",
+    "consents",
+)
 
 #: The original server's lifetimes, in seconds; 0 means records never expire.
 DEFAULT_TTLS = {
@@ -60,6 +72,8 @@ DEFAULT_TTLS = {
     "users": 0,
     "audit": 0,
     "clients": 0,
+    "keys": 0,
+    "consents": 0,
 }
 
 #: URL scheme -> "module:Class"; drivers are imported only when a scheme is used.
@@ -231,6 +245,8 @@ class Storage:
     users: Table
     audit: Table
     clients: Table
+    keys: Table
+    consents: Table
 
     def __init__(self, specs: dict[str, StorageSpec]) -> None:
         self.specs = specs

@@ -18,20 +18,21 @@ from .base import INDEXED_FIELDS, Backend, Put, Record, Table, audit_key
 #: One SQL statement and its parameters.
 Statement = tuple[str, tuple[Any, ...]]
 
+#: Every logical table's SQL table and indexes; idempotent, so a later migration that adds
+#: tables to ``TABLES`` runs it again.
+CREATE_TABLES = [
+    "CREATE TABLE IF NOT EXISTS {t} (key TEXT PRIMARY KEY, user_id TEXT,"
+    " client_id TEXT, grant_id TEXT, expires_at DOUBLE PRECISION, data TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS {t}_user_client ON {t} (user_id, client_id)",
+    "CREATE INDEX IF NOT EXISTS {t}_client ON {t} (client_id)",
+    "CREATE INDEX IF NOT EXISTS {t}_grant ON {t} (grant_id)",
+    "CREATE INDEX IF NOT EXISTS {t}_expires ON {t} (expires_at)",
+]
+
 #: Versioned migrations: (version, description, statements); ``{t}`` is each table name.
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
-    (
-        1,
-        "create tables",
-        [
-            "CREATE TABLE IF NOT EXISTS {t} (key TEXT PRIMARY KEY, user_id TEXT,"
-            " client_id TEXT, grant_id TEXT, expires_at DOUBLE PRECISION, data TEXT NOT NULL)",
-            "CREATE INDEX IF NOT EXISTS {t}_user_client ON {t} (user_id, client_id)",
-            "CREATE INDEX IF NOT EXISTS {t}_client ON {t} (client_id)",
-            "CREATE INDEX IF NOT EXISTS {t}_grant ON {t} (grant_id)",
-            "CREATE INDEX IF NOT EXISTS {t}_expires ON {t} (expires_at)",
-        ],
-    ),
+    (1, "create tables", CREATE_TABLES),
+    (2, "create the keys and consents tables (OpenID Connect)", CREATE_TABLES),
 ]
 
 
