@@ -79,6 +79,8 @@ class Client(ClientMixin):
     token_endpoint_auth_method: str | None = None
     id_token_signed_response_alg: str | None = None  # None: ``oidc.default_alg``
     subject_type: str = "public"  # or "pairwise"
+    #: The pairwise sector: the host of ``sector_identifier_uri`` (None: the redirect host).
+    sector_identifier: str | None = None
     backchannel_logout_uri: str | None = None
     backchannel_logout_session_required: bool = False
     #: A first-party client: the user is never asked to consent.

@@ -45,6 +45,8 @@ CSRF_KEY = "csrf_token"
 SIGNED_IN_AT = "_signed_in_at"
 #: The OpenID Connect session id (``sid``) of this sign-in, new at each sign-in.
 SID = "_sid"
+#: The clients that were sent a code or an ID Token in this session (for logout).
+RELYING_PARTIES = "_rps"
 
 
 class StoredSession(CallbackDict, SessionMixin):
@@ -149,6 +151,18 @@ for _name in (
     "__eq__",
 ):
     setattr(StoredSession, _name, _loading(_name))
+
+
+def note_relying_party(session: StoredSession, client_id: str) -> None:
+    """Remember that ``client_id`` signed the user in during this session (for logout)."""
+    parties = session.get(RELYING_PARTIES, [])
+    if client_id not in parties:
+        session[RELYING_PARTIES] = [*parties, client_id]
+
+
+def relying_parties(session: StoredSession) -> list[str]:
+    """The clients :func:`note_relying_party` recorded in this session."""
+    return list(session.get(RELYING_PARTIES, []))
 
 
 class VisitorCookie(SecureCookieSessionInterface):

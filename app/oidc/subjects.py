@@ -1,0 +1,32 @@
+"""Subject identifiers (OpenID Connect Core §8): ``public`` or ``pairwise`` per client.
+
+A public ``sub`` is the site's own user id: stable, and never reused as long as the site
+never reuses its ids. A pairwise ``sub`` (§8.1) is derived from the client's sector (the
+host of its redirect URIs, or its ``sector_identifier_uri``'s host), the user id and a
+secret kept in the key ring, so two partners in different sectors cannot correlate a user
+and the value stays the same across restarts, workers and instances.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from urllib.parse import urlsplit
+
+
+def sector_of(client) -> str:
+    """The client's sector identifier: its declared sector, else its redirect URIs' host."""
+    if client.sector_identifier:
+        return client.sector_identifier
+    hosts = {urlsplit(uri).hostname or "" for uri in client.redirect_uris if uri != "*"}
+    return min(hosts) if hosts else client.client_id
+
+
+def subject_for(client, user_id: str, secret: bytes) -> str:
+    """The ``sub`` this client sees for ``user_id``."""
+    if client.subject_type != "pairwise":
+        return str(user_id)
+    message = f"{sector_of(client)}\n{user_id}".encode()
+    digest = hmac.new(secret, message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
