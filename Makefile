@@ -7,6 +7,9 @@ BIN     = $(VENV)/bin
 # A stamp per lock: each is installed once, and again when the lock or pyproject.toml changes.
 RUN_STAMP  = $(VENV)/.installed-run
 TEST_STAMP = $(VENV)/.installed-test
+# The third-party OpenID Connect relying party of the e2e tests (npm, exact lock).
+RP_DIR     = tests/e2e/rp
+RP_STAMP   = $(RP_DIR)/node_modules/.installed
 LOCK_VENV  = .venv-lock
 PIP_TOOLS  = pip-tools==7.6.2
 COMPILE    = $(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes --strip-extras \
@@ -36,8 +39,12 @@ $(TEST_STAMP): requirements-test.lock pyproject.toml | $(BIN)/python
 ## What running needs (no test toolchain).
 install: $(RUN_STAMP)
 
-## Running plus the `test` extras (pytest, Playwright, ruff, mypy, ...).
-install-test: $(TEST_STAMP)
+$(RP_STAMP): $(RP_DIR)/package-lock.json $(RP_DIR)/package.json
+	npm ci --prefix $(RP_DIR) --no-audit --no-fund --loglevel=error
+	touch $@
+
+## Running plus the `test` extras (pytest, Playwright, ruff, mypy, ...) and the e2e RP.
+install-test: $(TEST_STAMP) $(RP_STAMP)
 
 ## Start the server on http://127.0.0.1:8081 (SQLite, the dummy site on :8084, demo clients).
 run: install
@@ -63,4 +70,4 @@ lock:
 	$(COMPILE) --extra test --output-file requirements-test.lock pyproject.toml
 
 clean:
-	rm -rf $(VENV) $(LOCK_VENV) var .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(LOCK_VENV) $(RP_DIR)/node_modules var .pytest_cache .ruff_cache .mypy_cache
