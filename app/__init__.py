@@ -20,6 +20,7 @@ from .clients import ClientRegistry
 from .oauth2 import OAuth2Server, build_server
 from .oauth2.grant_store import GrantStore
 from .oidc.keys import KeyRing
+from .oidc.scopes import known_scopes
 from .sessions import StoredSessionInterface
 from .settings import Settings
 from .storage import Storage
@@ -66,6 +67,8 @@ def _build_state(settings: Settings, clients: ClientRegistry | None = None) -> S
     adapter = load_adapter(settings.resource_server)
     if clients is None:
         clients = ClientRegistry.from_settings(settings, list(adapter.scopes))
+    oidc = settings.oidc
+    keys = KeyRing(storage.keys, retire_after=oidc.id_token_ttl + oidc.jwks_max_age)
     auth = settings.auth
     grants = GrantStore(
         storage,
@@ -73,9 +76,8 @@ def _build_state(settings: Settings, clients: ClientRegistry | None = None) -> S
         family_lifetime=auth.refresh_absolute_lifetime,
     )
     users = UserStore(storage.users)
-    server = build_server(settings, clients, grants, users, list(adapter.scopes))
-    oidc = settings.oidc
-    keys = KeyRing(storage.keys, retire_after=oidc.id_token_ttl + oidc.jwks_max_age)
+    scopes = known_scopes(adapter.scopes)
+    server = build_server(settings, clients, grants, users, scopes, keys)
     return State(
         settings, storage, clients, adapter, grants, users, server, limits.build(settings), keys
     )

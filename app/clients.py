@@ -15,21 +15,35 @@ from authlib.oauth2.rfc6749 import ClientMixin, list_to_scope, scope_to_list
 from limits import parse
 
 from .addresses import parse_ip
+from .oidc.scopes import known_scopes
 from .oauth2.client_auth import SECRET_METHODS
 from .secrets_hash import known_scheme, verify_secret, verify_seed_sha1
 from .settings import GRANT_TYPES, Settings
 
 #: Client secrets published with the demo data (README, clients.json.example).
 DEMO_SECRETS = ("hunter2",)
-RESPONSE_TYPES = {"code": "authorization_code", "token": "implicit"}
 LOOPBACK_HOSTS = ("127.0.0.1", "[::1]")
+#: ``response_type`` -> the grant type it needs (``id_token``: OpenID Connect implicit).
+RESPONSE_TYPE_GRANTS = {
+    "code": "authorization_code",
+    "token": "implicit",
+    "id_token": "implicit",
+    "id_token token": "implicit",
+}
+
+
+def normal_response_type(value: str) -> str:
+    """``token id_token`` and ``id_token token`` are one response type (OAuth 2.0 Multiple
+    Response Types §3: order does not matter): spell it one way."""
+    parts = value.split(" ")
+    return " ".join(sorted(parts)) if set(parts) == {"id_token", "token"} else value
 
 
 class ClientFileError(ValueError):
     """The clients file is invalid; the message names the client and field."""
 
 
-def _loopback(uri: str) -> tuple[str, str, str] | None:
+def loopback_uri(uri: str) -> tuple[str, str, str] | None:
     """Return (scheme, host, path?query) for an ``http`` loopback IP URI (RFC 8252 §7.3)."""
     parts = urlsplit(uri)
     host = parts.hostname or ""
@@ -85,6 +99,8 @@ class Client(ClientMixin):
     backchannel_logout_session_required: bool = False
     #: A first-party client: the user is never asked to consent.
     skip_consent: bool = False
+    #: The registered ``response_types`` (None: every one its grant types allow).
+    response_types: list[str] | None = None
 
     # -- Authlib's ClientMixin --------------------------------------------------
     def get_client_id(self) -> str:
@@ -110,8 +126,8 @@ class Client(ClientMixin):
             return True
         if self.allow_wildcard and "*" in self.redirect_uris:
             return True
-        loop = _loopback(redirect_uri)
-        return loop is not None and any(_loopback(u) == loop for u in self.redirect_uris)
+        loop = loopback_uri(redirect_uri)
+        return loop is not None and any(loopback_uri(u) == loop for u in self.redirect_uris)
 
     def check_client_secret(self, client_secret: str) -> bool:
         if self.secret_hash:
@@ -122,12 +138,18 @@ class Client(ClientMixin):
         return False
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        """A client uses the method it registered (RFC 7591 §2), else any of its kind."""
+        if self.token_endpoint_auth_method:
+            return method == self.token_endpoint_auth_method
         if self.public:
             return method == "none"
         return method in SECRET_METHODS
 
     def check_response_type(self, response_type: str) -> bool:
-        return RESPONSE_TYPES.get(response_type) in self.grant_types
+        response_type = normal_response_type(response_type)
+        if self.response_types is not None and response_type not in self.response_types:
+            return False
+        return RESPONSE_TYPE_GRANTS.get(response_type) in self.grant_types
 
     def check_grant_type(self, grant_type: str) -> bool:
         return grant_type in self.grant_types
@@ -200,7 +222,7 @@ def _secret(entry: dict[str, Any], where: str, public: bool) -> dict[str, Any]:
 
 
 def _plain_http(uri: str) -> bool:
-    return uri != "*" and not uri.startswith("https://") and _loopback(uri) is None
+    return uri != "*" and not uri.startswith("https://") and loopback_uri(uri) is None
 
 
 def _plain_http_problem(where: str, uri: str) -> str:
@@ -261,6 +283,26 @@ def _allowed_origins(entry: dict[str, Any], where: str, public: bool) -> list[st
     return list(origins)
 
 
+def _scopes(entry: dict[str, Any], where: str, all_scopes: list[str]) -> list[str]:
+    """The client's ``scopes``: each known (the adapter's or OpenID Connect's); all by default."""
+    known = known_scopes(all_scopes)
+    scopes = entry.get("scopes", known)
+    if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+        raise ClientFileError(f"{where}.scopes: expected a list of scope names")
+    unknown = [s for s in scopes if s not in known]
+    if unknown:
+        raise ClientFileError(f"{where}.scopes: unknown scope(s) {', '.join(unknown)}")
+    return list(scopes)
+
+
+def _name(entry: dict[str, Any], where: str, client_id: str) -> str:
+    """``name`` or its RFC 7591 spelling ``client_name``."""
+    name = entry.get("name", entry.get("client_name"))
+    if name is not None and not isinstance(name, str):
+        raise ClientFileError(f"{where}.client_name: expected a string")
+    return name or client_id
+
+
 def parse_client(
     entry: dict[str, Any],
     index: int,
@@ -268,7 +310,11 @@ def parse_client(
     allow_wildcard: bool,
     require_https: bool = False,
 ) -> Client:
-    """Build one client from a clients-file entry, naming the entry in every error."""
+    """Build one client from a clients-file entry, naming the entry in every error.
+
+    ``all_scopes`` are the adapter's; the OpenID Connect scopes are known beside them.
+    """
+    from .oidc.registration import oidc_fields
     if not isinstance(entry, dict) or not entry.get("client_id"):
         raise ClientFileError(f"clients[{index}]: missing client_id")
     client_id = str(entry["client_id"])
@@ -287,26 +333,32 @@ def parse_client(
             raise ClientFileError(f"{where}: invalid redirect URI {uri!r}")
         elif require_https and _plain_http(uri):
             raise ClientFileError(_plain_http_problem(where, uri))
-    scopes = entry.get("scopes", all_scopes)
-    unknown = [s for s in scopes if s not in all_scopes]
-    if unknown:
-        raise ClientFileError(f"{where}.scopes: unknown scope(s) {', '.join(unknown)}")
-    public = bool(entry.get("public", False))
+    scopes = _scopes(entry, where, all_scopes)
+    public = bool(entry.get("public", entry.get("token_endpoint_auth_method") == "none"))
     grants = _grant_types(entry, where)
     if public and "client_credentials" in grants:
         raise ClientFileError(f"{where}: a public client cannot use client_credentials")
+    oidc = oidc_fields(
+        entry,
+        where,
+        grants=grants,
+        public=public,
+        redirects=list(redirects),
+        require_https=require_https,
+    )
     return Client(
         client_id=client_id,
-        name=str(entry.get("name") or client_id),
+        name=_name(entry, where, client_id),
         redirect_uris=list(redirects),
         grant_types=grants,
-        scopes=list(scopes),
+        scopes=scopes,
         public=public,
         ip_allowlist=_ip_allowlist(entry, where),
         allow_wildcard=allow_wildcard,
         allowed_origins=_allowed_origins(entry, where, public),
         rate_limit=_rate_limit(entry, where),
         **_secret(entry, where, public),
+        **oidc,
     )
 
 
@@ -348,6 +400,12 @@ def _refusals(client: Client, seen: dict[str, Client], production: bool) -> list
     if not production:
         return []
     problems = [_plain_http_problem(where, u) for u in client.redirect_uris if _plain_http(u)]
+    logout_uris = [*client.post_logout_redirect_uris, client.backchannel_logout_uri or "*"]
+    problems += [
+        f"{where}: logout URI {uri!r} must use https outside loopback in production"
+        for uri in logout_uris
+        if _plain_http(uri)
+    ]
     if client.uses_demo_secret():
         problems.append(
             f"{where}: its secret is a published demo secret; production needs a secret "

@@ -43,8 +43,16 @@ class Issuer(IssuerParameter):
             super().add_issuer_parameter(authorization_server, response)
 
 
-def build_server(settings: Settings, clients, grants, users, scopes: list[str]) -> OAuth2Server:
-    """Register exactly the grants and endpoints the configuration lists."""
+def build_server(
+    settings: Settings, clients, grants, users, scopes: list[str], keys
+) -> OAuth2Server:
+    """Register exactly the grants and endpoints the configuration lists.
+
+    ``scopes`` are every known scope (the adapter's and OpenID Connect's); ``keys`` is
+    the signing key ring ID Tokens are signed with.
+    """
+    from ..oidc.grants import IDTokens, OpenIDCode, OpenIDImplicitGrant, OpenIDRefresh
+
     auth = settings.auth
     server = OAuth2Server(
         clients=clients,
@@ -54,14 +62,18 @@ def build_server(settings: Settings, clients, grants, users, scopes: list[str]) 
         access_ttl=settings.ttl("tokens") or 3600,
         scopes=scopes,
     )
+    server.id_tokens = IDTokens(
+        settings.issuer, keys, ttl=settings.oidc.id_token_ttl, default_alg=settings.oidc.default_alg
+    )
     server.pkce = PKCEPolicy(auth.require_pkce, auth.allow_plain_pkce)
     enabled = set(auth.grant_types)
     if "authorization_code" in enabled:
-        server.register_grant(AuthorizationCodeGrant, [server.pkce])
+        server.register_grant(AuthorizationCodeGrant, [server.pkce, OpenIDCode(server.id_tokens)])
     if "implicit" in enabled:
         server.register_grant(ImplicitGrant)
+        server.register_grant(OpenIDImplicitGrant)
     if "refresh_token" in enabled:
-        server.register_grant(RefreshTokenGrant)
+        server.register_grant(RefreshTokenGrant, [OpenIDRefresh(server.id_tokens)])
     if "client_credentials" in enabled:
         server.register_grant(ClientCredentialsGrant)
     server.register_endpoint(RevocationEndpoint)

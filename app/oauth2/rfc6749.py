@@ -9,14 +9,15 @@ concurrent redemptions cannot both win and a crash cannot burn a code for nothin
 from __future__ import annotations
 
 import hmac
-import time
 from typing import Any
 
 from authlib.oauth2.rfc6749 import grants
 from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidGrantError, InvalidScopeError
 from authlib.oauth2.rfc7636.challenge import CODE_VERIFIER_PATTERN, create_s256_code_challenge
+from authlib.oidc.core.grants.util import is_openid_scope
 
 from ..audit import audit
+from ..oidc.signin import remember_relying_party, sign_in_facts
 from .accept import find_refresh
 from .client_auth import METHODS, SECRET_METHODS
 from .grant_store import new_grant_id
@@ -51,25 +52,24 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = list(METHODS)
 
     def save_authorization_code(self, code: str, request) -> None:
+        """Store the code with what its ID Token needs: the sign-in and the ``nonce``."""
         payload = request.payload.data
-        self.server.grants.save_code(
-            code,
-            {
-                "client_id": request.client.get_client_id(),
-                "user_id": request.user.get_user_id(),
-                "grant_id": new_grant_id(),
-                "redirect_uri": payload.get("redirect_uri"),
-                "scope": request.scope,
-                "code_challenge": payload.get("code_challenge"),
-                "code_challenge_method": payload.get("code_challenge_method"),
-                "auth_time": int(time.time()),
-            },
-        )
-        audit(
-            "code_issued",
-            client_id=request.client.get_client_id(),
-            user_id=request.user.get_user_id(),
-        )
+        client_id = request.client.get_client_id()
+        record = {
+            "client_id": client_id,
+            "user_id": request.user.get_user_id(),
+            "grant_id": new_grant_id(),
+            "redirect_uri": payload.get("redirect_uri"),
+            "scope": request.scope,
+            "code_challenge": payload.get("code_challenge"),
+            "code_challenge_method": payload.get("code_challenge_method"),
+            **sign_in_facts(),
+        }
+        if is_openid_scope(request.scope):
+            record["nonce"] = payload.get("nonce")
+            remember_relying_party(client_id)
+        self.server.grants.save_code(code, record)
+        audit("code_issued", client_id=client_id, user_id=request.user.get_user_id())
 
     def query_authorization_code(self, code: str, client):
         found = self.server.grants.find_code(code)
