@@ -77,7 +77,7 @@ def _build_state(settings: Settings, clients: ClientRegistry | None = None) -> S
     )
     users = UserStore(storage.users)
     scopes = known_scopes(adapter.scopes)
-    server = build_server(settings, clients, grants, users, scopes, keys)
+    server = build_server(settings, clients, grants, users, scopes, keys, adapter.claims_supported)
     return State(
         settings, storage, clients, adapter, grants, users, server, limits.build(settings), keys
     )
@@ -140,9 +140,10 @@ def _load_user(user_id: str):
 
 
 def _register_blueprints(app: Flask) -> None:
-    from .views import api, auth, authorize, docs, review, token, wellknown
+    from .views import api, auth, authorize, docs, oidc, review, token, wellknown
 
-    for module in (auth, authorize, token, review, api, wellknown, docs):
+    for module in (auth, authorize, token, review, api, wellknown, docs, oidc):
         app.register_blueprint(module.bp)
     csrf.exempt(token.bp)
     csrf.exempt(api.bp)
+    csrf.exempt(oidc.bp)

@@ -15,8 +15,8 @@ from authlib.oauth2.rfc6749 import ClientMixin, list_to_scope, scope_to_list
 from limits import parse
 
 from .addresses import parse_ip
-from .oidc.scopes import known_scopes
 from .oauth2.client_auth import SECRET_METHODS
+from .oidc.scopes import known_scopes
 from .secrets_hash import known_scheme, verify_secret, verify_seed_sha1
 from .settings import GRANT_TYPES, Settings
 
@@ -315,6 +315,7 @@ def parse_client(
     ``all_scopes`` are the adapter's; the OpenID Connect scopes are known beside them.
     """
     from .oidc.registration import oidc_fields
+
     if not isinstance(entry, dict) or not entry.get("client_id"):
         raise ClientFileError(f"clients[{index}]: missing client_id")
     client_id = str(entry["client_id"])

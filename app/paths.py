@@ -9,6 +9,9 @@ INTROSPECT = "/introspect"
 API = "/api/"
 WELL_KNOWN = "/.well-known/"
 AS_METADATA = WELL_KNOWN + "oauth-authorization-server"
+OIDC_METADATA = WELL_KNOWN + "openid-configuration"
+USERINFO = "/userinfo"
+JWKS = "/jwks.json"
 HEALTH = "/healthz"
 OPENAPI = "/openapi.json"
 STATIC = "/static/"
@@ -17,7 +20,7 @@ STATIC = "/static/"
 ENDPOINTS = {"revocation": REVOKE, "introspection": INTROSPECT}
 
 #: Paths whose callers are programs: their errors are JSON, never a page.
-JSON_PATHS = (API, TOKEN, REVOKE, INTROSPECT, WELL_KNOWN, HEALTH)
+JSON_PATHS = (API, TOKEN, REVOKE, INTROSPECT, WELL_KNOWN, HEALTH, USERINFO, JWKS)
 
 #: Public, secret-free responses that caches may keep.
-CACHEABLE = (STATIC, WELL_KNOWN, OPENAPI)
+CACHEABLE = (STATIC, WELL_KNOWN, OPENAPI, JWKS)

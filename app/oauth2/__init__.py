@@ -44,12 +44,19 @@ class Issuer(IssuerParameter):
 
 
 def build_server(
-    settings: Settings, clients, grants, users, scopes: list[str], keys
+    settings: Settings,
+    clients,
+    grants,
+    users,
+    scopes: list[str],
+    keys,
+    user_claims: list[str] | None = None,
 ) -> OAuth2Server:
     """Register exactly the grants and endpoints the configuration lists.
 
     ``scopes`` are every known scope (the adapter's and OpenID Connect's); ``keys`` is
-    the signing key ring ID Tokens are signed with.
+    the signing key ring ID Tokens are signed with; ``user_claims`` the claims the
+    adapter gives (for discovery).
     """
     from ..oidc.grants import IDTokens, OpenIDCode, OpenIDImplicitGrant, OpenIDRefresh
 
@@ -80,5 +87,5 @@ def build_server(
     server.register_endpoint(IntrospectionEndpoint)
     server.issuer_parameter = Issuer(settings.issuer)
     server.register_extension(server.issuer_parameter)
-    server.metadata = build_metadata(server)
+    server.metadata = build_metadata(server, user_claims)
     return server

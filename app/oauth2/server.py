@@ -30,8 +30,12 @@ class OAuth2Server(AuthorizationServer):
         self.grant_types: set[str] = set()
         self.response_types: set[str] = set()
         self.endpoint_names: set[str] = set()
-        #: The RFC 8414 document, built once every grant and endpoint is registered.
+        #: The RFC 8414 (and OpenID Connect Discovery) document, built once every grant
+        #: and endpoint is registered.
         self.metadata: dict[str, Any] = {}
+        #: Fields to add to the document (e.g. ``end_session_endpoint``): set them before
+        #: ``build_server`` builds it.
+        self.extra_metadata: dict[str, Any] = {}
         self.pkce: Any = None
         #: The ID Token issuer (``app.oidc.grants.IDTokens``).
         self.id_tokens: Any = None
@@ -148,8 +152,10 @@ class OAuth2Server(AuthorizationServer):
 
 #: The response modes each response type is delivered by (OAuth 2.0 Multiple Response
 #: Type Encoding Practices §2.1 and §3: the default one); ``form_post`` is not offered.
-RESPONSE_MODES = {"code": "query", "token": "fragment", "id_token": "fragment"}
-RESPONSE_MODES["id_token token"] = RESPONSE_MODES["token id_token"] = "fragment"
+RESPONSE_MODES = {
+    "code": "query",
+    **dict.fromkeys(("token", "id_token", "id_token token", "token id_token"), "fragment"),
+}
 
 
 def in_fragment(response_type: str | None) -> bool:

@@ -58,11 +58,19 @@ class IDTokens:
         return found
 
     def subject(self, client, user_id: str) -> str:
+        """The ``sub`` ``client`` sees for ``user_id`` (the key ring only for pairwise)."""
+        if client.subject_type != "pairwise":
+            return str(user_id)
         return subject_for(client, user_id, self.keys.pairwise_secret())
 
     def base_claims(self, client) -> dict[str, Any]:
         now = int(time.time())
-        return {"iss": self.issuer, "aud": [client.get_client_id()], "iat": now, "exp": now + self.ttl}
+        return {
+            "iss": self.issuer,
+            "aud": [client.get_client_id()],
+            "iat": now,
+            "exp": now + self.ttl,
+        }
 
     @staticmethod
     def user_claims(user, scope: str) -> oidc.UserInfo:

@@ -92,8 +92,7 @@ def _backchannel_uri(entry: dict[str, Any], where: str, require_https: bool) -> 
         )
     if require_https and _plain_http(uri):
         raise ClientFileError(
-            f"{where}.backchannel_logout_uri: {uri!r} must use https outside loopback in "
-            "production"
+            f"{where}.backchannel_logout_uri: {uri!r} must use https outside loopback in production"
         )
     return uri
 
@@ -106,7 +105,7 @@ def _auth_method(entry: dict[str, Any], where: str, public: bool) -> str | None:
         raise ClientFileError(
             f"{where}.token_endpoint_auth_method: {method!r} "
             + (
-                "is for public clients: add \"public\": true and no secret"
+                'is for public clients: add "public": true and no secret'
                 if method == "none"
                 else 'needs a secret; a public client uses "none"'
             )
