@@ -10,7 +10,7 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from tests.conftest import authorize_url, consent, location_params
-from tests.factories import REDIRECT, login, make_client
+from tests.factories import REDIRECT, USER, login, make_client
 from tests.oauth2.conftest import redeem
 
 NONCE = "n-0S6_WzA2Mj"
@@ -33,9 +33,11 @@ OIDC_CLIENTS: list[dict[str, Any]] = [
 ]
 
 
-def code_for(client, client_id: str = "test", redirect_uri: str = REDIRECT, **params) -> str:
-    """Sign in (once per test client), consent, and return the code."""
-    login(client)
+def code_for(
+    client, client_id: str = "test", redirect_uri: str = REDIRECT, username=USER, **params
+) -> str:
+    """Sign ``username`` in, consent, and return the code."""
+    login(client, username)
     url = authorize_url(client_id=client_id, redirect_uri=redirect_uri, **params)
     response = consent(client, url)
     assert response.status_code == 302, response.get_data(as_text=True)
@@ -45,10 +47,15 @@ def code_for(client, client_id: str = "test", redirect_uri: str = REDIRECT, **pa
 
 
 def tokens_for(
-    client, client_id: str = "test", scope: str = "openid", redirect_uri: str = REDIRECT, **params
+    client,
+    client_id: str = "test",
+    scope: str = "openid",
+    redirect_uri: str = REDIRECT,
+    username: str = USER,
+    **params,
 ) -> dict[str, Any]:
-    """Run the code flow with ``scope``; return the token response."""
-    code = code_for(client, client_id, redirect_uri, scope=scope, **params)
+    """Run the code flow with ``scope`` for ``username``; return the token response."""
+    code = code_for(client, client_id, redirect_uri, username, scope=scope, **params)
     data = {"redirect_uri": redirect_uri}
     response = redeem(client, code, client_id, **data)
     assert response.status_code == 200, response.get_json()
