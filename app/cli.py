@@ -36,7 +36,8 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
     settings = _settings(args)
     path = args.file or _own_clients_file(settings)
     scopes = list(load_adapter(settings.resource_server).scopes)
-    secret = None if args.public else new_secret(32)
+    public = args.public or args.token_endpoint_auth_method == "none"  # noqa: S105
+    secret = None if public else new_secret(32)
     entry: dict[str, Any] = {
         "client_id": args.client_id or new_secret(12),
         "name": args.name,
@@ -45,7 +46,8 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
     }
     if args.scope:
         entry["scopes"] = args.scope
-    if args.public:
+    entry.update(_oidc_entry(args))
+    if public:
         entry["public"] = True
     else:
         entry["client_secret_hash"] = hash_random_secret(str(secret))
@@ -65,6 +67,26 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
         print("The secret is shown once and stored only as a hash. Keep it safe.")
     print(f"Added to {path}. Send SIGHUP to the server to load it.")
     return 0
+
+
+#: ``clients add`` options -> the RFC 7591 / OpenID Connect Registration field they set.
+OIDC_OPTIONS = (
+    "response_types",
+    "token_endpoint_auth_method",
+    "post_logout_redirect_uris",
+    "id_token_signed_response_alg",
+    "subject_type",
+    "sector_identifier_uri",
+    "backchannel_logout_uri",
+    "backchannel_logout_session_required",
+    "skip_consent",
+)
+
+
+def _oidc_entry(args: argparse.Namespace) -> dict[str, Any]:
+    """The OpenID Connect fields the options name (unset ones are left to their defaults)."""
+    values = {name: getattr(args, name) for name in OIDC_OPTIONS}
+    return {name: value for name, value in values.items() if value not in (None, False, [])}
 
 
 def _own_clients_file(settings: Settings) -> str:
@@ -163,6 +185,31 @@ def _redact(url: str) -> str:
     )
 
 
+def _add_oidc_options(add: argparse.ArgumentParser) -> None:
+    """OpenID Connect client metadata (RFC 7591 names, see README's clients file)."""
+    from .clients import RESPONSE_TYPE_GRANTS
+    from .oidc.keys import ALGS
+
+    oidc = add.add_argument_group("OpenID Connect")
+    oidc.add_argument(
+        "--response-type", dest="response_types", action="append", choices=RESPONSE_TYPE_GRANTS
+    )
+    oidc.add_argument(
+        "--token-endpoint-auth-method",
+        choices=("client_secret_basic", "client_secret_post", "none"),
+        help="the one way the client authenticates (none: public)",
+    )
+    oidc.add_argument(
+        "--post-logout-redirect-uri", dest="post_logout_redirect_uris", action="append"
+    )
+    oidc.add_argument("--id-token-signed-response-alg", choices=ALGS)
+    oidc.add_argument("--subject-type", choices=("public", "pairwise"))
+    oidc.add_argument("--sector-identifier-uri", help="https URL naming a pairwise sector")
+    oidc.add_argument("--backchannel-logout-uri")
+    oidc.add_argument("--backchannel-logout-session-required", action="store_true")
+    oidc.add_argument("--skip-consent", action="store_true", help="first-party: never ask")
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="oauth2-server", description=__doc__)
     root.add_argument("--config-dir", help="config folder (default $OAUTH2_CONFIG_DIR or ./config)")
@@ -180,6 +227,7 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument("--grant-type", action="append", choices=GRANT_TYPES)
     add.add_argument("--scope", action="append")
     add.add_argument("--public", action="store_true", help="no secret; PKCE required")
+    _add_oidc_options(add)
     add.add_argument("--file", help="clients file (default client_credentials.file)")
     add.set_defaults(func=cmd_clients_add)
     clients.add_parser("list", help="list clients").set_defaults(func=cmd_clients_list)

@@ -125,9 +125,7 @@ def test_a_refreshed_away_token_is_invalid_token(client):
 
 def test_any_origin_may_call_it(client):
     token = tokens_for(client)["access_token"]
-    response = client.get(
-        "/userinfo", headers={**bearer(token), "Origin": "https://rp.example"}
-    )
+    response = client.get("/userinfo", headers={**bearer(token), "Origin": "https://rp.example"})
     assert response.headers["Access-Control-Allow-Origin"] == "*"
     preflight = client.options(
         "/userinfo",
@@ -181,9 +179,12 @@ def test_http_adapter_claims_from_the_login_answer(tmp_path, dummy_site):
         body = userinfo(client, tokens["access_token"])
         assert body.get_json()["email"] == "carol@mail.example"
         assert body.get_json()["name"] == "carol@mail.example"  # the login's name_from
-        assert "email" in app.test_client().get("/.well-known/openid-configuration").get_json()[
-            "claims_supported"
-        ]
+        assert (
+            "email"
+            in app.test_client()
+            .get("/.well-known/openid-configuration")
+            .get_json()["claims_supported"]
+        )
     finally:
         close_app(app)
 
