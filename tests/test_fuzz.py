@@ -64,6 +64,9 @@ PARAMS = [
     "username",
     "password",
     "next",
+    "nonce",
+    "prompt",
+    "access_token",
 ]
 
 WORDS = [
@@ -79,6 +82,11 @@ WORDS = [
     "read-only",
     "read-write",
     "read-only read-write",
+    "openid",
+    "openid profile email read-only",
+    "id_token",
+    "id_token token",
+    "n-0S6_WzA2Mj",
     "alice",
     "password",
     "hunter2",
@@ -119,6 +127,10 @@ ENDPOINTS = [
     ("GET", "/review"),
     ("POST", "/review"),
     ("POST", "/logout"),
+    ("GET", "/userinfo"),
+    ("POST", "/userinfo"),
+    ("GET", "/jwks.json"),
+    ("GET", "/.well-known/openid-configuration"),
 ]
 
 CONTENT_TYPES = [
@@ -142,6 +154,9 @@ AUTHORIZE = [
     f"response_type=token&client_id=sp-demo&redirect_uri={REDIRECT}&state=xyz",
     f"response_type=code&client_id=spa&redirect_uri={REDIRECT}&code_challenge={CHALLENGE}"
     "&code_challenge_method=S256",
+    f"response_type=code&client_id=test&redirect_uri={REDIRECT}&scope=openid+profile&nonce=n",
+    f"response_type=id_token+token&client_id=sp-demo&redirect_uri={REDIRECT}&scope=openid"
+    "&nonce=n",
 ]
 TOKEN = [
     f"grant_type=authorization_code&code=live.code&redirect_uri={REDIRECT}",
@@ -165,6 +180,7 @@ GOOD = {
     ("GET", "/review"): [f"client_id=test&redirect_uri={REDIRECT}"],
     ("POST", "/review"): ["csrf_token=live.csrf&test=on", "csrf_token=live.csrf"],
     ("POST", "/logout"): ["csrf_token=live.csrf"],
+    ("POST", "/userinfo"): ["access_token=live.access"],
 }
 key_bytes = st.sampled_from(PARAMS).map(str.encode) | st.binary(max_size=12)
 
@@ -324,7 +340,8 @@ def live_values(app, req: Request) -> tuple[dict[bytes, bytes], str]:
     }
     sent = req.query + req.body + (req.authorization or b"")
     if b"live.access" in sent or b"live.refresh" in sent:
-        tokens = exchange(app.test_client(), get_code(app.test_client())).get_json()
+        code = get_code(app.test_client(), scope="openid profile read-only")
+        tokens = exchange(app.test_client(), code).get_json()
         values[b"live.access"] = tokens["access_token"].encode()
         values[b"live.refresh"] = tokens["refresh_token"].encode()
     if b"live.code" in sent:

@@ -11,6 +11,7 @@ from flask_login import current_user
 
 from ..audit import audit
 from ..oauth2.server import query_params
+from ..oidc.scopes import descriptions
 from ..pages import render_error, render_page
 from ..secrets_hash import new_secret, token_digest
 from .common import oauth, state
@@ -55,7 +56,7 @@ def authorize():
 
 
 def _dialog(grant, transaction_id: str):
-    scopes = state().adapter.scopes
+    scopes = descriptions(state().adapter.scopes)
     scope = grant.request.scope
     return render_page(
         "dialog",

@@ -169,3 +169,11 @@ def test_a_storage_outage_at_signing_keeps_the_code(app, client, monkeypatch):
     monkeypatch.undo()
     response = client.post("/token", data=data, headers=basic())
     assert response.status_code == 200 and "id_token" in response.get_json()
+
+
+def test_the_consent_page_describes_the_oidc_scopes(client):
+    login(client)
+    page = client.get(authorize_url(scope="openid email read-only")).get_data(as_text=True)
+    assert "Sign you in with your account" in page
+    assert "See your email address" in page
+    assert "Read your profile" in page  # the adapter's own wording
