@@ -155,8 +155,7 @@ AUTHORIZE = [
     f"response_type=code&client_id=spa&redirect_uri={REDIRECT}&code_challenge={CHALLENGE}"
     "&code_challenge_method=S256",
     f"response_type=code&client_id=test&redirect_uri={REDIRECT}&scope=openid+profile&nonce=n",
-    f"response_type=id_token+token&client_id=sp-demo&redirect_uri={REDIRECT}&scope=openid"
-    "&nonce=n",
+    f"response_type=id_token+token&client_id=sp-demo&redirect_uri={REDIRECT}&scope=openid&nonce=n",
 ]
 TOKEN = [
     f"grant_type=authorization_code&code=live.code&redirect_uri={REDIRECT}",

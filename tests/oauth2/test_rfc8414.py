@@ -34,7 +34,12 @@ def test_metadata_lists_grants_response_types_and_scopes(client):
         "implicit",
         "refresh_token",
     ]
-    assert sorted(doc["response_types_supported"]) == ["code", "id_token", "id_token token", "token"]
+    assert sorted(doc["response_types_supported"]) == [
+        "code",
+        "id_token",
+        "id_token token",
+        "token",
+    ]
     assert doc["scopes_supported"] == [
         "read-only",
         "read-write",
