@@ -49,11 +49,14 @@ class IDTokens:
         """A key set holding only the active key for the client's algorithm.
 
         One key, so joserfc names exactly it in the header's ``kid`` (LIBRARIES.md §1,
-        pitfall 2); imported once per key, as importing an RSA key costs milliseconds.
+        pitfall 2). Imported once per key: importing a private RSA JWK costs tens of
+        milliseconds, signing with it a fraction of one.
         """
-        key = self.keys.signing_key(self.algorithm(client))
-        found = self._imported.get(key.kid)
+        alg = self.algorithm(client)
+        active = (e["kid"] for e in self.keys.entries("active") if e["alg"] == alg)
+        found = self._imported.get(next(active, None))
         if found is None:
+            key = self.keys.signing_key(alg)
             found = self._imported[key.kid] = KeySet([key])
         return found
 

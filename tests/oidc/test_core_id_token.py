@@ -177,3 +177,19 @@ def test_the_consent_page_describes_the_oidc_scopes(client):
     assert "Sign you in with your account" in page
     assert "See your email address" in page
     assert "Read your profile" in page  # the adapter's own wording
+
+
+def test_the_signing_key_is_imported_once(app, client, monkeypatch):
+    """Importing a private RSA key costs milliseconds: it is done once per key."""
+    keys = app.extensions["oauth2"].keys
+    imported = []
+    real = keys.signing_key
+
+    def counting(alg="RS256"):
+        imported.append(alg)
+        return real(alg)
+
+    monkeypatch.setattr(keys, "signing_key", counting)
+    for _ in range(3):
+        decode(client, tokens_for(client)["id_token"])
+    assert imported == ["RS256"]
