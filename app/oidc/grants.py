@@ -54,7 +54,7 @@ class IDTokens:
         """
         alg = self.algorithm(client)
         active = (e["kid"] for e in self.keys.entries("active") if e["alg"] == alg)
-        found = self._imported.get(next(active, None))
+        found = self._imported.get(next(active, ""))
         if found is None:
             key = self.keys.signing_key(alg)
             found = self._imported[key.kid] = KeySet([key])
