@@ -110,6 +110,8 @@ def create_app(
     _init_extensions(app, state)
     _register_blueprints(app)
     logging.getLogger("oauth2").setLevel(settings.log_level)
+    # Authlib's grants log whole tokens (ID Tokens included) at DEBUG: never let them.
+    logging.getLogger("authlib").setLevel(max(logging.INFO, settings.log_level))
     return app
 
 

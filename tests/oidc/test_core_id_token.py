@@ -193,3 +193,11 @@ def test_the_signing_key_is_imported_once(app, client, monkeypatch):
     for _ in range(3):
         decode(client, tokens_for(client)["id_token"])
     assert imported == ["RS256"]
+
+
+def test_authlib_never_logs_at_debug(tmp_path, dummy_site):
+    """Authlib's grants log whole tokens at DEBUG (LIBRARIES.md §1, pitfall 6)."""
+    import logging
+
+    with open_rp_app(tmp_path, dummy_site, logging={"level": "DEBUG"}):
+        assert not logging.getLogger("authlib.oidc.core.grants.code").isEnabledFor(logging.DEBUG)
