@@ -11,6 +11,8 @@ WELL_KNOWN = "/.well-known/"
 AS_METADATA = WELL_KNOWN + "oauth-authorization-server"
 HEALTH = "/healthz"
 OPENAPI = "/openapi.json"
+#: OpenID Connect RP-Initiated Logout's ``end_session_endpoint`` (and the sign-out form).
+LOGOUT = "/logout"
 STATIC = "/static/"
 
 #: Endpoint name (as Authlib registers it) -> path, for the metadata document.
