@@ -37,11 +37,11 @@ FORM = "application/x-www-form-urlencoded"
 
 @bp.route(LOGOUT, methods=["GET", "POST"])
 def logout():
-    confirmed = request.method == "POST" and "csrf_token" in request.form
-    if confirmed and current_user.is_authenticated:
-        current_app.extensions["csrf"].protect()  # a bad or stale token: 400, nothing ends
     try:
         params = _params()
+        confirmed = request.method == "POST" and "csrf_token" in request.form
+        if confirmed and current_user.is_authenticated:
+            current_app.extensions["csrf"].protect()  # a bad or stale token: 400, nothing ends
         end = _validate(params)
     except InvalidRequestError as error:
         return render_error(
@@ -65,9 +65,10 @@ def _params() -> Params:
         require_utf8(request.query_string)
         raw = request.args
     else:
-        if request.get_data(cache=True) and request.mimetype != FORM:
+        body = request.get_data(cache=True)  # before the form: kept for it to parse
+        if body and request.mimetype != FORM:
             raise InvalidRequestError("Send the form as application/x-www-form-urlencoded.")
-        require_utf8(request.get_data(cache=True))
+        require_utf8(body)
         raw = request.form
     return checked({name: raw.getlist(name) for name in raw if name in PARAMS}, unique=False)
 

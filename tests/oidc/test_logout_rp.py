@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import io
 import json
 import re
 from urllib.parse import urlencode
@@ -329,6 +330,9 @@ def test_repeated_or_oddly_encoded_parameters_are_refused(app, browser):
     )
     refused(browser.post("/logout", json={"client_id": "test"}))
     refused(browser.get("/logout?state=%ff"))
+    form = "application/x-www-form-urlencoded"
+    refused(browser.post("/logout", data=b"client_id=test&state=%ff", content_type=form))
+    refused(browser.post("/logout", data={"client_id": "test", "f": (io.BytesIO(b"x"), "f")}))
     assert signed_in(app, browser)
 
 
