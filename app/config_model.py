@@ -117,6 +117,9 @@ class Views(Section):
     dialog: TemplateName = "dialog"
     review: TemplateName = "review"
     error: TemplateName = "error"
+    #: The sign-out confirmation (OpenID Connect logout), and the page after it.
+    logout: TemplateName = "logout"
+    signed_out: TemplateName = "signed_out"
 
 
 class AuthServer(Section):

@@ -14,6 +14,8 @@ USERINFO = "/userinfo"
 JWKS = "/jwks.json"
 HEALTH = "/healthz"
 OPENAPI = "/openapi.json"
+#: OpenID Connect RP-Initiated Logout's ``end_session_endpoint`` (and the sign-out form).
+LOGOUT = "/logout"
 STATIC = "/static/"
 
 #: Endpoint name (as Authlib registers it) -> path, for the metadata document.

@@ -37,9 +37,10 @@ from tests.conftest import (
     login,
 )
 from tests.oauth2.conftest import open_app
+from tests.oidc.logout_helpers import AFTER, give, id_token, session_of
 
 #: Stand-ins replaced, per example, by live values of the session the request runs in.
-LIVE = (b"live.csrf", b"live.txn", b"live.access", b"live.refresh", b"live.code")
+LIVE = (b"live.csrf", b"live.txn", b"live.access", b"live.refresh", b"live.code", b"live.hint")
 
 PARAMS = [
     "response_type",
@@ -67,6 +68,10 @@ PARAMS = [
     "nonce",
     "prompt",
     "access_token",
+    "id_token_hint",
+    "post_logout_redirect_uri",
+    "logout_hint",
+    "ui_locales",
 ]
 
 WORDS = [
@@ -76,6 +81,7 @@ WORDS = [
     "code-only",
     "reader",
     REDIRECT,
+    AFTER,
     "code",
     "token",
     "code token",
@@ -131,6 +137,7 @@ ENDPOINTS = [
     ("POST", "/userinfo"),
     ("GET", "/jwks.json"),
     ("GET", "/.well-known/openid-configuration"),
+    ("GET", "/logout"),
 ]
 
 CONTENT_TYPES = [
@@ -178,7 +185,15 @@ GOOD = {
     ("GET", "/login"): ["next=" + quote(authorize_url(), safe="")],
     ("GET", "/review"): [f"client_id=test&redirect_uri={REDIRECT}"],
     ("POST", "/review"): ["csrf_token=live.csrf&test=on", "csrf_token=live.csrf"],
-    ("POST", "/logout"): ["csrf_token=live.csrf"],
+    ("POST", "/logout"): [
+        "csrf_token=live.csrf",
+        f"csrf_token=live.csrf&client_id=test&post_logout_redirect_uri={AFTER}&state=xyz",
+        f"id_token_hint=live.hint&post_logout_redirect_uri={AFTER}&state=xyz",
+    ],
+    ("GET", "/logout"): [
+        f"client_id=test&post_logout_redirect_uri={AFTER}&state=xyz",
+        f"id_token_hint=live.hint&client_id=test&post_logout_redirect_uri={AFTER}&state=xyz",
+    ],
     ("POST", "/userinfo"): ["access_token=live.access"],
 }
 key_bytes = st.sampled_from(PARAMS).map(str.encode) | st.binary(max_size=12)
@@ -307,6 +322,7 @@ def fuzz_app(tmp_path_factory, dummy_site) -> Iterator:
             "lockout_after": 100000,
         },
     ) as app:
+        give(app, "test", post_logout_redirect_uris=[AFTER])
         yield app
 
 
@@ -338,6 +354,9 @@ def live_values(app, req: Request) -> tuple[dict[bytes, bytes], str]:
         b"live.txn": (hidden(page, "transaction_id") or "").encode(),
     }
     sent = req.query + req.body + (req.authorization or b"")
+    if b"live.hint" in sent:  # an ID Token of this browser's session (or of a stranger)
+        session = session_of(browser) if req.signed_in else {"user_id": "fuzzer", "sid": None}
+        values[b"live.hint"] = id_token(app, session["user_id"], sid=session["sid"]).encode()
     if b"live.access" in sent or b"live.refresh" in sent:
         code = get_code(app.test_client(), scope="openid profile read-only")
         tokens = exchange(app.test_client(), code).get_json()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc9207 import IssuerParameter
 
+from ..oidc.logout import logout_metadata
 from ..settings import Settings
 from .rfc6749 import (
     AuthorizationCodeGrant,
@@ -87,5 +88,6 @@ def build_server(
     server.register_endpoint(IntrospectionEndpoint)
     server.issuer_parameter = Issuer(settings.issuer)
     server.register_extension(server.issuer_parameter)
+    server.extra_metadata.update(logout_metadata(settings.issuer))
     server.metadata = build_metadata(server, user_claims)
     return server

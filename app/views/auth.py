@@ -1,11 +1,11 @@
-"""Sign in against the existing site, sign out."""
+"""Sign in against the existing site (signing out: :mod:`app.views.logout`)."""
 
 from __future__ import annotations
 
 from urllib.parse import parse_qs, urlsplit
 
 from flask import Blueprint, redirect, request, session
-from flask_login import login_user, logout_user
+from flask_login import login_user
 
 from ..adapters import UpstreamUnavailable
 from ..audit import audit
@@ -78,10 +78,3 @@ def login_post():
     session.signed_in()  # type: ignore[attr-defined]  # new id, new CSRF secret
     login_user(user)
     return redirect(next_url or "/review", 302)
-
-
-@bp.post("/logout")
-def logout():
-    logout_user()
-    session.end()  # type: ignore[attr-defined]
-    return redirect("/login", 302)
