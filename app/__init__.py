@@ -16,6 +16,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import limits
 from .adapters import ResourceServer, load_adapter
+from .client_store import ClientStore
 from .clients import ClientRegistry
 from .oauth2 import OAuth2Server, build_server
 from .oauth2.grant_store import GrantStore
@@ -66,6 +67,15 @@ def _build_state(settings: Settings, clients: ClientRegistry | None = None) -> S
     adapter = load_adapter(settings.resource_server)
     if clients is None:
         clients = ClientRegistry.from_settings(settings, list(adapter.scopes))
+    clients = clients.with_store(
+        ClientStore(
+            storage.clients,
+            list(adapter.scopes),
+            allow_wildcard=settings.client_credentials.allow_wildcard_redirects,
+            production=settings.env == "production",
+            overlap=settings.admin.secret_overlap,
+        )
+    )
     auth = settings.auth
     grants = GrantStore(
         storage,
@@ -138,9 +148,10 @@ def _load_user(user_id: str):
 
 
 def _register_blueprints(app: Flask) -> None:
-    from .views import api, auth, authorize, docs, review, token, wellknown
+    from .views import admin, api, auth, authorize, docs, review, token, wellknown
 
-    for module in (auth, authorize, token, review, api, wellknown, docs):
+    for module in (auth, authorize, token, review, api, admin, wellknown, docs):
         app.register_blueprint(module.bp)
     csrf.exempt(token.bp)
     csrf.exempt(api.bp)
+    csrf.exempt(admin.bp)  # bearer-authenticated JSON: no cookie, so no cross-site forgery

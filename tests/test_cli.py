@@ -129,7 +129,7 @@ def test_clients_add_appends_and_keeps_existing_clients(tmp_path, config_dir, ca
     clients.write_text((ROOT / "clients.json.example").read_text())
     assert add(config_dir, clients, "--client-id", "partner-x") == 0
     ids = [e["client_id"] for e in json.loads(clients.read_text())]
-    assert ids == ["sp-demo", "test", "partner-x"]
+    assert ids == ["sp-demo", "test", "admin", "partner-x"]
 
 
 def test_clients_add_public_prints_no_secret(tmp_path, config_dir, capsys):
