@@ -48,6 +48,8 @@ from .storage import Storage, Table
 LISTED = "@clients"
 #: A chosen ``client_id`` is claimed by a counter under this prefix (``:`` is never in an id).
 CLAIM = "claim:"
+#: Longest overlap a rotation may ask for: 30 days (as ``admin.secret_overlap``).
+MAX_OVERLAP = 2592000
 #: Secrets a client holds at most: the newest and those still in their overlap.
 MAX_SECRETS = 5
 #: Clients built from records kept per process (each checked against its record's ``rev``).

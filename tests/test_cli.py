@@ -214,7 +214,8 @@ def test_clients_add_writes_the_configured_file_beside_the_config_folder(
 def test_clients_list(tmp_path, config_dir, capsys):
     assert run(config_dir, "clients", "list") == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [line.split("\t")[0] for line in lines] == ["sp-demo", "test"]
+    assert [line.split("\t")[0] for line in lines] == ["sp-demo", "test", "admin"]
+    assert all(line.endswith("\tfile") for line in lines)
     assert "Demo partner site" in lines[0]
 
 

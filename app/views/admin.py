@@ -18,7 +18,14 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from ..audit import audit
 from ..client_metadata import ClientMetadataError, read_body
-from ..client_store import ClientConflict, ClientStore, describe, describe_file, editable
+from ..client_store import (
+    MAX_OVERLAP,
+    ClientConflict,
+    ClientStore,
+    describe,
+    describe_file,
+    editable,
+)
 from ..clients import ADMIN_SCOPE
 from ..oauth2 import rfc6750
 from ..oauth2.accept import find_access
@@ -28,8 +35,6 @@ from .common import state
 bp = Blueprint("admin", __name__)
 
 DEFAULT_LIMIT, MAX_LIMIT = 50, 200
-#: Longest overlap a rotation may ask for: 30 days.
-MAX_OVERLAP = 2592000
 REALM = 'Bearer realm="admin"'
 
 
