@@ -270,7 +270,8 @@ def _cursor(raw: str | None) -> str:
     if not raw:
         return ""
     try:
-        return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+        padded = raw + "=" * (-len(raw) % 4)
+        return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise AdminError(400, "invalid_request", "cursor: not one this server gave") from None
 
