@@ -16,6 +16,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import limits
 from .adapters import ResourceServer, load_adapter
+from .client_store import ClientStore
 from .clients import ClientRegistry
 from .oauth2 import OAuth2Server, build_server
 from .oauth2.grant_store import GrantStore
@@ -67,6 +68,15 @@ def _build_state(settings: Settings, clients: ClientRegistry | None = None) -> S
     adapter = load_adapter(settings.resource_server)
     if clients is None:
         clients = ClientRegistry.from_settings(settings, list(adapter.scopes))
+    clients = clients.with_store(
+        ClientStore(
+            storage.clients,
+            list(adapter.scopes),
+            allow_wildcard=settings.client_credentials.allow_wildcard_redirects,
+            production=settings.env == "production",
+            overlap=settings.admin.secret_overlap,
+        )
+    )
     oidc = settings.oidc
     keys = KeyRing(storage.keys, retire_after=oidc.id_token_ttl + oidc.jwks_max_age)
     auth = settings.auth
@@ -142,11 +152,12 @@ def _load_user(user_id: str):
 
 
 def _register_blueprints(app: Flask) -> None:
-    from .views import api, auth, authorize, docs, logout, oidc, review, token, wellknown
+    from .views import admin, api, auth, authorize, docs, logout, oidc, review, token, wellknown
 
-    for module in (auth, logout, authorize, token, review, api, wellknown, docs, oidc):
+    for module in (auth, logout, authorize, token, review, api, admin, wellknown, docs, oidc):
         app.register_blueprint(module.bp)
     csrf.exempt(token.bp)
     csrf.exempt(api.bp)
     csrf.exempt(oidc.bp)
     csrf.exempt(logout.bp)  # partners' logout requests carry no token; it checks ours itself
+    csrf.exempt(admin.bp)  # bearer-authenticated JSON: no cookie, so no cross-site forgery

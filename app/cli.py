@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from . import cli_clients
 from .audit import fields_line, printable
-from .clients import ClientFileError, ClientRegistry, append_client
+from .clients import ClientFileError, append_client
 from .logconfig import log_config
 from .secrets_hash import hash_random_secret, new_secret
 from .settings import GRANT_TYPES, ConfigError, Settings
@@ -33,6 +34,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_clients_add(args: argparse.Namespace) -> int:
     from .adapters import load_adapter
 
+    if args.store:
+        return cli_clients.add_to_store(args)
+    if not args.redirect_uri:
+        raise ConfigError("clients add: --redirect-uri is required for the clients file")
     settings = _settings(args)
     path = args.file or _own_clients_file(settings)
     scopes = list(load_adapter(settings.resource_server).scopes)
@@ -99,17 +104,6 @@ def _own_clients_file(settings: Settings) -> str:
             "or pass --file"
         )
     return path
-
-
-def cmd_clients_list(args: argparse.Namespace) -> int:
-    from .adapters import load_adapter
-
-    settings = _settings(args)
-    scopes = list(load_adapter(settings.resource_server).scopes)
-    for client in ClientRegistry.from_settings(settings, scopes).all():
-        kind = "public" if client.public else "confidential"
-        print(f"{client.client_id}\t{client.name}\t{kind}\t{','.join(client.grant_types)}")
-    return 0
 
 
 @contextmanager
@@ -217,20 +211,23 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the server (granian or gunicorn)")
     serve.add_argument("--bind", help="host:port, overriding auth_server.host/port")
     serve.set_defaults(func=cmd_serve)
-    clients = sub.add_parser("clients", help="manage the clients file").add_subparsers(
+    clients = sub.add_parser("clients", help="manage clients").add_subparsers(
         dest="clients_command", required=True
     )
     add = clients.add_parser("add", help="register a client; prints its secret once")
     add.add_argument("--name", required=True)
-    add.add_argument("--redirect-uri", action="append", required=True)
+    add.add_argument("--redirect-uri", action="append")
     add.add_argument("--client-id")
     add.add_argument("--grant-type", action="append", choices=GRANT_TYPES)
     add.add_argument("--scope", action="append")
     add.add_argument("--public", action="store_true", help="no secret; PKCE required")
     _add_oidc_options(add)
     add.add_argument("--file", help="clients file (default client_credentials.file)")
+    add.add_argument(
+        "--store", action="store_true", help="into the clients table (seen at once), not the file"
+    )
     add.set_defaults(func=cmd_clients_add)
-    clients.add_parser("list", help="list clients").set_defaults(func=cmd_clients_list)
+    cli_clients.add_parsers(clients)
     db = sub.add_parser("db", help="schema").add_subparsers(dest="db_command", required=True)
     db.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)
     sub.add_parser("purge", help="delete expired rows").set_defaults(func=cmd_purge)

@@ -223,6 +223,13 @@ class OIDC(Section):
     backchannel_retries: Annotated[int, Field(ge=0, le=10)] = 3
 
 
+class Admin(Section):
+    """The admin API for clients (``/admin/``) and ``oauth2-server clients``."""
+
+    #: Seconds a client's previous secret keeps working after a rotation (0: none).
+    secret_overlap: Annotated[int, Field(ge=0, le=2592000)] = 86400
+
+
 class Config(Section):
     """The whole configuration, one section per attribute."""
 
@@ -234,6 +241,7 @@ class Config(Section):
     limits: Limits = Limits()
     audit: Audit = Audit()
     oidc: OIDC = OIDC()
+    admin: Admin = Admin()
 
 
 def defaults_document() -> dict[str, Any]:

@@ -7,6 +7,8 @@ TOKEN = "/token"  # noqa: S105 - a path, not a secret
 REVOKE = "/revoke"
 INTROSPECT = "/introspect"
 API = "/api/"
+ADMIN = "/admin/"
+ADMIN_CLIENTS = ADMIN + "clients"
 WELL_KNOWN = "/.well-known/"
 AS_METADATA = WELL_KNOWN + "oauth-authorization-server"
 OIDC_METADATA = WELL_KNOWN + "openid-configuration"
@@ -22,7 +24,7 @@ STATIC = "/static/"
 ENDPOINTS = {"revocation": REVOKE, "introspection": INTROSPECT}
 
 #: Paths whose callers are programs: their errors are JSON, never a page.
-JSON_PATHS = (API, TOKEN, REVOKE, INTROSPECT, WELL_KNOWN, HEALTH, USERINFO, JWKS)
+JSON_PATHS = (API, ADMIN, TOKEN, REVOKE, INTROSPECT, WELL_KNOWN, HEALTH, USERINFO, JWKS)
 
 #: Public, secret-free responses that caches may keep.
 CACHEABLE = (STATIC, WELL_KNOWN, OPENAPI, JWKS)
