@@ -74,8 +74,7 @@ def _build_state(settings: Settings, clients: ClientRegistry | None = None) -> S
     )
     users = UserStore(storage.users)
     server = build_server(settings, clients, grants, users, list(adapter.scopes))
-    oidc = settings.oidc
-    keys = KeyRing(storage.keys, retire_after=oidc.id_token_ttl + oidc.jwks_max_age)
+    keys = KeyRing.from_settings(storage.keys, settings)
     return State(
         settings, storage, clients, adapter, grants, users, server, limits.build(settings), keys
     )
