@@ -10,6 +10,7 @@ API = "/api/"
 WELL_KNOWN = "/.well-known/"
 AS_METADATA = WELL_KNOWN + "oauth-authorization-server"
 HEALTH = "/healthz"
+JWKS = "/jwks.json"
 OPENAPI = "/openapi.json"
 STATIC = "/static/"
 

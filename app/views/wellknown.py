@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from ..paths import AS_METADATA, HEALTH
+from ..paths import AS_METADATA, HEALTH, JWKS
 from .common import oauth, state
 
 bp = Blueprint("wellknown", __name__)
@@ -14,6 +14,16 @@ bp = Blueprint("wellknown", __name__)
 def metadata():
     response = jsonify(oauth().metadata)
     response.headers["Cache-Control"] = "public, max-age=3600"
+    return response
+
+
+@bp.get(JWKS)
+def jwks():
+    """The ID Token signing keys' public halves (a minimal route for the key work; the
+    OpenID Connect core work serves the full one)."""
+    keys = state().keys
+    response = jsonify(keys.public_jwks())
+    response.headers["Cache-Control"] = f"public, max-age={state().settings.oidc.jwks_max_age}"
     return response
 
 
