@@ -77,8 +77,7 @@ def _build_state(settings: Settings, clients: ClientRegistry | None = None) -> S
             overlap=settings.admin.secret_overlap,
         )
     )
-    oidc = settings.oidc
-    keys = KeyRing(storage.keys, retire_after=oidc.id_token_ttl + oidc.jwks_max_age)
+    keys = KeyRing.from_settings(storage.keys, settings)
     auth = settings.auth
     grants = GrantStore(
         storage,

@@ -120,11 +120,16 @@ def _storage(args: argparse.Namespace) -> Iterator[Storage]:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    storage = Storage(_settings(args).storage_specs)
+    from .oidc.keys import prepare
+
+    settings = _settings(args)
+    storage = Storage(settings.storage_specs)
     try:
         storage.ping()  # a backend with no schema (Redis) must still be there
         for url, steps in storage.migrate().items():
             print(f"{_redact(url)}: {', '.join(steps) if steps else 'up to date'}")
+        keys = prepare(settings, storage)
+        print(f"signing keys: ready, {'encrypted' if keys['encrypted'] else 'NOT encrypted'}")
     finally:
         storage.close()
     return 0
@@ -162,11 +167,127 @@ def cmd_defaults(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from . import create_app
+    from .oidc.keys import prepare
 
-    create_app(settings).extensions["oauth2"].storage.ping()
-    print(
-        json.dumps({"ok": True, "env": settings.env, "files": [str(p) for p in settings.sources]})
-    )
+    storage = create_app(settings).extensions["oauth2"].storage
+    storage.ping()
+    keys = prepare(settings, storage)
+    files = [str(p) for p in settings.sources]
+    print(json.dumps({"ok": True, "env": settings.env, "files": files, "keys": keys}))
+    return 0
+
+
+# -- signing keys -----------------------------------------------------------------------
+def _key_ring(settings: Settings, storage: Storage):
+    from .oidc.keys import KeyRing
+
+    return KeyRing.from_settings(storage.keys, settings)
+
+
+def _when(at: Any) -> str:
+    if not isinstance(at, (int, float)) or at == float("inf"):
+        return "-"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    with _storage(args) as storage:
+        ring = _key_ring(settings, storage)
+        if ring.stored() is None:
+            print("no signing keys yet: `oauth2-server serve` (or `db upgrade`) makes them")
+            return 0
+        now = time.time()
+        record = ring.ring()
+        print("kid\talg\tstate\tcreated\tactivated\tretired\tpublished_until")
+        for entry in sorted(record["keys"], key=_listing_order):
+            until = ring.published_until(entry)
+            state = entry["state"] if until > now else "expired"
+            times = (entry.get("created_at"), entry.get("activated_at"), entry.get("retired_at"))
+            columns = [entry["kid"], entry["alg"], state, *map(_when, times), _when(until)]
+            print("\t".join(columns))
+        if ring.sealer is not None:
+            print(f"private keys: encrypted (AES-256-GCM, secret key id {ring.sealer.key_id})")
+        else:
+            print("private keys: NOT encrypted (no oidc.keys_secret or session secret set)")
+    return 0
+
+
+def _listing_order(entry: dict[str, Any]) -> tuple[str, int, float]:
+    order = {"next": 0, "active": 1, "retired": 2}.get(entry["state"], 3)
+    return (entry["alg"], order, -float(entry.get("created_at", 0)))
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from .oidc.keys import ALGS, RotationRefused
+
+    settings = _settings(args)
+    algs = tuple(dict.fromkeys(args.alg)) if args.alg else ALGS
+    with _storage(args) as storage:
+        ring = _key_ring(settings, storage)
+        try:
+            done = ring.rotate(algs, force=args.force)
+        except RotationRefused as exc:
+            print(f"oauth2-server: keys rotate refused: {exc}", file=sys.stderr)
+            return 1
+        for alg in algs:
+            retired = done.retired.get(alg)
+            print(f"{alg}: {done.activated[alg]} signs now")
+            if retired:
+                until = _when(time.time() + ring.retire_after)
+                print(f"{alg}: {retired} retired, published until {until}")
+            print(f"{alg}: {done.created[alg]} is the next key (published now)")
+        for kid in done.pruned:
+            print(f"removed {kid} (retired, no token it signed is still valid)")
+        storage.audit.append(
+            {
+                "event": "keys_rotated",
+                "at": time.time(),
+                "algs": ",".join(algs),
+                "activated": ",".join(done.activated.values()),
+                "retired": ",".join(done.retired.values()),
+                "forced": done.forced,
+            }
+        )
+    print(f"Every server signs with the new keys within {_cache_seconds():.0f} s.")
+    return 0
+
+
+def _cache_seconds() -> float:
+    from .oidc import keys
+
+    return keys.CACHE_SECONDS
+
+
+def cmd_keys_reset(args: argparse.Namespace) -> int:
+    from .oidc.keys import RotationRefused
+
+    if not args.yes:
+        print(
+            "oauth2-server: keys reset replaces every signing key at once: ID Tokens signed "
+            "before stop validating (unless --keep-published, which keeps the old public keys "
+            "published; never after a compromise). Run it again with --yes.",
+            file=sys.stderr,
+        )
+        return 1
+    settings = _settings(args)
+    with _storage(args) as storage:
+        ring = _key_ring(settings, storage)
+        try:
+            kids = ring.reset(keep_published=args.keep_published)
+        except RotationRefused as exc:
+            print(f"oauth2-server: keys reset refused: {exc}", file=sys.stderr)
+            return 1
+        storage.audit.append(
+            {
+                "event": "keys_reset",
+                "at": time.time(),
+                "kids": ",".join(kids),
+                "kept_published": bool(args.keep_published),
+            }
+        )
+    print(f"new signing keys: {', '.join(kids)}")
+    print(f"Every server signs with them within {_cache_seconds():.0f} s.")
     return 0
 
 
@@ -237,6 +358,32 @@ def parser() -> argparse.ArgumentParser:
     tail = audit.add_parser("tail", help="show the latest events")
     tail.add_argument("-n", "--lines", type=int, default=20)
     tail.set_defaults(func=cmd_audit_tail)
+    keys = sub.add_parser("keys", help="OpenID Connect signing keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    keys.add_parser("list", help="list the keys (never private material)").set_defaults(
+        func=cmd_keys_list
+    )
+    rotate = keys.add_parser("rotate", help="next key signs, active key retires, a new next")
+    rotate.add_argument(
+        "--alg", action="append", choices=("RS256", "ES256"), help="only this algorithm"
+    )
+    rotate.add_argument(
+        "--force",
+        action="store_true",
+        help="rotate even if the next key is newer than oidc.jwks_max_age (relying parties "
+        "with a cached JWKS reject tokens until they fetch it again)",
+    )
+    rotate.set_defaults(func=cmd_keys_rotate)
+    reset = keys.add_parser("reset", help="replace every key (a lost keys secret, or a compromise)")
+    reset.add_argument("--yes", action="store_true", help="yes, replace them")
+    reset.add_argument(
+        "--keep-published",
+        action="store_true",
+        help="keep the old public keys published until their tokens expire (not after a "
+        "compromise)",
+    )
+    reset.set_defaults(func=cmd_keys_reset)
     sub.add_parser("check", help="validate the configuration and exit").set_defaults(func=cmd_check)
     defaults = sub.add_parser(
         "defaults", help="print every setting's default (config/default.json)"

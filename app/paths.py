@@ -15,6 +15,7 @@ OIDC_METADATA = WELL_KNOWN + "openid-configuration"
 USERINFO = "/userinfo"
 JWKS = "/jwks.json"
 HEALTH = "/healthz"
+JWKS = "/jwks.json"
 OPENAPI = "/openapi.json"
 #: OpenID Connect RP-Initiated Logout's ``end_session_endpoint`` (and the sign-out form).
 LOGOUT = "/logout"

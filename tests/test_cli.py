@@ -301,7 +301,9 @@ def test_audit_tail_records_real_logins(tmp_path, dummy_site, config_dir, capsys
 def test_check_validates_and_reports_the_files(config_dir, capsys):
     assert run(config_dir, "check") == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    keys = report.pop("keys")
     assert report == {"ok": True, "env": "development", "files": [str(config_dir / "default.json")]}
+    assert set(keys["active"]) == set(keys["next"]) == {"RS256", "ES256"}
 
 
 # -- configuration errors -----------------------------------------------------------------
