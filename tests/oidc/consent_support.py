@@ -4,7 +4,8 @@ OpenID Connect scopes, ID Tokens to send as ``id_token_hint``, and flow helpers.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -14,6 +15,9 @@ from joserfc import jwt
 
 from app.adapters.dummy import DummyAdapter
 from app.oidc.keys import new_key
+from app.storage import base as storage_base
+from app.storage import sql
+from app.views import authorize as authorize_view
 from tests.conftest import authorize_url, consent, location_params
 from tests.factories import REDIRECT, login, make_client
 from tests.oauth2.conftest import open_app
@@ -50,10 +54,24 @@ def oidc_app(tmp_path, dummy_site) -> Iterator[Flask]:
         dummy_site,
         clients=CLIENTS,
         resource_server={"type": ADAPTER},
-        oidc={"consent_lifetime": 3600},
+        oidc={"consent_lifetime": 600},
     ) as app:
         app.extensions["oauth2"].clients.get("first").skip_consent = True
         yield app
+
+
+@pytest.fixture
+def later(monkeypatch) -> Callable[[float], None]:
+    """Move every clock the server reads (storage expiry, the views) forward."""
+
+    def advance(seconds: float) -> None:
+        clock = SimpleNamespace(time=lambda: real() + seconds)
+        monkeypatch.setattr(sql, "time", clock)
+        monkeypatch.setattr(storage_base, "time", clock)
+        monkeypatch.setattr(authorize_view, "time", clock)
+
+    real = time.time
+    return advance
 
 
 @pytest.fixture
