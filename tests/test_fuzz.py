@@ -64,6 +64,12 @@ PARAMS = [
     "username",
     "password",
     "next",
+    "prompt",
+    "max_age",
+    "login_hint",
+    "id_token_hint",
+    "ui_locales",
+    "display",
 ]
 
 WORDS = [
@@ -103,6 +109,17 @@ WORDS = [
     "\x00",
     "\u202e",
     "%ff",
+    "none",
+    "login",
+    "consent",
+    "none login",
+    "select_account",
+    "0",
+    "-1",
+    "1e3",
+    "openid",
+    "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbGljZSJ9.",
+    "a.b.c",
 ]
 
 ENDPOINTS = [
@@ -142,6 +159,10 @@ AUTHORIZE = [
     f"response_type=token&client_id=sp-demo&redirect_uri={REDIRECT}&state=xyz",
     f"response_type=code&client_id=spa&redirect_uri={REDIRECT}&code_challenge={CHALLENGE}"
     "&code_challenge_method=S256",
+    f"response_type=code&client_id=test&redirect_uri={REDIRECT}&state=xyz&prompt=none"
+    "&max_age=0&login_hint=alice&ui_locales=en",
+    f"response_type=token&client_id=sp-demo&redirect_uri={REDIRECT}&prompt=login"
+    "&id_token_hint=a.b.c&display=page",
 ]
 TOKEN = [
     f"grant_type=authorization_code&code=live.code&redirect_uri={REDIRECT}",
@@ -298,7 +319,7 @@ def fuzz_app(tmp_path_factory, dummy_site) -> Iterator:
 def snapshot(app) -> dict[str, frozenset]:
     """Every key of every table but ``audit``, lockouts and failure counts left out."""
     url = app.extensions["oauth2"].storage.specs["tokens"].url
-    tables = ("session", "codes", "tokens", "refresh_tokens", "users", "clients")
+    tables = ("session", "codes", "tokens", "refresh_tokens", "users", "clients", "consents")
     with contextlib.closing(sqlite3.connect(url[len("sqlite:///") :])) as db:
         return {
             table: frozenset(
