@@ -36,6 +36,8 @@ from ..sessions import SIGNED_IN_AT
 from .subjects import subject_for
 
 PROMPTS = frozenset({"none", "login", "consent", "select_account"})
+#: The prompts that show the sign-in page to a signed-in user.
+SIGN_IN_PROMPTS = frozenset({"login", "select_account"})
 DISPLAYS = frozenset({"page", "popup", "touch", "wap"})
 #: Errors a ``prompt=none`` request gets at its redirect URI even before sign-in.
 SILENT_ERRORS = frozenset(
@@ -92,7 +94,7 @@ class SignIn:
     def needs_sign_in(self, auth_time: float | None, sub: str | None, now: float) -> bool:
         """Whether the signed-in user (signed in at ``auth_time``, seen as ``sub``) must
         sign in again before this request is answered."""
-        if self.prompt & {"login", "select_account"}:
+        if self.prompt & SIGN_IN_PROMPTS:
             return True
         if self.max_age is not None and (auth_time is None or now - auth_time > self.max_age):
             return True
@@ -101,11 +103,8 @@ class SignIn:
     @property
     def marks_sign_in(self) -> bool:
         """Whether a sign-in for this request must be remembered (see :func:`ask_sign_in`)."""
-        return (
-            bool(self.prompt & {"login", "select_account"})
-            or self.max_age is not None
-            or (self.hint_sub is not None)
-        )
+        asks = bool(self.prompt & SIGN_IN_PROMPTS)
+        return asks or self.max_age is not None or self.hint_sub is not None
 
 
 def parse(grant, keys, issuer: str) -> SignIn:
