@@ -67,11 +67,14 @@ PARAMS = [
     "next",
     "nonce",
     "prompt",
+    "max_age",
+    "login_hint",
     "access_token",
     "id_token_hint",
     "post_logout_redirect_uri",
     "logout_hint",
     "ui_locales",
+    "display",
 ]
 
 WORDS = [
@@ -117,6 +120,17 @@ WORDS = [
     "\x00",
     "\u202e",
     "%ff",
+    "none",
+    "login",
+    "consent",
+    "none login",
+    "select_account",
+    "0",
+    "-1",
+    "1e3",
+    "openid",
+    "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbGljZSJ9.",
+    "a.b.c",
 ]
 
 ENDPOINTS = [
@@ -163,6 +177,10 @@ AUTHORIZE = [
     "&code_challenge_method=S256",
     f"response_type=code&client_id=test&redirect_uri={REDIRECT}&scope=openid+profile&nonce=n",
     f"response_type=id_token+token&client_id=sp-demo&redirect_uri={REDIRECT}&scope=openid&nonce=n",
+    f"response_type=code&client_id=test&redirect_uri={REDIRECT}&state=xyz&prompt=none"
+    "&max_age=0&login_hint=alice&ui_locales=en",
+    f"response_type=token&client_id=sp-demo&redirect_uri={REDIRECT}&prompt=login"
+    "&id_token_hint=a.b.c&display=page",
 ]
 TOKEN = [
     f"grant_type=authorization_code&code=live.code&redirect_uri={REDIRECT}",
@@ -329,7 +347,7 @@ def fuzz_app(tmp_path_factory, dummy_site) -> Iterator:
 def snapshot(app) -> dict[str, frozenset]:
     """Every key of every table but ``audit``, lockouts and failure counts left out."""
     url = app.extensions["oauth2"].storage.specs["tokens"].url
-    tables = ("session", "codes", "tokens", "refresh_tokens", "users", "clients")
+    tables = ("session", "codes", "tokens", "refresh_tokens", "users", "clients", "consents")
     with contextlib.closing(sqlite3.connect(url[len("sqlite:///") :])) as db:
         return {
             table: frozenset(
