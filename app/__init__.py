@@ -16,10 +16,12 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import limits
 from .adapters import ResourceServer, load_adapter
+from .client_store import ClientStore
 from .clients import ClientRegistry
 from .oauth2 import OAuth2Server, build_server
 from .oauth2.grant_store import GrantStore
 from .oidc.keys import KeyRing
+from .oidc.scopes import known_scopes
 from .sessions import StoredSessionInterface
 from .settings import Settings
 from .storage import Storage
@@ -66,6 +68,16 @@ def _build_state(settings: Settings, clients: ClientRegistry | None = None) -> S
     adapter = load_adapter(settings.resource_server)
     if clients is None:
         clients = ClientRegistry.from_settings(settings, list(adapter.scopes))
+    clients = clients.with_store(
+        ClientStore(
+            storage.clients,
+            list(adapter.scopes),
+            allow_wildcard=settings.client_credentials.allow_wildcard_redirects,
+            production=settings.env == "production",
+            overlap=settings.admin.secret_overlap,
+        )
+    )
+    keys = KeyRing.from_settings(storage.keys, settings)
     auth = settings.auth
     grants = GrantStore(
         storage,
@@ -73,9 +85,8 @@ def _build_state(settings: Settings, clients: ClientRegistry | None = None) -> S
         family_lifetime=auth.refresh_absolute_lifetime,
     )
     users = UserStore(storage.users)
-    server = build_server(settings, clients, grants, users, list(adapter.scopes))
-    oidc = settings.oidc
-    keys = KeyRing(storage.keys, retire_after=oidc.id_token_ttl + oidc.jwks_max_age)
+    scopes = known_scopes(adapter.scopes)
+    server = build_server(settings, clients, grants, users, scopes, keys, adapter.claims_supported)
     return State(
         settings, storage, clients, adapter, grants, users, server, limits.build(settings), keys
     )
@@ -108,6 +119,8 @@ def create_app(
     _init_extensions(app, state)
     _register_blueprints(app)
     logging.getLogger("oauth2").setLevel(settings.log_level)
+    # Authlib's grants log whole tokens (ID Tokens included) at DEBUG: never let them.
+    logging.getLogger("authlib").setLevel(max(logging.INFO, settings.log_level))
     return app
 
 
@@ -138,9 +151,12 @@ def _load_user(user_id: str):
 
 
 def _register_blueprints(app: Flask) -> None:
-    from .views import api, auth, authorize, docs, review, token, wellknown
+    from .views import admin, api, auth, authorize, docs, logout, oidc, review, token, wellknown
 
-    for module in (auth, authorize, token, review, api, wellknown, docs):
+    for module in (auth, logout, authorize, token, review, api, admin, wellknown, docs, oidc):
         app.register_blueprint(module.bp)
     csrf.exempt(token.bp)
     csrf.exempt(api.bp)
+    csrf.exempt(oidc.bp)
+    csrf.exempt(logout.bp)  # partners' logout requests carry no token; it checks ours itself
+    csrf.exempt(admin.bp)  # bearer-authenticated JSON: no cookie, so no cross-site forgery

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import json
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749 import ClientMixin, list_to_scope, scope_to_list
@@ -16,20 +17,42 @@ from limits import parse
 
 from .addresses import parse_ip
 from .oauth2.client_auth import SECRET_METHODS
+from .oidc.scopes import known_scopes
 from .secrets_hash import known_scheme, verify_secret, verify_seed_sha1
 from .settings import GRANT_TYPES, Settings
 
+if TYPE_CHECKING:
+    from .client_store import ClientStore
+
 #: Client secrets published with the demo data (README, clients.json.example).
 DEMO_SECRETS = ("hunter2",)
-RESPONSE_TYPES = {"code": "authorization_code", "token": "implicit"}
+#: The server's own scope: the admin API (``/admin/``), granted only by client credentials.
+ADMIN_SCOPE = "admin"
+#: Scopes of this server beside the adapter's: never a client's default, never shown to
+#: a user, never in a user's token.
+SERVER_SCOPES = (ADMIN_SCOPE,)
 LOOPBACK_HOSTS = ("127.0.0.1", "[::1]")
+#: ``response_type`` -> the grant type it needs (``id_token``: OpenID Connect implicit).
+RESPONSE_TYPE_GRANTS = {
+    "code": "authorization_code",
+    "token": "implicit",
+    "id_token": "implicit",
+    "id_token token": "implicit",
+}
+
+
+def normal_response_type(value: str) -> str:
+    """``token id_token`` and ``id_token token`` are one response type (OAuth 2.0 Multiple
+    Response Types §3: order does not matter): spell it one way."""
+    parts = value.split(" ")
+    return " ".join(sorted(parts)) if set(parts) == {"id_token", "token"} else value
 
 
 class ClientFileError(ValueError):
     """The clients file is invalid; the message names the client and field."""
 
 
-def _loopback(uri: str) -> tuple[str, str, str] | None:
+def loopback_uri(uri: str) -> tuple[str, str, str] | None:
     """Return (scheme, host, path?query) for an ``http`` loopback IP URI (RFC 8252 §7.3)."""
     parts = urlsplit(uri)
     host = parts.hostname or ""
@@ -85,6 +108,8 @@ class Client(ClientMixin):
     backchannel_logout_session_required: bool = False
     #: A first-party client: the user is never asked to consent.
     skip_consent: bool = False
+    #: The registered ``response_types`` (None: every one its grant types allow).
+    response_types: list[str] | None = None
 
     # -- Authlib's ClientMixin --------------------------------------------------
     def get_client_id(self) -> str:
@@ -94,14 +119,24 @@ class Client(ClientMixin):
         fixed = [uri for uri in self.redirect_uris if uri != "*"]
         return fixed[0] if len(fixed) == 1 and len(self.redirect_uris) == 1 else None
 
-    def get_allowed_scope(self, scope: str | None) -> str | None:
-        """No scope asks for the default; any scope outside the client's is refused."""
+    def get_allowed_scope(self, scope: str | None, server_scopes: bool = False) -> str | None:
+        """No scope asks for the default; any scope outside the client's is refused.
+
+        The server's scopes (``admin``) only with ``server_scopes`` (client credentials),
+        and never as the default.
+        """
+        allowed = self.scopes if server_scopes else self.user_scopes()
         if not scope:
-            return self.scopes[0] if self.scopes else ""
+            defaults = self.user_scopes()
+            return defaults[0] if defaults else ""
         requested = scope_to_list(scope)
-        if any(s not in self.scopes for s in requested):
+        if any(s not in allowed for s in requested):
             return None
         return list_to_scope(list(dict.fromkeys(requested)))
+
+    def user_scopes(self) -> list[str]:
+        """The client's scopes a user may grant: the adapter's, not the server's."""
+        return [s for s in self.scopes if s not in SERVER_SCOPES]
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
         if not valid_redirect_uri(redirect_uri):
@@ -110,8 +145,8 @@ class Client(ClientMixin):
             return True
         if self.allow_wildcard and "*" in self.redirect_uris:
             return True
-        loop = _loopback(redirect_uri)
-        return loop is not None and any(_loopback(u) == loop for u in self.redirect_uris)
+        loop = loopback_uri(redirect_uri)
+        return loop is not None and any(loopback_uri(u) == loop for u in self.redirect_uris)
 
     def check_client_secret(self, client_secret: str) -> bool:
         if self.secret_hash:
@@ -122,12 +157,18 @@ class Client(ClientMixin):
         return False
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        """A client uses the method it registered (RFC 7591 §2), else any of its kind."""
+        if self.token_endpoint_auth_method:
+            return method == self.token_endpoint_auth_method
         if self.public:
             return method == "none"
         return method in SECRET_METHODS
 
     def check_response_type(self, response_type: str) -> bool:
-        return RESPONSE_TYPES.get(response_type) in self.grant_types
+        response_type = normal_response_type(response_type)
+        if self.response_types is not None and response_type not in self.response_types:
+            return False
+        return RESPONSE_TYPE_GRANTS.get(response_type) in self.grant_types
 
     def check_grant_type(self, grant_type: str) -> bool:
         return grant_type in self.grant_types
@@ -200,7 +241,7 @@ def _secret(entry: dict[str, Any], where: str, public: bool) -> dict[str, Any]:
 
 
 def _plain_http(uri: str) -> bool:
-    return uri != "*" and not uri.startswith("https://") and _loopback(uri) is None
+    return uri != "*" and not uri.startswith("https://") and loopback_uri(uri) is None
 
 
 def _plain_http_problem(where: str, uri: str) -> str:
@@ -261,6 +302,27 @@ def _allowed_origins(entry: dict[str, Any], where: str, public: bool) -> list[st
     return list(origins)
 
 
+def _scopes(entry: dict[str, Any], where: str, all_scopes: list[str]) -> list[str]:
+    """The client's ``scopes``: each known (the adapter's or OpenID Connect's); all by default."""
+    known = known_scopes(all_scopes)
+    # The server's own scopes (``admin``) are never a default: a client lists them.
+    scopes = entry.get("scopes", [s for s in known if s not in SERVER_SCOPES])
+    if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+        raise ClientFileError(f"{where}.scopes: expected a list of scope names")
+    unknown = [s for s in scopes if s not in known]
+    if unknown:
+        raise ClientFileError(f"{where}.scopes: unknown scope(s) {', '.join(unknown)}")
+    return list(scopes)
+
+
+def _name(entry: dict[str, Any], where: str, client_id: str) -> str:
+    """``name`` or its RFC 7591 spelling ``client_name``."""
+    name = entry.get("name", entry.get("client_name"))
+    if name is not None and not isinstance(name, str):
+        raise ClientFileError(f"{where}.client_name: expected a string")
+    return name or client_id
+
+
 def parse_client(
     entry: dict[str, Any],
     index: int,
@@ -268,7 +330,12 @@ def parse_client(
     allow_wildcard: bool,
     require_https: bool = False,
 ) -> Client:
-    """Build one client from a clients-file entry, naming the entry in every error."""
+    """Build one client from a clients-file entry, naming the entry in every error.
+
+    ``all_scopes`` are the adapter's; the OpenID Connect scopes are known beside them.
+    """
+    from .oidc.registration import oidc_fields
+
     if not isinstance(entry, dict) or not entry.get("client_id"):
         raise ClientFileError(f"clients[{index}]: missing client_id")
     client_id = str(entry["client_id"])
@@ -287,26 +354,32 @@ def parse_client(
             raise ClientFileError(f"{where}: invalid redirect URI {uri!r}")
         elif require_https and _plain_http(uri):
             raise ClientFileError(_plain_http_problem(where, uri))
-    scopes = entry.get("scopes", all_scopes)
-    unknown = [s for s in scopes if s not in all_scopes]
-    if unknown:
-        raise ClientFileError(f"{where}.scopes: unknown scope(s) {', '.join(unknown)}")
-    public = bool(entry.get("public", False))
+    scopes = _scopes(entry, where, all_scopes)
+    public = bool(entry.get("public", entry.get("token_endpoint_auth_method") == "none"))
     grants = _grant_types(entry, where)
     if public and "client_credentials" in grants:
         raise ClientFileError(f"{where}: a public client cannot use client_credentials")
+    oidc = oidc_fields(
+        entry,
+        where,
+        grants=grants,
+        public=public,
+        redirects=list(redirects),
+        require_https=require_https,
+    )
     return Client(
         client_id=client_id,
-        name=str(entry.get("name") or client_id),
+        name=_name(entry, where, client_id),
         redirect_uris=list(redirects),
         grant_types=grants,
-        scopes=list(scopes),
+        scopes=scopes,
         public=public,
         ip_allowlist=_ip_allowlist(entry, where),
         allow_wildcard=allow_wildcard,
         allowed_origins=_allowed_origins(entry, where, public),
         rate_limit=_rate_limit(entry, where),
         **_secret(entry, where, public),
+        **oidc,
     )
 
 
@@ -330,7 +403,7 @@ def load_clients_file(
     problems: list[str] = []
     for index, entry in enumerate(entries):
         try:
-            client = parse_client(entry, index, all_scopes, allow_wildcard)
+            client = parse_client(entry, index, [*all_scopes, *SERVER_SCOPES], allow_wildcard)
         except ClientFileError as exc:
             problems.append(str(exc))
             continue
@@ -345,9 +418,17 @@ def _refusals(client: Client, seen: dict[str, Client], production: bool) -> list
     where = f"client {client.client_id!r}"
     if client.client_id in seen:
         return [f"{where}: listed twice"]
+    admin = admin_scope_problem(client)
+    problems = [admin] if admin else []
     if not production:
-        return []
-    problems = [_plain_http_problem(where, u) for u in client.redirect_uris if _plain_http(u)]
+        return problems
+    problems += [_plain_http_problem(where, u) for u in client.redirect_uris if _plain_http(u)]
+    logout_uris = [*client.post_logout_redirect_uris, client.backchannel_logout_uri or "*"]
+    problems += [
+        f"{where}: logout URI {uri!r} must use https outside loopback in production"
+        for uri in logout_uris
+        if _plain_http(uri)
+    ]
     if client.uses_demo_secret():
         problems.append(
             f"{where}: its secret is a published demo secret; production needs a secret "
@@ -356,8 +437,26 @@ def _refusals(client: Client, seen: dict[str, Client], production: bool) -> list
     return problems
 
 
+def admin_scope_problem(client: Client) -> str | None:
+    """Why ``client`` may not hold the ``admin`` scope, or None: only a confidential
+    client of the client-credentials grant alone may (a user's token never carries it)."""
+    if ADMIN_SCOPE not in client.scopes:
+        return None
+    if client.public or client.grant_types != ["client_credentials"]:
+        return (
+            f"client {client.client_id!r}.scopes: {ADMIN_SCOPE!r} is for a confidential "
+            'client whose only grant is "client_credentials"'
+        )
+    return None
+
+
 class ClientRegistry:
-    """The clients of the file, read once; ``serve`` builds a new one on ``SIGHUP``."""
+    """The clients of the file, read once (``serve`` builds a new one on ``SIGHUP``),
+    then those of the ``clients`` table (:mod:`app.client_store`), read on every lookup
+    so that a change made on any instance counts on the next request."""
+
+    #: The clients made through the admin API or the CLI (``with_store``); None: file only.
+    store: ClientStore | None = None
 
     def __init__(
         self,
@@ -367,6 +466,9 @@ class ClientRegistry:
         production: bool = False,
     ) -> None:
         self.path = path
+        taken = [s for s in all_scopes if s in SERVER_SCOPES]
+        if taken:
+            raise ClientFileError(f"the adapter's scope {taken[0]!r} is this server's own scope")
         self._clients = load_clients_file(path, all_scopes, allow_wildcard, production)
         self._origins = {o for c in self._clients.values() if c.public for o in c.allowed_origins}
 
@@ -381,14 +483,32 @@ class ClientRegistry:
             production=settings.env == "production",
         )
 
+    def with_store(self, store: ClientStore) -> ClientRegistry:
+        """This registry's file clients, then ``store``'s (one app's view)."""
+        registry = copy.copy(self)
+        registry.store = store
+        return registry
+
     def get(self, client_id: str | None) -> Client | None:
-        return self._clients.get(client_id) if client_id else None
+        """The client ``client_id`` if it may act now: a file client, else a stored one
+        that is not disabled. A file client costs no storage read."""
+        if not client_id:
+            return None
+        found = self._clients.get(client_id)
+        if found is not None or self.store is None:
+            return found
+        return self.store.active(client_id)
+
+    def file_client(self, client_id: str) -> Client | None:
+        """The clients file's ``client_id``, or None."""
+        return self._clients.get(client_id)
 
     def public_origin(self, origin: str | None) -> bool:
-        """True when ``origin`` is registered by any public client."""
+        """True when ``origin`` is registered by any public client (of the file)."""
         return origin in self._origins
 
     def all(self) -> list[Client]:
+        """The file's clients."""
         return list(self._clients.values())
 
     def __len__(self) -> int:

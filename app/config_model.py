@@ -117,6 +117,9 @@ class Views(Section):
     dialog: TemplateName = "dialog"
     review: TemplateName = "review"
     error: TemplateName = "error"
+    #: The sign-out confirmation (OpenID Connect logout), and the page after it.
+    logout: TemplateName = "logout"
+    signed_out: TemplateName = "signed_out"
 
 
 class AuthServer(Section):
@@ -218,6 +221,18 @@ class OIDC(Section):
     #: Back-channel logout delivery: seconds per attempt, and attempts after the first.
     backchannel_timeout: Annotated[int, Field(gt=0, le=60)] = 5
     backchannel_retries: Annotated[int, Field(ge=0, le=10)] = 3
+    #: The secret the signing keys' private halves are encrypted with in storage
+    #: (``OAUTH2_KEYS_SECRET``); unset: ``auth_server.session_secret`` when that is set,
+    #: else (development) the keys are stored unencrypted. Changing it needs
+    #: ``oauth2-server keys reset`` (README "Signing keys and rotation").
+    keys_secret: str | None = Field(default=None, repr=False)
+
+
+class Admin(Section):
+    """The admin API for clients (``/admin/``) and ``oauth2-server clients``."""
+
+    #: Seconds a client's previous secret keeps working after a rotation (0: none).
+    secret_overlap: Annotated[int, Field(ge=0, le=2592000)] = 86400
 
 
 class Config(Section):
@@ -231,6 +246,7 @@ class Config(Section):
     limits: Limits = Limits()
     audit: Audit = Audit()
     oidc: OIDC = OIDC()
+    admin: Admin = Admin()
 
 
 def defaults_document() -> dict[str, Any]:
@@ -286,6 +302,12 @@ def _stand_ins(config: Config) -> list[str]:
         problems.append(
             "auth_server.session_secret: production needs a strong secret of your own "
             "(set OAUTH2_SESSION_SECRET)"
+        )
+    keys_secret = config.oidc.keys_secret
+    if keys_secret is not None and (keys_secret in KNOWN_DEV_SECRETS or len(keys_secret) < 16):
+        problems.append(
+            "oidc.keys_secret: production needs a strong secret of your own, or none "
+            "(the session secret is used; set OAUTH2_KEYS_SECRET)"
         )
     if config.resource_server.type in DUMMY_ADAPTERS:
         problems.append(

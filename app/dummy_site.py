@@ -67,6 +67,22 @@ def profile(username: str) -> dict[str, str]:
     return {"id": uid, "firstName": username, "avatar": _avatars.get(uid, f"/avatars/{uid}.png")}
 
 
+def looks_like_address(username: str) -> bool:
+    local, at, domain = username.partition("@")
+    return bool(at and local and "." in domain and " " not in username and "@" not in domain)
+
+
+def claims(username: str) -> dict[str, Any]:
+    """The OpenID Connect claims of ``username``: its address, or a stable made-up one."""
+    address = looks_like_address(username)
+    return {
+        "name": username,
+        "given_name": username.partition("@")[0] if address else username,
+        "email": username if address else f"{user_id(username)}@users.example.com",
+        "email_verified": address,
+    }
+
+
 def _fields() -> Any:
     body = request.get_json(silent=True)
     return body if isinstance(body, dict) else request.form
@@ -92,7 +108,7 @@ def create_dummy_app(key: bytes = DEV_KEY) -> Flask:
         username = str(fields.get("username") or "")
         if not username or fields.get("password") != PASSWORD:
             return _unauthorized("invalid credentials")
-        response = jsonify(id=user_id(username), firstName=username)
+        response = jsonify(id=user_id(username), firstName=username, **claims(username))
         response.set_cookie(COOKIE, make_token(key, username), httponly=True)
         return response
 
@@ -100,6 +116,11 @@ def create_dummy_app(key: bytes = DEV_KEY) -> Flask:
     def info() -> Any:
         username = read_token(key, _request_token())
         return jsonify(profile(username)) if username is not None else _unauthorized()
+
+    @app.get("/claims")
+    def user_claims() -> Any:
+        username = read_token(key, _request_token())
+        return jsonify(claims(username)) if username is not None else _unauthorized()
 
     @app.route("/update_avatar", methods=["GET", "POST"])  # GET as the original's site
     def update_avatar() -> Any:

@@ -7,17 +7,25 @@ TOKEN = "/token"  # noqa: S105 - a path, not a secret
 REVOKE = "/revoke"
 INTROSPECT = "/introspect"
 API = "/api/"
+ADMIN = "/admin/"
+ADMIN_CLIENTS = ADMIN + "clients"
 WELL_KNOWN = "/.well-known/"
 AS_METADATA = WELL_KNOWN + "oauth-authorization-server"
+OIDC_METADATA = WELL_KNOWN + "openid-configuration"
+USERINFO = "/userinfo"
+JWKS = "/jwks.json"
 HEALTH = "/healthz"
+JWKS = "/jwks.json"
 OPENAPI = "/openapi.json"
+#: OpenID Connect RP-Initiated Logout's ``end_session_endpoint`` (and the sign-out form).
+LOGOUT = "/logout"
 STATIC = "/static/"
 
 #: Endpoint name (as Authlib registers it) -> path, for the metadata document.
 ENDPOINTS = {"revocation": REVOKE, "introspection": INTROSPECT}
 
 #: Paths whose callers are programs: their errors are JSON, never a page.
-JSON_PATHS = (API, TOKEN, REVOKE, INTROSPECT, WELL_KNOWN, HEALTH)
+JSON_PATHS = (API, ADMIN, TOKEN, REVOKE, INTROSPECT, WELL_KNOWN, HEALTH, USERINFO, JWKS)
 
 #: Public, secret-free responses that caches may keep.
-CACHEABLE = (STATIC, WELL_KNOWN, OPENAPI)
+CACHEABLE = (STATIC, WELL_KNOWN, OPENAPI, JWKS)

@@ -134,6 +134,27 @@ def load_clients(settings: Settings) -> ClientRegistry:
     return ClientRegistry.from_settings(settings, list(adapter.scopes))
 
 
+def prepare_keys(settings: Settings) -> None:
+    """Make the signing key ring if there is none and check it opens with this
+    configuration's secret (a mismatch stops the start, or refuses a reload)."""
+    from .oidc.keys import prepare
+
+    try:
+        state = prepare(settings)
+    except StorageUnavailable as exc:  # workers make or read it once storage answers
+        log.warning("oidc keys not checked at start, storage unavailable: %s", exc)
+        return
+    log.info("oidc keys: %s", " ".join(f"{k}={v}" for k, v in state.items()))
+
+
+def load_checked(settings: Settings) -> ClientRegistry:
+    """On ``SIGHUP``: the clients, once the signing keys are known to open (see
+    :func:`prepare_keys`): a changed keys secret keeps the running configuration."""
+    clients = load_clients(settings)
+    prepare_keys(settings)
+    return clients
+
+
 def bundled_site(settings: Settings) -> tuple[str, int] | None:
     """The ``(host, port)`` of the stand-in site the adapter talks to, if it has one."""
     adapter = load_adapter(settings.resource_server)
@@ -178,12 +199,13 @@ def serve(settings: Settings, bind: str | None = None) -> None:
         storage = Storage(settings.storage_specs)
         storage.migrate()
         storage.close()
+    prepare_keys(settings)  # before workers fork: none of them makes the ring on a request
     bundled = bundled_site(settings)
     if bundled is not None and not os.environ.get("OAUTH2_NO_DUMMY_SITE"):
         site = start_dummy_site(*bundled)
         atexit.register(stop, site, 3.0)  # a stand-in: no need to wait long for it
 
-    configuration = Configuration(settings, clients, load_clients)
+    configuration = Configuration(settings, clients, load_checked)
     server = settings.auth.server
     log.log(25, "serving %s with %s, %d workers", settings.issuer, server, settings.num_workers())
     if server == "granian":

@@ -3,7 +3,7 @@
 Files are read from ``$OAUTH2_CONFIG_DIR`` (default ``./config``) in this order:
 ``default.json``, ``$OAUTH2_ENV.json`` (``OAUTH2_ENV`` defaults to ``development``),
 ``runtime.json``; later files win key by key. Environment variables win over files:
-``OAUTH2_SESSION_SECRET`` and ``OAUTH2__<section>__<key>=<JSON or text>``.
+``OAUTH2_SESSION_SECRET``, ``OAUTH2_KEYS_SECRET`` and ``OAUTH2__<section>__<key>=<JSON or text>``.
 Relative paths in the config resolve against the config folder's parent (the project
 root for ``config/``), never the working directory. The model is ``app.config_model``.
 This is the only module that knows Flask's and Authlib's config names.
@@ -115,6 +115,8 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         node[path[-1]] = value
     if environ.get("OAUTH2_SESSION_SECRET"):
         over.setdefault("auth_server", {})["session_secret"] = environ["OAUTH2_SESSION_SECRET"]
+    if environ.get("OAUTH2_KEYS_SECRET"):
+        over.setdefault("oidc", {})["keys_secret"] = environ["OAUTH2_KEYS_SECRET"]
     return over
 
 
@@ -135,7 +137,7 @@ class Settings:
         self.config = config = parse_config(data, env)
         # The sections as typed attributes (the models are frozen, so these never go stale).
         self.auth, self.limits, self.audit = config.auth_server, config.limits, config.audit
-        self.oidc = config.oidc
+        self.oidc, self.admin = config.oidc, config.admin
         self.storage, self.client_credentials = config.storage, config.client_credentials
         specs = parse_storage_config(self.storage.model_dump(exclude_none=True))
         # One key for the audit trail's lifetime: it is the audit table's TTL everywhere.
@@ -202,6 +204,12 @@ class Settings:
 
     def ttl(self, table: str) -> int | None:
         return self.storage_specs[table].ttl
+
+    @property
+    def keys_secret(self) -> str | None:
+        """What the signing keys are encrypted with: ``oidc.keys_secret``, else the session
+        secret when it is configured (never the random stand-in), else ``None``."""
+        return self.oidc.keys_secret or self.auth.session_secret or None
 
     def num_workers(self) -> int:
         workers = self.auth.num_workers

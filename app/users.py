@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask_login import UserMixin
 
 from .adapters.base import SiteUser
+from .oidc.scopes import USER_CLAIMS
 from .storage import Table
 
 
@@ -18,12 +19,22 @@ class User(UserMixin):
     id: str
     name: str
     site_token: str
+    #: The user's OpenID Connect claims from the site's login answer (``name``, ``email``...).
+    claims: dict[str, Any] = field(default_factory=dict)
 
     def get_id(self) -> str:
         return self.id
 
     def get_user_id(self) -> str:
         return self.id
+
+
+def login_claims(site_user: SiteUser) -> dict[str, Any]:
+    """The standard claims of a login answer: ``name``, then those in ``extra``, nothing else
+    (``extra`` may hold anything the adapter read; only claims are kept)."""
+    claims: dict[str, Any] = {"name": site_user.name}
+    claims.update({k: v for k, v in site_user.extra.items() if k in USER_CLAIMS})
+    return claims
 
 
 class UserStore:
@@ -33,10 +44,14 @@ class UserStore:
         self.table = table
 
     def remember(self, site_user: SiteUser) -> User:
-        user = User(id=str(site_user.id), name=site_user.name, site_token=site_user.site_token)
-        self.table.put(
-            user.id, {"user_id": user.id, "name": user.name, "site_token": user.site_token}
+        user = User(
+            id=str(site_user.id),
+            name=site_user.name,
+            site_token=site_user.site_token,
+            claims=login_claims(site_user),
         )
+        record = {"user_id": user.id, "name": user.name, "site_token": user.site_token}
+        self.table.put(user.id, record | {"claims": user.claims})
         return user
 
     def get(self, user_id: Any) -> User | None:
@@ -45,4 +60,9 @@ class UserStore:
         record = self.table.get(str(user_id))
         if record is None:
             return None
-        return User(id=str(user_id), name=record["name"], site_token=record["site_token"])
+        return User(
+            id=str(user_id),
+            name=record["name"],
+            site_token=record["site_token"],
+            claims=record.get("claims") or {"name": record["name"]},
+        )

@@ -145,8 +145,15 @@ def authorize_url(
 
 
 def consent(client, url: str, allow: bool = True):
-    """Open the consent page for ``url`` and answer it; return the response."""
+    """Open the consent page for ``url`` and answer it; return the response.
+
+    An OpenID Connect request the user consented to before answers at once (remembered
+    consent): that answer is returned when ``allow``.
+    """
     page = client.get(url)
+    if allow and page.status_code == 302 and "scope=openid" in url.replace("%20", "+"):
+        if not page.headers["Location"].startswith("/login"):
+            return page
     assert page.status_code == 200, page.get_data(as_text=True)
     html = page.get_data(as_text=True)
     form = {

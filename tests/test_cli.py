@@ -129,7 +129,7 @@ def test_clients_add_appends_and_keeps_existing_clients(tmp_path, config_dir, ca
     clients.write_text((ROOT / "clients.json.example").read_text())
     assert add(config_dir, clients, "--client-id", "partner-x") == 0
     ids = [e["client_id"] for e in json.loads(clients.read_text())]
-    assert ids == ["sp-demo", "test", "partner-x"]
+    assert ids == ["sp-demo", "test", "admin", "partner-x"]
 
 
 def test_clients_add_public_prints_no_secret(tmp_path, config_dir, capsys):
@@ -214,7 +214,8 @@ def test_clients_add_writes_the_configured_file_beside_the_config_folder(
 def test_clients_list(tmp_path, config_dir, capsys):
     assert run(config_dir, "clients", "list") == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [line.split("\t")[0] for line in lines] == ["sp-demo", "test"]
+    assert [line.split("\t")[0] for line in lines] == ["sp-demo", "test", "admin"]
+    assert all(line.endswith("\tfile") for line in lines)
     assert "Demo partner site" in lines[0]
 
 
@@ -300,7 +301,9 @@ def test_audit_tail_records_real_logins(tmp_path, dummy_site, config_dir, capsys
 def test_check_validates_and_reports_the_files(config_dir, capsys):
     assert run(config_dir, "check") == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    keys = report.pop("keys")
     assert report == {"ok": True, "env": "development", "files": [str(config_dir / "default.json")]}
+    assert set(keys["active"]) == set(keys["next"]) == {"RS256", "ES256"}
 
 
 # -- configuration errors -----------------------------------------------------------------
@@ -410,3 +413,82 @@ def test_an_unreachable_redis_is_exit_status_3_for_every_command(config_dir, cap
     write_runtime.write_text(json.dumps({"storage": {"tokens": "redis://127.0.0.1:1/0"}}))
     assert run(config_dir, *argv) == 3
     assert "storage unavailable" in capsys.readouterr().err
+
+
+# -- clients on the store ------------------------------------------------------------------
+def test_stored_client_lifecycle_from_the_command_line(config_dir, capsys):
+    assert (
+        run(
+            config_dir,
+            "clients",
+            "add",
+            "--store",
+            "--name",
+            "Job",
+            "--client-id",
+            "job",
+            "--grant-type",
+            "client_credentials",
+            "--scope",
+            "read-only",
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    secret = printed(out, "client_secret")
+    assert "every instance sees it now" in out
+    assert run(config_dir, "clients", "list") == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].split("\t") == ["job", "Job", "confidential", "client_credentials", "api"]
+    assert run(config_dir, "clients", "update", "job", "--name", "Nightly job") == 0
+    assert json.loads(capsys.readouterr().out)["client_name"] == "Nightly job"
+    assert run(config_dir, "clients", "disable", "job") == 0
+    assert run(config_dir, "clients", "list") == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].endswith("\tdisabled")
+    assert run(config_dir, "clients", "enable", "job") == 0
+    assert run(config_dir, "clients", "rotate-secret", "job", "--overlap", "0") == 0
+    new = printed(capsys.readouterr().out, "client_secret")
+    assert new != secret
+    assert run(config_dir, "clients", "show", "job") == 0
+    shown = capsys.readouterr().out
+    assert json.loads(shown)["disabled"] is False and new not in shown and "sha256$" not in shown
+    assert run(config_dir, "clients", "remove", "job") == 0
+    assert run(config_dir, "clients", "show", "job") == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "status", "said"),
+    [
+        (("clients", "remove", "test"), 1, "clients file"),
+        (("clients", "rotate-secret", "nope"), 1, "no client 'nope'"),
+        (
+            ("clients", "add", "--store", "--name", "x", "--redirect-uri", "nope"),
+            2,
+            "invalid_redirect_uri",
+        ),
+        (
+            (
+                "clients",
+                "add",
+                "--store",
+                "--name",
+                "x",
+                "--client-id",
+                "test",
+                "--grant-type",
+                "client_credentials",
+            ),
+            2,
+            "conflict",
+        ),
+    ],
+)
+def test_store_commands_refuse_clearly(config_dir, capsys, argv, status, said):
+    assert run(config_dir, *argv) == status
+    assert said in capsys.readouterr().err
+    assert run(config_dir, "clients", "list") == 0
+    assert [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()] == [
+        "sp-demo",
+        "test",
+        "admin",
+    ]

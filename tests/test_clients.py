@@ -439,12 +439,13 @@ def test_every_problem_of_the_file_is_reported_at_once(tmp_path):
 def test_production_refuses_the_demo_clients_by_their_secret(tmp_path):
     copied = tmp_path / "clients.json"
     shutil.copy(Path(__file__).resolve().parents[1] / "clients.json.example", copied)
-    assert len(load_clients_file(copied, SCOPES)) == 2  # fine in development
+    assert len(load_clients_file(copied, SCOPES)) == 3  # fine in development
     with pytest.raises(ClientFileError) as caught:
         load_clients_file(copied, SCOPES, production=True)
     message = str(caught.value)
     assert "client 'sp-demo': its secret is a published demo secret" in message
     assert "client 'test': its secret is a published demo secret" in message
+    assert "client 'admin': its secret is a published demo secret" in message
 
 
 @pytest.mark.parametrize("hasher", [hash_random_secret, hash_chosen_secret])

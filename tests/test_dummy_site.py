@@ -35,7 +35,12 @@ def login(client: FlaskClient | Client, username: str = "alice") -> str:
 def test_login_with_form_sets_token_and_returns_profile(client: FlaskClient | Client) -> None:
     response = client.post("/login", data={"username": "alice", "password": "password"})
     assert response.status_code == 200
-    assert response.json == {"id": user_id("alice"), "firstName": "alice"}
+    assert response.json == {
+        "id": user_id("alice"),
+        "firstName": "alice",
+        **{"name": "alice", "given_name": "alice", "email_verified": False},
+        "email": f"{user_id('alice')}@users.example.com",  # a stable made-up address
+    }
     assert client.get_cookie(COOKIE) is not None
 
 
@@ -134,3 +139,33 @@ def test_the_plain_info_path_answers_as_flask_does(valid: bool) -> None:
     assert plain_answer.status_code == flask_answer.status_code == (200 if valid else 401)
     assert plain_answer.get_data() == flask_answer.get_data()
     assert plain_answer.headers["Content-Type"] == flask_answer.headers["Content-Type"]
+
+
+@pytest.mark.parametrize(
+    ("username", "email", "verified", "given_name"),
+    [
+        ("alice", f"{user_id('alice')}@users.example.com", False, "alice"),
+        ("dana@mail.example", "dana@mail.example", True, "dana"),
+        (
+            "not@an address",
+            f"{user_id('not@an address')}@users.example.com",
+            False,
+            "not@an address",
+        ),
+    ],
+)
+def test_claims_in_the_login_answer_and_at_claims(
+    client: FlaskClient | Client, username: str, email: str, verified: bool, given_name: str
+) -> None:
+    answer = client.post("/login", data={"username": username, "password": "password"}).json
+    token = client.get_cookie(COOKIE)
+    assert answer is not None and token is not None
+    claims = {
+        "name": username,
+        "given_name": given_name,
+        "email": email,
+        "email_verified": verified,
+    }
+    assert {k: answer[k] for k in claims} == claims
+    assert client.get("/claims", query_string={"token": token.value}).json == claims
+    assert client.get("/claims", query_string={"token": "forged"}).status_code == 401

@@ -63,7 +63,7 @@ def test_unknown_machine_paths_get_json_404(client, path):
         ("PUT", "/token", "POST"),
         ("GET", "/revoke", "POST"),
         ("GET", "/introspect", "POST"),
-        ("GET", "/logout", "POST"),
+        ("PUT", "/logout", "POST"),
         ("DELETE", "/login", "POST"),
         ("PUT", "/authorize", "POST"),
     ],
@@ -82,7 +82,7 @@ def test_405_on_token_is_json(client):
 
 
 def test_405_on_a_page_is_the_error_page(client):
-    response = client.get("/logout")
+    response = client.put("/logout")
     assert response.status_code == 405
     assert response.mimetype == "text/html"
     assert "Error 405" in response.get_data(as_text=True)

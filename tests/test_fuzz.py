@@ -37,9 +37,10 @@ from tests.conftest import (
     login,
 )
 from tests.oauth2.conftest import open_app
+from tests.oidc.logout_helpers import AFTER, give, id_token, session_of
 
 #: Stand-ins replaced, per example, by live values of the session the request runs in.
-LIVE = (b"live.csrf", b"live.txn", b"live.access", b"live.refresh", b"live.code")
+LIVE = (b"live.csrf", b"live.txn", b"live.access", b"live.refresh", b"live.code", b"live.hint")
 
 PARAMS = [
     "response_type",
@@ -64,6 +65,16 @@ PARAMS = [
     "username",
     "password",
     "next",
+    "nonce",
+    "prompt",
+    "max_age",
+    "login_hint",
+    "access_token",
+    "id_token_hint",
+    "post_logout_redirect_uri",
+    "logout_hint",
+    "ui_locales",
+    "display",
 ]
 
 WORDS = [
@@ -73,12 +84,18 @@ WORDS = [
     "code-only",
     "reader",
     REDIRECT,
+    AFTER,
     "code",
     "token",
     "code token",
     "read-only",
     "read-write",
     "read-only read-write",
+    "openid",
+    "openid profile email read-only",
+    "id_token",
+    "id_token token",
+    "n-0S6_WzA2Mj",
     "alice",
     "password",
     "hunter2",
@@ -103,6 +120,17 @@ WORDS = [
     "\x00",
     "\u202e",
     "%ff",
+    "none",
+    "login",
+    "consent",
+    "none login",
+    "select_account",
+    "0",
+    "-1",
+    "1e3",
+    "openid",
+    "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbGljZSJ9.",
+    "a.b.c",
 ]
 
 ENDPOINTS = [
@@ -119,6 +147,11 @@ ENDPOINTS = [
     ("GET", "/review"),
     ("POST", "/review"),
     ("POST", "/logout"),
+    ("GET", "/userinfo"),
+    ("POST", "/userinfo"),
+    ("GET", "/jwks.json"),
+    ("GET", "/.well-known/openid-configuration"),
+    ("GET", "/logout"),
 ]
 
 CONTENT_TYPES = [
@@ -142,6 +175,12 @@ AUTHORIZE = [
     f"response_type=token&client_id=sp-demo&redirect_uri={REDIRECT}&state=xyz",
     f"response_type=code&client_id=spa&redirect_uri={REDIRECT}&code_challenge={CHALLENGE}"
     "&code_challenge_method=S256",
+    f"response_type=code&client_id=test&redirect_uri={REDIRECT}&scope=openid+profile&nonce=n",
+    f"response_type=id_token+token&client_id=sp-demo&redirect_uri={REDIRECT}&scope=openid&nonce=n",
+    f"response_type=code&client_id=test&redirect_uri={REDIRECT}&state=xyz&prompt=none"
+    "&max_age=0&login_hint=alice&ui_locales=en",
+    f"response_type=token&client_id=sp-demo&redirect_uri={REDIRECT}&prompt=login"
+    "&id_token_hint=a.b.c&display=page",
 ]
 TOKEN = [
     f"grant_type=authorization_code&code=live.code&redirect_uri={REDIRECT}",
@@ -164,7 +203,16 @@ GOOD = {
     ("GET", "/login"): ["next=" + quote(authorize_url(), safe="")],
     ("GET", "/review"): [f"client_id=test&redirect_uri={REDIRECT}"],
     ("POST", "/review"): ["csrf_token=live.csrf&test=on", "csrf_token=live.csrf"],
-    ("POST", "/logout"): ["csrf_token=live.csrf"],
+    ("POST", "/logout"): [
+        "csrf_token=live.csrf",
+        f"csrf_token=live.csrf&client_id=test&post_logout_redirect_uri={AFTER}&state=xyz",
+        f"id_token_hint=live.hint&post_logout_redirect_uri={AFTER}&state=xyz",
+    ],
+    ("GET", "/logout"): [
+        f"client_id=test&post_logout_redirect_uri={AFTER}&state=xyz",
+        f"id_token_hint=live.hint&client_id=test&post_logout_redirect_uri={AFTER}&state=xyz",
+    ],
+    ("POST", "/userinfo"): ["access_token=live.access"],
 }
 key_bytes = st.sampled_from(PARAMS).map(str.encode) | st.binary(max_size=12)
 
@@ -292,13 +340,14 @@ def fuzz_app(tmp_path_factory, dummy_site) -> Iterator:
             "lockout_after": 100000,
         },
     ) as app:
+        give(app, "test", post_logout_redirect_uris=[AFTER])
         yield app
 
 
 def snapshot(app) -> dict[str, frozenset]:
     """Every key of every table but ``audit``, lockouts and failure counts left out."""
     url = app.extensions["oauth2"].storage.specs["tokens"].url
-    tables = ("session", "codes", "tokens", "refresh_tokens", "users", "clients")
+    tables = ("session", "codes", "tokens", "refresh_tokens", "users", "clients", "consents")
     with contextlib.closing(sqlite3.connect(url[len("sqlite:///") :])) as db:
         return {
             table: frozenset(
@@ -323,8 +372,12 @@ def live_values(app, req: Request) -> tuple[dict[bytes, bytes], str]:
         b"live.txn": (hidden(page, "transaction_id") or "").encode(),
     }
     sent = req.query + req.body + (req.authorization or b"")
+    if b"live.hint" in sent:  # an ID Token of this browser's session (or of a stranger)
+        session = session_of(browser) if req.signed_in else {"user_id": "fuzzer", "sid": None}
+        values[b"live.hint"] = id_token(app, session["user_id"], sid=session["sid"]).encode()
     if b"live.access" in sent or b"live.refresh" in sent:
-        tokens = exchange(app.test_client(), get_code(app.test_client())).get_json()
+        code = get_code(app.test_client(), scope="openid profile read-only")
+        tokens = exchange(app.test_client(), code).get_json()
         values[b"live.access"] = tokens["access_token"].encode()
         values[b"live.refresh"] = tokens["refresh_token"].encode()
     if b"live.code" in sent:

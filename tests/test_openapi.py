@@ -63,6 +63,13 @@ def bearer_headers(app) -> dict[str, str]:
     return {"Authorization": f"Bearer {token['access_token']}"}
 
 
+@pytest.fixture
+def admin_headers(app) -> dict[str, str]:
+    """The demo admin client's token with the scope ``admin`` (client credentials: no user)."""
+    token = make_token(app.extensions["oauth2"], client_id="admin", scope="admin", user_id=None)
+    return {"Authorization": f"Bearer {token['access_token']}"}
+
+
 @schema.parametrize()
 @settings(
     max_examples=MAX_EXAMPLES,
@@ -71,11 +78,12 @@ def bearer_headers(app) -> dict[str, str]:
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-def test_every_answer_is_documented(case, app, bearer_headers):
+def test_every_answer_is_documented(case, app, bearer_headers, admin_headers):
     # The app, and the user token the /api functions need, are made per test: the schema
     # loaded at import cannot hold them. (Checks such as ignored_auth send their own requests.)
     case.operation.app = case.operation.schema.app = app
     headers = bearer_headers if case.path.startswith("/api/") else None
+    headers = admin_headers if case.path.startswith("/admin/") else headers
     case.call_and_validate(headers=headers, checks=CHECKS)
 
 

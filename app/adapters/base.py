@@ -81,7 +81,12 @@ class ResourceServer(abc.ABC):
     * in :meth:`call`, pass ``user.site_token`` (never the OAuth token) to the
       site together with ``headers``, with ``route.method`` (the partner's method),
       and raise :class:`UpstreamUnavailable` when the site is down or slow, never a
-      driver exception.
+      driver exception;
+    * put the user's OpenID Connect claims (OpenID Connect Core §5.1 names:
+      ``email``, ``given_name``...) it read from the login answer in
+      ``SiteUser.extra`` (other keys there are not kept), list every claim it can
+      give in :attr:`claims_supported`, and answer :meth:`claims` as :meth:`call`
+      (raise :class:`UpstreamUnavailable` only when the site fails).
     """
 
     #: Started and stopped with ``oauth2-server serve`` when set (the dummy site).
@@ -130,6 +135,17 @@ class ResourceServer(abc.ABC):
         query: dict[str, str],
     ) -> UpstreamResponse:
         """Serve one ``/api`` call for the user; ``headers`` are extra headers for the site."""
+
+    @property
+    def claims_supported(self) -> list[str]:
+        """The OpenID Connect claims this site gives, beside ``sub`` (for discovery)."""
+        return ["name"]
+
+    def claims(self, user_id: str, site_token: str, extra: dict[str, Any]) -> dict[str, Any]:
+        """The user's claims for UserInfo; ``extra``: those of the login answer, as kept
+        at sign-in (``name`` always). The default gives ``extra``; an adapter MAY ask
+        the site for fresher or more claims with ``site_token``."""
+        return dict(extra)
 
     def close(self) -> None:
         """Release pooled connections."""

@@ -14,6 +14,9 @@ SCOPES = {
     "read-write": "Read your profile and change your avatar",
 }
 
+#: The OpenID Connect claims the dummy site's login answer carries for every user.
+CLAIMS = ("name", "given_name", "email", "email_verified")
+
 API = {
     "profile": {"method": "GET", "path": "/info", "scope": "read-only"},
     # The original answered every function on GET too, the avatar in the query string.
@@ -42,6 +45,7 @@ class DummyAdapter(HttpAdapter):
             "scopes": SCOPES,
             "api": API,
             "login": {"token_from": "cookie:dummy-server-token"},
+            "claims": {"from_login": {claim: f"json:{claim}" for claim in CLAIMS}},
             "user_agent": site.user_agent,
             "timeout": site.timeout,
         }

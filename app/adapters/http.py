@@ -14,7 +14,7 @@ import urllib3
 from pydantic import BaseModel
 
 from .base import ApiRoute, ResourceServer, SiteUser, UpstreamResponse, UpstreamUnavailable
-from .http_config import BODY_METHODS, HttpConfig
+from .http_config import BODY_METHODS, ClaimsSettings, HttpConfig
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,22 @@ def _cookies(response: urllib3.BaseHTTPResponse) -> dict[str, str]:
     return {name: morsel.value for name, morsel in jar.items()}
 
 
+def json_fields(body: bytes, paths: dict[str, str]) -> dict[str, Any]:
+    """Claim -> the JSON value at its ``json:<a.b>`` path in ``body`` (absent ones left out)."""
+    try:
+        data: Any = json.loads(body)
+    except ValueError:
+        return {}
+    found = {}
+    for claim, spec in paths.items():
+        value = data
+        for part in spec.partition(":")[2].split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None:
+            found[claim] = value
+    return found
+
+
 def extract(spec: str, response: urllib3.BaseHTTPResponse) -> str | None:
     """Read ``cookie:<name>``, ``header:<Name>`` or ``json:<a.b>`` from a response."""
     kind, _, name = spec.partition(":")
@@ -100,13 +116,19 @@ class HttpAdapter(ResourceServer):
                    "id_from": "json:id", "name_from": "json:firstName"},
          "scopes": {"read-only": "Read your profile", ...},   # first = default scope
          "api": {"profile": {"method": "GET", "path": "/info", "scope": "read-only",
-                             "token_in": "query:token"}}}  # or header:, cookie:, form:
+                             "token_in": "query:token"}},  # or header:, cookie:, form:
+         "claims": {"from_login": {"email": "json:email"},    # OpenID Connect claims
+                    "endpoint": {"path": "/me", "token_in": "query:token",
+                                 "fields": {"email": "json:email", "locale": "json:lang"}}}}
 
     ``login`` keys all have the defaults shown. An ``api`` path may contain
     ``{token}`` and ``{user_id}``; ``method`` (one, or a list of those a partner may
     use: the site is called with the partner's) defaults to GET, ``path`` to
     ``/<name>`` and ``token_in`` to ``query:token``. Login answers 4xx mean bad
     credentials; 5xx and network errors raise :class:`UpstreamUnavailable`.
+    ``claims`` (optional): standard claim names mapped from the login answer (kept with
+    the user) and/or from a site endpoint asked at each UserInfo request; ``name`` is
+    always the login's ``name_from``.
     """
 
     Config: ClassVar[type[BaseModel] | None] = HttpConfig
@@ -120,6 +142,7 @@ class HttpAdapter(ResourceServer):
         self._scopes = dict(settings.scopes)
         self._api = {name: route.route(name) for name, route in settings.api.items()}
         self._user_agent = settings.user_agent
+        self.claim_settings: ClaimsSettings = settings.claims
         self._pool = new_pool(self.timeout, proxy_for(self.base_url, settings.trust_env))
 
     def http_config(self, config: dict[str, Any]) -> dict[str, Any]:
@@ -159,7 +182,22 @@ class HttpAdapter(ResourceServer):
             log.warning("site login gave no %s / %s", spec.token_from, spec.id_from)
             return None
         name = extract(spec.name_from, response) or username
-        return SiteUser(id=uid, name=name, site_token=token)
+        extra = json_fields(response.data, self.claim_settings.from_login)
+        return SiteUser(id=uid, name=name, site_token=token, extra=extra)
+
+    @property
+    def claims_supported(self) -> list[str]:
+        return self.claim_settings.supported
+
+    def claims(self, user_id: str, site_token: str, extra: dict[str, Any]) -> dict[str, Any]:
+        """The login's claims, under the claims endpoint's answer when one is configured."""
+        endpoint = self.claim_settings.endpoint
+        if endpoint is None:
+            return dict(extra)
+        response = self.call(endpoint.route(), site_token, user_id, {}, None, {})
+        if response.status != 200:
+            raise UpstreamUnavailable(f"{self.base_url} claims answered {response.status}")
+        return {**extra, **json_fields(response.body, endpoint.fields)}
 
     def call(
         self,

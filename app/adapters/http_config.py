@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from ..oidc.scopes import USER_CLAIMS
 from .base import ApiRoute
 
 DEFAULT_USER_AGENT = "oauth2-server/0.1"
@@ -94,6 +95,52 @@ class LoginSettings(Keys):
     name_from: Annotated[str, _placement(TOKEN_FROM)] = "json:firstName"
 
 
+def _claim(value: str) -> str:
+    if value not in USER_CLAIMS:
+        raise ValueError(f"{value!r} is not a standard claim ({', '.join(USER_CLAIMS)})")
+    return value
+
+
+def _json_path(value: str) -> str:
+    kind, _, name = value.partition(":")
+    if kind != "json" or not name:
+        raise ValueError(f"{value!r} is not json:<field> (a dotted path into the JSON answer)")
+    return value
+
+
+Claim = Annotated[str, AfterValidator(_claim)]
+JsonPath = Annotated[str, AfterValidator(_json_path)]
+
+
+class ClaimsEndpoint(Keys):
+    """A site endpoint answering the signed-in user's claims as JSON (read at UserInfo)."""
+
+    path: SitePath
+    method: Method = "GET"
+    token_in: Annotated[str, _placement(TOKEN_IN)] = "query:token"  # noqa: S105
+    #: Claim -> ``json:<a.b>`` in the endpoint's answer.
+    fields: Annotated[dict[Claim, JsonPath], Field(min_length=1)]
+
+    def route(self) -> ApiRoute:
+        return ApiRoute(
+            name="claims", scope="", method=self.method, path=self.path, token_in=self.token_in
+        )
+
+
+class ClaimsSettings(Keys):
+    """Where the users' OpenID Connect claims come from (beside ``name``, the login's)."""
+
+    #: Claim -> ``json:<a.b>`` in the login answer; kept with the user at sign-in.
+    from_login: dict[Claim, JsonPath] = {}
+    #: A site endpoint asked at every UserInfo request, its claims over the login's.
+    endpoint: ClaimsEndpoint | None = None
+
+    @property
+    def supported(self) -> list[str]:
+        fields = self.endpoint.fields if self.endpoint else {}
+        return list(dict.fromkeys(["name", *self.from_login, *fields]))
+
+
 class RouteConfig(Keys):
     """One ``api.<name>`` function: the scope it needs and how the site serves it."""
 
@@ -133,6 +180,7 @@ class HttpConfig(Keys):
     #: Scope name -> description shown on the consent page; the first is the default.
     scopes: Annotated[dict[Name, str], Field(min_length=1)]
     api: dict[Name, RouteConfig] = {}
+    claims: ClaimsSettings = ClaimsSettings()
 
     @model_validator(mode="after")
     def _routes_fit(self) -> HttpConfig:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc9207 import IssuerParameter
 
+from ..oidc.logout import logout_metadata
 from ..settings import Settings
 from .rfc6749 import (
     AuthorizationCodeGrant,
@@ -43,8 +44,23 @@ class Issuer(IssuerParameter):
             super().add_issuer_parameter(authorization_server, response)
 
 
-def build_server(settings: Settings, clients, grants, users, scopes: list[str]) -> OAuth2Server:
-    """Register exactly the grants and endpoints the configuration lists."""
+def build_server(
+    settings: Settings,
+    clients,
+    grants,
+    users,
+    scopes: list[str],
+    keys,
+    user_claims: list[str] | None = None,
+) -> OAuth2Server:
+    """Register exactly the grants and endpoints the configuration lists.
+
+    ``scopes`` are every known scope (the adapter's and OpenID Connect's); ``keys`` is
+    the signing key ring ID Tokens are signed with; ``user_claims`` the claims the
+    adapter gives (for discovery).
+    """
+    from ..oidc.grants import IDTokens, OpenIDCode, OpenIDImplicitGrant, OpenIDRefresh
+
     auth = settings.auth
     server = OAuth2Server(
         clients=clients,
@@ -54,19 +70,24 @@ def build_server(settings: Settings, clients, grants, users, scopes: list[str]) 
         access_ttl=settings.ttl("tokens") or 3600,
         scopes=scopes,
     )
+    server.id_tokens = IDTokens(
+        settings.issuer, keys, ttl=settings.oidc.id_token_ttl, default_alg=settings.oidc.default_alg
+    )
     server.pkce = PKCEPolicy(auth.require_pkce, auth.allow_plain_pkce)
     enabled = set(auth.grant_types)
     if "authorization_code" in enabled:
-        server.register_grant(AuthorizationCodeGrant, [server.pkce])
+        server.register_grant(AuthorizationCodeGrant, [server.pkce, OpenIDCode(server.id_tokens)])
     if "implicit" in enabled:
         server.register_grant(ImplicitGrant)
+        server.register_grant(OpenIDImplicitGrant)
     if "refresh_token" in enabled:
-        server.register_grant(RefreshTokenGrant)
+        server.register_grant(RefreshTokenGrant, [OpenIDRefresh(server.id_tokens)])
     if "client_credentials" in enabled:
         server.register_grant(ClientCredentialsGrant)
     server.register_endpoint(RevocationEndpoint)
     server.register_endpoint(IntrospectionEndpoint)
     server.issuer_parameter = Issuer(settings.issuer)
     server.register_extension(server.issuer_parameter)
-    server.metadata = build_metadata(server)
+    server.extra_metadata.update(logout_metadata(settings.issuer))
+    server.metadata = build_metadata(server, user_claims)
     return server

@@ -35,6 +35,12 @@ class AuthorizationCode(AuthorizationCodeMixin):
     def get_auth_time(self) -> int | None:
         return self.record.get("auth_time")
 
+    def get_acr(self) -> str | None:
+        return self.record.get("acr")
+
+    def get_amr(self) -> list[str] | None:
+        return self.record.get("amr")
+
 
 @dataclass
 class StoredToken(TokenMixin):

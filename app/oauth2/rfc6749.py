@@ -9,14 +9,16 @@ concurrent redemptions cannot both win and a crash cannot burn a code for nothin
 from __future__ import annotations
 
 import hmac
-import time
 from typing import Any
 
-from authlib.oauth2.rfc6749 import grants
+from authlib.oauth2.rfc6749 import grants, list_to_scope, scope_to_list
 from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidGrantError, InvalidScopeError
 from authlib.oauth2.rfc7636.challenge import CODE_VERIFIER_PATTERN, create_s256_code_challenge
+from authlib.oidc.core.grants.util import is_openid_scope
 
 from ..audit import audit
+from ..clients import SERVER_SCOPES
+from ..oidc.signin import remember_relying_party, sign_in_facts
 from .accept import find_refresh
 from .client_auth import METHODS, SECRET_METHODS
 from .grant_store import new_grant_id
@@ -51,25 +53,24 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = list(METHODS)
 
     def save_authorization_code(self, code: str, request) -> None:
+        """Store the code with what its ID Token needs: the sign-in and the ``nonce``."""
         payload = request.payload.data
-        self.server.grants.save_code(
-            code,
-            {
-                "client_id": request.client.get_client_id(),
-                "user_id": request.user.get_user_id(),
-                "grant_id": new_grant_id(),
-                "redirect_uri": payload.get("redirect_uri"),
-                "scope": request.scope,
-                "code_challenge": payload.get("code_challenge"),
-                "code_challenge_method": payload.get("code_challenge_method"),
-                "auth_time": int(time.time()),
-            },
-        )
-        audit(
-            "code_issued",
-            client_id=request.client.get_client_id(),
-            user_id=request.user.get_user_id(),
-        )
+        client_id = request.client.get_client_id()
+        record = {
+            "client_id": client_id,
+            "user_id": request.user.get_user_id(),
+            "grant_id": new_grant_id(),
+            "redirect_uri": payload.get("redirect_uri"),
+            "scope": request.scope,
+            "code_challenge": payload.get("code_challenge"),
+            "code_challenge_method": payload.get("code_challenge_method"),
+            **sign_in_facts(),
+        }
+        if is_openid_scope(request.scope):
+            record["nonce"] = payload.get("nonce")
+            remember_relying_party(client_id)
+        self.server.grants.save_code(code, record)
+        audit("code_issued", client_id=client_id, user_id=request.user.get_user_id())
 
     def query_authorization_code(self, code: str, client):
         found = self.server.grants.find_code(code)
@@ -197,13 +198,23 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
 
 
 class ClientCredentialsGrant(grants.ClientCredentialsGrant):
-    """Client credentials (§4.4), for clients that list it; no refresh token."""
+    """Client credentials (§4.4), for clients that list it; no refresh token.
+
+    The only grant that may carry the server's own scopes (``admin``), to a client
+    that lists them; the other grants act for a user and never do.
+    """
 
     TOKEN_ENDPOINT_AUTH_METHODS = list(SECRET_METHODS)
 
+    def validate_requested_scope(self):
+        asked = scope_to_list(self.request.payload.scope) or []
+        self.server.validate_requested_scope(
+            list_to_scope([s for s in asked if s not in SERVER_SCOPES])
+        )
+
     def create_token_response(self):
         client = self.request.client
-        scope = client.get_allowed_scope(self.request.payload.scope)
+        scope = client.get_allowed_scope(self.request.payload.scope, server_scopes=True)
         if scope is None:
             raise InvalidScopeError()
         self.request.grant_id = new_grant_id()

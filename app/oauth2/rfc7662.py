@@ -25,6 +25,8 @@ class IntrospectionEndpoint(TokenRequest, _IntrospectionEndpoint):
             "iss": self.server.issuer,
         }
         if token.user_id:
-            payload["sub"] = token.user_id
+            # The ``sub`` its client sees everywhere (ID Token, UserInfo): pairwise or not.
+            client = self.server.clients.get(token.client_id)
+            payload["sub"] = self.server.id_tokens.subject(client, token.user_id)
             payload["username"] = record.get("user_name")
         return {k: v for k, v in payload.items() if v is not None}

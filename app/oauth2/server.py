@@ -9,6 +9,7 @@ from authlib.oauth2.rfc6749.errors import InvalidRequestError, UnsupportedRespon
 from flask import request as flask_request
 
 from ..audit import audit
+from ..oidc.signin import facts_of
 from ..secrets_hash import new_secret
 from . import client_auth
 from .grant_store import new_grant_id
@@ -29,9 +30,15 @@ class OAuth2Server(AuthorizationServer):
         self.grant_types: set[str] = set()
         self.response_types: set[str] = set()
         self.endpoint_names: set[str] = set()
-        #: The RFC 8414 document, built once every grant and endpoint is registered.
+        #: The RFC 8414 (and OpenID Connect Discovery) document, built once every grant
+        #: and endpoint is registered.
         self.metadata: dict[str, Any] = {}
+        #: Fields to add to the document (e.g. ``end_session_endpoint``): set them before
+        #: ``build_server`` builds it.
+        self.extra_metadata: dict[str, Any] = {}
         self.pkce: Any = None
+        #: The ID Token issuer (``app.oidc.grants.IDTokens``).
+        self.id_tokens: Any = None
         self.issuer_parameter: Any = None
         self.register_token_generator("default", self.generate_bearer_token)
         for method, func in client_auth.HOOKS.items():
@@ -48,7 +55,8 @@ class OAuth2Server(AuthorizationServer):
         self.grants.save_token(token, self.token_fields(request))
 
     def token_fields(self, request) -> dict[str, Any]:
-        """The fields a token response's records carry: client, grant and user."""
+        """The fields a token response's records carry: client, grant, user, and the
+        sign-in its code or refresh token carried (for the ID Token of a later refresh)."""
         user = request.user
         fields = {
             "client_id": request.client.get_client_id(),
@@ -57,6 +65,9 @@ class OAuth2Server(AuthorizationServer):
         }
         if user:
             fields.update(user_name=user.name, site_token=user.site_token)
+        source = request.authorization_code or request.refresh_token
+        if source is not None:
+            fields.update(facts_of(source.record))
         return fields
 
     def generate_bearer_token(
@@ -111,7 +122,7 @@ class OAuth2Server(AuthorizationServer):
         except InvalidRequestError as error:
             if not error.redirect_uri:
                 error.redirect_uri = self._safe_redirect(request)
-                error.redirect_fragment = request.payload.response_type == "token"
+                error.redirect_fragment = in_fragment(request.payload.response_type)
             raise
 
     def _safe_redirect(self, request) -> str | None:
@@ -140,8 +151,16 @@ class OAuth2Server(AuthorizationServer):
 
 
 #: The response modes each response type is delivered by (OAuth 2.0 Multiple Response
-#: Type Encoding Practices §2.1: the default one); ``form_post`` is not offered.
-RESPONSE_MODES = {"code": "query", "token": "fragment"}
+#: Type Encoding Practices §2.1 and §3: the default one); ``form_post`` is not offered.
+RESPONSE_MODES = {
+    "code": "query",
+    **dict.fromkeys(("token", "id_token", "id_token token", "token id_token"), "fragment"),
+}
+
+
+def in_fragment(response_type: str | None) -> bool:
+    """Whether the response type's answers (errors too) go in the fragment."""
+    return RESPONSE_MODES.get(response_type or "") == "fragment"
 
 
 def _check_response_mode(grant):
@@ -153,7 +172,7 @@ def _check_response_mode(grant):
             "Unsupported 'response_mode'.",
             state=request.payload.state,
             redirect_uri=grant.redirect_uri,
-            redirect_fragment=request.payload.response_type == "token",
+            redirect_fragment=in_fragment(request.payload.response_type),
         )
     return grant
 

@@ -1,15 +1,16 @@
-"""Sign in against the existing site, sign out."""
+"""Sign in against the existing site (signing out: :mod:`app.views.logout`)."""
 
 from __future__ import annotations
 
 from urllib.parse import parse_qs, urlsplit
 
 from flask import Blueprint, redirect, request, session
-from flask_login import login_user, logout_user
+from flask_login import login_user
 
 from ..adapters import UpstreamUnavailable
 from ..audit import audit
 from ..limits import delay_fields, login_limits
+from ..oidc.prompt import NO_CONTROLS
 from ..pages import render_error, render_page
 from .common import safe_next, state
 
@@ -18,17 +19,30 @@ bp = Blueprint("auth", __name__)
 MAX_FIELD = 256
 
 
-def _client_for(next_url: str):
-    """The partner a sign-in is for, read from the ``/authorize`` URL it returns to."""
+def _authorize_params(next_url: str) -> dict[str, list[str]]:
+    """The parameters of the ``/authorize`` URL a sign-in returns to (none for others)."""
     parts = urlsplit(next_url)
-    if parts.path != "/authorize":
-        return None
-    client_id = parse_qs(parts.query).get("client_id", [None])[0]
-    return state().clients.get(client_id)
+    return parse_qs(parts.query) if parts.path == "/authorize" else {}
+
+
+def _login_hint(params: dict[str, list[str]]) -> str:
+    """The username to fill in: the ``login_hint`` of the request (OIDC Core §3.1.2.1)."""
+    hints = params.get("login_hint", [])
+    hint = hints[0] if len(hints) == 1 else ""
+    return hint if len(hint) <= MAX_FIELD and NO_CONTROLS.fullmatch(hint) else ""
 
 
 def _form(next_url: str, error: str | None = None, status: int = 200):
-    return render_page("login", status, next=next_url, error=error, client=_client_for(next_url))
+    params = _authorize_params(next_url)
+    client = state().clients.get(params.get("client_id", [None])[0])
+    return render_page(
+        "login",
+        status,
+        next=next_url,
+        error=error,
+        client=client,
+        username=_login_hint(params),
+    )
 
 
 def _locked(next_url: str, wait: int):
@@ -78,10 +92,3 @@ def login_post():
     session.signed_in()  # type: ignore[attr-defined]  # new id, new CSRF secret
     login_user(user)
     return redirect(next_url or "/review", 302)
-
-
-@bp.post("/logout")
-def logout():
-    logout_user()
-    session.end()  # type: ignore[attr-defined]
-    return redirect("/login", 302)

@@ -1,18 +1,27 @@
-"""The authorization endpoint: validate, ask the user, answer the client."""
+"""The authorization endpoint: validate, sign the user in, ask (or remember), answer.
+
+The OpenID Connect sign-in parameters (``prompt``, ``max_age``, ``id_token_hint``...)
+are decided in :mod:`app.oidc.prompt`; remembered consent in :mod:`app.oidc.consent`.
+"""
 
 from __future__ import annotations
 
+import time
 from urllib.parse import urlencode, urlsplit
 
 from authlib.oauth2.rfc6749.errors import InvalidScopeError, OAuth2Error
 from authlib.oauth2.rfc6749.util import scope_to_list
-from flask import Blueprint, redirect, request
+from authlib.oidc.core.errors import ConsentRequiredError, LoginRequiredError
+from flask import Blueprint, redirect, request, session
 from flask_login import current_user
 
 from ..audit import audit
 from ..oauth2.server import query_params
+from ..oidc import prompt
+from ..oidc.consent import OPENID, Consents, code_scopes, describe, must_ask
 from ..pages import render_error, render_page
 from ..secrets_hash import new_secret, token_digest
+from ..sessions import SIGNED_IN_AT
 from .common import oauth, state
 
 bp = Blueprint("authorize", __name__)
@@ -24,9 +33,13 @@ def _error(error: OAuth2Error):
     """Redirect to the client once its redirect URI is known good and the user signed in.
 
     Before sign-in the error page is shown instead (RFC 9700 §4.11.2): an unauthenticated
-    visitor must not be bounced to a client's URI by any request someone crafted.
+    visitor must not be bounced to a client's URI by any request someone crafted. The
+    exception is ``prompt=none``'s answers (``login_required``...), which OpenID Connect
+    sends to the (validated) redirect URI precisely because no one is signed in.
     """
-    if error.redirect_uri and current_user.is_authenticated:
+    if error.redirect_uri and (
+        current_user.is_authenticated or error.error in prompt.SILENT_ERRORS
+    ):
         return oauth().with_issuer(oauth().handle_error_response(None, error))
     return render_error(
         400,
@@ -36,32 +49,100 @@ def _error(error: OAuth2Error):
     )
 
 
+def _silent(error_cls, grant):
+    """A ``prompt=none`` request's refusal, for the client's redirect URI."""
+    payload = grant.request.payload
+    return _error(
+        error_cls(
+            state=payload.state,
+            redirect_uri=grant.redirect_uri,
+            redirect_fragment=payload.response_type != "code",
+        )
+    )
+
+
+def _user():
+    return current_user._get_current_object() if current_user.is_authenticated else None
+
+
 @bp.get("/authorize")
 def authorize():
     try:
         params = query_params()
-        grant = oauth().get_consent_grant(request=params, end_user=None)
+        grant = oauth().get_consent_grant(request=params, end_user=_user())
+        asked = prompt.parse(grant, state().keys, state().settings.issuer)
     except OAuth2Error as error:
         return _error(error)
-    if not current_user.is_authenticated:
-        return redirect("/login?" + urlencode({"next": request.full_path}), 302)
+    if not current_user.is_authenticated or _sign_in_again(asked, grant):
+        if asked.silent:
+            return _silent(LoginRequiredError, grant)
+        return _to_sign_in(asked)
+    client = grant.client
+    requested = scope_to_list(grant.request.scope) or []
+    remembered = _remembered(client.get_client_id(), requested)
+    if not must_ask(client, requested, remembered, asked.consent):
+        why = {"skip_consent": True} if client.skip_consent else {"remembered": True}
+        return _issue(grant, current_user._get_current_object(), **why)
+    if asked.silent:
+        return _silent(ConsentRequiredError, grant)
     transaction_id = new_secret(24)
     state().storage.session.put(
         TXN + token_digest(transaction_id),
         {"user_id": current_user.id, "params": params, "scope": grant.request.scope},
         ttl=state().settings.auth.transaction_ttl,
     )
-    return _dialog(grant, transaction_id)
+    return _dialog(grant, transaction_id, remembered)
 
 
-def _dialog(grant, transaction_id: str):
-    scopes = state().adapter.scopes
+def _sign_in_again(asked: prompt.SignIn, grant) -> bool:
+    """Whether the signed-in user must sign in (again) before this request is answered."""
+    sub = None
+    if asked.hint_sub is not None:
+        sub = prompt.subject_of(grant.client, current_user.id, state().keys)
+    if not asked.needs_sign_in(session.get(SIGNED_IN_AT), sub, time.time()):
+        return False
+    return not prompt.fresh_sign_in(session, prompt.request_key(request.query_string))
+
+
+def _to_sign_in(asked: prompt.SignIn):
+    """Send the user to the sign-in page, which comes back to this same request."""
+    if asked.marks_sign_in:
+        prompt.ask_sign_in(session, prompt.request_key(request.query_string))
+    return redirect("/login?" + urlencode({"next": request.full_path}), 302)
+
+
+def _remembered(client_id: str, requested: list[str]) -> set[str]:
+    """The scopes remembered for this user and client (OpenID Connect requests only)."""
+    if OPENID not in requested:
+        return set()
+    return Consents.of(state()).granted(current_user.id, client_id)
+
+
+def _issue(grant, user, **audited):
+    """Answer the client through Authlib: the code or token (``user``), or access_denied."""
+    client_id = grant.client.get_client_id()
+    # The decision's audit entry, the code and its audit entry: one round trip, sent
+    # before the redirect is returned.
+    with state().storage.batch():
+        event = "consent" if user else "denied"
+        audit(event, client_id=client_id, user_id=current_user.id, **audited)
+        return oauth().create_authorization_response(
+            request=grant.request, grant_user=user, grant=grant
+        )
+
+
+def _dialog(grant, transaction_id: str, remembered: set[str]):
+    described = state().adapter.scopes
     scope = grant.request.scope
+    requested = scope_to_list(scope) or []
+    new = [s for s in requested if s not in remembered] or requested
+    kept = [s for s in requested if s not in new]
     return render_page(
         "dialog",
         client=grant.client,
         user=current_user,
-        scopes=[(s, scopes.get(s, s)) for s in scope_to_list(scope) or []],
+        scopes=[(s, describe(s, described)) for s in new],
+        kept=[(s, describe(s, described)) for s in kept],
         transaction_id=transaction_id,
         scope=scope,
         redirect_host=urlsplit(grant.redirect_uri).netloc,
@@ -74,23 +155,28 @@ def decide():
     if txn is None:
         return _expired()
     try:
-        params = dict(txn["params"], scope=[_narrowed(txn["scope"], request.form.get("scope"))])
+        scope = _code_scope(txn, _narrowed(txn["scope"], request.form.get("scope")))
+        params = dict(txn["params"], scope=[scope])
         grant = oauth().get_consent_grant(request=params, end_user=current_user)
     except OAuth2Error as error:
         return _error(error)  # a refused answer leaves the transaction as it was
     if state().storage.session.take(key) is None:
         return _expired()  # single use: another answer took it meanwhile
-    allowed = "allow" in request.form and "cancel" not in request.form
-    client_id = grant.client.get_client_id()
-    # The decision's audit entry, the code and its audit entry: one round trip, sent
-    # before the redirect is returned.
-    with state().storage.batch():
-        audit("consent" if allowed else "denied", client_id=client_id, user_id=current_user.id)
-        return oauth().create_authorization_response(
-            request=grant.request,
-            grant_user=current_user._get_current_object() if allowed else None,
-            grant=grant,
-        )
+    if "allow" not in request.form or "cancel" in request.form:
+        return _issue(grant, None)
+    if OPENID in (scope_to_list(txn["scope"]) or []):
+        consents = Consents.of(state())
+        consents.remember(current_user.id, grant.client.get_client_id(), scope_to_list(scope))
+    return _issue(grant, current_user._get_current_object())
+
+
+def _code_scope(txn: dict, narrowed: str) -> str:
+    """The code's scope: for OpenID Connect, what is remembered plus what was allowed now."""
+    requested = scope_to_list(txn["scope"]) or []
+    if OPENID not in requested:
+        return narrowed
+    remembered = Consents.of(state()).granted(current_user.id, txn["params"]["client_id"][0])
+    return " ".join(code_scopes(requested, remembered, scope_to_list(narrowed) or []))
 
 
 def _expired():

@@ -1,4 +1,9 @@
-"""The review page: which partners hold access for me, and taking it back."""
+"""The review page: which partners hold access for me, and taking it back.
+
+A partner is listed while it holds live tokens or the user's remembered consent
+(:mod:`app.oidc.consent`); unchecking it revokes both, so every token of its grants dies
+and its next request asks again.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from flask import Blueprint, g, redirect, request
 from flask_login import current_user, login_required
 
 from ..audit import audit
+from ..oidc.consent import Consents, describe
 from ..pages import render_error, render_page
 from .common import state
 
@@ -48,19 +54,25 @@ def _no_way_back(_error: NoWayBack):
 
 
 def _grants() -> list[dict]:
-    scopes = state().adapter.scopes
+    """One row per client holding live tokens or remembered consent for the user."""
+    described = state().adapter.scopes
+    tokens = state().grants.grants_of_user(current_user.id)
+    consents = Consents.of(state()).of_user(current_user.id)
     rows = []
-    for client_id, grants in state().grants.grants_of_user(current_user.id).items():
+    for client_id in tokens.keys() | consents.keys():
+        grants, consent = tokens.get(client_id, []), consents.get(client_id)
         client = state().clients.get(client_id)
-        granted = sorted({s for g in grants for s in scope_to_list(g["scope"]) or []})
-        first = min(g["issued_at"] for g in grants)
+        granted = {s for g in grants for s in scope_to_list(g["scope"]) or []}
+        remembered = consent["scopes"] if consent else []
+        times = [g["issued_at"] for g in grants] + ([consent["granted_at"]] if consent else [])
         rows.append(
             {
                 "client_id": client_id,
                 "client_name": client.name if client else client_id,
-                "scopes": [(s, scopes.get(s, s)) for s in granted],
-                "granted_at": time.strftime("%d %b %Y, %H:%M UTC", time.gmtime(first)),
+                "scopes": [(s, describe(s, described)) for s in sorted(granted | set(remembered))],
+                "granted_at": time.strftime("%d %b %Y, %H:%M UTC", time.gmtime(min(times))),
                 "count": len(grants),
+                "remembered": bool(consent),
             }
         )
     return sorted(rows, key=lambda row: row["client_name"].lower())
@@ -87,10 +99,20 @@ def review():
 @login_required
 def review_post():
     kept = set(request.form)
-    for client_id in state().grants.grants_of_user(current_user.id):
+    consents = Consents.of(state())
+    held = state().grants.grants_of_user(current_user.id).keys()
+    for client_id in held | consents.of_user(current_user.id).keys():
         if client_id not in kept:
+            # Consent first: a request racing this one is asked again, not answered at once.
+            forgot = consents.forget(current_user.id, client_id)
             revoked = state().grants.revoke_client_for_user(current_user.id, client_id)
-            audit("grant_revoked", client_id=client_id, user_id=current_user.id, revoked=revoked)
+            audit(
+                "grant_revoked",
+                client_id=client_id,
+                user_id=current_user.id,
+                revoked=revoked,
+                consent_forgotten=forgot,
+            )
     if g.return_to:
         return redirect(g.return_to["redirect_uri"], 302)
     return redirect("/review?saved=1", 302)

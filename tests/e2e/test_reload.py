@@ -52,7 +52,7 @@ def test_sighup_loads_a_good_clients_file_and_refuses_a_bad_one(start_server, ht
     clients_file.write_text(json.dumps(entries + [new]))
     os.kill(server.process.pid, signal.SIGHUP)
     assert wait_for(lambda: reloads_completed(server) == 1), server.log()
-    assert "reload complete: generation 1, 2 workers, log level notice, 3 clients" in server.log()
+    assert "reload complete: generation 1, 2 workers, log level notice, 4 clients" in server.log()
     # Once the reload is logged complete, no worker answers with the old clients.
     answers = [cc_token(server, "reloaded", "fresh-secret").status_code for _ in range(8)]
     assert answers == [200] * 8

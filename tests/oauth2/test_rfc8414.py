@@ -34,8 +34,17 @@ def test_metadata_lists_grants_response_types_and_scopes(client):
         "implicit",
         "refresh_token",
     ]
-    assert sorted(doc["response_types_supported"]) == ["code", "token"]
-    assert sorted(doc["scopes_supported"]) == ["read-only", "read-write"]
+    assert sorted(doc["response_types_supported"]) == [
+        "code",
+        "id_token",
+        "id_token token",
+        "token",
+    ]
+    assert doc["scopes_supported"] == [
+        "read-only",
+        "read-write",
+        *("openid", "profile", "email", "address", "phone", "offline_access"),
+    ]
     assert sorted(doc["response_modes_supported"]) == ["fragment", "query"]
 
 

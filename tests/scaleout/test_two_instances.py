@@ -19,6 +19,7 @@ from tests.e2e.conftest import hidden_inputs
 
 from .conftest import (
     COOKIE,
+    REDIRECT,
     TIMEOUT,
     Instance,
     Launch,
@@ -150,3 +151,64 @@ def test_login_on_a_holds_on_b_and_logout_on_a_ends_it_on_b(
         assert urlsplit(after.headers["Location"]).path == "/login"
         review = other.get(f"{b.url}/review", allow_redirects=False, timeout=TIMEOUT)
         assert review.status_code == 302
+
+
+def token_status(server: Instance, client_id: str, secret: str) -> int:
+    data = {"grant_type": "client_credentials"}
+    answer = requests.post(
+        f"{server.url}/token", data=data, auth=(client_id, secret), timeout=TIMEOUT
+    )
+    return answer.status_code
+
+
+def test_a_client_made_rotated_disabled_and_deleted_on_a_counts_on_b_at_once(
+    pair: tuple[Instance, Instance], agent: requests.Session
+) -> None:
+    a, b = pair
+    admin = requests.Session()
+    grant = {"grant_type": "client_credentials", "scope": "admin"}
+    issued = admin.post(f"{a.url}/token", data=grant, auth=("admin", "hunter2"), timeout=TIMEOUT)
+    admin.headers["Authorization"] = f"Bearer {issued.json()['access_token']}"
+    metadata = {
+        "client_name": "Made on A",
+        "redirect_uris": [REDIRECT],
+        "grant_types": ["authorization_code", "refresh_token", "client_credentials"],
+        "scope": "read-only",
+    }
+    made = admin.post(f"{a.url}/admin/clients", json=metadata, timeout=TIMEOUT)
+    assert made.status_code == 201, made.text
+    client_id, secret = made.json()["client_id"], made.json()["client_secret"]
+
+    # Created on A: B runs a user's code flow for it on the next request.
+    log_in(agent, b)
+    query = {"response_type": "code", "client_id": client_id, "redirect_uri": REDIRECT}
+    page = agent.get(f"{b.url}/authorize", params=query, allow_redirects=False, timeout=TIMEOUT)
+    assert page.status_code == 200, page.text
+    code = allow(agent, b, hidden_inputs(page.text))
+    data = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT}
+    tokens = requests.post(f"{b.url}/token", data=data, auth=(client_id, secret), timeout=TIMEOUT)
+    assert tokens.status_code == 200, tokens.text
+    access = tokens.json()["access_token"]
+    assert profile(a, access) == 200
+
+    # Rotated on A without overlap: B refuses the old secret and takes the new one.
+    path = f"{a.url}/admin/clients/{client_id}"
+    rotated = admin.post(f"{path}/secret", json={"overlap": 0}, timeout=TIMEOUT)
+    new = rotated.json()["client_secret"]
+    assert token_status(b, client_id, secret) == 401
+    assert token_status(b, client_id, new) == 200
+
+    # Disabled on A: its token stops on B; enabled again, it works again.
+    assert admin.patch(path, json={"disabled": True}, timeout=TIMEOUT).status_code == 200
+    assert profile(b, access) == 401
+    assert admin.patch(path, json={"disabled": False}, timeout=TIMEOUT).status_code == 200
+    assert profile(b, access) == 200
+
+    # Deleted on A: gone on B, its token with it.
+    assert admin.delete(path, timeout=TIMEOUT).status_code == 204
+    assert profile(b, access) == 401
+    on_b = requests.get(
+        f"{b.url}/admin/clients/{client_id}", headers=admin.headers, timeout=TIMEOUT
+    )
+    assert on_b.status_code == 404
+    admin.close()

@@ -1,0 +1,311 @@
+"""Clients made through the admin API or the CLI, kept in the ``clients`` table.
+
+One record per client, under its ``client_id``::
+
+    {"client_id", "metadata": {RFC 7591 names}, "secrets": [{"hash", "expires_at"}],
+     "disabled", "source": "api", "created_at", "updated_at", "rev",
+     "user_id": "@clients"}
+
+Secrets are kept as hashes only; the newest has no expiry, a rotated one works until
+its ``expires_at`` (the overlap). ``user_id`` is the same marker on every record, so the
+table's ``list_by_user`` index lists the clients (the storage contract has no scan).
+
+Every instance reads the record on each lookup, so a change made anywhere counts on
+the next request; what is kept in the process is only the client built from a record,
+reused while the record's ``rev`` is unchanged, and, within one request, the answer
+(the token endpoint asks about its client several times).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from flask import has_request_context, request
+
+from .client_metadata import (
+    CLIENT_ID,
+    FIELDS,
+    ClientMetadataError,
+    client_id_problem,
+    complete,
+    file_entry,
+    is_public,
+)
+from .clients import (
+    ADMIN_SCOPE,
+    RESPONSE_TYPE_GRANTS,
+    Client,
+    ClientFileError,
+    admin_scope_problem,
+    parse_client,
+)
+from .secrets_hash import hash_random_secret, new_secret, verify_secret
+from .storage import Storage, Table
+
+#: The ``user_id`` index value every client record carries (see the module's doc).
+LISTED = "@clients"
+#: A chosen ``client_id`` is claimed by a counter under this prefix (``:`` is never in an id).
+CLAIM = "claim:"
+#: Longest overlap a rotation may ask for: 30 days (as ``admin.secret_overlap``).
+MAX_OVERLAP = 2592000
+#: Secrets a client holds at most: the newest and those still in their overlap.
+MAX_SECRETS = 5
+#: Clients built from records kept per process (each checked against its record's ``rev``).
+CACHE_SIZE = 4096
+_MEMO = "oauth2.stored_clients"
+
+
+class ClientConflict(ValueError):
+    """The client id is taken (by the clients file or the store)."""
+
+
+@dataclass
+class StoredClient(Client):
+    """A client of the ``clients`` table: several secrets during a rotation, and a switch."""
+
+    secrets: list[tuple[str, float | None]] = field(default_factory=list)
+    disabled: bool = False
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        """Any secret still in force; every one is checked, so timing tells nothing."""
+        now, ok = time.time(), False
+        for digest, expires_at in self.secrets:
+            matches = verify_secret(digest, client_secret)
+            ok |= matches and (expires_at is None or expires_at > now)
+        return ok
+
+
+class ClientStore:
+    """The ``clients`` table in the words of the admin API."""
+
+    def __init__(
+        self,
+        table: Table,
+        user_scopes: list[str],
+        *,
+        allow_wildcard: bool = False,
+        production: bool = False,
+        overlap: int = 86400,
+    ) -> None:
+        self.table = table
+        self.user_scopes = list(user_scopes)
+        self.allow_wildcard = allow_wildcard
+        self.production = production
+        #: Seconds a rotated secret keeps working by default.
+        self.overlap = overlap
+        self._built: dict[str, tuple[str, StoredClient]] = {}
+
+    # -- lookups --------------------------------------------------------------------------
+    def active(self, client_id: str) -> StoredClient | None:
+        """The client if it exists and is not disabled; asked of storage once per request."""
+        memo = request.environ.setdefault(_MEMO, {}) if has_request_context() else None
+        if memo is not None and client_id in memo:
+            return memo[client_id]
+        found = self.find(client_id)
+        answer = found if found is not None and not found.disabled else None
+        if memo is not None:
+            memo[client_id] = answer
+        return answer
+
+    def find(self, client_id: str) -> StoredClient | None:
+        """The client, disabled or not; never stale (the record is read every time)."""
+        if not CLIENT_ID.fullmatch(client_id):
+            return None  # no stored client has such an id: spare the round trip
+        record = self.table.get(client_id)
+        return None if record is None else self.client(record)
+
+    def record(self, client_id: str) -> dict[str, Any] | None:
+        return self.table.get(client_id) if CLIENT_ID.fullmatch(client_id) else None
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every stored client's record, by ``client_id``."""
+        return sorted(self.table.list_by_user(LISTED), key=lambda r: r["client_id"])
+
+    def client(self, record: dict[str, Any]) -> StoredClient:
+        """The client a record describes, built once per ``rev``."""
+        client_id, rev = record["client_id"], record.get("rev", "")
+        cached = self._built.get(client_id)
+        if cached is not None and cached[0] == rev:
+            return cached[1]
+        built = self._build(client_id, record["metadata"], record)
+        if len(self._built) >= CACHE_SIZE:
+            self._built.clear()
+        self._built[client_id] = (rev, built)
+        return built
+
+    def _build(self, client_id: str, meta: dict[str, Any], record: dict[str, Any]) -> StoredClient:
+        """Check ``meta`` the way the clients file is checked; raise ClientMetadataError."""
+        secrets = [(s["hash"], s.get("expires_at")) for s in record.get("secrets", [])]
+        entry = file_entry(client_id, meta, secrets[0][0] if secrets else None)
+        try:
+            client = parse_client(
+                entry,
+                0,
+                [*self.user_scopes, ADMIN_SCOPE],
+                self.allow_wildcard,
+                require_https=self.production,
+            )
+        except ClientFileError as exc:
+            # "client 'x'.scopes: ..." -> "scopes: ...": the id may be one just made up.
+            text = str(exc).removeprefix(f"client {client_id!r}").lstrip(".: ")
+            code = "invalid_redirect_uri" if "redirect" in text else "invalid_client_metadata"
+            raise ClientMetadataError(text, code) from None
+        problem = admin_scope_problem(client)
+        if problem:
+            raise ClientMetadataError(problem)
+        client.token_endpoint_auth_method = meta["token_endpoint_auth_method"]
+        values = {f.name: getattr(client, f.name) for f in fields(Client)}
+        return StoredClient(**values, secrets=secrets, disabled=bool(record.get("disabled")))
+
+    # -- writes ---------------------------------------------------------------------------
+    def create(
+        self, fields_: dict[str, Any], client_id: str | None = None
+    ) -> tuple[dict[str, Any], str | None]:
+        """Store a new client; return its record and its secret (None for a public one)."""
+        if client_id is not None and (problem := client_id_problem(client_id)):
+            raise ClientMetadataError(problem)
+        client_id = client_id or new_secret(12)
+        meta = complete(fields_, self.user_scopes)
+        secret = None if is_public(meta) else new_secret(32)
+        now = time.time()
+        record: dict[str, Any] = {
+            "client_id": client_id,
+            "metadata": meta,
+            "secrets": [] if secret is None else [{"hash": hash_random_secret(secret)}],
+            "disabled": bool(fields_.get("disabled", False)),
+            "source": "api",
+            "created_at": now,
+        }
+        self._build(client_id, meta, record)  # refuses bad metadata before anything is written
+        if self.table.incr(CLAIM + client_id, ttl=0) != 1:
+            raise ClientConflict(f"client_id {client_id!r} is taken")
+        return self._write(record), secret
+
+    def update(self, record: dict[str, Any], fields_: dict[str, Any]) -> dict[str, Any]:
+        """Replace the metadata (and the ``disabled`` switch, if given) with ``fields_``."""
+        meta = complete(fields_, self.user_scopes)
+        if is_public(meta) != is_public(record["metadata"]):
+            raise ClientMetadataError(
+                "token_endpoint_auth_method: a client cannot change between public and "
+                "confidential; create a new client"
+            )
+        disabled = fields_.get("disabled", record.get("disabled", False))
+        if not isinstance(disabled, bool):
+            raise ClientMetadataError("disabled: expected true or false")
+        updated = {**record, "metadata": meta, "disabled": disabled}
+        self._build(record["client_id"], meta, updated)
+        return self._write(updated)
+
+    def set_disabled(self, record: dict[str, Any], disabled: bool) -> dict[str, Any]:
+        return self._write({**record, "disabled": disabled})
+
+    def rotate(
+        self, record: dict[str, Any], overlap: int | None = None
+    ) -> tuple[dict[str, Any], str]:
+        """A new secret; the ones before it work ``overlap`` seconds more (at most)."""
+        if is_public(record["metadata"]):
+            raise ClientMetadataError("a public client has no secret to rotate")
+        now, secret = time.time(), new_secret(32)
+        until = now + (self.overlap if overlap is None else overlap)
+        kept = []
+        for old in record.get("secrets", []):
+            expires_at = old.get("expires_at")
+            expires_at = until if expires_at is None else min(expires_at, until)
+            if expires_at > now:
+                kept.append({"hash": old["hash"], "expires_at": expires_at})
+        secrets = [{"hash": hash_random_secret(secret)}, *kept][:MAX_SECRETS]
+        return self._write({**record, "secrets": secrets}), secret
+
+    def remove(self, client_id: str, storage: Storage, revoke_grant: Any) -> int | None:
+        """Delete the client, every code and token it holds and every consent to it.
+
+        It is disabled first, so its tokens stop at once even if a later step fails
+        (the delete can be repeated). Return how many tokens were live, or None.
+        """
+        record = self.record(client_id)
+        if record is None:
+            return None
+        self.set_disabled(record, True)
+        revoked = 0
+        for table in (storage.tokens, storage.refresh_tokens, storage.codes):
+            grant_ids = {r.get("grant_id") for r in table.list_by_client(client_id)}
+            revoked += sum(revoke_grant(g) for g in grant_ids if g)
+        for consent in storage.consents.list_by_client(client_id):
+            storage.consents.delete(consent["key"])
+        self.table.delete(client_id)
+        self.table.delete(CLAIM + client_id)
+        self._built.pop(client_id, None)
+        return revoked
+
+    def _write(self, record: dict[str, Any]) -> dict[str, Any]:
+        record = {k: v for k, v in record.items() if k not in ("key", "expires_at")}
+        record.update(user_id=LISTED, updated_at=time.time(), rev=new_secret(8))
+        self.table.put(record["client_id"], record, ttl=0)
+        return record
+
+
+# -- what the admin API and the CLI show: never a secret, never a hash ----------------------
+def describe(record: dict[str, Any]) -> dict[str, Any]:
+    """A stored client as JSON: RFC 7591 names, getAlby's beside them, and its state."""
+    meta = record["metadata"]
+    now = time.time()
+    overlap = [
+        s["expires_at"]
+        for s in record.get("secrets", [])
+        if s.get("expires_at") is not None and s["expires_at"] > now
+    ]
+    out = _shown(record["client_id"], meta)
+    out.update(
+        source="api",
+        read_only=False,
+        disabled=bool(record.get("disabled")),
+        created_at=int(record.get("created_at", 0)),
+        updated_at=int(record.get("updated_at", 0)),
+        client_id_issued_at=int(record.get("created_at", 0)),
+    )
+    if not is_public(meta):
+        out["client_secret_expires_at"] = 0  # RFC 7591 §3.2.1: 0, it does not expire
+    if overlap:
+        out["previous_secret_expires_at"] = int(max(overlap))
+    return out
+
+
+def describe_file(client: Client) -> dict[str, Any]:
+    """A clients-file client as JSON, marked read-only."""
+    method = client.token_endpoint_auth_method or (
+        "none" if client.public else "client_secret_basic"
+    )
+    meta: dict[str, Any] = {
+        "client_name": client.name,
+        "redirect_uris": list(client.redirect_uris),
+        "grant_types": list(client.grant_types),
+        "response_types": client.response_types
+        or [rt for rt, g in RESPONSE_TYPE_GRANTS.items() if g in client.grant_types],
+        "token_endpoint_auth_method": method,
+        "scope": " ".join(client.scopes),
+    }
+    if client.ip_allowlist:
+        meta["ip_allowlist"] = list(client.ip_allowlist)
+    if client.rate_limit:
+        meta["rate_limit"] = client.rate_limit
+    out = _shown(client.client_id, meta)
+    out.update(source="file", read_only=True, disabled=False)
+    return out
+
+
+def _shown(client_id: str, meta: dict[str, Any]) -> dict[str, Any]:
+    out = {"client_id": client_id, **{k: meta[k] for k in FIELDS if k in meta}}
+    out["name"] = meta.get("client_name") or client_id
+    if "client_uri" in meta:
+        out["url"] = meta["client_uri"]
+    if "logo_uri" in meta:
+        out["imageUrl"] = meta["logo_uri"]
+    out["public"] = is_public(meta)
+    return out
+
+
+def editable(record: dict[str, Any]) -> dict[str, Any]:
+    """The record's metadata and switch, as a merge patch starts from."""
+    return {**record["metadata"], "disabled": bool(record.get("disabled"))}

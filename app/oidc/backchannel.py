@@ -1,0 +1,238 @@
+"""OpenID Connect Back-Channel Logout 1.0: Logout Tokens, sent off the request path.
+
+https://openid.net/specs/openid-connect-backchannel-1_0.html
+
+When a user signs out, each client that was sent a code or an ID Token in that session
+(:func:`app.sessions.relying_parties`) and registered a ``backchannel_logout_uri`` is
+sent a Logout Token (§2.4): a JWT signed with the ID Token key, ``typ: logout+jwt``,
+``iss``, ``aud``, ``iat``, ``exp``, ``jti``, the back-channel logout ``events`` member,
+``sub`` and the session's ``sid``; never a ``nonce``. It is POSTed form-encoded (§2.5);
+200 or 204 means delivered.
+
+The user's sign-out never waits on a partner: the view only queues a :class:`Notice`.
+A few worker threads per process (started when there is work, gone when idle) build the
+token and deliver it, ``oidc.backchannel_timeout`` seconds per attempt and
+``oidc.backchannel_retries`` retries with exponential backoff; no redirect is followed
+and only http(s) URIs are used. A notice that cannot be queued (the queue is full) is
+audited as ``backchannel_dropped``; one that fails its last attempt as
+``backchannel_failed`` (client and reason, never the token).
+
+Delivery is at most once, per process: the queue lives in memory, so notices still
+queued or being retried are lost if the worker process stops (restart, crash, scale-in).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import urllib3
+from flask import Flask, current_app
+from joserfc import jwt
+
+from ..audit import audit
+from ..secrets_hash import new_secret
+from .subjects import subject_for
+
+log = logging.getLogger("oauth2")
+
+#: The ``events`` member that makes a JWT a Logout Token (§2.4).
+EVENT = "http://schemas.openid.net/event/backchannel-logout"
+#: A Logout Token's lifetime: long enough for a slow partner, short against replay.
+TOKEN_TTL = 120
+#: Notices waiting per process; beyond this a sign-out's notice is dropped (audited).
+QUEUE_SIZE = 1000
+#: Worker threads per process at most (one hanging partner holds one of them).
+WORKERS = 4
+#: Seconds an idle worker waits for work before it ends.
+IDLE_SECONDS = 30.0
+#: Seconds before the first retry; each later one waits twice as long as the last.
+BACKOFF = 1.0
+EXTENSION = "oauth2.backchannel"
+
+
+@dataclass(frozen=True)
+class Notice:
+    """One client to tell that a user's session ended."""
+
+    client_id: str
+    user_id: str
+    sid: str | None
+
+
+def logout_token(
+    client, user_id: str, sid: str | None, *, issuer: str, keys, alg: str, now: float | None = None
+) -> str:
+    """A signed Logout Token (§2.4) telling ``client`` that this session of the user ended."""
+    issued = int(time.time() if now is None else now)
+    claims: dict[str, Any] = {
+        "iss": issuer,
+        "aud": client.client_id,
+        "iat": issued,
+        "exp": issued + TOKEN_TTL,
+        "jti": new_secret(16),
+        "sub": subject_for(client, user_id, keys.pairwise_secret()),
+        "events": {EVENT: {}},
+    }
+    if sid:
+        claims["sid"] = sid
+    key = keys.signing_key(alg)
+    header = {"alg": alg, "kid": key.kid, "typ": "logout+jwt"}
+    return jwt.encode(header, claims, key, algorithms=[alg])
+
+
+class BackchannelSender:
+    """A bounded queue of notices and the few threads of this process that deliver them."""
+
+    def __init__(
+        self,
+        app: Flask,
+        *,
+        timeout: float,
+        retries: int,
+        backoff: float = BACKOFF,
+        queue_size: int = QUEUE_SIZE,
+        workers: int = WORKERS,
+        idle: float = IDLE_SECONDS,
+    ) -> None:
+        self.app = app
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.workers = workers
+        self.idle = idle
+        self.queue: queue.Queue[Notice] = queue.Queue(queue_size)
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._pid = os.getpid()
+        self._http = urllib3.PoolManager(num_pools=16, maxsize=workers)
+
+    # -- the request side -------------------------------------------------------------
+    def send(self, notices: list[Notice]) -> None:
+        """Queue ``notices`` without waiting; audit any the full queue cannot take."""
+        for notice in notices:
+            try:
+                self.queue.put_nowait(notice)
+            except queue.Full:
+                audit("backchannel_dropped", client_id=notice.client_id, reason="queue full")
+        if notices:
+            self._start_workers()
+
+    def _start_workers(self) -> None:
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's threads and sockets are not ours
+                self._pid, self._threads = os.getpid(), []
+                self._http = urllib3.PoolManager(num_pools=16, maxsize=self.workers)
+            wanted = min(self.workers, max(self.queue.qsize(), 1))
+            while len(self._threads) < wanted:
+                thread = threading.Thread(target=self._run, name="backchannel-logout", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until every queued notice was delivered or given up; False on timeout."""
+        done = self.queue.all_tasks_done
+        with done:
+            return done.wait_for(lambda: self.queue.unfinished_tasks == 0, timeout)
+
+    # -- the worker side --------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            try:
+                notice = self.queue.get(timeout=self.idle)
+            except queue.Empty:
+                with self._lock:  # end only if no notice arrived meanwhile
+                    if self.queue.empty():
+                        self._threads.remove(threading.current_thread())
+                        return
+                continue
+            try:
+                with self.app.app_context():
+                    self._deliver(notice)
+            except Exception:  # a worker must survive anything one notice does
+                log.exception("back-channel logout to %s failed", notice.client_id)
+            finally:
+                self.queue.task_done()
+
+    def _deliver(self, notice: Notice) -> None:
+        state = current_app.extensions["oauth2"]
+        client = state.clients.get(notice.client_id)
+        uri = client.backchannel_logout_uri if client else None
+        if not uri:
+            return  # the client went away or no longer asks to be told
+        if urlsplit(uri).scheme not in ("http", "https"):
+            audit("backchannel_failed", client_id=notice.client_id, reason="not an http(s) URI")
+            return
+        alg = client.id_token_signed_response_alg or state.settings.oidc.default_alg
+        token = logout_token(
+            client,
+            notice.user_id,
+            notice.sid,
+            issuer=state.settings.issuer,
+            keys=state.keys,
+            alg=alg,
+        )
+        body = urlencode({"logout_token": token})
+        reason = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            reason = self._post(uri, body)
+            if not reason:
+                log.debug("back-channel logout delivered to %s", notice.client_id)
+                return
+        audit(
+            "backchannel_failed",
+            client_id=notice.client_id,
+            reason=reason,
+            attempts=self.retries + 1,
+        )
+
+    def _post(self, uri: str, body: str) -> str:
+        """POST one Logout Token; return why it failed, or ``""`` when delivered."""
+        try:
+            response = self._http.request(
+                "POST",
+                uri,
+                body=body,
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+                timeout=urllib3.Timeout(connect=self.timeout, read=self.timeout),
+                retries=False,
+                redirect=False,
+                preload_content=False,
+            )
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            return type(exc).__name__
+        response.close()  # the body is not needed, however long a partner makes it
+        return "" if response.status in (200, 204) else f"HTTP {response.status}"
+
+
+def init_app(app: Flask) -> None:
+    """Give ``app`` its sender (threads start only when a sign-out queues a notice)."""
+    oidc = app.extensions["oauth2"].settings.oidc
+    app.extensions[EXTENSION] = BackchannelSender(
+        app, timeout=oidc.backchannel_timeout, retries=oidc.backchannel_retries
+    )
+
+
+def sender() -> BackchannelSender:
+    """The current app's sender."""
+    found: BackchannelSender = current_app.extensions[EXTENSION]
+    return found
+
+
+def notify(user_id: str, sid: str | None, client_ids: list[str]) -> None:
+    """Queue a Logout Token for each of ``client_ids`` that registered a back-channel URI."""
+    clients = current_app.extensions["oauth2"].clients
+    wanted = [
+        Notice(client_id, user_id, sid)
+        for client_id in client_ids
+        if (client := clients.get(client_id)) is not None and client.backchannel_logout_uri
+    ]
+    sender().send(wanted)

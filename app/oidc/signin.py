@@ -1,0 +1,44 @@
+"""What a sign-in contributes to its ID Tokens, read from the session and kept on the grant.
+
+The code record takes them at consent; the grant's tokens keep them, so an ID Token
+issued at a later refresh names the same sign-in (OpenID Connect Core §12.2).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import has_request_context, session
+
+from ..sessions import SID, SIGNED_IN_AT, note_relying_party
+
+#: The sign-in's facts: when (``auth_time``), which sign-in (``sid``), how (``amr``).
+SIGN_IN_FACTS = ("auth_time", "sid", "amr")
+#: How users sign in today (RFC 8176): a password at the site.
+AMR = ["pwd"]
+
+
+def sign_in_facts() -> dict[str, Any]:
+    """This session's sign-in facts (the time falls back to now outside a signed-in session)."""
+    if not has_request_context():
+        return {"auth_time": int(time.time()), "amr": list(AMR)}
+    signed_in_at = session.get(SIGNED_IN_AT)
+    facts = {
+        "auth_time": int(signed_in_at) if signed_in_at else int(time.time()),
+        "sid": session.get(SID),
+        "amr": list(AMR),
+    }
+    return {name: value for name, value in facts.items() if value is not None}
+
+
+def facts_of(record: dict[str, Any] | None) -> dict[str, Any]:
+    """The sign-in facts a code or token record carries."""
+    record = record or {}
+    return {name: record[name] for name in SIGN_IN_FACTS if record.get(name) is not None}
+
+
+def remember_relying_party(client_id: str) -> None:
+    """Note that this session's user was signed in to ``client_id`` (for logout)."""
+    if has_request_context():
+        note_relying_party(session, client_id)  # type: ignore[arg-type]

@@ -1,0 +1,63 @@
+"""OpenID Connect's endpoints: discovery, the signing keys (JWKS) and UserInfo."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from ..adapters import UpstreamUnavailable
+from ..cors import any_origin
+from ..oidc.userinfo import Refusal, presented_token, user_info
+from ..paths import JWKS, OIDC_METADATA, USERINFO
+from .common import oauth, state
+
+bp = Blueprint("oidc", __name__)
+
+
+@bp.route(OIDC_METADATA, methods=["GET", "OPTIONS"])
+@any_origin
+def configuration() -> Response:
+    """The same document as RFC 8414's (built once at start)."""
+    response = jsonify(oauth().metadata)
+    response.headers["Cache-Control"] = "public, max-age=3600"
+    return response
+
+
+@bp.route(JWKS, methods=["GET", "OPTIONS"])
+@any_origin
+def jwks() -> Response:
+    """The public halves of the published signing keys; never a private member."""
+    response = jsonify(state().keys.public_jwks())
+    response.mimetype = "application/jwk-set+json"
+    response.headers["Cache-Control"] = f"public, max-age={state().settings.oidc.jwks_max_age}"
+    return response
+
+
+@bp.route(USERINFO, methods=["GET", "POST", "OPTIONS"])
+@any_origin
+def userinfo() -> Response:
+    try:
+        raw = presented_token(request.headers, request.method, request.form)
+        claims = user_info(oauth(), state().users, state().adapter, raw)
+    except Refusal as refusal:
+        return _no_store(_refused(refusal))
+    except UpstreamUnavailable as exc:
+        status = 504 if exc.timeout else 502
+        return _no_store(_error(status, "temporarily_unavailable", "The site did not answer."))
+    return _no_store(jsonify(claims))
+
+
+def _error(status: int, error: str, description: str) -> Response:
+    response = jsonify(error=error, error_description=description)
+    response.status_code = status
+    return response
+
+
+def _refused(refusal: Refusal) -> Response:
+    response = _error(refusal.status, refusal.error or "invalid_token", refusal.description)
+    response.headers["WWW-Authenticate"] = refusal.www_authenticate()
+    return response
+
+
+def _no_store(response: Response) -> Response:
+    response.headers["Cache-Control"] = "no-store"
+    return response
