@@ -10,18 +10,7 @@ from authlib.oidc.core import ImplicitIDToken
 
 from tests.conftest import authorize_url, bearer, consent, location_params, login
 from tests.oauth2.conftest import redirect_error, snapshot
-from tests.oidc.core_helpers import NONCE, decode, half_hash, open_rp_app
-
-
-@pytest.fixture
-def app(tmp_path, dummy_site):
-    with open_rp_app(tmp_path, dummy_site) as app:
-        yield app
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
+from tests.oidc.core_helpers import NONCE, decode, half_hash
 
 
 def implicit(client, response_type: str, client_id="sp-demo", **params) -> dict[str, str]:

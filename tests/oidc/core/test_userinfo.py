@@ -11,18 +11,7 @@ from app.adapters import UpstreamUnavailable
 from app.settings import DEFAULTS, Settings, deep_merge
 from tests.conftest import basic, bearer, close_app, table
 from tests.factories import make_token
-from tests.oidc.core_helpers import open_rp_app, tokens_for
-
-
-@pytest.fixture
-def app(tmp_path, dummy_site):
-    with open_rp_app(tmp_path, dummy_site) as app:
-        yield app
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
+from tests.oidc.core_helpers import tokens_for
 
 
 def userinfo(client, token: str, method: str = "GET"):

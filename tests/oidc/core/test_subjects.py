@@ -3,23 +3,10 @@ pairwise values differ per sector and are stable."""
 
 from __future__ import annotations
 
-import pytest
-
 from tests.conftest import basic, bearer
 from tests.oidc.core_helpers import decode, open_rp_app, tokens_for
 
 PAIRWISE = "https://a.example/cb"
-
-
-@pytest.fixture
-def app(tmp_path, dummy_site):
-    with open_rp_app(tmp_path, dummy_site) as app:
-        yield app
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
 
 
 def sub_of(client, client_id: str, redirect_uri: str) -> dict[str, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
-import pytest
 from authlib.oidc.core import CodeIDToken
 
 from app.oidc import grants as oidc_grants
@@ -13,17 +12,6 @@ from tests.conftest import authorize_url, basic, consent, location_params
 from tests.factories import REDIRECT, login
 from tests.oauth2.conftest import redirect_error, refresh
 from tests.oidc.core_helpers import NONCE, decode, half_hash, open_rp_app, tokens_for
-
-
-@pytest.fixture
-def app(tmp_path, dummy_site):
-    with open_rp_app(tmp_path, dummy_site) as app:
-        yield app
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
 
 
 def test_id_token_claims_and_signature(app, client):

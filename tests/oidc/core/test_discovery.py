@@ -3,7 +3,6 @@ public keys only."""
 
 from __future__ import annotations
 
-import pytest
 from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
 from authlib.oidc.discovery import OpenIDProviderMetadata
 
@@ -11,17 +10,6 @@ from app import paths
 from tests.oidc.core_helpers import decode, open_rp_app, tokens_for
 
 PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
-
-
-@pytest.fixture
-def app(tmp_path, dummy_site):
-    with open_rp_app(tmp_path, dummy_site) as app:
-        yield app
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
 
 
 def configuration(client) -> dict:
