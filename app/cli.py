@@ -13,6 +13,7 @@ from typing import Any
 
 from . import cli_clients
 from .audit import fields_line, printable
+from .client_metadata import OIDC_FIELDS
 from .clients import ClientFileError, append_client
 from .logconfig import log_config
 from .secrets_hash import hash_random_secret, new_secret
@@ -75,17 +76,7 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
 
 
 #: ``clients add`` options -> the RFC 7591 / OpenID Connect Registration field they set.
-OIDC_OPTIONS = (
-    "response_types",
-    "token_endpoint_auth_method",
-    "post_logout_redirect_uris",
-    "id_token_signed_response_alg",
-    "subject_type",
-    "sector_identifier_uri",
-    "backchannel_logout_uri",
-    "backchannel_logout_session_required",
-    "skip_consent",
-)
+OIDC_OPTIONS = ("response_types", "token_endpoint_auth_method", *OIDC_FIELDS)
 
 
 def _oidc_entry(args: argparse.Namespace) -> dict[str, Any]:
