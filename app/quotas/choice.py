@@ -31,8 +31,13 @@ class QuotaChoiceError(ValueError):
     """The number the user typed is not a quota they may choose; the message says why."""
 
 
+def calls(count: int) -> str:
+    """``1 call``, ``10,000 calls``."""
+    return f"{count:,} call" + ("" if count == 1 else "s")
+
+
 def calls_text(quota: Quota) -> str:
-    return f"{quota.calls:,} calls {PER_WORDS[quota.per]}"
+    return f"{calls(quota.calls)} {PER_WORDS[quota.per]}"
 
 
 def _key(user_id: str, client_id: str) -> str:
@@ -116,5 +121,5 @@ def review_line(client: Any, user_id: str, grants: list[dict[str, Any]]) -> str 
     usage = quotas().usage(budget)
     when = PERIODS[usage.per]
     if own is not None:
-        return f"Used {usage.used:,} of {usage.limit:,} calls {when} (your limit)"
-    return f"Used {usage.used:,} calls {when}; the site allows it {calls_text(budget.quota)} in all"
+        return f"Used {usage.used:,} of {calls(usage.limit)} {when} (your limit)"
+    return f"Used {calls(usage.used)} {when}; the site allows it {calls_text(budget.quota)} in all"
