@@ -7,6 +7,7 @@ import calendar
 import json
 import re
 
+import jsonschema_rs
 import pytest
 
 from app.adapters import UpstreamUnavailable
@@ -16,6 +17,7 @@ from app.secrets_hash import token_digest
 from tests.conftest import authorize_url, basic, bearer, close_app, csrf_from, hidden, login, table
 from tests.factories import REDIRECT, make_client, make_token
 from tests.oauth2.conftest import issue_tokens, make_app, refresh
+from tests.test_openapi import load_spec
 
 #: 2024-05-17 23:59:30 UTC: thirty seconds before the day's window ends.
 LATE = calendar.timegm((2024, 5, 17, 23, 59, 30))
@@ -324,6 +326,8 @@ def test_introspection_names_the_quota_that_binds_first(client, state, clock):
     ).get_json()
     reset = calendar.timegm((2024, 5, 18, 0, 0, 0))
     assert body["quota"] == {"limit": 2, "used": 1, "remaining": 1, "per": "day", "reset": reset}
+    documented = load_spec()["components"]["schemas"]["Introspection"]
+    assert jsonschema_rs.validator_for(documented).is_valid(body)
 
 
 def test_introspection_of_a_client_without_quota_has_no_member(client):
