@@ -44,6 +44,8 @@ def user_budget(client: Any, user_id: str, chosen: Quota | None) -> Budget | Non
 
 def budgets(client: Any, record: dict[str, Any], function: str | None) -> list[Budget]:
     """Every budget a call of ``function`` with the token ``record`` spends."""
+    if client is None:
+        return []
     policy, client_id, found = client.quotas, client.client_id, []
     if policy is not None and policy.quota is not None:
         found.append(Budget("quota", f"client/{client_id}", policy.quota))
