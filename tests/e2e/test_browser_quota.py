@@ -62,8 +62,6 @@ def test_a_quota_lowered_on_the_consent_page_holds(start_server, partner_site, c
         assert statuses == [200, 200, 429]
         page.goto(f"{server.url}/review")
         check_page(page)
-        assert re.search(
-            r"Used 2 of 2 calls today \(your limit\)", page.inner_text("main")
-        )
+        assert re.search(r"Used 2 of 2 calls today \(your limit\)", page.inner_text("main"))
     finally:
         context.close()
