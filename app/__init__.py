@@ -22,6 +22,7 @@ from .oauth2 import OAuth2Server, build_server
 from .oauth2.grant_store import GrantStore
 from .oidc.keys import KeyRing
 from .oidc.scopes import known_scopes
+from .quotas.counting import Quotas
 from .sessions import StoredSessionInterface
 from .settings import Settings
 from .storage import Storage
@@ -59,6 +60,8 @@ class State:
     limits: limits.Limits
     #: The OpenID Connect signing keys (``keys`` table), shared by every worker.
     keys: KeyRing
+    #: The ``/api`` quotas' counters (``app.quotas``), shared by every worker.
+    quotas: Quotas
 
 
 def _build_state(settings: Settings, clients: ClientRegistry | None = None) -> State:
@@ -87,9 +90,9 @@ def _build_state(settings: Settings, clients: ClientRegistry | None = None) -> S
     users = UserStore(storage.users)
     scopes = known_scopes(adapter.scopes)
     server = build_server(settings, clients, grants, users, scopes, keys, adapter.claims_supported)
-    return State(
-        settings, storage, clients, adapter, grants, users, server, limits.build(settings), keys
-    )
+    limited = limits.build(settings)
+    quotas = Quotas.build(limited.rates.store, storage)
+    return State(settings, storage, clients, adapter, grants, users, server, limited, keys, quotas)
 
 
 def create_app(

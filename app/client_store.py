@@ -290,6 +290,8 @@ def describe_file(client: Client) -> dict[str, Any]:
         meta["ip_allowlist"] = list(client.ip_allowlist)
     if client.rate_limit:
         meta["rate_limit"] = client.rate_limit
+    if client.quotas:
+        meta.update(client.quotas.to_json())
     out = _shown(client.client_id, meta)
     out.update(source="file", read_only=True, disabled=False)
     return out

@@ -23,6 +23,7 @@ from .settings import GRANT_TYPES, Settings
 
 if TYPE_CHECKING:
     from .client_store import ClientStore
+    from .quotas import QuotaPolicy
 
 #: Client secrets published with the demo data (README, clients.json.example).
 DEMO_SECRETS = ("hunter2",)
@@ -110,6 +111,8 @@ class Client(ClientMixin):
     skip_consent: bool = False
     #: The registered ``response_types`` (None: every one its grant types allow).
     response_types: list[str] | None = None
+    #: Its quotas of ``/api`` calls (:mod:`app.quotas`); None: none.
+    quotas: QuotaPolicy | None = None
 
     # -- Authlib's ClientMixin --------------------------------------------------
     def get_client_id(self) -> str:
@@ -323,6 +326,15 @@ def _name(entry: dict[str, Any], where: str, client_id: str) -> str:
     return name or client_id
 
 
+def _quotas(entry: dict[str, Any], where: str) -> QuotaPolicy | None:
+    from .quotas import QuotaError, parse_policy
+
+    try:
+        return parse_policy(entry)
+    except QuotaError as exc:
+        raise ClientFileError(f"{where}.{exc}") from None
+
+
 def parse_client(
     entry: dict[str, Any],
     index: int,
@@ -378,6 +390,7 @@ def parse_client(
         allow_wildcard=allow_wildcard,
         allowed_origins=_allowed_origins(entry, where, public),
         rate_limit=_rate_limit(entry, where),
+        quotas=_quotas(entry, where),
         **_secret(entry, where, public),
         **oidc,
     )

@@ -19,6 +19,7 @@ from authlib.oidc.core.grants.util import is_openid_scope
 from ..audit import audit
 from ..clients import SERVER_SCOPES
 from ..oidc.signin import remember_relying_party, sign_in_facts
+from ..quotas.choice import grant_fields
 from .accept import find_refresh
 from .client_auth import METHODS, SECRET_METHODS
 from .grant_store import new_grant_id
@@ -65,6 +66,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             "code_challenge": payload.get("code_challenge"),
             "code_challenge_method": payload.get("code_challenge_method"),
             **sign_in_facts(),
+            **grant_fields(),
         }
         if is_openid_scope(request.scope):
             record["nonce"] = payload.get("nonce")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _IntrospectionEndpoint
 
+from ..quotas.web import introspection_member
 from .rfc7009 import TokenRequest
 
 
@@ -29,4 +30,5 @@ class IntrospectionEndpoint(TokenRequest, _IntrospectionEndpoint):
             client = self.server.clients.get(token.client_id)
             payload["sub"] = self.server.id_tokens.subject(client, token.user_id)
             payload["username"] = record.get("user_name")
+            payload.update(introspection_member(client, record))
         return {k: v for k, v in payload.items() if v is not None}

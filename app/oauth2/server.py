@@ -10,6 +10,7 @@ from flask import request as flask_request
 
 from ..audit import audit
 from ..oidc.signin import facts_of
+from ..quotas.choice import grant_fields
 from ..secrets_hash import new_secret
 from . import client_auth
 from .grant_store import new_grant_id
@@ -68,6 +69,7 @@ class OAuth2Server(AuthorizationServer):
         source = request.authorization_code or request.refresh_token
         if source is not None:
             fields.update(facts_of(source.record))
+        fields.update(grant_fields(source.record if source is not None else None))
         return fields
 
     def generate_bearer_token(

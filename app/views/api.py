@@ -10,6 +10,7 @@ from ..cors import any_origin
 from ..limits import api_limit
 from ..oauth2 import rfc6750
 from ..oauth2.accept import find_access
+from ..quotas.web import spend
 from .common import state
 
 bp = Blueprint("api", __name__)
@@ -53,7 +54,10 @@ def call(name: str):
         )
     if not token.user_id:
         return _fail(403, "this function acts for a user; use a user's token")
-    return _proxy(route.called_with(request.method), token)
+    client = state().clients.get(token.client_id)
+    return spend(
+        client, token.record, name, lambda: _proxy(route.called_with(request.method), token)
+    )
 
 
 def _proxy(route, token) -> Response:

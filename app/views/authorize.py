@@ -20,6 +20,7 @@ from ..oauth2.server import query_params
 from ..oidc import prompt
 from ..oidc.consent import OPENID, Consents, code_scopes, describe, must_ask
 from ..pages import render_error, render_page
+from ..quotas import choice as quota_choice
 from ..secrets_hash import new_secret, token_digest
 from ..sessions import SIGNED_IN_AT
 from .common import oauth, state
@@ -82,6 +83,7 @@ def authorize():
     remembered = _remembered(client.get_client_id(), requested)
     if not must_ask(client, requested, remembered, asked.consent):
         why = {"skip_consent": True} if client.skip_consent else {"remembered": True}
+        quota_choice.recall(state(), client, current_user.id)
         return _issue(grant, current_user._get_current_object(), **why)
     if asked.silent:
         return _silent(ConsentRequiredError, grant)
@@ -146,6 +148,7 @@ def _dialog(grant, transaction_id: str, remembered: set[str]):
         transaction_id=transaction_id,
         scope=scope,
         redirect_host=urlsplit(grant.redirect_uri).netloc,
+        quota=quota_choice.dialog_field(state(), grant.client, current_user.id),
     )
 
 
@@ -158,12 +161,18 @@ def decide():
         scope = _code_scope(txn, _narrowed(txn["scope"], request.form.get("scope")))
         params = dict(txn["params"], scope=[scope])
         grant = oauth().get_consent_grant(request=params, end_user=current_user)
+        chosen = quota_choice.read(grant.client, request.form)
     except OAuth2Error as error:
         return _error(error)  # a refused answer leaves the transaction as it was
+    except quota_choice.QuotaChoiceError as error:
+        return render_error(
+            400, "Please check the number of calls", f"{error} Go back and try again."
+        )
     if state().storage.session.take(key) is None:
         return _expired()  # single use: another answer took it meanwhile
     if "allow" not in request.form or "cancel" in request.form:
         return _issue(grant, None)
+    quota_choice.keep(state(), grant.client, current_user.id, chosen)
     if OPENID in (scope_to_list(txn["scope"]) or []):
         consents = Consents.of(state())
         consents.remember(current_user.id, grant.client.get_client_id(), scope_to_list(scope))

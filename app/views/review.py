@@ -17,6 +17,7 @@ from flask_login import current_user, login_required
 from ..audit import audit
 from ..oidc.consent import Consents, describe
 from ..pages import render_error, render_page
+from ..quotas.choice import review_line
 from .common import state
 
 bp = Blueprint("review", __name__)
@@ -73,6 +74,7 @@ def _grants() -> list[dict]:
                 "granted_at": time.strftime("%d %b %Y, %H:%M UTC", time.gmtime(min(times))),
                 "count": len(grants),
                 "remembered": bool(consent),
+                "quota": review_line(client, current_user.id, grants),
             }
         )
     return sorted(rows, key=lambda row: row["client_name"].lower())
