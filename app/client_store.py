@@ -32,6 +32,7 @@ from .client_metadata import (
     complete,
     file_entry,
     is_public,
+    stored_client_problem,
 )
 from .clients import (
     ADMIN_SCOPE,
@@ -179,6 +180,7 @@ class ClientStore:
             "created_at": now,
         }
         self._build(client_id, meta, record)  # refuses bad metadata before anything is written
+        self._check_stored(meta)
         if self.table.incr(CLAIM + client_id, ttl=0) != 1:
             raise ClientConflict(f"client_id {client_id!r} is taken")
         return self._write(record), secret
@@ -196,7 +198,15 @@ class ClientStore:
             raise ClientMetadataError("disabled: expected true or false")
         updated = {**record, "metadata": meta, "disabled": disabled}
         self._build(record["client_id"], meta, updated)
+        self._check_stored(meta)
         return self._write(updated)
+
+    def _check_stored(self, meta: dict[str, Any]) -> None:
+        """Refuse what only the clients file may hold (on writes only: a record stored
+        before a rule existed still loads)."""
+        problem = stored_client_problem(meta, self.production)
+        if problem:
+            raise ClientMetadataError(problem)
 
     def set_disabled(self, record: dict[str, Any], disabled: bool) -> dict[str, Any]:
         return self._write({**record, "disabled": disabled})
