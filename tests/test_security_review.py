@@ -12,7 +12,9 @@ import pytest
 from app.client_metadata import ClientMetadataError
 from app.client_store import ClientStore
 from app.oidc.backchannel import _resolves_publicly
-from tests.conftest import bearer, login
+from app.oidc.consent import Consents
+from tests.conftest import basic, bearer, login
+from tests.factories import make_token
 from tests.oidc.logout_helpers import AFTER, give, id_token, session_of
 
 ADMIN = "/admin/clients"
@@ -130,3 +132,55 @@ def test_in_production_a_stored_clients_back_channel_may_not_aim_inside(state, u
 )
 def test_a_back_channel_address_is_public_only_if_every_address_is(uri, public):
     assert _resolves_publicly(uri) is public
+
+
+def test_a_new_client_on_a_former_file_clients_id_inherits_nothing(client, state):
+    """A client removed from the clients file leaves its tokens and its users' remembered
+    consent in storage (they stop working while no client has the id). A client made
+    over the admin API with that id, perhaps by another party, revived both: the old
+    partner's tokens worked again, and the new client got codes without asking."""
+    token = make_token(state, client_id="sp-demo", scope="read-only")
+    user_id = state.grants.find_access(token["access_token"]).user_id
+    consents = Consents.of(state)
+    consents.remember(user_id, "sp-demo", ["openid", "read-only"])
+    state.clients._clients.pop("sp-demo")  # the operator removed it from the file
+    assert client.get("/api/profile", headers=bearer(token["access_token"])).status_code == 401
+
+    body = {"client_id": "sp-demo", "redirect_uris": ["https://new.example/cb"]}
+    assert client.post(ADMIN, json=body, headers=_admin(client)).status_code == 201
+    assert client.get("/api/profile", headers=bearer(token["access_token"])).status_code == 401
+    assert (
+        client.post(
+            "/token",
+            data={"grant_type": "refresh_token", "refresh_token": token["refresh_token"]},
+            headers=basic("sp-demo", "x"),
+        ).status_code
+        == 401
+    )
+    assert state.grants.find_refresh(token["refresh_token"]) is None
+    assert consents.granted(user_id, "sp-demo") == set()
+
+
+def test_the_admin_api_cannot_grant_skip_consent(client, state):
+    """Mass assignment: ``skip_consent`` over the admin API turned an admin token into a
+    client that receives any signed-in user's code without a consent page."""
+    body = {"client_name": "Silent", "redirect_uris": ["https://evil.example/cb"]}
+    refused = client.post(ADMIN, json={**body, "skip_consent": True}, headers=_admin(client))
+    assert refused.status_code == 400
+    assert "skip_consent" in refused.get_json()["error_description"]
+    assert state.clients.store.records() == []
+    made = client.post(ADMIN, json=body, headers=_admin(client)).get_json()
+    path = f"{ADMIN}/{made['client_id']}"
+    for method in ("PATCH", "PUT"):
+        response = client.open(
+            path, method=method, json={**body, "skip_consent": True}, headers=_admin(client)
+        )
+        assert response.status_code == 400, method
+    assert state.clients.get(made["client_id"]).skip_consent is False
+    # a client the operator marked (CLI) keeps it through an unrelated change
+    record = state.clients.store.record(made["client_id"])
+    state.clients.store.update(record, {**record["metadata"], "skip_consent": True})
+    kept = client.patch(
+        path, json={"skip_consent": True, "client_name": "X"}, headers=_admin(client)
+    )
+    assert kept.status_code == 200 and kept.get_json()["skip_consent"] is True
