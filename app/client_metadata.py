@@ -70,6 +70,11 @@ CLIENT_ID = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 #: ``clients add`` give refresh tokens with it, and so do we.
 DEFAULT_GRANTS = ["authorization_code", "refresh_token"]
 MAX_TEXT = 2000
+#: Characters that reorder the text around them: "\u202elapyap" shows as "paypal" on the
+#: consent page (Unicode TR 9; CVE-2021-42574's "Trojan Source").
+BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
 
 
 def is_public(meta: dict[str, Any]) -> bool:
@@ -195,7 +200,7 @@ def complete(fields: dict[str, Any], user_scopes: list[str]) -> dict[str, Any]:
 def _text(name: str, value: Any, url: bool = False) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_TEXT:
         raise ClientMetadataError(f"{name}: expected a non-empty string")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if any(ord(c) < 32 or ord(c) == 127 or c in BIDI_CONTROLS for c in value):
         raise ClientMetadataError(f"{name}: control characters are not allowed")
     if url and not _web_url(value):
         raise ClientMetadataError(f"{name}: expected an http or https URL")

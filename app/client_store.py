@@ -176,6 +176,8 @@ class ClientStore:
         party's, inherits neither the old one's tokens nor its users' consent."""
         if client_id is not None and (problem := client_id_problem(client_id)):
             raise ClientMetadataError(problem)
+        if not isinstance(fields_.get("disabled", False), bool):
+            raise ClientMetadataError("disabled: expected true or false")
         chosen = client_id is not None
         client_id = client_id or new_secret(12)
         meta = complete(fields_, self.user_scopes)

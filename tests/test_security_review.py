@@ -184,3 +184,20 @@ def test_the_admin_api_cannot_grant_skip_consent(client, state):
         path, json={"skip_consent": True, "client_name": "X"}, headers=_admin(client)
     )
     assert kept.status_code == 200 and kept.get_json()["skip_consent"] is True
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"client_name": "\u202elapyaP"},  # shows as "Paypal" on the consent page
+        {"client_name": "Shop \u2066x\u2069"},
+        {"disabled": "no"},  # was read as true
+        {"disabled": 0},
+    ],
+)
+def test_names_that_reorder_text_and_non_boolean_switches_are_refused(client, state, body):
+    full = {"client_name": "Partner", "redirect_uris": ["https://rp.example/cb"], **body}
+    response = client.post(ADMIN, json=full, headers=_admin(client))
+    assert response.status_code == 400, response.get_json()
+    assert response.get_json()["error"] == "invalid_client_metadata"
+    assert state.clients.store.records() == []
