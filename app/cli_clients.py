@@ -97,7 +97,9 @@ def add_to_store(args: argparse.Namespace) -> int:
             fields = read_body(_metadata(args))
             if args.client_id and state.clients.file_client(args.client_id):
                 raise ClientConflict(f"client_id {args.client_id!r} is taken by the clients file")
-            record, secret = _store(state).create(fields, args.client_id)
+            record, secret = _store(state).create(
+                fields, args.client_id, state.storage, state.grants.revoke_grant
+            )
         except (ClientMetadataError, ClientConflict) as error:
             return _refused(error)
         audit("admin_client_created", actor=ACTOR, client_id=record["client_id"])

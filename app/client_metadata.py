@@ -10,6 +10,7 @@ then checks like any other client (redirect URIs, scopes, IP allowlist...).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any
 from urllib.parse import urlsplit
@@ -71,6 +72,11 @@ CLIENT_ID = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 #: ``clients add`` give refresh tokens with it, and so do we.
 DEFAULT_GRANTS = ["authorization_code", "refresh_token"]
 MAX_TEXT = 2000
+#: Characters that reorder the text around them: "\u202elapyap" shows as "paypal" on the
+#: consent page (Unicode TR 9; CVE-2021-42574's "Trojan Source").
+BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
 
 
 def is_public(meta: dict[str, Any]) -> bool:
@@ -196,7 +202,7 @@ def complete(fields: dict[str, Any], user_scopes: list[str]) -> dict[str, Any]:
 def _text(name: str, value: Any, url: bool = False) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_TEXT:
         raise ClientMetadataError(f"{name}: expected a non-empty string")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if any(ord(c) < 32 or ord(c) == 127 or c in BIDI_CONTROLS for c in value):
         raise ClientMetadataError(f"{name}: control characters are not allowed")
     if url and not _web_url(value):
         raise ClientMetadataError(f"{name}: expected an http or https URL")
@@ -252,6 +258,52 @@ def _scope(value: Any, user_scopes: list[str]) -> str:
     if unknown:
         raise ClientMetadataError(f"scope: unknown scope(s) {', '.join(unknown)}")
     return " ".join(scopes)
+
+
+def internal_host(host: str | None) -> bool:
+    """Whether ``host`` names this machine or a non-public network by itself: ``localhost``
+    or an IP literal that is not globally routable (loopback, private, link-local...)."""
+    host = (host or "").lower().rstrip(".")
+    if not host or host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return not ipaddress.ip_address(host.strip("[]")).is_global
+    except ValueError:
+        return False  # a name: checked again where it resolves, at delivery
+
+
+def stored_client_problem(meta: dict[str, Any], production: bool) -> str | None:
+    """What a client kept in storage (the admin API, ``clients add --store``) may not
+    have, beyond what the clients file may: the file is the operator's trusted
+    configuration, the ``clients`` table is data written over an API.
+
+    * ``sector_identifier_uri`` (not fetched) must be the host of every redirect URI or a
+      parent domain of it: otherwise a client could name another partner's sector and
+      receive that partner's pairwise ``sub`` values.
+    * In production, ``backchannel_logout_uri`` must not name this machine or a private
+      network (the server would POST to it: a request forgery into the operator's net).
+    """
+    sector_uri = meta.get("sector_identifier_uri")
+    if isinstance(sector_uri, str):
+        sector = (urlsplit(sector_uri).hostname or "").lower()
+        for uri in meta.get("redirect_uris") or []:
+            host = (urlsplit(uri).hostname or "").lower() if uri != "*" else ""
+            if not sector or not (host == sector or host.endswith("." + sector)):
+                return (
+                    f"sector_identifier_uri: its host {sector!r} must be the host of each "
+                    f"redirect URI or a parent domain of it (not of {uri!r})"
+                )
+    backchannel = meta.get("backchannel_logout_uri")
+    if (
+        production
+        and isinstance(backchannel, str)
+        and internal_host(urlsplit(backchannel).hostname)
+    ):
+        return (
+            f"backchannel_logout_uri: {backchannel!r} names this machine or a private "
+            "network; a client of the clients file may, a stored one may not"
+        )
+    return None
 
 
 def client_id_problem(value: Any) -> str | None:

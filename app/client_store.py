@@ -32,6 +32,7 @@ from .client_metadata import (
     complete,
     file_entry,
     is_public,
+    stored_client_problem,
 )
 from .clients import (
     ADMIN_SCOPE,
@@ -161,11 +162,23 @@ class ClientStore:
 
     # -- writes ---------------------------------------------------------------------------
     def create(
-        self, fields_: dict[str, Any], client_id: str | None = None
+        self,
+        fields_: dict[str, Any],
+        client_id: str | None = None,
+        storage: Storage | None = None,
+        revoke_grant: Any = None,
     ) -> tuple[dict[str, Any], str | None]:
-        """Store a new client; return its record and its secret (None for a public one)."""
+        """Store a new client; return its record and its secret (None for a public one).
+
+        With ``storage`` and ``revoke_grant``, a chosen ``client_id`` starts clean: tokens,
+        codes and remembered consent still kept under that id (a client removed from the
+        clients file leaves them) are revoked first, so the new client, perhaps another
+        party's, inherits neither the old one's tokens nor its users' consent."""
         if client_id is not None and (problem := client_id_problem(client_id)):
             raise ClientMetadataError(problem)
+        if not isinstance(fields_.get("disabled", False), bool):
+            raise ClientMetadataError("disabled: expected true or false")
+        chosen = client_id is not None
         client_id = client_id or new_secret(12)
         meta = complete(fields_, self.user_scopes)
         secret = None if is_public(meta) else new_secret(32)
@@ -179,8 +192,11 @@ class ClientStore:
             "created_at": now,
         }
         self._build(client_id, meta, record)  # refuses bad metadata before anything is written
+        self._check_stored(meta)
         if self.table.incr(CLAIM + client_id, ttl=0) != 1:
             raise ClientConflict(f"client_id {client_id!r} is taken")
+        if chosen and storage is not None:
+            self._purge(client_id, storage, revoke_grant)
         return self._write(record), secret
 
     def update(self, record: dict[str, Any], fields_: dict[str, Any]) -> dict[str, Any]:
@@ -196,7 +212,15 @@ class ClientStore:
             raise ClientMetadataError("disabled: expected true or false")
         updated = {**record, "metadata": meta, "disabled": disabled}
         self._build(record["client_id"], meta, updated)
+        self._check_stored(meta)
         return self._write(updated)
+
+    def _check_stored(self, meta: dict[str, Any]) -> None:
+        """Refuse what only the clients file may hold (on writes only: a record stored
+        before a rule existed still loads)."""
+        problem = stored_client_problem(meta, self.production)
+        if problem:
+            raise ClientMetadataError(problem)
 
     def set_disabled(self, record: dict[str, Any], disabled: bool) -> dict[str, Any]:
         return self._write({**record, "disabled": disabled})
@@ -228,15 +252,22 @@ class ClientStore:
         if record is None:
             return None
         self.set_disabled(record, True)
+        revoked = self._purge(client_id, storage, revoke_grant)
+        self.table.delete(client_id)
+        self.table.delete(CLAIM + client_id)
+        self._built.pop(client_id, None)
+        return revoked
+
+    @staticmethod
+    def _purge(client_id: str, storage: Storage, revoke_grant: Any) -> int:
+        """Revoke every code and token of ``client_id`` and forget every consent to it;
+        return how many tokens were live."""
         revoked = 0
         for table in (storage.tokens, storage.refresh_tokens, storage.codes):
             grant_ids = {r.get("grant_id") for r in table.list_by_client(client_id)}
             revoked += sum(revoke_grant(g) for g in grant_ids if g)
         for consent in storage.consents.list_by_client(client_id):
             storage.consents.delete(consent["key"])
-        self.table.delete(client_id)
-        self.table.delete(CLAIM + client_id)
-        self._built.pop(client_id, None)
         return revoked
 
     def _write(self, record: dict[str, Any]) -> dict[str, Any]:

@@ -23,9 +23,11 @@ queued or being retried are lost if the worker process stops (restart, crash, sc
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -100,6 +102,7 @@ class BackchannelSender:
         queue_size: int = QUEUE_SIZE,
         workers: int = WORKERS,
         idle: float = IDLE_SECONDS,
+        public_only: bool = False,
     ) -> None:
         self.app = app
         self.timeout = timeout
@@ -112,6 +115,8 @@ class BackchannelSender:
         self._threads: list[threading.Thread] = []
         self._pid = os.getpid()
         self._http = urllib3.PoolManager(num_pools=16, maxsize=workers)
+        #: Production: a stored client's URI must resolve to public addresses only.
+        self.public_only = public_only
 
     # -- the request side -------------------------------------------------------------
     def send(self, notices: list[Notice]) -> None:
@@ -169,6 +174,9 @@ class BackchannelSender:
         if urlsplit(uri).scheme not in ("http", "https"):
             audit("backchannel_failed", client_id=notice.client_id, reason="not an http(s) URI")
             return
+        if self.public_only and _stored(client) and not _resolves_publicly(uri):
+            audit("backchannel_failed", client_id=notice.client_id, reason="not public")
+            return
         alg = client.id_token_signed_response_alg or state.settings.oidc.default_alg
         token = logout_token(
             client,
@@ -215,10 +223,37 @@ class BackchannelSender:
 
 def init_app(app: Flask) -> None:
     """Give ``app`` its sender (threads start only when a sign-out queues a notice)."""
-    oidc = app.extensions["oauth2"].settings.oidc
+    settings = app.extensions["oauth2"].settings
+    oidc = settings.oidc
     app.extensions[EXTENSION] = BackchannelSender(
-        app, timeout=oidc.backchannel_timeout, retries=oidc.backchannel_retries
+        app,
+        timeout=oidc.backchannel_timeout,
+        retries=oidc.backchannel_retries,
+        public_only=settings.env == "production",
     )
+
+
+def _stored(client) -> bool:
+    """Whether ``client`` lives in the ``clients`` table (not the operator's file)."""
+    from ..client_store import StoredClient
+
+    return isinstance(client, StoredClient)
+
+
+def _resolves_publicly(uri: str) -> bool:
+    """Whether every address ``uri``'s host resolves to is globally routable (a stored
+    client, made over the admin API, must not aim the server at its own network).
+
+    A name that resolves differently between this check and the connection (DNS
+    rebinding) is not covered; the registration check refuses literal addresses."""
+    parts = urlsplit(uri)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        found = socket.getaddrinfo(parts.hostname or "", port, proto=socket.IPPROTO_TCP)
+    except (OSError, ValueError, UnicodeError):
+        return False
+    addresses = {str(info[4][0]).split("%")[0] for info in found}
+    return bool(addresses) and all(ipaddress.ip_address(a).is_global for a in addresses)
 
 
 def sender() -> BackchannelSender:

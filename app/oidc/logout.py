@@ -100,6 +100,18 @@ class EndSession(EndSessionEndpoint):
             raise InvalidRequestError("The id_token_hint was not issued by this server.")
         return claims
 
+    def resolve_client_from_id_token_claims(self, id_token_claims: dict):
+        """The hint's client: its ``aud`` (a string, or the one-member list our ID Tokens
+        carry), else its ``azp`` when that is one of its audiences."""
+        aud = id_token_claims.get("aud")
+        audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+        azp = id_token_claims.get("azp")
+        if len(audiences) == 1 and isinstance(audiences[0], str):
+            return self.server.query_client(audiences[0])
+        if isinstance(azp, str) and azp in audiences:
+            return self.server.query_client(azp)
+        return None
+
     def _is_valid_post_logout_redirect_uri(self, client, post_logout_redirect_uri: str) -> bool:
         return post_logout_redirect_uri in client.post_logout_redirect_uris
 

@@ -120,11 +120,13 @@ def list_clients() -> Response:
 
 @bp.post(ADMIN_CLIENTS)
 def create_client() -> Response:
-    fields = read_body(_json())
+    fields = _no_new_skip_consent(read_body(_json()))
     client_id = fields.pop("client_id", None)
     if client_id is not None and state().clients.file_client(str(client_id)):
         raise ClientConflict(f"client_id {client_id!r} is taken by the clients file")
-    record, secret = _store().create(fields, client_id)
+    record, secret = _store().create(
+        fields, client_id, state().storage, state().grants.revoke_grant
+    )
     audit("admin_client_created", actor=g.admin_actor, client_id=record["client_id"])
     body = describe(record)
     if secret is not None:
@@ -147,6 +149,7 @@ def show_client(client_id: str) -> Response:
 def replace_client(client_id: str) -> Response:
     record = _editable_record(client_id)
     fields = _same_id(client_id, read_body(_json(), record["metadata"]))
+    _no_new_skip_consent(fields, record["metadata"])
     updated = _store().update(record, fields)
     audit("admin_client_replaced", actor=g.admin_actor, client_id=client_id)
     return _answer(describe(updated))
@@ -157,6 +160,7 @@ def patch_client(client_id: str) -> Response:
     """RFC 7396 JSON merge patch: the fields given replace, ``null`` removes."""
     record = _editable_record(client_id)
     patch = _same_id(client_id, read_body(_json(), record["metadata"], allow_null=True))
+    _no_new_skip_consent(patch, record["metadata"])
     merged = editable(record)
     for name, value in patch.items():
         if value is None:
@@ -221,6 +225,21 @@ def _editable_record(client_id: str) -> dict[str, Any]:
             "edit the file and reload the server (SIGHUP)",
         )
     return _record(client_id)
+
+
+def _no_new_skip_consent(
+    fields: dict[str, Any], current: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``skip_consent`` (no consent page, ever) is not granted over the API: an admin
+    token would otherwise make a client that takes any signed-in user's data silently
+    (``prompt=none``). The operator marks first-party clients in the clients file or with
+    the CLI; a client that has it may keep it here."""
+    if fields.get("skip_consent") is True and not (current or {}).get("skip_consent"):
+        raise ClientMetadataError(
+            "skip_consent: first-party clients are marked in the clients file or with "
+            "`oauth2-server clients`, not over the admin API"
+        )
+    return fields
 
 
 def _same_id(client_id: str, fields: dict[str, Any]) -> dict[str, Any]:

@@ -248,3 +248,22 @@ def test_logout_token_claims_without_a_session_id(app):
     header, claims = verified(app, token)
     assert "sid" not in claims and claims["sub"] == "u1" and claims["aud"] == "test"
     assert claims["iss"] == "https://op"
+
+
+def test_in_production_a_stored_clients_uri_must_resolve_to_a_public_address(
+    app, browser, receiver
+):
+    """A stored client (admin API) naming a host that resolves inside the network is not
+    sent anything (a request forgery); the operator's file clients are trusted."""
+    state = app.extensions["oauth2"]
+    record, _ = state.clients.store.create(
+        {"redirect_uris": ["https://rp.example/cb"], "backchannel_logout_uri": receiver.url}
+    )
+    note(browser, record["client_id"])
+    give(app, "reader", backchannel_logout_uri=None)
+    sender(app).public_only = True  # as in production
+    sign_out(browser)
+    assert sender(app).wait_idle(WAIT)
+    assert [verified(app, t)[1]["aud"] for t in receiver.tokens()] == ["test"]
+    [failure] = audited(app, "backchannel_failed")
+    assert (failure["client_id"], failure["reason"]) == (record["client_id"], "not public")
