@@ -74,7 +74,7 @@ def _build_state(settings: Settings, clients: ClientRegistry | None = None) -> S
     clients = clients.with_store(
         ClientStore(
             storage.clients,
-            list(adapter.scopes),
+            known_scopes(adapter.scopes),  # the adapter's, then OpenID Connect's
             allow_wildcard=settings.client_credentials.allow_wildcard_redirects,
             production=settings.env == "production",
             overlap=settings.admin.secret_overlap,

@@ -248,7 +248,8 @@ def test_put_replaces_and_patch_merges(admin):
     replaced = admin("PUT", path, json={"redirect_uris": ["https://new.example/cb"]}).get_json()
     assert "client_name" not in replaced  # replaced, not merged
     assert replaced["redirect_uris"] == ["https://new.example/cb"]
-    assert replaced["scope"] == "read-only read-write"  # the default again
+    # The default again: every user scope, the adapter's then OpenID Connect's (as the file's).
+    assert replaced["scope"].split()[:3] == ["read-only", "read-write", "openid"]
     assert admin("GET", path).get_json() == replaced
 
 
@@ -389,3 +390,17 @@ def test_every_call_is_audited_with_the_acting_client(admin, state):
     ]
     assert {e["actor"] for e in events} == {"admin"}
     assert all(made["client_secret"] not in json.dumps(e) for e in events)
+
+
+def test_a_client_made_through_the_api_may_use_openid_connect(admin):
+    """Clients as data share the file's scopes: the adapter's, then OpenID Connect's."""
+    made = admin(
+        "POST",
+        json={
+            "client_name": "OIDC partner",
+            "redirect_uris": ["https://rp.example/cb"],
+            "scope": "openid profile email",
+        },
+    )
+    assert made.status_code == 201, made.get_json()
+    assert made.get_json()["scope"] == "openid profile email"
