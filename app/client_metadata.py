@@ -14,6 +14,7 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
+from .client_policy import POLICY_FIELDS
 from .clients import ADMIN_SCOPE, RESPONSE_TYPE_GRANTS, normal_response_type
 from .oauth2.client_auth import METHODS
 from .settings import GRANT_TYPES
@@ -48,6 +49,7 @@ FIELDS = (
     "scope",
     "ip_allowlist",
     "rate_limit",
+    *POLICY_FIELDS,
     *OIDC_FIELDS,
 )
 #: Fields the server sets; a body may carry them back (from a GET) and they are ignored.
@@ -180,7 +182,7 @@ def complete(fields: dict[str, Any], user_scopes: list[str]) -> dict[str, Any]:
     meta["scope"] = _scope(fields.get("scope"), user_scopes)
     if fields.get("rate_limit") is not None:
         meta["rate_limit"] = _text("rate_limit", fields["rate_limit"])
-    for name in OIDC_FIELDS:  # OpenID Connect's: parse_client checks them as the file's
+    for name in (*POLICY_FIELDS, *OIDC_FIELDS):  # parse_client checks them as the file's
         if fields.get(name) is not None:
             meta[name] = fields[name]
     if meta["response_types"] and not meta.get("redirect_uris"):
@@ -269,7 +271,14 @@ def file_entry(client_id: str, meta: dict[str, Any], secret_hash: str | None) ->
         "public": is_public(meta),
         "ip_allowlist": meta.get("ip_allowlist", []),
     }
-    for name in ("rate_limit", "response_types", "token_endpoint_auth_method", *OIDC_FIELDS):
+    for name in (
+        "rate_limit",
+        "response_types",
+        "token_endpoint_auth_method",
+        *URL_FIELDS,
+        *POLICY_FIELDS,
+        *OIDC_FIELDS,
+    ):
         if name in meta:
             entry[name] = meta[name]
     if secret_hash:

@@ -33,6 +33,7 @@ from .client_metadata import (
     file_entry,
     is_public,
 )
+from .client_policy import LINK_FIELDS, POLICY_FIELDS
 from .clients import (
     ADMIN_SCOPE,
     RESPONSE_TYPE_GRANTS,
@@ -290,6 +291,9 @@ def describe_file(client: Client) -> dict[str, Any]:
         meta["ip_allowlist"] = list(client.ip_allowlist)
     if client.rate_limit:
         meta["rate_limit"] = client.rate_limit
+    for name in (*LINK_FIELDS, *POLICY_FIELDS):
+        if getattr(client, name) is not None:
+            meta[name] = getattr(client, name)
     out = _shown(client.client_id, meta)
     out.update(source="file", read_only=True, disabled=False)
     return out

@@ -151,9 +151,9 @@ def consent(client, url: str, allow: bool = True):
     consent): that answer is returned when ``allow``.
     """
     page = client.get(url)
-    if allow and page.status_code == 302 and "scope=openid" in url.replace("%20", "+"):
-        if not page.headers["Location"].startswith("/login"):
-            return page
+    openid = allow and "scope=openid" in url.replace("%20", "+")
+    if openid and page.status_code == 302 and not page.headers["Location"].startswith("/login"):
+        return page
     assert page.status_code == 200, page.get_data(as_text=True)
     html = page.get_data(as_text=True)
     form = {
