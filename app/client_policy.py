@@ -106,3 +106,17 @@ def image_origin(uri: str) -> str:
 def allows_function(allowlist: list[str] | None, name: str) -> bool:
     """Whether a client with ``allowlist`` may call the ``/api`` function ``name``."""
     return allowlist is None or name.strip("/") in allowlist
+
+
+def consent_links(client) -> list[tuple[str, str]]:
+    """The consent page's links: (text naming the client, URL) for each link it has."""
+    kinds = (
+        ("client_uri", "website"),
+        ("policy_uri", "privacy policy"),
+        ("tos_uri", "terms of service"),
+    )
+    return [
+        (f"{client.name}'s {text}", getattr(client, name))
+        for name, text in kinds
+        if getattr(client, name, None) and web_url(getattr(client, name))
+    ]

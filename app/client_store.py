@@ -157,6 +157,8 @@ class ClientStore:
         if problem:
             raise ClientMetadataError(problem)
         client.token_endpoint_auth_method = meta["token_endpoint_auth_method"]
+        if record.get("source") == "registration":
+            client.logo_uri = None  # registered by a third party: never loaded on our pages
         values = {f.name: getattr(client, f.name) for f in fields(Client)}
         return StoredClient(**values, secrets=secrets, disabled=bool(record.get("disabled")))
 
