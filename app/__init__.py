@@ -151,12 +151,26 @@ def _load_user(user_id: str):
 
 
 def _register_blueprints(app: Flask) -> None:
-    from .views import admin, api, auth, authorize, docs, logout, oidc, review, token, wellknown
+    from .views import (
+        admin,
+        api,
+        auth,
+        authorize,
+        docs,
+        logout,
+        oidc,
+        register,
+        review,
+        token,
+        wellknown,
+    )
 
-    for module in (auth, logout, authorize, token, review, api, admin, wellknown, docs, oidc):
+    views = (auth, logout, authorize, token, review, api, admin, wellknown, docs, oidc, register)
+    for module in views:
         app.register_blueprint(module.bp)
     csrf.exempt(token.bp)
     csrf.exempt(api.bp)
     csrf.exempt(oidc.bp)
     csrf.exempt(logout.bp)  # partners' logout requests carry no token; it checks ours itself
     csrf.exempt(admin.bp)  # bearer-authenticated JSON: no cookie, so no cross-site forgery
+    csrf.exempt(register.bp)  # the same

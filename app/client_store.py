@@ -162,11 +162,26 @@ class ClientStore:
         values = {f.name: getattr(client, f.name) for f in fields(Client)}
         return StoredClient(**values, secrets=secrets, disabled=bool(record.get("disabled")))
 
+    def check(self, fields_: dict[str, Any]) -> None:
+        """Refuse (ClientMetadataError) what :meth:`create` would refuse; write nothing."""
+        meta = complete(fields_, self.user_scopes)
+        placeholder = [] if is_public(meta) else [{"hash": hash_random_secret("-")}]
+        self._build("checked", meta, {"secrets": placeholder})
+
     # -- writes ---------------------------------------------------------------------------
     def create(
-        self, fields_: dict[str, Any], client_id: str | None = None
+        self,
+        fields_: dict[str, Any],
+        client_id: str | None = None,
+        *,
+        source: str = "api",
+        extra: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Any], str | None]:
-        """Store a new client; return its record and its secret (None for a public one)."""
+        """Store a new client; return its record and its secret (None for a public one).
+
+        ``source``: ``api`` (admin API, CLI) or ``registration`` (RFC 7591); ``extra``:
+        more fields of the record (the registration access token's hash).
+        """
         if client_id is not None and (problem := client_id_problem(client_id)):
             raise ClientMetadataError(problem)
         client_id = client_id or new_secret(12)
@@ -178,15 +193,18 @@ class ClientStore:
             "metadata": meta,
             "secrets": [] if secret is None else [{"hash": hash_random_secret(secret)}],
             "disabled": bool(fields_.get("disabled", False)),
-            "source": "api",
+            "source": source,
             "created_at": now,
+            **(extra or {}),
         }
         self._build(client_id, meta, record)  # refuses bad metadata before anything is written
         if self.table.incr(CLAIM + client_id, ttl=0) != 1:
             raise ClientConflict(f"client_id {client_id!r} is taken")
         return self._write(record), secret
 
-    def update(self, record: dict[str, Any], fields_: dict[str, Any]) -> dict[str, Any]:
+    def update(
+        self, record: dict[str, Any], fields_: dict[str, Any], extra: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Replace the metadata (and the ``disabled`` switch, if given) with ``fields_``."""
         meta = complete(fields_, self.user_scopes)
         if is_public(meta) != is_public(record["metadata"]):
@@ -197,7 +215,7 @@ class ClientStore:
         disabled = fields_.get("disabled", record.get("disabled", False))
         if not isinstance(disabled, bool):
             raise ClientMetadataError("disabled: expected true or false")
-        updated = {**record, "metadata": meta, "disabled": disabled}
+        updated = {**record, "metadata": meta, "disabled": disabled, **(extra or {})}
         self._build(record["client_id"], meta, updated)
         return self._write(updated)
 
@@ -261,7 +279,7 @@ def describe(record: dict[str, Any]) -> dict[str, Any]:
     ]
     out = _shown(record["client_id"], meta)
     out.update(
-        source="api",
+        source=record.get("source", "api"),
         read_only=False,
         disabled=bool(record.get("disabled")),
         created_at=int(record.get("created_at", 0)),

@@ -235,6 +235,27 @@ class Admin(Section):
     secret_overlap: Annotated[int, Field(ge=0, le=2592000)] = 86400
 
 
+def _secret_hash(value: str | None) -> str | None:
+    from .secrets_hash import known_scheme
+
+    if value is not None and not known_scheme(value):
+        raise ValueError("expected a hash like sha256$<hex> (see README 'Dynamic registration')")
+    return value
+
+
+class Registration(Section):
+    """Dynamic client registration (RFC 7591) and its management (RFC 7592): off by default."""
+
+    enabled: bool = False
+    #: The hash (``sha256$<hex>``) of an initial access token the operator hands out;
+    #: the admin API issues single-use ones too (``POST /admin/registration-tokens``).
+    initial_access_token_hash: Annotated[str | None, AfterValidator(_secret_hash)] = Field(
+        default=None, repr=False
+    )
+    #: Default lifetime of an initial access token the admin API issues.
+    initial_token_ttl: Annotated[int, Field(ge=60, le=2592000)] = 86400
+
+
 class Config(Section):
     """The whole configuration, one section per attribute."""
 
@@ -247,6 +268,7 @@ class Config(Section):
     audit: Audit = Audit()
     oidc: OIDC = OIDC()
     admin: Admin = Admin()
+    registration: Registration = Registration()
 
 
 def defaults_document() -> dict[str, Any]:
