@@ -14,7 +14,7 @@ from flask_wtf.csrf import CSRFProtect
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import limits
+from . import admin_listener, limits
 from .adapters import ResourceServer, load_adapter
 from .client_store import ClientStore
 from .clients import ClientRegistry
@@ -115,6 +115,8 @@ def create_app(
     if settings.auth.trusted_proxies:
         hops = settings.auth.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
+    if settings.admin.listen:
+        app.wsgi_app = admin_listener.mark(app.wsgi_app, settings.admin.listen)  # type: ignore[method-assign]
     app.before_request(_limit_streamed_body)
     _init_extensions(app, state)
     _register_blueprints(app)

@@ -16,6 +16,7 @@ from typing import Any
 from authlib.oauth2.rfc6749.util import scope_to_list
 from flask import Blueprint, Response, g, jsonify, request
 
+from ..admin_listener import on_admin_listener
 from ..audit import audit
 from ..client_metadata import ClientMetadataError, read_body
 from ..client_store import (
@@ -67,6 +68,8 @@ def _conflict(exc: ClientConflict) -> Response:
 @bp.before_request
 def _authenticate() -> Response | None:
     """RFC 6750 §3.1: no token 401 (no error code), a bad one 401, too weak a one 403."""
+    if state().settings.admin.listen and not on_admin_listener():
+        return _answer({"error": "not_found", "error_description": "Not found."}, 404)
     header = request.headers.get("Authorization", "")
     raw = rfc6750.bearer_token(header)
     token = find_access(state().server, raw) if raw else None
