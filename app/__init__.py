@@ -14,7 +14,7 @@ from flask_wtf.csrf import CSRFProtect
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import limits
+from . import admin_listener, limits
 from .adapters import ResourceServer, load_adapter
 from .client_store import ClientStore
 from .clients import ClientRegistry
@@ -118,6 +118,8 @@ def create_app(
     if settings.auth.trusted_proxies:
         hops = settings.auth.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
+    if settings.admin.listen:
+        app.wsgi_app = admin_listener.mark(app.wsgi_app, settings.admin.listen)  # type: ignore[method-assign]
     app.before_request(_limit_streamed_body)
     _init_extensions(app, state)
     _register_blueprints(app)
@@ -154,12 +156,26 @@ def _load_user(user_id: str):
 
 
 def _register_blueprints(app: Flask) -> None:
-    from .views import admin, api, auth, authorize, docs, logout, oidc, review, token, wellknown
+    from .views import (
+        admin,
+        api,
+        auth,
+        authorize,
+        docs,
+        logout,
+        oidc,
+        register,
+        review,
+        token,
+        wellknown,
+    )
 
-    for module in (auth, logout, authorize, token, review, api, admin, wellknown, docs, oidc):
+    views = (auth, logout, authorize, token, review, api, admin, wellknown, docs, oidc, register)
+    for module in views:
         app.register_blueprint(module.bp)
     csrf.exempt(token.bp)
     csrf.exempt(api.bp)
     csrf.exempt(oidc.bp)
     csrf.exempt(logout.bp)  # partners' logout requests carry no token; it checks ours itself
     csrf.exempt(admin.bp)  # bearer-authenticated JSON: no cookie, so no cross-site forgery
+    csrf.exempt(register.bp)  # the same

@@ -15,6 +15,7 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
+from .client_policy import POLICY_FIELDS
 from .clients import ADMIN_SCOPE, RESPONSE_TYPE_GRANTS, normal_response_type
 from .oauth2.client_auth import METHODS
 from .quotas import FIELDS as QUOTA_FIELDS
@@ -50,6 +51,7 @@ FIELDS = (
     "scope",
     "ip_allowlist",
     "rate_limit",
+    *POLICY_FIELDS,
     *OIDC_FIELDS,
     *QUOTA_FIELDS,
 )
@@ -188,7 +190,8 @@ def complete(fields: dict[str, Any], user_scopes: list[str]) -> dict[str, Any]:
     meta["scope"] = _scope(fields.get("scope"), user_scopes)
     if fields.get("rate_limit") is not None:
         meta["rate_limit"] = _text("rate_limit", fields["rate_limit"])
-    for name in (*OIDC_FIELDS, *QUOTA_FIELDS):  # parse_client checks them as the file's
+    # Policy, OpenID Connect and quota fields: parse_client checks them as the file's.
+    for name in (*POLICY_FIELDS, *OIDC_FIELDS, *QUOTA_FIELDS):
         if fields.get(name) is not None:
             meta[name] = fields[name]
     if meta["response_types"] and not meta.get("redirect_uris"):
@@ -327,6 +330,8 @@ def file_entry(client_id: str, meta: dict[str, Any], secret_hash: str | None) ->
         "rate_limit",
         "response_types",
         "token_endpoint_auth_method",
+        *URL_FIELDS,
+        *POLICY_FIELDS,
         *OIDC_FIELDS,
         *QUOTA_FIELDS,
     ):

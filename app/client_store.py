@@ -34,6 +34,7 @@ from .client_metadata import (
     is_public,
     stored_client_problem,
 )
+from .client_policy import LINK_FIELDS, POLICY_FIELDS
 from .clients import (
     ADMIN_SCOPE,
     RESPONSE_TYPE_GRANTS,
@@ -157,8 +158,16 @@ class ClientStore:
         if problem:
             raise ClientMetadataError(problem)
         client.token_endpoint_auth_method = meta["token_endpoint_auth_method"]
+        if record.get("source") == "registration":
+            client.logo_uri = None  # registered by a third party: never loaded on our pages
         values = {f.name: getattr(client, f.name) for f in fields(Client)}
         return StoredClient(**values, secrets=secrets, disabled=bool(record.get("disabled")))
+
+    def check(self, fields_: dict[str, Any]) -> None:
+        """Refuse (ClientMetadataError) what :meth:`create` would refuse; write nothing."""
+        meta = complete(fields_, self.user_scopes)
+        placeholder = [] if is_public(meta) else [{"hash": hash_random_secret("-")}]
+        self._build("checked", meta, {"secrets": placeholder})
 
     # -- writes ---------------------------------------------------------------------------
     def create(
@@ -167,13 +176,19 @@ class ClientStore:
         client_id: str | None = None,
         storage: Storage | None = None,
         revoke_grant: Any = None,
+        *,
+        source: str = "api",
+        extra: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Any], str | None]:
         """Store a new client; return its record and its secret (None for a public one).
 
         With ``storage`` and ``revoke_grant``, a chosen ``client_id`` starts clean: tokens,
         codes and remembered consent still kept under that id (a client removed from the
         clients file leaves them) are revoked first, so the new client, perhaps another
-        party's, inherits neither the old one's tokens nor its users' consent."""
+        party's, inherits neither the old one's tokens nor its users' consent.
+        ``source``: ``api`` (admin API, CLI) or ``registration`` (RFC 7591); ``extra``:
+        more fields of the record (the registration access token's hash).
+        """
         if client_id is not None and (problem := client_id_problem(client_id)):
             raise ClientMetadataError(problem)
         if not isinstance(fields_.get("disabled", False), bool):
@@ -188,8 +203,9 @@ class ClientStore:
             "metadata": meta,
             "secrets": [] if secret is None else [{"hash": hash_random_secret(secret)}],
             "disabled": bool(fields_.get("disabled", False)),
-            "source": "api",
+            "source": source,
             "created_at": now,
+            **(extra or {}),
         }
         self._build(client_id, meta, record)  # refuses bad metadata before anything is written
         self._check_stored(meta)
@@ -199,7 +215,9 @@ class ClientStore:
             self._purge(client_id, storage, revoke_grant)
         return self._write(record), secret
 
-    def update(self, record: dict[str, Any], fields_: dict[str, Any]) -> dict[str, Any]:
+    def update(
+        self, record: dict[str, Any], fields_: dict[str, Any], extra: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Replace the metadata (and the ``disabled`` switch, if given) with ``fields_``."""
         meta = complete(fields_, self.user_scopes)
         if is_public(meta) != is_public(record["metadata"]):
@@ -210,7 +228,7 @@ class ClientStore:
         disabled = fields_.get("disabled", record.get("disabled", False))
         if not isinstance(disabled, bool):
             raise ClientMetadataError("disabled: expected true or false")
-        updated = {**record, "metadata": meta, "disabled": disabled}
+        updated = {**record, "metadata": meta, "disabled": disabled, **(extra or {})}
         self._build(record["client_id"], meta, updated)
         self._check_stored(meta)
         return self._write(updated)
@@ -289,7 +307,7 @@ def describe(record: dict[str, Any]) -> dict[str, Any]:
     ]
     out = _shown(record["client_id"], meta)
     out.update(
-        source="api",
+        source=record.get("source", "api"),
         read_only=False,
         disabled=bool(record.get("disabled")),
         created_at=int(record.get("created_at", 0)),
@@ -323,6 +341,9 @@ def describe_file(client: Client) -> dict[str, Any]:
         meta["rate_limit"] = client.rate_limit
     if client.quotas:
         meta.update(client.quotas.to_json())
+    for name in (*LINK_FIELDS, *POLICY_FIELDS):
+        if getattr(client, name) is not None:
+            meta[name] = getattr(client, name)
     out = _shown(client.client_id, meta)
     out.update(source="file", read_only=True, disabled=False)
     return out

@@ -113,6 +113,15 @@ class Client(ClientMixin):
     response_types: list[str] | None = None
     #: Its quotas of ``/api`` calls (:mod:`app.quotas`); None: none.
     quotas: QuotaPolicy | None = None
+    # -- policy and links (app.client_policy) ---------------------------------------
+    #: The ``/api`` functions it may call (None: any its token's scopes allow).
+    api_allowlist: list[str] | None = None
+    access_token_lifetime: int | None = None  # None: the server's
+    refresh_token_lifetime: int | None = None
+    client_uri: str | None = None
+    logo_uri: str | None = None
+    policy_uri: str | None = None
+    tos_uri: str | None = None
 
     # -- Authlib's ClientMixin --------------------------------------------------
     def get_client_id(self) -> str:
@@ -346,6 +355,7 @@ def parse_client(
 
     ``all_scopes`` are the adapter's; the OpenID Connect scopes are known beside them.
     """
+    from .client_policy import PolicyError, policy_fields
     from .oidc.registration import oidc_fields
 
     if not isinstance(entry, dict) or not entry.get("client_id"):
@@ -379,6 +389,10 @@ def parse_client(
         redirects=list(redirects),
         require_https=require_https,
     )
+    try:
+        policy = policy_fields(entry)
+    except PolicyError as exc:
+        raise ClientFileError(f"{where}.{exc}") from None
     return Client(
         client_id=client_id,
         name=_name(entry, where, client_id),
@@ -393,6 +407,7 @@ def parse_client(
         quotas=_quotas(entry, where),
         **_secret(entry, where, public),
         **oidc,
+        **policy,
     )
 
 

@@ -228,11 +228,50 @@ class OIDC(Section):
     keys_secret: str | None = Field(default=None, repr=False)
 
 
+def _listen(value: str | None) -> str | None:
+    if value is None:
+        return None
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError('expected "host:port", such as "127.0.0.1:9091"')
+    return value
+
+
+def listen_address(value: str) -> tuple[str, str]:
+    """``(host, port)`` of ``admin.listen`` as the WSGI environ names them."""
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), port
+
+
 class Admin(Section):
     """The admin API for clients (``/admin/``) and ``oauth2-server clients``."""
 
     #: Seconds a client's previous secret keeps working after a rotation (0: none).
     secret_overlap: Annotated[int, Field(ge=0, le=2592000)] = 86400
+    #: ``host:port`` of a second, internal listener: ``/admin/`` answers only there
+    #: (404 on the public address). gunicorn only (granian serves one address).
+    listen: Annotated[str | None, AfterValidator(_listen)] = None
+
+
+def _secret_hash(value: str | None) -> str | None:
+    from .secrets_hash import known_scheme
+
+    if value is not None and not known_scheme(value):
+        raise ValueError("expected a hash like sha256$<hex> (see README 'Dynamic registration')")
+    return value
+
+
+class Registration(Section):
+    """Dynamic client registration (RFC 7591) and its management (RFC 7592): off by default."""
+
+    enabled: bool = False
+    #: The hash (``sha256$<hex>``) of an initial access token the operator hands out;
+    #: the admin API issues single-use ones too (``POST /admin/registration-tokens``).
+    initial_access_token_hash: Annotated[str | None, AfterValidator(_secret_hash)] = Field(
+        default=None, repr=False
+    )
+    #: Default lifetime of an initial access token the admin API issues.
+    initial_token_ttl: Annotated[int, Field(ge=60, le=2592000)] = 86400
 
 
 class Config(Section):
@@ -247,6 +286,7 @@ class Config(Section):
     audit: Audit = Audit()
     oidc: OIDC = OIDC()
     admin: Admin = Admin()
+    registration: Registration = Registration()
 
 
 def defaults_document() -> dict[str, Any]:
@@ -269,6 +309,12 @@ def cross_checks(config: Config, env: str) -> list[str]:
     audit_entry = config.storage.audit
     if isinstance(audit_entry, dict) and audit_entry.get("ttl") is not None:
         problems.append("storage.audit.ttl: set audit.retention_days instead")
+    if config.admin.listen and auth.server != "gunicorn":
+        problems.append(
+            'admin.listen: needs auth_server.server "gunicorn" (granian serves one address)'
+        )
+    if config.admin.listen and config.admin.listen == f"{auth.host}:{auth.port}":
+        problems.append("admin.listen: must differ from auth_server.host:port")
     if env == "production":
         problems += _stand_ins(config)
     return problems

@@ -9,6 +9,7 @@ INTROSPECT = "/introspect"
 API = "/api/"
 ADMIN = "/admin/"
 ADMIN_CLIENTS = ADMIN + "clients"
+ADMIN_REGISTRATION_TOKENS = ADMIN + "registration-tokens"
 WELL_KNOWN = "/.well-known/"
 AS_METADATA = WELL_KNOWN + "oauth-authorization-server"
 OIDC_METADATA = WELL_KNOWN + "openid-configuration"
@@ -20,12 +21,14 @@ OPENAPI = "/openapi.json"
 #: OpenID Connect RP-Initiated Logout's ``end_session_endpoint`` (and the sign-out form).
 LOGOUT = "/logout"
 STATIC = "/static/"
+#: Dynamic client registration (RFC 7591) and, below it, management (RFC 7592).
+REGISTER = "/register"
 
 #: Endpoint name (as Authlib registers it) -> path, for the metadata document.
 ENDPOINTS = {"revocation": REVOKE, "introspection": INTROSPECT}
 
 #: Paths whose callers are programs: their errors are JSON, never a page.
-JSON_PATHS = (API, ADMIN, TOKEN, REVOKE, INTROSPECT, WELL_KNOWN, HEALTH, USERINFO, JWKS)
+JSON_PATHS = (API, ADMIN, TOKEN, REVOKE, INTROSPECT, WELL_KNOWN, HEALTH, USERINFO, JWKS, REGISTER)
 
 #: Public, secret-free responses that caches may keep.
 CACHEABLE = (STATIC, WELL_KNOWN, OPENAPI, JWKS)

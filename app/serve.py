@@ -45,7 +45,8 @@ def gunicorn_options(settings: Settings, bind: str | None = None) -> dict[str, A
     """Map our settings to gunicorn's."""
     auth = settings.auth
     options: dict[str, Any] = {
-        "bind": bind or f"{auth.host}:{auth.port}",
+        "bind": [bind or f"{auth.host}:{auth.port}"]
+        + ([settings.admin.listen] if settings.admin.listen else []),
         "workers": settings.num_workers(),
         "worker_class": "gthread",
         "threads": THREADS,

@@ -11,6 +11,10 @@ Each flow is a fresh browser (no cookies) on one keep-alive connection per user:
 4. GET /authorize            -> 200 consent (transaction id, CSRF token)
 5. POST /authorize (allow)   -> 302 redirect_uri?code=...
 6. POST /token (Basic)       -> 200 JSON with access_token
+
+With ``--openid`` the request is an OpenID Connect one (``scope=openid profile read-only``,
+a ``nonce``, ``prompt=consent`` so the same six steps run though consent is remembered)
+and step 6 must return a signed ``id_token``: the code flow's price of OIDC.
 """
 
 from __future__ import annotations
@@ -53,6 +57,9 @@ class FlowError(Exception):
 
 class Browser:
     """One user: a keep-alive connection and a cookie jar."""
+
+    #: OpenID Connect requests (``--openid``): an ID Token is signed at step 6.
+    openid = False
 
     def __init__(self, port: int, username: str) -> None:
         self.port = port
@@ -98,15 +105,16 @@ class Browser:
     def flow(self, timings: dict[str, list[float]], n: int) -> None:
         self.cookies.clear()
         state = f"s{n}"
-        query = urlencode(
-            {
-                "response_type": "code",
-                "client_id": CLIENT,
-                "redirect_uri": REDIRECT,
-                "scope": "read-only",
-                "state": state,
-            }
-        )
+        params = {
+            "response_type": "code",
+            "client_id": CLIENT,
+            "redirect_uri": REDIRECT,
+            "scope": "read-only",
+            "state": state,
+        }
+        if self.openid:
+            params.update(scope="openid profile read-only", nonce=f"n{n}", prompt="consent")
+        query = urlencode(params)
         t = time.perf_counter()
 
         def lap(step: str) -> None:
@@ -150,6 +158,8 @@ class Browser:
         status, _, payload = self.send("token", "POST", "/token", body, Authorization=self.basic)
         if status != 200 or "access_token" not in payload:
             raise FlowError("token", f"{status} {payload[:80]}")
+        if self.openid and '"id_token"' not in payload:
+            raise FlowError("token", f"no id_token: {payload[:80]}")
         lap("token")
 
 
@@ -241,7 +251,9 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--warmup", type=float, default=2)
+    parser.add_argument("--openid", action="store_true", help="OpenID Connect requests")
     args = parser.parse_args()
+    Browser.openid = args.openid
     print(json.dumps(run(args.port, args.users, args.seconds, args.warmup)))
 
 

@@ -89,5 +89,32 @@ def build_server(
     server.issuer_parameter = Issuer(settings.issuer)
     server.register_extension(server.issuer_parameter)
     server.extra_metadata.update(logout_metadata(settings.issuer))
+    if settings.registration.enabled:
+        _register_registration(server, settings, clients, grants)
     server.metadata = build_metadata(server, user_claims)
     return server
+
+
+def _register_registration(server: OAuth2Server, settings: Settings, clients, grants) -> None:
+    """RFC 7591 and RFC 7592 at ``/register``, announced as ``registration_endpoint``."""
+    from ..paths import REGISTER
+    from .rfc7591 import RegistrationEndpoint
+    from .rfc7592 import ConfigurationEndpoint
+
+    store = clients.store
+    lifetimes = {
+        "access_token_lifetime": server.access_ttl,
+        "refresh_token_lifetime": settings.ttl("refresh_tokens") or 31536000,
+    }
+    iat_hash = settings.registration.initial_access_token_hash
+    server.register_endpoint(
+        RegistrationEndpoint(server, store=store, iat_hash=iat_hash, lifetimes=lifetimes)
+    )
+
+    def remove(client_id: str) -> int | None:
+        return store.remove(client_id, grants.storage, grants.revoke_grant)
+
+    server.register_endpoint(
+        ConfigurationEndpoint(server, store=store, lifetimes=lifetimes, remove=remove)
+    )
+    server.extra_metadata["registration_endpoint"] = settings.issuer + REGISTER

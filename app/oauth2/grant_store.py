@@ -48,12 +48,16 @@ class GrantStore:
         return AuthorizationCode(key, record) if record else None
 
     def redeem_code(
-        self, code: AuthorizationCode, token: dict[str, Any], fields: dict[str, Any]
+        self,
+        code: AuthorizationCode,
+        token: dict[str, Any],
+        fields: dict[str, Any],
+        refresh_lifetime: int | None = None,
     ) -> bool:
         """Take the code and store its tokens and tombstone together; False if it was gone."""
         now = time.time()
         family = {"family_start": now, "grant_scope": token.get("scope", "")}
-        puts = self._pair(token, fields, family, now)
+        puts = self._pair(token, fields, family, now, refresh_lifetime)
         # The tombstone guards what the code bought: it lives as long as the longest of it.
         lifetimes = [(put.table.ttl if put.ttl is None else put.ttl) or 0 for put in puts]
         guarded = 0 if 0 in lifetimes else max(lifetimes)  # 0: one of them never expires
@@ -70,17 +74,27 @@ class GrantStore:
         return self.storage.codes.get(USED_CODE + token_digest(code))
 
     # -- tokens ---------------------------------------------------------------------
-    def save_token(self, token: dict[str, Any], fields: dict[str, Any]) -> None:
+    def save_token(
+        self, token: dict[str, Any], fields: dict[str, Any], refresh_lifetime: int | None = None
+    ) -> None:
         """Store the access token (and refresh token) of one token response, paired."""
         now = time.time()
         family = {"family_start": now, "grant_scope": token.get("scope", "")}
-        for put in self._pair(token, fields, family, now):
+        for put in self._pair(token, fields, family, now, refresh_lifetime):
             put.table.put(put.key, put.record, put.ttl)
 
     def _pair(
-        self, token: dict[str, Any], fields: dict[str, Any], family: dict[str, Any], now: float
+        self,
+        token: dict[str, Any],
+        fields: dict[str, Any],
+        family: dict[str, Any],
+        now: float,
+        lifetime: int | None = None,
     ) -> list[Put]:
-        """The writes of one token response: the refresh token (if any), then the access token."""
+        """The writes of one token response: the refresh token (if any), then the access token.
+
+        ``lifetime``: the client's own refresh-token lifetime (None: the table's).
+        """
         access_key = token_digest(token["access_token"])
         refresh = token.get("refresh_token")
         refresh_key = token_digest(refresh) if refresh else None
@@ -90,15 +104,21 @@ class GrantStore:
         if not refresh_key:
             return [access]
         record = dict(base, access_key=access_key, **family)
-        ttl = self._refresh_ttl(family["family_start"], now)
+        ttl = self._refresh_ttl(family["family_start"], now, lifetime)
         return [Put(self.storage.refresh_tokens, refresh_key, record, ttl), access]
 
-    def _refresh_ttl(self, family_start: float, now: float) -> int | None:
-        """A refresh token's lifetime: the table's, cut at its family's absolute end."""
-        if not self.family_lifetime:
+    def _refresh_ttl(
+        self, family_start: float, now: float, lifetime: int | None = None
+    ) -> int | None:
+        """A refresh token's lifetime: the client's or the table's, cut at its family's
+        absolute end (None: the table's)."""
+        limits = [lifetime] if lifetime else []
+        if self.family_lifetime:
+            limits.append(math.ceil(family_start + self.family_lifetime - now))
+        if not limits:
             return None
-        left = math.ceil(family_start + self.family_lifetime - now)
-        return min(left, self.storage.refresh_tokens.ttl or left)
+        table = self.storage.refresh_tokens.ttl
+        return min(*limits, table) if table else min(limits)
 
     def find_access(self, token: str) -> StoredToken | None:
         key = token_digest(token)
@@ -111,7 +131,11 @@ class GrantStore:
         return StoredToken(key, record, "refresh_token") if record else None
 
     def rotate_refresh(
-        self, old: StoredToken, token: dict[str, Any], fields: dict[str, Any]
+        self,
+        old: StoredToken,
+        token: dict[str, Any],
+        fields: dict[str, Any],
+        refresh_lifetime: int | None = None,
     ) -> bool:
         """Take the refresh token, end its access token, store the new pair and a tombstone.
 
@@ -130,7 +154,7 @@ class GrantStore:
             "grant_scope": old.grant_scope,
             "rotated": rotated[-ROTATIONS_REMEMBERED:],
         }
-        puts = self._pair(token, fields, family, now)
+        puts = self._pair(token, fields, family, now, refresh_lifetime)
         discards = [(self.storage.refresh_tokens, key) for key in rotated[:-ROTATIONS_REMEMBERED]]
         if old.record.get("access_key"):
             discards.append((self.storage.tokens, old.record["access_key"]))

@@ -23,6 +23,8 @@ from ..quotas.choice import grant_fields
 from .accept import find_refresh
 from .client_auth import METHODS, SECRET_METHODS
 from .grant_store import new_grant_id
+from .lifetimes import ShorterLifetime
+from .server import refresh_lifetime
 
 
 def may_revoke(tombstone: dict[str, Any], client, request) -> bool:
@@ -48,7 +50,7 @@ def _verifier_matches(verifier: str | None, challenge: str, method: str | None) 
     return hmac.compare_digest(expected.encode(), challenge.encode())
 
 
-class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
+class AuthorizationCodeGrant(ShorterLifetime, grants.AuthorizationCodeGrant):
     """Authorization code (§4.1), with PKCE registered as an extension."""
 
     TOKEN_ENDPOINT_AUTH_METHODS = list(METHODS)
@@ -101,7 +103,8 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         """Take the code and store its tokens in one exchange; a lost race is ``invalid_grant``."""
         code = self.request.authorization_code
         fields = self.server.token_fields(self.request)
-        if not self.server.grants.redeem_code(code, token, fields):
+        lifetime = refresh_lifetime(self.request.client)
+        if not self.server.grants.redeem_code(code, token, fields, lifetime):
             raise InvalidGrantError("Invalid 'code' in request.")
 
     def authenticate_user(self, authorization_code):
@@ -146,7 +149,7 @@ class ImplicitGrant(grants.ImplicitGrant):
         return result
 
 
-class RefreshTokenGrant(grants.RefreshTokenGrant):
+class RefreshTokenGrant(ShorterLifetime, grants.RefreshTokenGrant):
     """Refresh (§6) with rotation: the old refresh token and its access token end."""
 
     TOKEN_ENDPOINT_AUTH_METHODS = list(METHODS)
@@ -188,7 +191,8 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         """Rotate in one exchange: take the old token, end its access token, store the pair."""
         old = self.request.refresh_token
         fields = self.server.token_fields(self.request)
-        if not self.server.grants.rotate_refresh(old, token, fields):
+        lifetime = refresh_lifetime(self.request.client)
+        if not self.server.grants.rotate_refresh(old, token, fields, lifetime):
             raise InvalidGrantError()
 
     def create_token_response(self):
@@ -199,7 +203,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         return result
 
 
-class ClientCredentialsGrant(grants.ClientCredentialsGrant):
+class ClientCredentialsGrant(ShorterLifetime, grants.ClientCredentialsGrant):
     """Client credentials (§4.4), for clients that list it; no refresh token.
 
     The only grant that may carry the server's own scopes (``admin``), to a client

@@ -53,7 +53,13 @@ class OAuth2Server(AuthorizationServer):
         return self.clients.get(client_id)
 
     def save_token(self, token: dict[str, Any], request) -> None:
-        self.grants.save_token(token, self.token_fields(request))
+        self.grants.save_token(
+            token, self.token_fields(request), refresh_lifetime=refresh_lifetime(request.client)
+        )
+
+    def access_lifetime(self, client) -> int:
+        """Seconds an access token of ``client`` lives: its own lifetime, else the server's."""
+        return getattr(client, "access_token_lifetime", None) or self.access_ttl
 
     def token_fields(self, request) -> dict[str, Any]:
         """The fields a token response's records carry: client, grant, user, and the
@@ -78,7 +84,7 @@ class OAuth2Server(AuthorizationServer):
         token = {
             "token_type": "Bearer",
             "access_token": new_secret(32),
-            "expires_in": expires_in or self.access_ttl,
+            "expires_in": expires_in or self.access_lifetime(client),
             "scope": scope or "",
         }
         if include_refresh_token:
@@ -150,6 +156,11 @@ class OAuth2Server(AuthorizationServer):
             claimed = client_auth.claimed_client_id(request.payload.data)
             audit("client_auth_failed", client_id=claimed)
         return super().handle_error_response(request, error)
+
+
+def refresh_lifetime(client) -> int | None:
+    """Seconds a refresh token of ``client`` lives at most (None: the table's lifetime)."""
+    return getattr(client, "refresh_token_lifetime", None)
 
 
 #: The response modes each response type is delivered by (OAuth 2.0 Multiple Response

@@ -16,6 +16,7 @@ from typing import Any
 from authlib.oauth2.rfc6749.util import scope_to_list
 from flask import Blueprint, Response, g, jsonify, request
 
+from ..admin_listener import on_admin_listener
 from ..audit import audit
 from ..client_metadata import ClientMetadataError, read_body
 from ..client_store import (
@@ -29,7 +30,9 @@ from ..client_store import (
 from ..clients import ADMIN_SCOPE
 from ..oauth2 import rfc6750
 from ..oauth2.accept import find_access
-from ..paths import ADMIN_CLIENTS
+from ..oauth2.rfc7591 import INITIAL_TOKEN
+from ..paths import ADMIN_CLIENTS, ADMIN_REGISTRATION_TOKENS
+from ..secrets_hash import new_secret, token_digest
 from .common import state
 
 bp = Blueprint("admin", __name__)
@@ -65,6 +68,8 @@ def _conflict(exc: ClientConflict) -> Response:
 @bp.before_request
 def _authenticate() -> Response | None:
     """RFC 6750 §3.1: no token 401 (no error code), a bad one 401, too weak a one 403."""
+    if state().settings.admin.listen and not on_admin_listener():
+        return _answer({"error": "not_found", "error_description": "Not found."}, 404)
     header = request.headers.get("Authorization", "")
     raw = rfc6750.bearer_token(header)
     token = find_access(state().server, raw) if raw else None
@@ -191,6 +196,27 @@ def rotate_secret(client_id: str) -> Response:
     body = {"client_id": client_id, "client_secret": secret}
     body.update({k: v for k, v in describe(updated).items() if k.endswith("expires_at")})
     return _answer(body)
+
+
+@bp.post(ADMIN_REGISTRATION_TOKENS)
+def issue_registration_token() -> Response:
+    """A single-use initial access token for ``/register`` (RFC 7591 §3), shown once."""
+    body = _json() if request.get_data(cache=True) else {}
+    ttl = _expires_in(body, state().settings.registration.initial_token_ttl)
+    token = new_secret(32)
+    _store().table.put(INITIAL_TOKEN + token_digest(token), {"actor": g.admin_actor}, ttl=ttl)
+    audit("admin_registration_token_issued", actor=g.admin_actor, expires_in=ttl)
+    enabled = state().settings.registration.enabled
+    return _answer({"initial_access_token": token, "expires_in": ttl, "enabled": enabled}, 201)
+
+
+def _expires_in(body: Any, default: int) -> int:
+    if not isinstance(body, dict) or set(body) - {"expires_in"}:
+        raise AdminError(400, "invalid_request", 'The body may hold only {"expires_in": seconds}.')
+    value = body.get("expires_in", default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 60 <= value <= MAX_OVERLAP:
+        raise AdminError(400, "invalid_request", f"expires_in: whole seconds, 60 to {MAX_OVERLAP}")
+    return value
 
 
 # -- helpers ---------------------------------------------------------------------------

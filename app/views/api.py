@@ -6,6 +6,7 @@ from authlib.oauth2.rfc6749.util import scope_to_list
 from flask import Blueprint, Response, jsonify, request
 
 from ..adapters import UpstreamUnavailable
+from ..client_policy import allows_function
 from ..cors import any_origin
 from ..limits import api_limit
 from ..oauth2 import rfc6750
@@ -52,12 +53,20 @@ def call(name: str):
             "insufficient scope",
             f'Bearer realm="api", error="insufficient_scope", scope="{route.scope}"',
         )
+    if not _allowed_function(token.client_id, name):
+        return _fail(403, "function not allowed", 'Bearer realm="api", error="insufficient_scope"')
     if not token.user_id:
         return _fail(403, "this function acts for a user; use a user's token")
     client = state().clients.get(token.client_id)
     return spend(
         client, token.record, name, lambda: _proxy(route.called_with(request.method), token)
     )
+
+
+def _allowed_function(client_id: str, name: str) -> bool:
+    """The client's ``api_allowlist`` (beyond scopes): absent, every function is allowed."""
+    client = state().server.clients.get(client_id)
+    return client is not None and allows_function(client.api_allowlist, name)
 
 
 def _proxy(route, token) -> Response:

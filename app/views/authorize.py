@@ -16,10 +16,11 @@ from flask import Blueprint, redirect, request, session
 from flask_login import current_user
 
 from ..audit import audit
+from ..client_policy import consent_links, image_origin, shown_image
 from ..oauth2.server import query_params
 from ..oidc import prompt
 from ..oidc.consent import OPENID, Consents, code_scopes, describe, must_ask
-from ..pages import render_error, render_page
+from ..pages import render_error, render_page, with_image_origin
 from ..quotas import choice as quota_choice
 from ..secrets_hash import new_secret, token_digest
 from ..sessions import SIGNED_IN_AT
@@ -139,9 +140,12 @@ def _dialog(grant, transaction_id: str, remembered: set[str]):
     requested = scope_to_list(scope) or []
     new = [s for s in requested if s not in remembered] or requested
     kept = [s for s in requested if s not in new]
-    return render_page(
+    logo = shown_image(grant.client.logo_uri)
+    page = render_page(
         "dialog",
         client=grant.client,
+        logo=logo,
+        links=consent_links(grant.client),
         user=current_user,
         scopes=[(s, describe(s, described)) for s in new],
         kept=[(s, describe(s, described)) for s in kept],
@@ -150,6 +154,7 @@ def _dialog(grant, transaction_id: str, remembered: set[str]):
         redirect_host=urlsplit(grant.redirect_uri).netloc,
         quota=quota_choice.dialog_field(state(), grant.client, current_user.id),
     )
+    return with_image_origin(page, image_origin(logo)) if logo else page
 
 
 @bp.post("/authorize")
