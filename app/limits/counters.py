@@ -108,13 +108,26 @@ class RateLimits:
 
         ``rate`` overrides the named limit's (a client's own ``rate_limit``).
         """
-        rate, now = rate or self.rates[name], time.time()
+        return self._hit(name, key, cost, rate or self.rates[name])[0]
+
+    def count(self, name: str, key: str, rate: RateLimitItem | None = None) -> tuple[int, int]:
+        """Count a request already answered; ``(quota left, seconds until the window ends)``
+        as this process sees them after it (the ``RateLimit`` field's values)."""
+        rate = rate or self.rates[name]
+        refusal, used, reset = self._hit(name, key, 1, rate)
+        return (0 if refusal else max(0, rate.amount - used)), reset
+
+    def _hit(
+        self, name: str, key: str, cost: int, rate: RateLimitItem
+    ) -> tuple[Refusal | None, int, int]:
+        """:meth:`hit`, with the count after it and the seconds left in the window."""
+        now = time.time()
         window, retry = _window(rate, now)
         ident = f"{name}/{key}"
         with self._lock:
             counter = self._counter(ident, window, now, rate)
             if counter.seen >= rate.amount:
-                return self._refuse(counter, retry)  # known spent: no store trip
+                return self._refuse(counter, retry), counter.seen, retry  # known spent
             used = counter.seen + counter.pending + cost
             store = self._usable_store(now)
             if store is None or not (
@@ -124,13 +137,14 @@ class RateLimits:
                 or counter.inflight  # another thread is asking: its answer is not in the view
             ):
                 if store is None and used > rate.amount:
-                    return self._refuse(counter, retry)
+                    return self._refuse(counter, retry), used, retry
                 counter.pending += cost
-                return None
+                return None, used, retry
             send = _start_send(counter, now, cost)
         total = self._exchange(store, counter, f"{PREFIX}/{ident}/{window}", rate, send)
         with self._lock:
-            return self._refuse(counter, retry) if total > rate.amount else None
+            refusal = self._refuse(counter, retry) if total > rate.amount else None
+            return refusal, counter.seen + counter.pending, retry
 
     def spent(self, name: str, key: str, rate: RateLimitItem | None = None) -> Refusal | None:
         """Whether ``key`` has no budget left (seconds to wait), without counting."""
