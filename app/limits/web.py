@@ -127,21 +127,25 @@ def _claimed_body() -> dict[str, Any] | None:
     return request.form
 
 
-def _before_token(limits: Limits, scope: str, ip: str) -> None:
+def _before_token(limits: Limits, scope: str, ip: str) -> str | None:
+    """Refuse what a budget or a failure delay stops; return the claimed client id if
+    it has failures counted (a success then clears them), else ``None``."""
     _check(limits.rates.spent("token_ip", scope + ip), "token_ip", scope + ip)
     # The body is parsed only when the Basic header names no client.
     claimed = client_auth.claimed_client_id(None) or client_auth.claimed_client_id(_claimed_body())
     client = _clients().get(claimed)
-    wait, delays = limits.client_ip.wait(ip), limits.client_ip
+    wait, delays, failing = limits.client_ip.wait(ip), limits.client_ip, None
     if claimed and _guarded(client):
-        by_id = limits.client_id.wait(claimed)
-        if by_id > wait:
-            wait, delays = by_id, limits.client_id
+        by_id = limits.client_id.check(claimed)
+        failing = None if by_id.clean else claimed
+        if by_id.wait > wait:
+            wait, delays = by_id.wait, limits.client_id
     if wait:
         raise Limited(wait, delay_fields(delays, wait))
     if client is not None:
         key, rate = _client_budget(client, ip)
         _check(limits.rates.spent("token", scope + key, rate), "token", scope + key, rate)
+    return failing
 
 
 def _guarded(client: Any) -> bool:
@@ -154,13 +158,15 @@ def _guarded(client: Any) -> bool:
     return client is None or not client.public
 
 
-def _after_token(limits: Limits, scope: str, ip: str, response: Response) -> None:
+def _after_token(
+    limits: Limits, scope: str, ip: str, failing: str | None, response: Response
+) -> None:
     outcome = client_auth.outcome()
     if outcome is not None and outcome.client is not None:
         key, rate = _client_budget(outcome.client, ip)
         _hit(limits, response, "token", scope + key, rate)
-        if outcome.claimed:
-            limits.client_id.succeeded(outcome.claimed)
+        if failing is not None and outcome.claimed == failing:
+            limits.client_id.succeeded(failing)  # its failures are forgiven
         return
     _hit(limits, response, "token_ip", scope + ip)
     if outcome is not None:  # client authentication failed
@@ -184,9 +190,9 @@ def token_limits(view):
         if not limits.enabled:
             return view(*args, **kwargs)
         ip = ip_group()
-        _before_token(limits, scope, ip)
+        failing = _before_token(limits, scope, ip)
         response = current_app.make_response(view(*args, **kwargs))
-        _after_token(limits, scope, ip, response)
+        _after_token(limits, scope, ip, failing, response)
         return response
 
     return limited_view
