@@ -162,13 +162,20 @@ class Delays:
         if not self.enabled:
             return Check(0, True)
         ident = digest(subject)
-        if self._quiet.get(ident, 0.0) > time.time():
-            return Check(0, True)
+        clean_until = self._quiet.get(ident)
+        if clean_until is not None:
+            if clean_until > time.time():
+                return Check(0, True)
+            # Seen clean, due for a fresh look: the other threads keep that view for the
+            # moment this thread asks (one read, not one per thread). A subject seen
+            # failing or not seen yet has no entry: every thread asks.
+            self._remember_quiet(ident)
         count, gate = self._keys(ident)
         failures = self.store.get(count)
         if failures == 0:
             self._remember_quiet(ident)
             return Check(0, True)
+        self._quiet.pop(ident, None)
         wait = self._left(gate) if failures > self.free and self.store.get(gate) else 0
         return Check(wait, False)
 
