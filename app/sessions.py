@@ -176,6 +176,8 @@ class StoredSessionInterface(SessionInterface):
         return self.get_cookie_name(app) + "_visitor"
 
     def open_session(self, app, request) -> StoredSession:
+        if not request.cookies:  # API and token calls: no cookie to look for
+            return StoredSession(None, self._record)
         sid = request.cookies.get(self.get_cookie_name(app))
         return StoredSession(sid or None, self._record, self._visitor_data(app, request))
 
@@ -203,6 +205,8 @@ class StoredSessionInterface(SessionInterface):
         return signer
 
     def save_session(self, app, session, response) -> None:
+        if session.sid is None and not (session.modified or session.old_sid or session.anonymous):
+            return  # a visitor's session nothing touched (API and token calls): no cookie
         try:
             self._save(app, session, response)
         except StorageUnavailable as exc:
