@@ -1,12 +1,12 @@
-"""Interleaved A/B of two trees' in-process costs: ``python -m bench.ab A [B] [scenario ...]``.
+"""Interleaved A/B of trees' in-process costs: ``python -m bench.ab A [B ...] [scenario ...]``.
 
 Runs ``python -m bench.inproc`` (limits on, or ``INPROC_LIMITS``) in tree ``A`` and in
-tree ``B`` (default: this one), each a checkout with its own ``.venv`` (e.g. a ``git
+the others (default: this one), each a checkout with its own ``.venv`` (e.g. a ``git
 worktree`` of an older commit), one after the other, ``AB_ROUNDS`` times (default 5),
-alternating which goes first, and prints the median and the least CPU µs per request
-of each scenario in each tree and the change. Single in-process runs on this machine vary by
-±20%; the interleaved medians are what a change is judged by. The Python call counts
-are exact (no noise).
+each tree first in turn, and prints the median and the least CPU µs per request of
+each scenario in each tree, and the change against ``A``. Single in-process runs on
+this machine vary by ±20%; the interleaved medians are what a change is judged by.
+The Python call counts are exact (no noise).
 """
 
 from __future__ import annotations
@@ -47,23 +47,28 @@ def measure(tree: Path, scenarios: list[str], samples: Samples) -> None:
                 samples[(str(tree), name)]["calls"].append(float(calls))
 
 
-def report(a: Path, b: Path, samples: Samples) -> str:
+def report(trees: list[Path], samples: Samples) -> str:
+    """Per scenario: each tree's median and least CPU µs, and its change against the first."""
     names = list({name: None for _, name in samples})
-    lines = [
-        f"{'':20s} {'median':>24s}  {'least':>24s}",
-        f"{'scenario':20s} {'A µs':>7s} {'B µs':>7s} {'change':>8s}  "
-        f"{'A µs':>7s} {'B µs':>7s} {'change':>8s}   calls A -> B",
-    ]
+    labels = [chr(ord("A") + i) for i in range(len(trees))]
+    head = f"{'scenario':20s}" + "".join(
+        f" {label + ' median':>12s} {label + ' least':>12s}" for label in labels
+    )
+    lines = [head + "   calls " + " -> ".join(labels)]
     for name in names:
-        sa, sb = samples[(str(a), name)], samples[(str(b), name)]
+        first = samples[(str(trees[0]), name)]
         row = f"{name:20s}"
-        for pick in (statistics.median, min):
-            ma, mb = pick(sa["cpu"]), pick(sb["cpu"])
-            row += f" {ma:7.0f} {mb:7.0f} {(mb - ma) / ma:+8.1%} "
+        for tree in trees:
+            s = samples[(str(tree), name)]
+            for pick in (statistics.median, min):
+                value, base = pick(s["cpu"]), pick(first["cpu"])
+                change = "" if tree == trees[0] else f" {(value - base) / base:+.0%}"
+                row += f" {f'{value:.0f}{change}':>12s}"
         calls = " -> ".join(
-            f"{statistics.median(s['calls']):.0f}" if s["calls"] else "?" for s in (sa, sb)
+            f"{statistics.median(s['calls']):.0f}" if s["calls"] else "?"
+            for s in (samples[(str(tree), name)] for tree in trees)
         )
-        lines.append(f"{row}  {calls}")
+        lines.append(f"{row}   {calls}")
     return "\n".join(lines)
 
 
@@ -73,15 +78,19 @@ def main(argv: list[str]) -> int:
         return 2
     trees = [Path(arg).resolve() for arg in argv if Path(arg).is_dir()]
     scenarios = [arg for arg in argv if not Path(arg).is_dir()]
-    a, b = trees[0], trees[1] if len(trees) > 1 else run.ROOT
+    if len(trees) == 1:
+        trees.append(run.ROOT)
     rounds = int(os.environ.get("AB_ROUNDS", "5"))
     samples: Samples = defaultdict(lambda: {"cpu": [], "calls": []})
     for i in range(rounds):
-        for tree in (a, b) if i % 2 == 0 else (b, a):
+        shift = i % len(trees)  # each tree goes first in turn
+        for tree in trees[shift:] + trees[:shift]:
             measure(tree, scenarios, samples)
         run.log(f"round {i + 1}/{rounds}")
-    print(f"A = {a}\nB = {b}\n{rounds} interleaved runs, CPU per request: their median and least")
-    print(report(a, b, samples))
+    for label, tree in zip("ABCDEFGH", trees, strict=False):
+        print(f"{label} = {tree}")
+    print(f"{rounds} interleaved runs; CPU µs per request: the median and the least run")
+    print(report(trees, samples))
     return 0
 
 
