@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -90,7 +91,9 @@ class StoredSession(CallbackDict, SessionMixin):
     def signed_in(self) -> None:
         """Start the signed-in session: a new id, a new CSRF secret, its lifetime from now."""
         self.regenerate()
-        self.pop(CSRF_KEY, None)
+        # The new secret is made here (random, as Flask-WTF makes one) and stored with the
+        # new id, so the first form after sign-in (the consent page) writes nothing.
+        self[CSRF_KEY] = secrets.token_hex(20)
         self[SIGNED_IN_AT] = time.time()
 
     @property
