@@ -296,6 +296,24 @@ def group_pids(pgid: int) -> list[int]:
     return sorted(pids)
 
 
+def tree_pids(root: int) -> list[int]:
+    """``root`` and every process below it (from /proc), whatever group or session each
+    put itself in (granian's workers and the bundled site run in groups of their own)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if entry.name.isdigit():
+                parents[int(entry.name)] = int(_stat(entry.name)[1])
+    found, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent and pid not in found:
+                found.add(pid)
+                frontier.append(pid)
+    return sorted(pid for pid in found if pid in parents)
+
+
 def cmdline(pid: int) -> str:
     with contextlib.suppress(OSError):
         return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
