@@ -213,9 +213,12 @@ def wait_ready(proc: Proc, port: int, path: str | None, timeout: float) -> None:
 
 
 def stop(proc: Proc, grace: float = 10.0) -> None:
-    """SIGTERM the process group we started, then SIGKILL it if it lingers."""
+    """SIGTERM the process group we started, then SIGKILL it if it lingers, and whatever
+    it started in groups of its own (granian's workers, the bundled site) if they outlive
+    it."""
     if proc in _running:
         _running.remove(proc)
+    tree = _started_at(descendants(proc.pid) | proc.started)
     pgid = proc.pid  # start_new_session: the group's id is the leader's pid
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGTERM)
@@ -229,6 +232,19 @@ def stop(proc: Proc, grace: float = 10.0) -> None:
         os.killpg(pgid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.process.wait(5)
+    for pid, started_at in tree.items():  # the same process still (not a reused pid)
+        if pid_alive(pid) and _started_at({pid}).get(pid) == started_at:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _started_at(pids: set[int]) -> dict[int, str]:
+    """Each live pid's start time (clock ticks since boot), to tell it from a reused pid."""
+    found = {}
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError):
+            found[pid] = _stat(pid)[19]
+    return found
 
 
 def _group_alive(pgid: int) -> bool:
@@ -294,24 +310,6 @@ def group_pids(pgid: int) -> list[int]:
             if entry.name.isdigit() and int(_stat(entry.name)[2]) == pgid:
                 pids.append(int(entry.name))
     return sorted(pids)
-
-
-def tree_pids(root: int) -> list[int]:
-    """``root`` and every process below it (from /proc), whatever group or session each
-    put itself in (granian's workers and the bundled site run in groups of their own)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            if entry.name.isdigit():
-                parents[int(entry.name)] = int(_stat(entry.name)[1])
-    found, frontier = {root}, [root]
-    while frontier:
-        parent = frontier.pop()
-        for pid, ppid in parents.items():
-            if ppid == parent and pid not in found:
-                found.add(pid)
-                frontier.append(pid)
-    return sorted(pid for pid in found if pid in parents)
 
 
 def cmdline(pid: int) -> str:

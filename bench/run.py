@@ -179,7 +179,9 @@ class CpuMeter:
     def _groups(self) -> dict[str, list[int]]:
         groups: dict[str, list[int]] = {"server": [], "site": []}
         if self.server is not None:
-            for pid in procs.tree_pids(self.server.pid):
+            # Its whole tree: granian's workers and the bundled site run in groups of
+            # their own.
+            for pid in sorted({self.server.pid} | procs.descendants(self.server.pid)):
                 cmd = procs.cmdline(pid)
                 if "dummy_site" in cmd:
                     groups["site"].append(pid)
