@@ -83,8 +83,11 @@ def public_client_origins(view: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _allow_named_client(response: Response) -> Response:
-    response.vary.add("Origin")
-    origin = request.headers.get("Origin")
+    if "Vary" in response.headers:
+        response.vary.add("Origin")
+    else:  # the usual case: no Vary to parse and merge
+        response.headers["Vary"] = "Origin"
+    origin = request.environ.get("HTTP_ORIGIN")
     client = _clients().get(_named_client_id()) if origin else None
     if origin and client is not None and client.allows_origin(origin):
         return _allow(response, origin)

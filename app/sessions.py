@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -95,7 +96,9 @@ class StoredSession(CallbackDict, SessionMixin):
     def signed_in(self) -> None:
         """Start the signed-in session: a new id, a new CSRF secret, its lifetime from now."""
         self.regenerate()
-        self.pop(CSRF_KEY, None)
+        # The new secret is made here (random, as Flask-WTF makes one) and stored with the
+        # new id, so the first form after sign-in (the consent page) writes nothing.
+        self[CSRF_KEY] = secrets.token_hex(20)
         self[SIGNED_IN_AT] = time.time()
         self[SID] = new_secret(16)
 
@@ -194,6 +197,8 @@ class StoredSessionInterface(SessionInterface):
         return self.get_cookie_name(app) + "_visitor"
 
     def open_session(self, app, request) -> StoredSession:
+        if not request.cookies:  # API and token calls: no cookie to look for
+            return StoredSession(None, self._record)
         sid = request.cookies.get(self.get_cookie_name(app))
         return StoredSession(sid or None, self._record, self._visitor_data(app, request))
 
@@ -221,6 +226,8 @@ class StoredSessionInterface(SessionInterface):
         return signer
 
     def save_session(self, app, session, response) -> None:
+        if session.sid is None and not (session.modified or session.old_sid or session.anonymous):
+            return  # a visitor's session nothing touched (API and token calls): no cookie
         try:
             self._save(app, session, response)
         except StorageUnavailable as exc:

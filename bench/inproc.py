@@ -5,6 +5,9 @@ bench's configuration on Redis (``BENCH_REDIS_URL``, flushed) and prints CPU and
 microseconds per request for each scenario, with limits on and off. ``--profile``
 adds the top functions (cProfile, cumulative) of each scenario. It prices the app's
 request path alone, so a change to it shows up without the noise of a loaded machine.
+``INPROC_LIMITS=on`` (or ``off``) measures one of the two only. Each line also gives the
+Python function calls per request (``calls``): an exact count, free of the machine's
+noise, that moves with the work a change adds or removes.
 """
 
 from __future__ import annotations
@@ -146,6 +149,16 @@ def build(limits: bool, site_port: int) -> tuple[Any, Any]:
     return app, app.extensions["oauth2"]
 
 
+def calls_per_request(run_one: Callable[[], object], count: int) -> float:
+    """Python function calls per request (cProfile's count; its timings are not used)."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(count):
+        run_one()
+    profiler.disable()
+    return pstats.Stats(profiler).total_calls / count  # type: ignore[attr-defined]
+
+
 def main(argv: list[str]) -> int:
     want_profile = "--profile" in argv
     names = [a for a in argv if not a.startswith("-")] or list(SCENARIOS)
@@ -153,7 +166,8 @@ def main(argv: list[str]) -> int:
     run_dir = Path(tempfile.mkdtemp(prefix="oauth2-inproc-"))
     site, port = run.start_site(run_dir)
     try:
-        for limits in (True, False):
+        modes = {"on": (True,), "off": (False,)}.get(os.environ.get("INPROC_LIMITS", ""))
+        for limits in modes or (True, False):
             run.flush_redis()
             app, state = build(limits, port)
             server = run.Server(
@@ -196,7 +210,12 @@ def main(argv: list[str]) -> int:
                     wall = (time.perf_counter() - w0) / count * 1e6
                     best = min(best, (cpu, wall))
                 mode = "on " if limits else "off"
-                print(f"limits {mode} {name:20s} cpu {best[0]:7.0f} µs  wall {best[1]:7.0f} µs")
+                one = run_one or (lambda make=make, wsgi=wsgi: call(wsgi, make))
+                calls = calls_per_request(one, 5 if run_one else 50)
+                print(
+                    f"limits {mode} {name:20s} cpu {best[0]:7.0f} µs  wall {best[1]:7.0f} µs"
+                    f"  calls {calls:7.0f}"
+                )
                 if profiler:
                     out = io.StringIO()
                     out.write(f"cProfile of {name}, limits {mode.strip()}, in process\n")

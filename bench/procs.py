@@ -213,9 +213,12 @@ def wait_ready(proc: Proc, port: int, path: str | None, timeout: float) -> None:
 
 
 def stop(proc: Proc, grace: float = 10.0) -> None:
-    """SIGTERM the process group we started, then SIGKILL it if it lingers."""
+    """SIGTERM the process group we started, then SIGKILL it if it lingers, and whatever
+    it started in groups of its own (granian's workers, the bundled site) if they outlive
+    it."""
     if proc in _running:
         _running.remove(proc)
+    tree = _started_at(descendants(proc.pid) | proc.started)
     pgid = proc.pid  # start_new_session: the group's id is the leader's pid
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGTERM)
@@ -229,6 +232,19 @@ def stop(proc: Proc, grace: float = 10.0) -> None:
         os.killpg(pgid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.process.wait(5)
+    for pid, started_at in tree.items():  # the same process still (not a reused pid)
+        if pid_alive(pid) and _started_at({pid}).get(pid) == started_at:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _started_at(pids: set[int]) -> dict[int, str]:
+    """Each live pid's start time (clock ticks since boot), to tell it from a reused pid."""
+    found = {}
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError):
+            found[pid] = _stat(pid)[19]
+    return found
 
 
 def _group_alive(pgid: int) -> bool:

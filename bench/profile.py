@@ -118,7 +118,7 @@ def summarise(raw: Path, requests: int, seconds: float) -> str:
 
 def workers(server: run.Server) -> list[int]:
     """The gunicorn workers: children of the master, not the dummy site."""
-    pids = procs.group_pids(server.proc.pid)
+    pids = sorted(procs.descendants(server.proc.pid))
     master = next((p for p in pids if _ppid(p) == server.proc.pid), None)
     return [p for p in pids if _ppid(p) == master and "dummy_site" not in procs.cmdline(p)]
 

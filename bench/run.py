@@ -181,11 +181,13 @@ class CpuMeter:
     def _groups(self) -> dict[str, list[int]]:
         groups: dict[str, list[int]] = {"server": [], "site": []}
         if self.server is not None:
-            for pid in procs.group_pids(self.server.pid):
+            # Its whole tree: granian's workers and the bundled site run in groups of
+            # their own.
+            for pid in sorted({self.server.pid} | procs.descendants(self.server.pid)):
                 cmd = procs.cmdline(pid)
                 if "dummy_site" in cmd:
                     groups["site"].append(pid)
-                elif not cmd.startswith("timeout"):
+                elif Path(cmd.split(" ", 1)[0]).name != "timeout":
                     groups["server"].append(pid)
         groups["stores"] = _named_pids(("redis-server", "postgres"))
         return groups

@@ -102,6 +102,32 @@ def test_far_from_the_limit_hits_are_batched_then_sent(url, monkeypatch):
     assert shared_count(url, "api", key) == 51
 
 
+def test_hits_while_another_thread_sends_are_counted_locally(url, monkeypatch):
+    # Far from the limit, a send on its way (a slow store) sends no other thread's hit.
+    monkeypatch.setattr(limits, "SYNC_EVERY", 60.0)
+    key = secrets.token_hex(8)
+    worker = process(url, "100000/hour")
+    sending, answer = threading.Event(), threading.Event()
+    sent: list[int] = []
+    real_incr = worker.store.incr
+
+    def slow_incr(k, expiry, amount=1):
+        sent.append(amount)
+        sending.set()
+        answer.wait(10)
+        return real_incr(k, expiry, amount=amount)
+
+    monkeypatch.setattr(worker.store, "incr", slow_incr)
+    first = threading.Thread(target=worker.hit, args=("api", key))
+    first.start()
+    assert sending.wait(10)
+    assert all(worker.hit("api", key) is None for _ in range(20))
+    answer.set()
+    first.join(10)
+    assert sent == [1]
+    assert worker.remaining("api", key)[0] == 100000 - 21  # none lost
+
+
 def test_limits_are_shared_when_batched_too(url):
     # 64/hour: 1/16 is 4 unsent hits per process at most, exact from 48 on.
     key = secrets.token_hex(8)
@@ -274,3 +300,71 @@ def test_reservations_are_atomic_across_processes(backend):
     for thread in threads:
         thread.join()
     assert granted.count(True) == 3 + 1  # the free ones and the one that shut the gate
+
+
+class SlowCounters:
+    """:class:`Counters` in a dict, whose failure-count reads wait for ``answer``."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.reads: list[str] = []
+        self.answer = threading.Event()
+        self.lock = threading.Lock()
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        with self.lock:
+            self.counts[key] = self.counts.get(key, 0) + amount
+            return self.counts[key]
+
+    def get(self, key: str) -> int:
+        if key.endswith("/failures"):
+            with self.lock:
+                self.reads.append(key)
+            self.answer.wait(10)
+        return self.counts.get(key, 0)
+
+    def clear(self, key: str) -> None:
+        self.counts.pop(key, None)
+
+    def get_expiry(self, key: str) -> float:
+        return time.time() + 30
+
+
+def checks_at_once(delays: Delays, subject: str, store: SlowCounters, threads: int) -> list:
+    """``threads`` checks of ``subject`` while the store is slow; their answers."""
+    store.answer.clear()
+    before = len(store.reads)
+    answers: list = []
+    workers = [
+        threading.Thread(target=lambda: answers.append(delays.check(subject)))
+        for _ in range(threads)
+    ]
+    workers[0].start()
+    deadline = time.monotonic() + 10
+    while len(store.reads) == before and time.monotonic() < deadline:
+        time.sleep(0.001)  # the first one is reading
+    for worker in workers[1:]:
+        worker.start()
+    time.sleep(0.05)  # the others ask, or answer from what the process knows
+    store.answer.set()
+    for worker in workers:
+        worker.join(10)
+    return [answers, len(store.reads) - before]
+
+
+def test_only_a_clean_subject_is_taken_as_clean_while_one_thread_rereads_it(monkeypatch):
+    store, now = SlowCounters(), [1000.0]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    delays = delays_of_one_process(store)
+    store.answer.set()
+    assert delays.check("partner").clean  # read once: clean
+    now[0] += 1  # due for a fresh look: one thread reads, the others keep the clean view
+    answers, reads = checks_at_once(delays, "partner", store, 4)
+    assert reads == 1 and all(answer.clean and not answer.wait for answer in answers)
+    # Not seen yet, or seen failing: every thread asks the store (a shut gate stops each).
+    answers, reads = checks_at_once(delays, "stranger", store, 4)
+    assert reads == 4
+    for _ in range(3):
+        delays.failed("victim")
+    answers, reads = checks_at_once(delays, "victim", store, 4)
+    assert reads == 4 and all(answer.wait >= 1 for answer in answers)

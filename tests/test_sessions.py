@@ -14,7 +14,7 @@ from app.dummy_site import user_id as site_user_id
 from app.secrets_hash import token_digest
 from app.settings import ConfigError, Settings
 from app.storage import StorageUnavailable
-from tests.conftest import base_config, close_app, csrf_from, login
+from tests.conftest import authorize_url, base_config, close_app, csrf_from, login
 
 COOKIE = "oauth2_session"
 VISITOR = "oauth2_session_visitor"
@@ -428,3 +428,20 @@ def test_session_max_age_is_configurable(tmp_path, dummy_site, monkeypatch):
 def test_a_bad_session_max_age_is_refused_by_name(tmp_path, dummy_site, value):
     with pytest.raises(ConfigError, match="auth_server.session_max_age"):
         Settings.load(base_config(tmp_path, dummy_site, auth_server={"session_max_age": value}))
+
+
+def test_the_first_form_after_sign_in_writes_no_session(app, client, monkeypatch):
+    # Sign-in stores the new CSRF secret with the new session: the consent page that
+    # follows signs its token with it and stores nothing but its transaction.
+    login(client)
+    stored = app.extensions["oauth2"].storage.session
+    session_key = token_digest(sid(client))
+    written: list[str] = []
+    put = stored.put
+    monkeypatch.setattr(
+        stored, "put", lambda key, *a, **k: (written.append(key), put(key, *a, **k))
+    )
+    page = client.get(authorize_url())
+    assert page.status_code == 200 and csrf_from(page.text)
+    assert session_key not in written and len(written) == 1  # the consent transaction
+    assert "Set-Cookie" not in page.headers

@@ -6,10 +6,11 @@ process memory. Asking Redis on every request cost more than the rest of a token
 check (bench/README.md), so each process keeps its view of every counter and sends
 its hits in batches, and only while the counter is far from its limit:
 
-* a hit goes to the store at once when it would take the process's view past
-  three quarters of the limit, when the process holds more than 1/16 of the limit
-  unsent, or when the counter was last sent over 0.1 s ago;
-* other hits are counted locally and sent with the next one that goes.
+* a hit goes to the store at once when it would take the process's view past three
+  quarters of the limit, when the process holds more than 1/16 of the limit unsent or
+  unanswered, or when the counter was last sent over 0.1 s ago;
+* other hits are counted locally and sent with the next one that goes, also while
+  another thread's send is on its way (however many threads a worker runs).
 
 So near a limit every hit is one atomic ``INCRBY`` (exact, as the e2e test checks
 across workers), and far from it a busy counter costs one round trip per 0.1 s per
@@ -66,7 +67,7 @@ class Refusal(NamedTuple):
 class Counter:
     """A process's view of one key's counter in one window."""
 
-    __slots__ = ("inflight", "pending", "reported", "seen", "span", "synced", "window")
+    __slots__ = ("inflight", "pending", "reported", "seen", "sending", "span", "synced", "window")
 
     def __init__(self, window: int, span: int) -> None:
         self.window, self.span = window, span
@@ -74,6 +75,7 @@ class Counter:
         self.pending = 0  # hits counted here and not sent yet
         self.synced = 0.0
         self.inflight = 0  # sends on their way to the store
+        self.sending = 0  # the hits they carry
         self.reported = False  # the breach of this window was audited
 
 
@@ -108,29 +110,47 @@ class RateLimits:
 
         ``rate`` overrides the named limit's (a client's own ``rate_limit``).
         """
-        rate, now = rate or self.rates[name], time.time()
+        return self._hit(name, key, cost, rate or self.rates[name])[0]
+
+    def count(self, name: str, key: str, rate: RateLimitItem | None = None) -> tuple[int, int]:
+        """Count a request already answered; ``(quota left, seconds until the window ends)``
+        as this process sees them after it (the ``RateLimit`` field's values)."""
+        rate = rate or self.rates[name]
+        refusal, used, reset = self._hit(name, key, 1, rate)
+        return (0 if refusal else max(0, rate.amount - used)), reset
+
+    def _hit(
+        self, name: str, key: str, cost: int, rate: RateLimitItem
+    ) -> tuple[Refusal | None, int, int]:
+        """:meth:`hit`, with the count after it and the seconds left in the window."""
+        now = time.time()
         window, retry = _window(rate, now)
         ident = f"{name}/{key}"
         with self._lock:
             counter = self._counter(ident, window, now, rate)
             if counter.seen >= rate.amount:
-                return self._refuse(counter, retry)  # known spent: no store trip
+                return self._refuse(counter, retry), counter.seen, retry  # known spent
             used = counter.seen + counter.pending + cost
             store = self._usable_store(now)
+            # Sends in flight (other threads') are not in ``seen`` yet: they count here as
+            # unsent, so near the limit every hit still goes to the store and the hits no
+            # answer has confirmed stay under 1/16 of the limit (an answer that already
+            # holds them counts them twice for a moment: one more send, never a refusal).
+            unconfirmed = counter.pending + counter.sending + cost
             if store is None or not (
-                used > rate.amount * EXACT_FROM
-                or counter.pending + cost > rate.amount * BATCH_SHARE
+                used + counter.sending > rate.amount * EXACT_FROM
+                or unconfirmed > rate.amount * BATCH_SHARE
                 or now - counter.synced >= SYNC_EVERY
-                or counter.inflight  # another thread is asking: its answer is not in the view
             ):
                 if store is None and used > rate.amount:
-                    return self._refuse(counter, retry)
+                    return self._refuse(counter, retry), used, retry
                 counter.pending += cost
-                return None
+                return None, used, retry
             send = _start_send(counter, now, cost)
         total = self._exchange(store, counter, f"{PREFIX}/{ident}/{window}", rate, send)
         with self._lock:
-            return self._refuse(counter, retry) if total > rate.amount else None
+            refusal = self._refuse(counter, retry) if total > rate.amount else None
+            return refusal, counter.seen + counter.pending, retry
 
     def spent(self, name: str, key: str, rate: RateLimitItem | None = None) -> Refusal | None:
         """Whether ``key`` has no budget left (seconds to wait), without counting."""
@@ -166,6 +186,7 @@ class RateLimits:
         total = self._send(store, key, rate.get_expiry(), send)
         with self._lock:
             counter.inflight -= 1
+            counter.sending -= send
             if total is None:  # the store failed: this process decides alone
                 counter.pending += send
                 return counter.seen + counter.pending
@@ -233,4 +254,5 @@ def _start_send(counter: Counter, now: float, cost: int) -> int:
     """Move the counter's pending hits (plus ``cost``) in flight; under the lock."""
     send, counter.pending, counter.synced = counter.pending + cost, 0, now
     counter.inflight += 1
+    counter.sending += send
     return send

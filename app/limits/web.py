@@ -44,11 +44,22 @@ def _limits() -> Limits:
     return current_app.extensions["oauth2"].limits
 
 
+def _clients() -> Any:
+    return current_app.extensions["oauth2"].clients
+
+
 def ip_group() -> str:
     """The caller's address; IPv6 by /64 (one host usually holds the whole /64)."""
-    ip = parse_ip(request.remote_addr)
+    address = request.remote_addr
+    # An address is short; anything longer is not one, and is not worth remembering.
+    return _group(address) if address and len(address) <= 64 else _group.__wrapped__(address)
+
+
+@functools.lru_cache(maxsize=4096)
+def _group(address: str | None) -> str:
+    ip = parse_ip(address)
     if ip is None:
-        return request.remote_addr or "unknown"
+        return address or "unknown"
     return str(ipaddress.ip_network(f"{ip}/64", strict=False)) if ip.version == 6 else str(ip)
 
 
@@ -57,15 +68,18 @@ def _rate(text: str) -> RateLimitItem:
     return parse(text)
 
 
-def fields(name: str, key: str, rate: RateLimitItem | None = None) -> Headers:
-    """The ``RateLimit-Policy`` and ``RateLimit`` fields of one budget."""
-    rates = _limits().rates
-    rate = rate or rates.rates[name]
-    left, reset = rates.remaining(name, key, rate)
+def _fields(name: str, rate: RateLimitItem, left: int, reset: int) -> Headers:
     return [
         ("RateLimit-Policy", f'"{name}";q={rate.amount};w={rate.get_expiry()}'),
         ("RateLimit", f'"{name}";r={left};t={reset}'),
     ]
+
+
+def fields(name: str, key: str, rate: RateLimitItem | None = None) -> Headers:
+    """The ``RateLimit-Policy`` and ``RateLimit`` fields of one budget."""
+    rates = _limits().rates
+    rate = rate or rates.rates[name]
+    return _fields(name, rate, *rates.remaining(name, key, rate))
 
 
 def delay_fields(delays: Delays, wait: int) -> Headers:
@@ -85,17 +99,23 @@ def _check(refusal: Refusal | None, name: str, key: str, rate: RateLimitItem | N
     raise Limited(refusal.retry, fields(name, key, rate))
 
 
-def _hit(response: Response, name: str, key: str, rate: RateLimitItem | None = None) -> None:
-    _limits().rates.hit(name, key, rate=rate)
-    response.headers.extend(fields(name, key, rate))
+def _hit(
+    limits: Limits, response: Response, name: str, key: str, rate: RateLimitItem | None = None
+) -> None:
+    """Count an answered request against a budget; its fields go on the response."""
+    rate = rate or limits.rates.rates[name]
+    left, reset = limits.rates.count(name, key, rate)
+    headers = response.headers
+    for field, value in _fields(name, rate, left, reset):
+        headers.add(field, value)
 
 
 # -- /token, /revoke, /introspect ----------------------------------------------------------
-def _client_budget(client: Any) -> tuple[str, RateLimitItem | None]:
+def _client_budget(client: Any, ip: str) -> tuple[str, RateLimitItem | None]:
     """A client's budget key and its own rate; a public client's id anyone may send,
     so its budget is per caller's address."""
     client_id = client.get_client_id()
-    key = f"client:{client_id}@{ip_group()}" if client.public else f"client:{client_id}"
+    key = f"client:{client_id}@{ip}" if client.public else f"client:{client_id}"
     return key, _rate(client.rate_limit) if client.rate_limit else None
 
 
@@ -107,48 +127,54 @@ def _claimed_body() -> dict[str, Any] | None:
     return request.form
 
 
-def _before_token(scope: str) -> None:
-    limits, ip = _limits(), ip_group()
+def _before_token(limits: Limits, scope: str, ip: str) -> str | None:
+    """Refuse what a budget or a failure delay stops; return the claimed client id if
+    it has failures counted (a success then clears them), else ``None``."""
     _check(limits.rates.spent("token_ip", scope + ip), "token_ip", scope + ip)
     # The body is parsed only when the Basic header names no client.
     claimed = client_auth.claimed_client_id(None) or client_auth.claimed_client_id(_claimed_body())
-    client = current_app.extensions["oauth2"].clients.get(claimed) if claimed else None
-    waits = [(limits.client_ip.wait(ip), limits.client_ip)]
-    if _guarded_id(claimed):
-        waits.append((limits.client_id.wait(claimed), limits.client_id))
-    wait, delays = max(waits, key=lambda pair: pair[0])
+    client = _clients().get(claimed)
+    wait, delays, failing = limits.client_ip.wait(ip), limits.client_ip, None
+    if claimed and _guarded(client):
+        by_id = limits.client_id.check(claimed)
+        failing = None if by_id.clean else claimed
+        if by_id.wait > wait:
+            wait, delays = by_id.wait, limits.client_id
     if wait:
         raise Limited(wait, delay_fields(delays, wait))
     if client is not None:
-        key, rate = _client_budget(client)
+        key, rate = _client_budget(client, ip)
         _check(limits.rates.spent("token", scope + key, rate), "token", scope + key, rate)
+    return failing
 
 
-def _guarded_id(claimed: str | None) -> bool:
-    """Whether failures delay this claimed id: a secret's, not a public client's.
+def _guarded(client: Any) -> bool:
+    """Whether failures delay a claimed id (of ``client``, ``None`` if unknown): a
+    secret's, not a public client's.
 
     A public client has no secret to guess, and anyone may send its id: counting
     strangers' failures against it would only let them lock its users out.
     """
-    if not claimed:
-        return False
-    client = current_app.extensions["oauth2"].clients.get(claimed)
     return client is None or not client.public
 
 
-def _after_token(scope: str, response: Response) -> None:
-    limits, ip, outcome = _limits(), ip_group(), client_auth.outcome()
+def _after_token(
+    limits: Limits, scope: str, ip: str, failing: str | None, response: Response
+) -> None:
+    outcome = client_auth.outcome()
     if outcome is not None and outcome.client is not None:
-        key, rate = _client_budget(outcome.client)
-        _hit(response, "token", scope + key, rate)
-        if outcome.claimed:
-            limits.client_id.succeeded(outcome.claimed)
+        key, rate = _client_budget(outcome.client, ip)
+        _hit(limits, response, "token", scope + key, rate)
+        if failing is not None and outcome.claimed == failing:
+            limits.client_id.succeeded(failing)  # its failures are forgiven
         return
-    _hit(response, "token_ip", scope + ip)
+    _hit(limits, response, "token_ip", scope + ip)
     if outcome is not None:  # client authentication failed
+        claimed = outcome.claimed
+        guarded = bool(claimed) and _guarded(_clients().get(claimed))
         delay = max(
             limits.client_ip.failed(ip),
-            limits.client_id.failed(outcome.claimed) if _guarded_id(outcome.claimed) else 0,
+            limits.client_id.failed(claimed) if guarded and claimed else 0,
         )
         if delay:
             audit("client_lockout", seconds=delay)
@@ -160,11 +186,13 @@ def token_limits(view):
 
     @functools.wraps(view)
     def limited_view(*args: Any, **kwargs: Any):
-        if not _limits().enabled:
+        limits = _limits()
+        if not limits.enabled:
             return view(*args, **kwargs)
-        _before_token(scope)
+        ip = ip_group()
+        failing = _before_token(limits, scope, ip)
         response = current_app.make_response(view(*args, **kwargs))
-        _after_token(scope, response)
+        _after_token(limits, scope, ip, failing, response)
         return response
 
     return limited_view
@@ -187,9 +215,9 @@ def api_limit(view):
             _check(limits.rates.spent("api", key), "api", key)
         response = current_app.make_response(view(*args, **kwargs))
         if key is not None and rfc6750.verified():
-            _hit(response, "api", key)
+            _hit(limits, response, "api", key)
         else:
-            _hit(response, "api_ip", ip)
+            _hit(limits, response, "api_ip", ip)
         return response
 
     return limited_view
