@@ -28,7 +28,17 @@ from urllib.parse import urlencode
 from bench import flow, procs, run
 
 ROUNDS = 5
-SCENARIOS = ("client_credentials", "refresh", "introspect", "gateway", "flow")
+SCENARIOS = (
+    "client_credentials",
+    "refresh",
+    "introspect",
+    "gateway",
+    "userinfo",
+    "flow",
+    "flow_openid",
+)
+#: Scenarios of whole code flows (a flow per call) rather than single requests.
+FLOWS = ("flow", "flow_openid")
 BASIC = "Basic " + base64.b64encode(b"test:hunter2").decode()
 
 
@@ -72,7 +82,9 @@ def call(app: Any, make_env: Callable[[], dict[str, Any]]) -> int:
     return int(status[0].split()[0])
 
 
-def requests(access: str, pool: Iterator[str]) -> dict[str, Callable[[], dict[str, Any]]]:
+def requests(
+    access: str, pool: Iterator[str], openid_access: str
+) -> dict[str, Callable[[], dict[str, Any]]]:
     """A fresh WSGI environ per call, for each scenario."""
     return {
         "client_credentials": lambda: environ(
@@ -91,6 +103,7 @@ def requests(access: str, pool: Iterator[str]) -> dict[str, Callable[[], dict[st
             authorization=BASIC,
         ),
         "gateway": lambda: environ("GET", "/api/profile", authorization=f"Bearer {access}"),
+        "userinfo": lambda: environ("GET", "/userinfo", authorization=f"Bearer {openid_access}"),
     }
 
 
@@ -130,9 +143,11 @@ class InprocBrowser(flow.Browser):
         return out["status"], location, payload.decode("utf-8", "replace")
 
 
-def flow_runner(wsgi: Any) -> Callable[[], None]:
-    """One whole code flow per call, by the flow driver's browser."""
+def flow_runner(wsgi: Any, openid: bool = False) -> Callable[[], None]:
+    """One whole code flow per call, by the flow driver's browser (OpenID Connect: with
+    ``openid``, so an ID Token is signed at the token step)."""
     browser = InprocBrowser(wsgi, "flow-user")
+    browser.openid = openid
     timings: dict[str, list[float]] = {step: [] for step in flow.STEPS}
     flows = iter(range(10**9))
     return lambda: browser.flow(timings, next(flows))
@@ -175,12 +190,14 @@ def main(argv: list[str]) -> int:
             )
             fx = run.Fixtures(server)
             access = fx.live_token()
-            makers = requests(access, iter(fx.refresh_pool(n + 200)))
+            openid_access = fx.live_token("openid profile email")
+            makers = requests(access, iter(fx.refresh_pool(n + 200)), openid_access)
             wsgi = app.wsgi_app
             makers["flow"] = flow_runner(wsgi)  # type: ignore[assignment]
+            makers["flow_openid"] = flow_runner(wsgi, openid=True)  # type: ignore[assignment]
             for name in names:
                 make = makers[name]
-                run_one = (lambda make=make: make()) if name == "flow" else None
+                run_one = (lambda make=make: make()) if name in FLOWS else None
                 if run_one is not None:
                     for _ in range(20):
                         run_one()

@@ -72,7 +72,9 @@ def drive(step: Callable[[int, int], None], threads: int, seconds: float) -> int
     return done[0]
 
 
-def steps(wsgi: Any, access: str, pool: Iterator[str]) -> dict[str, Callable[[int, int], None]]:
+def steps(
+    wsgi: Any, access: str, pool: Iterator[str], openid_access: str
+) -> dict[str, Callable[[int, int], None]]:
     """One request (a whole flow for ``flow``) of each scenario, callable from any thread."""
     lock = threading.Lock()
 
@@ -81,7 +83,7 @@ def steps(wsgi: Any, access: str, pool: Iterator[str]) -> dict[str, Callable[[in
             with lock:
                 return next(pool)
 
-    makers = inproc.requests(access, Shared())
+    makers = inproc.requests(access, Shared(), openid_access)
     browsers: dict[int, inproc.InprocBrowser] = {}
 
     def request(make: Callable[[], dict[str, Any]]) -> Callable[[int, int], None]:
@@ -112,7 +114,7 @@ def main(argv: list[str]) -> int:
         fx = run.Fixtures(server)
         access = fx.live_token()
         pool = iter(fx.refresh_pool(40_000))
-        calls = steps(app.wsgi_app, access, pool)
+        calls = steps(app.wsgi_app, access, pool, fx.live_token("openid profile email"))
         meter.install()
         for name in names:
             for threads in (1, THREADS):
