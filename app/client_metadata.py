@@ -50,6 +50,7 @@ FIELDS = (
     "token_endpoint_auth_method",
     "scope",
     "ip_allowlist",
+    "allowed_origins",
     "rate_limit",
     *POLICY_FIELDS,
     *OIDC_FIELDS,
@@ -176,7 +177,7 @@ def complete(fields: dict[str, Any], user_scopes: list[str]) -> dict[str, Any]:
     for name in ("client_name", *URL_FIELDS):
         if fields.get(name) is not None:
             meta[name] = _text(name, fields[name], url=name in URL_FIELDS)
-    for name in ("contacts", "ip_allowlist", "redirect_uris"):
+    for name in ("contacts", "ip_allowlist", "allowed_origins", "redirect_uris"):
         if fields.get(name) is not None:
             meta[name] = _strings(name, fields[name])
     grants = fields.get("grant_types")
@@ -327,6 +328,7 @@ def file_entry(client_id: str, meta: dict[str, Any], secret_hash: str | None) ->
         "ip_allowlist": meta.get("ip_allowlist", []),
     }
     for name in (
+        "allowed_origins",  # public clients only, each an origin: parse_client checks
         "rate_limit",
         "response_types",
         "token_endpoint_auth_method",

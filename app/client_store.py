@@ -6,6 +6,17 @@ One record per client, under its ``client_id``::
      "disabled", "source": "api", "created_at", "updated_at", "rev",
      "user_id": "@clients"}
 
+Beside each, one index record per origin a public client lists in ``allowed_origins``
+(CORS at ``/token`` and ``/revoke``), under ``origin:<origin> <client_id>``::
+
+    {"user_id": "@origin:<origin>", "origin_client": client_id}
+
+so that a preflight, which names no client, finds the clients of an origin with one
+``list_by_user`` read. The index may say more than the records, never less: an entry
+is written before the record that needs it and removed after the record that dropped
+it, and each client it names is checked against its record (enabled, still listing
+the origin) before the origin is answered.
+
 Secrets are kept as hashes only; the newest has no expiry, a rotated one works until
 its ``expires_at`` (the overlap). ``user_id`` is the same marker on every record, so the
 table's ``list_by_user`` index lists the clients (the storage contract has no scan).
@@ -19,6 +30,7 @@ reused while the record's ``rev`` is unchanged, and, within one request, the ans
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -43,6 +55,7 @@ from .clients import (
     admin_scope_problem,
     parse_client,
 )
+from .clients import _origin as canonical_origin
 from .secrets_hash import hash_random_secret, new_secret, verify_secret
 from .storage import Storage, Table
 
@@ -50,6 +63,11 @@ from .storage import Storage, Table
 LISTED = "@clients"
 #: A chosen ``client_id`` is claimed by a counter under this prefix (``:`` is never in an id).
 CLAIM = "claim:"
+#: Index records of ``allowed_origins``: key prefix, and the ``user_id`` prefix they list by.
+ORIGIN = "origin:"
+ORIGIN_LISTED = "@origin:"
+#: Clients of one origin a preflight checks at most (each one read of its record).
+MAX_ORIGIN_CLIENTS = 20
 #: Longest overlap a rotation may ask for: 30 days (as ``admin.secret_overlap``).
 MAX_OVERLAP = 2592000
 #: Secrets a client holds at most: the newest and those still in their overlap.
@@ -124,6 +142,19 @@ class ClientStore:
     def records(self) -> list[dict[str, Any]]:
         """Every stored client's record, by ``client_id``."""
         return sorted(self.table.list_by_user(LISTED), key=lambda r: r["client_id"])
+
+    def public_origin(self, origin: str) -> bool:
+        """True when an enabled stored public client lists ``origin`` (a preflight's
+        question): one index read, then the record of each client the index names."""
+        if len(origin) > 300 or canonical_origin(origin) != origin:
+            return False  # not an origin any client could have listed: spare the reads
+        listed = self.table.list_by_user(ORIGIN_LISTED + origin)
+        ids = sorted({str(r.get("origin_client")) for r in listed})[:MAX_ORIGIN_CLIENTS]
+        for client_id in ids:
+            client = self.active(client_id)
+            if client is not None and client.allows_origin(origin):
+                return True
+        return False
 
     def client(self, record: dict[str, Any]) -> StoredClient:
         """The client a record describes, built once per ``rev``."""
@@ -213,6 +244,7 @@ class ClientStore:
             raise ClientConflict(f"client_id {client_id!r} is taken")
         if chosen and storage is not None:
             self._purge(client_id, storage, revoke_grant)
+        self._index(client_id, add=_origins(meta))
         return self._write(record), secret
 
     def update(
@@ -231,7 +263,11 @@ class ClientStore:
         updated = {**record, "metadata": meta, "disabled": disabled, **(extra or {})}
         self._build(record["client_id"], meta, updated)
         self._check_stored(meta)
-        return self._write(updated)
+        before, after = _origins(record["metadata"]), _origins(meta)
+        self._index(record["client_id"], add=[o for o in after if o not in before])
+        written = self._write(updated)
+        self._index(record["client_id"], drop=[o for o in before if o not in after])
+        return written
 
     def _check_stored(self, meta: dict[str, Any]) -> None:
         """Refuse what only the clients file may hold (on writes only: a record stored
@@ -272,6 +308,7 @@ class ClientStore:
         self.set_disabled(record, True)
         revoked = self._purge(client_id, storage, revoke_grant)
         self.table.delete(client_id)
+        self._index(client_id, drop=_origins(record["metadata"]))
         self.table.delete(CLAIM + client_id)
         self._built.pop(client_id, None)
         return revoked
@@ -288,11 +325,25 @@ class ClientStore:
             storage.consents.delete(consent["key"])
         return revoked
 
+    def _index(self, client_id: str, add: Sequence[str] = (), drop: Sequence[str] = ()) -> None:
+        """Add and remove the origin index records of ``client_id`` (see the module's doc)."""
+        for origin in add:
+            record = {"user_id": ORIGIN_LISTED + origin, "origin_client": client_id}
+            self.table.put(f"{ORIGIN}{origin} {client_id}", record, ttl=0)
+        for origin in drop:
+            self.table.delete(f"{ORIGIN}{origin} {client_id}")
+
     def _write(self, record: dict[str, Any]) -> dict[str, Any]:
         record = {k: v for k, v in record.items() if k not in ("key", "expires_at")}
         record.update(user_id=LISTED, updated_at=time.time(), rev=new_secret(8))
         self.table.put(record["client_id"], record, ttl=0)
         return record
+
+
+def _origins(meta: dict[str, Any]) -> list[str]:
+    """The origins a public client's metadata lists (a confidential one's: none)."""
+    origins = meta.get("allowed_origins") or []
+    return [o for o in origins if isinstance(o, str)] if is_public(meta) else []
 
 
 # -- what the admin API and the CLI show: never a secret, never a hash ----------------------
@@ -337,6 +388,8 @@ def describe_file(client: Client) -> dict[str, Any]:
     }
     if client.ip_allowlist:
         meta["ip_allowlist"] = list(client.ip_allowlist)
+    if client.allowed_origins:
+        meta["allowed_origins"] = list(client.allowed_origins)
     if client.rate_limit:
         meta["rate_limit"] = client.rate_limit
     if client.quotas:

@@ -3,7 +3,11 @@
 Bearer endpoints (``/api/*``, later UserInfo) take no cookies, so any page may call
 them: ``Access-Control-Allow-Origin: *``, never credentials. The token endpoints
 answer only the origins a public client registered (``allowed_origins``), echoed with
-``Vary: Origin``. Pages never answer CORS: nothing here is applied to them.
+``Vary: Origin``: those of the clients file are known in memory; those of clients kept
+in storage (admin API, registration) are read only for a request that carries an
+``Origin`` the file's clients did not register, so a change made on any instance counts
+on the next request and a request without ``Origin`` costs no read. Pages never answer
+CORS: nothing here is applied to them.
 """
 
 from __future__ import annotations
@@ -72,7 +76,8 @@ def public_client_origins(view: Callable[..., Any]) -> Callable[..., Any]:
     def cors_view(*args: Any, **kwargs: Any) -> Any:
         origin = request.headers.get("Origin")
         if request.method == "OPTIONS":
-            allowed = _clients().public_origin(origin)
+            asks = bool(request.headers.get("Access-Control-Request-Method"))
+            allowed = bool(origin) and asks and _any_public_client_origin(str(origin))
             response = _preflight(origin if allowed else None, TOKEN_ENDPOINT_HEADERS)
             response.vary.add("Origin")
             return response
@@ -80,6 +85,14 @@ def public_client_origins(view: Callable[..., Any]) -> Callable[..., Any]:
         return view(*args, **kwargs)
 
     return cors_view
+
+
+def _any_public_client_origin(origin: str) -> bool:
+    """Whether a public client lists ``origin``: the file's first (no read), then the store's."""
+    clients = _clients()
+    if clients.public_origin(origin):
+        return True
+    return clients.store is not None and bool(clients.store.public_origin(origin))
 
 
 def _allow_named_client(response: Response) -> Response:

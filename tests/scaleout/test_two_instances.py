@@ -161,6 +161,17 @@ def token_status(server: Instance, client_id: str, secret: str) -> int:
     return answer.status_code
 
 
+SPA_ORIGIN = "https://spa.example"
+
+
+def cors_origin(instance: Instance, origin: str) -> str | None:
+    """What a preflight of ``/token`` from ``origin`` is allowed by ``instance``."""
+    headers = {"Origin": origin, "Access-Control-Request-Method": "POST"}
+    answer = requests.options(f"{instance.url}/token", headers=headers, timeout=TIMEOUT)
+    assert answer.status_code == 204
+    return answer.headers.get("Access-Control-Allow-Origin")
+
+
 def test_a_client_made_rotated_disabled_and_deleted_on_a_counts_on_b_at_once(
     pair: tuple[Instance, Instance], agent: requests.Session
 ) -> None:
@@ -178,6 +189,13 @@ def test_a_client_made_rotated_disabled_and_deleted_on_a_counts_on_b_at_once(
     made = admin.post(f"{a.url}/admin/clients", json=metadata, timeout=TIMEOUT)
     assert made.status_code == 201, made.text
     client_id, secret = made.json()["client_id"], made.json()["client_secret"]
+    # A single-page app's public client beside it: B answers its origin's preflight.
+    assert cors_origin(b, SPA_ORIGIN) is None
+    spa = {"redirect_uris": [REDIRECT], "public": True, "allowed_origins": [SPA_ORIGIN]}
+    made_spa = admin.post(f"{a.url}/admin/clients", json=spa, timeout=TIMEOUT)
+    assert made_spa.status_code == 201, made_spa.text
+    spa_path = f"{a.url}/admin/clients/{made_spa.json()['client_id']}"
+    assert cors_origin(b, SPA_ORIGIN) == SPA_ORIGIN
 
     # Created on A: B runs a user's code flow for it on the next request.
     log_in(agent, b)
@@ -203,6 +221,10 @@ def test_a_client_made_rotated_disabled_and_deleted_on_a_counts_on_b_at_once(
     assert profile(b, access) == 401
     assert admin.patch(path, json={"disabled": False}, timeout=TIMEOUT).status_code == 200
     assert profile(b, access) == 200
+    assert admin.patch(spa_path, json={"disabled": True}, timeout=TIMEOUT).status_code == 200
+    assert cors_origin(b, SPA_ORIGIN) is None
+    assert admin.patch(spa_path, json={"disabled": False}, timeout=TIMEOUT).status_code == 200
+    assert cors_origin(b, SPA_ORIGIN) == SPA_ORIGIN
 
     # Deleted on A: gone on B, its token with it.
     assert admin.delete(path, timeout=TIMEOUT).status_code == 204
@@ -211,4 +233,6 @@ def test_a_client_made_rotated_disabled_and_deleted_on_a_counts_on_b_at_once(
         f"{b.url}/admin/clients/{client_id}", headers=admin.headers, timeout=TIMEOUT
     )
     assert on_b.status_code == 404
+    assert admin.delete(spa_path, timeout=TIMEOUT).status_code == 204
+    assert cors_origin(b, SPA_ORIGIN) is None
     admin.close()

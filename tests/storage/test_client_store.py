@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from app.client_metadata import ClientMetadataError
-from app.client_store import CLAIM, ClientConflict, ClientStore, describe
+from app.client_store import CLAIM, ORIGIN_LISTED, ClientConflict, ClientStore, describe
 from app.storage.base import Backend
 
 SCOPES = ["read-only", "read-write"]
@@ -163,3 +163,90 @@ def test_ids_no_stored_client_can_have_cost_no_read(store: ClientStore, monkeypa
     monkeypatch.setattr(store.table, "get", lambda key: pytest.fail(f"read {key!r}"))
     assert store.find("claim:x") is None
     assert store.find("a b") is None
+
+
+# -- allowed_origins: the origin index a preflight reads ------------------------------------
+APP = "https://app.example.com"
+DEV = "http://localhost:3000"
+SPA = {**WEB, "token_endpoint_auth_method": "none", "allowed_origins": [APP, DEV]}
+
+
+def origin_index(store: ClientStore, origin: str) -> list[str]:
+    return sorted(r["origin_client"] for r in store.table.list_by_user(ORIGIN_LISTED + origin))
+
+
+def nothing_kept(backend: Backend) -> SimpleNamespace:
+    names = ("tokens", "refresh_tokens", "codes", "consents")
+    return SimpleNamespace(**{name: backend.table(name, None) for name in names})
+
+
+def test_a_public_clients_origins_are_found_by_another_instance_at_once(
+    store: ClientStore, backend: Backend
+) -> None:
+    other = ClientStore(backend.table("clients", None), SCOPES)  # another instance
+    assert not other.public_origin(APP)
+    record, _ = store.create(SPA, client_id="spa")
+    assert other.public_origin(APP) and other.public_origin(DEV)
+    assert not other.public_origin("https://evil.example")
+    assert not other.public_origin(APP + "/")  # not an origin: not looked up
+    client = other.find("spa")
+    assert client is not None and client.allowed_origins == [APP, DEV]
+    assert [r["client_id"] for r in store.records()] == ["spa"]  # the index is not listed
+
+    record = store.update(record, {**SPA, "allowed_origins": [DEV]})
+    assert not other.public_origin(APP) and other.public_origin(DEV)
+    assert origin_index(store, APP) == [] and origin_index(store, DEV) == ["spa"]
+
+    record = store.set_disabled(record, True)
+    assert not other.public_origin(DEV)
+    store.set_disabled(record, False)
+    assert other.public_origin(DEV)
+
+    store.remove("spa", nothing_kept(backend), lambda grant_id: 0)
+    assert not other.public_origin(DEV)
+    assert origin_index(store, DEV) == []
+
+
+def test_two_clients_may_list_one_origin(store: ClientStore, backend: Backend) -> None:
+    store.create(SPA, client_id="spa1")
+    store.create({**SPA, "allowed_origins": [APP]}, client_id="spa2")
+    assert origin_index(store, APP) == ["spa1", "spa2"]
+    store.remove("spa1", nothing_kept(backend), lambda grant_id: 0)
+    assert store.public_origin(APP) and not store.public_origin(DEV)
+    assert origin_index(store, APP) == ["spa2"]
+
+
+def test_a_stale_index_entry_answers_nothing(store: ClientStore) -> None:
+    """The index may say more than the records (a write cut short): each is checked."""
+    store.create(SPA, client_id="spa")
+    store.table.delete("spa")  # the record gone, its index entries left
+    assert origin_index(store, APP) == ["spa"]
+    assert not store.public_origin(APP)
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({**WEB, "allowed_origins": [APP]}, "only a public client"),  # confidential
+        ({**SPA, "allowed_origins": [APP + "/"]}, "is not an origin"),
+        ({**SPA, "allowed_origins": ["https://APP.example.com"]}, "is not an origin"),
+        ({**SPA, "allowed_origins": ["https://app.example.com:443"]}, "is not an origin"),
+        ({**SPA, "allowed_origins": "https://app.example.com"}, "expected a list"),
+    ],
+)
+def test_bad_origins_are_refused_and_write_nothing(
+    store: ClientStore, fields: dict, problem: str
+) -> None:
+    with pytest.raises(ClientMetadataError, match=problem) as caught:
+        store.create(fields, client_id="x1")
+    assert caught.value.error == "invalid_client_metadata"
+    assert store.records() == [] and origin_index(store, APP) == []
+    assert store.table.get(CLAIM + "x1") is None
+
+
+def test_a_failed_update_keeps_the_origins(store: ClientStore) -> None:
+    record, _ = store.create(SPA, client_id="spa")
+    with pytest.raises(ClientMetadataError):
+        store.update(record, {**SPA, "allowed_origins": ["https://new.example", "nope"]})
+    assert origin_index(store, "https://new.example") == []
+    assert store.public_origin(APP) and not store.public_origin("https://new.example")
