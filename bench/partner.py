@@ -82,7 +82,7 @@ def measure(run_dir: Path) -> dict[str, Any]:
     made = time.monotonic() - made
     statuses: collections.Counter = collections.Counter()
     wsgi = counting(app.wsgi_app, statuses)
-    token = inproc.requests("", iter(()))["client_credentials"]
+    token = inproc.requests("", iter(()), "")["client_credentials"]
     start = time.monotonic()
     for second in range(SECONDS):
         for i in range(TOKENS):
