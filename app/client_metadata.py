@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .client_policy import POLICY_FIELDS
-from .clients import ADMIN_SCOPE, RESPONSE_TYPE_GRANTS, normal_response_type
+from .clients import ADMIN_SCOPE, RESPONSE_TYPE_GRANTS, http_url, normal_response_type
 from .oauth2.client_auth import METHODS
 from .quotas import FIELDS as QUOTA_FIELDS
 from .settings import GRANT_TYPES
@@ -208,18 +208,9 @@ def _text(name: str, value: Any, url: bool = False) -> str:
         raise ClientMetadataError(f"{name}: expected a non-empty string")
     if any(ord(c) < 32 or ord(c) == 127 or c in BIDI_CONTROLS for c in value):
         raise ClientMetadataError(f"{name}: control characters are not allowed")
-    if url and not _web_url(value):
+    if url and not http_url(value):
         raise ClientMetadataError(f"{name}: expected an http or https URL")
     return value
-
-
-def _web_url(value: str) -> bool:
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and "@" not in parts.netloc
 
 
 def _strings(name: str, value: Any) -> list[str]:

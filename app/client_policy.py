@@ -18,6 +18,8 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
+from .clients import http_url
+
 #: Field -> (shortest, longest) lifetime in seconds a client may be given.
 LIFETIME_BOUNDS = {
     "access_token_lifetime": (60, 86400),
@@ -76,12 +78,7 @@ def web_url(value: str) -> bool:
     """An absolute http(s) URL without credentials or control characters."""
     if any(ord(c) < 33 or ord(c) == 127 for c in value) or len(value) > 2000:
         return False
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and "@" not in parts.netloc
+    return http_url(value)
 
 
 def shown_image(uri: str | None) -> str | None:

@@ -63,20 +63,19 @@ def loopback_uri(uri: str) -> tuple[str, str, str] | None:
     return parts.scheme, host, f"{parts.path}?{parts.query}"
 
 
-def valid_redirect_uri(uri: str) -> bool:
-    """Absolute http(s) URI without a fragment (RFC 6749 §3.1.2)."""
+def http_url(value: str) -> bool:
+    """An absolute http(s) URL with a host and a valid port, and no credentials in it."""
     try:
-        parts = urlsplit(uri)
+        parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
         return False
-    return (
-        parts.scheme in ("http", "https")
-        and bool(parts.hostname)
-        and "@" not in parts.netloc
-        and "#" not in uri
-        and not any(ch.isspace() or ord(ch) < 32 for ch in uri)
-    )
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and "@" not in parts.netloc
+
+
+def valid_redirect_uri(uri: str) -> bool:
+    """Absolute http(s) URI without a fragment (RFC 6749 §3.1.2)."""
+    return http_url(uri) and "#" not in uri and not any(ch.isspace() or ord(ch) < 32 for ch in uri)
 
 
 @dataclass
