@@ -20,11 +20,11 @@ from ..client_policy import consent_links, image_origin, shown_image
 from ..oauth2.server import query_params
 from ..oidc import prompt
 from ..oidc.consent import OPENID, Consents, code_scopes, describe, must_ask
+from ..oidc.signin import AMR_KEY
 from ..pages import render_error, render_page, with_image_origin
 from ..quotas import choice as quota_choice
 from ..secrets_hash import new_secret, token_digest
 from ..sessions import SIGNED_IN_AT
-from ..oidc.signin import AMR_KEY
 from .account import ask_second_step, enrolment_redirect, factors, required_for
 from .common import oauth, state
 
