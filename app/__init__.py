@@ -172,8 +172,7 @@ def _register_blueprints(app: Flask) -> None:
     )
 
     views = (auth, logout, authorize, token, review, api, admin, wellknown, docs, oidc, register)
-    views += (account,)
-    for module in views:
+    for module in (*views, account):
         app.register_blueprint(module.bp)
     csrf.exempt(token.bp)
     csrf.exempt(api.bp)
