@@ -157,6 +157,7 @@ def _load_user(user_id: str):
 
 def _register_blueprints(app: Flask) -> None:
     from .views import (
+        account,
         admin,
         api,
         auth,
@@ -171,7 +172,7 @@ def _register_blueprints(app: Flask) -> None:
     )
 
     views = (auth, logout, authorize, token, review, api, admin, wellknown, docs, oidc, register)
-    for module in views:
+    for module in (*views, account):
         app.register_blueprint(module.bp)
     csrf.exempt(token.bp)
     csrf.exempt(api.bp)

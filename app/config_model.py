@@ -166,6 +166,7 @@ class StorageSection(Section):
     clients: StorageEntry | None = None
     keys: StorageEntry | None = None
     consents: StorageEntry | None = None
+    factors: StorageEntry | None = None
     auto_migrate: bool = True
     purge_interval: Seconds = 300
 
@@ -274,6 +275,13 @@ class Registration(Section):
     initial_token_ttl: Annotated[int, Field(ge=60, le=2592000)] = 86400
 
 
+class TwoFactor(Section):
+    """Two-step sign-in (TOTP): README "Two-step sign-in"."""
+
+    #: Every user must enrol a second factor before any sign-in completes a flow.
+    required: bool = False
+
+
 class Config(Section):
     """The whole configuration, one section per attribute."""
 
@@ -287,6 +295,7 @@ class Config(Section):
     oidc: OIDC = OIDC()
     admin: Admin = Admin()
     registration: Registration = Registration()
+    two_factor: TwoFactor = TwoFactor()
 
 
 def defaults_document() -> dict[str, Any]:

@@ -21,6 +21,7 @@ class Limits:
     enabled: bool
     rates: RateLimits
     login: Delays  # failed sign-ins per username
+    otp: Delays  # failed second-step codes per user id
     client_id: Delays  # failed client authentications per claimed client id
     client_ip: Delays  # failed client authentications per IP
 
@@ -55,6 +56,7 @@ def build(settings: Settings) -> Limits:
         enabled=on,
         rates=rates,
         login=Delays(store, "login", after, base, ceiling, on),
+        otp=Delays(store, "otp", after, base, ceiling, on),
         client_id=Delays(
             store, "client", config.client_lockout_after, base, config.client_lockout_max, on
         ),

@@ -49,12 +49,13 @@ def _unb64(text: str) -> bytes:
 class Sealer:
     """Seal and open private key members with a key derived from one secret."""
 
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str, key_info: bytes = KEY_INFO, id_info: bytes = ID_INFO) -> None:
+        """``key_info``/``id_info``: another purpose's HKDF labels (the TOTP secrets')."""
         if not secret:
             raise ValueError("the keys secret is empty")
-        self._aead = AESGCM(_derive(secret, KEY_INFO, 32))
+        self._aead = AESGCM(_derive(secret, key_info, 32))
         #: Names the secret in storage without revealing it (a separate HKDF output).
-        self.key_id = _b64(_derive(secret, ID_INFO, 12))
+        self.key_id = _b64(_derive(secret, id_info, 12))
 
     def __repr__(self) -> str:
         return f"Sealer(key_id={self.key_id!r})"

@@ -15,8 +15,11 @@ from ..sessions import SID, SIGNED_IN_AT, note_relying_party
 
 #: The sign-in's facts: when (``auth_time``), which sign-in (``sid``), how (``amr``).
 SIGN_IN_FACTS = ("auth_time", "sid", "amr")
-#: How users sign in today (RFC 8176): a password at the site.
+#: How users sign in without a second step (RFC 8176): a password at the site.
 AMR = ["pwd"]
+#: The session key of the sign-in's methods when it used more (``["pwd", "otp"]``,
+#: set by the second step, :mod:`app.views.account`).
+AMR_KEY = "_amr"
 
 
 def sign_in_facts() -> dict[str, Any]:
@@ -27,7 +30,7 @@ def sign_in_facts() -> dict[str, Any]:
     facts = {
         "auth_time": int(signed_in_at) if signed_in_at else int(time.time()),
         "sid": session.get(SID),
-        "amr": list(AMR),
+        "amr": list(session.get(AMR_KEY) or AMR),
     }
     return {name: value for name, value in facts.items() if value is not None}
 

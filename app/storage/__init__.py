@@ -50,7 +50,8 @@ GRANT_TABLES = ("codes", "tokens", "refresh_tokens")
 #: delays (``oauth2-limits/...``, ``app.limits.delays``). Codes and refresh tokens keep
 #: their tombstones in their own tables (``used:``, ``rotated:``, ``app.oauth2.grant_store``).
 #: ``keys`` holds the OpenID Connect signing key ring (``app.oidc.keys``); ``consents``
-#: the scopes each user granted each client, remembered (``app.oidc.consent``).
+#: the scopes each user granted each client, remembered (``app.oidc.consent``); ``factors``
+#: the two-step sign-in secrets, used time steps and recovery codes (``app.twofactor``).
 TABLES = (
     "session",
     "codes",
@@ -61,6 +62,7 @@ TABLES = (
     "clients",
     "keys",
     "consents",
+    "factors",
 )
 
 #: The original server's lifetimes, in seconds; 0 means records never expire.
@@ -74,6 +76,7 @@ DEFAULT_TTLS = {
     "clients": 0,
     "keys": 0,
     "consents": 0,
+    "factors": 0,
 }
 
 #: URL scheme -> "module:Class"; drivers are imported only when a scheme is used.
@@ -247,6 +250,7 @@ class Storage:
     clients: Table
     keys: Table
     consents: Table
+    factors: Table
 
     def __init__(self, specs: dict[str, StorageSpec]) -> None:
         self.specs = specs

@@ -33,6 +33,7 @@ CREATE_TABLES = [
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (1, "create tables", CREATE_TABLES),
     (2, "create the keys and consents tables (OpenID Connect)", CREATE_TABLES),
+    (3, "create the factors table (two-step sign-in)", CREATE_TABLES),
 ]
 
 

@@ -12,6 +12,7 @@ from ..audit import audit
 from ..limits import delay_fields, login_limits
 from ..oidc.prompt import NO_CONTROLS
 from ..pages import render_error, render_page
+from .account import ask_second_step, enrolment_redirect, factors, required_for
 from .common import safe_next, state
 
 bp = Blueprint("auth", __name__)
@@ -85,10 +86,15 @@ def login_post():
         if attempt.delay:
             audit("lockout", username=username, seconds=attempt.delay)
         return _form(next_url, "Wrong username or password.", 401)
+    second_step = factors().enrolled(str(site_user.id))
     with state().storage.batch():  # user record and audit entry: one round trip
         lockout.succeeded(subject)
         user = state().users.remember(site_user)
-        audit("login", user_id=user.id)
+        audit("login_password" if second_step else "login", user_id=user.id)
+    if second_step:  # not signed in until the code (app.views.account)
+        return ask_second_step(user.id, next_url)
     session.signed_in()  # type: ignore[attr-defined]  # new id, new CSRF secret
     login_user(user)
+    if required_for():
+        return enrolment_redirect(next_url)
     return redirect(next_url or "/review", 302)

@@ -20,10 +20,12 @@ from ..client_policy import consent_links, image_origin, shown_image
 from ..oauth2.server import query_params
 from ..oidc import prompt
 from ..oidc.consent import OPENID, Consents, code_scopes, describe, must_ask
+from ..oidc.signin import AMR_KEY
 from ..pages import render_error, render_page, with_image_origin
 from ..quotas import choice as quota_choice
 from ..secrets_hash import new_secret, token_digest
 from ..sessions import SIGNED_IN_AT
+from .account import ask_second_step, enrolment_redirect, factors, required_for
 from .common import oauth, state
 
 bp = Blueprint("authorize", __name__)
@@ -80,6 +82,12 @@ def authorize():
             return _silent(LoginRequiredError, grant)
         return _to_sign_in(asked)
     client = grant.client
+    if required_for(client) and "otp" not in (session.get(AMR_KEY) or []):
+        if asked.silent:
+            return _silent(LoginRequiredError, grant)
+        if factors().enrolled(current_user.id):  # signed in before enrolling elsewhere
+            return ask_second_step(current_user.id, request.full_path)
+        return enrolment_redirect(request.full_path)
     requested = scope_to_list(grant.request.scope) or []
     remembered = _remembered(client.get_client_id(), requested)
     if not must_ask(client, requested, remembered, asked.consent):

@@ -1,0 +1,209 @@
+"""Two-step sign-in pages: the account page (``/account``) and the second step
+(``/login/otp``). The factors themselves: :mod:`app.twofactor`.
+
+The second step holds the pending user in the session without signing in: the
+password was right, nobody is signed in until a code is. It has its own CSRF secret
+(new when the password is accepted) and lasts :data:`PENDING_LIFETIME` seconds.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from urllib.parse import urlencode
+
+from flask import Blueprint, current_app, redirect, request, session
+from flask_login import current_user, login_required, login_user
+from markupsafe import Markup
+
+from ..audit import audit
+from ..limits import delay_fields
+from ..oidc.signin import AMR_KEY
+from ..pages import render_error
+from ..sessions import CSRF_KEY
+from ..twofactor import TwoFactor
+from .common import safe_next, state
+
+bp = Blueprint("account", __name__)
+
+#: Session keys: the sign-in waiting for its code, and the factors the sign-in used.
+PENDING = "_2fa_pending"
+#: Seconds the second step waits for a code after the password was accepted.
+PENDING_LIFETIME = 300
+MAX_CODE = 64
+
+
+def factors() -> TwoFactor:
+    """The process's :class:`TwoFactor` (built on first use)."""
+    built = current_app.extensions.get("two_factor")
+    if built is None:
+        settings = state().settings
+        built = TwoFactor(state().storage.factors, settings.keys_secret, settings.auth.site_name)
+        current_app.extensions["two_factor"] = built
+    return built
+
+
+def required_for(client=None) -> bool:
+    """Whether a sign-in (to ``client``, if any) must use a second factor."""
+    if state().settings.two_factor.required:
+        return True
+    return bool(client and getattr(client, "require_two_factor", False))
+
+
+def _page(template: str, status: int = 200, **context):
+    from flask import render_template
+
+    return current_app.make_response((render_template(template, **context), status))
+
+
+# -- the second step -------------------------------------------------------------------
+
+
+def ask_second_step(user_id: str, next_url: str):
+    """After the password: remember the pending user (not signed in), go to the code page."""
+    session.pop(AMR_KEY, None)
+    session[PENDING] = {"user_id": user_id, "at": time.time(), "next": next_url}
+    session[CSRF_KEY] = secrets.token_hex(20)  # the code form's own CSRF secret
+    return redirect("/login/otp", 302)
+
+
+def _pending() -> dict | None:
+    pending = session.get(PENDING)
+    if not isinstance(pending, dict) or time.time() - pending.get("at", 0) > PENDING_LIFETIME:
+        return None
+    return pending
+
+
+def _expired():
+    session.pop(PENDING, None)
+    return redirect("/login", 302)
+
+
+def _otp_form(error: str | None = None, status: int = 200, wait: int = 0):
+    response = _page("login_otp.html", status, error=error)
+    if wait:
+        response.headers["Retry-After"] = str(wait)
+        response.headers.extend(delay_fields(state().limits.otp, wait))
+    return response
+
+
+@bp.get("/login/otp")
+def login_otp():
+    if _pending() is None:
+        return _expired()
+    return _otp_form()
+
+
+@bp.post("/login/otp")
+def login_otp_post():
+    pending = _pending()
+    if pending is None:
+        return _expired()
+    user_id = pending["user_id"]
+    code = request.form.get("code", "")
+    if not code or len(code) > MAX_CODE:
+        return _otp_form("Enter the code from your authenticator app.", 400)
+    lockout = state().limits.otp
+    attempt = lockout.reserve(user_id)
+    if attempt.wait:
+        audit("otp_locked", user_id=user_id)
+        minutes = (
+            f"{attempt.wait} seconds" if attempt.wait < 120 else f"{attempt.wait // 60} minutes"
+        )
+        return _otp_form(f"Too many wrong codes. Try again in {minutes}.", 429, attempt.wait)
+    method = "totp" if code.strip().isdigit() else "recovery"
+    if method == "totp":
+        ok = factors().verify(user_id, code)
+    else:
+        ok = factors().use_recovery_code(user_id, code)
+    user = state().users.get(user_id) if ok else None
+    if user is None:
+        audit("otp_failed", user_id=user_id, method=method)
+        if attempt.delay:
+            audit("lockout", user_id=user_id, seconds=attempt.delay, step="otp")
+        return _otp_form("That code is not right, or was already used.", 401)
+    lockout.succeeded(user_id)
+    session.pop(PENDING, None)
+    session.signed_in()  # type: ignore[attr-defined]  # new id, new CSRF secret
+    session[AMR_KEY] = ["pwd", "otp"]
+    login_user(user)
+    audit("login", user_id=user_id, second_factor=method)
+    if method == "recovery":
+        audit("recovery_code_used", user_id=user_id, left=factors().recovery_left(user_id))
+    return redirect(pending.get("next") or "/review", 302)
+
+
+# -- the account page ------------------------------------------------------------------
+
+
+def _account(message: str | None = None, error: str | None = None, status: int = 200, **extra):
+    user_id = current_user.id
+    enrolled = factors().enrolled(user_id)
+    context: dict = {
+        "enrolled": enrolled,
+        "message": message,
+        "error": error,
+        "next": safe_next(request.values.get("next"), ""),
+        "required": required_for(),
+    }
+    if enrolled:
+        context["recovery_left"] = factors().recovery_left(user_id)
+    else:
+        secret = factors().pending(user_id)
+        assert secret is not None
+        uri = factors().uri(user_id, current_user.name, secret)
+        context["qr"] = Markup(TwoFactor.qr_svg(uri))  # noqa: S704 - segno's own SVG
+        context["manual_key"] = " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
+    return _page("account.html", status, **(context | extra))
+
+
+@bp.get("/account")
+@login_required
+def account():
+    return _account(message=request.args.get("done") and "Two-step sign-in is off.")
+
+
+@bp.post("/account")
+@login_required
+def account_post():
+    action, user_id = request.form.get("action", ""), current_user.id
+    code = request.form.get("code", "")
+    if len(code) > MAX_CODE:
+        return _account(error="That code is not right.", status=400)
+    lockout = state().limits.otp
+    attempt = lockout.reserve(user_id)
+    if attempt.wait:
+        return _account(error="Too many wrong codes. Try again later.", status=429)
+    fx = factors()
+    if action == "enrol" and not fx.enrolled(user_id):
+        codes = fx.confirm(user_id, code)
+        if codes is None:
+            audit("otp_failed", user_id=user_id, method="enrol")
+            return _account(error="That code is not right. Try the next one.", status=400)
+        lockout.succeeded(user_id)
+        session[AMR_KEY] = ["pwd", "otp"]  # the user just showed the factor
+        audit("totp_enrolled", user_id=user_id)
+        return _page(
+            "account_codes.html", codes=codes, next=safe_next(request.form.get("next"), "")
+        )
+    if action in ("remove", "regenerate") and fx.enrolled(user_id):
+        if not (
+            fx.verify(user_id, code) or (action == "remove" and fx.use_recovery_code(user_id, code))
+        ):
+            audit("otp_failed", user_id=user_id, method=action)
+            return _account(error="That code is not right, or was already used.", status=400)
+        lockout.succeeded(user_id)
+        if action == "remove":
+            fx.remove(user_id)
+            session.pop(AMR_KEY, None)
+            audit("totp_removed", user_id=user_id)
+            return redirect("/account?done=1", 302)
+        codes = fx.new_recovery_codes(user_id)
+        audit("recovery_codes_regenerated", user_id=user_id)
+        return _page("account_codes.html", codes=codes, next="")
+    return render_error(400, "This form cannot be used", "Reload the account page and try again.")
+
+
+def enrolment_redirect(next_url: str):
+    """Send a user who must enrol to the account page, coming back to ``next_url``."""
+    return redirect("/account?" + urlencode({"next": next_url}), 302)

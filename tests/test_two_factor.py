@@ -1,0 +1,124 @@
+"""Two-step sign-in through the pages: enrol, the second step, lockout, amr, removal, required."""
+
+from __future__ import annotations
+
+import re
+
+import pyotp
+import pytest
+from flask import session
+
+from app import create_app
+from app.oidc.signin import sign_in_facts
+from tests.conftest import base_config, close_app
+from tests.factories import csrf_from, login
+
+
+def enrol(http) -> tuple[str, list[str]]:
+    page = http.get("/account")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert "<svg" in html and "http" not in re.sub(
+        r'xmlns="[^"]+"', "", html.split("<svg", 1)[1].split("</svg>")[0]
+    )
+    key = re.search(r'id="manual-key">([^<]+)<', html).group(1).replace(" ", "")
+    form = {"csrf_token": csrf_from(html), "action": "enrol", "code": "12345x"}
+    assert http.post("/account", data=form).status_code == 400
+    form["code"] = pyotp.TOTP(key).now()
+    done = http.post("/account", data=form)
+    assert done.status_code == 200
+    codes = re.findall(r"<code>([a-z0-9-]{19})</code>", done.get_data(as_text=True))
+    assert len(codes) == 10
+    return key, codes
+
+
+def otp_post(http, code: str):
+    page = http.get("/login/otp")
+    assert page.status_code == 200
+    return http.post(
+        "/login/otp", data={"csrf_token": csrf_from(page.get_data(as_text=True)), "code": code}
+    )
+
+
+def test_enrolled_user_needs_a_code_then_is_signed_in_with_otp(client, app, monkeypatch) -> None:
+    login(client)
+    key, _ = enrol(client)
+    client._cookies.clear()  # type: ignore[attr-defined]
+    answer = login(client, next_url="/review")
+    assert answer.status_code == 302 and answer.headers["Location"] == "/login/otp"
+    assert client.get("/review").status_code == 302  # not signed in yet
+    # a fixed clock: the code of the next step (the enrolment used this one)
+    later = pyotp.TOTP(key).timecode(__import__("datetime").datetime.now()) * 30 + 30
+    monkeypatch.setattr("app.twofactor.time.time", lambda: later + 1)
+    monkeypatch.setattr("app.views.account.time.time", lambda: later + 1)
+    wrong = otp_post(client, "000000" if pyotp.TOTP(key).at(later) != "000000" else "111111")
+    assert wrong.status_code == 401
+    right = otp_post(client, pyotp.TOTP(key).at(later))
+    assert right.status_code == 302 and right.headers["Location"] == "/review"
+    assert client.get("/review").status_code == 200
+    # replay of the same code in a new sign-in is refused
+    client._cookies.clear()  # type: ignore[attr-defined]
+    login(client)
+    assert otp_post(client, pyotp.TOTP(key).at(later)).status_code == 401
+
+
+def test_amr_read_from_the_session(app) -> None:
+    with app.test_request_context():
+        assert sign_in_facts()["amr"] == ["pwd"]
+        session["_amr"] = ["pwd", "otp"]
+        assert sign_in_facts()["amr"] == ["pwd", "otp"]
+
+
+def test_recovery_code_signs_in_once_and_failures_lock_out(client, app) -> None:
+    login(client)
+    _, codes = enrol(client)
+    client._cookies.clear()  # type: ignore[attr-defined]
+    login(client)
+    assert otp_post(client, codes[0]).status_code == 302
+    client._cookies.clear()  # type: ignore[attr-defined]
+    login(client)
+    assert otp_post(client, codes[0]).status_code == 401  # used
+    statuses = [otp_post(client, "99999" + str(i)).status_code for i in range(8)]
+    assert 429 in statuses
+    assert otp_post(client, codes[1]).status_code == 429  # gate shut: even a good code waits
+    audit = [r["event"] for r in app.extensions["oauth2"].storage.audit.recent(100)]
+    assert {"totp_enrolled", "recovery_code_used", "otp_failed", "otp_locked"} <= set(audit)
+
+
+def test_removal_needs_a_current_code(client) -> None:
+    login(client)
+    key, codes = enrol(client)
+    page = client.get("/account").get_data(as_text=True)
+    form = {"csrf_token": csrf_from(page), "action": "remove", "code": "not-a-code"}
+    assert client.post("/account", data=form).status_code == 400
+    form["code"] = codes[0]
+    assert client.post("/account", data=form).status_code == 302
+    assert "manual-key" in client.get("/account").get_data(as_text=True)
+
+
+def test_pending_second_step_expires(client, monkeypatch) -> None:
+    login(client)
+    enrol(client)
+    client._cookies.clear()  # type: ignore[attr-defined]
+    login(client)
+    import time as real
+
+    now = real.time()
+    monkeypatch.setattr("app.views.account.time.time", lambda: now + 301)
+    assert client.get("/login/otp").headers["Location"] == "/login"
+
+
+@pytest.fixture
+def required(tmp_path, dummy_site):
+    app = create_app(base_config(tmp_path, dummy_site, two_factor={"required": True}))
+    app.config["TESTING"] = True
+    yield app
+    close_app(app)
+
+
+def test_required_enrolment_sends_the_user_to_enrol(required) -> None:
+    http = required.test_client()
+    answer = login(http, next_url="/review")
+    assert answer.status_code == 302 and answer.headers["Location"].startswith("/account?next=")
+    page = http.get("/account").get_data(as_text=True)
+    assert "asks every account" in page and "Turn off" not in page
