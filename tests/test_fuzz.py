@@ -347,7 +347,16 @@ def fuzz_app(tmp_path_factory, dummy_site) -> Iterator:
 def snapshot(app) -> dict[str, frozenset]:
     """Every key of every table but ``audit``, lockouts and failure counts left out."""
     url = app.extensions["oauth2"].storage.specs["tokens"].url
-    tables = ("session", "codes", "tokens", "refresh_tokens", "users", "clients", "consents", "factors")
+    tables = (
+        "session",
+        "codes",
+        "tokens",
+        "refresh_tokens",
+        "users",
+        "clients",
+        "consents",
+        "factors",
+    )
     with contextlib.closing(sqlite3.connect(url[len("sqlite:///") :])) as db:
         return {
             table: frozenset(

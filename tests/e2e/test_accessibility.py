@@ -6,7 +6,8 @@ pixels (1.4.10).
 
 Pages: sign-in (plain, for a partner, wrong password, locked out), consent (plain scopes,
 OpenID Connect scopes, with remembered scopes kept), the review page (empty, with apps and
-remembered consent, an app unchecked, returning to a partner, saved), the sign-out
+remembered consent, an app unchecked, returning to a partner, saved), the account page
+(two-step sign-in), the sign-out
 question, the signed-out page and the error pages (400 unknown client signed in and out,
 404). axe-core is the npm package pinned in ``tests/e2e/rp/package.json``; any finding
 fails the test with its rule, impact, help and the elements it found.
@@ -240,6 +241,8 @@ def test_every_page_has_no_accessibility_violations(start_server, partner_site, 
         assert sign_in() == 200
         page.wait_for_url(re.compile(r"/review$"))
         check("review, empty", text="No apps have access")
+        goto("/account")
+        check("account, two-step sign-in off (QR code and key)", text="Turn on")
         goto(authorize("a11y-plain", "read-only"))
         check("consent", text="Plain Partner")
         page.click("button[name=allow]")
@@ -286,5 +289,5 @@ def test_every_page_has_no_accessibility_violations(start_server, partner_site, 
         check("signed out", text="You are signed out")
     finally:
         context.close()
-    assert len(checked) == 17
+    assert len(checked) == 18
     assert not found, "accessibility violations:\n" + report(found)
