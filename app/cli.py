@@ -314,6 +314,9 @@ def _add_oidc_options(add: argparse.ArgumentParser) -> None:
     oidc.add_argument("--backchannel-logout-uri")
     oidc.add_argument("--backchannel-logout-session-required", action="store_true")
     oidc.add_argument("--skip-consent", action="store_true", help="first-party: never ask")
+    oidc.add_argument(
+        "--require-two-factor", action="store_true", help="its users must use a second factor"
+    )
 
 
 def parser() -> argparse.ArgumentParser:

@@ -35,6 +35,7 @@ OIDC_FIELDS = (
     "backchannel_logout_uri",
     "backchannel_logout_session_required",
     "skip_consent",
+    "require_two_factor",
 )
 #: Every field a client record keeps, in the order responses show them.
 FIELDS = (

@@ -108,6 +108,8 @@ class Client(ClientMixin):
     backchannel_logout_session_required: bool = False
     #: A first-party client: the user is never asked to consent.
     skip_consent: bool = False
+    #: Users signing in to this client must use a second factor (README "Two-step sign-in").
+    require_two_factor: bool = False
     #: The registered ``response_types`` (None: every one its grant types allow).
     response_types: list[str] | None = None
     #: Its quotas of ``/api`` calls (:mod:`app.quotas`); None: none.

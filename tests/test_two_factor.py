@@ -122,3 +122,28 @@ def test_required_enrolment_sends_the_user_to_enrol(required) -> None:
     assert answer.status_code == 302 and answer.headers["Location"].startswith("/account?next=")
     page = http.get("/account").get_data(as_text=True)
     assert "asks every account" in page and "Turn off" not in page
+
+
+@pytest.fixture
+def strict_client(tmp_path, dummy_site):
+    """The demo clients and one whose users must use a second factor."""
+    import json
+
+    from tests.factories import make_client
+
+    clients = tmp_path / "clients.json"
+    clients.write_text(json.dumps([make_client("strict", require_two_factor=True)]))
+    app = create_app(base_config(tmp_path, dummy_site, client_credentials={"file": str(clients)}))
+    app.config["TESTING"] = True
+    yield app
+    close_app(app)
+
+
+def test_a_client_may_require_a_second_factor_of_its_users(strict_client) -> None:
+    from tests.conftest import authorize_url
+
+    http = strict_client.test_client()
+    login(http)
+    answer = http.get(authorize_url(client_id="strict", scope="read-only"))
+    assert answer.status_code == 302 and answer.headers["Location"].startswith("/account?next=")
+    assert strict_client.extensions["oauth2"].clients.get("strict").require_two_factor

@@ -161,4 +161,6 @@ def oidc_fields(
             entry, where, "backchannel_logout_session_required"
         ),
         "skip_consent": _flag(entry, where, "skip_consent"),
+        # Sign-in policy beside OpenID Connect's: a second factor for this client's users.
+        "require_two_factor": _flag(entry, where, "require_two_factor"),
     }

@@ -47,7 +47,7 @@ def required_for(client=None) -> bool:
     """Whether a sign-in (to ``client``, if any) must use a second factor."""
     if state().settings.two_factor.required:
         return True
-    return bool(client and getattr(client, "require_two_factor", False))
+    return bool(client and client.require_two_factor)
 
 
 def _page(template: str, status: int = 200, **context):
