@@ -147,3 +147,24 @@ def test_a_client_may_require_a_second_factor_of_its_users(strict_client) -> Non
     answer = http.get(authorize_url(client_id="strict", scope="read-only"))
     assert answer.status_code == 302 and answer.headers["Location"].startswith("/account?next=")
     assert strict_client.extensions["oauth2"].clients.get("strict").require_two_factor
+
+
+def test_the_id_token_says_otp_after_the_second_step(client, monkeypatch) -> None:
+    from tests.conftest import authorize_url, consent, location_params
+    from tests.factories import REDIRECT
+    from tests.oauth2.conftest import redeem
+    from tests.oidc.core_helpers import decode
+
+    login(client)
+    key, _ = enrol(client)
+    client._cookies.clear()  # type: ignore[attr-defined]
+    login(client)
+    # the code of the next time step (the enrolment used this one)
+    later = pyotp.TOTP(key).timecode(__import__("datetime").datetime.now()) * 30 + 30
+    monkeypatch.setattr("app.twofactor.time.time", lambda: later + 1)
+    monkeypatch.setattr("app.views.account.time.time", lambda: later + 1)
+    assert otp_post(client, pyotp.TOTP(key).at(later)).status_code == 302
+    answer = consent(client, authorize_url(scope="openid"))
+    code = location_params(answer)["code"]
+    tokens = redeem(client, code, "test", redirect_uri=REDIRECT).get_json()
+    assert decode(client, tokens["id_token"]).claims["amr"] == ["pwd", "otp"]
