@@ -31,7 +31,19 @@ REGISTER = "/register"
 ENDPOINTS = {"revocation": REVOKE, "introspection": INTROSPECT}
 
 #: Paths whose callers are programs: their errors are JSON, never a page.
-JSON_PATHS = (API, ADMIN, TOKEN, REVOKE, INTROSPECT, WELL_KNOWN, HEALTH, READY, USERINFO, JWKS, REGISTER)
+JSON_PATHS = (
+    API,
+    ADMIN,
+    TOKEN,
+    REVOKE,
+    INTROSPECT,
+    WELL_KNOWN,
+    HEALTH,
+    READY,
+    USERINFO,
+    JWKS,
+    REGISTER,
+)
 
 #: Public, secret-free responses that caches may keep.
 CACHEABLE = (STATIC, WELL_KNOWN, OPENAPI, JWKS)

@@ -101,7 +101,9 @@ def test_an_unreachable_site_is_named(tmp_path, dummy_site, closing):
     body = response.get_json()
     assert body["status"] == "unavailable"
     assert body["checks"]["site"] == {
-        "status": "down", "ms": body["checks"]["site"]["ms"], "error": "UpstreamUnavailable"
+        "status": "down",
+        "ms": body["checks"]["site"]["ms"],
+        "error": "UpstreamUnavailable",
     }
     assert body["checks"]["storage.sqlite"]["status"] == "up"
 

@@ -261,7 +261,8 @@ class HttpAdapter(ResourceServer):
         except urllib3.exceptions.TimeoutError as exc:
             if isinstance(exc, urllib3.exceptions.NewConnectionError):
                 raise UpstreamUnavailable(f"{self.base_url} is unreachable") from exc
-            raise UpstreamUnavailable(f"{self.base_url} gave no answer in {timeout}s", True) from exc
+            message = f"{self.base_url} gave no answer in {timeout}s"
+            raise UpstreamUnavailable(message, timeout=True) from exc
         except urllib3.exceptions.HTTPError as exc:
             raise UpstreamUnavailable(f"{self.base_url} is unreachable") from exc
         if response.status >= 500:
