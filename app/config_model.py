@@ -181,6 +181,10 @@ class ResourceServer(BaseModel):
 class Logging(Section):
     level: Annotated[str, AfterValidator(_log_level)] = "notice"
     short_sid: bool = True
+    #: ``text`` (ISO timestamp, level, logger, message) or ``json`` (one object a line).
+    format: Literal["text", "json"] = "text"
+    #: One line per request (logger ``oauth2.request``, at NOTICE).
+    requests: bool = True
 
 
 class Limits(Section):
