@@ -38,6 +38,9 @@ def audit(event: str, **fields: Any) -> None:
         record.setdefault("ip", request.remote_addr)
         note(record.get("client_id"), record.get("user_id"))
     current_app.extensions["oauth2"].storage.audit.append(record)
+    counted = current_app.extensions.get("oauth2.metrics_events")
+    if counted is not None:
+        counted(event, record)
     if log.isEnabledFor(logging.INFO):  # the hot path logs nothing above NOTICE
         shown = {**record, "request_id": REQUEST_ID.get()}
         log.info(

@@ -278,6 +278,17 @@ class Registration(Section):
     initial_token_ttl: Annotated[int, Field(ge=60, le=2592000)] = 86400
 
 
+class Metrics(Section):
+    """Prometheus ``/metrics``: off by default; when on, behind a token or ``admin.listen``."""
+
+    enabled: bool = False
+    #: The hash (``sha256$<hex>``, ``oauth2-server hash-secret``-style) of the bearer token
+    #: the scraper sends; unset, ``/metrics`` answers only on ``admin.listen``.
+    token_hash: Annotated[str | None, AfterValidator(_secret_hash)] = Field(
+        default=None, repr=False
+    )
+
+
 class Config(Section):
     """The whole configuration, one section per attribute."""
 
@@ -291,6 +302,7 @@ class Config(Section):
     oidc: OIDC = OIDC()
     admin: Admin = Admin()
     registration: Registration = Registration()
+    metrics: Metrics = Metrics()
 
 
 def defaults_document() -> dict[str, Any]:
@@ -317,6 +329,8 @@ def cross_checks(config: Config, env: str) -> list[str]:
         problems.append(
             'admin.listen: needs auth_server.server "gunicorn" (granian serves one address)'
         )
+    if config.metrics.enabled and not (config.metrics.token_hash or config.admin.listen):
+        problems.append("metrics.enabled: needs metrics.token_hash or admin.listen (never public)")
     if config.admin.listen and config.admin.listen == f"{auth.host}:{auth.port}":
         problems.append("admin.listen: must differ from auth_server.host:port")
     if env == "production":

@@ -202,6 +202,12 @@ def serve(settings: Settings, bind: str | None = None) -> None:
     logging.config.dictConfig(log_config(fmt=settings.config.logging.format))
     logging.getLogger("oauth2").setLevel(settings.log_level)
     clients = load_clients(settings)  # a bad adapter or clients file stops us here, clearly
+    if settings.config.metrics.enabled:
+        # Before any worker (or prometheus_client) starts: each worker writes its counts
+        # there and every scrape sums them (app.observability.metrics).
+        from .observability.multiproc import prepare_multiprocess_dir
+
+        log.info("metrics: worker counts in %s", prepare_multiprocess_dir())
     if settings.storage.auto_migrate:
         storage = Storage(settings.storage_specs)
         storage.migrate()
