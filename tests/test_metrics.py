@@ -133,3 +133,24 @@ def test_site_failures_are_counted_by_function(metered, monkeypatch):
         - value(before, errors, function="profile", kind="unavailable")
         == 1
     )
+
+
+def test_the_grafana_dashboard_names_only_metrics_we_export():
+    import json
+    import re
+    from pathlib import Path
+
+    from app.observability.metrics import REGISTRY
+
+    dashboard = json.loads((Path(__file__).parents[1] / "ops/grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {name for expr in exprs for name in re.findall(r"\boauth2_\w+", expr)}
+    families = {family.name: family.type for family in REGISTRY.collect()}
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+    exported = {
+        name + suffix for name, kind in families.items() for suffix in suffixes.get(kind, ("",))
+    }
+    assert used, "the dashboard queries nothing"
+    assert used <= exported, used - exported
+    # Every family has a panel.
+    assert {name for name in families if any(name in n for n in used)} == set(families)
