@@ -9,6 +9,7 @@ from app import create_app
 from app.config_model import ConfigError
 from app.secrets_hash import hash_random_secret
 from tests.conftest import REDIRECT, base_config, basic, bearer, exchange, get_code
+from tests.factories import make_token
 
 TOKEN = "metrics-" + "s" * 40
 
@@ -103,6 +104,9 @@ def test_a_flow_moves_the_counters(metered):
     assert moved("oauth2_refusals_total", reason="invalid_grant") == 2
     assert moved("oauth2_refusals_total", reason="replay") == 1
     assert moved("oauth2_upstream_duration_seconds_count", function="profile") == 1
+    assert moved("oauth2_storage_duration_seconds_count", table="tokens", backend="sqlite") >= 1
+    assert moved("oauth2_storage_duration_seconds_count", table="codes", backend="sqlite") >= 2
+    assert moved("oauth2_storage_errors_total", table="tokens", backend="sqlite") == 0
     # Not the raw path: an unknown page is one label, whatever its path.
     metered.get("/nope/" + "x" * 50)
     assert any(
@@ -154,3 +158,23 @@ def test_the_grafana_dashboard_names_only_metrics_we_export():
     assert used <= exported, used - exported
     # Every family has a panel.
     assert {name for name in families if any(name in n for n in used)} == set(families)
+
+
+def test_storage_failures_are_counted_by_table(metered, monkeypatch):
+    from app.storage.base import StorageUnavailable
+
+    state = metered.application.extensions["oauth2"]
+    access = make_token(state)["access_token"]
+    before = scrape(metered)
+
+    def down(*args, **kwargs):
+        raise StorageUnavailable("down")
+
+    for backend in state.storage.backends.values():
+        monkeypatch.setattr(backend, "execute", down)
+    assert metered.get("/api/profile", headers=bearer(access)).status_code == 503
+    monkeypatch.undo()
+    after = scrape(metered)
+    errors = "oauth2_storage_errors_total"
+    labels = {"table": "tokens", "backend": "sqlite"}
+    assert value(after, errors, **labels) - value(before, errors, **labels) == 1

@@ -51,6 +51,9 @@ def _init_metrics(app: Flask, state: State) -> None:
     app.after_request(count)
     app.extensions[EVENTS] = lambda event, record: metrics.observe_event(event, record, known)
     _time_upstream(state, metrics)
+    from .readiness import kind
+
+    metrics.time_storage(state.storage, kind)
 
 
 def _time_upstream(state: State, metrics: Any) -> None:

@@ -80,6 +80,36 @@ UPSTREAM_ERRORS = Counter(
     registry=REGISTRY,
 )
 
+STORAGE_SECONDS = Histogram(
+    "oauth2_storage_duration_seconds",
+    "Time a storage call took, by table and backend (writes inside a batch are sent, "
+    "and timed, with the batch's last call).",
+    ["table", "backend"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+    registry=REGISTRY,
+)
+STORAGE_ERRORS = Counter(
+    "oauth2_storage_errors",
+    "Storage calls that failed (StorageUnavailable), by table and backend.",
+    ["table", "backend"],
+    registry=REGISTRY,
+)
+
+#: The table verbs a request uses (``purge`` runs off the request path).
+TABLE_VERBS = (
+    "put",
+    "get",
+    "take",
+    "delete",
+    "discard",
+    "list_by_user",
+    "list_by_client",
+    "revoke_by_grant",
+    "append",
+    "recent",
+    "incr",
+)
+
 #: Audit event -> refusal reason.
 REFUSAL_EVENTS = {
     "client_auth_failed": "invalid_client",
@@ -152,3 +182,42 @@ class Upstream:
             failure = "status_5xx"
         if failure is not None:
             UPSTREAM_ERRORS.labels(self.function, failure).inc()
+
+
+def time_storage(storage: Any, kind: Callable[[Any], str]) -> None:
+    """Wrap this app's tables' verbs and ``storage.exchange``: each call timed by table
+    and backend, each ``StorageUnavailable`` counted (the backends' code is left as is)."""
+    from ..storage.base import StorageUnavailable
+
+    def timed(function: Callable[..., Any], seconds: Any, errors: Any) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            except StorageUnavailable:
+                errors.inc()
+                raise
+            finally:
+                seconds.observe(time.perf_counter() - started)
+
+        return call
+
+    owners = {}
+    for name, table in storage.tables().items():
+        backend = kind(storage.backends[storage.specs[name].url])
+        owners[name] = backend
+        seconds, errors = (
+            STORAGE_SECONDS.labels(name, backend),
+            STORAGE_ERRORS.labels(name, backend),
+        )
+        for verb in TABLE_VERBS:
+            setattr(table, verb, timed(getattr(table, verb), seconds, errors))
+    exchange = storage.exchange
+
+    def exchanged(take: Any, *args: Any, **kwargs: Any) -> Any:
+        name = take[0].name
+        labels = (name, owners.get(name, "unknown"))
+        wrapped = timed(exchange, STORAGE_SECONDS.labels(*labels), STORAGE_ERRORS.labels(*labels))
+        return wrapped(take, *args, **kwargs)
+
+    storage.exchange = exchanged
