@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,6 +17,7 @@ from .conftest import HTTP_TIMEOUT
 pytestmark = pytest.mark.e2e
 
 TOKEN = "served-metrics-" + "t" * 32
+ISO_TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
 def healthz_count(base: str) -> float:
@@ -47,6 +49,7 @@ def test_two_workers_counts_are_summed(start_server, http_server, tmp_path, monk
         config={
             "auth_server": {"server": http_server},
             "metrics": {"enabled": True, "token_hash": hash_random_secret(TOKEN)},
+            "logging": {"format": "json", "level": "notice"},
         }
     )
     workers = set(server.workers())
@@ -71,3 +74,19 @@ def test_two_workers_counts_are_summed(start_server, http_server, tmp_path, monk
     # Whichever worker answers the scrape, it reports both workers' requests.
     for _ in range(4):
         assert healthz_count(server.url) == sent
+
+    # logging.format json: the server's own lines and ours, one JSON object each, with
+    # a timestamp; one request line per request, from both workers.
+    entries = [
+        json.loads(line)
+        for line in server.log_path.read_text().splitlines()
+        if line.startswith("{")
+    ]
+    assert all({"ts", "level", "logger", "message"} <= set(entry) for entry in entries)
+    assert all(ISO_TS.fullmatch(entry["ts"]) for entry in entries)
+    loggers = {entry["logger"] for entry in entries}
+    assert {"oauth2", "oauth2.request"} <= loggers, loggers
+    assert loggers & {"gunicorn.error", "_granian"}, loggers  # the server's own lines
+    served = [e for e in entries if e["logger"] == "oauth2.request" and e["path"] == "/healthz"]
+    assert len(served) == sent
+    assert len({entry["request_id"] for entry in served}) == sent
