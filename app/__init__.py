@@ -14,7 +14,7 @@ from flask_wtf.csrf import CSRFProtect
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import admin_listener, limits
+from . import admin_listener, limits, observability
 from .adapters import ResourceServer, load_adapter
 from .client_store import ClientStore
 from .clients import ClientRegistry
@@ -123,6 +123,7 @@ def create_app(
     app.before_request(_limit_streamed_body)
     _init_extensions(app, state)
     _register_blueprints(app)
+    observability.init_app(app)
     logging.getLogger("oauth2").setLevel(settings.log_level)
     # Authlib's grants log whole tokens (ID Tokens included) at DEBUG: never let them.
     logging.getLogger("authlib").setLevel(max(logging.INFO, settings.log_level))

@@ -17,6 +17,8 @@ from typing import Any
 
 from flask import current_app, has_request_context, request
 
+from .logconfig import REQUEST_ID
+
 log = logging.getLogger("oauth2.audit")
 
 #: Longest string stored in an audit record; real ids and usernames are far shorter.
@@ -31,10 +33,22 @@ def audit(event: str, **fields: Any) -> None:
     """Record ``event`` with the client, user, IP and time; never a secret."""
     record = {"event": event, "at": time.time(), **{k: bounded(v) for k, v in fields.items()}}
     if has_request_context():
+        from .observability.requestlog import note
+
         record.setdefault("ip", request.remote_addr)
+        note(record.get("client_id"), record.get("user_id"))
     current_app.extensions["oauth2"].storage.audit.append(record)
+    counted = current_app.extensions.get("oauth2.metrics_events")
+    if counted is not None:
+        counted(event, record)
     if log.isEnabledFor(logging.INFO):  # the hot path logs nothing above NOTICE
-        log.info("%s %s", printable(event), fields_line(record, skip=("event", "at", "ip")))
+        shown = {**record, "request_id": REQUEST_ID.get()}
+        log.info(
+            "%s %s",
+            printable(event),
+            fields_line(shown, skip=("event", "at", "ip")),
+            extra={"fields": {k: v for k, v in shown.items() if k != "at"}, "summary": event},
+        )
 
 
 def bounded(value: Any) -> Any:

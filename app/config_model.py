@@ -182,6 +182,10 @@ class ResourceServer(BaseModel):
 class Logging(Section):
     level: Annotated[str, AfterValidator(_log_level)] = "notice"
     short_sid: bool = True
+    #: ``text`` (ISO timestamp, level, logger, message) or ``json`` (one object a line).
+    format: Literal["text", "json"] = "text"
+    #: One line per request (logger ``oauth2.request``, at NOTICE).
+    requests: bool = True
 
 
 class Limits(Section):
@@ -282,6 +286,17 @@ class TwoFactor(Section):
     required: bool = False
 
 
+class Metrics(Section):
+    """Prometheus ``/metrics``: off by default; when on, behind a token or ``admin.listen``."""
+
+    enabled: bool = False
+    #: The hash (``sha256$<hex>``, ``oauth2-server hash-secret``-style) of the bearer token
+    #: the scraper sends; unset, ``/metrics`` answers only on ``admin.listen``.
+    token_hash: Annotated[str | None, AfterValidator(_secret_hash)] = Field(
+        default=None, repr=False
+    )
+
+
 class Config(Section):
     """The whole configuration, one section per attribute."""
 
@@ -296,6 +311,7 @@ class Config(Section):
     admin: Admin = Admin()
     registration: Registration = Registration()
     two_factor: TwoFactor = TwoFactor()
+    metrics: Metrics = Metrics()
 
 
 def defaults_document() -> dict[str, Any]:
@@ -322,6 +338,8 @@ def cross_checks(config: Config, env: str) -> list[str]:
         problems.append(
             'admin.listen: needs auth_server.server "gunicorn" (granian serves one address)'
         )
+    if config.metrics.enabled and not (config.metrics.token_hash or config.admin.listen):
+        problems.append("metrics.enabled: needs metrics.token_hash or admin.listen (never public)")
     if config.admin.listen and config.admin.listen == f"{auth.host}:{auth.port}":
         problems.append("admin.listen: must differ from auth_server.host:port")
     if env == "production":

@@ -16,6 +16,9 @@ OIDC_METADATA = WELL_KNOWN + "openid-configuration"
 USERINFO = "/userinfo"
 JWKS = "/jwks.json"
 HEALTH = "/healthz"
+#: Readiness (storage and the site) and Prometheus metrics (app.observability).
+READY = "/readyz"
+METRICS = "/metrics"
 JWKS = "/jwks.json"
 OPENAPI = "/openapi.json"
 #: OpenID Connect RP-Initiated Logout's ``end_session_endpoint`` (and the sign-out form).
@@ -28,7 +31,19 @@ REGISTER = "/register"
 ENDPOINTS = {"revocation": REVOKE, "introspection": INTROSPECT}
 
 #: Paths whose callers are programs: their errors are JSON, never a page.
-JSON_PATHS = (API, ADMIN, TOKEN, REVOKE, INTROSPECT, WELL_KNOWN, HEALTH, USERINFO, JWKS, REGISTER)
+JSON_PATHS = (
+    API,
+    ADMIN,
+    TOKEN,
+    REVOKE,
+    INTROSPECT,
+    WELL_KNOWN,
+    HEALTH,
+    READY,
+    USERINFO,
+    JWKS,
+    REGISTER,
+)
 
 #: Public, secret-free responses that caches may keep.
 CACHEABLE = (STATIC, WELL_KNOWN, OPENAPI, JWKS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import logging.config
 import os
 import signal
 import socket
@@ -61,7 +62,8 @@ def gunicorn_options(settings: Settings, bind: str | None = None) -> dict[str, A
             {
                 "gunicorn.error": gunicorn_level(settings.log_level).upper(),
                 "gunicorn.access": "INFO" if settings.log_level <= logging.DEBUG else "WARNING",
-            }
+            },
+            settings.config.logging.format,
         ),
     }
     if auth.ssl:
@@ -179,7 +181,9 @@ def granian_options(settings: Settings, bind: str | None = None) -> dict[str, An
         "blocking_threads": THREADS,
         "log_level": LogLevels(gunicorn_level(settings.log_level)),
         "log_access": settings.log_level <= logging.DEBUG,
-        "log_dictconfig": log_config({"_granian": "INFO", "granian.access": "INFO"}),
+        "log_dictconfig": log_config(
+            {"_granian": "INFO", "granian.access": "INFO"}, settings.config.logging.format
+        ),
         "respawn_failed_workers": True,
         "workers_kill_timeout": 20,
     }
@@ -193,9 +197,17 @@ def granian_options(settings: Settings, bind: str | None = None) -> dict[str, An
 
 def serve(settings: Settings, bind: str | None = None) -> None:
     """Prepare storage, start the dummy site if configured, then run the HTTP server."""
-    # The main process logs at the configured level too (workers set it in create_app).
+    # The main process logs in the configured format and level too (workers set the
+    # level in create_app; the format comes with the server's log config).
+    logging.config.dictConfig(log_config(fmt=settings.config.logging.format))
     logging.getLogger("oauth2").setLevel(settings.log_level)
     clients = load_clients(settings)  # a bad adapter or clients file stops us here, clearly
+    if settings.config.metrics.enabled:
+        # Before any worker (or prometheus_client) starts: each worker writes its counts
+        # there and every scrape sums them (app.observability.metrics).
+        from .observability.multiproc import prepare_multiprocess_dir
+
+        log.info("metrics: worker counts in %s", prepare_multiprocess_dir())
     if settings.storage.auto_migrate:
         storage = Storage(settings.storage_specs)
         storage.migrate()

@@ -270,13 +270,15 @@ def test_consent_answers_the_503_page_and_issues_nothing(client, state, monkeypa
     assert_clean(response)
 
 
-def test_health_check_reports_an_outage(client, state, monkeypatch):
-    assert client.get("/healthz").status_code == 200
+def test_readiness_reports_an_outage_liveness_does_not(client, state, monkeypatch):
+    assert client.get("/readyz").status_code == 200
     for backend in state.storage.backends.values():
         monkeypatch.setattr(backend, "ping", down)
-    response = client.get("/healthz")
+    response = client.get("/readyz")
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "5"
+    assert response.get_json()["checks"]["storage.sqlite"]["status"] == "down"
+    assert client.get("/healthz").status_code == 200
 
 
 # -- surprises ----------------------------------------------------------------------------

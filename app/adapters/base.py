@@ -147,5 +147,10 @@ class ResourceServer(abc.ABC):
         the site for fresher or more claims with ``site_token``."""
         return dict(extra)
 
+    def ready(self, timeout: float) -> None:
+        """Raise :class:`UpstreamUnavailable` unless the site answers within ``timeout``
+        seconds (``/readyz``). The default checks nothing: an adapter with no site to
+        reach is always ready; one that talks to a site SHOULD probe it cheaply."""
+
     def close(self) -> None:
         """Release pooled connections."""

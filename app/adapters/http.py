@@ -248,5 +248,25 @@ class HttpAdapter(ResourceServer):
             message = f"{self.base_url} is unreachable ({type(exc).__name__})"
             raise UpstreamUnavailable(message) from exc
 
+    def ready(self, timeout: float) -> None:
+        """``HEAD /`` on the site: any answer below 500 means it serves (a 404 too)."""
+        try:
+            response = self._pool.request(
+                "HEAD",
+                self.base_url + "/",
+                headers={"User-Agent": self._user_agent},
+                redirect=False,
+                timeout=urllib3.Timeout(connect=timeout, read=timeout),
+            )
+        except urllib3.exceptions.TimeoutError as exc:
+            if isinstance(exc, urllib3.exceptions.NewConnectionError):
+                raise UpstreamUnavailable(f"{self.base_url} is unreachable") from exc
+            message = f"{self.base_url} gave no answer in {timeout}s"
+            raise UpstreamUnavailable(message, timeout=True) from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise UpstreamUnavailable(f"{self.base_url} is unreachable") from exc
+        if response.status >= 500:
+            raise UpstreamUnavailable(f"{self.base_url} answered {response.status}")
+
     def close(self) -> None:
         self._pool.clear()

@@ -11,6 +11,7 @@ from ..cors import any_origin
 from ..limits import api_limit
 from ..oauth2 import rfc6750
 from ..oauth2.accept import find_access
+from ..observability.requestlog import note
 from ..quotas.web import spend
 from .common import state
 
@@ -40,6 +41,7 @@ def call(name: str):
         return _fail(401, "missing token", 'Bearer realm="api"')
     if token is None:
         return _fail(401, "invalid token", 'Bearer realm="api", error="invalid_token"')
+    note(token.client_id, token.user_id)
     route = state().adapter.api.get(name)
     if route is None:
         return _fail(404, "no such function")

@@ -1,11 +1,11 @@
-"""Discovery (RFC 8414) and a health check for load balancers."""
+"""Discovery (RFC 8414) and the liveness check (readiness: :mod:`app.views.ops`)."""
 
 from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
 from ..paths import AS_METADATA, HEALTH
-from .common import oauth, state
+from .common import oauth
 
 bp = Blueprint("wellknown", __name__)
 
@@ -19,8 +19,11 @@ def metadata():
 
 @bp.get(HEALTH)
 def health():
-    state().storage.ping()
-    return jsonify(status="ok")
+    """Liveness: this process answers. Storage and the site are ``/readyz``'s checks, so
+    a storage outage takes instances out of rotation without getting them restarted."""
+    response = jsonify(status="ok")
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @bp.get("/")

@@ -1,0 +1,223 @@
+"""Prometheus metrics, correct with several worker processes (gunicorn's or granian's).
+
+``serve`` sets ``PROMETHEUS_MULTIPROC_DIR`` to an empty folder of its own before any
+worker starts (:func:`~.multiproc.prepare_multiprocess_dir`); each worker's counters and histograms
+then live in files there, and every scrape sums them with a fresh
+``CollectorRegistry`` + ``MultiProcessCollector`` (:func:`exposition`), whichever worker
+answers it. No gauges (a ``live*`` gauge needs a worker-exit hook granian lacks) and no
+process/GC collectors (per-process, meaningless summed).
+
+Without the variable (tests, a WSGI server of your own with one process) the metrics
+live in this process's :data:`REGISTRY`.
+
+Labels are bounded: the route rule (never the raw path), a known method, the status,
+the grant, the client id (registered clients only), a fixed reason, the ``/api``
+function name of the adapter.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as mp
+
+from .multiproc import ENV
+
+#: This process's registry (single-process use); scrapes in multiprocess mode ignore it.
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+LATENCY = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+REQUESTS = Counter(
+    "oauth2_http_requests",
+    "HTTP requests answered, by route rule, method and status.",
+    ["route", "method", "status"],
+    registry=REGISTRY,
+)
+REQUEST_SECONDS = Histogram(
+    "oauth2_http_request_duration_seconds",
+    "Time to answer a request, by route rule.",
+    ["route"],
+    buckets=LATENCY,
+    registry=REGISTRY,
+)
+TOKENS = Counter(
+    "oauth2_tokens_issued",
+    "Access tokens issued, by grant and client.",
+    ["grant", "client_id"],
+    registry=REGISTRY,
+)
+REFUSALS = Counter(
+    "oauth2_refusals",
+    "Requests refused, by reason: invalid_client (bad client authentication), the token "
+    "endpoint's errors (invalid_grant...), replay (a used code or refresh token, also "
+    "counted as invalid_grant), rate_limited, lockout.",
+    ["reason"],
+    registry=REGISTRY,
+)
+UPSTREAM_SECONDS = Histogram(
+    "oauth2_upstream_duration_seconds",
+    "Time the site took to answer an /api call, by function.",
+    ["function"],
+    buckets=LATENCY,
+    registry=REGISTRY,
+)
+UPSTREAM_ERRORS = Counter(
+    "oauth2_upstream_errors",
+    "/api calls the site failed, by function and kind (unavailable, timeout, status_5xx).",
+    ["function", "kind"],
+    registry=REGISTRY,
+)
+
+STORAGE_SECONDS = Histogram(
+    "oauth2_storage_duration_seconds",
+    "Time a storage call took, by table and backend (writes inside a batch are sent, "
+    "and timed, with the batch's last call).",
+    ["table", "backend"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+    registry=REGISTRY,
+)
+STORAGE_ERRORS = Counter(
+    "oauth2_storage_errors",
+    "Storage calls that failed (StorageUnavailable), by table and backend.",
+    ["table", "backend"],
+    registry=REGISTRY,
+)
+
+#: The table verbs a request uses (``purge`` runs off the request path).
+TABLE_VERBS = (
+    "put",
+    "get",
+    "take",
+    "delete",
+    "discard",
+    "list_by_user",
+    "list_by_client",
+    "revoke_by_grant",
+    "append",
+    "recent",
+    "incr",
+)
+
+#: Audit event -> refusal reason.
+REFUSAL_EVENTS = {
+    "client_auth_failed": "invalid_client",
+    "code_replay": "replay",
+    "code_replay_refused": "replay",
+    "refresh_reuse": "replay",
+    "refresh_reuse_refused": "replay",
+    "rate_limited": "rate_limited",
+    "client_lockout": "lockout",
+    "lockout": "lockout",
+    "login_locked": "lockout",
+}
+#: Token endpoint errors counted as refusals (``invalid_client`` comes from the audit).
+TOKEN_ERRORS = frozenset(
+    {
+        "invalid_request",
+        "invalid_grant",
+        "unauthorized_client",
+        "unsupported_grant_type",
+        "invalid_scope",
+    }
+)
+
+
+def multiprocess() -> bool:
+    return bool(os.environ.get(ENV))
+
+
+def exposition() -> tuple[bytes, str]:
+    """The metrics text and its content type: summed over every worker when multiprocess."""
+    if multiprocess():
+        registry = CollectorRegistry()
+        mp.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def observe_request(route: str | None, method: str, status: int, seconds: float) -> None:
+    label = route or "<unmatched>"
+    REQUESTS.labels(label, method if method in METHODS else "OTHER", str(status)).inc()
+    REQUEST_SECONDS.labels(label).observe(seconds)
+
+
+def observe_event(event: str, record: Mapping[str, Any], known_client: Callable[[str], bool]):
+    """Count what an audit event says: a token issued, a refusal."""
+    reason = REFUSAL_EVENTS.get(event)
+    if reason is not None:
+        REFUSALS.labels(reason).inc()
+    elif event in ("token_issued", "token_refreshed"):
+        grant = record.get("grant") or "refresh_token"
+        client = str(record.get("client_id") or "")
+        TOKENS.labels(grant, client if known_client(client) else "<unknown>").inc()
+
+
+def observe_token_error(error: str) -> None:
+    if error in TOKEN_ERRORS:
+        REFUSALS.labels(error).inc()
+
+
+class Upstream:
+    """Time an ``/api`` call to the site and count its failures."""
+
+    def __init__(self, function: str) -> None:
+        self.function = function
+        self.started = time.perf_counter()
+
+    def done(self, status: int | None = None, failure: str | None = None) -> None:
+        UPSTREAM_SECONDS.labels(self.function).observe(time.perf_counter() - self.started)
+        if failure is None and status is not None and status >= 500:
+            failure = "status_5xx"
+        if failure is not None:
+            UPSTREAM_ERRORS.labels(self.function, failure).inc()
+
+
+def time_storage(storage: Any, kind: Callable[[Any], str]) -> None:
+    """Wrap this app's tables' verbs and ``storage.exchange``: each call timed by table
+    and backend, each ``StorageUnavailable`` counted (the backends' code is left as is)."""
+    from ..storage.base import StorageUnavailable
+
+    def timed(function: Callable[..., Any], seconds: Any, errors: Any) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            except StorageUnavailable:
+                errors.inc()
+                raise
+            finally:
+                seconds.observe(time.perf_counter() - started)
+
+        return call
+
+    owners = {}
+    for name, table in storage.tables().items():
+        backend = kind(storage.backends[storage.specs[name].url])
+        owners[name] = backend
+        seconds, errors = (
+            STORAGE_SECONDS.labels(name, backend),
+            STORAGE_ERRORS.labels(name, backend),
+        )
+        for verb in TABLE_VERBS:
+            setattr(table, verb, timed(getattr(table, verb), seconds, errors))
+    exchange = storage.exchange
+
+    def exchanged(take: Any, *args: Any, **kwargs: Any) -> Any:
+        name = take[0].name
+        labels = (name, owners.get(name, "unknown"))
+        wrapped = timed(exchange, STORAGE_SECONDS.labels(*labels), STORAGE_ERRORS.labels(*labels))
+        return wrapped(take, *args, **kwargs)
+
+    storage.exchange = exchanged

@@ -1,0 +1,32 @@
+"""The metrics folder shared by the workers; imports no ``prometheus_client``, whose
+value class is chosen once, at its import, from :data:`ENV`: ``serve`` sets it first."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+
+ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def prepare_multiprocess_dir() -> str:
+    """Point :data:`ENV` at an empty folder before any worker starts, so counts of an
+    earlier run never leak in: the operator's folder emptied, or a new one of ours
+    (removed at exit). Returns the folder."""
+    folder = os.environ.get(ENV)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        return folder
+    folder = tempfile.mkdtemp(prefix="oauth2-metrics-")
+    os.environ[ENV] = folder
+    main = os.getpid()
+
+    def remove() -> None:
+        if os.getpid() == main:  # a forked worker runs atexit hooks too: not its to remove
+            shutil.rmtree(folder, ignore_errors=True)
+
+    atexit.register(remove)
+    return folder

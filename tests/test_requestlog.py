@@ -1,0 +1,139 @@
+"""Request ids, the one structured line per request, and audit lines in the same format."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from app.logconfig import IsoFormatter, JsonFormatter
+from tests.conftest import REDIRECT, basic, bearer, exchange, get_code
+
+
+@pytest.fixture
+def logged() -> Iterator[tuple[io.StringIO, logging.Handler]]:
+    """Everything ``oauth2.*`` logs at INFO and above, in the JSON format."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("oauth2")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield out, handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def lines(out: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_a_safe_request_id_is_echoed(client):
+    response = client.get("/healthz", headers={"X-Request-Id": "lb-7f3a:01.2_x=="})
+    assert response.headers["X-Request-Id"] == "lb-7f3a:01.2_x=="
+
+
+@pytest.mark.parametrize(
+    "offered", [None, "", "a b", "x" * 129, "evil\tX-Injected: 1", "é", "<script>"]
+)
+def test_a_missing_or_unsafe_request_id_is_replaced(client, offered):
+    headers = {} if offered is None else {"X-Request-Id": offered}
+    response = client.get("/no-such-page", headers=headers)
+    assert response.status_code == 404
+    made = response.headers["X-Request-Id"]
+    assert made != offered
+    assert len(made) == 32 and int(made, 16) >= 0
+    assert client.get("/healthz").headers["X-Request-Id"] != made  # new for each request
+
+
+def test_a_flow_logs_one_json_line_per_request_and_never_a_secret(client, logged):
+    out, _ = logged
+    code = get_code(client, state="st4te-value")
+    token = exchange(client, code).get_json()
+    access, refresh = token["access_token"], token["refresh_token"]
+    assert client.get("/api/profile", headers=bearer(access)).status_code == 200
+    refreshed = client.post(
+        "/token",
+        data={"grant_type": "refresh_token", "refresh_token": refresh},
+        headers={**basic(), "X-Request-Id": "refresh-1"},
+    )
+    assert refreshed.status_code == 200
+    revoked = client.post(
+        "/revoke", data={"token": refreshed.get_json()["access_token"]}, headers=basic()
+    )
+    assert revoked.status_code == 200
+
+    text = out.getvalue()
+    for secret in (
+        code,
+        access,
+        refresh,
+        refreshed.get_json()["access_token"],
+        refreshed.get_json()["refresh_token"],
+        "hunter2",
+        "st4te-value",
+        REDIRECT,
+    ):
+        assert secret not in text
+    found = lines(out)
+    requests = [line for line in found if line["logger"] == "oauth2.request"]
+    assert len(requests) == len({line["request_id"] for line in requests}) >= 6
+    for line in requests:
+        assert set(line) >= {
+            "ts",
+            "level",
+            "logger",
+            "message",
+            "request_id",
+            "method",
+            "path",
+            "route",
+            "status",
+            "duration_ms",
+            "ip",
+        }
+        assert line["ts"].endswith("Z") and line["level"] == "NOTICE"
+        assert line["message"] == "request"
+        assert "?" not in line["path"]
+    consented = next(
+        line for line in requests if line["path"] == "/authorize" and line["method"] == "POST"
+    )
+    assert consented["client_id"] == "test" and consented["status"] == 302
+    api = next(line for line in requests if line["path"] == "/api/profile")
+    assert api["route"] == "/api/<path:name>" and api["status"] == 200
+    assert api["client_id"] == "test"
+    assert len(api["user"]) == 16 and api["user"] != "alice"
+    refresh_line = next(line for line in requests if line["request_id"] == "refresh-1")
+    assert refresh_line["path"] == "/token" and refresh_line["client_id"] == "test"
+    assert refresh_line["user"] == api["user"]  # the same user, the same hash
+    # The audit event of that request is a JSON line with the same request id.
+    audit = [line for line in found if line["logger"] == "oauth2.audit"]
+    refreshed_event = next(line for line in audit if line["message"] == "token_refreshed")
+    assert refreshed_event["request_id"] == "refresh-1"
+    assert refreshed_event["client_id"] == "test"
+    assert all(line.get("request_id") for line in audit)
+
+
+def test_the_text_format_carries_the_same_fields(client, logged):
+    out, handler = logged
+    handler.setFormatter(IsoFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    client.get("/healthz?secret=abc", headers={"X-Request-Id": "t-1"})
+    line = out.getvalue().splitlines()[-1]
+    assert " NOTICE oauth2.request: request method=GET path=/healthz route=/healthz " in line
+    assert "status=200" in line and "request_id=t-1" in line
+    assert "abc" not in line
+
+
+def test_request_lines_can_be_turned_off(tmp_path, dummy_site, closing, logged):
+    from app import create_app
+    from tests.conftest import base_config
+
+    out, _ = logged
+    app = closing(create_app(base_config(tmp_path, dummy_site, logging={"requests": False})))
+    response = app.test_client().get("/healthz")
+    assert response.headers["X-Request-Id"]
+    assert "oauth2.request" not in out.getvalue()
