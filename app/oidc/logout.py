@@ -98,6 +98,8 @@ class EndSession(EndSessionEndpoint):
             raise InvalidRequestError("The id_token_hint is not a valid ID Token.") from exc
         if claims.get("iss") != self.issuer:
             raise InvalidRequestError("The id_token_hint was not issued by this server.")
+        if "events" in claims:  # a Logout Token (Back-Channel Logout §2.4), not an ID Token
+            raise InvalidRequestError("The id_token_hint is not an ID Token.")
         return claims
 
     def resolve_client_from_id_token_claims(self, id_token_claims: dict):

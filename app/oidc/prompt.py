@@ -198,6 +198,7 @@ def _hint_sub(value: str | None, keys, issuer: str, client_id: str) -> str | Non
         or client_id not in audiences
         or not isinstance(claims.get("sub"), str)
         or not claims["sub"]
+        or "events" in claims  # a Logout Token (Back-Channel Logout §2.4), not an ID Token
     ):
         raise invalid
     return str(claims["sub"])

@@ -348,6 +348,9 @@ def _hints(state):
         "encrypted-shape": "a.b.c.d.e",
         "unsigned": "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbGljZSJ9.",
         "tampered": id_token(state, alice)[:-4] + "AAAA",
+        "logout-token": id_token(
+            state, alice, events={"http://schemas.openid.net/event/backchannel-logout": {}}
+        ),
     }
 
 
@@ -361,6 +364,7 @@ HINT_CASES = [
     "encrypted-shape",
     "unsigned",
     "tampered",
+    "logout-token",
 ]
 
 

@@ -352,3 +352,13 @@ def test_the_discovery_fields_name_the_endpoint_and_back_channel_support():
         "frontchannel_logout_supported": False,
     }
     OpenIDProviderMetadata(fields).validate_end_session_endpoint()
+
+
+def test_a_logout_token_is_not_an_id_token_hint(app, browser):
+    """Back-Channel Logout §2.4: a Logout Token (signed with the same keys) carries
+    ``events``; sent back as a hint it is refused, and the session stays."""
+    event = {"http://schemas.openid.net/event/backchannel-logout": {}}
+    token = hint(app, browser, events=event)
+    response = logout(browser, id_token_hint=token, post_logout_redirect_uri=AFTER)
+    refused(response)
+    assert signed_in(app, browser)
