@@ -40,7 +40,6 @@ class IDTokens:
         self.keys = keys
         self.ttl = ttl
         self.default_alg = default_alg
-        self._imported: dict[str, KeySet] = {}
 
     def algorithm(self, client) -> str:
         return client.id_token_signed_response_alg or self.default_alg
@@ -49,16 +48,10 @@ class IDTokens:
         """A key set holding only the active key for the client's algorithm.
 
         One key, so joserfc names exactly it in the header's ``kid`` (LIBRARIES.md §1,
-        pitfall 2). Imported once per key: importing a private RSA JWK costs tens of
-        milliseconds, signing with it a fraction of one.
+        pitfall 2). The ring imports each private key once (an RSA import costs tens of
+        milliseconds, a signature a fraction of one).
         """
-        alg = self.algorithm(client)
-        active = (e["kid"] for e in self.keys.entries("active") if e["alg"] == alg)
-        found = self._imported.get(next(active, ""))
-        if found is None:
-            key = self.keys.signing_key(alg)
-            found = self._imported[key.kid] = KeySet([key])
-        return found
+        return KeySet([self.keys.signing_key(self.algorithm(client))])
 
     def subject(self, client, user_id: str) -> str:
         """The ``sub`` ``client`` sees for ``user_id`` (the key ring only for pairwise)."""

@@ -122,10 +122,6 @@ class EndSession(EndSessionEndpoint):
     ) -> bool:
         return request.payload.data.get("client_id") == client.client_id
 
-    def end_session(self, end_session_request: EndSessionRequest) -> None:
-        """Unused: the view signs the user out (it owns the session and the notices)."""
-        raise NotImplementedError
-
 
 def needs_confirmation(
     request: EndSessionRequest, user_id: str, sid: str | None, secret: bytes

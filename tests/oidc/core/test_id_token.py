@@ -151,7 +151,6 @@ def test_a_storage_outage_at_signing_keeps_the_code(app, client, monkeypatch):
         raise StorageUnavailable("keys down")
 
     monkeypatch.setattr(keys, "signing_key", down)
-    app.extensions["oauth2"].server.id_tokens._imported.clear()
     data = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT}
     assert client.post("/token", data=data, headers=basic()).status_code == 503
     monkeypatch.undo()
@@ -169,15 +168,17 @@ def test_the_consent_page_describes_the_oidc_scopes(client):
 
 def test_the_signing_key_is_imported_once(app, client, monkeypatch):
     """Importing a private RSA key costs milliseconds: it is done once per key."""
-    keys = app.extensions["oauth2"].keys
+    from app.oidc import keys as ring
+
     imported = []
-    real = keys.signing_key
+    real = ring._import
 
-    def counting(alg="RS256"):
-        imported.append(alg)
-        return real(alg)
+    def counting(jwk):
+        imported.append(jwk["alg"])
+        return real(jwk)
 
-    monkeypatch.setattr(keys, "signing_key", counting)
+    monkeypatch.setattr(ring, "_import", counting)
+    app.extensions["oauth2"].keys._imported.clear()  # as a fresh process
     for _ in range(3):
         decode(client, tokens_for(client)["id_token"])
     assert imported == ["RS256"]
