@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 import unicodedata
 from collections.abc import Mapping
@@ -59,9 +60,15 @@ def bounded(value: Any) -> Any:
     return f"{value[: MAX_FIELD - 20]}...#{digest}"
 
 
+#: Printable ASCII but space, ``"``, ``=`` and ``\``: such a value is its own safe token.
+_PLAIN = re.compile(r"[!#-<>-\[\]-~]+")
+
+
 def printable(value: Any) -> str:
     """``value`` as one safe token: quoted and escaped when it holds anything unusual."""
     text = str(value)
+    if _PLAIN.fullmatch(text):  # the common case, without a look at each character
+        return text
     escaped = "".join(_escaped(c) for c in text)
     if text and escaped == text and not any(c in ' ="' for c in text):
         return text
