@@ -121,6 +121,11 @@ def _quiet(name: str) -> None:
 _quiet("EdDSA")
 
 
+def _number(value: Any) -> bool:
+    """A JSON number fit for a NumericDate (RFC 7519 §2): not a bool, not infinite."""
+    return type(value) in (int, float) and math.isfinite(value)
+
+
 def _url(value: str) -> tuple[str, str, str]:
     """Scheme, authority and path of a URL, normalised (RFC 3986 §6.2.2-3), no query."""
     parts = urlsplit(value)
@@ -189,7 +194,7 @@ class DPoP:
         if self.use_nonce and not self._nonce_ok(claims.get("nonce"), now):
             raise DPoPError("Use the server's DPoP nonce.", "use_dpop_nonce")
         key = JWKRegistry.import_key(header["jwk"])
-        return Proof(key.thumbprint(), claims["jti"], claims["iat"])
+        return Proof(key.thumbprint(), claims["jti"], int(claims["iat"]))
 
     def _verified(self, value: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """§4.3 steps 2-7: a JWT, ``typ``, an allowed ``alg``, a public ``jwk`` that signed it."""
@@ -236,7 +241,7 @@ class DPoP:
         if not isinstance(htu, str) or _url(htu) != _url(self.issuer + path):
             raise DPoPError("The DPoP proof's htu is not this request's URL.")
         iat = claims.get("iat")
-        if type(iat) is not int or abs(now - iat) > self.window:
+        if not _number(iat) or abs(now - iat) > self.window:
             raise DPoPError("The DPoP proof's iat is too far from now.")
         if token is not None:
             ath = claims.get("ath")
