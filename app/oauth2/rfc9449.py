@@ -17,7 +17,7 @@ import struct
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749.errors import InvalidGrantError, OAuth2Error
@@ -121,7 +121,7 @@ def _quiet(name: str) -> None:
 _quiet("EdDSA")
 
 
-def _number(value: Any) -> bool:
+def _number(value: Any) -> TypeGuard[float]:
     """A JSON number fit for a NumericDate (RFC 7519 §2): not a bool, not infinite."""
     return type(value) in (int, float) and math.isfinite(value)
 
@@ -237,8 +237,7 @@ class DPoP:
             raise DPoPError("The DPoP proof needs a jti.")
         if claims.get("htm") != method:
             raise DPoPError("The DPoP proof's htm is not this request's method.")
-        htu = claims.get("htu")
-        if not isinstance(htu, str) or _url(htu) != _url(self.issuer + path):
+        if not self._same_url(claims.get("htu"), path):
             raise DPoPError("The DPoP proof's htu is not this request's URL.")
         iat = claims.get("iat")
         if not _number(iat) or abs(now - iat) > self.window:
@@ -250,6 +249,14 @@ class DPoP:
                 ath.encode("ascii", "replace"), expected.encode()
             ):
                 raise DPoPError("The DPoP proof's ath does not match the access token.")
+
+    def _same_url(self, htu: Any, path: str) -> bool:
+        """§4.3 step 9: ``htu`` names this request's URL under the issuer (the external
+        URL, whatever the proxy in front), query and fragment aside."""
+        try:
+            return isinstance(htu, str) and _url(htu) == _url(self.issuer + path)
+        except ValueError:  # urlsplit: a bad port or IPv6 literal
+            return False
 
     def remember(self, proof: Proof) -> None:
         """§11.1: refuse a proof whose ``jti`` was seen within the window, on any instance.

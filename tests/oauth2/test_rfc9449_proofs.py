@@ -63,6 +63,8 @@ BAD_PROOFS = [
     ("wrong-path", lambda p, m, t: KEY.proof(m, "/api/other", t)),
     ("wrong-host", lambda p, m, t: KEY.proof(m, p, t, htu="http://evil.example" + p)),
     ("wrong-scheme", lambda p, m, t: KEY.proof(m, p, t, htu="https://127.0.0.1:8081" + p)),
+    ("htu-bad-port", lambda p, m, t: KEY.proof(m, p, t, htu="http://127.0.0.1:99999" + p)),
+    ("htu-bad-ipv6", lambda p, m, t: KEY.proof(m, p, t, htu="http://[::1" + p)),
     ("relative-htu", lambda p, m, t: KEY.proof(m, p, t, htu=p)),
     ("htu-not-a-string", lambda p, m, t: KEY.proof(m, p, t, htu=["x"])),
     ("stale-iat", lambda p, m, t: KEY.proof(m, p, t, iat=int(time.time()) - 301)),
