@@ -10,7 +10,7 @@ import warnings
 from typing import Any
 
 from joserfc import jwt
-from joserfc.errors import SecurityWarning
+from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 
@@ -67,17 +67,19 @@ class Prover:
         body.update(claims)
         head = {k: v for k, v in head.items() if v is not None}
         body = {k: v for k, v in body.items() if v is not None}
-        if not isinstance(head.get("jwk"), dict) or "kty" not in head.get("jwk", {}):
-            return self.raw(head, body)
         with warnings.catch_warnings():
             # joserfc warns that RFC 9864 deprecates EdDSA; clients still sign with it.
             warnings.simplefilter("ignore", SecurityWarning)
-            return jwt.encode(head, body, self.key, algorithms=[self.alg])
+            try:
+                return jwt.encode(head, body, self.key, algorithms=[self.alg])
+            except (JoseError, ValueError, TypeError):
+                return self.raw(head, body)
 
     def raw(self, header: dict[str, Any], claims: dict[str, Any]) -> str:
         """Sign what joserfc would refuse to (a ``jwk`` that is no key) with this key."""
         signing_input = f"{_b64(header)}.{_b64(claims)}".encode()
-        signature = JWSRegistry.algorithms[self.alg].sign(signing_input, self.key)
+        alg = JWSRegistry.algorithms[self.alg]
+        signature = alg.sign(signing_input, self.key)
         return f"{signing_input.decode()}.{_b64(signature)}"
 
     def headers(self, method: str = "POST", path: str = "/token", token: str | None = None, **kw):
