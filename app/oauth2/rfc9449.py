@@ -15,7 +15,6 @@ import math
 import re
 import struct
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 from urllib.parse import urlsplit
@@ -24,7 +23,7 @@ from authlib.oauth2.rfc6749.errors import InvalidGrantError, OAuth2Error
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from joserfc import jwt
-from joserfc.errors import JoseError, SecurityWarning
+from joserfc.errors import JoseError
 from joserfc.jwk import JWKRegistry
 from joserfc.jws import JWSRegistry, extract_compact
 
@@ -33,6 +32,8 @@ ALGORITHMS = ("ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "RS256", "Ed
 TYP = "dpop+jwt"
 #: A proof is a few hundred bytes (an RSA-4096 key's a few thousand): refuse more unread.
 MAX_PROOF = 8192
+#: RFC 7518 §3.3: RSA keys of 2048 bits or more.
+MIN_RSA_BITS = 2048
 #: RFC 9449 §7.1: ``DPoP`` 1*SP token68.
 _CREDENTIALS = re.compile(r"[Dd][Pp][Oo][Pp] +([A-Za-z0-9\-._~+/]+=*)")
 _THUMBPRINT = re.compile(r"[A-Za-z0-9_-]{43}")
@@ -119,6 +120,18 @@ def _quiet(name: str) -> None:
 
 
 _quiet("EdDSA")
+
+
+def _bits(modulus: Any) -> int:
+    """The size in bits of an RSA JWK's ``n`` (base64url), read before joserfc imports
+    the key (it would warn, not refuse)."""
+    if not isinstance(modulus, str):
+        return 0
+    try:
+        raw = base64.urlsafe_b64decode(modulus + "=" * (-len(modulus) % 4))
+    except ValueError:
+        return 0
+    return int.from_bytes(raw, "big").bit_length()
 
 
 def _number(value: Any) -> TypeGuard[float]:
@@ -212,19 +225,18 @@ class DPoP:
         jwk = header.get("jwk")
         if not isinstance(jwk, dict):
             raise DPoPError("The DPoP proof must carry its public key (jwk).")
+        if jwk.get("kty") == "RSA" and _bits(jwk.get("n")) < MIN_RSA_BITS:
+            raise DPoPError(f"An RSA key of the DPoP proof needs {MIN_RSA_BITS} bits.")
         try:
             key = JWKRegistry.import_key(jwk)
         except (JoseError, ValueError, TypeError, KeyError) as error:
             raise DPoPError("The DPoP proof's jwk is not a usable key.") from error
         if key.is_private:
             raise DPoPError("The DPoP proof's jwk must be a public key.")
+        registry = self._registries[alg]
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", SecurityWarning)
-                claims = jwt.decode(
-                    value, key, algorithms=[alg], registry=self._registries[alg]
-                ).claims
-        except (JoseError, ValueError, TypeError, SecurityWarning) as error:
+            claims = jwt.decode(value, key, algorithms=[alg], registry=registry).claims
+        except (JoseError, ValueError, TypeError) as error:
             raise DPoPError("The DPoP proof's signature does not verify.") from error
         return header, claims
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import base64
 import json
 import time
+import warnings
 
 import pytest
 from joserfc import jwt
-from joserfc.jwk import OctKey
+from joserfc.errors import SecurityWarning
+from joserfc.jwk import OctKey, RSAKey
 
 from app.oauth2.rfc9449 import access_token_hash
 from tests.conftest import basic, bearer, table
@@ -24,6 +26,10 @@ KEY = Prover()
 #: The key's private half, which a proof's ``jwk`` must never carry (§4.2).
 PRIVATE = KEY.key.as_dict(private=True)
 assert "d" in PRIVATE
+#: An RSA key too short for RS256 (RFC 7518 §3.3), though RS256 is allowed.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", SecurityWarning)  # joserfc's own warning: too short
+    WEAK = Prover(RSAKey.generate_key(1024), "RS256")
 
 
 def _b64(data: dict | bytes) -> str:
@@ -84,6 +90,7 @@ BAD_PROOFS = [
     ("jwk-unknown-kty", lambda p, m, t: KEY.proof(m, p, t, header={"jwk": {"kty": "XX"}})),
     ("private-key", lambda p, m, t: KEY.proof(m, p, t, header={"jwk": PRIVATE})),
     ("other-signer", lambda p, m, t: other_signer(p, m, t)),
+    ("rsa-1024", lambda p, m, t: WEAK.proof(m, p, t)),
     ("alg-none", lambda p, m, t: unsigned(p, m, t)),
     ("hs256", lambda p, m, t: hmac_signed(p, m, t)),
     (
