@@ -201,15 +201,14 @@ class DPoP:
         """
         if len(values) != 1:
             raise DPoPError("Send exactly one DPoP header.")
-        header, claims = self._verified(values[0])
+        key, claims = self._verified(values[0])
         now = time.time()
         self._claims(claims, method, path, token, now)
         if self.use_nonce and not self._nonce_ok(claims.get("nonce"), now):
             raise DPoPError("Use the server's DPoP nonce.", "use_dpop_nonce")
-        key = JWKRegistry.import_key(header["jwk"])
         return Proof(key.thumbprint(), claims["jti"], int(claims["iat"]))
 
-    def _verified(self, value: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _verified(self, value: str) -> tuple[Any, dict[str, Any]]:
         """§4.3 steps 2-7: a JWT, ``typ``, an allowed ``alg``, a public ``jwk`` that signed it."""
         if len(value) > MAX_PROOF or not value.isascii():
             raise DPoPError("The DPoP proof is not a JWT.")
@@ -238,7 +237,7 @@ class DPoP:
             claims = jwt.decode(value, key, algorithms=[alg], registry=registry).claims
         except (JoseError, ValueError, TypeError) as error:
             raise DPoPError("The DPoP proof's signature does not verify.") from error
-        return header, claims
+        return key, claims
 
     def _claims(
         self, claims: dict[str, Any], method: str, path: str, token: str | None, now: float
