@@ -60,9 +60,6 @@ def check_installed() -> dict[str, str]:
         "run `make bench` (it runs `npm ci --prefix bench/peer`), or set BENCH_PEER=off "
         "to leave the node-oidc-provider peer out"
     )
-    node = shutil.which("node")
-    if node is None:
-        raise SystemExit(f"bench peer: `node` is not on PATH; {fix}")
     found: dict[str, str] = {}
     for name, version in pinned_versions().items():
         manifest = DIR / "node_modules" / name / "package.json"
@@ -74,6 +71,9 @@ def check_installed() -> dict[str, str]:
                 f"bench peer: {name} {installed} is installed, package.json pins {version}; {fix}"
             )
         found[name] = installed
+    node = shutil.which("node")
+    if node is None:
+        raise SystemExit(f"bench peer: `node` is not on PATH; {fix}")
     found["node"] = subprocess.run(  # noqa: S603
         [node, "--version"], capture_output=True, text=True, check=True
     ).stdout.strip()

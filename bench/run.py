@@ -587,6 +587,8 @@ def basic_test() -> str:
 
 
 FORM = "application/x-www-form-urlencoded"
+#: The scope of the token the UserInfo scenario presents.
+USERINFO_SCOPE = "openid profile email"
 
 
 def cc_load() -> wrk.Load:
@@ -656,7 +658,7 @@ def token_scenarios(
         ("gateway", lambda: measure(server.port, gateway_load(access), server.proc)),
     ]
     if with_flow:
-        openid_access = fx.live_token("openid profile email")
+        openid_access = fx.live_token(USERINFO_SCOPE)
         plan += [
             ("userinfo", lambda: measure(server.port, userinfo_load(openid_access), server.proc)),
             ("flow", lambda: run_flow(server)),
