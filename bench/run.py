@@ -100,6 +100,8 @@ PEER_LABELS = {
     "refresh": "POST /token refresh_token",
     "introspect": "POST /token/introspection",
     "userinfo": "GET /me (UserInfo)",
+    "flow": "code flow (flows/s)",
+    "flow_openid": "code flow, OpenID Connect (flows/s)",
 }
 
 
@@ -546,7 +548,9 @@ def one_worker(result: dict[str, Any]) -> bool:
     return len(by_process) >= 1 and total > 1 and by_process[0] / total > 0.85
 
 
-def run_flow(server: Server, openid: bool = False) -> dict[str, Any]:
+def run_flow(
+    server: Server | nodepeer.Peer, openid: bool = False, peer: bool = False
+) -> dict[str, Any]:
     quiet = wait_quiet()
     meter = CpuMeter(server.proc)
     argv = [
@@ -562,6 +566,7 @@ def run_flow(server: Server, openid: bool = False) -> dict[str, Any]:
         "--warmup",
         str(WARMUP),
         *(["--openid"] if openid else []),
+        *(["--peer"] if peer else []),
     ]
     done = subprocess.run(  # noqa: S603
         argv,
@@ -689,6 +694,8 @@ def token_scenarios(
 
 
 def peer_run(peer: nodepeer.Peer, scenario: str) -> dict[str, Any]:
+    if scenario in nodepeer.FLOWS:
+        return run_flow(peer, openid=scenario == "flow_openid", peer=True)
     load, warm = peer.loads(scenario)
     return measure(peer.port, load, peer.proc, warm)
 
@@ -1046,8 +1053,10 @@ def add_peer_ratios(results: dict[str, Any]) -> None:
     peer = (results.get("peer") or {}).get("scenarios") or {}
     for name, row in (results.get("scenarios", {}).get("redis") or {}).items():
         other = peer.get(nodepeer.COUNTERPARTS.get(name, ""))
-        if other and other.get("rps"):
-            row["peer_ratio"] = round(row["rps"] / other["rps"], 3)
+        if other and other.get("flows_per_s", other.get("rps")):
+            # Flows: flows/s (the peer's flow takes 8 requests, ours 6).
+            ours, theirs = (r.get("flows_per_s", r["rps"]) for r in (row, other))
+            row["peer_ratio"] = round(ours / theirs, 3)
             row["peer_scenario"] = nodepeer.COUNTERPARTS[name]
 
 

@@ -14,29 +14,38 @@ from pathlib import Path
 import pytest
 
 from app import create_app
-from bench import loader, nodepeer, run
+from app.config_model import OIDC, AuthServer
+from app.storage import DEFAULT_TTLS
+from bench import flow, loader, nodepeer, run
 from tests.conftest import base_config, close_app
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_every_token_scenario_of_ours_has_a_counterpart_the_peer_can_run():
-    ours = {"client_credentials", "refresh", "introspect", "gateway", "userinfo"}
-    assert set(nodepeer.COUNTERPARTS) == ours
-    assert set(nodepeer.COUNTERPARTS) <= set(run.LABELS)
+    assert set(nodepeer.COUNTERPARTS) == set(run.LABELS)
     assert set(nodepeer.COUNTERPARTS.values()) == set(nodepeer.SCENARIOS) == set(run.PEER_LABELS)
     peer = nodepeer.Peer(None, 1, "redis://127.0.0.1:1/13", {}, "at", "uat")  # type: ignore[arg-type]
     peer.refresh_file = peer.refresh_warm_file = Path("pool.txt")
-    for scenario in nodepeer.SCENARIOS:
+    for scenario in set(nodepeer.SCENARIOS) - set(nodepeer.FLOWS):
         load, _warm = peer.loads(scenario)
         assert load.path in nodepeer.CONFIG["paths"].values()
 
 
-def test_the_peer_uses_our_bench_client_scopes_and_refresh_lifetime():
+def test_the_peer_uses_our_bench_client_scopes_and_lifetimes():
     assert nodepeer.basic() == run.basic_test()
+    client = nodepeer.CONFIG["client"]
+    assert (client["client_id"], client["client_secret"]) == (flow.CLIENT, flow.SECRET)
+    assert client["redirect_uris"] == [flow.REDIRECT]
     assert nodepeer.CONFIG["scopes"]["token"] == loader.SCOPE
     assert nodepeer.CONFIG["scopes"]["userinfo"] == run.USERINFO_SCOPE
-    assert nodepeer.CONFIG["ttl"]["RefreshToken"] == loader.REFRESH_TTL
+    ttl = nodepeer.CONFIG["ttl"]
+    assert ttl["RefreshToken"] == DEFAULT_TTLS["refresh_tokens"] == loader.REFRESH_TTL
+    assert ttl["AccessToken"] == ttl["ClientCredentials"] == DEFAULT_TTLS["tokens"]
+    assert ttl["AuthorizationCode"] == DEFAULT_TTLS["codes"]
+    assert ttl["Session"] == DEFAULT_TTLS["session"]
+    assert ttl["Interaction"] == AuthServer().transaction_ttl
+    assert ttl["IdToken"] == OIDC().id_token_ttl
 
 
 def test_our_bench_server_gives_the_peer_client_a_token_of_the_peer_lifetime(tmp_path, dummy_site):

@@ -2,6 +2,7 @@
 // node:cluster sharing the port, storage in Redis at $PEER_REDIS_URL.
 import cluster from 'node:cluster';
 
+import { interactions } from './interactions.js';
 import { makeProvider, signingJwks } from './provider.js';
 
 const port = Number(process.env.PEER_PORT);
@@ -27,11 +28,12 @@ if (cluster.isPrimary) {
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
 } else {
-  const { provider } = makeProvider({
+  const { provider, redis } = makeProvider({
     issuer: `http://127.0.0.1:${port}`,
     redisUrl,
     jwks: JSON.parse(process.env.PEER_JWKS),
   });
+  provider.use(interactions(provider, redis));
   provider.listen(port, '127.0.0.1', () => {
     console.log(`peer worker ${process.pid} listening on 127.0.0.1:${port}`);
   });
