@@ -686,8 +686,9 @@ def token_scenarios(
             )
             if found is not None:
                 peer.results[counterpart] = found
+                rate = found.get("flows_per_s", found["rps"])
                 log(
-                    f"  peer {counterpart}: {found['rps']:,.0f}/s p50 {found['p50_ms']:.1f} ms "
+                    f"  peer {counterpart}: {rate:,.0f}/s p50 {found['p50_ms']:.1f} ms "
                     f"p99 {found['p99_ms']:.1f} ms errors {found['errors']}"
                 )
     return out
@@ -1144,8 +1145,8 @@ def table(results: dict[str, Any]) -> str:
             "",
             f"Peer: {peer['name']} {versions.get('oidc-provider')} ({others}), "
             f"{peer['workers']} workers of node:cluster, Redis {peer['storage']}, each run right "
-            "after ours; vs peer = our req/s / its req/s (the gateway and UserInfo against its "
-            "UserInfo).",
+            "after ours; vs peer = our req/s / its req/s (flows/s for the flows; the gateway "
+            "and UserInfo against its UserInfo).",
         ]
     if notes:
         lines += ["", "Errors (non-2xx answers and failed flows):", *notes]
