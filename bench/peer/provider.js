@@ -71,7 +71,7 @@ export function makeProvider({ issuer, redisUrl, jwks }) {
   };
   const provider = new Provider(issuer, configuration);
   provider.on('server_error', (ctx, err) => {
-    console.error(`server_error ${ctx.method} ${ctx.path}: ${err.stack || err}`);
+    console.error(`[ERROR] server_error ${ctx.method} ${ctx.path}: ${err.stack || err}`);
   });
   return { provider, redis };
 }
