@@ -55,6 +55,7 @@
     if (!box) return;
     box.textContent = text;
     box.hidden = false;
+    box.setAttribute("tabindex", "-1"); // focusable by script only, so it is read out
     box.focus();
   }
   function failure(error) {
