@@ -8,6 +8,7 @@ server's issuer is ``http://localhost:<port>``.
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from pathlib import Path
@@ -16,8 +17,8 @@ from urllib.parse import urlencode
 import pytest
 
 from bench import procs
-from tests.e2e import test_browser as browser
 from tests.e2e import test_accessibility as a11y
+from tests.e2e import test_browser as browser
 from tests.e2e.conftest import SESSION_SECRET, clean_env, serve, shut_down
 from tests.e2e.test_browser_consent import check_page
 from tests.factories import make_client
@@ -42,9 +43,7 @@ def localhost_server(tmp_path: Path, partner_site):
     clients = tmp_path / "clients.json"
     secret = secrets.token_urlsafe(24)
     clients.write_text(
-        __import__("json").dumps(
-            [make_client("e2e-pk", [callback], secret, name="Passkey Partner")]
-        )
+        json.dumps([make_client("e2e-pk", [callback], secret, name="Passkey Partner")])
     )
     port, site_port = procs.free_ports(2)
     config = procs.serve_config(
