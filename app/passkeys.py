@@ -276,6 +276,10 @@ class Passkeys:
         record = self.table.get(key)
         if record is None or record.get("credential_id") != credential_id:
             raise PasskeyError("unknown_credential")
+        # WebAuthn §7.2 step 6: a user handle, when the authenticator sends one, is this user's.
+        user_handle = parsed["response"].get("userHandle")
+        if user_handle is not None and user_handle != b64url(self.handle(user_id)):
+            raise PasskeyError("invalid")
         try:
             verified = webauthn.verify_authentication_response(
                 credential=parsed,
