@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 chromium, partner_site = browser.chromium, browser.partner_site  # the fixtures
 
+SCREENSHOT = Path("/tmp/passkeys-account.png")
 AUTHENTICATOR = {
     "protocol": "ctap2",
     "transport": "internal",
@@ -129,6 +130,7 @@ def test_passkey_added_then_used_then_removed(localhost_server, chromium):
         assert credential["rpId"] == "localhost"
         page.goto(f"{base}/account")
         assert "Test laptop" in page.inner_text("main")
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
         accessibility(page, "account with a passkey", found)
 
         # The same passkey on a second browser: password, then the passkey, then consent.
