@@ -87,6 +87,30 @@ def test_a_passkey_alone_is_a_second_factor(client, app) -> None:
     assert {"passkey_registered", "passkey_used", "login"} <= set(events)
 
 
+def _regenerate_options(page: str) -> str:
+    forms = re.findall(
+        r'<form[^>]*data-passkey-get="([^"]*)"[^>]*>((?:(?!</form>).)*)</form>', page, re.S
+    )
+    found = [options for options, body in forms if 'value="regenerate"' in body]
+    assert len(found) == 1
+    return html.unescape(found[0])
+
+
+def test_new_recovery_codes_without_the_app_are_confirmed_with_a_passkey(client, app) -> None:
+    login(client)
+    device, first = add_passkey(client, app)
+    old = re.findall(r"<code>([a-z0-9-]{19})</code>", first.get_data(as_text=True))
+    page = client.get("/account").get_data(as_text=True)
+    form = {"csrf_token": csrf_from(page), "action": "regenerate", "code": old[0]}
+    assert client.post("/account", data=form).status_code == 400  # a recovery code will not do
+    page = client.get("/account").get_data(as_text=True)
+    form = {"csrf_token": csrf_from(page), "action": "regenerate"}
+    form["passkey"] = device.assert_(_regenerate_options(page))
+    done = client.post("/account", data=form)
+    new = re.findall(r"<code>([a-z0-9-]{19})</code>", done.get_data(as_text=True))
+    assert done.status_code == 200 and len(new) == 10 and not set(new) & set(old)
+
+
 def test_bad_passkey_answers_get_a_page_and_are_throttled(client, app) -> None:
     login(client)
     device, _ = add_passkey(client, app)

@@ -71,6 +71,12 @@ def account_context(user_id: str) -> dict:
         "confirm_options": (
             store.authentication_options(user_id, "confirm", bound) if listed else None
         ),
+        # Without the app, new recovery codes are confirmed with a passkey (its own challenge).
+        "regenerate_options": (
+            store.authentication_options(user_id, "confirm", bound)
+            if listed and not factors().enrolled(user_id)
+            else None
+        ),
         "recovery_left": factors().recovery_left(user_id),
     }
 
