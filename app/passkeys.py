@@ -13,7 +13,9 @@ the ``factors`` table beside the TOTP ones (:mod:`app.twofactor`):
   site's user id, which the authenticator would store and show);
 * ``challenge:<digest of the challenge>``: a challenge waiting for its answer (a few
   minutes), bound to the user, a purpose and the page's sign-in or session; the answer
-  spends it with one atomic ``take``, so it is used once.
+  spends it with one atomic ``take``, so it is used once;
+* ``count:<passkey key>:<n>``: a counter per signature count accepted (a few minutes),
+  so two answers carrying the same count race on one atomic increment.
 """
 
 from __future__ import annotations
@@ -291,6 +293,11 @@ class Passkeys:
             )
         except (WebAuthnException, ValueError, TypeError, KeyError, AttributeError):
             raise PasskeyError("invalid") from None
+        # Two answers checked at once against the same stored counter (a cloned key) both
+        # pass the library's check: one atomic increment per counter value lets one win.
+        count = verified.new_sign_count
+        if count and self.table.incr(f"count:{key}:{count}", ttl=CHALLENGE_TTL) != 1:
+            raise PasskeyError("invalid")
         current = self.table.get(key)
         if current is not None:  # removed meanwhile: leave it removed
             updated = {

@@ -159,3 +159,19 @@ def test_one_answer_raced_signs_in_once(backend) -> None:
             return False
 
     assert sorted(race(6, attempt)) == [False] * 5 + [True]
+
+
+def test_a_cloned_key_raced_with_the_same_counter_wins_once(backend) -> None:
+    pk = store(backend)
+    device = registered(pk)
+    answers = [login_answer(pk, device, count=7) for _ in range(6)]  # one count, six challenges
+
+    def attempt(go, answer):
+        go()
+        try:
+            return pk.authenticate("alice", answer, "login", "pending-1")
+        except PasskeyError:
+            return False
+
+    results = race(6, lambda go: attempt(go, answers.pop()))
+    assert sorted(results) == [False] * 5 + [True]
