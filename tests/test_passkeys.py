@@ -18,6 +18,7 @@ from tests.conftest import authorize_url, consent, location_params
 from tests.factories import REDIRECT, csrf_from, login
 from tests.oauth2.conftest import redeem
 from tests.oidc.core_helpers import decode
+from tests.test_passkeys_fuzz import JSON
 from tests.test_two_factor import enrol
 from tests.webauthn_soft import SoftAuthenticator
 
@@ -185,14 +186,7 @@ def test_adding_a_passkey_to_an_account_with_a_factor_needs_a_two_step_sign_in(c
 @given(
     answer=st.one_of(
         st.text(max_size=200),
-        st.recursive(
-            st.none() | st.booleans() | st.integers() | st.text(max_size=30),
-            lambda inner: (
-                st.lists(inner, max_size=4)
-                | st.dictionaries(st.text(max_size=20), inner, max_size=4)
-            ),
-            max_leaves=12,
-        ).map(json.dumps),
+        JSON.map(json.dumps),
         st.fixed_dictionaries(
             {
                 "id": st.text(max_size=30),
