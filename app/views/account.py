@@ -150,7 +150,9 @@ def login_otp_post():
     code = request.form.get("code", "")
     if answer:
         method = "passkey"
-    elif not code or len(code) > MAX_CODE or pending.get("need") == PHISHING_RESISTANT:
+    elif pending.get("need") == PHISHING_RESISTANT:
+        return _otp_form("This application asks for a passkey: a code will not do.", 400)
+    elif not code or len(code) > MAX_CODE:
         return _otp_form("Enter the code from your authenticator app.", 400)
     else:
         method = "totp" if code.strip().isdigit() else "recovery"
