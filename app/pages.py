@@ -13,6 +13,16 @@ CSP = (
 )
 
 
+#: The CSP of a page that runs our own script (``static/passkeys.js``) and nothing else.
+SCRIPT_CSP = CSP.replace("default-src 'none';", "default-src 'none'; script-src 'self';")
+
+
+def with_script(response):
+    """Let the page run scripts from this server (the passkey forms)."""
+    response.headers["Content-Security-Policy"] = SCRIPT_CSP
+    return response
+
+
 def with_image_origin(response, origin: str):
     """Let the page load images from ``origin`` too (a client's logo on the consent page)."""
     response.headers["Content-Security-Policy"] = CSP.replace(

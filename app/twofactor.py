@@ -189,8 +189,11 @@ class TwoFactor:
         return codes
 
     def use_recovery_code(self, user_id: str, code: str) -> bool:
-        """Spend one recovery code: exactly one of any concurrent uses succeeds."""
-        if not self.enrolled(user_id) or not 0 < len(normalise(code)) <= 64:
+        """Spend one recovery code: exactly one of any concurrent uses succeeds.
+
+        Codes exist while the user has a second factor (TOTP or a passkey): they are
+        dropped with the last one (:meth:`remove`)."""
+        if not 0 < len(normalise(code)) <= 64:
             return False
         return self.table.take(self._code_key_of(user_id, code)) is not None
 
@@ -203,7 +206,12 @@ class TwoFactor:
             if record["key"].startswith(prefix):
                 self.table.delete(record["key"])
 
-    def remove(self, user_id: str) -> None:
-        """Forget the user's secret and recovery codes."""
+    def remove(self, user_id: str, keep_codes: bool = False) -> None:
+        """Forget the user's secret, and the recovery codes unless ``keep_codes`` (the
+        user keeps another second factor, a passkey)."""
         self.table.delete("totp:" + user_id)
+        if not keep_codes:
+            self.drop_recovery_codes(user_id)
+
+    def drop_recovery_codes(self, user_id: str) -> None:
         self._drop(user_id, "recovery:")

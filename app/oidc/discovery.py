@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import paths
+from .acr import LEVELS
 from .keys import ALGS
 from .signin import SIGN_IN_FACTS
 
@@ -33,4 +34,5 @@ def provider_metadata(server: Any, user_claims: list[str]) -> dict[str, Any]:
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,
         "prompt_values_supported": ["none", "login", "consent"],
+        "acr_values_supported": list(LEVELS),
     }

@@ -14,6 +14,8 @@ sent to the client's (already validated) redirect URI.
 * ``max_age``: seconds; an older sign-in (``auth_time``) signs in again.
 * ``id_token_hint``: an ID Token this server signed for this client (``exp`` ignored);
   its ``sub`` for someone other than the signed-in user signs in again.
+* ``acr_values``: the levels the client accepts, which the view turns into a second step
+  (:mod:`app.oidc.acr`).
 
 A sign-in page shown because of these is asked for once per request: the session keeps
 a marker for the request (:func:`ask_sign_in`), and the same request coming back after a
@@ -80,6 +82,7 @@ class SignIn:
     #: The ``sub`` of a verified ``id_token_hint``.
     hint_sub: str | None = None
     ui_locales: tuple[str, ...] = ()
+    acr_values: tuple[str, ...] = ()
 
     @property
     def silent(self) -> bool:
@@ -134,6 +137,7 @@ def parse(grant, keys, issuer: str) -> SignIn:
             login_hint=_text(data.get("login_hint"), NO_CONTROLS, "login_hint"),
             hint_sub=_hint_sub(data.get("id_token_hint"), keys, issuer, client_id),
             ui_locales=tuple((_text(data.get("ui_locales"), LOCALES, "ui_locales") or "").split()),
+            acr_values=tuple((_text(data.get("acr_values"), WORDS, "acr_values") or "").split()),
         )
     except ValueError as error:
         raise bad(str(error)) from None
@@ -142,7 +146,6 @@ def parse(grant, keys, issuer: str) -> SignIn:
 def _accepted(data: dict[str, str]) -> None:
     """Check the parameters that are accepted and otherwise unused."""
     _text(data.get("claims_locales"), LOCALES, "claims_locales")
-    _text(data.get("acr_values"), WORDS, "acr_values")
     display = data.get("display")
     if display is not None and display not in DISPLAYS:
         raise ValueError("Unsupported 'display' value.")

@@ -12,25 +12,29 @@ from typing import Any
 from flask import has_request_context, session
 
 from ..sessions import SID, SIGNED_IN_AT, note_relying_party
+from .acr import achieved
 
-#: The sign-in's facts: when (``auth_time``), which sign-in (``sid``), how (``amr``).
-SIGN_IN_FACTS = ("auth_time", "sid", "amr")
+#: The sign-in's facts: when (``auth_time``), which sign-in (``sid``), how (``amr``) and
+#: the level it reached (``acr``, :mod:`app.oidc.acr`).
+SIGN_IN_FACTS = ("auth_time", "sid", "amr", "acr")
 #: How users sign in without a second step (RFC 8176): a password at the site.
 AMR = ["pwd"]
-#: The session key of the sign-in's methods when it used more (``["pwd", "otp"]``,
-#: set by the second step, :mod:`app.views.account`).
+#: The session key of the sign-in's methods when it used more (``["pwd", "otp"]`` or
+#: ``["pwd", "hwk"]``, set by the second step, :mod:`app.views.account`).
 AMR_KEY = "_amr"
 
 
 def sign_in_facts() -> dict[str, Any]:
     """This session's sign-in facts (the time falls back to now outside a signed-in session)."""
     if not has_request_context():
-        return {"auth_time": int(time.time()), "amr": list(AMR)}
+        return {"auth_time": int(time.time()), "amr": list(AMR), "acr": achieved(AMR)}
     signed_in_at = session.get(SIGNED_IN_AT)
+    amr = list(session.get(AMR_KEY) or AMR)
     facts = {
         "auth_time": int(signed_in_at) if signed_in_at else int(time.time()),
         "sid": session.get(SID),
-        "amr": list(session.get(AMR_KEY) or AMR),
+        "amr": amr,
+        "acr": achieved(amr),
     }
     return {name: value for name, value in facts.items() if value is not None}
 

@@ -1,9 +1,11 @@
 """Two-step sign-in pages: the account page (``/account``) and the second step
-(``/login/otp``). The factors themselves: :mod:`app.twofactor`.
+(``/login/otp``). The factors themselves: :mod:`app.twofactor` (TOTP, recovery codes)
+and :mod:`app.passkeys`; the passkey forms: :mod:`app.views.passkeys`.
 
 The second step holds the pending user in the session without signing in: the
-password was right, nobody is signed in until a code is. It has its own CSRF secret
-(new when the password is accepted) and lasts :data:`PENDING_LIFETIME` seconds.
+password was right, nobody is signed in until a code or a passkey is. It has its own
+CSRF secret (new when the password is accepted), a random id that binds the page's
+passkey challenge to it, and lasts :data:`PENDING_LIFETIME` seconds.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from markupsafe import Markup
 
 from ..audit import audit
 from ..limits import delay_fields
+from ..oidc.acr import PHISHING_RESISTANT, SECOND_FACTORS, TWO_STEP
 from ..oidc.signin import AMR_KEY
-from ..pages import render_error
+from ..pages import render_error, with_script
+from ..passkeys import Passkeys
 from ..sessions import CSRF_KEY
 from ..twofactor import TwoFactor
 from .common import safe_next, state
@@ -43,6 +47,26 @@ def factors() -> TwoFactor:
     return built
 
 
+def passkeys() -> Passkeys:
+    """The process's :class:`Passkeys` (built on first use)."""
+    built = current_app.extensions.get("passkeys")
+    if built is None:
+        settings = state().settings
+        built = Passkeys(state().storage.factors, settings.issuer, settings.auth.site_name)
+        current_app.extensions["passkeys"] = built
+    return built
+
+
+def has_second_factor(user_id: str) -> bool:
+    """Whether the user has a second factor: a TOTP app or a passkey."""
+    return factors().enrolled(user_id) or passkeys().has(user_id)
+
+
+def used_second_factor() -> bool:
+    """Whether this session's sign-in used a second factor."""
+    return bool(SECOND_FACTORS & set(session.get(AMR_KEY) or ()))
+
+
 def required_for(client=None) -> bool:
     """Whether a sign-in (to ``client``, if any) must use a second factor."""
     if state().settings.two_factor.required:
@@ -59,10 +83,17 @@ def _page(template: str, status: int = 200, **context):
 # -- the second step -------------------------------------------------------------------
 
 
-def ask_second_step(user_id: str, next_url: str):
-    """After the password: remember the pending user (not signed in), go to the code page."""
+def ask_second_step(user_id: str, next_url: str, need: str = TWO_STEP):
+    """After the password: remember the pending user (not signed in), go to the code
+    page; ``need`` is ``phr`` when only a passkey will do (``acr_values``)."""
     session.pop(AMR_KEY, None)
-    session[PENDING] = {"user_id": user_id, "at": time.time(), "next": next_url}
+    session[PENDING] = {
+        "user_id": user_id,
+        "at": time.time(),
+        "next": next_url,
+        "id": secrets.token_urlsafe(24),
+        "need": need,
+    }
     session[CSRF_KEY] = secrets.token_hex(20)  # the code form's own CSRF secret
     return redirect("/login/otp", 302)
 
@@ -80,7 +111,22 @@ def _expired():
 
 
 def _otp_form(error: str | None = None, status: int = 200, wait: int = 0):
-    response = _page("login_otp.html", status, error=error)
+    pending = _pending() or {}
+    user_id = pending.get("user_id", "")
+    options = None
+    if user_id and passkeys().has(user_id):
+        options = passkeys().authentication_options(user_id, "login", pending.get("id", ""))
+    codes = pending.get("need") != PHISHING_RESISTANT
+    response = _page(
+        "login_otp.html",
+        status,
+        error=error,
+        passkey_options=options,
+        codes=codes,
+        totp=codes and factors().enrolled(user_id),
+    )
+    if options:
+        with_script(response)
     if wait:
         response.headers["Retry-After"] = str(wait)
         response.headers.extend(delay_fields(state().limits.otp, wait))
@@ -100,9 +146,16 @@ def login_otp_post():
     if pending is None:
         return _expired()
     user_id = pending["user_id"]
+    answer = request.form.get("passkey", "")
     code = request.form.get("code", "")
-    if not code or len(code) > MAX_CODE:
+    if answer:
+        method = "passkey"
+    elif pending.get("need") == PHISHING_RESISTANT:
+        return _otp_form("This application asks for a passkey: a code will not do.", 400)
+    elif not code or len(code) > MAX_CODE:
         return _otp_form("Enter the code from your authenticator app.", 400)
+    else:
+        method = "totp" if code.strip().isdigit() else "recovery"
     lockout = state().limits.otp
     attempt = lockout.reserve(user_id)
     if attempt.wait:
@@ -111,8 +164,11 @@ def login_otp_post():
             f"{attempt.wait} seconds" if attempt.wait < 120 else f"{attempt.wait // 60} minutes"
         )
         return _otp_form(f"Too many wrong codes. Try again in {minutes}.", 429, attempt.wait)
-    method = "totp" if code.strip().isdigit() else "recovery"
-    if method == "totp":
+    if method == "passkey":
+        from .passkeys import login_with_passkey
+
+        ok = login_with_passkey(user_id, answer, pending.get("id", ""))
+    elif method == "totp":
         ok = factors().verify(user_id, code)
     else:
         ok = factors().use_recovery_code(user_id, code)
@@ -121,11 +177,13 @@ def login_otp_post():
         audit("otp_failed", user_id=user_id, method=method)
         if attempt.delay:
             audit("lockout", user_id=user_id, seconds=attempt.delay, step="otp")
+        if method == "passkey":
+            return _otp_form("That passkey was not accepted. Try again.", 401)
         return _otp_form("That code is not right, or was already used.", 401)
     lockout.succeeded(user_id)
     session.pop(PENDING, None)
     session.signed_in()  # type: ignore[attr-defined]  # new id, new CSRF secret
-    session[AMR_KEY] = ["pwd", "otp"]
+    session[AMR_KEY] = ["pwd", "hwk" if method == "passkey" else "otp"]
     login_user(user)
     audit("login", user_id=user_id, second_factor=method)
     if method == "recovery":
@@ -137,6 +195,8 @@ def login_otp_post():
 
 
 def _account(message: str | None = None, error: str | None = None, status: int = 200, **extra):
+    from .passkeys import account_context
+
     user_id = current_user.id
     enrolled = factors().enrolled(user_id)
     context: dict = {
@@ -145,27 +205,51 @@ def _account(message: str | None = None, error: str | None = None, status: int =
         "error": error,
         "next": safe_next(request.values.get("next"), ""),
         "required": required_for(),
+        **account_context(user_id),
     }
-    if enrolled:
-        context["recovery_left"] = factors().recovery_left(user_id)
-    else:
+    if not enrolled:
         secret = factors().pending(user_id)
         assert secret is not None
         uri = factors().uri(user_id, current_user.name, secret)
         context["qr"] = Markup(TwoFactor.qr_svg(uri))  # noqa: S704 - segno's own SVG
         context["manual_key"] = " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
-    return _page("account.html", status, **(context | extra))
+    return with_script(_page("account.html", status, **(context | extra)))
+
+
+DONE = {
+    "done": "Two-step sign-in with an app is off.",
+    "added": "The passkey was added.",
+    "removed": "The passkey was removed.",
+}
 
 
 @bp.get("/account")
 @login_required
 def account():
-    return _account(message=request.args.get("done") and "Two-step sign-in is off.")
+    message = next((text for name, text in DONE.items() if request.args.get(name)), None)
+    return _account(message=message)
+
+
+def _proved(user_id: str, action: str) -> bool:
+    """Whether the form carries the user's current second factor: a passkey's answer,
+    a TOTP code, or (to remove a factor) a recovery code, each used once."""
+    from .passkeys import confirmed_with_passkey
+
+    answer, code, fx = request.form.get("passkey", ""), request.form.get("code", ""), factors()
+    if answer:
+        return confirmed_with_passkey(user_id, answer)
+    if not code:
+        return False
+    if fx.enrolled(user_id) and fx.verify(user_id, code):
+        return True
+    return action != "regenerate" and fx.use_recovery_code(user_id, code)
 
 
 @bp.post("/account")
 @login_required
 def account_post():
+    from . import passkeys as passkey_forms
+
     action, user_id = request.form.get("action", ""), current_user.id
     code = request.form.get("code", "")
     if len(code) > MAX_CODE:
@@ -175,27 +259,37 @@ def account_post():
     if attempt.wait:
         return _account(error="Too many wrong codes. Try again later.", status=429)
     fx = factors()
+    if action == "passkey_add":
+        return passkey_forms.add(user_id, lockout)
+    if action == "passkey_remove":
+        proved = _proved(user_id, action)
+        if proved:
+            lockout.succeeded(user_id)
+        return passkey_forms.remove(user_id, proved)
     if action == "enrol" and not fx.enrolled(user_id):
         codes = fx.confirm(user_id, code)
         if codes is None:
             audit("otp_failed", user_id=user_id, method="enrol")
             return _account(error="That code is not right. Try the next one.", status=400)
         lockout.succeeded(user_id)
-        session[AMR_KEY] = ["pwd", "otp"]  # the user just showed the factor
+        if not used_second_factor():
+            session[AMR_KEY] = ["pwd", "otp"]  # the user just showed the factor
         audit("totp_enrolled", user_id=user_id)
         return _page(
             "account_codes.html", codes=codes, next=safe_next(request.form.get("next"), "")
         )
-    if action in ("remove", "regenerate") and fx.enrolled(user_id):
-        if not (
-            fx.verify(user_id, code) or (action == "remove" and fx.use_recovery_code(user_id, code))
-        ):
+    if action in ("remove", "regenerate") and has_second_factor(user_id):
+        if action == "remove" and not fx.enrolled(user_id):
+            return _account(error="Two-step sign-in with an app is already off.", status=400)
+        if not _proved(user_id, action):
             audit("otp_failed", user_id=user_id, method=action)
             return _account(error="That code is not right, or was already used.", status=400)
         lockout.succeeded(user_id)
         if action == "remove":
-            fx.remove(user_id)
-            session.pop(AMR_KEY, None)
+            keep = passkeys().has(user_id)
+            fx.remove(user_id, keep_codes=keep)
+            if not keep:
+                session.pop(AMR_KEY, None)
             audit("totp_removed", user_id=user_id)
             return redirect("/account?done=1", 302)
         codes = fx.new_recovery_codes(user_id)

@@ -12,7 +12,7 @@ from ..audit import audit
 from ..limits import delay_fields, login_limits
 from ..oidc.prompt import NO_CONTROLS
 from ..pages import render_error, render_page
-from .account import ask_second_step, enrolment_redirect, factors, required_for
+from .account import ask_second_step, enrolment_redirect, has_second_factor, required_for
 from .common import safe_next, state
 
 bp = Blueprint("auth", __name__)
@@ -86,7 +86,7 @@ def login_post():
         if attempt.delay:
             audit("lockout", username=username, seconds=attempt.delay)
         return _form(next_url, "Wrong username or password.", 401)
-    second_step = factors().enrolled(str(site_user.id))
+    second_step = has_second_factor(str(site_user.id))
     with state().storage.batch():  # user record and audit entry: one round trip
         lockout.succeeded(subject)
         user = state().users.remember(site_user)

@@ -18,14 +18,14 @@ from flask_login import current_user
 from ..audit import audit
 from ..client_policy import consent_links, image_origin, shown_image
 from ..oauth2.server import query_params
-from ..oidc import prompt
+from ..oidc import acr, prompt
 from ..oidc.consent import OPENID, Consents, code_scopes, describe, must_ask
 from ..oidc.signin import AMR_KEY
 from ..pages import render_error, render_page, with_image_origin
 from ..quotas import choice as quota_choice
 from ..secrets_hash import new_secret, token_digest
 from ..sessions import SIGNED_IN_AT
-from .account import ask_second_step, enrolment_redirect, factors, required_for
+from .account import ask_second_step, enrolment_redirect, has_second_factor, passkeys, required_for
 from .common import oauth, state
 
 bp = Blueprint("authorize", __name__)
@@ -82,12 +82,11 @@ def authorize():
             return _silent(LoginRequiredError, grant)
         return _to_sign_in(asked)
     client = grant.client
-    if required_for(client) and "otp" not in (session.get(AMR_KEY) or []):
+    need = acr.required(asked.acr_values, required_for(client))
+    if not acr.meets(session.get(AMR_KEY), need):
         if asked.silent:
             return _silent(LoginRequiredError, grant)
-        if factors().enrolled(current_user.id):  # signed in before enrolling elsewhere
-            return ask_second_step(current_user.id, request.full_path)
-        return enrolment_redirect(request.full_path)
+        return _step_up(need)
     requested = scope_to_list(grant.request.scope) or []
     remembered = _remembered(client.get_client_id(), requested)
     if not must_ask(client, requested, remembered, asked.consent):
@@ -113,6 +112,16 @@ def _sign_in_again(asked: prompt.SignIn, grant) -> bool:
     if not asked.needs_sign_in(session.get(SIGNED_IN_AT), sub, time.time()):
         return False
     return not prompt.fresh_sign_in(session, prompt.request_key(request.query_string))
+
+
+def _step_up(need: str):
+    """Ask the signed-in user for the second step this request needs (a passkey for
+    ``phr``), or send them to set one up when they have none that will do."""
+    user_id = current_user.id
+    phr = need == acr.PHISHING_RESISTANT
+    if passkeys().has(user_id) if phr else has_second_factor(user_id):
+        return ask_second_step(user_id, request.full_path, need)
+    return enrolment_redirect(request.full_path)
 
 
 def _to_sign_in(asked: prompt.SignIn):
