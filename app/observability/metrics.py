@@ -147,10 +147,23 @@ def exposition() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
+#: (route, method, status) -> its labelled counter and histogram, made once each (the
+#: label look-up costs more than the count; routes, methods and statuses are bounded).
+_REQUEST_CHILDREN: dict[tuple[str | None, str, int], tuple[Any, Any]] = {}
+
+
 def observe_request(route: str | None, method: str, status: int, seconds: float) -> None:
-    label = route or "<unmatched>"
-    REQUESTS.labels(label, method if method in METHODS else "OTHER", str(status)).inc()
-    REQUEST_SECONDS.labels(label).observe(seconds)
+    children = _REQUEST_CHILDREN.get((route, method, status))
+    if children is None:
+        label = route or "<unmatched>"
+        children = (
+            REQUESTS.labels(label, method if method in METHODS else "OTHER", str(status)),
+            REQUEST_SECONDS.labels(label),
+        )
+        if method in METHODS:  # any other method is one label: do not keep each spelling
+            _REQUEST_CHILDREN[route, method, status] = children
+    children[0].inc()
+    children[1].observe(seconds)
 
 
 def observe_event(event: str, record: Mapping[str, Any], known_client: Callable[[str], bool]):
@@ -169,6 +182,16 @@ def observe_token_error(error: str) -> None:
         REFUSALS.labels(error).inc()
 
 
+def forget_children() -> None:
+    """Drop the cached labelled metrics (after a registry's metrics were cleared)."""
+    _REQUEST_CHILDREN.clear()
+    _UPSTREAM_CHILDREN.clear()
+
+
+#: ``/api`` function -> its labelled latency histogram (the adapter's functions: bounded).
+_UPSTREAM_CHILDREN: dict[str, Any] = {}
+
+
 class Upstream:
     """Time an ``/api`` call to the site and count its failures."""
 
@@ -177,7 +200,10 @@ class Upstream:
         self.started = time.perf_counter()
 
     def done(self, status: int | None = None, failure: str | None = None) -> None:
-        UPSTREAM_SECONDS.labels(self.function).observe(time.perf_counter() - self.started)
+        seconds = _UPSTREAM_CHILDREN.get(self.function)
+        if seconds is None:
+            seconds = _UPSTREAM_CHILDREN[self.function] = UPSTREAM_SECONDS.labels(self.function)
+        seconds.observe(time.perf_counter() - self.started)
         if failure is None and status is not None and status >= 500:
             failure = "status_5xx"
         if failure is not None:
