@@ -170,22 +170,36 @@ def observe_event(event: str, record: Mapping[str, Any], known_client: Callable[
     """Count what an audit event says: a token issued, a refusal."""
     reason = REFUSAL_EVENTS.get(event)
     if reason is not None:
-        REFUSALS.labels(reason).inc()
+        _refusal(reason).inc()
     elif event in ("token_issued", "token_refreshed"):
         grant = record.get("grant") or "refresh_token"
         client = str(record.get("client_id") or "")
-        TOKENS.labels(grant, client if known_client(client) else "<unknown>").inc()
+        key = (grant, client)
+        issued = _TOKEN_CHILDREN.get(key)
+        if issued is None:
+            if not known_client(client):
+                TOKENS.labels(grant, "<unknown>").inc()
+                return
+            # A registered client's label, kept: tokens are only issued to clients that exist.
+            issued = _TOKEN_CHILDREN[key] = TOKENS.labels(grant, client)
+        issued.inc()
 
 
 def observe_token_error(error: str) -> None:
     if error in TOKEN_ERRORS:
-        REFUSALS.labels(error).inc()
+        _refusal(error).inc()
 
 
-def forget_children() -> None:
-    """Drop the cached labelled metrics (after a registry's metrics were cleared)."""
-    _REQUEST_CHILDREN.clear()
-    _UPSTREAM_CHILDREN.clear()
+#: Reason -> its labelled refusal counter; (grant, registered client) -> its token counter.
+_REFUSAL_CHILDREN: dict[str, Any] = {}
+_TOKEN_CHILDREN: dict[tuple[str, str], Any] = {}
+
+
+def _refusal(reason: str) -> Any:
+    child = _REFUSAL_CHILDREN.get(reason)
+    if child is None:
+        child = _REFUSAL_CHILDREN[reason] = REFUSALS.labels(reason)
+    return child
 
 
 #: ``/api`` function -> its labelled latency histogram (the adapter's functions: bounded).
