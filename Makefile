@@ -10,6 +10,11 @@ TEST_STAMP = $(VENV)/.installed-test
 # The third-party OpenID Connect relying party of the e2e tests (npm, exact lock).
 RP_DIR     = tests/e2e/rp
 RP_STAMP   = $(RP_DIR)/node_modules/.installed
+# The bench's side-by-side peer, panva's node-oidc-provider (npm, exact lock); only
+# `make bench` installs it, and `BENCH_PEER=off make bench` leaves it out.
+PEER_DIR   = bench/peer
+PEER_STAMP = $(PEER_DIR)/node_modules/.installed
+BENCH_PEER ?= on
 LOCK_VENV  = .venv-lock
 PIP_TOOLS  = pip-tools==7.6.2
 COMPILE    = $(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes --strip-extras \
@@ -59,8 +64,12 @@ lint: install-test
 	$(BIN)/ruff format --check app tests bench
 	$(BIN)/mypy
 
-bench: install-test
-	$(BIN)/python -m bench
+$(PEER_STAMP): $(PEER_DIR)/package-lock.json $(PEER_DIR)/package.json
+	npm ci --prefix $(PEER_DIR) --no-audit --no-fund --loglevel=error
+	touch $@
+
+bench: install-test $(if $(filter off,$(BENCH_PEER)),,$(PEER_STAMP))
+	BENCH_PEER=$(BENCH_PEER) $(BIN)/python -m bench
 
 ## Re-resolve both lock files from pyproject.toml (newest versions allowed; needs PyPI).
 lock:
@@ -70,4 +79,4 @@ lock:
 	$(COMPILE) --extra test --output-file requirements-test.lock pyproject.toml
 
 clean:
-	rm -rf $(VENV) $(LOCK_VENV) $(RP_DIR)/node_modules var .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(LOCK_VENV) $(RP_DIR)/node_modules $(PEER_DIR)/node_modules var .pytest_cache .ruff_cache .mypy_cache

@@ -15,6 +15,12 @@ Each flow is a fresh browser (no cookies) on one keep-alive connection per user:
 With ``--openid`` the request is an OpenID Connect one (``scope=openid profile read-only``,
 a ``nonce``, ``prompt=consent`` so the same six steps run though consent is remembered)
 and step 6 must return a signed ``id_token``: the code flow's price of OIDC.
+
+With ``--peer`` it drives the bench's node-oidc-provider peer (``bench/peer``) instead:
+the same request (client, scope, state; ``--openid`` alike) through its pages, eight
+requests: GET /auth -> 303 /interaction/<uid> (login form) -> POST .../login -> 303
+/auth/<uid> -> 303 /interaction/<uid> (consent form) -> POST .../confirm -> 303
+/auth/<uid> -> 303 redirect_uri?code=... -> POST /token.
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ class Browser:
 
     #: OpenID Connect requests (``--openid``): an ID Token is signed at step 6.
     openid = False
+    steps = STEPS
 
     def __init__(self, port: int, username: str) -> None:
         self.port = port
@@ -102,19 +109,30 @@ class Browser:
             payload.decode("utf-8", "replace"),
         )
 
-    def flow(self, timings: dict[str, list[float]], n: int) -> None:
-        self.cookies.clear()
-        state = f"s{n}"
+    def params(self, n: int) -> dict[str, str]:
         params = {
             "response_type": "code",
             "client_id": CLIENT,
             "redirect_uri": REDIRECT,
             "scope": "read-only",
-            "state": state,
+            "state": f"s{n}",
         }
         if self.openid:
             params.update(scope="openid profile read-only", nonce=f"n{n}", prompt="consent")
-        query = urlencode(params)
+        return params
+
+    def exchange(self, code: str) -> None:
+        body = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT}
+        status, _, payload = self.send("token", "POST", "/token", body, Authorization=self.basic)
+        if status != 200 or "access_token" not in payload:
+            raise FlowError("token", f"{status} {payload[:80]}")
+        if self.openid and '"id_token"' not in payload:
+            raise FlowError("token", f"no id_token: {payload[:80]}")
+
+    def flow(self, timings: dict[str, list[float]], n: int) -> None:
+        self.cookies.clear()
+        state = f"s{n}"
+        query = urlencode(self.params(n))
         t = time.perf_counter()
 
         def lap(step: str) -> None:
@@ -154,16 +172,65 @@ class Browser:
         if status != 302 or not code or f"state={state}" not in location:
             raise FlowError("allow", f"{status} {location[:80]}")
         lap("allow")
-        body = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT}
-        status, _, payload = self.send("token", "POST", "/token", body, Authorization=self.basic)
-        if status != 200 or "access_token" not in payload:
-            raise FlowError("token", f"{status} {payload[:80]}")
-        if self.openid and '"id_token"' not in payload:
-            raise FlowError("token", f"no id_token: {payload[:80]}")
+        self.exchange(code)
         lap("token")
 
 
-def run(port: int, users: int, seconds: float, warmup: float) -> dict[str, Any]:
+def _path(location: str) -> str:
+    return urlsplit(location)._replace(scheme="", netloc="").geturl()
+
+
+class PeerBrowser(Browser):
+    """The same user and request on the node-oidc-provider peer's pages."""
+
+    steps = (
+        "authorize", "login_form", "login", "resume", "consent", "allow", "resume_allow",
+        "token",
+    )  # fmt: skip
+
+    def flow(self, timings: dict[str, list[float]], n: int) -> None:
+        self.cookies.clear()
+        t = time.perf_counter()
+
+        def lap(step: str) -> None:
+            nonlocal t
+            now = time.perf_counter()
+            timings[step].append(now - t)
+            t = now
+
+        def redirect(step: str, method: str, path: str, to: str, body=None) -> str:
+            status, location, _ = self.send(step, method, path, body)
+            if status not in (302, 303) or to not in location:
+                raise FlowError(step, f"{status} {location[:80]}")
+            lap(step)
+            return location
+
+        def form(step: str, path: str, field: str) -> None:
+            status, _, page = self.send(step, "GET", path)
+            if status != 200 or field not in page:
+                raise FlowError(step, f"{status} {page[:80]}")
+            lap(step)
+
+        interaction = _path(
+            redirect("authorize", "GET", "/auth?" + urlencode(self.params(n)), "/interaction/")
+        )
+        form("login_form", interaction, "password")
+        login = {"username": self.username, "password": "password"}  # noqa: S106 - demo
+        resume = _path(redirect("login", "POST", interaction + "/login", "/auth/", login))
+        interaction = _path(redirect("resume", "GET", resume, "/interaction/"))
+        form("consent", interaction, "Scope:")
+        resume = _path(redirect("allow", "POST", interaction + "/confirm", "/auth/", {}))
+        location = redirect("resume_allow", "GET", resume, REDIRECT)
+        code = parse_qs(urlsplit(location).query).get("code", [""])[0]
+        if not code or f"state=s{n}" not in location:
+            raise FlowError("resume_allow", location[:80])
+        self.exchange(code)
+        lap("token")
+
+
+def run(
+    port: int, users: int, seconds: float, warmup: float, browser: type[Browser] = Browser
+) -> dict[str, Any]:
     start_cpu = resource.getrusage(resource.RUSAGE_SELF)
     begin = time.monotonic()
     measure_from = begin + warmup
@@ -172,13 +239,14 @@ def run(port: int, users: int, seconds: float, warmup: float) -> dict[str, Any]:
     flows: list[float] = []
     errors: dict[str, int] = {}
     samples: list[str] = []
-    timings: dict[str, list[float]] = {s: [] for s in STEPS}
+    steps = browser.steps
+    timings: dict[str, list[float]] = {s: [] for s in steps}
     cpu_at_measure: list[resource.struct_rusage] = []
     done_all = [0]  # every finished flow, warm-up included (for the server's CPU per flow)
 
     def user(k: int) -> None:
-        browser = Browser(port, f"bench-user-{k}")
-        local: dict[str, list[float]] = {s: [] for s in STEPS}
+        agent = browser(port, f"bench-user-{k}")
+        local: dict[str, list[float]] = {s: [] for s in steps}
         n = 0
         while True:
             now = time.monotonic()
@@ -187,7 +255,7 @@ def run(port: int, users: int, seconds: float, warmup: float) -> dict[str, Any]:
             n += 1
             t0 = time.perf_counter()
             try:
-                browser.flow(local, n)
+                agent.flow(local, n)
             except FlowError as exc:
                 if now >= measure_from:
                     with lock:
@@ -231,8 +299,8 @@ def run(port: int, users: int, seconds: float, warmup: float) -> dict[str, Any]:
         "flows_all": done_all[0],
         "seconds": seconds,
         "flows_per_s": count / seconds,
-        "requests_per_flow": len(STEPS),
-        "rps": count * len(STEPS) / seconds,
+        "requests_per_flow": len(steps),
+        "rps": count * len(steps) / seconds,
         "p50_ms": pct(50),
         "p99_ms": pct(99),
         "errors": sum(errors.values()),
@@ -252,9 +320,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--warmup", type=float, default=2)
     parser.add_argument("--openid", action="store_true", help="OpenID Connect requests")
+    parser.add_argument("--peer", action="store_true", help="drive the node-oidc-provider peer")
     args = parser.parse_args()
-    Browser.openid = args.openid
-    print(json.dumps(run(args.port, args.users, args.seconds, args.warmup)))
+    browser = PeerBrowser if args.peer else Browser
+    browser.openid = args.openid
+    print(json.dumps(run(args.port, args.users, args.seconds, args.warmup, browser)))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ or ``gunicorn``), ``BENCH_SERVERS`` (default ``serve-gunicorn``: also run the Re
 token scenarios with ``oauth2-server serve`` on the other server; ``granian``,
 ``gunicorn-sync`` and ``gunicorn-gthread`` serve ``wsgi:app`` directly),
 ``BENCH_LIMITS=off`` (serve with ``limits.enabled: false``),
+``BENCH_PEER=off`` (leave out the side-by-side node-oidc-provider, ``bench/nodepeer.py``),
 ``BENCH_QUIET_WAIT`` (seconds to wait for an idle machine before each run, default 10),
 ``BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6379/12``, flushed),
 ``BENCH_PG_URL`` (default ``postgresql://postgres@127.0.0.1:5432/bench``, created if
@@ -46,7 +47,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import redis
 
-from bench import loader, procs, wrk
+from bench import loader, nodepeer, procs, wrk
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -92,6 +93,15 @@ LABELS = {
     "flow": "code flow (flows/s)",
     "flow_openid": "code flow, OpenID Connect (flows/s)",
     "userinfo": "GET /userinfo (OpenID Connect)",
+}
+#: The peer's scenarios (``bench/nodepeer.py``), by name.
+PEER_LABELS = {
+    "client_credentials": "POST /token client_credentials",
+    "refresh": "POST /token refresh_token",
+    "introspect": "POST /token/introspection",
+    "userinfo": "GET /me (UserInfo)",
+    "flow": "code flow (flows/s)",
+    "flow_openid": "code flow, OpenID Connect (flows/s)",
 }
 
 
@@ -538,7 +548,9 @@ def one_worker(result: dict[str, Any]) -> bool:
     return len(by_process) >= 1 and total > 1 and by_process[0] / total > 0.85
 
 
-def run_flow(server: Server, openid: bool = False) -> dict[str, Any]:
+def run_flow(
+    server: Server | nodepeer.Peer, openid: bool = False, peer: bool = False
+) -> dict[str, Any]:
     quiet = wait_quiet()
     meter = CpuMeter(server.proc)
     argv = [
@@ -554,6 +566,7 @@ def run_flow(server: Server, openid: bool = False) -> dict[str, Any]:
         "--warmup",
         str(WARMUP),
         *(["--openid"] if openid else []),
+        *(["--peer"] if peer else []),
     ]
     done = subprocess.run(  # noqa: S603
         argv,
@@ -579,6 +592,8 @@ def basic_test() -> str:
 
 
 FORM = "application/x-www-form-urlencoded"
+#: The scope of the token the UserInfo scenario presents.
+USERINFO_SCOPE = "openid profile email"
 
 
 def cc_load() -> wrk.Load:
@@ -615,9 +630,12 @@ def token_scenarios(
     label: str,
     with_flow: bool,
     results: dict[str, Any] | None = None,
+    peer: nodepeer.Peer | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """client credentials, refresh, introspection, gateway (and the code flow) on one store."""
+    """client credentials, refresh, introspection, gateway (and the code flow) on one store;
+    with ``peer``, each scenario's counterpart on the peer right after it."""
     out: dict[str, dict[str, Any]] = {}
+    failures = results if results is not None else {}
     access = fx.live_token()
     # The refresh pool: every token is presented once; warm-up and run use separate tokens.
     warm_n = int(REFRESH_RATE_BOUND * max(WARMUP, 1))
@@ -631,6 +649,13 @@ def token_scenarios(
     refresh_warm = wrk.Load(
         "/token", headers={"Authorization": basic_test()}, tokens_file=warm_file
     )
+    if peer is not None:
+        # The same pool sizes, through oidc-provider's own models (mint.js).
+        minted = attempt(failures, "peer fixtures", lambda: peer.mint(run_dir, warm_n, run_n))
+        if minted is None:
+            peer = None
+        else:
+            log(f"  peer: {warm_n + run_n} refresh tokens minted in {minted:.1f}s")
     plan = [
         ("client_credentials", lambda: measure(server.port, cc_load(), server.proc)),
         ("refresh", lambda: measure(server.port, refresh, server.proc, refresh_warm)),
@@ -638,23 +663,42 @@ def token_scenarios(
         ("gateway", lambda: measure(server.port, gateway_load(access), server.proc)),
     ]
     if with_flow:
-        openid_access = fx.live_token("openid profile email")
+        openid_access = fx.live_token(USERINFO_SCOPE)
         plan += [
             ("userinfo", lambda: measure(server.port, userinfo_load(openid_access), server.proc)),
             ("flow", lambda: run_flow(server)),
             ("flow_openid", lambda: run_flow(server, openid=True)),
         ]
     for name, fn in plan:
-        result = attempt(results if results is not None else {}, f"{label} {name}", fn)
-        if result is None:
-            continue
-        out[name] = result
-        rate = result.get("flows_per_s", result["rps"])
-        log(
-            f"  {label} {name}: {rate:,.0f}/s p50 {result['p50_ms']:.1f} ms "
-            f"p99 {result['p99_ms']:.1f} ms errors {result['errors']}"
-        )
+        result = attempt(failures, f"{label} {name}", fn)
+        if result is not None:
+            out[name] = result
+            rate = result.get("flows_per_s", result["rps"])
+            log(
+                f"  {label} {name}: {rate:,.0f}/s p50 {result['p50_ms']:.1f} ms "
+                f"p99 {result['p99_ms']:.1f} ms errors {result['errors']}"
+            )
+        counterpart = nodepeer.COUNTERPARTS.get(name)
+        if peer is not None and counterpart and counterpart not in peer.results:
+            # Interleaved: the peer's counterpart in the same minute as ours.
+            found = attempt(
+                failures, f"peer {counterpart}", lambda c=counterpart: peer_run(peer, c)
+            )
+            if found is not None:
+                peer.results[counterpart] = found
+                rate = found.get("flows_per_s", found["rps"])
+                log(
+                    f"  peer {counterpart}: {rate:,.0f}/s p50 {found['p50_ms']:.1f} ms "
+                    f"p99 {found['p99_ms']:.1f} ms errors {found['errors']}"
+                )
     return out
+
+
+def peer_run(peer: nodepeer.Peer, scenario: str) -> dict[str, Any]:
+    if scenario in nodepeer.FLOWS:
+        return run_flow(peer, openid=scenario == "flow_openid", peer=True)
+    load, warm = peer.loads(scenario)
+    return measure(peer.port, load, peer.proc, warm)
 
 
 def review_page(server: Server, fx: Fixtures) -> dict[str, Any]:
@@ -849,6 +893,15 @@ def run(run_dir: Path) -> dict[str, Any]:
         "scenarios": {},
         "growth": {},
     }
+    if nodepeer.ENABLED and "redis" in PARTS:
+        # Before anything runs: missing npm packages stop the bench here, loudly.
+        results["settings"]["peer"] = {
+            "name": nodepeer.NAME,
+            "versions": nodepeer.check_installed(),
+            "workers": nodepeer.WORKERS,
+            "storage": nodepeer.redis_url(REDIS_URL),
+            "compared": nodepeer.COUNTERPARTS,
+        }
     started = time.monotonic()
     if "ceiling" in PARTS:
         results["ceiling"] = attempt(results, "ceilings", lambda: ceilings(run_dir)) or {}
@@ -864,6 +917,7 @@ def run(run_dir: Path) -> dict[str, Any]:
     results["elapsed_seconds"] = round(time.monotonic() - started, 1)
     results["machine"]["loadavg_at_end"] = os.getloadavg()
     add_ratios(results)
+    add_peer_ratios(results)
     return results
 
 
@@ -886,6 +940,12 @@ def run_backend(backend: str, run_dir: Path, results: dict[str, Any]) -> None:
     """Every scenario, growth step, the review page and the purge on one storage layout."""
     server = start_server(run_dir, backend)
     fx = Fixtures(server)
+    peer = None
+    if backend == "redis" and nodepeer.ENABLED:
+        versions = results["settings"]["peer"]["versions"]
+        peer = attempt(results, "peer start", lambda: nodepeer.start(run_dir, REDIS_URL, versions))
+        if peer is not None:
+            log(f"peer {nodepeer.NAME} {versions['oidc-provider']} on :{peer.port}")
     try:
         growth: dict[str, Any] = {}
         for size in SIZES if "growth" in PARTS else [0]:
@@ -896,13 +956,24 @@ def run_backend(backend: str, run_dir: Path, results: dict[str, Any]) -> None:
                 if size:
                     log(f"{backend}: {size:,} live token pairs bulk-loaded in {load_s:.1f}s")
                 label = f"{backend}-{size}"
-                scenarios = token_scenarios(server, fx, run_dir, label, size == 0, results)
+                scenarios = token_scenarios(
+                    server, fx, run_dir, label, size == 0, results, peer if size == 0 else None
+                )
                 growth[str(size)] = {"load_seconds": round(load_s, 1), **scenarios}
                 if size == 0:
                     results["scenarios"][backend] = scenarios
 
             attempt(results, f"{backend} with {size} tokens", stage)
         results["growth"][backend] = growth
+        if peer is not None:
+            results["peer"] = {
+                **results["settings"]["peer"],
+                "scenarios": peer.results,
+                "server_log": server_log_summary(peer.proc),
+            }
+            procs.stop(peer.proc)
+            with contextlib.suppress(Exception):
+                nodepeer.flush(peer.redis_url)
         if "site" in PARTS and backend == "redis":
             _, _, site_token = loader.site_user("bench")
             site = wrk.Load(f"/info?token={site_token}")
@@ -974,6 +1045,20 @@ def add_ratios(results: dict[str, Any]) -> None:
                     tag(row)
     if "dummy_site" in results:
         tag(results["dummy_site"])
+    for row in (results.get("peer") or {}).get("scenarios", {}).values():
+        tag(row)
+
+
+def add_peer_ratios(results: dict[str, Any]) -> None:
+    """Each Redis scenario's req/s over its counterpart's on the peer, same window."""
+    peer = (results.get("peer") or {}).get("scenarios") or {}
+    for name, row in (results.get("scenarios", {}).get("redis") or {}).items():
+        other = peer.get(nodepeer.COUNTERPARTS.get(name, ""))
+        if other and other.get("flows_per_s", other.get("rps")):
+            # Flows: flows/s (the peer's flow takes 8 requests, ours 6).
+            ours, theirs = (r.get("flows_per_s", r["rps"]) for r in (row, other))
+            row["peer_ratio"] = round(ours / theirs, 3)
+            row["peer_scenario"] = nodepeer.COUNTERPARTS[name]
 
 
 # -- the table ------------------------------------------------------------------------------
@@ -986,8 +1071,11 @@ def fmt_row(cols: list[str], widths: list[int]) -> str:
 
 def table(results: dict[str, Any]) -> str:
     lines: list[str] = []
-    widths = [52, 10, 9, 9, 7, 7, 8, 9]
-    head = ["scenario", "req/s", "p50 ms", "p99 ms", "errors", "ratio", "target", "cpu ms/r"]
+    widths = [52, 10, 9, 9, 7, 7, 8, 8, 9]
+    head = [
+        "scenario", "req/s", "p50 ms", "p99 ms", "errors", "ratio", "vs peer", "target",
+        "cpu ms/r",
+    ]  # fmt: skip
     lines.append(fmt_row(head, widths))
     lines.append("-" * (sum(widths) + 2 * (len(widths) - 1)))
 
@@ -1017,6 +1105,7 @@ def table(results: dict[str, Any]) -> str:
                     f"{r['p99_ms']:.1f}",
                     str(r["errors"]),
                     f"{r['ratio']:.2f}" if "ratio" in r else "-",
+                    f"{r['peer_ratio']:.2f}" if "peer_ratio" in r else "-",
                     target,
                     f"{r['server_cpu_ms_per_req']:.2f}" if "server_cpu_ms_per_req" in r else "-",
                 ],
@@ -1041,11 +1130,24 @@ def table(results: dict[str, Any]) -> str:
                 else (f">={TARGETS[key]:.2f}" if key in TARGETS else "")
             )
             row(f"[{backend}, {SERVER}] {LABELS[key]}", r, target)
+    peer = results.get("peer") or {}
+    for key, r in (peer.get("scenarios") or {}).items():
+        row(f"[peer, redis, node] {PEER_LABELS[key]}", r)
     for command, scenarios in (results.get("servers") or {}).items():
         for key, r in scenarios.items():
             row(f"[redis, {command}] {LABELS[key]}", r, f">={TARGETS.get(key, 0):.2f}")
     if "dummy_site" in results:
         row("dummy site /info alone (1 process)", results["dummy_site"])
+    if peer:
+        versions = peer["versions"]
+        others = ", ".join(f"{k} {v}" for k, v in versions.items() if k != "oidc-provider")
+        lines += [
+            "",
+            f"Peer: {peer['name']} {versions.get('oidc-provider')} ({others}), "
+            f"{peer['workers']} workers of node:cluster, Redis {peer['storage']}, each run right "
+            "after ours; vs peer = our req/s / its req/s (flows/s for the flows; the gateway "
+            "and UserInfo against its UserInfo).",
+        ]
     if notes:
         lines += ["", "Errors (non-2xx answers and failed flows):", *notes]
     if notes_balance:
@@ -1147,6 +1249,9 @@ def main() -> int:
             flush_redis()
         with contextlib.suppress(Exception):
             truncate_pg()
+        if nodepeer.ENABLED:
+            with contextlib.suppress(Exception):
+                nodepeer.flush(nodepeer.redis_url(REDIS_URL))
     RESULTS.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print()
     print(table(results))
