@@ -14,7 +14,7 @@ from flask_wtf.csrf import CSRFProtect
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import admin_listener, limits, observability
+from . import admin_listener, gateway, limits, observability
 from .adapters import ResourceServer, load_adapter
 from .client_store import ClientStore
 from .clients import ClientRegistry
@@ -115,6 +115,7 @@ def create_app(
     app.session_interface = StoredSessionInterface(
         state.storage.session, state.storage.batch, settings.auth.session_max_age
     )
+    gateway.mount(app)  # /api/ on its own lean app, behind the wrappers below
     if settings.auth.trusted_proxies:
         hops = settings.auth.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]

@@ -124,8 +124,13 @@ def _require_utf8_query() -> None:
 
 
 def init_app(app: Flask) -> None:
+    app.register_error_handler(CSRFError, _csrf_error)
+    init_json_app(app)
+
+
+def init_json_app(app: Flask) -> None:
+    """What an app answering programs alone needs (the ``/api`` gateway): JSON errors."""
     app.before_request(_require_utf8_query)
     app.register_error_handler(StorageUnavailable, _storage_unavailable)
-    app.register_error_handler(CSRFError, _csrf_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)

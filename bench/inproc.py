@@ -5,7 +5,10 @@ bench's configuration on Redis (``BENCH_REDIS_URL``, flushed) and prints CPU and
 microseconds per request for each scenario, with limits on and off. ``--profile``
 adds the top functions (cProfile, cumulative) of each scenario. It prices the app's
 request path alone, so a change to it shows up without the noise of a loaded machine.
-``INPROC_LIMITS=on`` (or ``off``) measures one of the two only. Each line also gives the
+``INPROC_LIMITS=on`` (or ``off``) measures one of the two only; ``INPROC_METRICS=on``
+turns metrics on (multiprocess files, as ``serve`` keeps them) and
+``INPROC_REQUEST_LOG=off`` the request line off (``logging.requests``; the line goes to
+the handlers configured, none by default). Each line also gives the
 Python function calls per request (``calls``): an exact count, free of the machine's
 noise, that moves with the work a change adds or removes.
 """
@@ -159,6 +162,14 @@ def build(limits: bool, site_port: int) -> tuple[Any, Any]:
 
     config = run.server_config(8080, site_port, run.storage_for("redis"), limits)
     config["auth_server"]["url"] = "http://127.0.0.1:8080"
+    if os.environ.get("INPROC_METRICS") == "on":
+        from app.observability.multiproc import prepare_multiprocess_dir
+        from app.secrets_hash import hash_random_secret
+
+        prepare_multiprocess_dir()  # before prometheus_client's import, as serve does
+        config["metrics"] = {"enabled": True, "token_hash": hash_random_secret("m" * 40)}
+    if os.environ.get("INPROC_REQUEST_LOG") == "off":
+        config.setdefault("logging", {})["requests"] = False
     settings = Settings.load(config, environ={"OAUTH2_ENV": "bench"})
     app = create_app(settings)
     return app, app.extensions["oauth2"]

@@ -5,9 +5,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from app.logconfig import IsoFormatter, JsonFormatter
 from tests.conftest import REDIRECT, basic, bearer, exchange, get_code
@@ -137,3 +141,52 @@ def test_request_lines_can_be_turned_off(tmp_path, dummy_site, closing, logged):
     response = app.test_client().get("/healthz")
     assert response.headers["X-Request-Id"]
     assert "oauth2.request" not in out.getvalue()
+
+
+def test_the_text_line_is_the_fields_line_of_its_fields(client, logged):
+    """The cheap path renders what ``fields_line`` of the line's fields renders: odd
+    paths, ids with ``=`` and every value escaped alike."""
+    from app.audit import fields_line
+
+    out, handler = logged
+    records: list[logging.LogRecord] = []
+    keep = logging.Handler()
+    keep.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("oauth2.request").addHandler(keep)
+    try:
+        handler.setFormatter(IsoFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        client.get('/nope/"quoted" x=1/\u202e', headers={"X-Request-Id": "lb=="})
+    finally:
+        logging.getLogger("oauth2.request").removeHandler(keep)
+    (record,) = records
+    assert record.getMessage() == "request " + fields_line(record.fields)  # type: ignore[attr-defined]
+    line = out.getvalue().splitlines()[-1]
+    assert line.endswith(" NOTICE oauth2.request: " + record.getMessage())
+    assert 'request_id="lb=="' in line and "\u202e" not in line
+    assert record.levelname == "NOTICE" and record.name == "oauth2.request"
+    assert record.process and record.thread and record.created <= time.time()
+
+
+def test_made_ids_are_uuid4_hex(client):
+    made = client.get("/healthz").headers["X-Request-Id"]
+    assert uuid.UUID(hex=made).version == 4 and uuid.UUID(hex=made).hex == made
+
+
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
+def test_iso_time_renders_as_datetime_does(created):
+    from datetime import UTC, datetime
+
+    from app.logconfig import iso_time
+
+    moment = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+    assert iso_time(created) == moment[:-6] + "Z"
+
+
+def test_the_json_line_is_what_json_dumps_made(client, logged):
+    out, _ = logged
+    client.get("/healthz", headers={"X-Request-Id": "j-1"})
+    line = out.getvalue().splitlines()[-1]
+    entry = json.loads(line)
+    assert line == json.dumps(entry, default=str)
+    assert list(entry)[:5] == ["ts", "level", "logger", "message", "request_id"]
+    assert entry["request_id"] == "j-1" and entry["route"] == "/healthz"

@@ -5,12 +5,12 @@
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response
 
 from ..paths import TOKEN
+from . import requestlog
 
 if TYPE_CHECKING:
     from .. import State
@@ -22,33 +22,48 @@ EVENTS = "oauth2.metrics_events"
 def init_app(app: Flask) -> None:
     """Register the request id and log line, the metrics hooks and the ops views."""
     from ..views import ops
-    from . import requestlog
 
-    requestlog.init_app(app)
     state: State = app.extensions["oauth2"]
     if state.settings.config.metrics.enabled:
-        _init_metrics(app, state)
+        from . import metrics
+
+        _init_metrics(app, state, metrics)
+    init_request_hooks(app)
     app.register_blueprint(ops.bp)
 
 
-def _init_metrics(app: Flask, state: State) -> None:
-    from . import metrics
+def init_request_hooks(app: Flask) -> None:
+    """The request id, the request line and (when metrics are on) the request counts:
+    the hooks every app serving requests registers (the main app, the ``/api`` one)."""
+    state: State = app.extensions["oauth2"]
+    observe = None
+    if state.settings.config.metrics.enabled:
+        from . import metrics
 
-    def count(response: Response) -> Response:
-        started = g.get("started")
-        took = time.perf_counter() - started if started is not None else 0.0
-        rule = request.url_rule.rule if request.url_rule is not None else None
-        metrics.observe_request(rule, request.method, response.status_code, took)
-        if request.path == TOKEN and 400 <= response.status_code < 500 and response.is_json:
+        observe = _count_requests(metrics)
+    requestlog.init_app(app, observe)
+
+
+def _count_requests(metrics: Any) -> requestlog.Observer:
+    def count(
+        rule: str | None, method: str, status: int, took: float, path: str, response: Response
+    ) -> None:
+        metrics.observe_request(rule, method, status, took)
+        if path == TOKEN and 400 <= status < 500 and response.is_json:
             body = response.get_json(silent=True)
             if isinstance(body, dict):
                 metrics.observe_token_error(str(body.get("error")))
-        return response
+
+    return count
+
+
+def _init_metrics(app: Flask, state: State, metrics: Any) -> None:
+    """Once per app state: the audit events counted, the site's and storage's calls timed
+    (an app sharing the state shares ``app.extensions[EVENTS]``)."""
 
     def known(client_id: str) -> bool:
         return bool(client_id) and state.clients.get(client_id) is not None
 
-    app.after_request(count)
     app.extensions[EVENTS] = lambda event, record: metrics.observe_event(event, record, known)
     _time_upstream(state, metrics)
     from .readiness import kind

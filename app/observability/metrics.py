@@ -147,26 +147,63 @@ def exposition() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
+#: (route, method, status) -> its labelled counter and histogram, made once each (the
+#: label look-up costs more than the count; routes, methods and statuses are bounded).
+_REQUEST_CHILDREN: dict[tuple[str | None, str, int], tuple[Any, Any]] = {}
+
+
 def observe_request(route: str | None, method: str, status: int, seconds: float) -> None:
-    label = route or "<unmatched>"
-    REQUESTS.labels(label, method if method in METHODS else "OTHER", str(status)).inc()
-    REQUEST_SECONDS.labels(label).observe(seconds)
+    children = _REQUEST_CHILDREN.get((route, method, status))
+    if children is None:
+        label = route or "<unmatched>"
+        children = (
+            REQUESTS.labels(label, method if method in METHODS else "OTHER", str(status)),
+            REQUEST_SECONDS.labels(label),
+        )
+        if method in METHODS:  # any other method is one label: do not keep each spelling
+            _REQUEST_CHILDREN[route, method, status] = children
+    children[0].inc()
+    children[1].observe(seconds)
 
 
 def observe_event(event: str, record: Mapping[str, Any], known_client: Callable[[str], bool]):
     """Count what an audit event says: a token issued, a refusal."""
     reason = REFUSAL_EVENTS.get(event)
     if reason is not None:
-        REFUSALS.labels(reason).inc()
+        _refusal(reason).inc()
     elif event in ("token_issued", "token_refreshed"):
         grant = record.get("grant") or "refresh_token"
         client = str(record.get("client_id") or "")
-        TOKENS.labels(grant, client if known_client(client) else "<unknown>").inc()
+        key = (grant, client)
+        issued = _TOKEN_CHILDREN.get(key)
+        if issued is None:
+            if not known_client(client):
+                TOKENS.labels(grant, "<unknown>").inc()
+                return
+            # A registered client's label, kept: tokens are only issued to clients that exist.
+            issued = _TOKEN_CHILDREN[key] = TOKENS.labels(grant, client)
+        issued.inc()
 
 
 def observe_token_error(error: str) -> None:
     if error in TOKEN_ERRORS:
-        REFUSALS.labels(error).inc()
+        _refusal(error).inc()
+
+
+#: Reason -> its labelled refusal counter; (grant, registered client) -> its token counter.
+_REFUSAL_CHILDREN: dict[str, Any] = {}
+_TOKEN_CHILDREN: dict[tuple[str, str], Any] = {}
+
+
+def _refusal(reason: str) -> Any:
+    child = _REFUSAL_CHILDREN.get(reason)
+    if child is None:
+        child = _REFUSAL_CHILDREN[reason] = REFUSALS.labels(reason)
+    return child
+
+
+#: ``/api`` function -> its labelled latency histogram (the adapter's functions: bounded).
+_UPSTREAM_CHILDREN: dict[str, Any] = {}
 
 
 class Upstream:
@@ -177,7 +214,10 @@ class Upstream:
         self.started = time.perf_counter()
 
     def done(self, status: int | None = None, failure: str | None = None) -> None:
-        UPSTREAM_SECONDS.labels(self.function).observe(time.perf_counter() - self.started)
+        seconds = _UPSTREAM_CHILDREN.get(self.function)
+        if seconds is None:
+            seconds = _UPSTREAM_CHILDREN[self.function] = UPSTREAM_SECONDS.labels(self.function)
+        seconds.observe(time.perf_counter() - self.started)
         if failure is None and status is not None and status >= 500:
             failure = "status_5xx"
         if failure is not None:

@@ -7,6 +7,12 @@ and every line logged while the request is served carries it too (:data:`REQUEST
 The line names the method, the path (never the query string, where a code, a state or
 an ``id_token_hint`` may travel), the route, the status, the time taken, the client when
 known and a keyed hash of the user, never a token, code or secret.
+
+It runs on every request, so it is kept cheap (README "Operating it" prices it): the
+request's facts live in its WSGI environ (no ``g`` look-ups), the hooks are one
+``before_request`` and one ``after_request`` (which also counts the request when metrics
+are on), and the line is handed to the logger's handlers as one record made from a
+template (no caller look-up); its text is only rendered if a handler formats it.
 """
 
 from __future__ import annotations
@@ -14,14 +20,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 import re
+import threading
 import time
-import uuid
+from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, Response, current_app, g, request, session
+from flask import Flask, Response, current_app, request, session
 
-from ..audit import fields_line
+from ..audit import printable
 from ..logconfig import REQUEST_ID
 
 log = logging.getLogger("oauth2.request")
@@ -32,32 +40,61 @@ SAFE_ID = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
 MAX_PATH = 200
 NOTICE = 25
 
+#: Where a request keeps its id, its start and who it was for: its WSGI environ.
+ID_KEY = "oauth2.request_id"
+STARTED_KEY = "oauth2.started"
+CLIENT_KEY = "oauth2.log_client"
+USER_KEY = "oauth2.log_user"
+_OFFERED = "HTTP_X_REQUEST_ID"
+
+#: What :func:`init_app` may be given to count each answered request (metrics):
+#: ``(route rule or None, method, status, seconds, path, response)``.
+Observer = Callable[[str | None, str, int, float, str, Response], None]
+
+
+def new_id() -> str:
+    """A random (version 4) UUID's 32 hex digits, as ``uuid.uuid4().hex``, made cheaply."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40
+    raw[8] = raw[8] & 0x3F | 0x80
+    return raw.hex()
+
 
 def request_id(offered: str | None) -> str:
     """The caller's id when safe to log and echo, else a new random one."""
     if offered and SAFE_ID.fullmatch(offered):
         return offered
-    return uuid.uuid4().hex
+    return new_id()
 
 
 def note(client_id: Any = None, user_id: Any = None) -> None:
     """Tell the request line who the request was for (the audit trail calls this)."""
-    if client_id and not g.get("log_client"):
-        g.log_client = str(client_id)
-    if user_id and not g.get("log_user"):
-        g.log_user = str(user_id)
+    environ = request.environ
+    if client_id and not environ.get(CLIENT_KEY):
+        environ[CLIENT_KEY] = str(client_id)
+    if user_id and not environ.get(USER_KEY):
+        environ[USER_KEY] = str(user_id)
 
 
-def user_hash(user_id: str) -> str:
+def user_hash(user_id: str, key: bytes | None = None) -> str:
     """A keyed hash of the user id: the same user's lines match, nobody can reverse it."""
-    key = str(current_app.secret_key or "").encode()
-    return hmac.new(key, user_id.encode(), hashlib.sha256).hexdigest()[:16]
+    if key is None:
+        key = str(current_app.secret_key or "").encode()
+    return hmac.digest(key, user_id.encode(), hashlib.sha256).hex()[:16]
 
 
 def _begin() -> None:
-    g.request_id = request_id(request.headers.get(HEADER))
-    g.started = time.perf_counter()
-    REQUEST_ID.set(g.request_id)
+    environ = request.environ
+    _start(environ)
+
+
+def _start(environ: dict[str, Any]) -> str:
+    offered = environ.get(_OFFERED)
+    rid = offered if offered and SAFE_ID.fullmatch(offered) else new_id()
+    environ[ID_KEY] = rid
+    environ[STARTED_KEY] = time.perf_counter()
+    REQUEST_ID.set(rid)
+    return rid
 
 
 def _signed_in_user() -> str | None:
@@ -68,47 +105,94 @@ def _signed_in_user() -> str | None:
     return str(user_id) if user_id else None
 
 
-def _finish(response: Response) -> Response:
-    if "request_id" not in g:  # a handler ahead of ours answered (it cannot: we go first)
-        _begin()
-    response.headers[HEADER] = g.request_id
-    if current_app.extensions["oauth2"].settings.config.logging.requests and log.isEnabledFor(
-        NOTICE
-    ):
-        _log_line(response)
-    return response
+class _Line:
+    """The text of a request line, rendered only when a handler formats the record
+    (``str()``; the JSON format reads the record's ``fields`` instead)."""
+
+    __slots__ = ("fields", "text")
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+        self.text: str | None = None
+
+    def __str__(self) -> str:
+        if self.text is None:
+            shown = self.fields.items()
+            self.text = " ".join(f"{k}={printable(v)}" for k, v in shown if v is not None)
+        return self.text
 
 
-def line_fields(response: Response) -> dict[str, Any]:
-    """The request line's fields, in the order the text format shows them."""
-    user = g.get("log_user") or _signed_in_user()
-    rule = request.url_rule.rule if request.url_rule is not None else None
-    return {
-        "method": request.method,
-        "path": request.path[:MAX_PATH],
-        "route": rule,
-        "status": response.status_code,
-        "duration_ms": round((time.perf_counter() - g.started) * 1000, 2),
-        "client_id": g.get("log_client"),
-        "user": user_hash(user) if user else None,
-        "ip": request.remote_addr,
-        "request_id": g.request_id,
-    }
+class _Records:
+    """Log records of the request line from a template made once (a real ``LogRecord``'s
+    attributes), with the time, thread and process filled in per line: what
+    ``Logger.log`` would make, without its caller look-up and record factory."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        template = logger.makeRecord(
+            logger.name, NOTICE, __file__, 0, "request %s", (None,), None, "finish"
+        )
+        self.template = dict(vars(template))
+        self.threads = logging.logThreads
+        self.processes = logging.logProcesses
+
+    def make(self, line: _Line) -> logging.LogRecord:
+        record = logging.LogRecord.__new__(logging.LogRecord)
+        values = vars(record)
+        values.update(self.template)
+        now = time.time()
+        values["created"] = now
+        values["msecs"] = int((now - int(now)) * 1000) + 0.0
+        values["relativeCreated"] = (now - logging._startTime) * 1000  # type: ignore[attr-defined]
+        if self.threads:
+            values["thread"] = threading.get_ident()
+            values["threadName"] = threading.current_thread().name
+        if self.processes:
+            values["process"] = os.getpid()
+        values["args"] = (line,)
+        values["fields"] = line.fields
+        values["summary"] = "request"
+        return record
 
 
-def _log_line(response: Response) -> None:
-    fields = line_fields(response)
-    log.log(
-        NOTICE, "request %s", fields_line(fields), extra={"fields": fields, "summary": "request"}
-    )
+def init_app(app: Flask, observe: Observer | None = None) -> None:
+    """Go first among ``before_request`` hooks (so a limiter's 429 is logged with its id);
+    one ``after_request`` hook sets the header, logs the line (``logging.requests``) and
+    calls ``observe`` (the metrics) when given."""
+    lines = app.extensions["oauth2"].settings.config.logging.requests
+    key = str(app.secret_key or "").encode()
+    records = _Records(log)
+
+    def finish(response: Response) -> Response:
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        environ = req.environ
+        rid = environ.get(ID_KEY)
+        if rid is None:  # a handler ahead of ours answered (it cannot: we go first)
+            rid = _start(environ)
+        response.headers[HEADER] = rid
+        rule = req.url_rule.rule if req.url_rule is not None else None
+        if observe is not None:
+            took = time.perf_counter() - environ[STARTED_KEY]
+            observe(rule, req.method, response.status_code, took, req.path, response)
+        if lines and log.isEnabledFor(NOTICE):
+            user = environ.get(USER_KEY) or _signed_in_user()
+            fields = {
+                "method": req.method,
+                "path": req.path[:MAX_PATH],
+                "route": rule,
+                "status": response.status_code,
+                "duration_ms": round((time.perf_counter() - environ[STARTED_KEY]) * 1000, 2),
+                "client_id": environ.get(CLIENT_KEY),
+                "user": user_hash(user, key) if user else None,
+                "ip": req.remote_addr,
+                "request_id": rid,
+            }
+            log.handle(records.make(_Line(fields)))
+        return response
+
+    app.before_request_funcs.setdefault(None, []).insert(0, _begin)
+    app.after_request(finish)
+    app.teardown_request(_end)
 
 
 def _end(_exc: BaseException | None) -> None:
     REQUEST_ID.set(None)
-
-
-def init_app(app: Flask) -> None:
-    """Go first among ``before_request`` hooks (so a limiter's 429 is logged with its id)."""
-    app.before_request_funcs.setdefault(None, []).insert(0, _begin)
-    app.after_request(_finish)
-    app.teardown_request(_end)

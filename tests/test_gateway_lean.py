@@ -1,0 +1,85 @@
+"""``/api/*`` on its own lean app (app.gateway): no sessions, no page hooks, the same
+answers; what sits in front of the dispatcher (ProxyFix) still applies."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+
+from app import create_app
+from app.logconfig import JsonFormatter
+from tests.conftest import base_config, bearer, exchange, get_code
+
+
+@pytest.fixture
+def access(client) -> str:
+    return exchange(client, get_code(client)).get_json()["access_token"]
+
+
+def test_api_is_served_by_the_gateway_app(app, client, access):
+    gateway = app.extensions["oauth2.gateway"]
+    assert gateway is not app
+    assert list(gateway.url_map.iter_rules(endpoint="api.call"))
+    seen = []
+    gateway.before_request_funcs.setdefault(None, []).append(lambda: seen.append(1))
+    assert client.get("/api/profile", headers=bearer(access)).status_code == 200
+    assert client.get("/healthz").status_code == 200
+    assert seen == [1]  # the gateway answered /api, and only /api
+
+
+def test_api_reads_and_writes_no_session(client, state, access, monkeypatch):
+    cookie = client.get_cookie("oauth2_session")  # alice signed in to get the token
+    assert cookie is not None
+    calls = []
+    for verb in ("get", "put", "delete"):
+        real = getattr(state.storage.session, verb)
+        monkeypatch.setattr(
+            state.storage.session,
+            verb,
+            lambda *a, _v=verb, _r=real, **k: calls.append(_v) or _r(*a, **k),
+        )
+    response = client.get("/api/profile", headers=bearer(access))  # the cookie goes too
+    assert response.status_code == 200
+    assert "Set-Cookie" not in response.headers and "Vary" not in response.headers
+    assert calls == []
+
+
+def test_api_answers_carry_the_security_headers_and_no_store(client, access):
+    for response in (
+        client.get("/api/profile", headers=bearer(access)),
+        client.get("/api/profile"),
+        client.get("/api/nosuch", headers=bearer(access)),
+        client.get("/api/"),
+    ):
+        assert response.is_json
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert response.headers["Cache-Control"] == "no-store"
+        assert response.headers["Content-Security-Policy"] == "frame-ancestors 'none'"
+        assert response.headers["X-Request-Id"]
+    assert client.get("/api/").get_json() == {"success": 0, "error": "not found"}
+
+
+def test_proxy_fix_and_the_request_line_apply_to_the_gateway(tmp_path, dummy_site, closing):
+    config = base_config(tmp_path, dummy_site, auth_server={"trusted_proxies": 1})
+    client = closing(create_app(config)).test_client()
+    token = exchange(client, get_code(client)).get_json()["access_token"]
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("oauth2.request")
+    logger.addHandler(handler)
+    try:
+        response = client.get(
+            "/api/profile",
+            headers={**bearer(token), "X-Forwarded-For": "203.0.113.9", "X-Request-Id": "gw-1"},
+        )
+    finally:
+        logger.removeHandler(handler)
+    assert response.status_code == 200 and response.headers["X-Request-Id"] == "gw-1"
+    (line,) = [json.loads(text) for text in out.getvalue().splitlines()]
+    assert line["ip"] == "203.0.113.9" and line["route"] == "/api/<path:name>"
+    assert line["client_id"] == "test" and line["status"] == 200 and len(line["user"]) == 16
