@@ -518,8 +518,8 @@ def measure(
         result.update(quiet)
         result["one_worker"] = one_worker(result)
         attempts.append(result)
-        if not result["one_worker"] or load.tokens_file is not None:
-            break  # (a refresh pool is used up by one run)
+        if not result["one_worker"] or load.single_use:
+            break  # (a refresh pool or a file of DPoP proofs is used up by one run)
         log(f"  all connections stuck to one worker ({result['server_cpu_by_process']}): again")
     best = attempts[-1]
     if len(attempts) > 1:
