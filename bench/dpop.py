@@ -18,6 +18,7 @@ import json
 import secrets
 import time
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -55,7 +56,7 @@ def proof(
 ) -> str:
     """One DPoP proof JWT for ``method`` ``url`` (``url`` without query and fragment)."""
     header = {"typ": "dpop+jwt", "alg": ALG, "jwk": key.as_dict(private=False)}
-    claims: dict[str, object] = {
+    claims: dict[str, Any] = {
         "jti": jti or secrets.token_urlsafe(16),
         "htm": method,
         "htu": url,
@@ -68,7 +69,7 @@ def proof(
     return _sign(key, header, claims)
 
 
-def _sign(key: ECKey, header: dict[str, object], claims: dict[str, object]) -> str:
+def _sign(key: ECKey, header: dict[str, Any], claims: dict[str, Any]) -> str:
     payload = json.dumps(claims, separators=(",", ":")).encode()
     return jws.serialize_compact(header, payload, key, algorithms=[ALG])
 
