@@ -317,6 +317,9 @@ def _add_oidc_options(add: argparse.ArgumentParser) -> None:
     oidc.add_argument(
         "--require-two-factor", action="store_true", help="its users must use a second factor"
     )
+    oidc.add_argument(
+        "--dpop-bound-access-tokens", action="store_true", help="its tokens need a DPoP proof"
+    )
 
 
 def parser() -> argparse.ArgumentParser:

@@ -36,6 +36,7 @@ OIDC_FIELDS = (
     "backchannel_logout_session_required",
     "skip_consent",
     "require_two_factor",
+    "dpop_bound_access_tokens",
 )
 #: Every field a client record keeps, in the order responses show them.
 FIELDS = (

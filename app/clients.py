@@ -110,6 +110,8 @@ class Client(ClientMixin):
     skip_consent: bool = False
     #: Users signing in to this client must use a second factor (README "Two-step sign-in").
     require_two_factor: bool = False
+    #: RFC 9449 §5.2: every token request of this client must carry a DPoP proof.
+    dpop_bound_access_tokens: bool = False
     #: The registered ``response_types`` (None: every one its grant types allow).
     response_types: list[str] | None = None
     #: Its quotas of ``/api`` calls (:mod:`app.quotas`); None: none.

@@ -286,6 +286,33 @@ class TwoFactor(Section):
     required: bool = False
 
 
+DPoPAlg = Literal["ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "RS256", "EdDSA", "Ed25519"]
+
+
+class DPoP(Section):
+    """Sender-constrained tokens (RFC 9449): README "Sender-constrained tokens"."""
+
+    #: Accept DPoP proofs at ``/token``, ``/api`` and UserInfo (off: tokens are Bearer only).
+    enabled: bool = True
+    #: Every token request must carry a proof (per client: ``dpop_bound_access_tokens``).
+    required: bool = False
+    #: The proof signing algorithms accepted (asymmetric only).
+    algorithms: Annotated[list[DPoPAlg], Field(min_length=1)] = [
+        "ES256",
+        "EdDSA",
+        "Ed25519",
+        "PS256",
+        "RS256",
+    ]
+    #: Seconds a proof's ``iat`` may be from the server's clock, either way.
+    iat_window: Annotated[int, Field(gt=0, le=3600)] = 300
+    #: Server nonces (``DPoP-Nonce``, ``use_dpop_nonce``): stateless, derived from
+    #: ``auth_server.session_secret``, so every instance accepts every other's.
+    nonce: bool = False
+    #: Seconds each nonce is handed out for; it is accepted for about three times as long.
+    nonce_step: Annotated[int, Field(ge=10, le=3600)] = 60
+
+
 class Metrics(Section):
     """Prometheus ``/metrics``: off by default; when on, behind a token or ``admin.listen``."""
 
@@ -312,6 +339,7 @@ class Config(Section):
     registration: Registration = Registration()
     two_factor: TwoFactor = TwoFactor()
     metrics: Metrics = Metrics()
+    dpop: DPoP = DPoP()
 
 
 def defaults_document() -> dict[str, Any]:

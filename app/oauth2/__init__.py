@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc9207 import IssuerParameter
 
@@ -74,16 +76,18 @@ def build_server(
         settings.issuer, keys, ttl=settings.oidc.id_token_ttl, default_alg=settings.oidc.default_alg
     )
     server.pkce = PKCEPolicy(auth.require_pkce, auth.allow_plain_pkce)
+    binding = _dpop(server, settings, grants)
     enabled = set(auth.grant_types)
     if "authorization_code" in enabled:
-        server.register_grant(AuthorizationCodeGrant, [server.pkce, OpenIDCode(server.id_tokens)])
+        code_extensions = [server.pkce, OpenIDCode(server.id_tokens), *binding]
+        server.register_grant(AuthorizationCodeGrant, code_extensions)
     if "implicit" in enabled:
         server.register_grant(ImplicitGrant)
         server.register_grant(OpenIDImplicitGrant)
     if "refresh_token" in enabled:
-        server.register_grant(RefreshTokenGrant, [OpenIDRefresh(server.id_tokens)])
+        server.register_grant(RefreshTokenGrant, [OpenIDRefresh(server.id_tokens), *binding])
     if "client_credentials" in enabled:
-        server.register_grant(ClientCredentialsGrant)
+        server.register_grant(ClientCredentialsGrant, binding)
     server.register_endpoint(RevocationEndpoint)
     server.register_endpoint(IntrospectionEndpoint)
     server.issuer_parameter = Issuer(settings.issuer)
@@ -93,6 +97,19 @@ def build_server(
         _register_registration(server, settings, clients, grants)
     server.metadata = build_metadata(server, user_claims)
     return server
+
+
+def _dpop(server: OAuth2Server, settings: Settings, grants) -> list:
+    """RFC 9449 (``dpop.enabled``): the proof checks, and the token grants' binding."""
+    config = settings.dpop
+    if not config.enabled:
+        return []
+    from .rfc9449 import DPoP, DPoPBinding
+
+    secret = settings.auth.session_secret or secrets.token_urlsafe(32)
+    server.dpop = DPoP(config, grants.storage.codes, secret, settings.issuer)
+    server.extra_metadata["dpop_signing_alg_values_supported"] = list(config.algorithms)
+    return [DPoPBinding(server.dpop)]
 
 
 def _register_registration(server: OAuth2Server, settings: Settings, clients, grants) -> None:

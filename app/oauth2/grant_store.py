@@ -99,11 +99,16 @@ class GrantStore:
         refresh = token.get("refresh_token")
         refresh_key = token_digest(refresh) if refresh else None
         base = dict(fields, scope=token.get("scope", ""), issued_at=int(now))
+        # A DPoP key binds the access token; the refresh token only if ``refresh_jkt`` says.
+        refresh_jkt = base.pop("refresh_jkt", None)
         access_record = dict(base, refresh_key=refresh_key)
         access = Put(self.storage.tokens, access_key, access_record, token.get("expires_in"))
         if not refresh_key:
             return [access]
         record = dict(base, access_key=access_key, **family)
+        record.pop("jkt", None)
+        if refresh_jkt:
+            record["jkt"] = refresh_jkt
         ttl = self._refresh_ttl(family["family_start"], now, lifetime)
         return [Put(self.storage.refresh_tokens, refresh_key, record, ttl), access]
 

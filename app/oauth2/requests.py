@@ -39,6 +39,8 @@ class ParamsRequest(OAuth2Request):
         super().__init__(method=method, uri=uri, headers=headers)
         self.payload = ParamsPayload(params)
         self.grant_id: str | None = None
+        #: The checked DPoP proof of a token request (``app.oauth2.rfc9449``), if any.
+        self.dpop: Any = None
 
     @property
     def args(self) -> dict[str, str]:

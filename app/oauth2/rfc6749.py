@@ -13,6 +13,7 @@ from typing import Any
 
 from authlib.oauth2.rfc6749 import grants, list_to_scope, scope_to_list
 from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidGrantError, InvalidScopeError
+from authlib.oauth2.rfc6749.hooks import hooked
 from authlib.oauth2.rfc7636.challenge import CODE_VERIFIER_PATTERN, create_s256_code_challenge
 from authlib.oidc.core.grants.util import is_openid_scope
 
@@ -70,6 +71,9 @@ class AuthorizationCodeGrant(ShorterLifetime, grants.AuthorizationCodeGrant):
             **sign_in_facts(),
             **grant_fields(),
         }
+        if payload.get("dpop_jkt") is not None:
+            # RFC 9449 §10: the token request's proof must be of this key.
+            record["dpop_jkt"] = payload["dpop_jkt"]
         if is_openid_scope(request.scope):
             record["nonce"] = payload.get("nonce")
             remember_relying_party(client_id)
@@ -218,6 +222,7 @@ class ClientCredentialsGrant(ShorterLifetime, grants.ClientCredentialsGrant):
             list_to_scope([s for s in asked if s not in SERVER_SCOPES])
         )
 
+    @hooked
     def create_token_response(self):
         client = self.request.client
         scope = client.get_allowed_scope(self.request.payload.scope, server_scopes=True)

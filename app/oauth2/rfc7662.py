@@ -25,6 +25,12 @@ class IntrospectionEndpoint(TokenRequest, _IntrospectionEndpoint):
             "iat": record.get("issued_at"),
             "iss": self.server.issuer,
         }
+        jkt = record.get("jkt")
+        if jkt:
+            # RFC 9449 §6.2: a DPoP-bound token names its key's thumbprint.
+            payload["cnf"] = {"jkt": jkt}
+            if token.kind == "access_token":
+                payload["token_type"] = "DPoP"  # noqa: S105 - a token type
         if token.user_id:
             # The ``sub`` its client sees everywhere (ID Token, UserInfo): pairwise or not.
             client = self.server.clients.get(token.client_id)

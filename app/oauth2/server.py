@@ -41,6 +41,8 @@ class OAuth2Server(AuthorizationServer):
         #: The ID Token issuer (``app.oidc.grants.IDTokens``).
         self.id_tokens: Any = None
         self.issuer_parameter: Any = None
+        #: The DPoP proof checks (``app.oauth2.rfc9449.DPoP``); None: DPoP is off.
+        self.dpop: Any = None
         self.register_token_generator("default", self.generate_bearer_token)
         for method, func in client_auth.HOOKS.items():
             self.register_client_auth_method(method, func)
@@ -76,6 +78,12 @@ class OAuth2Server(AuthorizationServer):
         if source is not None:
             fields.update(facts_of(source.record))
         fields.update(grant_fields(source.record if source is not None else None))
+        jkt = getattr(request, "dpop_jkt", None)
+        if jkt:
+            # RFC 9449 §5-6: the access token (and a public client's refresh token) is bound.
+            fields["jkt"] = jkt
+            if getattr(request, "dpop_refresh", False):
+                fields["refresh_jkt"] = jkt
         return fields
 
     def generate_bearer_token(

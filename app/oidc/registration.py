@@ -163,4 +163,6 @@ def oidc_fields(
         "skip_consent": _flag(entry, where, "skip_consent"),
         # Sign-in policy beside OpenID Connect's: a second factor for this client's users.
         "require_two_factor": _flag(entry, where, "require_two_factor"),
+        # RFC 9449 §5.2: its token requests must carry a DPoP proof.
+        "dpop_bound_access_tokens": _flag(entry, where, "dpop_bound_access_tokens"),
     }

@@ -15,7 +15,7 @@ from typing import Any
 from authlib.oauth2.rfc6749.util import scope_to_list
 from authlib.oidc.core import UserInfo
 
-from ..oauth2 import rfc6750
+from ..oauth2 import rfc6750, rfc9449
 from ..oauth2.accept import find_access
 
 REALM = "userinfo"
@@ -28,8 +28,12 @@ class Refusal(Exception):
     status: int
     error: str | None
     description: str
+    #: A DPoP request's challenge (RFC 9449 §7.1), instead of the bearer one.
+    challenge: str | None = None
 
     def www_authenticate(self) -> str:
+        if self.challenge:
+            return self.challenge
         value = f'Bearer realm="{REALM}"'
         if self.error:
             value += f', error="{self.error}"'
@@ -38,8 +42,9 @@ class Refusal(Exception):
         return value
 
 
-def presented_token(headers, method: str, form) -> str | None:
-    """The bearer token of the request: the header (§2.1), or a POST body's (§2.2)."""
+def presented_token(headers, method: str, form, dpop: bool = False) -> str | None:
+    """The bearer token of the request: the header (§2.1), or a POST body's (§2.2);
+    ``dpop``: the header's ``DPoP`` token (RFC 9449 §7.1) instead."""
     header = headers.get("Authorization", "")
     in_body = form.getlist("access_token") if method == "POST" else []
     if header and in_body or len(in_body) > 1:
@@ -48,17 +53,24 @@ def presented_token(headers, method: str, form) -> str | None:
         return in_body[0] or None
     if not header:
         raise Refusal(401, None, "Send an access token: Authorization: Bearer <token>.")
-    token = rfc6750.bearer_token(header)
+    token = rfc9449.dpop_token(header) if dpop else rfc6750.bearer_token(header)
     if token is None:
         raise Refusal(401, "invalid_token", "The Authorization header is not a bearer token.")
     return token
 
 
-def user_info(server, users, adapter, raw_token: str | None) -> dict[str, Any]:
+def user_info(server, users, adapter, raw_token: str | None, proof=None) -> dict[str, Any]:
     """The claims this token may read; raise :class:`Refusal` for a token that may not.
 
+    ``proof``: ``(DPoP header values, method, path)`` of an ``Authorization: DPoP``
+    request (RFC 9449 §7), checked against the token's key.
     Raises ``UpstreamUnavailable`` when the adapter cannot reach the site."""
-    token = find_access(server, raw_token) if raw_token else None
+    if proof is not None:
+        token = _dpop_token(server, raw_token or "", proof)
+    else:
+        token = find_access(server, raw_token) if raw_token else None
+        if token is not None and "jkt" in token.record:
+            token = None  # RFC 9449 §7.2: a DPoP-bound token is not a bearer token
     rfc6750.note(token is not None)
     if token is None or token.is_expired():
         raise Refusal(401, "invalid_token", "The access token is invalid, expired or revoked.")
@@ -73,3 +85,26 @@ def user_info(server, users, adapter, raw_token: str | None) -> dict[str, Any]:
     released = UserInfo(claims).filter(scope)
     released["sub"] = server.id_tokens.subject(client, user.id)
     return dict(released)
+
+
+def dpop_request(server, headers, method: str, path: str):
+    """``(DPoP header values, method, path)`` when the request uses the DPoP scheme and
+    DPoP is on (the ``proof`` of :func:`user_info`), else ``None``."""
+    if server.dpop is None or not rfc9449.dpop_token(headers.get("Authorization", "")):
+        return None
+    return headers.getlist("DPoP"), method, path
+
+
+def _dpop_token(server, raw: str, proof):
+    dpop = server.dpop
+    try:
+        token = dpop.accept(raw, *proof, lambda value: find_access(server, value))
+    except rfc9449.DPoPError as refusal:
+        rfc6750.note(False)
+        challenge = dpop.challenge(refusal.error, refusal.description)
+        raise Refusal(401, refusal.error, refusal.description, challenge) from None
+    if token is None:
+        rfc6750.note(False)
+        description = "The access token is invalid, expired, revoked or not bound to this key."
+        raise Refusal(401, "invalid_token", description, dpop.challenge("invalid_token"))
+    return token

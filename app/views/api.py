@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from authlib.oauth2.rfc6749.util import scope_to_list
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, after_this_request, jsonify, request
 
 from ..adapters import UpstreamUnavailable
 from ..client_policy import allows_function
 from ..cors import any_origin
 from ..limits import api_limit
-from ..oauth2 import rfc6750
+from ..oauth2 import rfc6750, rfc9449
 from ..oauth2.accept import find_access
 from ..observability.requestlog import note
 from ..quotas.web import spend
@@ -36,6 +36,12 @@ def call(name: str):
     header = request.headers.get("Authorization", "")
     raw = rfc6750.bearer_token(header)
     token = find_access(state().server, raw) if raw else None
+    if token is not None and "jkt" in token.record:
+        token = None  # RFC 9449 §7.2: a DPoP-bound token is refused as a bearer token
+    if raw is None and state().server.dpop is not None and rfc9449.dpop_token(header):
+        token, refused = _dpop(header)
+        if refused is not None:
+            return refused
     rfc6750.note(token is not None)
     if token is None and not rfc6750.names_bearer(header):
         return _fail(401, "missing token", 'Bearer realm="api"')
@@ -63,6 +69,31 @@ def call(name: str):
     return spend(
         client, token.record, name, lambda: _proxy(route.called_with(request.method), token)
     )
+
+
+def _dpop(header: str):
+    """RFC 9449 §7: the token of an ``Authorization: DPoP`` request and its proof, or a
+    401 (``invalid_dpop_proof``, ``use_dpop_nonce``, ``invalid_token``) to answer."""
+    dpop = state().server.dpop
+    nonce = dpop.nonce()
+    if nonce:
+        after_this_request(lambda response: rfc9449.with_nonce(response, nonce))
+    raw = rfc9449.dpop_token(header) or ""
+    values = request.headers.getlist("DPoP")
+    try:
+        token = dpop.accept(raw, values, request.method, request.path, _find)
+    except rfc9449.DPoPError as refusal:
+        rfc6750.note(False)
+        error = refusal.error.replace("_", " ")
+        return None, _fail(401, error, dpop.challenge(refusal.error, refusal.description))
+    if token is None:
+        rfc6750.note(False)
+        return None, _fail(401, "invalid token", dpop.challenge("invalid_token"))
+    return token, None
+
+
+def _find(raw: str):
+    return find_access(state().server, raw)
 
 
 def _allowed_function(client_id: str, name: str) -> bool:

@@ -6,7 +6,8 @@ from flask import Blueprint, Response, jsonify, request
 
 from ..adapters import UpstreamUnavailable
 from ..cors import any_origin
-from ..oidc.userinfo import Refusal, presented_token, user_info
+from ..oauth2 import rfc9449
+from ..oidc.userinfo import Refusal, dpop_request, presented_token, user_info
 from ..paths import JWKS, OIDC_METADATA, USERINFO
 from .common import oauth, state
 
@@ -35,15 +36,22 @@ def jwks() -> Response:
 @bp.route(USERINFO, methods=["GET", "POST", "OPTIONS"])
 @any_origin
 def userinfo() -> Response:
+    proof = dpop_request(oauth(), request.headers, request.method, request.path)
     try:
-        raw = presented_token(request.headers, request.method, request.form)
-        claims = user_info(oauth(), state().users, state().adapter, raw)
+        raw = presented_token(request.headers, request.method, request.form, proof is not None)
+        claims = user_info(oauth(), state().users, state().adapter, raw, proof)
     except Refusal as refusal:
-        return _no_store(_refused(refusal))
+        return _no_store(_with_nonce(_refused(refusal), proof))
     except UpstreamUnavailable as exc:
         status = 504 if exc.timeout else 502
         return _no_store(_error(status, "temporarily_unavailable", "The site did not answer."))
-    return _no_store(jsonify(claims))
+    return _no_store(_with_nonce(jsonify(claims), proof))
+
+
+def _with_nonce(response: Response, proof) -> Response:
+    """RFC 9449 §8.2: a DPoP request's answer carries the current nonce (if nonces are on)."""
+    nonce = oauth().dpop.nonce() if proof is not None else None
+    return rfc9449.with_nonce(response, nonce) if nonce else response
 
 
 def _error(status: int, error: str, description: str) -> Response:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from authlib.oauth2.rfc6749.errors import InvalidRequestError, OAuth2Error
-from flask import Blueprint, request
+from flask import Blueprint, after_this_request, request
 
 from ..cors import public_client_origins
 from ..limits import token_limits
+from ..oauth2 import rfc9449
 from ..oauth2.requests import ParamsRequest
 from ..oauth2.server import body_params
 from ..paths import INTROSPECT, REVOKE, TOKEN
@@ -28,6 +29,8 @@ def _request() -> ParamsRequest:
 def _respond(endpoint: str | None):
     try:
         params = _request()
+        if endpoint is None and oauth().dpop is not None and "DPoP" in request.headers:
+            params.dpop = _proof()
     except OAuth2Error as error:
         return oauth().handle_error_response(None, error)
     # The records of a token response and its audit entry go in one round trip; they
@@ -36,6 +39,20 @@ def _respond(endpoint: str | None):
         if endpoint is None:
             return oauth().create_token_response(params)
         return oauth().create_endpoint_response(endpoint, params)
+
+
+def _proof() -> rfc9449.Proof:
+    """RFC 9449 §5: the token request's proof, checked (the grant remembers its ``jti``
+    once the request passes, so a refused request uses nothing up)."""
+    dpop = oauth().dpop
+    try:
+        proof = dpop.check(request.headers.getlist("DPoP"), request.method, request.path)
+    except rfc9449.DPoPError as refusal:
+        raise dpop.token_error(refusal) from None
+    nonce = dpop.nonce()
+    if nonce:
+        after_this_request(lambda response: rfc9449.with_nonce(response, nonce))
+    return proof
 
 
 @bp.route(TOKEN, methods=["POST", "OPTIONS"])
