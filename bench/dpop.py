@@ -40,6 +40,12 @@ def ath(access_token: str) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
+def public_jwk(key: ECKey) -> dict[str, Any]:
+    """The ``jwk`` header: the public key's members only (no ``d``, no ``key_ops``)."""
+    public = key.as_dict(private=False)
+    return {name: public[name] for name in ("kty", "crv", "x", "y")}
+
+
 def thumbprint(key: ECKey) -> str:
     """The key's RFC 7638 SHA-256 thumbprint (what the server binds as ``cnf.jkt``)."""
     return key.thumbprint()
@@ -55,7 +61,7 @@ def proof(
     jti: str | None = None,
 ) -> str:
     """One DPoP proof JWT for ``method`` ``url`` (``url`` without query and fragment)."""
-    header = {"typ": "dpop+jwt", "alg": ALG, "jwk": key.as_dict(private=False)}
+    header = {"typ": "dpop+jwt", "alg": ALG, "jwk": public_jwk(key)}
     claims: dict[str, Any] = {
         "jti": jti or secrets.token_urlsafe(16),
         "htm": method,
@@ -84,7 +90,7 @@ def proofs(
     is signed with the key's ``cryptography`` object directly (ES256: ECDSA P-256
     SHA-256, the signature as ``r || s``, RFC 7518 §3.4).
     """
-    header = {"typ": "dpop+jwt", "alg": ALG, "jwk": key.as_dict(private=False)}
+    header = {"typ": "dpop+jwt", "alg": ALG, "jwk": public_jwk(key)}
     head = _b64(json.dumps(header, separators=(",", ":")).encode()) + b"."
     base = {"htm": method, "htu": url, "iat": int(time.time())}
     if access_token is not None:

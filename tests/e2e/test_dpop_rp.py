@@ -205,7 +205,8 @@ def test_openid_client_uses_dpop(start_server, kind: str) -> None:
     # Proofs made here (bench/dpop.py, joserfc) with the RP's key: the server accepts the
     # new token with one, refuses the same proof again (replay), and refuses the token the
     # refresh replaced (rotation) even with a good proof.
-    key = ECKey.import_key(started["keys"]["privateKey"])
+    exported = started["keys"]["privateKey"]  # WebCrypto adds key_ops and ext: not ours
+    key = ECKey.import_key({k: exported[k] for k in ("kty", "crv", "x", "y", "d")})
     assert dpop.thumbprint(key) == jkt
     profile_url = f"{server.url}/api/profile"
     seen = [e["dpop_nonce"] for e in done["exchanges"] if e.get("dpop_nonce")]
