@@ -96,7 +96,7 @@ LABELS = {
     "refresh": "POST /token refresh_token",
     "introspect": "POST /introspect",
     "gateway": "GET /api/profile (gateway)",
-    "gateway_dpop": "GET /api/profile (gateway), DPoP proof",
+    "gateway_dpop": "GET /api/profile (gateway, DPoP)",
     "flow": "code flow (flows/s)",
     "flow_openid": "code flow, OpenID Connect (flows/s)",
     "userinfo": "GET /userinfo (OpenID Connect)",
