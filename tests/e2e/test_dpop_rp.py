@@ -91,7 +91,7 @@ def test_openid_client_uses_dpop(start_server, kind: str) -> None:
         entry = public_client(client_id)
         secret: dict[str, str] = {}
     else:
-        # The client must use DPoP: a token request without a proof is refused.
+        # The client must use DPoP (a token request without a proof is refused).
         entry = rp_client(client_id, dpop_bound_access_tokens=True)
         secret = {"client_secret": SECRET}
     server = start_server([entry], config={"dpop": {"nonce": nonces}})
@@ -227,3 +227,24 @@ def test_openid_client_uses_dpop(start_server, kind: str) -> None:
         for proof in dpop.proofs(key, "GET", profile_url, 3, new_token):
             answer = api(server.url, new_token, "DPoP", DPoP=proof)
             assert answer.status_code == 200, answer.text
+
+    # A refresh without a proof is refused (the confidential client must use DPoP; the
+    # public client's refresh token is bound) and changes nothing: with one, it works.
+    refresh_token = done["refreshed_refresh_token"]
+    auth = (client_id, SECRET) if not nonces else None
+    form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    if nonces:
+        form["client_id"] = client_id
+    bare = requests.post(token_url, data=form, auth=auth, timeout=HTTP_TIMEOUT)
+    assert bare.status_code in (400, 401), bare.text
+    assert bare.json()["error"] in ("invalid_dpop_proof", "invalid_request"), bare.text
+    nonce = bare.headers.get("DPoP-Nonce", nonce)
+    proved = requests.post(
+        token_url,
+        data=form,
+        auth=auth,
+        headers={"DPoP": dpop.proof(key, "POST", token_url, nonce=nonce)},
+        timeout=HTTP_TIMEOUT,
+    )
+    assert proved.status_code == 200, proved.text
+    assert proved.json()["token_type"] == "DPoP"

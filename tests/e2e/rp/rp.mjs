@@ -201,6 +201,7 @@ async function dpopFinish() {
     access_token: tokens.access_token,
     refreshed_token_type: refreshed.token_type,
     refreshed_access_token: refreshed.access_token,
+    refreshed_refresh_token: refreshed.refresh_token,
     refreshed_sub: refreshed.claims()?.sub ?? null,
     userinfo,
     profile,
