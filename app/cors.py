@@ -23,11 +23,12 @@ from werkzeug.exceptions import HTTPException
 from .oauth2.server import body_params
 
 #: Response headers a script may read beyond the safelisted ones.
-EXPOSE = "WWW-Authenticate, Retry-After, RateLimit, RateLimit-Policy"
+EXPOSE = "WWW-Authenticate, Retry-After, RateLimit, RateLimit-Policy, DPoP-Nonce"
 #: Seconds a browser may keep a preflight answer (Chromium keeps at most 7200).
 MAX_AGE = "7200"
-BEARER_HEADERS = "Authorization, Content-Type"
-TOKEN_ENDPOINT_HEADERS = "Content-Type"  # noqa: S105 - header names
+#: ``DPoP``: a browser client's proof (RFC 9449), at the token endpoint and resources.
+BEARER_HEADERS = "Authorization, Content-Type, DPoP"
+TOKEN_ENDPOINT_HEADERS = "Content-Type, DPoP"  # noqa: S105 - header names
 
 
 def _methods() -> list[str]:

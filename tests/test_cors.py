@@ -73,7 +73,7 @@ def test_api_answers_any_origin_without_credentials(client):
     assert response.headers["Access-Control-Allow-Origin"] == "*"
     assert "Access-Control-Allow-Credentials" not in response.headers
     exposed = response.headers["Access-Control-Expose-Headers"]
-    assert {"WWW-Authenticate", "Retry-After", "RateLimit", "RateLimit-Policy"} <= {
+    assert {"WWW-Authenticate", "Retry-After", "RateLimit", "RateLimit-Policy", "DPoP-Nonce"} <= {
         name.strip() for name in exposed.split(",")
     }
 
@@ -92,7 +92,7 @@ def test_api_preflight_names_methods_headers_and_max_age(client, app):
     assert cors_headers(response) == {
         "Access-Control-Allow-Origin": "*",
         "Access-Control-Allow-Methods": "DELETE, GET, PATCH, POST, PUT",
-        "Access-Control-Allow-Headers": "Authorization, Content-Type",
+        "Access-Control-Allow-Headers": "Authorization, Content-Type, DPoP",
         "Access-Control-Max-Age": "7200",
     }
 
@@ -151,7 +151,7 @@ def test_token_preflight_answers_any_public_clients_origin(client, path, origin)
     assert cors_headers(response) == {
         "Access-Control-Allow-Origin": origin,
         "Access-Control-Allow-Methods": "POST",
-        "Access-Control-Allow-Headers": "Content-Type",
+        "Access-Control-Allow-Headers": "Content-Type, DPoP",
         "Access-Control-Max-Age": "7200",
     }
     assert "Origin" in response.headers["Vary"]

@@ -15,16 +15,15 @@ import math
 import re
 import struct
 import time
-import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749.errors import InvalidGrantError, OAuth2Error
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from joserfc import jwt
-from joserfc.errors import JoseError, SecurityWarning
+from joserfc.errors import JoseError
 from joserfc.jwk import JWKRegistry
 from joserfc.jws import JWSRegistry, extract_compact
 
@@ -33,6 +32,8 @@ ALGORITHMS = ("ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "RS256", "Ed
 TYP = "dpop+jwt"
 #: A proof is a few hundred bytes (an RSA-4096 key's a few thousand): refuse more unread.
 MAX_PROOF = 8192
+#: RFC 7518 §3.3: RSA keys of 2048 bits or more.
+MIN_RSA_BITS = 2048
 #: RFC 9449 §7.1: ``DPoP`` 1*SP token68.
 _CREDENTIALS = re.compile(r"[Dd][Pp][Oo][Pp] +([A-Za-z0-9\-._~+/]+=*)")
 _THUMBPRINT = re.compile(r"[A-Za-z0-9_-]{43}")
@@ -121,6 +122,23 @@ def _quiet(name: str) -> None:
 _quiet("EdDSA")
 
 
+def _bits(modulus: Any) -> int:
+    """The size in bits of an RSA JWK's ``n`` (base64url), read before joserfc imports
+    the key (it would warn, not refuse)."""
+    if not isinstance(modulus, str):
+        return 0
+    try:
+        raw = base64.urlsafe_b64decode(modulus + "=" * (-len(modulus) % 4))
+    except ValueError:
+        return 0
+    return int.from_bytes(raw, "big").bit_length()
+
+
+def _number(value: Any) -> TypeGuard[float]:
+    """A JSON number fit for a NumericDate (RFC 7519 §2): not a bool, not infinite."""
+    return type(value) in (int, float) and math.isfinite(value)
+
+
 def _url(value: str) -> tuple[str, str, str]:
     """Scheme, authority and path of a URL, normalised (RFC 3986 §6.2.2-3), no query."""
     parts = urlsplit(value)
@@ -189,7 +207,7 @@ class DPoP:
         if self.use_nonce and not self._nonce_ok(claims.get("nonce"), now):
             raise DPoPError("Use the server's DPoP nonce.", "use_dpop_nonce")
         key = JWKRegistry.import_key(header["jwk"])
-        return Proof(key.thumbprint(), claims["jti"], claims["iat"])
+        return Proof(key.thumbprint(), claims["jti"], int(claims["iat"]))
 
     def _verified(self, value: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """§4.3 steps 2-7: a JWT, ``typ``, an allowed ``alg``, a public ``jwk`` that signed it."""
@@ -207,19 +225,18 @@ class DPoP:
         jwk = header.get("jwk")
         if not isinstance(jwk, dict):
             raise DPoPError("The DPoP proof must carry its public key (jwk).")
+        if jwk.get("kty") == "RSA" and _bits(jwk.get("n")) < MIN_RSA_BITS:
+            raise DPoPError(f"An RSA key of the DPoP proof needs {MIN_RSA_BITS} bits.")
         try:
             key = JWKRegistry.import_key(jwk)
         except (JoseError, ValueError, TypeError, KeyError) as error:
             raise DPoPError("The DPoP proof's jwk is not a usable key.") from error
         if key.is_private:
             raise DPoPError("The DPoP proof's jwk must be a public key.")
+        registry = self._registries[alg]
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", SecurityWarning)
-                claims = jwt.decode(
-                    value, key, algorithms=[alg], registry=self._registries[alg]
-                ).claims
-        except (JoseError, ValueError, TypeError, SecurityWarning) as error:
+            claims = jwt.decode(value, key, algorithms=[alg], registry=registry).claims
+        except (JoseError, ValueError, TypeError) as error:
             raise DPoPError("The DPoP proof's signature does not verify.") from error
         return header, claims
 
@@ -232,11 +249,10 @@ class DPoP:
             raise DPoPError("The DPoP proof needs a jti.")
         if claims.get("htm") != method:
             raise DPoPError("The DPoP proof's htm is not this request's method.")
-        htu = claims.get("htu")
-        if not isinstance(htu, str) or _url(htu) != _url(self.issuer + path):
+        if not self._same_url(claims.get("htu"), path):
             raise DPoPError("The DPoP proof's htu is not this request's URL.")
         iat = claims.get("iat")
-        if type(iat) is not int or abs(now - iat) > self.window:
+        if not _number(iat) or abs(now - iat) > self.window:
             raise DPoPError("The DPoP proof's iat is too far from now.")
         if token is not None:
             ath = claims.get("ath")
@@ -245,6 +261,14 @@ class DPoP:
                 ath.encode("ascii", "replace"), expected.encode()
             ):
                 raise DPoPError("The DPoP proof's ath does not match the access token.")
+
+    def _same_url(self, htu: Any, path: str) -> bool:
+        """§4.3 step 9: ``htu`` names this request's URL under the issuer (the external
+        URL, whatever the proxy in front), query and fragment aside."""
+        try:
+            return isinstance(htu, str) and _url(htu) == _url(self.issuer + path)
+        except ValueError:  # urlsplit: a bad port or IPv6 literal
+            return False
 
     def remember(self, proof: Proof) -> None:
         """§11.1: refuse a proof whose ``jti`` was seen within the window, on any instance.
