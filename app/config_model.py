@@ -286,6 +286,7 @@ class TwoFactor(Section):
     required: bool = False
 
 
+#: The asymmetric algorithms a DPoP proof may use (RFC 9449 §4.2); never ``none`` nor an HMAC.
 DPoPAlg = Literal["ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "RS256", "EdDSA", "Ed25519"]
 
 

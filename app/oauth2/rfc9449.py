@@ -27,8 +27,6 @@ from joserfc.errors import JoseError
 from joserfc.jwk import JWKRegistry
 from joserfc.jws import JWSRegistry, extract_compact
 
-#: The asymmetric algorithms a proof may use; never ``none`` nor an HMAC.
-ALGORITHMS = ("ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "RS256", "EdDSA", "Ed25519")
 TYP = "dpop+jwt"
 #: A proof is a few hundred bytes (an RSA-4096 key's a few thousand): refuse more unread.
 MAX_PROOF = 8192
@@ -36,7 +34,6 @@ MAX_PROOF = 8192
 MIN_RSA_BITS = 2048
 #: RFC 9449 §7.1: ``DPoP`` 1*SP token68.
 _CREDENTIALS = re.compile(r"[Dd][Pp][Oo][Pp] +([A-Za-z0-9\-._~+/]+=*)")
-_THUMBPRINT = re.compile(r"[A-Za-z0-9_-]{43}")
 #: The replay cache's keys, in the ``codes`` table (single use is that table's trade).
 REPLAY_PREFIX = "dpop-jti:"
 
@@ -94,11 +91,6 @@ def access_token_hash(token: str) -> str:
     """``ath``: base64url of the SHA-256 of the access token's ASCII (§4.2)."""
     digest = hashlib.sha256(token.encode("ascii")).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-
-
-def valid_thumbprint(value: Any) -> bool:
-    """Whether ``value`` looks like a SHA-256 JWK thumbprint (``dpop_jkt``, §10)."""
-    return isinstance(value, str) and bool(_THUMBPRINT.fullmatch(value))
 
 
 class _QuietEdDSA(JWSRegistry):
@@ -201,15 +193,14 @@ class DPoP:
         """
         if len(values) != 1:
             raise DPoPError("Send exactly one DPoP header.")
-        header, claims = self._verified(values[0])
+        key, claims = self._verified(values[0])
         now = time.time()
         self._claims(claims, method, path, token, now)
         if self.use_nonce and not self._nonce_ok(claims.get("nonce"), now):
             raise DPoPError("Use the server's DPoP nonce.", "use_dpop_nonce")
-        key = JWKRegistry.import_key(header["jwk"])
         return Proof(key.thumbprint(), claims["jti"], int(claims["iat"]))
 
-    def _verified(self, value: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _verified(self, value: str) -> tuple[Any, dict[str, Any]]:
         """§4.3 steps 2-7: a JWT, ``typ``, an allowed ``alg``, a public ``jwk`` that signed it."""
         if len(value) > MAX_PROOF or not value.isascii():
             raise DPoPError("The DPoP proof is not a JWT.")
@@ -238,7 +229,7 @@ class DPoP:
             claims = jwt.decode(value, key, algorithms=[alg], registry=registry).claims
         except (JoseError, ValueError, TypeError) as error:
             raise DPoPError("The DPoP proof's signature does not verify.") from error
-        return header, claims
+        return key, claims
 
     def _claims(
         self, claims: dict[str, Any], method: str, path: str, token: str | None, now: float

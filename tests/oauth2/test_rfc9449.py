@@ -216,3 +216,22 @@ def test_metadata_lists_the_proof_algorithms(client) -> None:
             "PS256",
             "RS256",
         ]
+
+
+@pytest.mark.parametrize(
+    "dpop",
+    [
+        {"algorithms": ["HS256"]},
+        {"algorithms": ["none"]},
+        {"algorithms": []},
+        {"iat_window": 0},
+        {"nonce": "yes"},
+        {"nonce_step": 1},
+        {"unknown": True},
+    ],
+)
+def test_bad_dpop_settings_are_named(dpop) -> None:
+    from app.settings import ConfigError, Settings
+
+    with pytest.raises(ConfigError, match="dpop"):
+        Settings.load({"dpop": dpop}, environ={})
