@@ -40,28 +40,38 @@ def ath(access_token: str) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
-def public_jwk(key: ECKey) -> dict[str, Any]:
+#: The public members of each key type (RFC 7638 §3.2), all the ``jwk`` header needs.
+PUBLIC_MEMBERS = {
+    "EC": ("kty", "crv", "x", "y"),
+    "OKP": ("kty", "crv", "x"),
+    "RSA": ("kty", "n", "e"),
+}
+
+
+def public_jwk(key: Any) -> dict[str, Any]:
     """The ``jwk`` header: the public key's members only (no ``d``, no ``key_ops``)."""
     public = key.as_dict(private=False)
-    return {name: public[name] for name in ("kty", "crv", "x", "y")}
+    return {name: public[name] for name in PUBLIC_MEMBERS[public["kty"]]}
 
 
-def thumbprint(key: ECKey) -> str:
+def thumbprint(key: Any) -> str:
     """The key's RFC 7638 SHA-256 thumbprint (what the server binds as ``cnf.jkt``)."""
     return key.thumbprint()
 
 
 def proof(
-    key: ECKey,
+    key: Any,
     method: str,
     url: str,
     access_token: str | None = None,
     nonce: str | None = None,
     iat: int | None = None,
     jti: str | None = None,
+    alg: str = ALG,
 ) -> str:
-    """One DPoP proof JWT for ``method`` ``url`` (``url`` without query and fragment)."""
-    header = {"typ": "dpop+jwt", "alg": ALG, "jwk": public_jwk(key)}
+    """One DPoP proof JWT for ``method`` ``url`` (``url`` without query and fragment),
+    signed by ``key`` (a joserfc key; ``alg`` one the key signs with, e.g. ``Ed25519``)."""
+    header = {"typ": "dpop+jwt", "alg": alg, "jwk": public_jwk(key)}
     claims: dict[str, Any] = {
         "jti": jti or secrets.token_urlsafe(16),
         "htm": method,
@@ -75,9 +85,9 @@ def proof(
     return _sign(key, header, claims)
 
 
-def _sign(key: ECKey, header: dict[str, Any], claims: dict[str, Any]) -> str:
+def _sign(key: Any, header: dict[str, Any], claims: dict[str, Any]) -> str:
     payload = json.dumps(claims, separators=(",", ":")).encode()
-    return jws.serialize_compact(header, payload, key, algorithms=[ALG])
+    return jws.serialize_compact(header, payload, key, algorithms=[header["alg"]])
 
 
 def proofs(

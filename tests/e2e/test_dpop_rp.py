@@ -1,7 +1,7 @@
 """DPoP (RFC 9449) with a third-party client: panva's ``openid-client`` / ``oauth4webapi``.
 
 The relying party (``tests/e2e/rp/rp.mjs``, modes ``dpop-start`` and ``dpop-finish``)
-holds an ES256 key made by the library, binds the authorization code to it
+holds a key made by the library (ES256; Ed25519 for the public client), binds the code to it
 (``dpop_jkt``), and lets the library's DPoP handle sign every proof: the code exchange,
 UserInfo, ``/api/profile``, the refresh, and ``/api/profile`` with the refreshed token.
 It records every HTTP exchange the library made (scheme, the proof's header and claims,
@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import requests
-from joserfc.jwk import ECKey, JWKRegistry
+from joserfc.jwk import JWKRegistry
 
 from bench import dpop
 from tests.e2e.conftest import HTTP_TIMEOUT
@@ -54,12 +54,14 @@ def ath(token: str) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def check_proof(entry: dict[str, Any], method: str, url: str, jkt: str, token: str | None) -> None:
-    """A proof the library sent: ES256 with the key of ``jkt``, for this request, and at a
+def check_proof(
+    entry: dict[str, Any], method: str, url: str, jkt: str, token: str | None, alg: str
+) -> None:
+    """A proof the library sent: ``alg`` with the key of ``jkt``, for this request, and at a
     resource the ``DPoP`` scheme and the token's hash (``ath``)."""
     proof = entry["proof"]
     assert proof is not None, entry
-    assert proof["header"]["typ"] == "dpop+jwt" and proof["header"]["alg"] == "ES256"
+    assert proof["header"]["typ"] == "dpop+jwt" and proof["header"]["alg"] == alg
     assert "d" not in proof["header"]["jwk"]
     assert JWKRegistry.import_key(proof["header"]["jwk"]).thumbprint() == jkt
     claims = proof["claims"]
@@ -81,10 +83,10 @@ def api(server_url: str, token: str, scheme: str, **headers: str) -> requests.Re
 
 
 @pytest.mark.parametrize(
-    "kind",
-    ["confidential", "public-with-nonces"],
+    ("kind", "alg"),
+    [("confidential", "ES256"), ("public-with-nonces", "Ed25519")],
 )
-def test_openid_client_uses_dpop(start_server, kind: str) -> None:
+def test_openid_client_uses_dpop(start_server, kind: str, alg: str) -> None:
     nonces = kind == "public-with-nonces"
     client_id = f"rp-dpop-{kind.split('-')[0]}"
     if nonces:
@@ -98,6 +100,7 @@ def test_openid_client_uses_dpop(start_server, kind: str) -> None:
     common = {"issuer": server.url, "client_id": client_id, **secret}
     username = f"dpop-{secrets.token_hex(4)}@example.com"
 
+    common["dpop_alg"] = alg  # oauth4webapi names Ed25519 keys' proofs "Ed25519" (RFC 9864)
     started = run_rp("dpop-start", redirect_uri=CALLBACK, scope=SCOPE, **common)
     assert f"dpop_jkt={started['jkt']}" in started["url"]
     with requests.Session() as agent:
@@ -128,7 +131,7 @@ def test_openid_client_uses_dpop(start_server, kind: str) -> None:
         assert code[0]["proof"]["claims"]["nonce"] == first["dpop_nonce"]
         assert code[0]["proof"]["claims"]["jti"] != first["proof"]["claims"]["jti"]
     assert len(code) == 1 and code[0]["status"] == 200, code
-    check_proof(code[0], "POST", token_url, jkt, None)
+    check_proof(code[0], "POST", token_url, jkt, None, alg)
     assert code[0]["body"]["token_type"] == "DPoP"
     assert done["token_type"] == "dpop"  # the library's own (lower-cased) reading
     assert done["claims"]["nonce"] == started["nonce"]
@@ -136,7 +139,7 @@ def test_openid_client_uses_dpop(start_server, kind: str) -> None:
     # UserInfo with the DPoP scheme and a proof carrying `ath`.
     userinfo = by_step["userinfo"]
     assert [e["status"] for e in userinfo] == [200], userinfo
-    check_proof(userinfo[0], "GET", f"{server.url}/userinfo", jkt, done["access_token"])
+    check_proof(userinfo[0], "GET", f"{server.url}/userinfo", jkt, done["access_token"], alg)
     if nonces:  # the nonce the token endpoint handed out is good at UserInfo too
         assert userinfo[0]["proof"]["claims"]["nonce"]
     assert done["userinfo"]["sub"] == done["claims"]["sub"]
@@ -152,7 +155,7 @@ def test_openid_client_uses_dpop(start_server, kind: str) -> None:
         assert first["dpop_nonce"]
         assert profile[0]["proof"]["claims"]["nonce"] == first["dpop_nonce"]
     assert [e["status"] for e in profile] == [200], profile
-    check_proof(profile[0], "GET", f"{server.url}/api/profile", jkt, done["access_token"])
+    check_proof(profile[0], "GET", f"{server.url}/api/profile", jkt, done["access_token"], alg)
     assert done["profile"]["status"] == 200 and done["profile"]["body"]["id"]
 
     # A public client's refresh token is bound: another key cannot use it, and the
@@ -167,7 +170,7 @@ def test_openid_client_uses_dpop(start_server, kind: str) -> None:
     # The refresh: a new DPoP-bound access token that works at /api/profile.
     refresh = by_step["refresh"]
     assert [e["status"] for e in refresh] == [200], refresh
-    check_proof(refresh[0], "POST", token_url, jkt, None)
+    check_proof(refresh[0], "POST", token_url, jkt, None, alg)
     assert refresh[0]["body"]["token_type"] == "DPoP"
     assert done["refreshed_token_type"] == "dpop"
     assert done["refreshed_access_token"] != done["access_token"]
@@ -206,13 +209,14 @@ def test_openid_client_uses_dpop(start_server, kind: str) -> None:
     # new token with one, refuses the same proof again (replay), and refuses the token the
     # refresh replaced (rotation) even with a good proof.
     exported = started["keys"]["privateKey"]  # WebCrypto adds key_ops and ext: not ours
-    key = ECKey.import_key({k: exported[k] for k in ("kty", "crv", "x", "y", "d")})
+    members = ("kty", "crv", "x", "y", "d") if alg == "ES256" else ("kty", "crv", "x", "d")
+    key = JWKRegistry.import_key({k: exported[k] for k in members})
     assert dpop.thumbprint(key) == jkt
     profile_url = f"{server.url}/api/profile"
     seen = [e["dpop_nonce"] for e in done["exchanges"] if e.get("dpop_nonce")]
     nonce = seen[-1] if nonces else None
     assert bool(seen) == nonces  # the server hands out nonces only when they are on
-    proof = dpop.proof(key, "GET", profile_url, new_token, nonce=nonce)
+    proof = dpop.proof(key, "GET", profile_url, new_token, nonce=nonce, alg=alg)
     answer = api(server.url, new_token, "DPoP", DPoP=proof)
     assert answer.status_code == 200, answer.text
     nonce = answer.headers.get("DPoP-Nonce", nonce)
@@ -220,9 +224,11 @@ def test_openid_client_uses_dpop(start_server, kind: str) -> None:
     assert replayed.status_code == 401, replayed.text
     assert 'error="invalid_dpop_proof"' in replayed.headers["WWW-Authenticate"]
     old = done["access_token"]
-    stale = api(server.url, old, "DPoP", DPoP=dpop.proof(key, "GET", profile_url, old, nonce))
+    stale = api(
+        server.url, old, "DPoP", DPoP=dpop.proof(key, "GET", profile_url, old, nonce, alg=alg)
+    )
     assert stale.status_code == 401, stale.text
-    if not nonces:
+    if not nonces:  # (ES256, no nonce)
         # The bench's fast path (bench/dpop.py ``proofs``, as wrk sends them): each once.
         for proof in dpop.proofs(key, "GET", profile_url, 3, new_token):
             answer = api(server.url, new_token, "DPoP", DPoP=proof)
@@ -243,7 +249,7 @@ def test_openid_client_uses_dpop(start_server, kind: str) -> None:
         token_url,
         data=form,
         auth=auth,
-        headers={"DPoP": dpop.proof(key, "POST", token_url, nonce=nonce)},
+        headers={"DPoP": dpop.proof(key, "POST", token_url, nonce=nonce, alg=alg)},
         timeout=HTTP_TIMEOUT,
     )
     assert proved.status_code == 200, proved.text

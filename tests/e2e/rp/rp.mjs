@@ -72,7 +72,10 @@ async function finish() {
 }
 
 // -- DPoP ---------------------------------------------------------------------------------
-const EC = { name: "ECDSA", namedCurve: "P-256" };
+// The WebCrypto algorithm of an exported key (ES256's P-256, or Ed25519).
+function subtle(jwk) {
+  return jwk.kty === "OKP" ? { name: "Ed25519" } : { name: "ECDSA", namedCurve: jwk.crv };
+}
 
 async function exportPair(pair) {
   return {
@@ -82,9 +85,10 @@ async function exportPair(pair) {
 }
 
 async function importPair(jwks) {
+  const algorithm = subtle(jwks.publicKey);
   return {
-    privateKey: await crypto.subtle.importKey("jwk", jwks.privateKey, EC, false, ["sign"]),
-    publicKey: await crypto.subtle.importKey("jwk", jwks.publicKey, EC, true, ["verify"]),
+    privateKey: await crypto.subtle.importKey("jwk", jwks.privateKey, algorithm, false, ["sign"]),
+    publicKey: await crypto.subtle.importKey("jwk", jwks.publicKey, algorithm, true, ["verify"]),
   };
 }
 
@@ -120,7 +124,7 @@ function recorder(config, exchanges) {
 }
 
 async function dpopStart() {
-  const pair = await client.randomDPoPKeyPair("ES256", { extractable: true });
+  const pair = await client.randomDPoPKeyPair(args.dpop_alg ?? "ES256", { extractable: true });
   const config = await configuration();
   const jkt = await client.getDPoPHandle(config, pair).calculateThumbprint();
   const started = await start();
@@ -171,7 +175,7 @@ async function dpopFinish() {
   if (args.other_key_refresh) {
     // The refresh token in another key's hands (a public client's is bound to the key).
     mark("refresh-other-key");
-    const other = await client.randomDPoPKeyPair("ES256");
+    const other = await client.randomDPoPKeyPair(args.dpop_alg ?? "ES256");
     try {
       await client.refreshTokenGrant(config, tokens.refresh_token, undefined, {
         DPoP: client.getDPoPHandle(config, other),
