@@ -36,6 +36,8 @@ NAME = "node-oidc-provider"
 #: Our scenario -> the peer's scenario it is compared with (the gateway with UserInfo:
 #: the peer has no gateway; both are a bearer check and the user's data).
 COUNTERPARTS: dict[str, str] = CONFIG["counterparts"]
+#: Scenarios of ours with no peer counterpart yet, and why (reported without a ratio).
+WITHOUT_COUNTERPART: dict[str, str] = CONFIG["without_counterpart"]
 SCENARIOS = ("client_credentials", "refresh", "introspect", "userinfo", "flow", "flow_openid")
 #: Driven by ``bench.flow --peer`` (the rest by wrk).
 FLOWS = ("flow", "flow_openid")

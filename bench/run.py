@@ -47,7 +47,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import redis
 
-from bench import loader, nodepeer, procs, wrk
+from bench import dpop, loader, nodepeer, procs, wrk
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -64,6 +64,13 @@ PURGE_ROWS = 1_000_000 if FULL else 100_000
 REVIEW_GRANTS = 1000
 #: Refresh tokens pre-issued per second of load: above any rate this machine reaches.
 REFRESH_RATE_BOUND = int(os.environ.get("BENCH_REFRESH_RATE_BOUND", "2500"))
+#: DPoP proofs signed per second of load (the gateway with DPoP): above any rate here.
+DPOP_RATE_BOUND = int(os.environ.get("BENCH_DPOP_RATE_BOUND", "3000"))
+#: The server's DPoP ``iat`` window in the bench (seconds). Proofs are signed just before
+#: each run and carry that moment's ``iat``; the last one is sent after the quiet wait,
+#: the warm-up and the run (< 40 s with the defaults), so 300 s (node-oidc-provider's
+#: window) is ample. The replay cache keeps each ``jti`` that long (~40k keys a run).
+DPOP_WINDOW = 300
 SESSION_SECRET = "bench-session-secret-" + "b" * 24
 HIGH_LIMIT = "100000000/minute"
 #: ``BENCH_LIMITS=off`` serves with ``limits.enabled: false`` (to price the limiter).
@@ -90,6 +97,7 @@ LABELS = {
     "refresh": "POST /token refresh_token",
     "introspect": "POST /introspect",
     "gateway": "GET /api/profile (gateway)",
+    "gateway_dpop": "GET /api/profile (gateway, DPoP)",
     "flow": "code flow (flows/s)",
     "flow_openid": "code flow, OpenID Connect (flows/s)",
     "userinfo": "GET /userinfo (OpenID Connect)",
@@ -322,6 +330,8 @@ def server_config(
         }
         if not limits:
             config["limits"]["enabled"] = False
+    if "dpop" in DEFAULTS:
+        config["dpop"] = {"iat_window": DPOP_WINDOW}
     return config
 
 
@@ -528,8 +538,8 @@ def measure(
         result.update(quiet)
         result["one_worker"] = one_worker(result)
         attempts.append(result)
-        if not result["one_worker"] or load.tokens_file is not None:
-            break  # (a refresh pool is used up by one run)
+        if not result["one_worker"] or load.single_use:
+            break  # (a refresh pool or a file of DPoP proofs is used up by one run)
         log(f"  all connections stuck to one worker ({result['server_cpu_by_process']}): again")
     best = attempts[-1]
     if len(attempts) > 1:
@@ -618,6 +628,50 @@ def gateway_load(token: str) -> wrk.Load:
     return wrk.Load("/api/profile", "GET", None, {"Authorization": f"Bearer {token}"})
 
 
+def dpop_token(port: int, fx: Fixtures, key: Any) -> str:
+    """A DPoP-bound access token of the bench user, bound by the server itself: a
+    refresh (of a pre-issued refresh token) with a proof of ``key``."""
+    from urllib.request import Request, urlopen
+
+    refresh = fx.refresh_pool(1)[0]
+    url = f"http://127.0.0.1:{port}/token"
+    request = Request(  # noqa: S310 - loopback, our own server
+        url,
+        data=f"grant_type=refresh_token&refresh_token={refresh}".encode(),
+        headers={
+            "Authorization": basic_test(),
+            "Content-Type": FORM,
+            "DPoP": dpop.proof(key, "POST", url),
+        },
+    )
+    with urlopen(request, timeout=10) as answer:  # noqa: S310
+        body = json.loads(answer.read())
+    if body.get("token_type") != "DPoP":
+        raise RuntimeError(f"the server did not bind the token to the DPoP key: {body}")
+    return str(body["access_token"])
+
+
+def gateway_dpop_load(server: Server, fx: Fixtures, run_dir: Path, label: str) -> dict[str, Any]:
+    """The gateway with ``Authorization: DPoP`` and a fresh proof per request; returns
+    the measure's result (a bound token, proofs signed for warm-up and run apart)."""
+    key = dpop.new_key()
+    token = dpop_token(server.port, fx, key)
+    url = f"http://127.0.0.1:{server.port}/api/profile"
+    warm_n = int(DPOP_RATE_BOUND * max(WARMUP, 1))
+    run_n = int(DPOP_RATE_BOUND * SECONDS * 1.2)
+    t0 = time.monotonic()
+    signed = dpop.proofs(key, "GET", url, warm_n + run_n, token)
+    log(f"  {label}: {warm_n + run_n} DPoP proofs signed in {time.monotonic() - t0:.1f}s")
+    files = [
+        dpop.write_proofs(run_dir / f"dpop-{label}-{part}.txt", items)
+        for part, items in (("warm", signed[:warm_n]), ("run", signed[warm_n:]))
+    ]
+    headers = {"Authorization": f"DPoP {token}"}
+    warm = wrk.Load("/api/profile", headers=headers, proofs_file=files[0])
+    load = wrk.Load("/api/profile", headers=headers, proofs_file=files[1])
+    return measure(server.port, load, server.proc, warm)
+
+
 def userinfo_load(token: str) -> wrk.Load:
     """UserInfo: the token check, then the user's claims from the site (the dummy site)."""
     return wrk.Load("/userinfo", "GET", None, {"Authorization": f"Bearer {token}"})
@@ -663,6 +717,7 @@ def token_scenarios(
         ("gateway", lambda: measure(server.port, gateway_load(access), server.proc)),
     ]
     if with_flow:
+        plan.append(("gateway_dpop", lambda: gateway_dpop_load(server, fx, run_dir, label)))
         openid_access = fx.live_token(USERINFO_SCOPE)
         plan += [
             ("userinfo", lambda: measure(server.port, userinfo_load(openid_access), server.proc)),

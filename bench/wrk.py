@@ -47,6 +47,7 @@ class Load:
     body: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     tokens_file: Path | None = None  # refresh grant: one token a line, each used once
+    proofs_file: Path | None = None  # DPoP: one proof a line, each sent once (lua/dpop.lua)
 
     def env(self) -> dict[str, str]:
         env = {
@@ -58,10 +59,19 @@ class Load:
             env["BENCH_BODY"] = self.body
         if self.tokens_file is not None:
             env["BENCH_TOKENS"] = str(self.tokens_file)
+        if self.proofs_file is not None:
+            env["BENCH_PROOFS"] = str(self.proofs_file)
         return env
 
     @property
+    def single_use(self) -> bool:
+        """Whether each request sends a line of a file once (a run uses the file up)."""
+        return self.tokens_file is not None or self.proofs_file is not None
+
+    @property
     def script(self) -> Path:
+        if self.proofs_file:
+            return LUA / "dpop.lua"
         return LUA / ("refresh.lua" if self.tokens_file else "request.lua")
 
 
