@@ -70,12 +70,17 @@ log = logging.getLogger(__name__)
 MAX_NAMES = 64
 #: Everything: the message that flushes every cache.
 FLUSH = "*"
+#: The Postgres ``application_name`` of a subscriber connection (``pg_stat_activity``).
+APPLICATION_NAME = "oauth2-token-cache"
 #: Seconds between reconnection attempts of the subscriber.
 RETRY_DELAY = 0.5
 
 
 class Subscription(abc.ABC):
     """One subscriber connection, subscribed and confirmed; messages come in server order."""
+
+    #: This process's heartbeat channel.
+    name: str
 
     @abc.abstractmethod
     def heartbeat(self, payload: str) -> None:
@@ -195,7 +200,9 @@ class _PostgresSubscription(Subscription):
 
         self.name = heartbeat
         try:
-            self.conn = psycopg.connect(channel.backend.conninfo, autocommit=True)
+            self.conn = psycopg.connect(
+                channel.backend.conninfo, autocommit=True, application_name=APPLICATION_NAME
+            )
             for name in (channel.name, heartbeat):
                 self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(name)))
         except psycopg.Error as exc:
@@ -272,6 +279,7 @@ class TokenCache:
         self._confirmed = -float("inf")
         self._generation = 0
         self.subscribed = False
+        self.heartbeat_channel: str | None = None
 
     # -- the request side -------------------------------------------------------------
     def _started(self) -> None:
@@ -400,6 +408,7 @@ class TokenCache:
             subscription = None
             try:
                 subscription = self.channel.subscribe(name)
+                self.heartbeat_channel = subscription.name
                 # Subscribed: only now may lookups fill the cache (point 4).
                 self._flush(subscribed=True)
                 self._listen(subscription, stop)
