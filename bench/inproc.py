@@ -5,7 +5,8 @@ bench's configuration on Redis (``BENCH_REDIS_URL``, flushed) and prints CPU and
 microseconds per request for each scenario, with limits on and off. ``--profile``
 adds the top functions (cProfile, cumulative) of each scenario. It prices the app's
 request path alone, so a change to it shows up without the noise of a loaded machine.
-``INPROC_LIMITS=on`` (or ``off``) measures one of the two only. Each line also gives the
+``INPROC_LIMITS=on`` (or ``off``) measures one of the two only; ``INPROC_TOKEN_CACHE=on``
+turns the per-process token cache on (``bench.roundtrips`` too). Each line also gives the
 Python function calls per request (``calls``): an exact count, free of the machine's
 noise, that moves with the work a change adds or removes.
 """
@@ -159,6 +160,8 @@ def build(limits: bool, site_port: int) -> tuple[Any, Any]:
 
     config = run.server_config(8080, site_port, run.storage_for("redis"), limits)
     config["auth_server"]["url"] = "http://127.0.0.1:8080"
+    if os.environ.get("INPROC_TOKEN_CACHE") == "on":  # the per-process token cache
+        config["token_cache"] = {"enabled": True}
     settings = Settings.load(config, environ={"OAUTH2_ENV": "bench"})
     app = create_app(settings)
     return app, app.extensions["oauth2"]

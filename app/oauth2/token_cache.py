@@ -15,8 +15,8 @@ Cluster's shard of the channel's slot, or Postgres ``LISTEN``/``NOTIFY``):
    before it answers. Only then does it answer 200 (or exit, for the CLI).
 2. Every process has one subscriber thread on one connection, subscribed to the
    invalidation channel and to a heartbeat channel of its own. Every
-   ``max_staleness / 4`` it takes ``sent = monotonic()`` and publishes ``sent`` on its
-   heartbeat channel; when that message comes back, every message the server took
+   ``max_staleness / 2`` (while lookups come; idle, it only listens) it takes
+   ``sent = monotonic()`` and publishes ``sent`` on its heartbeat channel; when that message comes back, every message the server took
    before it has come back too (one Redis server, or one Postgres commit order,
    delivers one subscription's messages in order), so every invalidation published
    before ``sent`` has been applied. It records ``confirmed = sent``.
@@ -72,6 +72,10 @@ MAX_NAMES = 64
 FLUSH = "*"
 #: The Postgres ``application_name`` of a subscriber connection (``pg_stat_activity``).
 APPLICATION_NAME = "oauth2-token-cache"
+#: Seconds without a lookup after which the subscriber stops sending heartbeats (it
+#: still applies invalidations); the next lookup misses and wakes it within IDLE_POLL.
+IDLE_AFTER = 1.0
+IDLE_POLL = 0.1
 #: Seconds between reconnection attempts of the subscriber.
 RETRY_DELAY = 0.5
 
@@ -261,7 +265,7 @@ class TokenCache:
     ) -> None:
         self.channel = channel
         self.max_staleness = max_staleness
-        self.interval = max_staleness / 4
+        self.interval = max_staleness / 2
         self.max_entries = max_entries
         self.max_age = max_age
         self._ending: ContextVar[_Ended | None] = ContextVar(
@@ -277,6 +281,8 @@ class TokenCache:
         self._entries: dict[str, tuple[dict[str, Any], float]] = {}
         #: monotonic() at which the newest heartbeat that came back was sent.
         self._confirmed = -float("inf")
+        #: monotonic() of the latest lookup: heartbeats only while lookups come.
+        self._used = time.monotonic()
         self._generation = 0
         self.subscribed = False
         self.heartbeat_channel: str | None = None
@@ -298,7 +304,8 @@ class TokenCache:
         """The cached record under ``key`` if it is provably current, else None."""
         self._started()
         confirmed = self._confirmed  # first: see the module's doc, point 3
-        if time.monotonic() - confirmed >= self.max_staleness:
+        now = self._used = time.monotonic()
+        if now - confirmed >= self.max_staleness:
             return None
         entry = self._entries.get(key)
         if entry is None:
@@ -424,9 +431,12 @@ class TokenCache:
         outstanding: dict[str, float] = {}  # heartbeats sent and not back yet
         while not stop.is_set():
             sent = time.monotonic()
-            outstanding[repr(sent)] = sent
-            subscription.heartbeat(repr(sent))
-            deadline = sent + self.interval
+            if sent - self._used > IDLE_AFTER:  # idle: listen only, cheaply
+                deadline = sent + IDLE_POLL
+            else:
+                outstanding[repr(sent)] = sent
+                subscription.heartbeat(repr(sent))
+                deadline = sent + self.interval
             while (left := deadline - time.monotonic()) > 0:
                 messages = subscription.receive(left)
                 if not messages:
