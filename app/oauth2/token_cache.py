@@ -16,8 +16,8 @@ Cluster's shard of the channel's slot, or Postgres ``LISTEN``/``NOTIFY``):
 2. Every process has one subscriber thread on one connection, subscribed to the
    invalidation channel and to a heartbeat channel of its own. Every
    ``max_staleness / 2`` (while lookups come; idle, it only listens) it takes
-   ``sent = monotonic()`` and publishes ``sent`` on its heartbeat channel; when that message comes back, every message the server took
-   before it has come back too (one Redis server, or one Postgres commit order,
+   ``sent = monotonic()`` and publishes ``sent`` on its heartbeat channel; when that
+   message comes back, every message the server took before it has come back too (one Redis server, or one Postgres commit order,
    delivers one subscription's messages in order), so every invalidation published
    before ``sent`` has been applied. It records ``confirmed = sent``.
 3. A cached record is served only if ``monotonic() - confirmed < max_staleness``,
