@@ -17,9 +17,9 @@ Cluster's shard of the channel's slot, or Postgres ``LISTEN``/``NOTIFY``):
    invalidation channel and to a heartbeat channel of its own. Every
    ``max_staleness / 2`` (while lookups come; idle, it only listens) it takes
    ``sent = monotonic()`` and publishes ``sent`` on its heartbeat channel; when that
-   message comes back, every message the server took before it has come back too (one Redis server, or one Postgres commit order,
-   delivers one subscription's messages in order), so every invalidation published
-   before ``sent`` has been applied. It records ``confirmed = sent``.
+   message comes back, every message the server took before it has come back too
+   (one Redis server, or one Postgres commit order, delivers one subscription's
+   messages in order), so every invalidation published before ``sent`` has been applied. It records ``confirmed = sent``.
 3. A cached record is served only if ``monotonic() - confirmed < max_staleness``,
    reading ``confirmed`` before the entry. A request that arrives after a revocation's
    200 arrives at least ``max_staleness`` after that revocation's publish returned,
