@@ -19,7 +19,8 @@ Cluster's shard of the channel's slot, or Postgres ``LISTEN``/``NOTIFY``):
    ``sent = monotonic()`` and publishes ``sent`` on its heartbeat channel; when that
    message comes back, every message the server took before it has come back too
    (one Redis server, or one Postgres commit order, delivers one subscription's
-   messages in order), so every invalidation published before ``sent`` has been applied. It records ``confirmed = sent``.
+   messages in order), so every invalidation published before ``sent`` has been
+   applied. It records ``confirmed = sent``.
 3. A cached record is served only if ``monotonic() - confirmed < max_staleness``,
    reading ``confirmed`` before the entry. A request that arrives after a revocation's
    200 arrives at least ``max_staleness`` after that revocation's publish returned,
