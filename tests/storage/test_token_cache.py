@@ -174,6 +174,22 @@ def test_a_batch_announces_once_after_its_writes(stores: Store) -> None:
         assert b.find_access(token["access_token"]) is None
 
 
+def test_many_grants_ended_in_one_block_wait_once(stores: Store) -> None:
+    """Deleting a client ends all its grants: one announcement, one wait."""
+    a, b = stores(), stores()
+    live(a), live(b)
+    tokens = [issue(a, f"grant{n}", grant=f"grant{n}") for n in range(5)]
+    for token in tokens:
+        assert cached(b, token["access_token"])
+    started = time.monotonic()
+    with a.ending():
+        for n in range(5):
+            a.revoke_grant(f"grant{n}")
+    assert STALENESS <= time.monotonic() - started < 5 * STALENESS
+    for token in tokens:
+        assert b.find_access(token["access_token"]) is None
+
+
 def test_lost_subscriber_connection_flushes_and_serves_nothing_stale(stores: Store) -> None:
     a, b = stores(), stores()
     live(a), live(b)
