@@ -18,7 +18,7 @@ from . import admin_listener, gateway, limits, observability
 from .adapters import ResourceServer, load_adapter
 from .client_store import ClientStore
 from .clients import ClientRegistry
-from .oauth2 import OAuth2Server, build_server
+from .oauth2 import OAuth2Server, build_server, token_cache
 from .oauth2.grant_store import GrantStore
 from .oidc.keys import KeyRing
 from .oidc.scopes import known_scopes
@@ -86,6 +86,7 @@ def _build_state(settings: Settings, clients: ClientRegistry | None = None) -> S
         storage,
         grace=auth.refresh_grace_period,
         family_lifetime=auth.refresh_absolute_lifetime,
+        cache=token_cache.build(settings.token_cache, storage),
     )
     users = UserStore(storage.users)
     scopes = known_scopes(adapter.scopes)

@@ -181,7 +181,8 @@ def _switch(disabled: bool) -> Callable[[argparse.Namespace], int]:
 
 def cmd_remove(args: argparse.Namespace) -> int:
     def remove(state: Any, record: dict[str, Any]) -> str:
-        revoked = _store(state).remove(args.client_id, state.storage, state.grants.revoke_grant)
+        with state.grants.ending():  # the token cache: one announcement for every grant
+            revoked = _store(state).remove(args.client_id, state.storage, state.grants.revoke_grant)
         audit("admin_client_deleted", actor=ACTOR, client_id=args.client_id, revoked=revoked)
         return f"{args.client_id}: removed, with {revoked} live token(s) and its consents"
 

@@ -325,6 +325,23 @@ class Metrics(Section):
     )
 
 
+class TokenCacheSection(Section):
+    """The per-process access-token cache (``app.oauth2.token_cache``): README "Operating it".
+
+    Off by default: every revocation (and every refresh, which ends the old access token)
+    then answers ``max_staleness_ms`` later, and each process holds one more connection.
+    Every instance must have the same setting.
+    """
+
+    enabled: bool = False
+    #: How long a process may serve cached records without proof it heard every
+    #: revocation, and how long each revocation waits before it answers.
+    max_staleness_ms: Annotated[int, Field(ge=5, le=1000)] = 50
+    max_entries: Annotated[int, Field(gt=0, le=1000000)] = 10000
+    #: Seconds an entry lives at most (never beyond its token's expiry).
+    max_age: Annotated[int, Field(gt=0, le=3600)] = 60
+
+
 class Config(Section):
     """The whole configuration, one section per attribute."""
 
@@ -341,6 +358,7 @@ class Config(Section):
     two_factor: TwoFactor = TwoFactor()
     metrics: Metrics = Metrics()
     dpop: DPoP = DPoP()
+    token_cache: TokenCacheSection = TokenCacheSection()
 
 
 def defaults_document() -> dict[str, Any]:

@@ -141,6 +141,7 @@ class Settings:
         self.registration = config.registration
         self.two_factor = config.two_factor
         self.dpop = config.dpop
+        self.token_cache = config.token_cache
         self.storage, self.client_credentials = config.storage, config.client_credentials
         specs = parse_storage_config(self.storage.model_dump(exclude_none=True))
         # One key for the audit trail's lifetime: it is the audit table's TTL everywhere.

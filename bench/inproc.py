@@ -6,9 +6,10 @@ microseconds per request for each scenario, with limits on and off. ``--profile`
 adds the top functions (cProfile, cumulative) of each scenario. It prices the app's
 request path alone, so a change to it shows up without the noise of a loaded machine.
 ``INPROC_LIMITS=on`` (or ``off``) measures one of the two only; ``INPROC_METRICS=on``
-turns metrics on (multiprocess files, as ``serve`` keeps them) and
+turns metrics on (multiprocess files, as ``serve`` keeps them),
 ``INPROC_REQUEST_LOG=off`` the request line off (``logging.requests``; the line goes to
-the handlers configured, none by default). Each line also gives the
+the handlers configured, none by default) and ``INPROC_TOKEN_CACHE=on`` the per-process
+token cache on (``bench.roundtrips`` too). Each line also gives the
 Python function calls per request (``calls``): an exact count, free of the machine's
 noise, that moves with the work a change adds or removes.
 """
@@ -196,6 +197,8 @@ def build(limits: bool, site_port: int) -> tuple[Any, Any]:
         config["metrics"] = {"enabled": True, "token_hash": hash_random_secret("m" * 40)}
     if os.environ.get("INPROC_REQUEST_LOG") == "off":
         config.setdefault("logging", {})["requests"] = False
+    if os.environ.get("INPROC_TOKEN_CACHE") == "on":  # the per-process token cache
+        config["token_cache"] = {"enabled": True}
     settings = Settings.load(config, environ={"OAUTH2_ENV": "bench"})
     app = create_app(settings)
     return app, app.extensions["oauth2"]

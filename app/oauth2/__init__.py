@@ -129,7 +129,8 @@ def _register_registration(server: OAuth2Server, settings: Settings, clients, gr
     )
 
     def remove(client_id: str) -> int | None:
-        return store.remove(client_id, grants.storage, grants.revoke_grant)
+        with grants.ending():  # the token cache: one announcement for every grant
+            return store.remove(client_id, grants.storage, grants.revoke_grant)
 
     server.register_endpoint(
         ConfigurationEndpoint(server, store=store, lifetimes=lifetimes, remove=remove)

@@ -7,13 +7,18 @@ token, removes every token descended from it in two deletes.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from ..secrets_hash import new_secret, token_digest
 from ..storage import Put, Storage
 from .models import AuthorizationCode, StoredToken
+
+if TYPE_CHECKING:
+    from .token_cache import TokenCache
 
 #: Tombstones let a replayed code or rotated refresh token be recognised after use.
 USED_CODE = "used:"
@@ -30,13 +35,39 @@ class GrantStore:
     """Storage verbs for the OAuth objects, in the words of the protocol.
 
     ``grace`` is the refresh grace period and ``family_lifetime`` the refresh-token
-    family's absolute lifetime, both in seconds (0: none).
+    family's absolute lifetime, both in seconds (0: none). ``cache``: the per-process
+    access-token cache (:mod:`.token_cache`); every method that ends an access token
+    tells it, after the storage write, so that no process serves the token again.
     """
 
-    def __init__(self, storage: Storage, *, grace: int = 0, family_lifetime: int = 0) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        grace: int = 0,
+        family_lifetime: int = 0,
+        cache: TokenCache | None = None,
+    ) -> None:
         self.storage = storage
         self.grace = grace
         self.family_lifetime = family_lifetime
+        self.cache = cache
+        if cache is not None:
+            # A batch holds its writes until it ends: announce after them, once.
+            storage.batch_wrappers.append(cache.ending)
+
+    @contextlib.contextmanager
+    def ending(self) -> Iterator[None]:
+        """Announce the tokens ended inside once, at the end (many grants, one wait)."""
+        if self.cache is None:
+            yield
+            return
+        with self.cache.ending():
+            yield
+
+    def _ended(self, keys: list[str] = (), grants: list[str] = ()) -> None:  # type: ignore[assignment]
+        if self.cache is not None:
+            self.cache.ended(keys, grants)
 
     # -- authorization codes --------------------------------------------------------
     def save_code(self, code: str, record: dict[str, Any]) -> None:
@@ -127,8 +158,19 @@ class GrantStore:
 
     def find_access(self, token: str) -> StoredToken | None:
         key = token_digest(token)
+        cache = self.cache
+        if cache is None:
+            record = self.storage.tokens.get(key)
+            return StoredToken(key, record) if record else None
+        record = cache.get(key)
+        if record is not None:
+            return StoredToken(key, record)
+        generation = cache.generation()  # before the read: see token_cache, point 4
         record = self.storage.tokens.get(key)
-        return StoredToken(key, record) if record else None
+        if not record:
+            return None
+        cache.put(key, record, generation)
+        return StoredToken(key, dict(record))
 
     def find_refresh(self, token: str) -> StoredToken | None:
         key = token_digest(token)
@@ -164,7 +206,13 @@ class GrantStore:
         if old.record.get("access_key"):
             discards.append((self.storage.tokens, old.record["access_key"]))
         puts.append(self._tombstone(old, puts[0].key, now))
-        taken = self.storage.exchange((self.storage.refresh_tokens, old.key), puts, discards)
+        taken, failed = None, True
+        try:
+            taken = self.storage.exchange((self.storage.refresh_tokens, old.key), puts, discards)
+            failed = False
+        finally:  # a failure part-way may have ended the old access token already
+            if (failed or taken is not None) and old.record.get("access_key"):
+                self._ended([old.record["access_key"]])
         return taken is not None
 
     def _tombstone(self, old: StoredToken, child: str, now: float) -> Put:
@@ -191,18 +239,23 @@ class GrantStore:
             pair = token.record.get("access_key")
             if pair:
                 self.storage.tokens.discard(pair)
+                self._ended([pair])
         else:
             self.storage.tokens.discard(token.key)
             pair = token.record.get("refresh_key")
             if pair:
                 self.storage.refresh_tokens.discard(pair)
+            self._ended([token.key])
 
     def revoke_grant(self, grant_id: str) -> int:
         """Delete every code and token of one grant; return how many tokens were live."""
         self.storage.codes.revoke_by_grant(grant_id)
-        return self.storage.tokens.revoke_by_grant(
-            grant_id
-        ) + self.storage.refresh_tokens.revoke_by_grant(grant_id)
+        try:
+            return self.storage.tokens.revoke_by_grant(
+                grant_id
+            ) + self.storage.refresh_tokens.revoke_by_grant(grant_id)
+        finally:  # also after a partial failure: some may be gone
+            self._ended(grants=[grant_id])
 
     # -- per user -------------------------------------------------------------------
     def grants_of_user(self, user_id: str) -> dict[str, list[dict[str, Any]]]:
@@ -225,4 +278,5 @@ class GrantStore:
             for record in table.list_by_user(user_id)
             if record.get("client_id") == client_id
         }
-        return sum(self.revoke_grant(grant_id) for grant_id in grant_ids)
+        with self.ending():
+            return sum(self.revoke_grant(grant_id) for grant_id in grant_ids)

@@ -13,7 +13,7 @@ import importlib
 import logging
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -255,6 +255,9 @@ class Storage:
     def __init__(self, specs: dict[str, StorageSpec]) -> None:
         self.specs = specs
         self.backends: dict[str, Backend] = {}
+        #: Context managers entered around every outermost-or-not :meth:`batch`, before the
+        #: backends' batches, so they end after the held writes were sent.
+        self.batch_wrappers: list[Callable[[], contextlib.AbstractContextManager[Any]]] = []
         self._lock = threading.Lock()
         self._owner: dict[str, Backend] = {}
         for name, spec in specs.items():
@@ -322,6 +325,8 @@ class Storage:
         they landed. Backends without batching (SQL) write at once.
         """
         with contextlib.ExitStack() as stack:
+            for wrapper in self.batch_wrappers:
+                stack.enter_context(wrapper())
             for backend in self.backends.values():
                 stack.enter_context(backend.batch())
             yield

@@ -180,7 +180,8 @@ def patch_client(client_id: str) -> Response:
 @bp.delete(f"{ADMIN_CLIENTS}/<client_id>")
 def delete_client(client_id: str) -> Response:
     _editable_record(client_id)
-    revoked = _store().remove(client_id, state().storage, state().grants.revoke_grant)
+    with state().grants.ending():  # the token cache: one announcement for every grant
+        revoked = _store().remove(client_id, state().storage, state().grants.revoke_grant)
     if revoked is None:
         raise AdminError(404, "not_found", f"no client {client_id!r}")
     audit("admin_client_deleted", actor=g.admin_actor, client_id=client_id, revoked=revoked)

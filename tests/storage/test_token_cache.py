@@ -1,0 +1,277 @@
+"""The per-process token cache (``app.oauth2.token_cache``) on every backend.
+
+Two ``GrantStore`` objects on one storage URL, each with its own ``Storage`` and cache
+(so its own channel, connection and subscriber thread) play two processes. A hit is
+shown by deleting the record behind the cache's back (no invalidation): a cache that
+serves it then is serving from memory.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from redis.cluster import RedisCluster
+
+from app.oauth2.grant_store import GrantStore
+from app.oauth2.token_cache import APPLICATION_NAME, TokenCache, build, channel_for
+from app.settings import Settings
+from app.storage import Storage
+from app.storage.base import Backend
+from app.storage.postgres import PostgresBackend
+from app.storage.redis import RedisBackend
+
+from .conftest import empty
+
+STALENESS = 0.05
+
+
+Store = Callable[[], GrantStore]
+
+
+@pytest.fixture(params=["redis", "postgres", "redis_cluster"])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """Each backend with a channel (SQLite has none: test_sqlite_is_never_cached)."""
+    shared: Backend = request.getfixturevalue(f"{request.param}_backend")
+    empty(shared)
+    return shared
+
+
+@pytest.fixture
+def stores(backend: Backend) -> Iterator[Store]:
+    """Make grant stores with caches on ``backend``'s URL; close them all afterwards."""
+    made: list[GrantStore] = []
+
+    def make() -> GrantStore:
+        storage = Storage.from_config({"default": backend.url})
+        channel = channel_for(storage)
+        assert channel is not None
+        store = GrantStore(storage, cache=TokenCache(channel, max_staleness=STALENESS))
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        assert store.cache is not None
+        store.cache.close()
+        store.storage.close()
+
+
+def live(store: GrantStore, timeout: float = 5.0) -> None:
+    """Wait until ``store``'s subscriber is up and its heartbeats come back."""
+    cache = store.cache
+    assert cache is not None
+    cache.get("warm-up")  # starts the thread
+    deadline = time.monotonic() + timeout
+    while time.monotonic() - cache._confirmed >= STALENESS / 2:
+        assert time.monotonic() < deadline, "the subscriber never confirmed a heartbeat"
+        time.sleep(0.01)
+
+
+def issue(store: GrantStore, name: str, grant: str = "g1", expires_in: int = 3600) -> dict:
+    token = {
+        "access_token": f"at-{name}-{time.time_ns()}",
+        "refresh_token": f"rt-{name}-{time.time_ns()}",
+        "expires_in": expires_in,
+        "scope": "read",
+    }
+    store.save_token(token, {"client_id": "c1", "user_id": "u1", "grant_id": grant})
+    return token
+
+
+def cached(store: GrantStore, access: str) -> bool:
+    """Whether ``store`` holds ``access`` in its cache and would serve it."""
+    assert store.cache is not None
+    found = store.find_access(access)
+    key = found.key if found else None
+    return key is not None and store.cache.get(key) is not None
+
+
+def behind_the_back(store: GrantStore, access: str) -> None:
+    """Delete the record without telling any cache."""
+    from app.secrets_hash import token_digest
+
+    store.storage.tokens.delete(token_digest(access))
+
+
+def test_a_hit_is_served_from_memory(stores: Store) -> None:
+    a = stores()
+    live(a)
+    token = issue(a, "hit")
+    assert a.find_access(token["access_token"]) is not None  # a miss fills
+    behind_the_back(a, token["access_token"])
+    found = a.find_access(token["access_token"])
+    assert found is not None and found.record["grant_id"] == "g1"
+
+
+@pytest.mark.parametrize("how", ["revoke_access", "revoke_refresh", "grant", "rotate", "user"])
+def test_what_ends_a_token_on_one_process_ends_it_on_the_other_at_once(
+    stores: Store, how: str
+) -> None:
+    a, b = stores(), stores()
+    live(a), live(b)
+    token = issue(a, how)
+    access = token["access_token"]
+    assert cached(b, access)
+    found = a.find_access(access)
+    assert found is not None
+    if how == "revoke_access":
+        a.revoke_token(found)
+    elif how == "revoke_refresh":
+        refresh = a.find_refresh(token["refresh_token"])
+        assert refresh is not None
+        a.revoke_token(refresh)
+    elif how == "grant":
+        assert a.revoke_grant("g1") >= 1
+    elif how == "rotate":
+        old = a.find_refresh(token["refresh_token"])
+        assert old is not None
+        new = {"access_token": "at-new-" + access, "refresh_token": "rt-new-" + access}
+        assert a.rotate_refresh(old, new, {"client_id": "c1", "user_id": "u1", "grant_id": "g1"})
+    else:
+        assert a.revoke_client_for_user("u1", "c1") >= 1
+    # Returned: no process may serve it any more, not even for one request.
+    assert b.find_access(access) is None
+    assert a.find_access(access) is None
+
+
+def test_revocation_waits_out_the_staleness_bound(stores: Store) -> None:
+    a = stores()
+    token = issue(a, "wait")
+    found = a.find_access(token["access_token"])
+    assert found is not None
+    started = time.monotonic()
+    a.revoke_token(found)
+    assert time.monotonic() - started >= STALENESS
+
+
+def test_a_batch_announces_once_after_its_writes(stores: Store) -> None:
+    a, b = stores(), stores()
+    live(a), live(b)
+    tokens = [issue(a, f"batch{n}", grant=f"g{n}") for n in range(3)]
+    for token in tokens:
+        assert cached(b, token["access_token"])
+    published: list[str] = []
+    channel = a.cache.channel  # type: ignore[union-attr]
+    publish = channel.publish
+
+    def spy(payload: str) -> None:
+        published.append(payload)
+        publish(payload)
+
+    channel.publish = spy  # type: ignore[method-assign]
+    with a.storage.batch():
+        for token in tokens:
+            found = a.find_access(token["access_token"])
+            assert found is not None
+            a.revoke_token(found)
+        assert published == []  # held with the batch's writes
+    assert len(published) == 1
+    for token in tokens:
+        assert b.find_access(token["access_token"]) is None
+
+
+def test_many_grants_ended_in_one_block_wait_once(stores: Store) -> None:
+    """Deleting a client ends all its grants: one announcement, one wait."""
+    a, b = stores(), stores()
+    live(a), live(b)
+    tokens = [issue(a, f"grant{n}", grant=f"grant{n}") for n in range(5)]
+    for token in tokens:
+        assert cached(b, token["access_token"])
+    started = time.monotonic()
+    with a.ending():
+        for n in range(5):
+            a.revoke_grant(f"grant{n}")
+    assert STALENESS <= time.monotonic() - started < 5 * STALENESS
+    for token in tokens:
+        assert b.find_access(token["access_token"]) is None
+
+
+def test_lost_subscriber_connection_flushes_and_serves_nothing_stale(stores: Store) -> None:
+    a, b = stores(), stores()
+    live(a), live(b)
+    token = issue(a, "cut")
+    access = token["access_token"]
+    assert cached(b, access)
+    assert b.cache is not None
+    cut_subscriber(b.storage)
+    found = a.find_access(access)
+    assert found is not None
+    a.revoke_token(found)  # published while B's subscriber may be down: B may miss it
+    assert b.find_access(access) is None
+    # It comes back, flushed, and caches again.
+    live(b)
+    again = issue(a, "again")
+    assert cached(b, again["access_token"])
+
+
+def cut_subscriber(storage: Storage) -> None:
+    """Kill the server side of every subscriber connection of the token cache."""
+    backend = storage.tokens.backend  # type: ignore[attr-defined]
+    if isinstance(backend, PostgresBackend):
+        with psycopg.connect(backend.conninfo, autocommit=True) as conn:
+            killed = conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = %s",
+                (APPLICATION_NAME,),
+            ).fetchall()
+        assert killed
+        return
+    assert isinstance(backend, RedisBackend)
+    client = backend.link.client
+    nodes = client.get_primaries() if isinstance(client, RedisCluster) else [None]
+    killed = 0
+    for node in nodes:
+        target = client if node is None else node.redis_connection
+        for entry in target.client_list():
+            if entry.get("ssub", "0") != "0":
+                target.client_kill_filter(_id=entry["id"])
+                killed += 1
+    assert killed
+
+
+def test_an_entry_never_outlives_its_token(stores: Store) -> None:
+    a = stores()
+    live(a)
+    token = issue(a, "exp", expires_in=1)
+    assert cached(a, token["access_token"])
+    behind_the_back(a, token["access_token"])
+    time.sleep(1.1)
+    assert a.find_access(token["access_token"]) is None
+
+
+def test_a_forged_heartbeat_is_not_believed(stores: Store, backend: Backend) -> None:
+    """Whoever publishes "far in the future" on a heartbeat channel is ignored."""
+    a = stores()
+    live(a)
+    cache = a.cache
+    assert cache is not None
+    before = cache._confirmed
+    forged = repr(time.monotonic() + 3600)
+    name = cache.heartbeat_channel
+    assert name
+    if isinstance(backend, PostgresBackend):
+        backend.execute("SELECT pg_notify(%s, %s)", (name, forged), True)
+    else:
+        client: Any = a.storage.tokens.backend.link.client  # type: ignore[attr-defined]
+        assert client.execute_command("SPUBLISH", name, forged) == 1
+    time.sleep(STALENESS)
+    assert cache._confirmed < before + 3600
+    assert cache._confirmed <= time.monotonic()
+
+
+def test_sqlite_is_never_cached(tmp_path) -> None:
+    storage = Storage.from_config({"default": f"sqlite:///{tmp_path}/x.db"})
+    settings = Settings.load({"token_cache": {"enabled": True}})
+    assert build(settings.token_cache, storage) is None
+    storage.close()
+
+
+def test_off_by_default(redis_backend: RedisBackend) -> None:
+    storage = Storage.from_config({"default": redis_backend.url})
+    assert build(Settings.load({}).token_cache, storage) is None
+    assert build(Settings.load({"token_cache": {"enabled": True}}).token_cache, storage)
+    storage.close()
