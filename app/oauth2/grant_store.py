@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 #: Tombstones let a replayed code or rotated refresh token be recognised after use.
 USED_CODE = "used:"
 ROTATED = "rotated:"
+#: With the token cache on, a revoked refresh token's tombstone names its access token,
+#: so a retried revocation (the first one's announcement failed) can name it again.
+REVOKED = "revoked:"
 #: How many rotated refresh tokens of one family keep a tombstone (the newest ones).
 ROTATIONS_REMEMBERED = 16
 
@@ -235,8 +238,12 @@ class GrantStore:
     def revoke_token(self, token: StoredToken) -> None:
         """Revoke one token and its pair (RFC 7009 §2.1: revoking either ends both)."""
         if token.kind == "refresh_token":
-            self.storage.refresh_tokens.discard(token.key)
             pair = token.record.get("access_key")
+            if pair and self.cache is not None:  # before the discard: see revoke_unknown
+                tombstone = {"access_key": pair}
+                ttl = math.ceil(self.cache.max_age)  # no cache entry outlives max_age
+                self.storage.refresh_tokens.put(REVOKED + token.key, tombstone, ttl)
+            self.storage.refresh_tokens.discard(token.key)
             if pair:
                 self.storage.tokens.discard(pair)
                 self._ended([pair])
@@ -246,6 +253,20 @@ class GrantStore:
             if pair:
                 self.storage.refresh_tokens.discard(pair)
             self._ended([token.key])
+
+    def revoke_unknown(self, token: str) -> None:
+        """RFC 7009 found nothing under ``token``: announce it anyway (token cache on).
+
+        A revocation whose announcement failed answered 5xx after its writes; the
+        client's retry lands here, and names again what the first one ended: the
+        presented token, and a revoked refresh token's access token (its tombstone).
+        """
+        if self.cache is None:
+            return
+        key = token_digest(token)
+        tombstone = self.storage.refresh_tokens.get(REVOKED + key)
+        pair = tombstone.get("access_key") if tombstone else None
+        self._ended([key, pair] if pair else [key])
 
     def revoke_grant(self, grant_id: str) -> int:
         """Delete every code and token of one grant; return how many tokens were live."""
@@ -280,3 +301,9 @@ class GrantStore:
         }
         with self.ending():
             return sum(self.revoke_grant(grant_id) for grant_id in grant_ids)
+
+    def ended_unknown(self) -> None:
+        """Tokens ended that can no longer be named (a retry finds them gone): with the
+        token cache on, flush every process's cache (inside :meth:`ending`: at its end)."""
+        if self.cache is not None:
+            self.cache.ended_unknown()

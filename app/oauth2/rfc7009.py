@@ -41,6 +41,12 @@ class TokenRequest:
 class RevocationEndpoint(TokenRequest, _RevocationEndpoint):
     """Revoking either token of a pair ends both; unknown tokens still answer 200."""
 
+    def authenticate_token(self, request, client):
+        token = super().authenticate_token(request, client)
+        if token is None:  # maybe a retry whose first try ended it: announce it again
+            self.server.grants.revoke_unknown(request.form["token"])
+        return token
+
     def revoke_token(self, token, request) -> None:
         self.server.grants.revoke_token(token)
         audit("token_revoked", client_id=token.client_id, user_id=token.user_id, kind=token.kind)

@@ -43,8 +43,15 @@ two machines' readings), and the channel is on the backend of the ``tokens`` tab
 entry never outlives the token's ``expires_at`` nor ``max_age`` seconds. The client is
 never cached: a removed or disabled client's tokens are refused by the check after the
 lookup (:mod:`.accept`). SQLite has no channel between processes: there is no cache.
-If a process dies between a revocation's write and its publish, it never answered 200;
-other processes may then serve the token from their caches for up to ``max_age``.
+A failed publish is tried again (three tries within ~100 ms) before the revocation
+fails with a 5xx; the client's retry announces again even though storage has nothing
+left: RFC 7009 announces the presented token's digest (and, for a refresh token, its
+access token's, from a ``revoked:`` tombstone kept ``max_age``), a grant revocation
+always announces its grant id (code and refresh replays keep their tombstones; a deleted
+client's tokens are refused as its client is), and a save of the review page flushes
+every cache. If a process dies between a revocation's write and its publish, it
+never answered 200; other processes may then serve the token from their caches for up
+to ``max_age`` unless the client retries.
 
 Only positive lookups of access tokens are cached (refresh tokens are used once).
 """
@@ -79,6 +86,9 @@ IDLE_AFTER = 1.0
 IDLE_POLL = 0.1
 #: Seconds between reconnection attempts of the subscriber.
 RETRY_DELAY = 0.5
+#: Pauses (seconds) before the second and third tries of a failed publish: a blip is
+#: absorbed within ~100 ms, a longer outage still fails the revocation.
+PUBLISH_RETRIES = (0.02, 0.06)
 
 
 class Subscription(abc.ABC):
@@ -247,6 +257,7 @@ class _Ended:
     def __init__(self) -> None:
         self.keys: set[str] = set()
         self.grants: set[str] = set()
+        self.everything = False
 
 
 class TokenCache:
@@ -348,6 +359,14 @@ class TokenCache:
             pending.keys.update(keys)
             pending.grants.update(grants)
 
+    def ended_unknown(self) -> None:
+        """Tokens that can no longer be named ended: every cache is flushed (as :meth:`ended`)."""
+        pending = self._ending.get()
+        if pending is None:
+            self._announce(set(), set(), everything=True)
+        else:
+            pending.everything = True
+
     @contextlib.contextmanager
     def ending(self) -> Iterator[None]:
         """Collect what ends inside and announce it once when the block ends (raised or not).
@@ -364,17 +383,17 @@ class TokenCache:
             yield
         finally:
             self._ending.reset(token)
-            if pending.keys or pending.grants:
-                self._announce(pending.keys, pending.grants)
+            if pending.keys or pending.grants or pending.everything:
+                self._announce(pending.keys, pending.grants, pending.everything)
 
-    def _announce(self, keys: set[str], grants: set[str]) -> None:
-        if not keys and not grants:
+    def _announce(self, keys: set[str], grants: set[str], everything: bool = False) -> None:
+        if not keys and not grants and not everything:
             return
-        if len(keys) + len(grants) > MAX_NAMES:
+        if everything or len(keys) + len(grants) > MAX_NAMES:
             payload = FLUSH
         else:
             payload = json.dumps({"k": sorted(keys), "g": sorted(grants)}, separators=(",", ":"))
-        self.channel.publish(payload)
+        self._publish(payload)
         published = time.monotonic()
         self._apply(payload)  # this process's own cache at once
         # Every other process's next hit needs a heartbeat sent after this moment.
@@ -382,6 +401,18 @@ class TokenCache:
         while remaining > 0:
             time.sleep(remaining)
             remaining = published + self.max_staleness - time.monotonic()
+
+    def _publish(self, payload: str) -> None:
+        """Publish, trying again briefly: the storage write is done, and a retried
+        revocation may find nothing left to name (see the module's doc)."""
+        for pause in PUBLISH_RETRIES:
+            try:
+                self.channel.publish(payload)
+                return
+            except Exception as exc:  # every driver error; the last one is raised
+                log.warning("token cache: publish failed, trying again: %s", exc)
+                time.sleep(pause)
+        self.channel.publish(payload)
 
     # -- the subscriber thread --------------------------------------------------------
     def _apply(self, payload: str) -> None:

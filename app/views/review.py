@@ -102,19 +102,23 @@ def review():
 def review_post():
     kept = set(request.form)
     consents = Consents.of(state())
-    held = state().grants.grants_of_user(current_user.id).keys()
-    for client_id in held | consents.of_user(current_user.id).keys():
-        if client_id not in kept:
-            # Consent first: a request racing this one is asked again, not answered at once.
-            forgot = consents.forget(current_user.id, client_id)
-            revoked = state().grants.revoke_client_for_user(current_user.id, client_id)
-            audit(
-                "grant_revoked",
-                client_id=client_id,
-                user_id=current_user.id,
-                revoked=revoked,
-                consent_forgotten=forgot,
-            )
+    grants = state().grants
+    held = grants.grants_of_user(current_user.id).keys()
+    with grants.ending():  # the token cache: one announcement, after every write
+        # A retry after a failed announcement finds nothing left to name: flush instead.
+        grants.ended_unknown()
+        for client_id in held | consents.of_user(current_user.id).keys():
+            if client_id not in kept:
+                # Consent first: a request racing this one is asked again, not answered at once.
+                forgot = consents.forget(current_user.id, client_id)
+                revoked = grants.revoke_client_for_user(current_user.id, client_id)
+                audit(
+                    "grant_revoked",
+                    client_id=client_id,
+                    user_id=current_user.id,
+                    revoked=revoked,
+                    consent_forgotten=forgot,
+                )
     if g.return_to:
         return redirect(g.return_to["redirect_uri"], 302)
     return redirect("/review?saved=1", 302)

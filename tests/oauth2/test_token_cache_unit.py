@@ -8,6 +8,7 @@ the same cache on the real servers).
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -15,7 +16,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.oauth2.token_cache import FLUSH, MAX_NAMES, Channel, Subscription, TokenCache
+from app.oauth2.grant_store import GrantStore
+from app.oauth2.token_cache import (
+    FLUSH,
+    MAX_NAMES,
+    PUBLISH_RETRIES,
+    Channel,
+    Subscription,
+    TokenCache,
+)
+from app.secrets_hash import token_digest
+from app.storage import Storage
 
 STALENESS = 0.05
 
@@ -232,3 +243,96 @@ def test_a_failed_publish_raises_and_does_not_wait(cache: TokenCache) -> None:
     cache.channel.publish = down  # type: ignore[method-assign]
     with pytest.raises(Broken):
         cache.ended(keys=["k"])
+
+
+def test_a_publish_that_fails_once_is_tried_again(cache: TokenCache, channel: FakeChannel) -> None:
+    publish, failures = channel.publish, [Broken("blip")]
+
+    def flaky(payload: str) -> None:
+        if failures:
+            raise failures.pop()
+        publish(payload)
+
+    channel.publish = flaky  # type: ignore[method-assign]
+    cache.ended(keys=["k"])
+    assert channel.published == ['{"k":["k"],"g":[]}']
+
+
+class Outage:
+    """Every publish fails while ``down``; the cache tries PUBLISH_RETRIES + 1 times."""
+
+    def __init__(self, channel: FakeChannel) -> None:
+        self.down, self.tries, self.publish = True, 0, channel.publish
+        channel.publish = self  # type: ignore[method-assign]
+
+    def __call__(self, payload: str) -> None:
+        self.tries += 1
+        if self.down:
+            raise Broken("publish failed")
+        self.publish(payload)
+
+
+@pytest.fixture
+def grants(tmp_path, cache: TokenCache) -> Iterator[GrantStore]:
+    storage = Storage.from_config({"default": f"sqlite:///{tmp_path}/grants.db"})
+    storage.migrate()
+    yield GrantStore(storage, cache=cache)
+    storage.close()
+
+
+def _issue(grants: GrantStore) -> dict:
+    token = {"access_token": "at-1", "refresh_token": "rt-1", "expires_in": 3600, "scope": "a"}
+    grants.save_token(token, {"client_id": "c", "user_id": "u", "grant_id": "g"})
+    return token
+
+
+def _presented(grants: GrantStore, token: str) -> None:
+    """What RFC 7009's endpoint does with a presented token."""
+    found = grants.find_access(token) or grants.find_refresh(token)
+    if found is None:
+        grants.revoke_unknown(token)
+    else:
+        grants.revoke_token(found)
+
+
+@pytest.mark.parametrize("which", ["access_token", "refresh_token"])
+def test_a_revocation_retried_after_a_failed_publish_publishes_again(
+    grants: GrantStore, channel: FakeChannel, which: str
+) -> None:
+    token = _issue(grants)
+    access = token_digest(token["access_token"])
+    outage = Outage(channel)
+    with pytest.raises(Broken):  # the first try: written, not announced, a 5xx
+        _presented(grants, token[which])
+    assert outage.tries == len(PUBLISH_RETRIES) + 1
+    assert grants.find_access(token["access_token"]) is None  # gone from storage
+    assert channel.published == []
+    outage.down = False
+    _presented(grants, token[which])  # the client's retry finds nothing, and says so
+    assert len(channel.published) == 1
+    assert access in json.loads(channel.published[0])["k"]
+
+
+def test_an_unknown_token_is_announced_only_with_the_cache_on(tmp_path) -> None:
+    storage = Storage.from_config({"default": f"sqlite:///{tmp_path}/off.db"})
+    GrantStore(storage).revoke_unknown("never-issued")  # no cache: nothing to do, no error
+    storage.close()
+
+
+def test_a_grant_retried_after_a_failed_publish_publishes_again(
+    grants: GrantStore, channel: FakeChannel
+) -> None:
+    _issue(grants)
+    outage = Outage(channel)
+    with pytest.raises(Broken):
+        grants.revoke_grant("g")
+    outage.down = False
+    assert grants.revoke_grant("g") == 0
+    assert channel.published == ['{"k":[],"g":["g"]}']
+
+
+def test_ended_unknown_flushes_everything(grants: GrantStore, channel: FakeChannel) -> None:
+    with grants.ending():
+        grants.ended_unknown()
+        grants.revoke_grant("g")
+    assert channel.published == [FLUSH]
