@@ -393,9 +393,9 @@ class TokenCache:
             payload = FLUSH
         else:
             payload = json.dumps({"k": sorted(keys), "g": sorted(grants)}, separators=(",", ":"))
+        self._apply(payload)  # this process's own cache at once, even if the publish fails
         self._publish(payload)
         published = time.monotonic()
-        self._apply(payload)  # this process's own cache at once
         # Every other process's next hit needs a heartbeat sent after this moment.
         remaining = published + self.max_staleness - time.monotonic()
         while remaining > 0:

@@ -275,3 +275,33 @@ def test_off_by_default(redis_backend: RedisBackend) -> None:
     assert build(Settings.load({}).token_cache, storage) is None
     assert build(Settings.load({"token_cache": {"enabled": True}}).token_cache, storage)
     storage.close()
+
+
+@pytest.mark.parametrize("which", ["access_token", "refresh_token"])
+def test_a_revocation_retried_after_a_failed_publish_ends_the_token_everywhere(
+    stores: Store, which: str
+) -> None:
+    """Review M3: the first try writes and fails to publish (a 5xx); the client's retry
+    finds nothing in storage, yet still announces what the first one ended."""
+    a, b = stores(), stores()
+    live(a), live(b)
+    token = issue(a, "retry-" + which)
+    access = token["access_token"]
+    assert cached(b, access)
+    channel = a.cache.channel  # type: ignore[union-attr]
+    publish = channel.publish
+
+    def down(payload: str) -> None:
+        raise RuntimeError("publish failed")
+
+    channel.publish = down  # type: ignore[method-assign]
+    found = a.find_access(access) if which == "access_token" else a.find_refresh(token[which])
+    assert found is not None
+    with pytest.raises(RuntimeError):
+        a.revoke_token(found)
+    assert a.find_access(access) is None  # its own cache dropped it all the same
+    assert b.find_access(access) is not None  # the stale entry the retry must end
+    channel.publish = publish  # type: ignore[method-assign]
+    assert a.find_access(token[which]) is None and a.find_refresh(token[which]) is None
+    a.revoke_unknown(token[which])  # RFC 7009: the token is unknown now; 200, announced
+    assert b.find_access(access) is None
