@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from tests.conftest import basic, table
+from app import create_app
+from app.secrets_hash import token_digest
+from app.storage import StorageUnavailable
+from tests.backends import redis_url, require_service
+from tests.conftest import base_config, basic, table
 from tests.oauth2.conftest import error_of, issue_tokens, profile_status, refresh, unchanged
 
 
@@ -86,3 +92,38 @@ def test_bad_revocation_request_changes_nothing(
     assert response.status_code == status
     assert error_of(response) == error
     assert profile_status(client, tokens["access_token"]) == 200
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("which", ["access_token", "refresh_token"])
+def test_with_the_token_cache_a_retry_after_a_failed_publish_announces_again(
+    tmp_path, dummy_site, closing, which
+):
+    """Review M3: the first revocation writes, its announcement fails (a 5xx, after
+    three tries); the retry finds the token gone, answers 200 and announces it again."""
+    require_service("redis", redis_url())
+    config = base_config(tmp_path, dummy_site, token_cache={"enabled": True})
+    config["storage"] = {"default": config["storage"]["default"], "tokens": redis_url()}
+    config["storage"]["refresh_tokens"] = redis_url()
+    app = closing(create_app(config))
+    client = app.test_client()
+    cache = app.extensions["oauth2"].grants.cache
+    assert cache is not None
+    tokens = issue_tokens(client)
+    published: list[str] = []
+    tries = {"left": 3}
+
+    def publish(payload: str) -> None:
+        if tries["left"]:
+            tries["left"] -= 1
+            raise StorageUnavailable("redis: down")
+        published.append(payload)
+
+    cache.channel.publish = publish
+    assert revoke(client, tokens[which]).status_code >= 500
+    assert published == [] and tries["left"] == 0
+    assert revoke(client, tokens[which]).status_code == 200
+    assert len(published) == 1
+    assert token_digest(tokens["access_token"]) in json.loads(published[0])["k"]
+    assert profile_status(client, tokens["access_token"]) == 401
+    cache.close()
