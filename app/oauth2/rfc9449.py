@@ -127,8 +127,11 @@ def _bits(modulus: Any) -> int:
 
 
 def _number(value: Any) -> TypeGuard[float]:
-    """A JSON number fit for a NumericDate (RFC 7519 §2): not a bool, not infinite."""
-    return type(value) in (int, float) and math.isfinite(value)
+    """A JSON number fit for a NumericDate (RFC 7519 §2): not a bool, not infinite, not
+    an integer too large for a float (``math.isfinite`` would raise OverflowError)."""
+    if type(value) is int:
+        return abs(value) < 2**53
+    return type(value) is float and math.isfinite(value)
 
 
 def _url(value: str) -> tuple[str, str, str]:
@@ -190,7 +193,16 @@ class DPoP:
         ``token``: the access token it comes with at a resource (for ``ath``).
 
         Everything but the replay cache: call :meth:`remember` once the request passes.
+        Any unexpected error reading the proof is a refusal too (never a 5xx).
         """
+        try:
+            return self._check(values, method, path, token)
+        except DPoPError:
+            raise
+        except Exception as error:  # noqa: BLE001 - pure parsing: no storage is touched here
+            raise DPoPError("The DPoP proof could not be read.") from error
+
+    def _check(self, values: list[str], method: str, path: str, token: str | None) -> Proof:
         if len(values) != 1:
             raise DPoPError("Send exactly one DPoP header.")
         key, claims = self._verified(values[0])

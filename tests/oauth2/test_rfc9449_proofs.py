@@ -78,6 +78,8 @@ BAD_PROOFS = [
     ("iat-a-string", lambda p, m, t: KEY.proof(m, p, t, iat=str(int(time.time())))),
     ("iat-a-bool", lambda p, m, t: KEY.proof(m, p, t, iat=True)),
     ("no-iat", lambda p, m, t: KEY.proof(m, p, t, iat=None)),
+    ("iat-overflows-a-float", lambda p, m, t: KEY.proof(m, p, t, iat=10**400)),
+    ("iat-overflows-negative", lambda p, m, t: KEY.proof(m, p, t, iat=-(10**400))),
     ("no-jti", lambda p, m, t: KEY.proof(m, p, t, jti=None)),
     ("empty-jti", lambda p, m, t: KEY.proof(m, p, t, jti="")),
     ("jti-a-number", lambda p, m, t: KEY.proof(m, p, t, jti=7)),
@@ -297,3 +299,16 @@ def test_nonces_are_off_by_default(client) -> None:
     data = {"grant_type": "client_credentials", "scope": "read-only"}
     answer = client.post("/token", data=data, headers={**basic(), **KEY.headers()})
     assert answer.status_code == 200 and "DPoP-Nonce" not in answer.headers
+
+
+def test_an_unexpected_error_reading_a_proof_is_a_refusal(client, state, bound, monkeypatch):
+    """Whatever a proof's parsing trips over is ``invalid_dpop_proof``, never a 5xx."""
+    from app.oauth2.rfc9449 import DPoP
+
+    def trip(*args, **kwargs):
+        raise OverflowError("int too large to convert to float")
+
+    monkeypatch.setattr(DPoP, "_claims", trip)
+    headers = KEY.headers("GET", "/api/profile", bound)
+    with unchanged(state):
+        assert_refused_proof(client.get("/api/profile", headers=headers))
