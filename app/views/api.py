@@ -10,7 +10,7 @@ from ..client_policy import allows_function
 from ..cors import any_origin
 from ..limits import api_limit
 from ..oauth2 import rfc6750, rfc9449
-from ..oauth2.accept import find_access
+from ..oauth2.accept import find_access, find_bearer
 from ..observability.requestlog import note
 from ..quotas.web import spend
 from .common import state
@@ -35,9 +35,7 @@ def _fail(status: int, error: str, www: str | None = None) -> Response:
 def call(name: str):
     header = request.headers.get("Authorization", "")
     raw = rfc6750.bearer_token(header)
-    token = find_access(state().server, raw) if raw else None
-    if token is not None and "jkt" in token.record:
-        token = None  # RFC 9449 §7.2: a DPoP-bound token is refused as a bearer token
+    token = find_bearer(state().server, raw)
     if raw is None and state().server.dpop is not None and rfc9449.dpop_token(header):
         token, refused = _dpop(header)
         if refused is not None:

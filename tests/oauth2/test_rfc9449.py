@@ -235,3 +235,18 @@ def test_bad_dpop_settings_are_named(dpop) -> None:
 
     with pytest.raises(ConfigError, match="dpop"):
         Settings.load({"dpop": dpop}, environ={})
+
+
+def test_a_bound_admin_token_is_refused_as_a_bearer_token(client, state) -> None:
+    """RFC 9449 §7.2: a DPoP-bound token presented as Bearer is invalid at /admin too."""
+    prover = Prover()
+    data = {"grant_type": "client_credentials", "scope": "admin"}
+    answer = client.post("/token", data=data, headers={**basic("admin"), **prover.headers()})
+    assert answer.get_json()["token_type"] == "DPoP", answer.get_json()
+    token = answer.get_json()["access_token"]
+    with unchanged(state):
+        refused = client.get("/admin/clients", headers=bearer(token))
+    assert refused.status_code == 401, refused.get_json()
+    assert refused.get_json()["error"] == "invalid_token"
+    plain = client.post("/token", data=data, headers=basic("admin")).get_json()["access_token"]
+    assert client.get("/admin/clients", headers=bearer(plain)).status_code == 200
