@@ -19,7 +19,12 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
-from authlib.oauth2.rfc6749.errors import InvalidGrantError, OAuth2Error
+from authlib.oauth2.rfc6749.errors import (
+    InvalidGrantError,
+    OAuth2Error,
+    UnauthorizedClientError,
+    UnsupportedResponseTypeError,
+)
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from joserfc import jwt
@@ -354,3 +359,30 @@ class DPoPBinding:
         if getattr(grant.request, "dpop_jkt", None):
             _, token, _ = response
             token["token_type"] = "DPoP"  # noqa: S105 - a token type, not a secret
+
+
+class DPoPImplicit:
+    """The implicit grants' extension: their access tokens leave through the front
+    channel, unbound (RFC 9449 binds at the token endpoint only), so a client that
+    requires DPoP, or a server with ``dpop.required``, gets none there."""
+
+    def __init__(self, dpop: DPoP) -> None:
+        self.dpop = dpop
+
+    def __call__(self, grant) -> None:
+        grant.register_hook("after_validate_authorization_request", self.check)
+
+    def check(self, grant, redirect_uri) -> None:
+        request = grant.request
+        if "token" not in (request.payload.response_type or "").split():
+            return  # ``id_token`` alone issues no access token
+        if self.dpop.required:
+            raise UnsupportedResponseTypeError(
+                request.payload.response_type, redirect_uri=redirect_uri, redirect_fragment=True
+            )
+        if request.client.dpop_bound_access_tokens:
+            raise UnauthorizedClientError(
+                "This client's access tokens are DPoP-bound: use the authorization code flow.",
+                redirect_uri=redirect_uri,
+                redirect_fragment=True,
+            )
