@@ -36,7 +36,8 @@ def call(name: str):
     header = request.headers.get("Authorization", "")
     raw = rfc6750.bearer_token(header)
     token = find_bearer(state().server, raw)
-    if raw is None and state().server.dpop is not None and rfc9449.dpop_token(header):
+    dpop = raw is None and state().server.dpop is not None and rfc9449.dpop_token(header)
+    if dpop:
         token, refused = _dpop(header)
         if refused is not None:
             return refused
@@ -54,13 +55,9 @@ def call(name: str):
         response.headers["Allow"] = ", ".join(route.allowed)
         return response
     if route.scope not in (scope_to_list(token.scope) or []):
-        return _fail(
-            403,
-            "insufficient scope",
-            f'Bearer realm="api", error="insufficient_scope", scope="{route.scope}"',
-        )
+        return _fail(403, "insufficient scope", _scope_challenge(bool(dpop), route.scope))
     if not _allowed_function(token.client_id, name):
-        return _fail(403, "function not allowed", 'Bearer realm="api", error="insufficient_scope"')
+        return _fail(403, "function not allowed", _scope_challenge(bool(dpop)))
     if not token.user_id:
         return _fail(403, "this function acts for a user; use a user's token")
     client = state().clients.get(token.client_id)
@@ -88,6 +85,15 @@ def _dpop(header: str):
         rfc6750.note(False)
         return None, _fail(401, "invalid token", dpop.challenge("invalid_token"))
     return token, None
+
+
+def _scope_challenge(dpop: bool, scope: str | None = None) -> str:
+    """``insufficient_scope`` under the scheme the token came with (RFC 9449 §7.1)."""
+    if dpop:
+        value = state().server.dpop.challenge("insufficient_scope")
+    else:
+        value = 'Bearer realm="api", error="insufficient_scope"'
+    return value + (f', scope="{scope}"' if scope else "")
 
 
 def _find(raw: str):

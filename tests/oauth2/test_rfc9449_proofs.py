@@ -312,3 +312,13 @@ def test_an_unexpected_error_reading_a_proof_is_a_refusal(client, state, bound, 
     headers = KEY.headers("GET", "/api/profile", bound)
     with unchanged(state):
         assert_refused_proof(client.get("/api/profile", headers=headers))
+
+
+def test_a_dpop_callers_403_carries_a_dpop_challenge(client, bound) -> None:
+    """RFC 9449 §7.1: the refusal of a ``DPoP`` request names the ``DPoP`` scheme."""
+    headers = KEY.headers("POST", "/api/update_avatar", bound)
+    response = client.post("/api/update_avatar", headers=headers, data={"avatar": "x"})
+    assert response.status_code == 403
+    challenge = response.headers["WWW-Authenticate"]
+    assert challenge.startswith('DPoP error="insufficient_scope"'), challenge
+    assert 'scope="read-write"' in challenge and 'algs="' in challenge
