@@ -296,13 +296,20 @@ class DPoP:
         to; ``None`` for a bad, unbound or other key's token; :class:`DPoPError` for a
         bad proof. The proof's ``jti`` is remembered only when the token is accepted.
         """
+        token, proof = self.bound(raw, values, method, path, find)
+        if token is not None:
+            self.remember(proof)
+        return token
+
+    def bound(self, raw: str, values: list[str], method: str, path: str, find) -> Any:
+        """:meth:`accept` without the replay cache: ``(token or None, proof)``; call
+        :meth:`remember` once the request passes its other checks."""
         proof = self.check(values, method, path, raw)
         token = find(raw)
         bound = token.record.get("jkt") if token is not None else None
         if not bound or not hmac.compare_digest(bound, proof.jkt):
-            return None
-        self.remember(proof)
-        return token
+            return None, proof
+        return token, proof
 
     def challenge(self, error: str | None = None, description: str | None = None) -> str:
         """The ``WWW-Authenticate`` challenge of a resource's refusal (§7.1)."""

@@ -37,8 +37,9 @@ def call(name: str):
     raw = rfc6750.bearer_token(header)
     token = find_bearer(state().server, raw)
     dpop = raw is None and state().server.dpop is not None and rfc9449.dpop_token(header)
+    proof = None
     if dpop:
-        token, refused = _dpop(header)
+        token, proof, refused = _dpop(header)
         if refused is not None:
             return refused
     rfc6750.note(token is not None)
@@ -60,6 +61,11 @@ def call(name: str):
         return _fail(403, "function not allowed", _scope_challenge(bool(dpop)))
     if not token.user_id:
         return _fail(403, "this function acts for a user; use a user's token")
+    if proof is not None:  # RFC 9449 §11.1: the proof is used up only by a call that passes
+        try:
+            state().server.dpop.remember(proof)
+        except rfc9449.DPoPError as refusal:
+            return _dpop_refusal(refusal)
     client = state().clients.get(token.client_id)
     return spend(
         client, token.record, name, lambda: _proxy(route.called_with(request.method), token)
@@ -67,8 +73,8 @@ def call(name: str):
 
 
 def _dpop(header: str):
-    """RFC 9449 §7: the token of an ``Authorization: DPoP`` request and its proof, or a
-    401 (``invalid_dpop_proof``, ``use_dpop_nonce``, ``invalid_token``) to answer."""
+    """RFC 9449 §7: the token of an ``Authorization: DPoP`` request and its proof (not yet
+    remembered), or a 401 (``invalid_dpop_proof``, ``use_dpop_nonce``, ``invalid_token``)."""
     dpop = state().server.dpop
     nonce = dpop.nonce()
     if nonce:
@@ -76,15 +82,19 @@ def _dpop(header: str):
     raw = rfc9449.dpop_token(header) or ""
     values = request.headers.getlist("DPoP")
     try:
-        token = dpop.accept(raw, values, request.method, request.path, _find)
+        token, proof = dpop.bound(raw, values, request.method, request.path, _find)
     except rfc9449.DPoPError as refusal:
         rfc6750.note(False)
-        error = refusal.error.replace("_", " ")
-        return None, _fail(401, error, dpop.challenge(refusal.error, refusal.description))
+        return None, None, _dpop_refusal(refusal)
     if token is None:
         rfc6750.note(False)
-        return None, _fail(401, "invalid token", dpop.challenge("invalid_token"))
-    return token, None
+        return None, None, _fail(401, "invalid token", dpop.challenge("invalid_token"))
+    return token, proof, None
+
+
+def _dpop_refusal(refusal: rfc9449.DPoPError) -> Response:
+    error = refusal.error.replace("_", " ")
+    return _fail(401, error, state().server.dpop.challenge(refusal.error, refusal.description))
 
 
 def _scope_challenge(dpop: bool, scope: str | None = None) -> str:

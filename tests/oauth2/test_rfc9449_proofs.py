@@ -322,3 +322,17 @@ def test_a_dpop_callers_403_carries_a_dpop_challenge(client, bound) -> None:
     challenge = response.headers["WWW-Authenticate"]
     assert challenge.startswith('DPoP error="insufficient_scope"'), challenge
     assert 'scope="read-write"' in challenge and 'algs="' in challenge
+
+
+def test_a_refused_api_call_does_not_use_its_proof_up(client, state, bound) -> None:
+    """A 403 (scope) at /api changes nothing: the same proof is refused for scope again,
+    not as a replay; a call that passes uses it up."""
+    headers = KEY.headers("POST", "/api/update_avatar", bound)
+    with unchanged(state):
+        for _ in range(2):
+            response = client.post("/api/update_avatar", headers=headers, data={"avatar": "x"})
+            assert response.status_code == 403, response.get_json()
+    good = KEY.headers("GET", "/api/profile", bound)
+    assert client.get("/api/profile", headers=good).status_code == 200
+    replayed = client.get("/api/profile", headers=good)
+    assert_refused_proof(replayed)
