@@ -383,6 +383,28 @@ def test_random_bearer_tokens_are_limited_per_ip(make):
     assert good.headers["RateLimit-Policy"].startswith('"api";q=')
 
 
+def test_a_dpop_token_spends_its_own_budget_not_its_ips(make):
+    """RFC 9449 §7.1: ``Authorization: DPoP`` calls count on the token, once accepted."""
+    from tests.oauth2.dpop_helpers import Prover
+
+    app = make(api_ip="2/hour", api="100/hour")
+    client, prover = from_ip(app, "198.51.100.7"), Prover()
+    token = cc(client, {**basic(), **prover.headers()}).get_json()
+    assert token["token_type"] == "DPoP"
+    raw = token["access_token"]
+    for _ in range(4):
+        headers = {"Authorization": f"DPoP {raw}", **prover.headers("GET", "/api/profile", raw)}
+        answer = client.get("/api/profile", headers=headers)
+        assert answer.status_code == 403  # a client token reaches the view: not limited
+        assert answer.headers["RateLimit-Policy"].startswith('"api";q=100')
+    refused = {"Authorization": f"DPoP {raw}", "DPoP": "garbage"}
+    assert [client.get("/api/profile", headers=refused).status_code for _ in range(3)] == [
+        401,
+        401,
+        429,
+    ]
+
+
 # -- sign-in lockout: reserved before the site is asked --------------------------------------
 def test_a_lockout_earned_at_one_instance_holds_at_another(make):
     # Two instances on one SQLite file, the limiter in process memory (`make run`'s

@@ -21,7 +21,7 @@ from werkzeug.exceptions import TooManyRequests
 
 from ..addresses import parse_ip
 from ..audit import audit
-from ..oauth2 import client_auth, rfc6750
+from ..oauth2 import client_auth, rfc6750, rfc9449
 from .config import Limits
 from .counters import Refusal, digest
 from .delays import Delays
@@ -200,7 +200,8 @@ def token_limits(view):
 
 # -- /api/* --------------------------------------------------------------------------------
 def api_limit(view):
-    """A good bearer token spends its own budget; bad ones spend their caller's IP's."""
+    """A good token (``Bearer``, or ``DPoP`` with its proof) spends its own budget; bad
+    ones spend their caller's IP's."""
 
     @functools.wraps(view)
     def limited_view(*args: Any, **kwargs: Any):
@@ -209,7 +210,8 @@ def api_limit(view):
             return view(*args, **kwargs)
         ip = "api:" + ip_group()
         _check(limits.rates.spent("api_ip", ip), "api_ip", ip)
-        raw = rfc6750.bearer_token(request.headers.get("Authorization", ""))
+        header = request.headers.get("Authorization", "")
+        raw = rfc6750.bearer_token(header) or rfc9449.dpop_token(header)
         key = "token:" + digest(raw) if raw else None
         if key is not None:
             _check(limits.rates.spent("api", key), "api", key)

@@ -82,8 +82,9 @@ def build_server(
         code_extensions = [server.pkce, OpenIDCode(server.id_tokens), *binding]
         server.register_grant(AuthorizationCodeGrant, code_extensions)
     if "implicit" in enabled:
-        server.register_grant(ImplicitGrant)
-        server.register_grant(OpenIDImplicitGrant)
+        implicit = _dpop_implicit(server)
+        server.register_grant(ImplicitGrant, implicit)
+        server.register_grant(OpenIDImplicitGrant, implicit)
     if "refresh_token" in enabled:
         server.register_grant(RefreshTokenGrant, [OpenIDRefresh(server.id_tokens), *binding])
     if "client_credentials" in enabled:
@@ -110,6 +111,15 @@ def _dpop(server: OAuth2Server, settings: Settings, grants) -> list:
     server.dpop = DPoP(config, grants.storage.codes, secret, settings.issuer)
     server.extra_metadata["dpop_signing_alg_values_supported"] = list(config.algorithms)
     return [DPoPBinding(server.dpop)]
+
+
+def _dpop_implicit(server: OAuth2Server) -> list:
+    """RFC 9449: no front-channel (unbound) access token where DPoP is required."""
+    if getattr(server, "dpop", None) is None:
+        return []
+    from .rfc9449 import DPoPImplicit
+
+    return [DPoPImplicit(server.dpop)]
 
 
 def _register_registration(server: OAuth2Server, settings: Settings, clients, grants) -> None:

@@ -23,6 +23,16 @@ def find_access(server: Any, token: str) -> StoredToken | None:
     return _of_registered_client(server, server.grants.find_access(token))
 
 
+def find_bearer(server: Any, token: str | None) -> StoredToken | None:
+    """The access token ``token`` presented as a bearer token (RFC 6750), if it is still
+    accepted and not DPoP-bound: RFC 9449 §7.2, a bound token needs its proof. Every
+    resource (``/api``, UserInfo, ``/admin``) looks bearer tokens up here."""
+    found = find_access(server, token) if token else None
+    if found is None or "jkt" in found.record:
+        return None
+    return found
+
+
 def find_refresh(server: Any, token: str) -> StoredToken | None:
     """The refresh token ``token``, if it is still accepted."""
     return _of_registered_client(server, server.grants.find_refresh(token))

@@ -19,7 +19,12 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
-from authlib.oauth2.rfc6749.errors import InvalidGrantError, OAuth2Error
+from authlib.oauth2.rfc6749.errors import (
+    InvalidGrantError,
+    OAuth2Error,
+    UnauthorizedClientError,
+    UnsupportedResponseTypeError,
+)
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from joserfc import jwt
@@ -127,8 +132,11 @@ def _bits(modulus: Any) -> int:
 
 
 def _number(value: Any) -> TypeGuard[float]:
-    """A JSON number fit for a NumericDate (RFC 7519 §2): not a bool, not infinite."""
-    return type(value) in (int, float) and math.isfinite(value)
+    """A JSON number fit for a NumericDate (RFC 7519 §2): not a bool, not infinite, not
+    an integer too large for a float (``math.isfinite`` would raise OverflowError)."""
+    if type(value) is int:
+        return abs(value) < 2**53
+    return type(value) is float and math.isfinite(value)
 
 
 def _url(value: str) -> tuple[str, str, str]:
@@ -190,7 +198,16 @@ class DPoP:
         ``token``: the access token it comes with at a resource (for ``ath``).
 
         Everything but the replay cache: call :meth:`remember` once the request passes.
+        Any unexpected error reading the proof is a refusal too (never a 5xx).
         """
+        try:
+            return self._check(values, method, path, token)
+        except DPoPError:
+            raise
+        except Exception as error:  # noqa: BLE001 - pure parsing: no storage is touched here
+            raise DPoPError("The DPoP proof could not be read.") from error
+
+    def _check(self, values: list[str], method: str, path: str, token: str | None) -> Proof:
         if len(values) != 1:
             raise DPoPError("Send exactly one DPoP header.")
         key, claims = self._verified(values[0])
@@ -279,13 +296,20 @@ class DPoP:
         to; ``None`` for a bad, unbound or other key's token; :class:`DPoPError` for a
         bad proof. The proof's ``jti`` is remembered only when the token is accepted.
         """
+        token, proof = self.bound(raw, values, method, path, find)
+        if token is not None:
+            self.remember(proof)
+        return token
+
+    def bound(self, raw: str, values: list[str], method: str, path: str, find) -> Any:
+        """:meth:`accept` without the replay cache: ``(token or None, proof)``; call
+        :meth:`remember` once the request passes its other checks."""
         proof = self.check(values, method, path, raw)
         token = find(raw)
         bound = token.record.get("jkt") if token is not None else None
         if not bound or not hmac.compare_digest(bound, proof.jkt):
-            return None
-        self.remember(proof)
-        return token
+            return None, proof
+        return token, proof
 
     def challenge(self, error: str | None = None, description: str | None = None) -> str:
         """The ``WWW-Authenticate`` challenge of a resource's refusal (§7.1)."""
@@ -342,3 +366,30 @@ class DPoPBinding:
         if getattr(grant.request, "dpop_jkt", None):
             _, token, _ = response
             token["token_type"] = "DPoP"  # noqa: S105 - a token type, not a secret
+
+
+class DPoPImplicit:
+    """The implicit grants' extension: their access tokens leave through the front
+    channel, unbound (RFC 9449 binds at the token endpoint only), so a client that
+    requires DPoP, or a server with ``dpop.required``, gets none there."""
+
+    def __init__(self, dpop: DPoP) -> None:
+        self.dpop = dpop
+
+    def __call__(self, grant) -> None:
+        grant.register_hook("after_validate_authorization_request", self.check)
+
+    def check(self, grant, redirect_uri) -> None:
+        request = grant.request
+        if "token" not in (request.payload.response_type or "").split():
+            return  # ``id_token`` alone issues no access token
+        if self.dpop.required:
+            raise UnsupportedResponseTypeError(
+                request.payload.response_type, redirect_uri=redirect_uri, redirect_fragment=True
+            )
+        if request.client.dpop_bound_access_tokens:
+            raise UnauthorizedClientError(
+                "This client's access tokens are DPoP-bound: use the authorization code flow.",
+                redirect_uri=redirect_uri,
+                redirect_fragment=True,
+            )

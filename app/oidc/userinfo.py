@@ -16,7 +16,7 @@ from authlib.oauth2.rfc6749.util import scope_to_list
 from authlib.oidc.core import UserInfo
 
 from ..oauth2 import rfc6750, rfc9449
-from ..oauth2.accept import find_access
+from ..oauth2.accept import find_access, find_bearer
 
 REALM = "userinfo"
 
@@ -68,9 +68,7 @@ def user_info(server, users, adapter, raw_token: str | None, proof=None) -> dict
     if proof is not None:
         token = _dpop_token(server, raw_token or "", proof)
     else:
-        token = find_access(server, raw_token) if raw_token else None
-        if token is not None and "jkt" in token.record:
-            token = None  # RFC 9449 §7.2: a DPoP-bound token is not a bearer token
+        token = find_bearer(server, raw_token)
     rfc6750.note(token is not None)
     if token is None or token.is_expired():
         raise Refusal(401, "invalid_token", "The access token is invalid, expired or revoked.")

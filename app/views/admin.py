@@ -29,7 +29,7 @@ from ..client_store import (
 )
 from ..clients import ADMIN_SCOPE
 from ..oauth2 import rfc6750
-from ..oauth2.accept import find_access
+from ..oauth2.accept import find_bearer
 from ..oauth2.rfc7591 import INITIAL_TOKEN
 from ..paths import ADMIN_CLIENTS, ADMIN_REGISTRATION_TOKENS
 from ..secrets_hash import new_secret, token_digest
@@ -72,7 +72,7 @@ def _authenticate() -> Response | None:
         return _answer({"error": "not_found", "error_description": "Not found."}, 404)
     header = request.headers.get("Authorization", "")
     raw = rfc6750.bearer_token(header)
-    token = find_access(state().server, raw) if raw else None
+    token = find_bearer(state().server, raw)
     rfc6750.note(token is not None)
     if token is None:
         bad = rfc6750.names_bearer(header)

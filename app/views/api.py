@@ -10,7 +10,7 @@ from ..client_policy import allows_function
 from ..cors import any_origin
 from ..limits import api_limit
 from ..oauth2 import rfc6750, rfc9449
-from ..oauth2.accept import find_access
+from ..oauth2.accept import find_access, find_bearer
 from ..observability.requestlog import note
 from ..quotas.web import spend
 from .common import state
@@ -35,11 +35,11 @@ def _fail(status: int, error: str, www: str | None = None) -> Response:
 def call(name: str):
     header = request.headers.get("Authorization", "")
     raw = rfc6750.bearer_token(header)
-    token = find_access(state().server, raw) if raw else None
-    if token is not None and "jkt" in token.record:
-        token = None  # RFC 9449 §7.2: a DPoP-bound token is refused as a bearer token
-    if raw is None and state().server.dpop is not None and rfc9449.dpop_token(header):
-        token, refused = _dpop(header)
+    token = find_bearer(state().server, raw)
+    dpop = raw is None and state().server.dpop is not None and rfc9449.dpop_token(header)
+    proof = None
+    if dpop:
+        token, proof, refused = _dpop(header)
         if refused is not None:
             return refused
     rfc6750.note(token is not None)
@@ -56,15 +56,16 @@ def call(name: str):
         response.headers["Allow"] = ", ".join(route.allowed)
         return response
     if route.scope not in (scope_to_list(token.scope) or []):
-        return _fail(
-            403,
-            "insufficient scope",
-            f'Bearer realm="api", error="insufficient_scope", scope="{route.scope}"',
-        )
+        return _fail(403, "insufficient scope", _scope_challenge(bool(dpop), route.scope))
     if not _allowed_function(token.client_id, name):
-        return _fail(403, "function not allowed", 'Bearer realm="api", error="insufficient_scope"')
+        return _fail(403, "function not allowed", _scope_challenge(bool(dpop)))
     if not token.user_id:
         return _fail(403, "this function acts for a user; use a user's token")
+    if proof is not None:  # RFC 9449 §11.1: the proof is used up only by a call that passes
+        try:
+            state().server.dpop.remember(proof)
+        except rfc9449.DPoPError as refusal:
+            return _dpop_refusal(refusal)
     client = state().clients.get(token.client_id)
     return spend(
         client, token.record, name, lambda: _proxy(route.called_with(request.method), token)
@@ -72,8 +73,8 @@ def call(name: str):
 
 
 def _dpop(header: str):
-    """RFC 9449 §7: the token of an ``Authorization: DPoP`` request and its proof, or a
-    401 (``invalid_dpop_proof``, ``use_dpop_nonce``, ``invalid_token``) to answer."""
+    """RFC 9449 §7: the token of an ``Authorization: DPoP`` request and its proof (not yet
+    remembered), or a 401 (``invalid_dpop_proof``, ``use_dpop_nonce``, ``invalid_token``)."""
     dpop = state().server.dpop
     nonce = dpop.nonce()
     if nonce:
@@ -81,15 +82,28 @@ def _dpop(header: str):
     raw = rfc9449.dpop_token(header) or ""
     values = request.headers.getlist("DPoP")
     try:
-        token = dpop.accept(raw, values, request.method, request.path, _find)
+        token, proof = dpop.bound(raw, values, request.method, request.path, _find)
     except rfc9449.DPoPError as refusal:
         rfc6750.note(False)
-        error = refusal.error.replace("_", " ")
-        return None, _fail(401, error, dpop.challenge(refusal.error, refusal.description))
+        return None, None, _dpop_refusal(refusal)
     if token is None:
         rfc6750.note(False)
-        return None, _fail(401, "invalid token", dpop.challenge("invalid_token"))
-    return token, None
+        return None, None, _fail(401, "invalid token", dpop.challenge("invalid_token"))
+    return token, proof, None
+
+
+def _dpop_refusal(refusal: rfc9449.DPoPError) -> Response:
+    error = refusal.error.replace("_", " ")
+    return _fail(401, error, state().server.dpop.challenge(refusal.error, refusal.description))
+
+
+def _scope_challenge(dpop: bool, scope: str | None = None) -> str:
+    """``insufficient_scope`` under the scheme the token came with (RFC 9449 §7.1)."""
+    if dpop:
+        value = state().server.dpop.challenge("insufficient_scope")
+    else:
+        value = 'Bearer realm="api", error="insufficient_scope"'
+    return value + (f', scope="{scope}"' if scope else "")
 
 
 def _find(raw: str):

@@ -235,3 +235,54 @@ def test_bad_dpop_settings_are_named(dpop) -> None:
 
     with pytest.raises(ConfigError, match="dpop"):
         Settings.load({"dpop": dpop}, environ={})
+
+
+def test_a_bound_admin_token_is_refused_as_a_bearer_token(client, state) -> None:
+    """RFC 9449 §7.2: a DPoP-bound token presented as Bearer is invalid at /admin too."""
+    prover = Prover()
+    data = {"grant_type": "client_credentials", "scope": "admin"}
+    answer = client.post("/token", data=data, headers={**basic("admin"), **prover.headers()})
+    assert answer.get_json()["token_type"] == "DPoP", answer.get_json()
+    token = answer.get_json()["access_token"]
+    with unchanged(state):
+        refused = client.get("/admin/clients", headers=bearer(token))
+    assert refused.status_code == 401, refused.get_json()
+    assert refused.get_json()["error"] == "invalid_token"
+    plain = client.post("/token", data=data, headers=basic("admin")).get_json()["access_token"]
+    assert client.get("/admin/clients", headers=bearer(plain)).status_code == 200
+
+
+def test_no_implicit_access_token_for_a_client_that_requires_dpop(tmp_path, dummy_site) -> None:
+    """An implicit grant's token leaves unbound through the front channel: refused."""
+    from tests.conftest import authorize_url, login
+    from tests.oauth2.conftest import redirect_error, snapshot
+
+    grant_types = ["authorization_code", "implicit"]
+    clients = [
+        *EXTRA_CLIENTS,
+        make_client("bound", grant_types=grant_types, dpop_bound_access_tokens=True),
+        make_client("loose", grant_types=grant_types),
+    ]
+    with open_app(tmp_path, dummy_site, clients=clients) as app:
+        http, state = app.test_client(), app.extensions["oauth2"]
+        login(http)
+        before = snapshot(state)
+        for response_type in ("token", "id_token token"):
+            url = authorize_url(
+                client_id="bound", response_type=response_type, scope="openid", nonce="n"
+            )
+            assert redirect_error(http.get(url), fragment=True) == "unauthorized_client"
+        assert snapshot(state) == before
+        loose = http.get(authorize_url(client_id="loose", response_type="token"))
+        assert loose.status_code == 200  # the consent page: implicit stays for the others
+
+
+def test_no_implicit_access_token_when_the_server_requires_dpop(tmp_path, dummy_site) -> None:
+    from tests.conftest import authorize_url, login
+    from tests.oauth2.conftest import redirect_error
+
+    with open_app(tmp_path, dummy_site, dpop={"required": True}) as app:
+        http = app.test_client()
+        login(http)
+        refused = http.get(authorize_url(response_type="token"))
+        assert redirect_error(refused, fragment=True) == "unsupported_response_type"

@@ -78,6 +78,8 @@ BAD_PROOFS = [
     ("iat-a-string", lambda p, m, t: KEY.proof(m, p, t, iat=str(int(time.time())))),
     ("iat-a-bool", lambda p, m, t: KEY.proof(m, p, t, iat=True)),
     ("no-iat", lambda p, m, t: KEY.proof(m, p, t, iat=None)),
+    ("iat-overflows-a-float", lambda p, m, t: KEY.proof(m, p, t, iat=10**400)),
+    ("iat-overflows-negative", lambda p, m, t: KEY.proof(m, p, t, iat=-(10**400))),
     ("no-jti", lambda p, m, t: KEY.proof(m, p, t, jti=None)),
     ("empty-jti", lambda p, m, t: KEY.proof(m, p, t, jti="")),
     ("jti-a-number", lambda p, m, t: KEY.proof(m, p, t, jti=7)),
@@ -297,3 +299,40 @@ def test_nonces_are_off_by_default(client) -> None:
     data = {"grant_type": "client_credentials", "scope": "read-only"}
     answer = client.post("/token", data=data, headers={**basic(), **KEY.headers()})
     assert answer.status_code == 200 and "DPoP-Nonce" not in answer.headers
+
+
+def test_an_unexpected_error_reading_a_proof_is_a_refusal(client, state, bound, monkeypatch):
+    """Whatever a proof's parsing trips over is ``invalid_dpop_proof``, never a 5xx."""
+    from app.oauth2.rfc9449 import DPoP
+
+    def trip(*args, **kwargs):
+        raise OverflowError("int too large to convert to float")
+
+    monkeypatch.setattr(DPoP, "_claims", trip)
+    headers = KEY.headers("GET", "/api/profile", bound)
+    with unchanged(state):
+        assert_refused_proof(client.get("/api/profile", headers=headers))
+
+
+def test_a_dpop_callers_403_carries_a_dpop_challenge(client, bound) -> None:
+    """RFC 9449 §7.1: the refusal of a ``DPoP`` request names the ``DPoP`` scheme."""
+    headers = KEY.headers("POST", "/api/update_avatar", bound)
+    response = client.post("/api/update_avatar", headers=headers, data={"avatar": "x"})
+    assert response.status_code == 403
+    challenge = response.headers["WWW-Authenticate"]
+    assert challenge.startswith('DPoP error="insufficient_scope"'), challenge
+    assert 'scope="read-write"' in challenge and 'algs="' in challenge
+
+
+def test_a_refused_api_call_does_not_use_its_proof_up(client, state, bound) -> None:
+    """A 403 (scope) at /api changes nothing: the same proof is refused for scope again,
+    not as a replay; a call that passes uses it up."""
+    headers = KEY.headers("POST", "/api/update_avatar", bound)
+    with unchanged(state):
+        for _ in range(2):
+            response = client.post("/api/update_avatar", headers=headers, data={"avatar": "x"})
+            assert response.status_code == 403, response.get_json()
+    good = KEY.headers("GET", "/api/profile", bound)
+    assert client.get("/api/profile", headers=good).status_code == 200
+    replayed = client.get("/api/profile", headers=good)
+    assert_refused_proof(replayed)
