@@ -296,3 +296,21 @@ def test_sign_in_facts_carry_the_level(app) -> None:
         assert sign_in_facts()["acr"] == "mfa"
         session["_amr"] = ["pwd", "hwk"]
         assert sign_in_facts()["acr"] == "phr"
+
+
+def test_enrolling_an_app_next_to_a_passkey_needs_a_two_step_sign_in(client, app) -> None:
+    login(client)
+    add_passkey(client, app)
+    page = client.get("/account").get_data(as_text=True)
+    key = re.search(r'id="manual-key">([^<]+)<', page).group(1).replace(" ", "")
+    with client.session_transaction() as session:
+        session["_amr"] = ["pwd"]  # a password-only sign-in from before the passkey
+    page = client.get("/account").get_data(as_text=True)
+    assert 'id="manual-key"' not in page and "sign in again with your passkey" in page
+    form = {"csrf_token": csrf_from(page), "action": "enrol", "code": pyotp.TOTP(key).now()}
+    refused = client.post("/account", data=form)
+    assert refused.status_code == 403
+    assert "<code>" not in refused.get_data(as_text=True)  # no new recovery codes
+    with client.session_transaction() as session:
+        assert session["_amr"] == ["pwd"]
+    assert "totp_enrolled" not in audit_events(app)

@@ -267,6 +267,11 @@ def account_post():
             lockout.succeeded(user_id)
         return passkey_forms.remove(user_id, proved)
     if action == "enrol" and not fx.enrolled(user_id):
+        if has_second_factor(user_id) and not used_second_factor():
+            # A password-only session must not add a factor next to a passkey (and get
+            # new recovery codes with it): the same rule as adding a passkey.
+            audit("otp_failed", user_id=user_id, method="enrol")
+            return _account(error="Sign in with your second factor first.", status=403)
         codes = fx.confirm(user_id, code)
         if codes is None:
             audit("otp_failed", user_id=user_id, method="enrol")
