@@ -314,3 +314,21 @@ def test_enrolling_an_app_next_to_a_passkey_needs_a_two_step_sign_in(client, app
     with client.session_transaction() as session:
         assert session["_amr"] == ["pwd"]
     assert "totp_enrolled" not in audit_events(app)
+
+
+def test_a_new_sign_in_keeps_nothing_of_the_previous_one(client, app) -> None:
+    login(client)
+    device, _ = add_passkey(client, app)
+    sign_out(client)
+    login(client)
+    assert passkey_post(client, device).status_code == 302
+    with client.session_transaction() as session:
+        assert session["_amr"] == ["pwd", "hwk"]
+        alice_sid = session["_sid"]
+        session["_rps"] = ["someone"]
+    assert login(client, username="bob").status_code == 302  # no factor: signed in
+    with client.session_transaction() as session:
+        assert "_amr" not in session and "_rps" not in session
+        assert session["_sid"] != alice_sid
+    page = client.get("/account").get_data(as_text=True)
+    assert "data-passkey-create" in page  # bob's account: no factor yet
