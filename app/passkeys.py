@@ -266,9 +266,19 @@ class Passkeys:
         )
         return webauthn.options_to_json(options)
 
-    def authenticate(self, user_id: str, response: str, purpose: str, bound: str) -> bool:
+    def authenticate(
+        self,
+        user_id: str,
+        response: str,
+        purpose: str,
+        bound: str,
+        added_before: float | None = None,
+        unless: str = "",
+    ) -> bool:
         """Verify an assertion by one of the user's passkeys; return whether the
-        authenticator verified the user (PIN, biometrics). Refused: :class:`PasskeyError`."""
+        authenticator verified the user (PIN, biometrics). Refused: :class:`PasskeyError`;
+        also (``too_new``) a passkey added at or after ``added_before``, unless it is the
+        one whose key is ``unless``."""
         parsed = _parse(response)
         challenge = self._take_challenge(parsed, user_id, purpose, bound)
         credential_id = parsed.get("rawId")
@@ -278,6 +288,8 @@ class Passkeys:
         record = self.table.get(key)
         if record is None or record.get("credential_id") != credential_id:
             raise PasskeyError("unknown_credential")
+        if added_before is not None and key != unless and record["created_at"] >= added_before:
+            raise PasskeyError("too_new")
         # WebAuthn §7.2 step 6: a user handle, when the authenticator sends one, is this user's.
         user_handle = parsed["response"].get("userHandle")
         if user_handle is not None and user_handle != b64url(self.handle(user_id)):
