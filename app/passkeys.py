@@ -169,11 +169,15 @@ class Passkeys:
     def remove(self, user_id: str, key: str) -> bool:
         """Forget one of the user's own passkeys (another user's key is not theirs)."""
         record = self.table.get(key) if key.startswith("passkey:") else None
-        return record is not None and record["user_id"] == user_id and self.table.delete(key)
+        if record is None or record["user_id"] != user_id or not self.table.delete(key):
+            return False
+        self.table.discard("signs:" + key)
+        return True
 
     def remove_all(self, user_id: str) -> None:
         for record in self._records(user_id):
             self.table.delete(record["key"])
+            self.table.discard("signs:" + record["key"])
 
     # -- challenges -----------------------------------------------------------------
     def _new_challenge(self, user_id: str, purpose: str, bound: str) -> bytes:
@@ -255,6 +259,18 @@ class Passkeys:
         return Passkey(key, record["name"], now, None, record["backed_up"])
 
     # -- authentication ---------------------------------------------------------------
+    def _advance(self, key: str, seen: int, count: int) -> bool:
+        """Move the credential's highest accepted sign count from ``seen`` up to ``count``
+        with atomic increments only (every backend has them): an answer that finds the
+        counter moved meanwhile takes its own increment back and is refused."""
+        counter = "signs:" + key
+        if count <= seen:
+            return False
+        if self.table.incr(counter, count - seen, ttl=0) == count:
+            return True
+        self.table.incr(counter, seen - count, ttl=0)  # raced: undo ours
+        return False
+
     def authentication_options(self, user_id: str, purpose: str, bound: str) -> str:
         """The ``PublicKeyCredentialRequestOptions`` (JSON): the user's passkeys only."""
         options = webauthn.generate_authentication_options(
@@ -294,6 +310,7 @@ class Passkeys:
         user_handle = parsed["response"].get("userHandle")
         if user_handle is not None and user_handle != b64url(self.handle(user_id)):
             raise PasskeyError("invalid")
+        highest = self.table.incr("signs:" + key, 0, ttl=0)  # the highest count accepted
         try:
             verified = webauthn.verify_authentication_response(
                 credential=parsed,
@@ -301,19 +318,20 @@ class Passkeys:
                 expected_rp_id=self.rp_id,
                 expected_origin=self.origin,
                 credential_public_key=unb64url(record["public_key"]),
-                credential_current_sign_count=int(record["sign_count"]),
+                credential_current_sign_count=max(int(record["sign_count"]), highest),
             )
         except (WebAuthnException, ValueError, TypeError, KeyError, AttributeError):
             raise PasskeyError("invalid") from None
-        # Two answers checked at once against the same stored counter (a cloned key) both
-        # pass the library's check: one atomic increment per counter value lets one win.
+        # Answers checked at once against the same stored counter (a cloned key, or two
+        # genuine answers 7 and 8) all pass the library's check: the highest count moves
+        # up atomically, so it never goes back and of equal counts one wins.
         count = verified.new_sign_count
-        if count and self.table.incr(f"count:{key}:{count}", ttl=CHALLENGE_TTL) != 1:
+        if count and not self._advance(key, highest, count):
             raise PasskeyError("invalid")
         current = self.table.get(key)
         if current is not None:  # removed meanwhile: leave it removed
             updated = {
-                "sign_count": verified.new_sign_count,
+                "sign_count": max(count, int(current.get("sign_count", 0))),
                 "backed_up": verified.credential_backed_up,
                 "last_used_at": time.time(),
             }
