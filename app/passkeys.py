@@ -40,11 +40,13 @@ from webauthn.helpers.structs import (
     UserVerificationRequirement,
 )
 
-from .storage import Table
+from .storage import StorageUnavailable, Table
 
 #: Seconds a challenge waits for the authenticator's answer (the browser's own timeout
 #: is a minute shorter, so a slow user sees the browser's message first).
 CHALLENGE_TTL = 180
+#: Seconds a caller making a user's handle holds its claim (a crashed one's lapses).
+HANDLE_CLAIM_TTL = 5
 TIMEOUT_MS = 120_000
 #: The most a posted credential (JSON) may weigh: an assertion is a few hundred bytes, a
 #: registration with a certificate chain a few kilobytes.
@@ -150,12 +152,23 @@ class Passkeys:
         return bool(self._records(user_id))
 
     def handle(self, user_id: str) -> bytes:
-        """The user's random handle for authenticators (made on first use)."""
-        record = self.table.get("passkey-user:" + user_id)
-        if record is None:
-            record = {"user_id": user_id, "handle": b64url(secrets.token_bytes(32))}
-            self.table.put("passkey-user:" + user_id, record)
-        return unb64url(record["handle"])
+        """The user's random handle for authenticators, made on first use by the one caller
+        that wins an atomic claim (others wait for it): two first registrations at once
+        cannot each put their own handle."""
+        key, claim = "passkey-user:" + user_id, "passkey-user-claim:" + user_id
+        deadline = time.monotonic() + 2 * HANDLE_CLAIM_TTL
+        while time.monotonic() < deadline:
+            record = self.table.get(key)
+            if record is not None:
+                return unb64url(record["handle"])
+            if self.table.incr(claim, ttl=HANDLE_CLAIM_TTL) == 1:
+                record = self.table.get(key)  # made while this caller was slow: keep it
+                if record is None:
+                    record = {"user_id": user_id, "handle": b64url(secrets.token_bytes(32))}
+                    self.table.put(key, record)
+                return unb64url(record["handle"])
+            time.sleep(0.05)
+        raise StorageUnavailable("the passkey user handle was not made in time")
 
     def _descriptors(self, user_id: str) -> list[PublicKeyCredentialDescriptor]:
         return [

@@ -200,3 +200,23 @@ def test_two_genuine_answers_raced_never_move_the_counter_back(backend, monkeypa
     with pytest.raises(PasskeyError, match="invalid"):  # a clone at 8 is refused for good
         pk.authenticate("alice", login_answer(pk, device, count=8), "login", "pending-1")
     assert pk.authenticate("alice", login_answer(pk, device, count=9), "login", "pending-1")
+
+
+def test_first_registrations_raced_agree_on_one_user_handle(backend, monkeypatch) -> None:
+    pk = store(backend)
+    table = backend.table("factors", None)
+    get = table.get
+    go_on = []
+
+    def slow_get(key):  # every racer reads "no handle yet" before any writes one
+        found = get(key)
+        if key.startswith("passkey-user:") and not go_on:
+            time.sleep(0.2)
+        return found
+
+    monkeypatch.setattr(table, "get", slow_get)
+    pk.table = table
+    handles = race(4, lambda go: (go(), pk.handle("carol"))[1])
+    go_on.append(1)
+    assert len(handles) == 4 and len(set(handles)) == 1
+    assert pk.handle("carol") == handles[0]
