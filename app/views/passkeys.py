@@ -3,9 +3,10 @@
 The browser side is ``static/passkeys.js``: it asks the authenticator with the options
 the page carries and posts the answer (JSON) in an ordinary form field, so errors come
 back as pages and the forms keep their CSRF tokens. Adding a passkey when the account
-already has a second factor needs a sign-in that used one; removing a passkey needs the
-current second factor again (a code, a recovery code or a passkey), so that a session
-left open somewhere cannot strip the account of its factors.
+already has a second factor needs this session to have shown one in the last 10 minutes
+(:func:`~app.views.account.may_add_factor`); removing a passkey needs the current second
+factor again (a code, a recovery code or a passkey added more than 10 minutes ago), so
+that a session left open somewhere cannot strip the account of its factors.
 """
 
 from __future__ import annotations
