@@ -40,11 +40,13 @@ from webauthn.helpers.structs import (
     UserVerificationRequirement,
 )
 
-from .storage import Table
+from .storage import StorageUnavailable, Table
 
 #: Seconds a challenge waits for the authenticator's answer (the browser's own timeout
 #: is a minute shorter, so a slow user sees the browser's message first).
 CHALLENGE_TTL = 180
+#: Seconds a caller making a user's handle holds its claim (a crashed one's lapses).
+HANDLE_CLAIM_TTL = 5
 TIMEOUT_MS = 120_000
 #: The most a posted credential (JSON) may weigh: an assertion is a few hundred bytes, a
 #: registration with a certificate chain a few kilobytes.
@@ -150,12 +152,23 @@ class Passkeys:
         return bool(self._records(user_id))
 
     def handle(self, user_id: str) -> bytes:
-        """The user's random handle for authenticators (made on first use)."""
-        record = self.table.get("passkey-user:" + user_id)
-        if record is None:
-            record = {"user_id": user_id, "handle": b64url(secrets.token_bytes(32))}
-            self.table.put("passkey-user:" + user_id, record)
-        return unb64url(record["handle"])
+        """The user's random handle for authenticators, made on first use by the one caller
+        that wins an atomic claim (others wait for it): two first registrations at once
+        cannot each put their own handle."""
+        key, claim = "passkey-user:" + user_id, "passkey-user-claim:" + user_id
+        deadline = time.monotonic() + 2 * HANDLE_CLAIM_TTL
+        while time.monotonic() < deadline:
+            record = self.table.get(key)
+            if record is not None:
+                return unb64url(record["handle"])
+            if self.table.incr(claim, ttl=HANDLE_CLAIM_TTL) == 1:
+                record = self.table.get(key)  # made while this caller was slow: keep it
+                if record is None:
+                    record = {"user_id": user_id, "handle": b64url(secrets.token_bytes(32))}
+                    self.table.put(key, record)
+                return unb64url(record["handle"])
+            time.sleep(0.05)
+        raise StorageUnavailable("the passkey user handle was not made in time")
 
     def _descriptors(self, user_id: str) -> list[PublicKeyCredentialDescriptor]:
         return [
@@ -169,11 +182,15 @@ class Passkeys:
     def remove(self, user_id: str, key: str) -> bool:
         """Forget one of the user's own passkeys (another user's key is not theirs)."""
         record = self.table.get(key) if key.startswith("passkey:") else None
-        return record is not None and record["user_id"] == user_id and self.table.delete(key)
+        if record is None or record["user_id"] != user_id or not self.table.delete(key):
+            return False
+        self.table.discard("signs:" + key)
+        return True
 
     def remove_all(self, user_id: str) -> None:
         for record in self._records(user_id):
             self.table.delete(record["key"])
+            self.table.discard("signs:" + record["key"])
 
     # -- challenges -----------------------------------------------------------------
     def _new_challenge(self, user_id: str, purpose: str, bound: str) -> bytes:
@@ -255,6 +272,18 @@ class Passkeys:
         return Passkey(key, record["name"], now, None, record["backed_up"])
 
     # -- authentication ---------------------------------------------------------------
+    def _advance(self, key: str, seen: int, count: int) -> bool:
+        """Move the credential's highest accepted sign count from ``seen`` up to ``count``
+        with atomic increments only (every backend has them): an answer that finds the
+        counter moved meanwhile takes its own increment back and is refused."""
+        counter = "signs:" + key
+        if count <= seen:
+            return False
+        if self.table.incr(counter, count - seen, ttl=0) == count:
+            return True
+        self.table.incr(counter, seen - count, ttl=0)  # raced: undo ours
+        return False
+
     def authentication_options(self, user_id: str, purpose: str, bound: str) -> str:
         """The ``PublicKeyCredentialRequestOptions`` (JSON): the user's passkeys only."""
         options = webauthn.generate_authentication_options(
@@ -266,9 +295,19 @@ class Passkeys:
         )
         return webauthn.options_to_json(options)
 
-    def authenticate(self, user_id: str, response: str, purpose: str, bound: str) -> bool:
+    def authenticate(
+        self,
+        user_id: str,
+        response: str,
+        purpose: str,
+        bound: str,
+        added_before: float | None = None,
+        unless: str = "",
+    ) -> bool:
         """Verify an assertion by one of the user's passkeys; return whether the
-        authenticator verified the user (PIN, biometrics). Refused: :class:`PasskeyError`."""
+        authenticator verified the user (PIN, biometrics). Refused: :class:`PasskeyError`;
+        also (``too_new``) a passkey added at or after ``added_before``, unless it is the
+        one whose key is ``unless``."""
         parsed = _parse(response)
         challenge = self._take_challenge(parsed, user_id, purpose, bound)
         credential_id = parsed.get("rawId")
@@ -278,10 +317,13 @@ class Passkeys:
         record = self.table.get(key)
         if record is None or record.get("credential_id") != credential_id:
             raise PasskeyError("unknown_credential")
+        if added_before is not None and key != unless and record["created_at"] >= added_before:
+            raise PasskeyError("too_new")
         # WebAuthn §7.2 step 6: a user handle, when the authenticator sends one, is this user's.
         user_handle = parsed["response"].get("userHandle")
         if user_handle is not None and user_handle != b64url(self.handle(user_id)):
             raise PasskeyError("invalid")
+        highest = self.table.incr("signs:" + key, 0, ttl=0)  # the highest count accepted
         try:
             verified = webauthn.verify_authentication_response(
                 credential=parsed,
@@ -289,19 +331,20 @@ class Passkeys:
                 expected_rp_id=self.rp_id,
                 expected_origin=self.origin,
                 credential_public_key=unb64url(record["public_key"]),
-                credential_current_sign_count=int(record["sign_count"]),
+                credential_current_sign_count=max(int(record["sign_count"]), highest),
             )
         except (WebAuthnException, ValueError, TypeError, KeyError, AttributeError):
             raise PasskeyError("invalid") from None
-        # Two answers checked at once against the same stored counter (a cloned key) both
-        # pass the library's check: one atomic increment per counter value lets one win.
+        # Answers checked at once against the same stored counter (a cloned key, or two
+        # genuine answers 7 and 8) all pass the library's check: the highest count moves
+        # up atomically, so it never goes back and of equal counts one wins.
         count = verified.new_sign_count
-        if count and self.table.incr(f"count:{key}:{count}", ttl=CHALLENGE_TTL) != 1:
+        if count and not self._advance(key, highest, count):
             raise PasskeyError("invalid")
         current = self.table.get(key)
         if current is not None:  # removed meanwhile: leave it removed
             updated = {
-                "sign_count": verified.new_sign_count,
+                "sign_count": max(count, int(current.get("sign_count", 0))),
                 "backed_up": verified.credential_backed_up,
                 "last_used_at": time.time(),
             }

@@ -48,6 +48,13 @@ SIGNED_IN_AT = "_signed_in_at"
 SID = "_sid"
 #: The clients that were sent a code or an ID Token in this session (for logout).
 RELYING_PARTIES = "_rps"
+#: How this sign-in was made (``amr``), set by the second step (:mod:`app.oidc.signin`).
+AMR_KEY = "_amr"
+#: When this session last showed a second factor (sign-in's second step, or a
+#: confirmation on ``/account``): adding a factor needs it recent (:mod:`app.views.account`).
+SECOND_FACTOR_AT = "_2fa_at"
+#: Every fact of a sign-in: a new sign-in starts without any of the previous one's.
+SIGN_IN_KEYS = (USER_KEY, SIGNED_IN_AT, SID, RELYING_PARTIES, AMR_KEY, SECOND_FACTOR_AT)
 
 
 class StoredSession(CallbackDict, SessionMixin):
@@ -96,6 +103,8 @@ class StoredSession(CallbackDict, SessionMixin):
     def signed_in(self) -> None:
         """Start the signed-in session: a new id, a new CSRF secret, its lifetime from now."""
         self.regenerate()
+        for key in SIGN_IN_KEYS:  # nothing of a previous sign-in in this browser carries over
+            self.pop(key, None)
         # The new secret is made here (random, as Flask-WTF makes one) and stored with the
         # new id, so the first form after sign-in (the consent page) writes nothing.
         self[CSRF_KEY] = secrets.token_hex(20)

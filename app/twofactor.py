@@ -145,8 +145,11 @@ class TwoFactor:
         ttl = PERIOD * (2 * WINDOW + 2)
         return self.table.incr(f"step:{user_id}:{step}", ttl=ttl) == 1
 
-    def confirm(self, user_id: str, code: str, now: float | None = None) -> list[str] | None:
-        """Confirm the pending secret with its first code: enrolled, new recovery codes."""
+    def confirm(
+        self, user_id: str, code: str, now: float | None = None, new_codes: bool = True
+    ) -> list[str] | None:
+        """Confirm the pending secret with its first code: enrolled, and new recovery codes
+        (none when not ``new_codes``: the user keeps those of their other factor)."""
         now = time.time() if now is None else now
         secret = self.pending(user_id, start=False)
         step = self._matching_step(secret, code, now) if secret else None
@@ -155,7 +158,7 @@ class TwoFactor:
         record = {"user_id": user_id, **self._seal(secret, user_id)}
         self.table.put("totp:" + user_id, record | {"last_step": step, "enrolled_at": now})
         self.table.delete("pending:" + user_id)
-        return self.new_recovery_codes(user_id)
+        return self.new_recovery_codes(user_id) if new_codes else []
 
     def verify(self, user_id: str, code: str, now: float | None = None) -> bool:
         """Whether ``code`` is the user's current code, never accepted before."""

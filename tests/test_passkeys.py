@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import time
 
 import pyotp
 import pytest
@@ -296,3 +297,117 @@ def test_sign_in_facts_carry_the_level(app) -> None:
         assert sign_in_facts()["acr"] == "mfa"
         session["_amr"] = ["pwd", "hwk"]
         assert sign_in_facts()["acr"] == "phr"
+
+
+def test_enrolling_an_app_next_to_a_passkey_needs_a_two_step_sign_in(client, app) -> None:
+    login(client)
+    add_passkey(client, app)
+    page = client.get("/account").get_data(as_text=True)
+    key = re.search(r'id="manual-key">([^<]+)<', page).group(1).replace(" ", "")
+    with client.session_transaction() as session:
+        session["_amr"] = ["pwd"]  # a password-only sign-in from before the passkey
+    page = client.get("/account").get_data(as_text=True)
+    assert 'id="manual-key"' not in page and "sign in again with your passkey" in page
+    form = {"csrf_token": csrf_from(page), "action": "enrol", "code": pyotp.TOTP(key).now()}
+    refused = client.post("/account", data=form)
+    assert refused.status_code == 403
+    assert "<code>" not in refused.get_data(as_text=True)  # no new recovery codes
+    with client.session_transaction() as session:
+        assert session["_amr"] == ["pwd"]
+    assert "totp_enrolled" not in audit_events(app)
+
+
+def test_a_new_sign_in_keeps_nothing_of_the_previous_one(client, app) -> None:
+    login(client)
+    device, _ = add_passkey(client, app)
+    sign_out(client)
+    login(client)
+    assert passkey_post(client, device).status_code == 302
+    with client.session_transaction() as session:
+        assert session["_amr"] == ["pwd", "hwk"]
+        alice_sid = session["_sid"]
+        session["_rps"] = ["someone"]
+    assert login(client, username="bob").status_code == 302  # no factor: signed in
+    with client.session_transaction() as session:
+        assert "_amr" not in session and "_rps" not in session
+        assert session["_sid"] != alice_sid
+    page = client.get("/account").get_data(as_text=True)
+    assert "data-passkey-create" in page  # bob's account: no factor yet
+
+
+def _age(http, app, prefix: str, seconds: float) -> None:
+    """Make the factors under ``prefix`` (``passkey:``, ``totp:``) ``seconds`` older."""
+    with http.session_transaction() as session:
+        user_id = session["_user_id"]
+    table = app.extensions["oauth2"].storage.factors
+    found = [r for r in table.list_by_user(user_id) if r["key"].startswith(prefix)]
+    assert found
+    for record in found:
+        field = "created_at" if prefix == "passkey:" else "enrolled_at"
+        key = record.pop("key")
+        record.pop("expires_at", None)
+        table.put(key, record | {field: record[field] - seconds})
+
+
+def test_adding_a_factor_next_to_one_needs_a_recent_second_factor(client, app) -> None:
+    login(client)
+    _, codes = enrol(client)  # the session just showed the app's code
+    with client.session_transaction() as session:
+        session["_2fa_at"] -= 601  # a session left open for more than ten minutes
+    page = client.get("/account").get_data(as_text=True)
+    assert "data-passkey-create" not in page and "last 10 minutes" in page
+    form = {"csrf_token": csrf_from(page), "action": "passkey_add", "credential": "{}"}
+    assert client.post("/account", data=form).status_code == 403
+    sign_out(client)
+    login(client)
+    with client.session_transaction() as session:
+        user_id = session["_2fa_pending"]["user_id"]
+    from tests.test_two_factor import otp_post
+
+    with app.app_context():
+        app.extensions["oauth2"].limits.otp.succeeded(user_id)
+    assert otp_post(client, codes[0]).status_code == 302  # a new two-step sign-in
+    _, added = add_passkey(client, app)
+    assert added.status_code == 302
+
+
+def test_a_new_factor_does_not_prove_anything_about_the_others(client, app) -> None:
+    login(client)
+    old_device, first = add_passkey(client, app, "Old")
+    old_codes = re.findall(r"<code>([a-z0-9-]{19})</code>", first.get_data(as_text=True))
+    _age(client, app, "passkey:", 3600)
+    new_device, added = add_passkey(client, app, "New")  # a fresh session may add one
+    assert added.status_code == 302
+    page = client.get("/account").get_data(as_text=True)
+    keys = re.findall(r'name="credential" value="(passkey:[^"]+)"', page)
+    old_key, new_key = (html.unescape(k) for k in keys)
+    form = {"csrf_token": csrf_from(page), "action": "passkey_remove", "credential": old_key}
+    form["passkey"] = new_device.assert_(_attr(page, "data-passkey-get"))
+    assert client.post("/account", data=form).status_code == 400  # the new one proves nothing
+    page = client.get("/account").get_data(as_text=True)
+    form = {"csrf_token": csrf_from(page), "action": "regenerate"}
+    form["passkey"] = new_device.assert_(_regenerate_options(page))
+    assert client.post("/account", data=form).status_code == 400
+    assert "<strong>Old</strong>" in client.get("/account").get_data(as_text=True)
+    # An app enrolled next to the passkeys keeps their recovery codes and proves nothing yet.
+    page = client.get("/account").get_data(as_text=True)
+    key = re.search(r'id="manual-key">([^<]+)<', page).group(1).replace(" ", "")
+    form = {"csrf_token": csrf_from(page), "action": "enrol", "code": pyotp.TOTP(key).now()}
+    enrolled = client.post("/account", data=form)
+    assert enrolled.headers["Location"] == "/account?enrolled=1"
+    page = client.get("/account").get_data(as_text=True)
+    form = {"csrf_token": csrf_from(page), "action": "regenerate"}
+    form["code"] = pyotp.TOTP(key).at(time.time() + 30)
+    assert client.post("/account", data=form).status_code == 400
+    # The new passkey still removes itself, and the old one anything.
+    page = client.get("/account").get_data(as_text=True)
+    form = {"csrf_token": csrf_from(page), "action": "passkey_remove", "credential": new_key}
+    form["passkey"] = new_device.assert_(_attr(page, "data-passkey-get"))
+    assert client.post("/account", data=form).status_code == 302
+    page = client.get("/account").get_data(as_text=True)
+    form = {"csrf_token": csrf_from(page), "action": "regenerate", "code": ""}
+    form["passkey"] = old_device.assert_(_attr(page, "data-passkey-get"))
+    done = client.post("/account", data=form)
+    new_codes = re.findall(r"<code>([a-z0-9-]{19})</code>", done.get_data(as_text=True))
+    assert done.status_code == 200 and len(new_codes) == 10
+    assert len(old_codes) == 10 and not set(new_codes) & set(old_codes)

@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import has_request_context, session
 
-from ..sessions import SID, SIGNED_IN_AT, note_relying_party
+from ..sessions import AMR_KEY, SID, SIGNED_IN_AT, note_relying_party
 from .acr import achieved
 
 #: The sign-in's facts: when (``auth_time``), which sign-in (``sid``), how (``amr``) and
@@ -20,8 +20,15 @@ SIGN_IN_FACTS = ("auth_time", "sid", "amr", "acr")
 #: How users sign in without a second step (RFC 8176): a password at the site.
 AMR = ["pwd"]
 #: The session key of the sign-in's methods when it used more (``["pwd", "otp"]`` or
-#: ``["pwd", "hwk"]``, set by the second step, :mod:`app.views.account`).
-AMR_KEY = "_amr"
+#: ``["pwd", "hwk"]``, set by the second step, :mod:`app.views.account`): ``AMR_KEY``.
+__all__ = [
+    "AMR",
+    "AMR_KEY",
+    "SIGN_IN_FACTS",
+    "facts_of",
+    "remember_relying_party",
+    "sign_in_facts",
+]
 
 
 def sign_in_facts() -> dict[str, Any]:

@@ -24,7 +24,7 @@ from ..oidc.acr import PHISHING_RESISTANT, SECOND_FACTORS, TWO_STEP
 from ..oidc.signin import AMR_KEY
 from ..pages import render_error, with_script
 from ..passkeys import Passkeys
-from ..sessions import CSRF_KEY
+from ..sessions import CSRF_KEY, SECOND_FACTOR_AT
 from ..twofactor import TwoFactor
 from .common import safe_next, state
 
@@ -35,6 +35,10 @@ PENDING = "_2fa_pending"
 #: Seconds the second step waits for a code after the password was accepted.
 PENDING_LIFETIME = 300
 MAX_CODE = 64
+#: Seconds a second-factor proof of this session (the sign-in's second step, or a
+#: confirmation on ``/account``) allows adding another factor; and the age below which a
+#: newly added factor does not prove anything about the account's other factors.
+FRESH_PROOF = 600
 
 
 def factors() -> TwoFactor:
@@ -65,6 +69,29 @@ def has_second_factor(user_id: str) -> bool:
 def used_second_factor() -> bool:
     """Whether this session's sign-in used a second factor."""
     return bool(SECOND_FACTORS & set(session.get(AMR_KEY) or ()))
+
+
+def note_second_factor() -> None:
+    """Record that this session showed a second factor now (:data:`FRESH_PROOF`)."""
+    session[SECOND_FACTOR_AT] = time.time()
+
+
+def may_add_factor(user_id: str) -> bool:
+    """Whether this session may add a factor: the account has none yet, or the session
+    showed one within :data:`FRESH_PROOF` seconds (a stolen, old session may not)."""
+    if not has_second_factor(user_id):
+        return True
+    shown = session.get(SECOND_FACTOR_AT)
+    recent = isinstance(shown, (int, float)) and time.time() - shown <= FRESH_PROOF
+    return used_second_factor() and recent
+
+
+def settled_before(user_id: str) -> float | None:
+    """Factors added at or after this time prove nothing about the others (``None``: the
+    account has one factor only, which proves itself)."""
+    if len(passkeys().of(user_id)) + factors().enrolled(user_id) < 2:
+        return None
+    return time.time() - FRESH_PROOF
 
 
 def required_for(client=None) -> bool:
@@ -184,6 +211,7 @@ def login_otp_post():
     session.pop(PENDING, None)
     session.signed_in()  # type: ignore[attr-defined]  # new id, new CSRF secret
     session[AMR_KEY] = ["pwd", "hwk" if method == "passkey" else "otp"]
+    note_second_factor()
     login_user(user)
     audit("login", user_id=user_id, second_factor=method)
     if method == "recovery":
@@ -216,8 +244,16 @@ def _account(message: str | None = None, error: str | None = None, status: int =
     return with_script(_page("account.html", status, **(context | extra)))
 
 
+#: Refusals of the account page's forms.
+AGAIN = "Sign out and sign in again with your second factor first (in the last 10 minutes)."
+NOT_RIGHT = (
+    "That code is not right, or was already used. A factor added in the last 10 minutes"
+    " cannot confirm changes to your other factors yet."
+)
+
 DONE = {
     "done": "Two-step sign-in with an app is off.",
+    "enrolled": "Two-step sign-in with an app is on. Your recovery codes stay the same.",
     "added": "The passkey was added.",
     "removed": "The passkey was removed.",
 }
@@ -236,11 +272,18 @@ def _proved(user_id: str, action: str) -> bool:
     from .passkeys import confirmed_with_passkey
 
     answer, code, fx = request.form.get("passkey", ""), request.form.get("code", ""), factors()
+    removing = request.form.get("credential", "") if action == "passkey_remove" else ""
     if answer:
-        return confirmed_with_passkey(user_id, answer)
+        return confirmed_with_passkey(user_id, answer, removing)
     if not code:
         return False
-    if fx.enrolled(user_id) and fx.verify(user_id, code):
+    enrolment, settled = fx.enrolment(user_id), settled_before(user_id)
+    # An app enrolled in the last minutes proves only its own removal.
+    if (
+        enrolment is not None
+        and (action == "remove" or settled is None or enrolment.enrolled_at < settled)
+        and fx.verify(user_id, code)
+    ):
         return True
     return action != "regenerate" and fx.use_recovery_code(user_id, code)
 
@@ -265,16 +308,26 @@ def account_post():
         proved = _proved(user_id, action)
         if proved:
             lockout.succeeded(user_id)
+            note_second_factor()
         return passkey_forms.remove(user_id, proved)
     if action == "enrol" and not fx.enrolled(user_id):
-        codes = fx.confirm(user_id, code)
+        first = not has_second_factor(user_id)
+        if not may_add_factor(user_id):
+            # A session that did not show the existing factor recently must not add one
+            # next to it (and a password-only one must not get recovery codes with it).
+            audit("otp_failed", user_id=user_id, method="enrol")
+            return _account(error=AGAIN, status=403)
+        codes = fx.confirm(user_id, code, new_codes=first)
         if codes is None:
             audit("otp_failed", user_id=user_id, method="enrol")
             return _account(error="That code is not right. Try the next one.", status=400)
         lockout.succeeded(user_id)
-        if not used_second_factor():
+        if first:
             session[AMR_KEY] = ["pwd", "otp"]  # the user just showed the factor
+            note_second_factor()
         audit("totp_enrolled", user_id=user_id)
+        if not codes:  # the recovery codes of the passkeys stay
+            return redirect("/account?enrolled=1", 302)
         return _page(
             "account_codes.html", codes=codes, next=safe_next(request.form.get("next"), "")
         )
@@ -283,8 +336,9 @@ def account_post():
             return _account(error="Two-step sign-in with an app is already off.", status=400)
         if not _proved(user_id, action):
             audit("otp_failed", user_id=user_id, method=action)
-            return _account(error="That code is not right, or was already used.", status=400)
+            return _account(error=NOT_RIGHT, status=400)
         lockout.succeeded(user_id)
+        note_second_factor()
         if action == "remove":
             keep = passkeys().has(user_id)
             fx.remove(user_id, keep_codes=keep)

@@ -3,9 +3,10 @@
 The browser side is ``static/passkeys.js``: it asks the authenticator with the options
 the page carries and posts the answer (JSON) in an ordinary form field, so errors come
 back as pages and the forms keep their CSRF tokens. Adding a passkey when the account
-already has a second factor needs a sign-in that used one; removing a passkey needs the
-current second factor again (a code, a recovery code or a passkey), so that a session
-left open somewhere cannot strip the account of its factors.
+already has a second factor needs this session to have shown one in the last 10 minutes
+(:func:`~app.views.account.may_add_factor`); removing a passkey needs the current second
+factor again (a code, a recovery code or a passkey added more than 10 minutes ago), so
+that a session left open somewhere cannot strip the account of its factors.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from ..oidc.signin import AMR_KEY
 from ..passkeys import MAX_NAME, PasskeyError
 from ..sessions import CSRF_KEY
 from .account import (
+    AGAIN,
     _account,
     _page,
     factors,
     has_second_factor,
+    may_add_factor,
+    note_second_factor,
     passkeys,
-    used_second_factor,
+    settled_before,
 )
 
 
@@ -44,10 +48,12 @@ def login_with_passkey(user_id: str, answer: str, pending_id: str) -> bool:
     return True
 
 
-def confirmed_with_passkey(user_id: str, answer: str) -> bool:
-    """Whether the account page's confirmation was signed by one of the user's passkeys."""
+def confirmed_with_passkey(user_id: str, answer: str, removing: str = "") -> bool:
+    """Whether the account page's confirmation was signed by one of the user's passkeys:
+    one added in the last minutes proves only its own removal (``removing``)."""
+    bound, settled = _session_bound(), settled_before(user_id)
     try:
-        verified = passkeys().authenticate(user_id, answer, "confirm", _session_bound())
+        verified = passkeys().authenticate(user_id, answer, "confirm", bound, settled, removing)
     except PasskeyError as error:
         audit("passkey_failed", user_id=user_id, reason=error.reason, step="confirm")
         return False
@@ -59,7 +65,7 @@ def account_context(user_id: str) -> dict:
     """What the account page shows of passkeys, with fresh challenges for its forms."""
     store = passkeys()
     listed = store.of(user_id)
-    can_add = not has_second_factor(user_id) or used_second_factor()
+    can_add = may_add_factor(user_id)
     bound = _session_bound()
     return {
         "passkeys": listed,
@@ -83,8 +89,8 @@ def account_context(user_id: str) -> dict:
 
 def add(user_id: str, lockout):
     """Verify and keep a new passkey; the first factor of an account brings recovery codes."""
-    if has_second_factor(user_id) and not used_second_factor():
-        return _account(error="Sign in with your second factor first.", status=403)
+    if not may_add_factor(user_id):
+        return _account(error=AGAIN, status=403)
     first = not has_second_factor(user_id)
     try:
         added = passkeys().register(
@@ -101,8 +107,9 @@ def add(user_id: str, lockout):
         }.get(error.reason, "The passkey was not added. Try again.")
         return _account(error=message, status=400)
     lockout.succeeded(user_id)
-    if not used_second_factor():
+    if first:
         session[AMR_KEY] = ["pwd", "hwk"]  # the user just showed the factor
+        note_second_factor()
     audit("passkey_registered", user_id=user_id, name=added.name)
     next_url = request.form.get("next", "")
     if first:

@@ -175,3 +175,48 @@ def test_a_cloned_key_raced_with_the_same_counter_wins_once(backend) -> None:
 
     results = race(6, lambda go: attempt(go, answers.pop()))
     assert sorted(results) == [False] * 5 + [True]
+
+
+def test_two_genuine_answers_raced_never_move_the_counter_back(backend, monkeypatch) -> None:
+    pk = store(backend)
+    device = registered(pk)
+    seven, eight = (login_answer(pk, device, count=n) for n in (7, 8))
+    verify = passkeys_module.webauthn.verify_authentication_response
+    calls = []
+
+    def interleaved(**kw):
+        if not calls:  # answer 7 was read against count 0: answer 8 lands meanwhile
+            calls.append(1)
+            assert pk.authenticate("alice", eight, "login", "pending-1")
+        return verify(**kw)
+
+    monkeypatch.setattr(passkeys_module.webauthn, "verify_authentication_response", interleaved)
+    with pytest.raises(PasskeyError, match="invalid"):
+        pk.authenticate("alice", seven, "login", "pending-1")
+    monkeypatch.setattr(passkeys_module.webauthn, "verify_authentication_response", verify)
+    (key,) = pk.of("alice")
+    assert backend.table("factors", None).get(key.key)["sign_count"] == 8
+    backend.table("factors", None).discard(f"count:{key.key}:8")  # old markers expire
+    with pytest.raises(PasskeyError, match="invalid"):  # a clone at 8 is refused for good
+        pk.authenticate("alice", login_answer(pk, device, count=8), "login", "pending-1")
+    assert pk.authenticate("alice", login_answer(pk, device, count=9), "login", "pending-1")
+
+
+def test_first_registrations_raced_agree_on_one_user_handle(backend, monkeypatch) -> None:
+    pk = store(backend)
+    table = backend.table("factors", None)
+    get = table.get
+    go_on = []
+
+    def slow_get(key):  # every racer reads "no handle yet" before any writes one
+        found = get(key)
+        if key.startswith("passkey-user:") and not go_on:
+            time.sleep(0.2)
+        return found
+
+    monkeypatch.setattr(table, "get", slow_get)
+    pk.table = table
+    handles = race(4, lambda go: (go(), pk.handle("carol"))[1])
+    go_on.append(1)
+    assert len(handles) == 4 and len(set(handles)) == 1
+    assert pk.handle("carol") == handles[0]
