@@ -41,24 +41,32 @@ MAX_CODE = 64
 FRESH_PROOF = 600
 
 
+def _per_process(name: str, make):
+    """The process's ``name`` object, made by ``make(settings)`` on first use."""
+    built = current_app.extensions.get(name)
+    if built is None:
+        built = current_app.extensions[name] = make(state().settings)
+    return built
+
+
 def factors() -> TwoFactor:
     """The process's :class:`TwoFactor` (built on first use)."""
-    built = current_app.extensions.get("two_factor")
-    if built is None:
-        settings = state().settings
-        built = TwoFactor(state().storage.factors, settings.keys_secret, settings.auth.site_name)
-        current_app.extensions["two_factor"] = built
-    return built
+    return _per_process(
+        "two_factor",
+        lambda settings: TwoFactor(
+            state().storage.factors, settings.keys_secret, settings.auth.site_name
+        ),
+    )
 
 
 def passkeys() -> Passkeys:
     """The process's :class:`Passkeys` (built on first use)."""
-    built = current_app.extensions.get("passkeys")
-    if built is None:
-        settings = state().settings
-        built = Passkeys(state().storage.factors, settings.issuer, settings.auth.site_name)
-        current_app.extensions["passkeys"] = built
-    return built
+    return _per_process(
+        "passkeys",
+        lambda settings: Passkeys(
+            state().storage.factors, settings.issuer, settings.auth.site_name
+        ),
+    )
 
 
 def has_second_factor(user_id: str) -> bool:
