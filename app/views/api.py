@@ -39,7 +39,7 @@ def call(name: str):
     dpop = raw is None and state().server.dpop is not None and rfc9449.dpop_token(header)
     proof = None
     if dpop:
-        token, proof, refused = _dpop(header)
+        token, proof, refused = _dpop(dpop)
         if refused is not None:
             return refused
     rfc6750.note(token is not None)
@@ -72,14 +72,14 @@ def call(name: str):
     )
 
 
-def _dpop(header: str):
-    """RFC 9449 §7: the token of an ``Authorization: DPoP`` request and its proof (not yet
-    remembered), or a 401 (``invalid_dpop_proof``, ``use_dpop_nonce``, ``invalid_token``)."""
+def _dpop(raw: str):
+    """RFC 9449 §7: the token ``raw`` of an ``Authorization: DPoP`` request and its proof
+    (not yet remembered), or a 401 (``invalid_dpop_proof``, ``use_dpop_nonce``,
+    ``invalid_token``)."""
     dpop = state().server.dpop
     nonce = dpop.nonce()
     if nonce:
         after_this_request(lambda response: rfc9449.with_nonce(response, nonce))
-    raw = rfc9449.dpop_token(header) or ""
     values = request.headers.getlist("DPoP")
     try:
         token, proof = dpop.bound(raw, values, request.method, request.path, _find)
