@@ -25,6 +25,7 @@ list of parts: ceiling, redis, postgres, growth, review, purge, site, partner).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -75,6 +76,20 @@ SESSION_SECRET = "bench-session-secret-" + "b" * 24
 HIGH_LIMIT = "100000000/minute"
 #: ``BENCH_LIMITS=off`` serves with ``limits.enabled: false`` (to price the limiter).
 LIMITS = os.environ.get("BENCH_LIMITS", "on") != "off"
+#: ``BENCH_METRICS=off`` serves without ``/metrics`` (issue 14's targets are with it on).
+METRICS = os.environ.get("BENCH_METRICS", "on") != "off"
+#: The bearer token the bench scrapes ``/metrics`` with (its hash is in the config).
+METRICS_TOKEN = "bench-metrics-" + "m" * 24  # noqa: S105 - a loopback bench's own token
+#: ``BENCH_VARIANTS``: the Redis read paths served once more with a setting changed
+#: (``token-cache``: ``token_cache.enabled``, the per-process cache of token checks).
+VARIANTS = [v for v in os.environ.get("BENCH_VARIANTS", "token-cache").split(",") if v]
+#: Variant -> (its config sections, the scenarios it runs again).
+VARIANT_CONFIG: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
+    "token-cache": (
+        {"token_cache": {"enabled": True}},
+        ("refresh", "introspect", "gateway", "gateway_dpop", "userinfo"),
+    ),
+}
 #: The ``auth_server.server`` of the main runs (the one the bench measured fastest).
 SERVER = os.environ.get("BENCH_SERVER", "granian")
 #: ``BENCH_SERVERS=serve-gunicorn,granian,gunicorn-sync,...``: the token scenarios on those.
@@ -311,6 +326,7 @@ def server_config(
     storage: dict[str, Any],
     limits: bool = True,
     http_server: str = SERVER,
+    extra: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     from app.settings import DEFAULTS
 
@@ -332,6 +348,11 @@ def server_config(
             config["limits"]["enabled"] = False
     if "dpop" in DEFAULTS:
         config["dpop"] = {"iat_window": DPOP_WINDOW}
+    if METRICS and "metrics" in DEFAULTS:
+        digest = hashlib.sha256(METRICS_TOKEN.encode()).hexdigest()
+        config["metrics"] = {"enabled": True, "token_hash": f"sha256${digest}"}
+    for section, values in (extra or {}).items():
+        config.setdefault(section, {}).update(values)
     return config
 
 
@@ -363,16 +384,22 @@ def start_site(run_dir: Path) -> tuple[procs.Proc, int]:
 
 
 def start_server(
-    run_dir: Path, backend: str, command: str = "serve", limits: bool = LIMITS
+    run_dir: Path,
+    backend: str,
+    command: str = "serve",
+    limits: bool = LIMITS,
+    variant: str | None = None,
 ) -> Server:
-    """``command``: ``serve`` (with ``SERVER``), ``serve-<server>``, or an ``ALT_SERVERS`` key."""
+    """``command``: ``serve`` (with ``SERVER``), ``serve-<server>``, or an ``ALT_SERVERS`` key;
+    ``variant``: a :data:`VARIANT_CONFIG` key."""
     port, site_port = procs.free_port(), procs.free_port()
-    name = f"{backend}-{command}{'' if limits else '-nolimits'}"
+    name = f"{backend}-{command}{'' if limits else '-nolimits'}{f'-{variant}' if variant else ''}"
     config_dir = run_dir / f"config-{name}"
     config_dir.mkdir()
     storage = storage_for(backend)
     http_server = command.removeprefix("serve-") if command.startswith("serve-") else SERVER
-    config = server_config(port, site_port, storage, limits, http_server)
+    extra = VARIANT_CONFIG[variant][0] if variant else None
+    config = server_config(port, site_port, storage, limits, http_server, extra)
     (config_dir / "default.json").write_text(json.dumps(config, indent=2))
     env = clean_env({"OAUTH2_CONFIG_DIR": str(config_dir), "OAUTH2_ENV": "development"})
     if command.startswith("serve"):
@@ -685,9 +712,11 @@ def token_scenarios(
     with_flow: bool,
     results: dict[str, Any] | None = None,
     peer: nodepeer.Peer | None = None,
+    only: tuple[str, ...] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """client credentials, refresh, introspection, gateway (and the code flow) on one store;
-    with ``peer``, each scenario's counterpart on the peer right after it."""
+    with ``peer``, each scenario's counterpart on the peer right after it; ``only``: just
+    those scenarios."""
     out: dict[str, dict[str, Any]] = {}
     failures = results if results is not None else {}
     access = fx.live_token()
@@ -724,6 +753,8 @@ def token_scenarios(
             ("flow", lambda: run_flow(server)),
             ("flow_openid", lambda: run_flow(server, openid=True)),
         ]
+    if only is not None:
+        plan = [step for step in plan if step[0] in only]
     for name, fn in plan:
         result = attempt(failures, f"{label} {name}", fn)
         if result is not None:
@@ -926,6 +957,43 @@ def alt_server_runs(run_dir: Path, results: dict[str, Any]) -> None:
             procs.stop_all()
 
 
+def variant_runs(run_dir: Path, results: dict[str, Any]) -> None:
+    """The Redis scenarios a setting changes, served again with it (``BENCH_VARIANTS``)."""
+    for variant in VARIANTS:
+        if variant not in VARIANT_CONFIG:
+            log(f"skipping {variant!r} in BENCH_VARIANTS (known: {', '.join(VARIANT_CONFIG)})")
+            continue
+        server = start_server(run_dir, "redis", variant=variant)
+        fx = Fixtures(server)
+        try:
+            fx.reset()
+            label = f"redis-{variant}"
+            only = VARIANT_CONFIG[variant][1]
+            scenarios = token_scenarios(server, fx, run_dir, label, True, results, only=only)
+            results.setdefault("variants", {})[variant] = scenarios
+            results.setdefault("server_log", {})[label] = server_log_summary(server.proc)
+        finally:
+            fx.close()
+            procs.stop_all()
+
+
+def scrape_metrics(server: Server) -> dict[str, Any]:
+    """Scrape ``/metrics`` once (with the bench's token): the metrics were on and counted."""
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.port}/metrics",
+        headers={"Authorization": f"Bearer {METRICS_TOKEN}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback
+        text = answer.read().decode()
+    samples = [x for x in text.splitlines() if x and not x.startswith("#")]
+    counted = sum(
+        float(x.rsplit(" ", 1)[1]) for x in samples if x.startswith("oauth2_http_requests_total{")
+    )
+    return {"status": 200, "samples": len(samples), "requests_counted": int(counted)}
+
+
 def run(run_dir: Path) -> dict[str, Any]:
     wrk.ensure_wrk()
     prepare_postgres()
@@ -943,6 +1011,9 @@ def run(run_dir: Path) -> dict[str, Any]:
             "purge_rows": PURGE_ROWS,
             "server": f"oauth2-server serve ({SERVER}, 2 workers)",
             "limits": f"enabled, every limit {HIGH_LIMIT}" if LIMITS else "disabled",
+            "metrics": "enabled (scraped with a token)" if METRICS else "disabled",
+            "request_log": "one line per request, text, to the server's log file",
+            "variants": VARIANTS,
         },
         "ceiling": {},
         "scenarios": {},
@@ -963,6 +1034,8 @@ def run(run_dir: Path) -> dict[str, Any]:
     for backend in ("redis", "postgres"):
         if backend in PARTS:
             run_backend(backend, run_dir, results)
+    if VARIANTS and "redis" in PARTS:
+        attempt(results, "variants", lambda: variant_runs(run_dir, results))
     if SERVERS:
         attempt(results, "other servers", lambda: alt_server_runs(run_dir, results))
     if "partner" in PARTS:
@@ -1060,6 +1133,10 @@ def run_backend(backend: str, run_dir: Path, results: dict[str, Any]) -> None:
                 )
 
             attempt(results, "purge under load", purge)
+        if METRICS:
+            found = attempt(results, f"metrics ({backend})", lambda: scrape_metrics(server))
+            if found:
+                results.setdefault("metrics", {})[backend] = found
         results.setdefault("server_log", {})[backend] = server_log_summary(server.proc)
     finally:
         fx.close()
@@ -1086,7 +1163,7 @@ def add_ratios(results: dict[str, Any]) -> None:
 
     for row in results["ceiling"].values():
         tag(row)
-    for group in ("scenarios", "servers"):
+    for group in ("scenarios", "servers", "variants"):
         for scenarios in (results.get(group) or {}).values():
             if isinstance(scenarios, dict) and "rps" in scenarios:
                 tag(scenarios)
@@ -1107,7 +1184,10 @@ def add_ratios(results: dict[str, Any]) -> None:
 def add_peer_ratios(results: dict[str, Any]) -> None:
     """Each Redis scenario's req/s over its counterpart's on the peer, same window."""
     peer = (results.get("peer") or {}).get("scenarios") or {}
-    for name, row in (results.get("scenarios", {}).get("redis") or {}).items():
+    rows = list((results.get("scenarios", {}).get("redis") or {}).items())
+    for scenarios in (results.get("variants") or {}).values():
+        rows += list(scenarios.items())
+    for name, row in rows:
         other = peer.get(nodepeer.COUNTERPARTS.get(name, ""))
         if other and other.get("flows_per_s", other.get("rps")):
             # Flows: flows/s (the peer's flow takes 8 requests, ours 6).
@@ -1126,7 +1206,7 @@ def fmt_row(cols: list[str], widths: list[int]) -> str:
 
 def table(results: dict[str, Any]) -> str:
     lines: list[str] = []
-    widths = [52, 10, 9, 9, 7, 7, 8, 8, 9]
+    widths = [64, 10, 9, 9, 7, 7, 8, 8, 9]
     head = [
         "scenario", "req/s", "p50 ms", "p99 ms", "errors", "ratio", "vs peer", "target",
         "cpu ms/r",
@@ -1188,6 +1268,10 @@ def table(results: dict[str, Any]) -> str:
     peer = results.get("peer") or {}
     for key, r in (peer.get("scenarios") or {}).items():
         row(f"[peer, redis, node] {PEER_LABELS[key]}", r)
+    for variant, scenarios in (results.get("variants") or {}).items():
+        for key, r in scenarios.items():
+            target = f">={TARGETS[key]:.2f}" if key in TARGETS else ""
+            row(f"[redis, {SERVER}, {variant}] {LABELS[key]}", r, target)
     for command, scenarios in (results.get("servers") or {}).items():
         for key, r in scenarios.items():
             row(f"[redis, {command}] {LABELS[key]}", r, f">={TARGETS.get(key, 0):.2f}")
@@ -1268,6 +1352,11 @@ def table(results: dict[str, Any]) -> str:
             f"Flow driver: {flow['driver_cpu_s']} CPU s over {flow['seconds']} s "
             f"({flow['driver_cpu_share'] * 100:.0f}% of one core, "
             f"{flow['driver_cpu_ms_per_flow']} ms per flow); step p50 ms {flow['step_p50_ms']}"
+        )
+    for backend, m in (results.get("metrics") or {}).items():
+        lines.append(
+            f"Metrics [{backend}]: /metrics answered {m['status']} at the end, {m['samples']} "
+            f"samples, {m['requests_counted']:,} requests counted"
         )
     for backend, summary in (results.get("server_log") or {}).items():
         if summary["error_lines"]:

@@ -91,3 +91,30 @@ def test_the_peer_store_is_the_next_database_of_the_bench_redis(monkeypatch):
     assert nodepeer.redis_url("redis://127.0.0.1:6379/12") == "redis://127.0.0.1:6379/13"
     monkeypatch.setenv("BENCH_PEER_REDIS_URL", "redis://127.0.0.1:6400/3")
     assert nodepeer.redis_url("redis://127.0.0.1:6379/12") == "redis://127.0.0.1:6400/3"
+
+
+def test_the_bench_serves_with_metrics_on_and_scrapes_them_with_its_token(tmp_path, dummy_site):
+    """Issue 14's targets hold with limits *and metrics* on: the bench's config turns
+    ``/metrics`` on behind a token whose hash it carries, and the variant rows change only
+    their own setting."""
+    config = run.server_config(8080, 8084, {"default": "sqlite:///:memory:"})
+    plain_sections = set(config)
+    assert config["metrics"]["enabled"] is True
+    cached = run.server_config(
+        8080, 8084, {"default": "sqlite:///:memory:"}, extra=run.VARIANT_CONFIG["token-cache"][0]
+    )
+    assert cached["token_cache"] == {"enabled": True}
+    assert set(cached) - plain_sections == {"token_cache"}
+    app = create_app(
+        base_config(tmp_path, dummy_site, metrics=config["metrics"], limits=config["limits"])
+    )
+    try:
+        client = app.test_client()
+        assert client.post("/token", data={"grant_type": "client_credentials"}).status_code == 401
+        refused = client.get("/metrics", headers={"Authorization": "Bearer not-the-token"})
+        scraped = client.get("/metrics", headers={"Authorization": f"Bearer {run.METRICS_TOKEN}"})
+    finally:
+        close_app(app)
+    assert refused.status_code in (401, 403, 404)
+    assert scraped.status_code == 200
+    assert 'oauth2_http_requests_total{method="POST",route="/token",status="401"}' in scraped.text
