@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.server
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask, jsonify, request
+from flask import Flask, jsonify, redirect, request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from werkzeug.datastructures import Headers
@@ -20,7 +21,7 @@ from werkzeug.serving import make_server
 from app.adapters import ResourceServer, adapter_class, load_adapter
 from app.adapters.base import ApiRoute, SiteUser, UpstreamResponse, UpstreamUnavailable
 from app.adapters.dummy import DummyAdapter
-from app.adapters.http import HttpAdapter
+from app.adapters.http import HttpAdapter, SiteResponse, extract
 from app.dummy_site import create_dummy_app, user_id
 from bench import procs
 
@@ -122,6 +123,10 @@ def echo_app(seen: list[dict[str, Any]], release: threading.Event) -> Flask:
     @app.post("/login-empty")
     def login_empty() -> Any:
         return jsonify(id="1")
+
+    @app.get("/redirect")
+    def to_echo() -> Any:
+        return redirect("/echo/landed")
 
     @app.get("/slow")
     def slow() -> Any:
@@ -552,3 +557,181 @@ def test_any_method_value_loads_or_names_the_key(method: object) -> None:
     adapter.close()
     assert route.allowed and set(route.allowed) <= {"GET", "POST", "PUT"}
     assert route.method == route.allowed[0]
+
+
+# --- the libcurl client: handles reused per thread, nothing carried between calls ----
+
+
+@contextlib.contextmanager
+def keep_alive_echo() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """An HTTP/1.1 site that keeps connections open (Werkzeug's closes each one) and
+    records each request with the client port it came from: one port, one connection."""
+    seen: list[dict[str, Any]] = []
+
+    class Echo(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            seen.append(
+                {
+                    "method": self.command,
+                    "path": self.path,
+                    "headers": dict(self.headers.items()),
+                    "body": self.rfile.read(length),
+                    "port": self.client_address[1],
+                }
+            )
+            body = b'{"ok": true}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = do_DELETE = answer
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_a_post_then_a_get_on_one_handle_carry_nothing_over() -> None:
+    api = {
+        "up": {"method": "POST", "path": "/up", "scope": "write", "token_in": "cookie:sid"},
+        "put": {"method": "PUT", "path": "/put", "scope": "write", "token_in": "header:X-T"},
+        "get": {"path": "/get", "scope": "read"},
+    }
+    with (
+        keep_alive_echo() as (url, seen),
+        adapter_for(HttpAdapter, http_config(url, api=api)) as adapter,
+    ):
+        headers = {"X-Once": "1", "Content-Type": "application/octet-stream"}
+        assert call(adapter, "up", "secret", headers=headers, body=b"\x00bin\x00").status == 200
+        handle = adapter._client._handle()
+        assert call(adapter, "get", "other").status == 200
+        assert call(adapter, "put", "third", body=b"x").status == 200
+        assert call(adapter, "get", "fourth").status == 200
+        assert adapter._client._handle() is handle  # the same handle on this thread
+    post, get, put, get2 = seen
+    assert len({r["port"] for r in seen}) == 1  # one connection, kept alive throughout
+    assert (post["method"], post["body"], post["headers"]["Cookie"]) == (
+        "POST",
+        b"\x00bin\x00",
+        "sid=secret",
+    )
+    assert post["headers"]["X-Once"] == "1"
+    assert post["headers"]["Content-Type"] == "application/octet-stream"
+    for got, token in ((get, "other"), (get2, "fourth")):
+        assert (got["method"], got["body"], got["path"]) == ("GET", b"", f"/get?token={token}")
+        for name in (
+            "X-Once",
+            "Content-Type",
+            "Content-Length",
+            "Cookie",
+            "Expect",
+            "Accept",
+            "X-T",
+        ):
+            assert name not in got["headers"]
+    assert (put["method"], put["body"], put["headers"]["X-T"]) == ("PUT", b"x", "third")
+    assert "Content-Type" not in put["headers"] and "Cookie" not in put["headers"]
+
+
+def test_a_head_then_a_get_on_one_handle_get_the_body(dummy: DummyAdapter) -> None:
+    dummy.ready(1)
+    user = dummy.login("alice", "password")
+    assert user is not None
+    response = call(dummy, "profile", user.site_token)
+    assert json.loads(response.body)["id"] == user.id
+
+
+def test_many_threads_each_get_their_own_answer(dummy: DummyAdapter) -> None:
+    users = [dummy.login(f"user{n}", "password") for n in range(8)]
+    assert all(users)
+    wrong: list[tuple[str, Any]] = []
+    handles: list[Any] = []
+
+    def work(user: SiteUser) -> None:
+        handles.append(dummy._client._handle())
+        for _ in range(25):
+            response = call(dummy, "profile", user.site_token)
+            got = json.loads(response.body).get("id") if response.status == 200 else response
+            if got != user.id:
+                wrong.append((user.id, got))
+
+    threads = [threading.Thread(target=work, args=(user,)) for user in users if user]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert wrong == []
+    assert len(set(handles)) == len(threads)  # one handle per thread
+
+
+def test_redirects_are_answers_not_followed(echo: tuple[str, list]) -> None:
+    url, seen = echo
+    api = {"go": {"path": "/redirect", "scope": "read"}}
+    with adapter_for(HttpAdapter, http_config(url, api=api)) as adapter:
+        response = call(adapter, "go")
+    assert response.status == 302 and seen == []  # /echo/landed never asked
+
+
+def test_unreachable_and_timeout_messages_name_the_site_not_the_url(
+    echo: tuple[str, list], down_url: str
+) -> None:
+    api = {"get": {"path": "/echo/{token}", "scope": "read"}}
+    with adapter_for(HttpAdapter, http_config(down_url, api=api)) as adapter:
+        with pytest.raises(UpstreamUnavailable) as error:
+            call(adapter, "get", "tok-in-url")
+        assert str(error.value) == f"{down_url} is unreachable (E_COULDNT_CONNECT)"
+        with pytest.raises(UpstreamUnavailable) as error:
+            adapter.ready(1)
+        assert (str(error.value), error.value.timeout) == (f"{down_url} is unreachable", False)
+    api = {"slow": {"path": "/slow?t={token}", "scope": "read"}}
+    config = http_config(echo[0], timeout=0.2, api=api)
+    with adapter_for(HttpAdapter, config) as adapter, pytest.raises(UpstreamUnavailable) as error:
+        call(adapter, "slow", "tok-in-url")
+    assert str(error.value) == f"{echo[0]} gave no answer in 0.2s" and error.value.timeout
+
+
+def test_a_header_with_a_line_break_is_refused_before_sending(echo: tuple[str, list]) -> None:
+    url, seen = echo
+    api = {"get": {"path": "/echo/get", "scope": "read"}}
+    with adapter_for(HttpAdapter, http_config(url, api=api)) as adapter:
+        with pytest.raises(ValueError, match="invalid header"):
+            call(adapter, "get", headers={"X-A": "1\r\nX-Injected: 1"})
+        assert call(adapter, "get", headers={"X-Empty": ""}).status == 200
+    assert len(seen) == 1 and seen[0]["headers"]["X-Empty"] == ""
+
+
+def test_only_the_final_responses_headers_are_read() -> None:
+    lines = [
+        b"HTTP/1.1 100 Continue\r\n",
+        b"Set-Cookie: early=1\r\n",
+        b"\r\n",
+        b"HTTP/1.1 200 OK\r\n",
+        b"set-cookie: session=abc; Path=/\r\n",
+        b"Set-Cookie: other=2\r\n",
+        b"X-Token: t1\r\n",
+        b"X-Long: a\r\n",
+        b"  b\r\n",
+        b"\r\n",
+    ]
+    response = SiteResponse(200, b"{}", "application/json", lines)
+    assert extract("cookie:session", response) == "abc"
+    assert extract("cookie:other", response) == "2"
+    assert extract("cookie:early", response) is None
+    assert extract("header:x-token", response) == "t1"
+    assert response.header("X-LONG") == "a b"
+    assert response.header("Set-Cookie") == "session=abc; Path=/, other=2"

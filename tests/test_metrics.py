@@ -8,6 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app import create_app
 from app.config_model import ConfigError
 from app.secrets_hash import hash_random_secret
+from bench import procs
 from tests.conftest import REDIRECT, base_config, basic, bearer, exchange, get_code
 from tests.factories import make_token
 
@@ -118,17 +119,13 @@ def test_a_flow_moves_the_counters(metered):
 
 
 def test_site_failures_are_counted_by_function(metered, monkeypatch):
-    import app.adapters.http as http_adapter
-
     state = metered.application.extensions["oauth2"]
     code = get_code(metered)
     access = exchange(metered, code).get_json()["access_token"]
     before = scrape(metered)
 
-    def refuse(*args, **kwargs):
-        raise http_adapter.urllib3.exceptions.NewConnectionError(None, "refused")
-
-    monkeypatch.setattr(state.adapter._pool, "request", refuse)
+    # The site goes away: its address now refuses connections.
+    monkeypatch.setattr(state.adapter, "base_url", f"http://127.0.0.1:{procs.free_port()}")
     assert metered.get("/api/profile", headers=bearer(access)).status_code == 502
     after = scrape(metered)
     errors = "oauth2_upstream_errors_total"

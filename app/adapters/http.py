@@ -5,18 +5,30 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import threading
 import urllib.request
+import weakref
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, ClassVar
-from urllib.parse import quote, unquote, urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
-import urllib3
+import pycurl
 from pydantic import BaseModel
 
 from .base import ApiRoute, ResourceServer, SiteUser, UpstreamResponse, UpstreamUnavailable
 from .http_config import BODY_METHODS, ClaimsSettings, HttpConfig
 
 log = logging.getLogger(__name__)
+
+#: libcurl's error codes by name ("E_COULDNT_CONNECT"), for messages without the URL.
+_CURL_ERRORS: dict[int, str] = {}
+for _name in sorted(dir(pycurl)):  # the easy interface's codes (not the multi's, the share's)
+    if _name.startswith("E_") and not _name.startswith(("E_MULTI_", "E_SHARE_")):
+        _CURL_ERRORS.setdefault(getattr(pycurl, _name), _name)
+_HTTP_ONLY = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
+#: Headers libcurl would add unless the caller gives them: each line removes its own.
+_NO_DEFAULTS = {"accept": b"Accept:", "content-type": b"Content-Type:", "expect": b"Expect:"}
 
 
 def proxy_for(base_url: str, trust_env: bool) -> str | None:
@@ -39,29 +51,144 @@ def proxy_for(base_url: str, trust_env: bool) -> str | None:
     return proxy
 
 
-def new_pool(timeout: float, proxy: str | None = None, pool_size: int = 32) -> urllib3.PoolManager:
-    """The site's connection pool (urllib3: requests' per-call session, cookie and hook
-    machinery cost twice the CPU of the call itself, bench/README.md), or a
-    ``ProxyManager`` when a proxy applies. No retries, redirects or cookies: each
-    call stands alone, so one user's cookie can never reach another's call."""
-    options: dict[str, Any] = {
-        "num_pools": 4,
-        "maxsize": pool_size,
-        "retries": False,
-        "timeout": urllib3.Timeout(connect=timeout, read=timeout),
-    }
-    if proxy is None:
-        return urllib3.PoolManager(**options)
-    user = urlsplit(proxy)
-    if user.username is not None:
-        secret = unquote(f"{user.username}:{user.password or ''}")
-        options["proxy_headers"] = urllib3.make_headers(proxy_basic_auth=secret)
-    return urllib3.ProxyManager(proxy, **options)
+class SiteResponse:
+    """A site's answer: status, body and the final response's header lines (parsed on
+    demand: the gateway reads only the status, body and Content-Type)."""
+
+    __slots__ = ("status", "data", "content_type", "_lines", "_headers")
+
+    def __init__(self, status: int, data: bytes, content_type: str | None, lines: list[bytes]):
+        self.status, self.data, self.content_type = status, data, content_type
+        self._lines = lines
+        self._headers: dict[str, list[str]] | None = None
+
+    def _parse(self) -> dict[str, list[str]]:
+        if self._headers is None:
+            lines = self._lines
+            # Only the final response's block: a "100 Continue" or a proxy's CONNECT
+            # answer comes before it, each starting with its own status line.
+            first = max(
+                (i for i, line in enumerate(lines) if line.startswith(b"HTTP/")), default=-1
+            )
+            headers: dict[str, list[str]] = {}
+            last: list[str] | None = None
+            for raw in lines[first + 1 :]:
+                line = raw.decode("latin-1").rstrip("\r\n")
+                if not line:
+                    continue
+                if line[0] in " \t" and last:  # an obsolete folded continuation
+                    last[-1] += " " + line.strip()
+                    continue
+                name, sep, value = line.partition(":")
+                if sep:
+                    last = headers.setdefault(name.strip().lower(), [])
+                    last.append(value.strip())
+            self._headers = headers
+        return self._headers
+
+    def header(self, name: str) -> str | None:
+        """The header's value (several joined with ", ", as urllib3 did), or ``None``."""
+        values = self._parse().get(name.lower())
+        return ", ".join(values) if values else None
+
+    def header_list(self, name: str) -> list[str]:
+        """Every value the header came with (each ``Set-Cookie`` on its own)."""
+        return list(self._parse().get(name.lower(), ()))
 
 
-def _cookies(response: urllib3.BaseHTTPResponse) -> dict[str, str]:
+class SiteClient:
+    """libcurl (pycurl) talking to one site: a ``Curl`` handle per thread, reused so its
+    connection stays alive, and reset before every request so nothing (method, body,
+    header, cookie) carries from one call to the next. No retries, no redirects, no
+    cookie engine: each call stands alone, so one user's cookie can never reach
+    another's call. ``proxy`` is the only proxy used (libcurl's own reading of the
+    environment is switched off)."""
+
+    def __init__(self, timeout: float, proxy: str | None = None) -> None:
+        self.timeout = timeout
+        self.proxy = proxy or ""
+        self._local = threading.local()
+        self._handles: weakref.WeakSet[pycurl.Curl] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def _handle(self) -> pycurl.Curl:
+        local = self._local
+        handle: pycurl.Curl | None = getattr(local, "handle", None)
+        if handle is None or local.pid != os.getpid():  # none yet, or a forked parent's
+            handle = pycurl.Curl()
+            local.handle, local.pid = handle, os.getpid()
+            with self._lock:
+                self._handles.add(handle)
+        return handle
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> SiteResponse:
+        """Send one request; raise ``pycurl.error`` when no answer came."""
+        lines, given = [], set()
+        for name, value in (headers or {}).items():
+            if "\r" in name or "\n" in name or "\r" in value or "\n" in value or ":" in name:
+                raise ValueError(f"invalid header {name!r}")  # as http.client refuses it
+            given.add(name.lower())
+            # "Name:" alone would make libcurl drop the header; "Name;" sends it empty.
+            line = f"{name}: {value}" if value else f"{name};"
+            lines.append(line.encode("latin-1"))  # as http.client encodes it
+        # None of libcurl's own additions: no "Accept: */*", no form Content-Type for a
+        # body that came without one, no "Expect: 100-continue" round trip.
+        lines.extend(_NO_DEFAULTS[name] for name in _NO_DEFAULTS if name not in given)
+        handle = self._handle()
+        handle.reset()
+        setopt = handle.setopt
+        setopt(pycurl.URL, url)
+        setopt(pycurl.NOSIGNAL, 1)
+        setopt(pycurl.PROTOCOLS, _HTTP_ONLY)
+        setopt(pycurl.REDIR_PROTOCOLS, _HTTP_ONLY)
+        setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
+        setopt(pycurl.PROXY, self.proxy)  # "" = none, whatever the environment says
+        if self.proxy:
+            setopt(pycurl.NOPROXY, "")  # proxy_for already applied NO_PROXY
+        millis = max(1, int((self.timeout if timeout is None else timeout) * 1000))
+        setopt(pycurl.CONNECTTIMEOUT_MS, millis)
+        setopt(pycurl.TIMEOUT_MS, millis)
+        if method == "HEAD":
+            setopt(pycurl.NOBODY, 1)
+        elif body is not None or method in BODY_METHODS:
+            setopt(pycurl.POSTFIELDS, body or b"")  # sets its length too: binary-safe
+            if method != "POST":
+                setopt(pycurl.CUSTOMREQUEST, method)
+        elif method != "GET":
+            setopt(pycurl.CUSTOMREQUEST, method)
+        setopt(pycurl.HTTPHEADER, lines)
+        chunks: list[bytes] = []
+        received: list[bytes] = []
+        setopt(pycurl.WRITEFUNCTION, chunks.append)
+        setopt(pycurl.HEADERFUNCTION, received.append)
+        handle.perform()
+        return SiteResponse(
+            handle.getinfo(pycurl.RESPONSE_CODE),
+            b"".join(chunks),
+            handle.getinfo(pycurl.CONTENT_TYPE),
+            received,
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            handles = list(self._handles)
+            self._handles.clear()
+        for handle in handles:
+            with contextlib.suppress(pycurl.error):  # one another thread is still using
+                handle.close()
+        self._local = threading.local()
+
+
+def _cookies(response: SiteResponse) -> dict[str, str]:
     jar: SimpleCookie = SimpleCookie()
-    for header in response.headers.getlist("Set-Cookie"):
+    for header in response.header_list("Set-Cookie"):
         with contextlib.suppress(CookieError):
             jar.load(header)
     return {name: morsel.value for name, morsel in jar.items()}
@@ -83,13 +210,13 @@ def json_fields(body: bytes, paths: dict[str, str]) -> dict[str, Any]:
     return found
 
 
-def extract(spec: str, response: urllib3.BaseHTTPResponse) -> str | None:
+def extract(spec: str, response: SiteResponse) -> str | None:
     """Read ``cookie:<name>``, ``header:<Name>`` or ``json:<a.b>`` from a response."""
     kind, _, name = spec.partition(":")
     if kind == "cookie":
         return _cookies(response).get(name)
     if kind == "header":
-        return response.headers.get(name)
+        return response.header(name)
     try:
         value: Any = json.loads(response.data)
     except ValueError:
@@ -143,7 +270,7 @@ class HttpAdapter(ResourceServer):
         self._api = {name: route.route(name) for name, route in settings.api.items()}
         self._user_agent = settings.user_agent
         self.claim_settings: ClaimsSettings = settings.claims
-        self._pool = new_pool(self.timeout, proxy_for(self.base_url, settings.trust_env))
+        self._client = SiteClient(self.timeout, proxy_for(self.base_url, settings.trust_env))
 
     def http_config(self, config: dict[str, Any]) -> dict[str, Any]:
         """Return the config in the form documented above; presets override this."""
@@ -175,7 +302,7 @@ class HttpAdapter(ResourceServer):
             return None
         return self._site_user(response, username)
 
-    def _site_user(self, response: urllib3.BaseHTTPResponse, username: str) -> SiteUser | None:
+    def _site_user(self, response: SiteResponse, username: str) -> SiteUser | None:
         spec = self.login_settings
         token, uid = extract(spec.token_from, response), extract(spec.id_from, response)
         if not token or not uid:
@@ -226,47 +353,38 @@ class HttpAdapter(ResourceServer):
         if params:
             path += ("&" if "?" in path else "?") + urlencode(params)
         response = self._request(route.method, path, data, headers)
-        content_type = response.headers.get("Content-Type", "application/octet-stream")
+        content_type = response.content_type or "application/octet-stream"
         return UpstreamResponse(response.status, response.data, content_type)
 
     def _request(
         self, method: str, path: str, body: bytes | None, headers: dict[str, str]
-    ) -> urllib3.BaseHTTPResponse:
-        url, headers = self.base_url + path, {"User-Agent": self._user_agent, **headers}
+    ) -> SiteResponse:
+        headers = {"User-Agent": self._user_agent, **headers}
         try:
-            return self._pool.request(method, url, body=body, headers=headers, redirect=False)
-        # Messages name the site, not the URL: a URL may carry the user's site token.
-        # (A refused connection is a NewConnectionError, which urllib3 derives from
-        # its connect timeout: it is not a timeout.)
-        except urllib3.exceptions.TimeoutError as exc:
-            if isinstance(exc, urllib3.exceptions.NewConnectionError):
-                message = f"{self.base_url} is unreachable ({type(exc).__name__})"
-                raise UpstreamUnavailable(message) from exc
-            message = f"{self.base_url} gave no answer in {self.timeout}s"
-            raise UpstreamUnavailable(message, timeout=True) from exc
-        except urllib3.exceptions.HTTPError as exc:
-            message = f"{self.base_url} is unreachable ({type(exc).__name__})"
-            raise UpstreamUnavailable(message) from exc
+            return self._client.request(method, self.base_url + path, body, headers)
+        except pycurl.error as exc:
+            raise self._unavailable(exc, self.timeout, detail=True) from exc
+
+    def _unavailable(self, exc: pycurl.error, timeout: float, detail: bool) -> UpstreamUnavailable:
+        # Messages name the site, not the URL (a URL may carry the user's site token),
+        # nor libcurl's own text: only its error's name.
+        code = exc.args[0] if exc.args else -1
+        if code == pycurl.E_OPERATION_TIMEDOUT:
+            return UpstreamUnavailable(
+                f"{self.base_url} gave no answer in {timeout}s", timeout=True
+            )
+        reason = f" ({_CURL_ERRORS.get(code, 'error')})" if detail else ""
+        return UpstreamUnavailable(f"{self.base_url} is unreachable{reason}")
 
     def ready(self, timeout: float) -> None:
         """``HEAD /`` on the site: any answer below 500 means it serves (a 404 too)."""
+        headers = {"User-Agent": self._user_agent}
         try:
-            response = self._pool.request(
-                "HEAD",
-                self.base_url + "/",
-                headers={"User-Agent": self._user_agent},
-                redirect=False,
-                timeout=urllib3.Timeout(connect=timeout, read=timeout),
-            )
-        except urllib3.exceptions.TimeoutError as exc:
-            if isinstance(exc, urllib3.exceptions.NewConnectionError):
-                raise UpstreamUnavailable(f"{self.base_url} is unreachable") from exc
-            message = f"{self.base_url} gave no answer in {timeout}s"
-            raise UpstreamUnavailable(message, timeout=True) from exc
-        except urllib3.exceptions.HTTPError as exc:
-            raise UpstreamUnavailable(f"{self.base_url} is unreachable") from exc
+            response = self._client.request("HEAD", self.base_url + "/", None, headers, timeout)
+        except pycurl.error as exc:
+            raise self._unavailable(exc, timeout, detail=False) from exc
         if response.status >= 500:
             raise UpstreamUnavailable(f"{self.base_url} answered {response.status}")
 
     def close(self) -> None:
-        self._pool.clear()
+        self._client.close()
