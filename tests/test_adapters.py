@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime
 import http.server
+import ipaddress
 import json
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -563,7 +566,9 @@ def test_any_method_value_loads_or_names_the_key(method: object) -> None:
 
 
 @contextlib.contextmanager
-def keep_alive_echo() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+def keep_alive_echo(
+    tls: ssl.SSLContext | None = None,
+) -> Iterator[tuple[str, list[dict[str, Any]]]]:
     """An HTTP/1.1 site that keeps connections open (Werkzeug's closes each one) and
     records each request with the client port it came from: one port, one connection."""
     seen: list[dict[str, Any]] = []
@@ -596,10 +601,12 @@ def keep_alive_echo() -> Iterator[tuple[str, list[dict[str, Any]]]]:
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
     server.daemon_threads = True
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}", seen
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_port}", seen
     finally:
         server.shutdown()
         server.server_close()
@@ -735,3 +742,59 @@ def test_only_the_final_responses_headers_are_read() -> None:
     assert extract("header:x-token", response) == "t1"
     assert response.header("X-LONG") == "a b"
     assert response.header("Set-Cookie") == "session=abc; Path=/, other=2"
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by its own key: (certificate, key) files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "site.pem", directory / "site.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+def test_https_trusts_what_python_trusts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The certificates come from Python's (OpenSSL's) default places, ``SSL_CERT_FILE``
+    included, as with urllib3; an untrusted certificate is refused."""
+    cert, key = self_signed(tmp_path)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    api = {"get": {"path": "/get", "scope": "read"}}
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    with keep_alive_echo(tls) as (url, seen):
+        with adapter_for(HttpAdapter, http_config(url, api=api)) as adapter:
+            with pytest.raises(UpstreamUnavailable) as error:
+                call(adapter, "get")
+            assert str(error.value) == f"{url} is unreachable (E_PEER_FAILED_VERIFICATION)"
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        with adapter_for(HttpAdapter, http_config(url, api=api)) as adapter:
+            assert call(adapter, "get", "t1").status == 200
+    assert [r["path"] for r in seen] == ["/get?token=t1"]

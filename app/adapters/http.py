@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import ssl
 import threading
 import urllib.request
 import weakref
@@ -107,6 +108,12 @@ class SiteClient:
     def __init__(self, timeout: float, proxy: str | None = None) -> None:
         self.timeout = timeout
         self.proxy = proxy or ""
+        # The CA certificates Python's ssl (and so urllib3) trusts, SSL_CERT_FILE and
+        # SSL_CERT_DIR included: the wheel's libcurl would look in its build system's
+        # place (/etc/pki/tls/certs/ca-bundle.crt), missing on Debian and others.
+        paths = ssl.get_default_verify_paths()
+        self._ca = [(pycurl.CAINFO, paths.cafile), (pycurl.CAPATH, paths.capath)]
+        self._ca = [(option, path) for option, path in self._ca if path]
         self._local = threading.local()
         self._handles: weakref.WeakSet[pycurl.Curl] = weakref.WeakSet()
         self._lock = threading.Lock()
@@ -149,6 +156,8 @@ class SiteClient:
         setopt(pycurl.PROTOCOLS, _HTTP_ONLY)
         setopt(pycurl.REDIR_PROTOCOLS, _HTTP_ONLY)
         setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
+        for option, path in self._ca:
+            setopt(option, path)
         setopt(pycurl.PROXY, self.proxy)  # "" = none, whatever the environment says
         if self.proxy:
             setopt(pycurl.NOPROXY, "")  # proxy_for already applied NO_PROXY
