@@ -2,9 +2,9 @@
 
 Each line is the cost of one operation (wall and CPU microseconds, single thread,
 loopback), to price what the profiles point at: the upstream call of the gateway
-(requests vs urllib3 vs http.client), the rate limiter's storage hit (moving vs
-fixed window), a Redis round trip vs a pipelined one, an audit record, JSON and
-hashing. Needs the Redis of the bench (``BENCH_REDIS_URL``, database flushed) and
+(requests vs urllib3 vs http.client vs the adapter's pycurl), the rate limiter's
+storage hit (moving vs fixed window), a Redis round trip vs a pipelined one, an audit
+record, JSON and hashing. Needs the Redis of the bench (``BENCH_REDIS_URL``, database flushed) and
 starts the dummy site itself.
 """
 
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import redis
 
+from app.adapters.http import SiteClient
 from bench import loader, procs, run
 
 
@@ -46,6 +47,7 @@ def main() -> int:
         url = f"http://127.0.0.1:{port}/info"
         session = requests.Session()
         pool = urllib3.HTTPConnectionPool("127.0.0.1", port, maxsize=4)
+        curl = SiteClient(5)
         conn = http.client.HTTPConnection("127.0.0.1", port)
 
         def via_http_client() -> None:
@@ -55,8 +57,10 @@ def main() -> int:
         checks = [
             ("upstream GET, requests.Session", lambda: session.get(
                 url, params={"token": site_token}, timeout=5, allow_redirects=False).content),
-            ("upstream GET, urllib3 pool (the adapter's)", lambda: pool.request(
+            ("upstream GET, urllib3 pool", lambda: pool.request(
                 "GET", f"/info?token={site_token}").data),
+            ("upstream GET, pycurl SiteClient (the adapter's)", lambda: curl.request(
+                "GET", f"{url}?token={site_token}", None, {"User-Agent": "micro"}).data),
             ("upstream GET, http.client keep-alive", via_http_client),
         ]  # fmt: skip
         for name, fn in checks:

@@ -35,7 +35,11 @@ AREAS = [
     ("session interface", ("app/sessions.py", "flask/sessions.py", "flask_login")),
     ("templates (jinja2)", ("jinja2",)),
     ("logging", ("logging/__init__.py",)),
-    ("upstream proxy (requests/urllib3)", ("requests/", "urllib3/", "http/client.py")),
+    # The adapter's libcurl call is native: its Python frame, SiteClient.request, stands for it.
+    (
+        "upstream proxy (libcurl/urllib3)",
+        ("requests/", "urllib3/", "http/client.py", "request (app/adapters/http.py"),
+    ),
     ("redis-py", ("redis/",)),
     ("psycopg", ("psycopg",)),
     ("json", ("json/",)),
@@ -71,7 +75,7 @@ def area_of(stack: list[str]) -> str:
         area = _match(stack[i], AREAS)
         if area is None:
             continue
-        if area in ("redis-py", "json", "psycopg", "logging", "upstream proxy (requests/urllib3)"):
+        if area in ("redis-py", "json", "psycopg", "logging", "upstream proxy (libcurl/urllib3)"):
             for frame in reversed(stack[:i]):
                 owner = _match(frame, OWNERS)
                 if owner:

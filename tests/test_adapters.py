@@ -8,6 +8,7 @@ import datetime
 import http.server
 import ipaddress
 import json
+import os
 import ssl
 import threading
 from collections.abc import Callable, Iterator
@@ -798,3 +799,31 @@ def test_https_trusts_what_python_trusts(tmp_path: Path, monkeypatch: pytest.Mon
         with adapter_for(HttpAdapter, http_config(url, api=api)) as adapter:
             assert call(adapter, "get", "t1").status == 200
     assert [r["path"] for r in seen] == ["/get?token=t1"]
+
+
+def test_a_forked_child_opens_its_own_connection() -> None:
+    """A handle made before a fork (its connection shared with the parent) is not used
+    in the child: the child makes its own, and the parent's keeps working."""
+    api = {"get": {"path": "/get", "scope": "read"}}
+    with (
+        keep_alive_echo() as (url, seen),
+        adapter_for(HttpAdapter, http_config(url, api=api)) as adapter,
+    ):
+        assert call(adapter, "get", "parent").status == 200
+        parent_handle = adapter._client._handle()
+        pid = os.fork()
+        if pid == 0:  # the child: exit 0 only if its call came on a handle of its own
+            code = 1
+            with contextlib.suppress(BaseException):
+                fresh = adapter._client._handle() is not parent_handle
+                code = 0 if fresh and call(adapter, "get", "child").status == 200 else 2
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert call(adapter, "get", "parent2").status == 200
+    assert [r["path"] for r in seen] == [
+        "/get?token=parent",
+        "/get?token=child",
+        "/get?token=parent2",
+    ]
+    assert seen[0]["port"] == seen[2]["port"] != seen[1]["port"]
