@@ -827,3 +827,12 @@ def test_a_forked_child_opens_its_own_connection() -> None:
         "/get?token=parent2",
     ]
     assert seen[0]["port"] == seen[2]["port"] != seen[1]["port"]
+
+
+def test_a_path_with_spaces_or_non_ascii_is_percent_encoded(echo: tuple[str, list]) -> None:
+    url, seen = echo
+    api = {"odd": {"path": "/echo/a b/ä|^x", "scope": "read"}}
+    with adapter_for(HttpAdapter, http_config(url, api=api)) as adapter:
+        assert call(adapter, "odd").status == 200
+    assert seen[-1]["path"] == "/echo/a b/ä|^x"
+    assert seen[-1]["target"] == "/echo/a%20b/%C3%A4%7C%5Ex?token=tok"

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import ssl
 import threading
 import urllib.request
@@ -28,6 +29,10 @@ for _name in sorted(dir(pycurl)):  # the easy interface's codes (not the multi's
     if _name.startswith("E_") and not _name.startswith(("E_MULTI_", "E_SHARE_")):
         _CURL_ERRORS.setdefault(getattr(pycurl, _name), _name)
 _HTTP_ONLY = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
+#: A character a URL may not carry as is (libcurl refuses a space, pycurl a non-ASCII
+#: one): such URLs are percent-encoded first, as urllib3 encoded them.
+_URL_UNSAFE = re.compile(r"[^A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]")
+_URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
 #: Headers libcurl would add unless the caller gives them: each line removes its own.
 _NO_DEFAULTS = {"accept": b"Accept:", "content-type": b"Content-Type:", "expect": b"Expect:"}
 
@@ -148,6 +153,8 @@ class SiteClient:
         # None of libcurl's own additions: no "Accept: */*", no form Content-Type for a
         # body that came without one, no "Expect: 100-continue" round trip.
         lines.extend(_NO_DEFAULTS[name] for name in _NO_DEFAULTS if name not in given)
+        if _URL_UNSAFE.search(url):
+            url = quote(url, safe=_URL_SAFE)
         handle = self._handle()
         handle.reset()
         setopt = handle.setopt
