@@ -108,8 +108,8 @@ class SiteClient:
     header, cookie) carries from one call to the next. No retries of ours (libcurl
     itself sends a request again, once, only when a kept-alive connection turns out
     closed before any answer came), no redirects, no cookie engine: each call stands
-    alone, so one user's cookie can never reach another's call. ``proxy`` is the only proxy used (libcurl's own reading of the
-    environment is switched off)."""
+    alone, so one user's cookie can never reach another's call. ``proxy`` is the only
+    proxy used (libcurl's own reading of the environment is switched off)."""
 
     def __init__(self, timeout: float, proxy: str | None = None) -> None:
         self.timeout = timeout
