@@ -29,7 +29,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app, request, session
 
-from ..audit import printable
+from ..audit import _PLAIN, printable
 from ..logconfig import REQUEST_ID
 
 log = logging.getLogger("oauth2.request")
@@ -39,6 +39,8 @@ SAFE_ID = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
 #: Longest path logged; longer ones are clipped (the route names the endpoint anyway).
 MAX_PATH = 200
 NOTICE = 25
+#: Users whose hash each app keeps (then it starts again): the recent ones.
+USER_HASHES = 4096
 
 #: Where a request keeps its id, its start and who it was for: its WSGI environ.
 ID_KEY = "oauth2.request_id"
@@ -117,8 +119,14 @@ class _Line:
 
     def __str__(self) -> str:
         if self.text is None:
-            shown = self.fields.items()
-            self.text = " ".join(f"{k}={printable(v)}" for k, v in shown if v is not None)
+            # ``printable`` of each value, its common case (plain text) without the call.
+            plain = _PLAIN.fullmatch
+            parts = []
+            for key, value in self.fields.items():
+                if value is not None:
+                    text = value if type(value) is str else str(value)
+                    parts.append(f"{key}={text if plain(text) else printable(text)}")
+            self.text = " ".join(parts)
         return self.text
 
 
@@ -161,6 +169,16 @@ def init_app(app: Flask, observe: Observer | None = None) -> None:
     lines = app.extensions["oauth2"].settings.config.logging.requests
     key = str(app.secret_key or "").encode()
     records = _Records(log)
+    #: User id -> its hash (an HMAC costs more than the rest of the line), bounded.
+    hashes: dict[str, str] = {}
+
+    def hashed(user: str) -> str:
+        found = hashes.get(user)
+        if found is None:
+            if len(hashes) >= USER_HASHES:
+                hashes.clear()
+            found = hashes[user] = user_hash(user, key)
+        return found
 
     def finish(response: Response) -> Response:
         req = request._get_current_object()  # type: ignore[attr-defined]
@@ -182,7 +200,7 @@ def init_app(app: Flask, observe: Observer | None = None) -> None:
                 "status": response.status_code,
                 "duration_ms": round((time.perf_counter() - environ[STARTED_KEY]) * 1000, 2),
                 "client_id": environ.get(CLIENT_KEY),
-                "user": user_hash(user, key) if user else None,
+                "user": hashed(user) if user else None,
                 "ip": req.remote_addr,
                 "request_id": rid,
             }
