@@ -188,17 +188,18 @@ def init_app(app: Flask, observe: Observer | None = None) -> None:
             rid = _start(environ)
         response.headers[HEADER] = rid
         rule = req.url_rule.rule if req.url_rule is not None else None
+        took = time.perf_counter() - environ[STARTED_KEY]  # the same time counted and logged
+        status = response.status_code
         if observe is not None:
-            took = time.perf_counter() - environ[STARTED_KEY]
-            observe(rule, req.method, response.status_code, took, req.path, response)
+            observe(rule, req.method, status, took, req.path, response)
         if lines and log.isEnabledFor(NOTICE):
             user = environ.get(USER_KEY) or _signed_in_user()
             fields = {
                 "method": req.method,
                 "path": req.path[:MAX_PATH],
                 "route": rule,
-                "status": response.status_code,
-                "duration_ms": round((time.perf_counter() - environ[STARTED_KEY]) * 1000, 2),
+                "status": status,
+                "duration_ms": round(took * 1000, 2),
                 "client_id": environ.get(CLIENT_KEY),
                 "user": hashed(user) if user else None,
                 "ip": req.remote_addr,
