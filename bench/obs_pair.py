@@ -13,6 +13,7 @@ CPU). Smaller blocks, more of them (``PAIR_BLOCK=10 PAIR_BLOCKS=200``), alternat
 on this loaded machine their ratio of sums was the steadiest figure. Also prints each
 app's median CPU µs per request and its Python calls per request (exact). ``--profile``
 prints the "on" app's top functions (cProfile, by own time) for each scenario.
+``PAIR_ON=metrics`` (or ``log``) prices one of the two alone.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from bench import inproc, procs, run
 SCENARIOS = ("client_credentials", "introspect", "gateway", "userinfo")
 BLOCK = int(os.environ.get("PAIR_BLOCK", "100"))
 BLOCKS = int(os.environ.get("PAIR_BLOCKS", "20"))
+#: What the "on" app has: ``metrics,log`` (the issue's measure), or one of the two.
+ON = os.environ.get("PAIR_ON", "metrics,log")
 
 
 def log_like_serve() -> Any:
@@ -72,7 +75,10 @@ def main(argv: list[str]) -> int:
     site, port = run.start_site(run_dir)
     try:
         run.flush_redis()
-        on, state_on = inproc.build(True, port, metrics=True, request_log=True)
+        parts = ON.split(",")
+        on, state_on = inproc.build(
+            True, port, metrics="metrics" in parts, request_log="log" in parts
+        )
         off, state_off = inproc.build(True, port, metrics=False, request_log=False)
         server = run.Server(
             "inproc", "redis", site, 8080, port, run_dir, {}, run.storage_for("redis")
@@ -80,7 +86,7 @@ def main(argv: list[str]) -> int:
         fx = run.Fixtures(server)
         makers = inproc.requests(fx.live_token(), iter(()), fx.live_token("openid profile email"))
         load = os.getloadavg()[0]
-        print(f"blocks of {BLOCK} requests, {BLOCKS} pairs, limits on, load {load:.1f}")
+        print(f"on: {ON}; blocks of {BLOCK} requests, {BLOCKS} pairs, limits on, load {load:.1f}")
         for name in names:
             make = makers[name]
             apps = {"on": on.wsgi_app, "off": off.wsgi_app}

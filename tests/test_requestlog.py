@@ -242,3 +242,6 @@ def test_the_user_hash_is_kept_per_user(client, logged, monkeypatch):
     named = [line for line in lines(out) if line.get("user") == users[0]]
     # Once per app (the main one and the gateway's own), not once a line.
     assert made == [made[0]] * 2 and len(named) >= 6
+    # The consent page's line names the user from the signed-in session (its cookie).
+    pages = [line for line in lines(out) if line.get("path") == "/authorize"]
+    assert pages and all(line.get("user") == users[0] for line in pages)

@@ -99,9 +99,10 @@ def _start(environ: dict[str, Any]) -> str:
     return rid
 
 
-def _signed_in_user() -> str | None:
-    """The signed-in user's id, only if this request already opened its session."""
-    if not getattr(session, "loaded", True):
+def _signed_in_user(environ: dict[str, Any]) -> str | None:
+    """The signed-in user's id, only if this request already opened its session (none
+    without a cookie: an API or token request, looked at no further)."""
+    if "HTTP_COOKIE" not in environ or not getattr(session, "loaded", True):
         return None
     user_id = session.get("_user_id")
     return str(user_id) if user_id else None
@@ -193,7 +194,7 @@ def init_app(app: Flask, observe: Observer | None = None) -> None:
         if observe is not None:
             observe(rule, req.method, status, took, req.path, response)
         if lines and log.isEnabledFor(NOTICE):
-            user = environ.get(USER_KEY) or _signed_in_user()
+            user = environ.get(USER_KEY) or _signed_in_user(environ)
             fields = {
                 "method": req.method,
                 "path": req.path[:MAX_PATH],
