@@ -188,12 +188,15 @@ def init_app(app: Flask, observe: Observer | None = None) -> None:
         if rid is None:  # a handler ahead of ours answered (it cannot: we go first)
             rid = _start(environ)
         response.headers[HEADER] = rid
+        logged = lines and log.isEnabledFor(NOTICE)
+        if observe is None and not logged:
+            return response
         rule = req.url_rule.rule if req.url_rule is not None else None
         took = time.perf_counter() - environ[STARTED_KEY]  # the same time counted and logged
         status = response.status_code
         if observe is not None:
             observe(rule, req.method, status, took, req.path, response)
-        if lines and log.isEnabledFor(NOTICE):
+        if logged:
             user = environ.get(USER_KEY) or _signed_in_user(environ)
             fields = {
                 "method": req.method,
