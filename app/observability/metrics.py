@@ -271,7 +271,18 @@ def _forked() -> None:
     _due = 0.0
 
 
-os.register_at_fork(after_in_child=_forked)
+def _before_fork() -> None:
+    # No flush half done (its ``prometheus_client`` lock held) when a worker is forked.
+    _FLUSH_LOCK.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _FLUSH_LOCK.release()
+
+
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_forked
+)
 atexit.register(flush)
 
 
