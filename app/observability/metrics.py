@@ -238,12 +238,6 @@ def flush() -> None:
                 _THREADS.remove(entry)
 
 
-def flush_if_due() -> None:
-    """Flush when a second has passed since the last flush (the request path's check)."""
-    if time.monotonic() >= _due:
-        flush()
-
-
 def _start_flusher() -> None:
     """This process's daemon thread flushing every second (so an idle worker's last
     counts reach the files too); started again in a forked worker."""
