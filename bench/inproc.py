@@ -183,19 +183,27 @@ def flow_runner(wsgi: Any, openid: bool = False) -> Callable[[], None]:
     return lambda: browser.flow(timings, next(flows))
 
 
-def build(limits: bool, site_port: int) -> tuple[Any, Any]:
+def build(
+    limits: bool, site_port: int, metrics: bool | None = None, request_log: bool | None = None
+) -> tuple[Any, Any]:
+    """The app and its state: metrics and the request line as given, else as the
+    ``INPROC_METRICS``/``INPROC_REQUEST_LOG`` switches say."""
     from app import create_app
     from app.settings import Settings
 
+    if metrics is None:
+        metrics = os.environ.get("INPROC_METRICS") == "on"
+    if request_log is None:
+        request_log = os.environ.get("INPROC_REQUEST_LOG") != "off"
     config = run.server_config(8080, site_port, run.storage_for("redis"), limits)
     config["auth_server"]["url"] = ORIGIN
-    if os.environ.get("INPROC_METRICS") == "on":
+    if metrics:
         from app.observability.multiproc import prepare_multiprocess_dir
         from app.secrets_hash import hash_random_secret
 
         prepare_multiprocess_dir()  # before prometheus_client's import, as serve does
         config["metrics"] = {"enabled": True, "token_hash": hash_random_secret("m" * 40)}
-    if os.environ.get("INPROC_REQUEST_LOG") == "off":
+    if not request_log:
         config.setdefault("logging", {})["requests"] = False
     if os.environ.get("INPROC_TOKEN_CACHE") == "on":  # the per-process token cache
         config["token_cache"] = {"enabled": True}

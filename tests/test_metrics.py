@@ -175,3 +175,142 @@ def test_storage_failures_are_counted_by_table(metered, monkeypatch):
     errors = "oauth2_storage_errors_total"
     labels = {"table": "tokens", "backend": "sqlite"}
     assert value(after, errors, **labels) - value(before, errors, **labels) == 1
+
+
+def test_buffered_counts_are_exact_after_a_flush_with_many_threads():
+    """Eight threads counting while another flushes over and over: after the last flush
+    the counter and the histogram hold every count (none lost, none twice)."""
+    import threading
+
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    from app.observability import metrics
+
+    registry = CollectorRegistry()
+    counter = metrics.BufferedCounter(Counter("t", "t", ["a"], registry=registry).labels("x"))
+    histogram = metrics.BufferedHistogram(
+        Histogram("h", "h", ["a"], buckets=(0.1, 1.0), registry=registry).labels("x")
+    )
+    threads, rounds, done = 8, 5000, threading.Event()
+
+    def count() -> None:
+        for i in range(rounds):
+            counter.inc()
+            histogram.observe((0.05, 0.5, 5.0)[i % 3])
+
+    def flushing() -> None:
+        while not done.is_set():
+            metrics.flush()
+
+    flusher = threading.Thread(target=flushing)
+    flusher.start()
+    workers = [threading.Thread(target=count) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    done.set()
+    flusher.join()
+    metrics.flush()
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, {"a": "x", **labels})
+
+    total = threads * rounds
+    assert sample("t_total") == total
+    assert sample("h_count") == total
+    small, middle, large = (threads * len(range(k, rounds, 3)) for k in range(3))
+    assert sample("h_bucket", le="0.1") == small
+    assert sample("h_bucket", le="1.0") == small + middle
+    assert sample("h_bucket", le="+Inf") == total
+    assert sample("h_sum") == pytest.approx(small * 0.05 + middle * 0.5 + large * 5.0)
+    # The dead threads' accumulators, flushed, are let go.
+    assert not any(owner in workers for owner, _, _ in metrics._THREADS)
+
+
+def test_counts_wait_for_a_flush_at_most_a_second():
+    """Between flushes the counter's value is behind; the flushing thread catches up."""
+    import time
+
+    from prometheus_client import CollectorRegistry, Counter
+
+    from app.observability import metrics
+
+    registry = CollectorRegistry()
+    counter = metrics.BufferedCounter(Counter("w", "w", registry=registry))
+    metrics.flush()  # starts the flushing thread
+    counter.inc(3)
+    deadline = time.monotonic() + 3 * metrics.FLUSH_EVERY
+    while registry.get_sample_value("w_total") != 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert registry.get_sample_value("w_total") == 3
+
+
+_WORKER = """
+import os, sys
+from app.observability import metrics
+counter = metrics._buffered_counter(metrics.REQUESTS, "/w", "GET", "200")
+seconds = metrics._buffered_histogram(metrics.REQUEST_SECONDS, "/w")
+for _ in range(int(sys.argv[1])):
+    counter.inc()
+    seconds.observe(0.003)
+if sys.argv[2] == "fork":
+    # A worker forked with counts pending: they stay the parent's (counted once).
+    pid = os.fork()
+    if pid == 0:
+        counter.inc()
+        metrics.flush()
+        os._exit(0)
+    os.waitpid(pid, 0)
+if sys.argv[2] == "scrape":
+    # This worker's own counts, just made and not flushed yet, are in its scrape.
+    sys.stdout.write(metrics.exposition()[0].decode())
+# else: exits with its counts pending: flushed at exit
+"""
+
+
+def test_a_multiprocess_scrape_sums_the_workers_flushed_counts(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(folder))
+
+    def worker(count: int, mode: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", _WORKER, str(count), mode],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        return done.stdout
+
+    worker(5, "exit")
+    worker(7, "fork")
+    scraped = worker(11, "scrape")
+    found = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(scraped)
+        for sample in family.samples
+    }
+    route = frozenset({("route", "/w"), ("method", "GET"), ("status", "200")})
+    assert found["oauth2_http_requests_total", route] == 5 + 7 + 1 + 11
+    assert found["oauth2_http_request_duration_seconds_count", frozenset({("route", "/w")})] == 23
+    # And read afterwards, as any worker's scrape would: the same sums.
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(folder))
+    labels = {"route": "/w", "method": "GET", "status": "200"}
+    assert registry.get_sample_value("oauth2_http_requests_total", labels) == 24
+    assert (
+        registry.get_sample_value(
+            "oauth2_http_request_duration_seconds_bucket", {"route": "/w", "le": "0.005"}
+        )
+        == 23
+    )

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.logconfig import IsoFormatter, JsonFormatter
@@ -190,3 +190,58 @@ def test_the_json_line_is_what_json_dumps_made(client, logged):
     assert line == json.dumps(entry, default=str)
     assert list(entry)[:5] == ["ts", "level", "logger", "message", "request_id"]
     assert entry["request_id"] == "j-1" and entry["route"] == "/healthz"
+
+
+_VALUES = st.one_of(
+    st.none(),
+    st.text(max_size=12),
+    st.sampled_from(["", "a=b", "a b", '"', "\\", "\u202e", "lb==", "/api/<path:name>"]),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])  # a loaded machine's generation
+@given(st.dictionaries(st.sampled_from(["method", "path", "route", "user", "ip"]), _VALUES))
+def test_the_line_renders_as_fields_line(fields):
+    """The line's own rendering (plain values without a ``printable`` call each) is
+    ``fields_line``'s, byte for byte, whatever the values."""
+    from app.audit import fields_line
+    from app.observability.requestlog import _Line
+
+    assert str(_Line(fields)) == fields_line(fields)
+
+
+def test_the_user_hash_is_kept_per_user(client, logged, monkeypatch):
+    """The user's hash is worked out once per user (then kept, bounded), and each line
+    still names the user by the same keyed hash."""
+    from app.observability import requestlog
+
+    out, _ = logged
+    made: list[str] = []
+    real = requestlog.user_hash
+    monkeypatch.setattr(
+        requestlog, "user_hash", lambda user, key=None: made.append(user) or real(user, key)
+    )
+    # The hooks were registered with the app: a new app takes the patched function.
+    from app import create_app
+
+    app = create_app(client.application.extensions["oauth2"].settings)
+    tester = app.test_client()
+    code = get_code(tester)
+    access = exchange(tester, code).get_json()["access_token"]
+    for _ in range(3):
+        assert tester.get("/api/profile", headers=bearer(access)).status_code == 200
+    users = [
+        line["user"]
+        for line in lines(out)
+        if line["logger"] == "oauth2.request" and line.get("path") == "/api/profile"
+    ]
+    assert len(users) == 3 and len(set(users)) == 1
+    assert users[0] == real(made[0], str(app.secret_key).encode())
+    named = [line for line in lines(out) if line.get("user") == users[0]]
+    # Once per app (the main one and the gateway's own), not once a line.
+    assert made == [made[0]] * 2 and len(named) >= 6
+    # The consent page's line names the user from the signed-in session (its cookie).
+    pages = [line for line in lines(out) if line.get("path") == "/authorize"]
+    assert pages and all(line.get("user") == users[0] for line in pages)

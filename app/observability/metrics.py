@@ -13,12 +13,25 @@ live in this process's :data:`REGISTRY`.
 Labels are bounded: the route rule (never the raw path), a known method, the status,
 the grant, the client id (registered clients only), a fixed reason, the ``/api``
 function name of the adapter.
+
+Buffered: the request path never writes a metric file (in multiprocess mode each
+``inc``/``observe`` is a locked write to an mmap'd file, a histogram's two). Its counts go
+to plain per-thread accumulators (:class:`BufferedCounter`, :class:`BufferedHistogram`:
+a dict look-up and an add, by the thread that owns them only, so none is lost), and
+:func:`flush` adds what each accumulated since the last flush to the ``prometheus_client``
+values: every second (a daemon thread of each process, or the request that finds a
+flush due), before this process answers a scrape (:func:`exposition`) and at exit. So a
+scrape shows its own worker's counts exactly and the other workers' at most ~1 s late
+(README "Operating it"); a worker killed outright loses its last second.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import threading
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -134,12 +147,147 @@ TOKEN_ERRORS = frozenset(
 )
 
 
+#: Seconds between flushes of the accumulators into the ``prometheus_client`` values.
+FLUSH_EVERY = 1.0
+
+
+class _Pending(threading.local):
+    """This thread's accumulators (``values``: buffered metric -> its running total,
+    only ever written by this thread), registered for :func:`flush` on first use."""
+
+    def __init__(self) -> None:
+        self.values: dict[Any, Any] = {}
+        with _FLUSH_LOCK:
+            _THREADS.append((threading.current_thread(), self.values, {}))
+
+
+#: Every thread's (thread, its accumulators, what of them was flushed): :func:`flush`'s.
+_THREADS: list[tuple[threading.Thread, dict[Any, Any], dict[Any, Any]]] = []
+_FLUSH_LOCK = threading.Lock()
+_PENDING = _Pending()
+#: When the next flush is due (``time.monotonic``), and this process's flushing thread.
+_due = 0.0
+_flusher: threading.Thread | None = None
+
+
+class BufferedCounter:
+    """A labelled counter's stand-in on the request path: counts go to this thread's
+    accumulator, :func:`flush` adds them to the counter."""
+
+    __slots__ = ("child",)
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+
+    def inc(self, amount: float = 1) -> None:
+        values = _PENDING.values
+        values[self] = values.get(self, 0) + amount
+
+    def push(self, total: float, flushed: dict[Any, Any]) -> None:
+        delta = total - flushed.get(self, 0)
+        if delta:
+            self.child.inc(delta)
+            flushed[self] = total
+
+
+class BufferedHistogram:
+    """A labelled histogram's stand-in: each thread keeps its bucket counts and sum (the
+    bucket chosen as ``Histogram.observe`` does: the first bound ``>=`` the amount)."""
+
+    __slots__ = ("bounds", "child")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self.bounds = tuple(child._upper_bounds)  # ends with +Inf
+
+    def observe(self, amount: float) -> None:
+        values = _PENDING.values
+        cell = values.get(self)
+        if cell is None:
+            cell = values[self] = [0] * len(self.bounds) + [0.0]
+        cell[bisect_left(self.bounds, amount)] += 1
+        cell[-1] += amount
+
+    def push(self, cell: list[Any], flushed: dict[Any, Any]) -> None:
+        done = flushed.get(self)
+        if done is None:
+            done = flushed[self] = [0] * len(cell)
+        now = list(cell)  # one read of each slot: what is added after waits for the next
+        buckets = self.child._buckets
+        for i in range(len(now) - 1):
+            if now[i] != done[i]:
+                buckets[i].inc(now[i] - done[i])
+        if now[-1] != done[-1]:
+            self.child._sum.inc(now[-1] - done[-1])
+        flushed[self] = now
+
+
+def flush() -> None:
+    """Add what every thread accumulated since the last flush to the metrics' values
+    (their files, in multiprocess mode); a thread gone is dropped once flushed."""
+    global _due
+    with _FLUSH_LOCK:
+        _due = time.monotonic() + FLUSH_EVERY
+        _start_flusher()
+        for entry in list(_THREADS):
+            owner, values, flushed = entry
+            alive = owner.is_alive()
+            for metric, total in values.copy().items():
+                metric.push(total, flushed)
+            if not alive:
+                _THREADS.remove(entry)
+
+
+def _start_flusher() -> None:
+    """This process's daemon thread flushing every second (so an idle worker's last
+    counts reach the files too); started again in a forked worker."""
+    global _flusher
+    if _flusher is not None and _flusher.is_alive():
+        return
+
+    def loop() -> None:
+        while True:
+            time.sleep(FLUSH_EVERY)
+            flush()
+
+    _flusher = threading.Thread(target=loop, name="metrics-flush", daemon=True)
+    _flusher.start()
+
+
+def _forked() -> None:
+    """In a forked child: the parent's accumulators stay the parent's to flush (counted
+    once), and its threads and lock are not this process's."""
+    global _PENDING, _FLUSH_LOCK, _flusher, _due
+    _FLUSH_LOCK = threading.Lock()
+    _THREADS.clear()
+    _PENDING = _Pending()
+    _flusher = None
+    _due = 0.0
+
+
+def _before_fork() -> None:
+    # No flush half done (its ``prometheus_client`` lock held) when a worker is forked.
+    _FLUSH_LOCK.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _FLUSH_LOCK.release()
+
+
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_forked
+)
+atexit.register(flush)
+
+
 def multiprocess() -> bool:
     return bool(os.environ.get(ENV))
 
 
 def exposition() -> tuple[bytes, str]:
-    """The metrics text and its content type: summed over every worker when multiprocess."""
+    """The metrics text and its content type: summed over every worker when multiprocess
+    (this worker's accumulators flushed first, the others' at most a second old)."""
+    flush()
     if multiprocess():
         registry = CollectorRegistry()
         mp.MultiProcessCollector(registry)
@@ -157,13 +305,35 @@ def observe_request(route: str | None, method: str, status: int, seconds: float)
     if children is None:
         label = route or "<unmatched>"
         children = (
-            REQUESTS.labels(label, method if method in METHODS else "OTHER", str(status)),
-            REQUEST_SECONDS.labels(label),
+            _buffered_counter(
+                REQUESTS, label, method if method in METHODS else "OTHER", str(status)
+            ),
+            _buffered_histogram(REQUEST_SECONDS, label),
         )
         if method in METHODS:  # any other method is one label: do not keep each spelling
             _REQUEST_CHILDREN[route, method, status] = children
     children[0].inc()
     children[1].observe(seconds)
+    if time.monotonic() >= _due:
+        flush()
+
+
+#: (metric, labels) -> its buffered stand-in: one per labelled child, made once.
+_BUFFERED: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+
+def _buffered_counter(metric: Counter, *labels: str) -> BufferedCounter:
+    found = _BUFFERED.get((metric, labels))
+    if found is None:
+        found = _BUFFERED.setdefault((metric, labels), BufferedCounter(metric.labels(*labels)))
+    return found  # type: ignore[no-any-return]
+
+
+def _buffered_histogram(metric: Histogram, *labels: str) -> BufferedHistogram:
+    found = _BUFFERED.get((metric, labels))
+    if found is None:
+        found = _BUFFERED.setdefault((metric, labels), BufferedHistogram(metric.labels(*labels)))
+    return found  # type: ignore[no-any-return]
 
 
 def observe_event(event: str, record: Mapping[str, Any], known_client: Callable[[str], bool]):
@@ -181,7 +351,7 @@ def observe_event(event: str, record: Mapping[str, Any], known_client: Callable[
                 TOKENS.labels(grant, "<unknown>").inc()
                 return
             # A registered client's label, kept: tokens are only issued to clients that exist.
-            issued = _TOKEN_CHILDREN[key] = TOKENS.labels(grant, client)
+            issued = _TOKEN_CHILDREN[key] = _buffered_counter(TOKENS, grant, client)
         issued.inc()
 
 
@@ -198,7 +368,7 @@ _TOKEN_CHILDREN: dict[tuple[str, str], Any] = {}
 def _refusal(reason: str) -> Any:
     child = _REFUSAL_CHILDREN.get(reason)
     if child is None:
-        child = _REFUSAL_CHILDREN[reason] = REFUSALS.labels(reason)
+        child = _REFUSAL_CHILDREN[reason] = _buffered_counter(REFUSALS, reason)
     return child
 
 
@@ -216,7 +386,9 @@ class Upstream:
     def done(self, status: int | None = None, failure: str | None = None) -> None:
         seconds = _UPSTREAM_CHILDREN.get(self.function)
         if seconds is None:
-            seconds = _UPSTREAM_CHILDREN[self.function] = UPSTREAM_SECONDS.labels(self.function)
+            seconds = _UPSTREAM_CHILDREN[self.function] = _buffered_histogram(
+                UPSTREAM_SECONDS, self.function
+            )
         seconds.observe(time.perf_counter() - self.started)
         if failure is None and status is not None and status >= 500:
             failure = "status_5xx"
@@ -247,17 +419,25 @@ def time_storage(storage: Any, kind: Callable[[Any], str]) -> None:
         backend = kind(storage.backends[storage.specs[name].url])
         owners[name] = backend
         seconds, errors = (
-            STORAGE_SECONDS.labels(name, backend),
-            STORAGE_ERRORS.labels(name, backend),
+            _buffered_histogram(STORAGE_SECONDS, name, backend),
+            _buffered_counter(STORAGE_ERRORS, name, backend),
         )
         for verb in TABLE_VERBS:
             setattr(table, verb, timed(getattr(table, verb), seconds, errors))
     exchange = storage.exchange
 
+    exchanges: dict[str, Callable[..., Any]] = {}
+
     def exchanged(take: Any, *args: Any, **kwargs: Any) -> Any:
         name = take[0].name
-        labels = (name, owners.get(name, "unknown"))
-        wrapped = timed(exchange, STORAGE_SECONDS.labels(*labels), STORAGE_ERRORS.labels(*labels))
+        wrapped = exchanges.get(name)
+        if wrapped is None:
+            labels = (name, owners.get(name, "unknown"))
+            wrapped = exchanges[name] = timed(
+                exchange,
+                _buffered_histogram(STORAGE_SECONDS, *labels),
+                _buffered_counter(STORAGE_ERRORS, *labels),
+            )
         return wrapped(take, *args, **kwargs)
 
     storage.exchange = exchanged

@@ -29,7 +29,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app, request, session
 
-from ..audit import printable
+from ..audit import _PLAIN, printable
 from ..logconfig import REQUEST_ID
 
 log = logging.getLogger("oauth2.request")
@@ -39,6 +39,8 @@ SAFE_ID = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
 #: Longest path logged; longer ones are clipped (the route names the endpoint anyway).
 MAX_PATH = 200
 NOTICE = 25
+#: Users whose hash each app keeps (then it starts again): the recent ones.
+USER_HASHES = 4096
 
 #: Where a request keeps its id, its start and who it was for: its WSGI environ.
 ID_KEY = "oauth2.request_id"
@@ -97,9 +99,10 @@ def _start(environ: dict[str, Any]) -> str:
     return rid
 
 
-def _signed_in_user() -> str | None:
-    """The signed-in user's id, only if this request already opened its session."""
-    if not getattr(session, "loaded", True):
+def _signed_in_user(environ: dict[str, Any]) -> str | None:
+    """The signed-in user's id, only if this request already opened its session (none
+    without a cookie: an API or token request, looked at no further)."""
+    if "HTTP_COOKIE" not in environ or not getattr(session, "loaded", True):
         return None
     user_id = session.get("_user_id")
     return str(user_id) if user_id else None
@@ -117,8 +120,14 @@ class _Line:
 
     def __str__(self) -> str:
         if self.text is None:
-            shown = self.fields.items()
-            self.text = " ".join(f"{k}={printable(v)}" for k, v in shown if v is not None)
+            # ``printable`` of each value, its common case (plain text) without the call.
+            plain = _PLAIN.fullmatch
+            parts = []
+            for key, value in self.fields.items():
+                if value is not None:
+                    text = value if type(value) is str else str(value)
+                    parts.append(f"{key}={text if plain(text) else printable(text)}")
+            self.text = " ".join(parts)
         return self.text
 
 
@@ -161,6 +170,16 @@ def init_app(app: Flask, observe: Observer | None = None) -> None:
     lines = app.extensions["oauth2"].settings.config.logging.requests
     key = str(app.secret_key or "").encode()
     records = _Records(log)
+    #: User id -> its hash (an HMAC costs more than the rest of the line), bounded.
+    hashes: dict[str, str] = {}
+
+    def hashed(user: str) -> str:
+        found = hashes.get(user)
+        if found is None:
+            if len(hashes) >= USER_HASHES:
+                hashes.clear()
+            found = hashes[user] = user_hash(user, key)
+        return found
 
     def finish(response: Response) -> Response:
         req = request._get_current_object()  # type: ignore[attr-defined]
@@ -169,20 +188,24 @@ def init_app(app: Flask, observe: Observer | None = None) -> None:
         if rid is None:  # a handler ahead of ours answered (it cannot: we go first)
             rid = _start(environ)
         response.headers[HEADER] = rid
+        logged = lines and log.isEnabledFor(NOTICE)
+        if observe is None and not logged:
+            return response
         rule = req.url_rule.rule if req.url_rule is not None else None
+        took = time.perf_counter() - environ[STARTED_KEY]  # the same time counted and logged
+        status = response.status_code
         if observe is not None:
-            took = time.perf_counter() - environ[STARTED_KEY]
-            observe(rule, req.method, response.status_code, took, req.path, response)
-        if lines and log.isEnabledFor(NOTICE):
-            user = environ.get(USER_KEY) or _signed_in_user()
+            observe(rule, req.method, status, took, req.path, response)
+        if logged:
+            user = environ.get(USER_KEY) or _signed_in_user(environ)
             fields = {
                 "method": req.method,
                 "path": req.path[:MAX_PATH],
                 "route": rule,
-                "status": response.status_code,
-                "duration_ms": round((time.perf_counter() - environ[STARTED_KEY]) * 1000, 2),
+                "status": status,
+                "duration_ms": round(took * 1000, 2),
                 "client_id": environ.get(CLIENT_KEY),
-                "user": user_hash(user, key) if user else None,
+                "user": hashed(user) if user else None,
                 "ip": req.remote_addr,
                 "request_id": rid,
             }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -71,7 +72,13 @@ def test_two_workers_counts_are_summed(start_server, http_server, tmp_path, monk
             if workers <= counted_by:
                 break
     assert workers <= counted_by, f"not both workers answered: {counted_by} vs {workers}"
-    # Whichever worker answers the scrape, it reports both workers' requests.
+    # Whichever worker answers the scrape, it reports both workers' requests: its own
+    # at once, the other's within a second (each worker flushes its counts every second).
+    deadline = time.monotonic() + 5
+    while (counted := healthz_count(server.url)) != sent and time.monotonic() < deadline:
+        assert counted < sent
+        time.sleep(0.2)
+    assert counted == sent
     for _ in range(4):
         assert healthz_count(server.url) == sent
 
