@@ -625,14 +625,18 @@ def test_a_post_then_a_get_on_one_handle_carry_nothing_over() -> None:
         adapter_for(HttpAdapter, http_config(url, api=api)) as adapter,
     ):
         headers = {"X-Once": "1", "Content-Type": "application/octet-stream"}
-        assert call(adapter, "up", "secret", headers=headers, body=b"\x00bin\x00").status == 200
+        assert call(adapter, "get", "first").status == 200
         handle = adapter._client._handle()
+        assert call(adapter, "up", "secret", headers=headers, body=b"\x00bin\x00").status == 200
         assert call(adapter, "get", "other").status == 200
         assert call(adapter, "put", "third", body=b"x").status == 200
         assert call(adapter, "get", "fourth").status == 200
         assert adapter._client._handle() is handle  # the same handle on this thread
-    post, get, put, get2 = seen
-    assert len({r["port"] for r in seen}) == 1  # one connection, kept alive throughout
+    first, post, get, put, get2 = seen
+    # GETs go on kept-alive connections; a POST or PUT always on a fresh one (libcurl
+    # resends a request once on a reused connection that proves closed).
+    assert post["port"] != first["port"] and put["port"] not in {r["port"] for r in seen[:3]}
+    assert {get["port"], get2["port"]} <= {first["port"], post["port"], put["port"]}
     assert (post["method"], post["body"], post["headers"]["Cookie"]) == (
         "POST",
         b"\x00bin\x00",
@@ -717,7 +721,9 @@ def test_a_header_with_a_line_break_is_refused_before_sending(echo: tuple[str, l
     url, seen = echo
     api = {"get": {"path": "/echo/get", "scope": "read"}}
     with adapter_for(HttpAdapter, http_config(url, api=api)) as adapter:
-        with pytest.raises(ValueError, match="invalid header"):
+        with pytest.raises(
+            UpstreamUnavailable, match=r"cannot be sent this call \(invalid header 'X-A'\)"
+        ):
             call(adapter, "get", headers={"X-A": "1\r\nX-Injected: 1"})
         assert call(adapter, "get", headers={"X-Empty": ""}).status == 200
     assert len(seen) == 1 and seen[0]["headers"]["X-Empty"] == ""
@@ -836,3 +842,123 @@ def test_a_path_with_spaces_or_non_ascii_is_percent_encoded(echo: tuple[str, lis
         assert call(adapter, "odd").status == 200
     assert seen[-1]["path"] == "/echo/a b/ä|^x"
     assert seen[-1]["target"] == "/echo/a%20b/%C3%A4%7C%5Ex?token=tok"
+
+
+@contextlib.contextmanager
+def raw_site(answer: Callable[[bytes], bytes | None]) -> Iterator[tuple[str, list[bytes]]]:
+    """A site on a bare socket: each request's head is recorded and ``answer(head)`` is
+    sent back on the same connection (kept alive), or the connection closes at ``None``."""
+    import socket
+
+    heads: list[bytes] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve_one(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            buffer = b""
+            while not stop.is_set():
+                while b"\r\n\r\n" not in buffer:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buffer += chunk
+                head, _, buffer = buffer.partition(b"\r\n\r\n")
+                length = next(
+                    (int(x.split(b":")[1]) for x in head.split(b"\r\n")
+                     if x.lower().startswith(b"content-length:")),
+                    0,
+                )  # fmt: skip
+                while len(buffer) < length:
+                    buffer += conn.recv(65536)
+                buffer = buffer[length:]
+                heads.append(head)
+                reply = answer(head)
+                if reply is None:
+                    return
+                conn.sendall(reply)
+
+    def accept() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError, OSError):
+                conn, _ = listener.accept()
+                threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", heads
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+OK_REPLY = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+
+def test_a_post_the_site_dropped_unanswered_is_not_sent_again() -> None:
+    """The site read a partner's POST (and may have acted on it), then the connection
+    closed without an answer: the call fails (502) and the site saw the POST once. On a
+    kept-alive connection libcurl would have sent it again."""
+    api = {
+        "warm": {"path": "/warm", "scope": "read"},
+        "pay": {"method": "POST", "path": "/pay", "scope": "write", "token_in": "form:t"},
+    }
+    with (
+        raw_site(lambda head: None if head.startswith(b"POST") else OK_REPLY) as (url, heads),
+        adapter_for(HttpAdapter, http_config(url, api=api)) as adapter,
+    ):
+        assert call(adapter, "warm").status == 200  # a kept-alive connection now exists
+        with pytest.raises(UpstreamUnavailable):
+            call(adapter, "pay", body=b"amount=100")
+        assert call(adapter, "warm").status == 200
+    assert [h.split(b" ")[0] for h in heads] == [b"GET", b"POST", b"GET"]
+
+
+@pytest.mark.parametrize("with_length", [True, False])
+def test_an_answer_over_the_size_limit_is_refused(
+    with_length: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.adapters import http as http_adapter
+
+    monkeypatch.setattr(http_adapter, "MAX_RESPONSE_BYTES", 4096)
+    body = b"x" * 5000
+    length = f"Content-Length: {len(body)}\r\n".encode() if with_length else b""
+    big = b"HTTP/1.1 200 OK\r\nConnection: close\r\n" + length + b"\r\n" + body
+    small = b"HTTP/1.1 200 OK\r\nContent-Length: 4096\r\n\r\n" + b"y" * 4096
+    api = {"big": {"path": "/big", "scope": "read"}, "small": {"path": "/small", "scope": "read"}}
+    with (
+        raw_site(lambda head: big if b"/big" in head else small) as (url, _),
+        adapter_for(HttpAdapter, http_config(url, api=api)) as adapter,
+    ):
+        with pytest.raises(UpstreamUnavailable) as error:
+            call(adapter, "big")
+        assert str(error.value) == f"{url} answered more than 4096 bytes"
+        assert call(adapter, "small").body == b"y" * 4096  # the limit itself is allowed
+
+
+@pytest.mark.parametrize("value", [".", "..", "%2e%2e", "a/../b"])
+def test_a_token_in_the_path_stays_one_segment(echo: tuple[str, list], value: str) -> None:
+    url, seen = echo
+    api = {"get": {"path": "/echo/{token}/x", "scope": "read", "token_in": "header:X-T"}}
+    with adapter_for(HttpAdapter, http_config(url, api=api)) as adapter:
+        assert call(adapter, "get", value).status == 200
+    expected = {".": "%2E", "..": "%2E%2E", "%2e%2e": "%252e%252e", "a/../b": "a%2F..%2Fb"}
+    assert seen[-1]["target"] == f"/echo/{expected[value]}/x"
+
+
+@pytest.mark.parametrize("token", ["nul\x00byte", "euro\u20ac"])
+def test_a_site_token_http_cannot_carry_in_a_header_is_a_502_not_a_crash(
+    echo: tuple[str, list], token: str
+) -> None:
+    url, seen = echo
+    api = {"get": {"path": "/echo/get", "scope": "read", "token_in": "header:X-T"}}
+    with adapter_for(HttpAdapter, http_config(url, api=api)) as adapter:
+        with pytest.raises(UpstreamUnavailable) as error:
+            call(adapter, "get", token)
+        assert token not in str(error.value)
+        assert call(adapter, "get", "fine").status == 200
+    assert len(seen) == 1

@@ -35,6 +35,35 @@ _URL_UNSAFE = re.compile(r"[^A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]")
 _URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
 #: Headers libcurl would add unless the caller gives them: each line removes its own.
 _NO_DEFAULTS = {"accept": b"Accept:", "content-type": b"Content-Type:", "expect": b"Expect:"}
+#: The largest answer read from the site (bytes); a larger one is refused as unavailable,
+#: so a misbehaving site cannot fill a worker's memory through ``/api``.
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+#: Methods sent on a kept-alive connection: libcurl sends a request again, once, when a
+#: reused connection closes before any answer, and the site may have acted on the first.
+_REUSE_METHODS = frozenset({"GET", "HEAD"})
+#: Handles a forked child inherited: never closed there (closing one would end the TLS
+#: session the parent still uses on the same socket).
+_INHERITED: list[Any] = []
+#: Every live client, for the fork hook.
+_CLIENTS: weakref.WeakSet[SiteClient] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_CLIENTS):
+        # No lock taken: another thread of the parent may have held it at the fork.
+        _INHERITED.extend(client._handles)
+        client._handles, client._lock = [], threading.Lock()
+        client._local = threading.local()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def path_segment(value: str) -> str:
+    """``value`` as one path segment: every reserved character encoded, and ``.``/``..``
+    too (a site token or id must never climb the site's path)."""
+    segment = quote(value, safe="")
+    return segment.replace(".", "%2E") if segment in (".", "..") else segment
 
 
 def proxy_for(base_url: str, trust_env: bool) -> str | None:
@@ -105,11 +134,14 @@ class SiteResponse:
 class SiteClient:
     """libcurl (pycurl) talking to one site: a ``Curl`` handle per thread, reused so its
     connection stays alive, and reset before every request so nothing (method, body,
-    header, cookie) carries from one call to the next. No retries of ours (libcurl
-    itself sends a request again, once, only when a kept-alive connection turns out
-    closed before any answer came), no redirects, no cookie engine: each call stands
-    alone, so one user's cookie can never reach another's call. ``proxy`` is the only
-    proxy used (libcurl's own reading of the environment is switched off)."""
+    header, cookie) carries from one call to the next. No retries: libcurl sends a
+    request again, once, when a kept-alive connection turns out closed before any
+    answer came, so only GET and HEAD go on kept-alive connections; any other method
+    opens a fresh one (the site may have acted on a first copy). No redirects, no cookie
+    engine: each call stands alone, so one user's cookie can never reach another's
+    call. ``proxy`` is the only proxy used (libcurl's own reading of the environment is
+    switched off). Answers over :data:`MAX_RESPONSE_BYTES` are refused. A forked child
+    never closes the handles it inherited (their TLS sessions are the parent's)."""
 
     def __init__(self, timeout: float, proxy: str | None = None) -> None:
         self.timeout = timeout
@@ -118,11 +150,20 @@ class SiteClient:
         # SSL_CERT_DIR included: the wheel's libcurl would look in its build system's
         # place (/etc/pki/tls/certs/ca-bundle.crt), missing on Debian and others.
         paths = ssl.get_default_verify_paths()
-        self._ca = [(pycurl.CAINFO, paths.cafile), (pycurl.CAPATH, paths.capath)]
-        self._ca = [(option, path) for option, path in self._ca if path]
+        self._ca = [
+            (option, path)
+            for options, path in (
+                ((pycurl.CAINFO, pycurl.PROXY_CAINFO), paths.cafile),
+                ((pycurl.CAPATH, pycurl.PROXY_CAPATH), paths.capath),
+            )
+            if path
+            for option in options
+        ]
         self._local = threading.local()
-        self._handles: weakref.WeakSet[pycurl.Curl] = weakref.WeakSet()
+        #: Every handle made (kept: a thread's handle lives as long as the client).
+        self._handles: list[pycurl.Curl] = []
         self._lock = threading.Lock()
+        _CLIENTS.add(self)
 
     def _handle(self) -> pycurl.Curl:
         local = self._local
@@ -131,7 +172,7 @@ class SiteClient:
             handle = pycurl.Curl()
             local.handle, local.pid = handle, os.getpid()
             with self._lock:
-                self._handles.add(handle)
+                self._handles.append(handle)
         return handle
 
     def request(
@@ -142,15 +183,20 @@ class SiteClient:
         headers: dict[str, str] | None = None,
         timeout: float | None = None,
     ) -> SiteResponse:
-        """Send one request; raise ``pycurl.error`` when no answer came."""
+        """Send one request; raise ``pycurl.error`` when no answer came, ``ValueError``
+        for a header that cannot be sent (nothing is sent then)."""
         lines, given = [], set()
         for name, value in (headers or {}).items():
-            if "\r" in name or "\n" in name or "\r" in value or "\n" in value or ":" in name:
+            if any(c in name for c in "\r\n\0:") or any(c in value for c in "\r\n\0"):
                 raise ValueError(f"invalid header {name!r}")  # as http.client refuses it
             given.add(name.lower())
-            # "Name:" alone would make libcurl drop the header; "Name;" sends it empty.
-            line = f"{name}: {value}" if value else f"{name};"
-            lines.append(line.encode("latin-1"))  # as http.client encodes it
+            # "Name:" alone would make libcurl drop the header (and it drops one of blanks);
+            # "Name;" sends it empty.
+            line = f"{name}: {value}" if value.strip() else f"{name};"
+            try:
+                lines.append(line.encode("latin-1"))  # as http.client encodes it
+            except UnicodeEncodeError:
+                raise ValueError(f"invalid header {name!r}") from None
         # None of libcurl's own additions: no "Accept: */*", no form Content-Type for a
         # body that came without one, no "Expect: 100-continue" round trip.
         lines.extend(_NO_DEFAULTS[name] for name in _NO_DEFAULTS if name not in given)
@@ -160,6 +206,7 @@ class SiteClient:
         handle.reset()
         setopt = handle.setopt
         setopt(pycurl.URL, url)
+        setopt(pycurl.PATH_AS_IS, 1)  # no dot-segment squashing: the path goes as built
         setopt(pycurl.NOSIGNAL, 1)
         setopt(pycurl.PROTOCOLS, _HTTP_ONLY)
         setopt(pycurl.REDIR_PROTOCOLS, _HTTP_ONLY)
@@ -172,6 +219,9 @@ class SiteClient:
         millis = max(1, int((self.timeout if timeout is None else timeout) * 1000))
         setopt(pycurl.CONNECTTIMEOUT_MS, millis)
         setopt(pycurl.TIMEOUT_MS, millis)
+        setopt(pycurl.MAXFILESIZE_LARGE, MAX_RESPONSE_BYTES)
+        if method not in _REUSE_METHODS:
+            setopt(pycurl.FRESH_CONNECT, 1)  # never sent twice (see _REUSE_METHODS)
         if method == "HEAD":
             setopt(pycurl.NOBODY, 1)
         elif body is not None or method in BODY_METHODS:
@@ -183,20 +233,31 @@ class SiteClient:
         setopt(pycurl.HTTPHEADER, lines)
         chunks: list[bytes] = []
         received: list[bytes] = []
-        setopt(pycurl.WRITEFUNCTION, chunks.append)
+        size = 0
+
+        def write(chunk: bytes) -> int | None:
+            nonlocal size
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:  # an answer without Content-Length, too long
+                return 0  # libcurl stops: E_WRITE_ERROR
+            chunks.append(chunk)
+            return None
+
+        setopt(pycurl.WRITEFUNCTION, write)
         setopt(pycurl.HEADERFUNCTION, received.append)
         handle.perform()
+        data = b"".join(chunks)
+        chunks.clear()  # the handle keeps ``write`` until its next call, not the body
         return SiteResponse(
             handle.getinfo(pycurl.RESPONSE_CODE),
-            b"".join(chunks),
+            data,
             handle.getinfo(pycurl.CONTENT_TYPE),
             received,
         )
 
     def close(self) -> None:
         with self._lock:
-            handles = list(self._handles)
-            self._handles.clear()
+            handles, self._handles = self._handles, []
         for handle in handles:
             with contextlib.suppress(pycurl.error):  # one another thread is still using
                 handle.close()
@@ -352,7 +413,7 @@ class HttpAdapter(ResourceServer):
         body: bytes | None,
         query: dict[str, str],
     ) -> UpstreamResponse:
-        path = route.path.format(token=quote(site_token, safe=""), user_id=quote(user_id, safe=""))
+        path = route.path.format(token=path_segment(site_token), user_id=path_segment(user_id))
         params, headers = dict(query), dict(headers)
         data = body if route.method in BODY_METHODS else None
         kind, _, name = route.token_in.partition(":")
@@ -381,11 +442,17 @@ class HttpAdapter(ResourceServer):
             return self._client.request(method, self.base_url + path, body, headers)
         except pycurl.error as exc:
             raise self._unavailable(exc, self.timeout, detail=True) from exc
+        except ValueError as exc:  # a header the site gave us (a token) that HTTP can't carry
+            raise UpstreamUnavailable(f"{self.base_url} cannot be sent this call ({exc})") from exc
 
     def _unavailable(self, exc: pycurl.error, timeout: float, detail: bool) -> UpstreamUnavailable:
         # Messages name the site, not the URL (a URL may carry the user's site token),
         # nor libcurl's own text: only its error's name.
         code = exc.args[0] if exc.args else -1
+        if code in (pycurl.E_WRITE_ERROR, pycurl.E_FILESIZE_EXCEEDED):
+            return UpstreamUnavailable(
+                f"{self.base_url} answered more than {MAX_RESPONSE_BYTES} bytes"
+            )
         if code == pycurl.E_OPERATION_TIMEDOUT:
             return UpstreamUnavailable(
                 f"{self.base_url} gave no answer in {timeout}s", timeout=True
