@@ -80,14 +80,22 @@ LIMITS = os.environ.get("BENCH_LIMITS", "on") != "off"
 METRICS = os.environ.get("BENCH_METRICS", "on") != "off"
 #: The bearer token the bench scrapes ``/metrics`` with (its hash is in the config).
 METRICS_TOKEN = "bench-metrics-" + "m" * 24  # noqa: S105 - a loopback bench's own token
-#: ``BENCH_VARIANTS``: the Redis read paths served once more with a setting changed
-#: (``token-cache``: ``token_cache.enabled``, the per-process cache of token checks).
-VARIANTS = [v for v in os.environ.get("BENCH_VARIANTS", "token-cache").split(",") if v]
+#: ``BENCH_VARIANTS``: Redis scenarios served once more with a setting changed
+#: (``token-cache``: ``token_cache.enabled``, the per-process cache of token checks;
+#: ``no-observability``: metrics and the request line off, so the table prices them
+#: served, in server CPU per request: issue 14's "cost of metrics and logging").
+VARIANTS = [
+    v for v in os.environ.get("BENCH_VARIANTS", "token-cache,no-observability").split(",") if v
+]
 #: Variant -> (its config sections, the scenarios it runs again).
 VARIANT_CONFIG: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "token-cache": (
         {"token_cache": {"enabled": True}},
         ("refresh", "introspect", "gateway", "gateway_dpop", "userinfo"),
+    ),
+    "no-observability": (
+        {"metrics": {"enabled": False}, "logging": {"requests": False}},
+        ("client_credentials", "introspect", "gateway", "userinfo"),
     ),
 }
 #: The ``auth_server.server`` of the main runs (the one the bench measured fastest).
@@ -1352,6 +1360,18 @@ def table(results: dict[str, Any]) -> str:
             f"Flow driver: {flow['driver_cpu_s']} CPU s over {flow['seconds']} s "
             f"({flow['driver_cpu_share'] * 100:.0f}% of one core, "
             f"{flow['driver_cpu_ms_per_flow']} ms per flow); step p50 ms {flow['step_p50_ms']}"
+        )
+    bare = (results.get("variants") or {}).get("no-observability") or {}
+    cells = []
+    for key, r in bare.items():
+        main = (results.get("scenarios", {}).get("redis") or {}).get(key) or {}
+        on, off = main.get("server_cpu_ms_per_req"), r.get("server_cpu_ms_per_req")
+        if on and off:
+            cells.append(f"{key} {on:.3f}/{off:.3f} ms ({(on / off - 1) * 100:+.0f}%)")
+    if cells:
+        lines.append(
+            "Metrics + request line, server CPU per request on/off (target <= +5%): "
+            + "; ".join(cells)
         )
     for backend, m in (results.get("metrics") or {}).items():
         lines.append(

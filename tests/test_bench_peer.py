@@ -105,6 +105,9 @@ def test_the_bench_serves_with_metrics_on_and_scrapes_them_with_its_token(tmp_pa
     )
     assert cached["token_cache"] == {"enabled": True}
     assert set(cached) - plain_sections == {"token_cache"}
+    bare = run.server_config(8080, 8084, {}, extra=run.VARIANT_CONFIG["no-observability"][0])
+    assert bare["metrics"]["enabled"] is False and bare["logging"]["requests"] is False
+    assert bare["logging"]["level"] == config["logging"]["level"]  # merged, not replaced
     app = create_app(
         base_config(tmp_path, dummy_site, metrics=config["metrics"], limits=config["limits"])
     )
