@@ -120,14 +120,19 @@ class _Line:
 
     def __str__(self) -> str:
         if self.text is None:
-            # ``printable`` of each value, its common case (plain text) without the call.
-            plain = _PLAIN.fullmatch
-            parts = []
-            for key, value in self.fields.items():
-                if value is not None:
-                    text = value if type(value) is str else str(value)
-                    parts.append(f"{key}={text if plain(text) else printable(text)}")
-            self.text = " ".join(parts)
+            pairs = [
+                (key, value if type(value) is str else str(value))
+                for key, value in self.fields.items()
+                if value is not None
+            ]
+            # ``printable`` of each value; its common case, every value plain, checked at
+            # once (plain is a character class: the values are plain iff their
+            # concatenation is, none empty) without a call per value.
+            values = [text for _, text in pairs]
+            if "" not in values and _PLAIN.fullmatch("".join(values)):
+                self.text = " ".join([f"{key}={text}" for key, text in pairs])
+            else:
+                self.text = " ".join([f"{key}={printable(text)}" for key, text in pairs])
         return self.text
 
 
