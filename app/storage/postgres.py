@@ -22,7 +22,7 @@ from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 from pydantic import ConfigDict, Field
 
 from .base import BackendOptions, Put, Record, StorageConfigError, StorageUnavailable, Table
-from .sql import SQLBackend, SQLTable, row
+from .sql import Held, SQLBackend, SQLTable, Statement, row
 
 #: Options (in ``options`` or the URL query) that size the pool; the rest go to libpq.
 POOL_OPTIONS: dict[str, type] = {
@@ -45,6 +45,9 @@ _CREATE_VERSIONS = pgsql.SQL(
 )
 _FIND_VERSION = pgsql.SQL("SELECT 1 FROM {} WHERE version = %s")
 _ADD_VERSION = pgsql.SQL("INSERT INTO {} VALUES (%s, extract(epoch FROM now()))")
+
+#: Held writes per statement of a batch: each is a CTE, well under the 65535 parameters.
+BATCH_STATEMENT_WRITES = 500
 
 #: Advisory lock key serialising migrations across processes ("oauth" in hex).
 MIGRATION_LOCK = 0x6F61757468
@@ -176,6 +179,35 @@ class PostgresBackend(SQLBackend):
         found = self.execute(query, tuple(values), True)
         return row(found[0]) if found else None
 
+    def send(self, held: list[Held]) -> None:
+        """A batch's writes as one statement (one round trip, one commit), each write a CTE.
+
+        The writes of one statement run at once on one snapshot, so of several writes to
+        a key only the last is kept (every held write replaces the row or deletes it, so
+        the last alone decides). A batch too big for one statement (never a request's) is
+        sent as several in one transaction.
+        """
+        last: dict[tuple[str, str], Statement] = {}
+        for table, key, statement in held:
+            last.pop((table, key), None)  # re-added: the order stays the writes' order
+            last[(table, key)] = statement
+        writes = list(last.values())
+        size = BATCH_STATEMENT_WRITES
+        statements = [_joined(writes[at : at + size]) for at in range(0, len(writes), size)]
+        if len(statements) == 1:
+            self.execute(*statements[0])
+            return
+        pool = self._get_pool()
+        try:
+            with pool.connection() as conn, conn.transaction():
+                for query, params in statements:
+                    conn.execute(query, params)
+        except PoolTimeout as exc:
+            self._drop_if_down(pool)
+            raise StorageUnavailable(f"postgres: {exc}") from exc
+        except psycopg.Error as exc:
+            raise StorageUnavailable(f"postgres: {exc}") from exc
+
     def run_migration(self, version: int, statements: list[str]) -> bool:
         versions = pgsql.Identifier(f"{self.table_prefix}schema_version")
         try:
@@ -200,3 +232,11 @@ class PostgresBackend(SQLBackend):
             pool, self._pool = self._pool, None
         if pool is not None and self._pid == os.getpid():
             pool.close()
+
+
+def _joined(writes: list[Statement]) -> Statement:
+    """Writes on distinct rows as one statement: ``WITH w0 AS (first), ... last``."""
+    *before, (last, _) = writes
+    steps = [f"w{number} AS ({query})" for number, (query, _) in enumerate(before)]
+    query = f"WITH {', '.join(steps)} {last}" if steps else last
+    return query, tuple(value for _, params in writes for value in params)
