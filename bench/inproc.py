@@ -183,11 +183,12 @@ def flow_runner(wsgi: Any, openid: bool = False) -> Callable[[], None]:
     return lambda: browser.flow(timings, next(flows))
 
 
-def build(limits: bool, site_port: int) -> tuple[Any, Any]:
+def build(limits: bool, site_port: int, storage: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """The app on ``storage`` (default: the bench's Redis for every table)."""
     from app import create_app
     from app.settings import Settings
 
-    config = run.server_config(8080, site_port, run.storage_for("redis"), limits)
+    config = run.server_config(8080, site_port, storage or run.storage_for("redis"), limits)
     config["auth_server"]["url"] = ORIGIN
     if os.environ.get("INPROC_METRICS") == "on":
         from app.observability.multiproc import prepare_multiprocess_dir
