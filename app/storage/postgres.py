@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Sequence
 from typing import Annotated, Any, cast
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -46,6 +47,11 @@ _CREATE_VERSIONS = pgsql.SQL(
 _FIND_VERSION = pgsql.SQL("SELECT 1 FROM {} WHERE version = %s")
 _ADD_VERSION = pgsql.SQL("INSERT INTO {} VALUES (%s, extract(epoch FROM now()))")
 
+#: Seconds a connection back from a statement counts as alive: the pool checks one on
+#: checkout (an empty query, a round trip) only when it was idle longer. One that died
+#: sooner fails its statement, which runs again once the pool checked every idle one.
+FRESH_SECONDS = 1.0
+
 #: Held writes per statement of a batch: each is a CTE, well under the 65535 parameters.
 BATCH_STATEMENT_WRITES = 500
 
@@ -67,6 +73,12 @@ def pool_settings(url: str, options: dict[str, Any]) -> tuple[str, dict[str, Any
     except (ValueError, psycopg.ProgrammingError) as exc:
         raise StorageConfigError(f"postgres: invalid option in {url!r}: {exc}") from exc
     return conninfo, pool
+
+
+def _check_stale(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check on checkout, for a connection idle over :data:`FRESH_SECONDS`."""
+    if time.monotonic() - getattr(conn, "oauth2_used", 0.0) >= FRESH_SECONDS:
+        ConnectionPool.check_connection(conn)
 
 
 def _connection_lost(exc: psycopg.OperationalError) -> bool:
@@ -120,7 +132,7 @@ class PostgresBackend(SQLBackend):
                 self._probe()
                 pool = ConnectionPool(
                     self.conninfo,
-                    check=ConnectionPool.check_connection,
+                    check=_check_stale,
                     open=False,
                     name=f"oauth2-{os.getpid()}",
                     **self.pool_options,
@@ -142,7 +154,9 @@ class PostgresBackend(SQLBackend):
     def _run(self, pool: ConnectionPool, sql: str, params: tuple[Any, ...], fetch: bool) -> Any:
         with pool.connection() as conn:
             cursor = conn.execute(sql, params)
-            return cursor.fetchall() if fetch else cursor.rowcount
+            result = cursor.fetchall() if fetch else cursor.rowcount
+            conn.oauth2_used = time.monotonic()  # type: ignore[attr-defined]
+            return result
 
     def execute(self, sql: str, params: tuple[Any, ...] = (), fetch: bool = False) -> Any:
         pool = self._get_pool()
@@ -154,7 +168,9 @@ class PostgresBackend(SQLBackend):
                     raise
                 # Every SQLTable statement is an upsert, a select or a delete, so
                 # running it again on a fresh connection leaves the same state; an
-                # increment may count twice, which errs on the strict side.
+                # increment may count twice, which errs on the strict side. The idle
+                # connections may be as dead (a restarted server): checked first.
+                pool.check()
                 return self._run(pool, sql, params, fetch)
         except PoolTimeout as exc:
             self._drop_if_down(pool)
