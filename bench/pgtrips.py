@@ -1,16 +1,17 @@
-"""Postgres round trips and commits per request, batch off and on: ``python -m bench.pgtrips``.
+"""Postgres round trips and commits per request, before/after: ``python -m bench.pgtrips``.
 
 In process, as :mod:`bench.inproc` (limits on, one thread), on two layouts: ``tokens``
 (the bench's Postgres runs: tokens and refresh tokens on Postgres, the rest on Redis)
 and ``all`` (every table on Postgres; give one or both as arguments). For client
-credentials, refresh and the code exchange (a code flow's ``POST /token``) it counts
-what a request sends to Postgres: round trips (every statement, the pool's check of a
-connection on checkout included) and, of them, writes (each one transaction in
-autocommit, so one commit and one WAL flush). Then it times each scenario with the batch
-off and on in alternating blocks in this one process (``PGTRIPS_BLOCKS`` pairs of blocks
-of ``PGTRIPS_BLOCK`` requests; flows: a tenth): the medians of the blocks' CPU and wall
-microseconds per request. "off" is the SQL batch turned off in process
-(``SQLBackend.hold`` answers ``False``: every write sent at once, as before it).
+credentials, refresh, introspection and the code exchange (a code flow's ``POST /token``)
+it counts what a request sends to Postgres: round trips (every statement, the pool's
+check of a connection on checkout included) and, of them, writes (each one transaction
+in autocommit, so one commit and one WAL flush). Then it times each scenario before and
+after in alternating blocks in this one process (``PGTRIPS_BLOCKS`` pairs of blocks of
+``PGTRIPS_BLOCK`` requests; flows: a tenth): the medians of the blocks' CPU and wall
+microseconds per request. "before" is the app as before the SQL batch, in process:
+``SQLBackend.hold`` answers ``False`` (every write sent at once) and the pool checks every
+connection on checkout (``FRESH_SECONDS = 0``); "after" is the app as it is.
 
 ``BENCH_PG_URL`` (created if missing, schema ``public`` dropped) and ``BENCH_REDIS_URL``
 (flushed) as for ``make bench``: point them at a database of your own.
@@ -31,6 +32,7 @@ from typing import Any
 
 import psycopg
 
+from app.storage import postgres
 from app.storage.sql import SQLBackend
 from bench import inproc, procs, run
 
@@ -41,7 +43,7 @@ LAYOUTS = {
     "tokens": lambda: run.storage_for("postgres"),
     "all": lambda: {"default": run.PG_URL},
 }
-SCENARIOS = ("client_credentials", "refresh", "code")
+SCENARIOS = ("client_credentials", "refresh", "introspect", "code")
 
 
 class Meter:
@@ -75,17 +77,19 @@ class Meter:
 
 
 class Switch:
-    """Turns the SQL backends' batch off (every write at once) and on again."""
+    """Turns the SQL batch and the pool's lazy check off (as before them) and on again."""
 
     def __init__(self) -> None:
         self._hold = SQLBackend.hold
+        self._fresh = postgres.FRESH_SECONDS
 
     def set(self, on: bool) -> None:
         SQLBackend.hold = self._hold if on else (lambda *_: False)  # type: ignore[method-assign]
+        postgres.FRESH_SECONDS = self._fresh if on else 0.0
 
 
-def scenarios(wsgi: Any, pool: Iterator[str]) -> dict[str, Callable[[], None]]:
-    makers = inproc.requests("", pool, "")
+def scenarios(wsgi: Any, access: str, pool: Iterator[str]) -> dict[str, Callable[[], None]]:
+    makers = inproc.requests(access, pool, "")
     browser = inproc.InprocBrowser(wsgi, "pgtrips-user")
     timings: dict[str, list[float]] = {step: [] for step in inproc.flow.STEPS}
     flows = iter(range(10**9))
@@ -100,6 +104,7 @@ def scenarios(wsgi: Any, pool: Iterator[str]) -> dict[str, Callable[[], None]]:
     return {
         "client_credentials": request(makers["client_credentials"]),
         "refresh": request(makers["refresh"]),
+        "introspect": request(makers["introspect"]),
         "code": lambda: browser.flow(timings, next(flows)),
     }
 
@@ -108,10 +113,11 @@ def count(meter: Meter, one: Callable[[], None], times: int) -> str:
     meter.sent.clear()
     for _ in range(times):
         one()
-    token = {kind: meter.sent[("/token", kind)] / times for kind in ("check", "read", "write")}
+    path = next((p for p, _ in meter.sent if p in ("/token", "/introspect")), "/token")
+    token = {kind: meter.sent[(path, kind)] / times for kind in ("check", "read", "write")}
     total = sum(meter.sent.values()) / times
     return (
-        f"/token {sum(token.values()):5.2f} round trips ({token['check']:.2f} checks,"
+        f"{path} {sum(token.values()):5.2f} round trips ({token['check']:.2f} checks,"
         f" {token['read']:.2f} reads, {token['write']:.2f} writes = commits)"
         f"  [whole request{'s of the flow' if total != sum(token.values()) else ''}: {total:.2f}]"
     )
@@ -146,7 +152,7 @@ def main(argv: list[str]) -> int:
             fx = run.Fixtures(server)
             wsgi = meter.tagged(app.wsgi_app)
             need = 2 * (COUNTED + 20) + 2 * BLOCKS * BLOCK + 100
-            calls = scenarios(wsgi, iter(fx.refresh_pool(need)))
+            calls = scenarios(wsgi, fx.live_token(), iter(fx.refresh_pool(need)))
             meter.install()
             print(f"layout {layout}: {storage}")
             for name in SCENARIOS:
@@ -155,7 +161,8 @@ def main(argv: list[str]) -> int:
                     one()  # warm: connections, prepared statements, caches
                 for on in (False, True):
                     switch.set(on)
-                    print(f"  {name:18s} batch {'on ' if on else 'off'} {count(meter, one, times)}")
+                    when = "after " if on else "before"
+                    print(f"  {name:18s} {when} {count(meter, one, times)}")
                 switch.set(True)
                 result = timed(one, switch, BLOCK if name != "code" else BLOCK // 10)
                 med = {
@@ -164,9 +171,9 @@ def main(argv: list[str]) -> int:
                 }
                 print(
                     f"  {name:18s} per request{' (flow)' if name == 'code' else ''}:"
-                    f" cpu off {med[False][0]:6.0f} on {med[True][0]:6.0f} µs"
+                    f" cpu before {med[False][0]:6.0f} after {med[True][0]:6.0f} µs"
                     f" ({med[True][0] / med[False][0] - 1:+.1%}),"
-                    f" wall off {med[False][1]:6.0f} on {med[True][1]:6.0f} µs"
+                    f" wall before {med[False][1]:6.0f} after {med[True][1]:6.0f} µs"
                     f" ({med[True][1] / med[False][1] - 1:+.1%})"
                 )
             meter.uninstall()
