@@ -184,10 +184,15 @@ def flow_runner(wsgi: Any, openid: bool = False) -> Callable[[], None]:
 
 
 def build(
-    limits: bool, site_port: int, metrics: bool | None = None, request_log: bool | None = None
+    limits: bool,
+    site_port: int,
+    metrics: bool | None = None,
+    request_log: bool | None = None,
+    storage: dict[str, Any] | None = None,
 ) -> tuple[Any, Any]:
-    """The app and its state: metrics and the request line as given, else as the
-    ``INPROC_METRICS``/``INPROC_REQUEST_LOG`` switches say."""
+    """The app and its state on ``storage`` (default: the bench's Redis for every table):
+    metrics and the request line as given, else as the ``INPROC_METRICS``/
+    ``INPROC_REQUEST_LOG`` switches say."""
     from app import create_app
     from app.settings import Settings
 
@@ -195,7 +200,7 @@ def build(
         metrics = os.environ.get("INPROC_METRICS") == "on"
     if request_log is None:
         request_log = os.environ.get("INPROC_REQUEST_LOG") != "off"
-    config = run.server_config(8080, site_port, run.storage_for("redis"), limits)
+    config = run.server_config(8080, site_port, storage or run.storage_for("redis"), limits)
     config["auth_server"]["url"] = ORIGIN
     if metrics:
         from app.observability.multiproc import prepare_multiprocess_dir
@@ -203,6 +208,8 @@ def build(
 
         prepare_multiprocess_dir()  # before prometheus_client's import, as serve does
         config["metrics"] = {"enabled": True, "token_hash": hash_random_secret("m" * 40)}
+    else:  # the served bench's config turns them on
+        config["metrics"] = {"enabled": False}
     if not request_log:
         config.setdefault("logging", {})["requests"] = False
     if os.environ.get("INPROC_TOKEN_CACHE") == "on":  # the per-process token cache

@@ -300,7 +300,11 @@ class Storage:
         owners = {id(self._owner[t.name]): self._owner[t.name] for t in tables}
         if len(owners) == 1:
             return next(iter(owners.values())).exchange(take, puts, discards)
-        return ordered_exchange(take, puts, discards)
+        with contextlib.ExitStack() as stack:
+            # Its writes go at once: a failing one must put the taken record back.
+            for backend in owners.values():
+                stack.enter_context(backend.unbatched())
+            return ordered_exchange(take, puts, discards)
 
     def ping(self) -> None:
         """Raise :class:`StorageUnavailable` unless every backend answers."""
@@ -317,12 +321,13 @@ class Storage:
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
-        """Send the writes made inside in one round trip per Redis server, at the end.
+        """Send the writes made inside in one round trip per backend, at the end.
 
         For writes that nothing inside reads back (a token response's records and
         its audit entry) and ``discard``: reads, takes and deletes still go at once. The writes are
         sent when the block ends, also when it raised, so a caller answers only after
-        they landed. Backends without batching (SQL) write at once.
+        they landed: one pipeline per Redis server (a Cluster holds nothing), one
+        statement per SQL database, its writes all or nothing.
         """
         with contextlib.ExitStack() as stack:
             for wrapper in self.batch_wrappers:

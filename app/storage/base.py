@@ -198,6 +198,10 @@ class Backend(abc.ABC):
         """
         return contextlib.nullcontext()
 
+    def unbatched(self) -> contextlib.AbstractContextManager[None]:
+        """Write at once inside, even within a batch (the default holds nothing anyway)."""
+        return contextlib.nullcontext()
+
     def close(self) -> None:
         """Release connections."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Sequence
 from typing import Annotated, Any, cast
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -22,7 +23,7 @@ from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 from pydantic import ConfigDict, Field
 
 from .base import BackendOptions, Put, Record, StorageConfigError, StorageUnavailable, Table
-from .sql import SQLBackend, SQLTable, row
+from .sql import Held, SQLBackend, SQLTable, Statement, row
 
 #: Options (in ``options`` or the URL query) that size the pool; the rest go to libpq.
 POOL_OPTIONS: dict[str, type] = {
@@ -46,6 +47,14 @@ _CREATE_VERSIONS = pgsql.SQL(
 _FIND_VERSION = pgsql.SQL("SELECT 1 FROM {} WHERE version = %s")
 _ADD_VERSION = pgsql.SQL("INSERT INTO {} VALUES (%s, extract(epoch FROM now()))")
 
+#: Seconds a connection back from a statement counts as alive: the pool checks one on
+#: checkout (an empty query, a round trip) only when it was idle longer. One that died
+#: sooner fails its statement, which runs again once the pool checked every idle one.
+FRESH_SECONDS = 1.0
+
+#: Held writes per statement of a batch: each is a CTE, well under the 65535 parameters.
+BATCH_STATEMENT_WRITES = 500
+
 #: Advisory lock key serialising migrations across processes ("oauth" in hex).
 MIGRATION_LOCK = 0x6F61757468
 
@@ -64,6 +73,12 @@ def pool_settings(url: str, options: dict[str, Any]) -> tuple[str, dict[str, Any
     except (ValueError, psycopg.ProgrammingError) as exc:
         raise StorageConfigError(f"postgres: invalid option in {url!r}: {exc}") from exc
     return conninfo, pool
+
+
+def _check_stale(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check on checkout, for a connection idle over :data:`FRESH_SECONDS`."""
+    if time.monotonic() - getattr(conn, "oauth2_used", 0.0) >= FRESH_SECONDS:
+        ConnectionPool.check_connection(conn)
 
 
 def _connection_lost(exc: psycopg.OperationalError) -> bool:
@@ -117,7 +132,7 @@ class PostgresBackend(SQLBackend):
                 self._probe()
                 pool = ConnectionPool(
                     self.conninfo,
-                    check=ConnectionPool.check_connection,
+                    check=_check_stale,
                     open=False,
                     name=f"oauth2-{os.getpid()}",
                     **self.pool_options,
@@ -139,7 +154,9 @@ class PostgresBackend(SQLBackend):
     def _run(self, pool: ConnectionPool, sql: str, params: tuple[Any, ...], fetch: bool) -> Any:
         with pool.connection() as conn:
             cursor = conn.execute(sql, params)
-            return cursor.fetchall() if fetch else cursor.rowcount
+            result = cursor.fetchall() if fetch else cursor.rowcount
+            conn.oauth2_used = time.monotonic()  # type: ignore[attr-defined]
+            return result
 
     def execute(self, sql: str, params: tuple[Any, ...] = (), fetch: bool = False) -> Any:
         pool = self._get_pool()
@@ -151,7 +168,9 @@ class PostgresBackend(SQLBackend):
                     raise
                 # Every SQLTable statement is an upsert, a select or a delete, so
                 # running it again on a fresh connection leaves the same state; an
-                # increment may count twice, which errs on the strict side.
+                # increment may count twice, which errs on the strict side. The idle
+                # connections may be as dead (a restarted server): checked first.
+                pool.check()
                 return self._run(pool, sql, params, fetch)
         except PoolTimeout as exc:
             self._drop_if_down(pool)
@@ -175,6 +194,35 @@ class PostgresBackend(SQLBackend):
         query = f"WITH {', '.join(steps)} SELECT key, expires_at, data FROM taken"  # noqa: S608
         found = self.execute(query, tuple(values), True)
         return row(found[0]) if found else None
+
+    def send(self, held: list[Held]) -> None:
+        """A batch's writes as one statement (one round trip, one commit), each write a CTE.
+
+        The writes of one statement run at once on one snapshot, so of several writes to
+        a key only the last is kept (every held write replaces the row or deletes it, so
+        the last alone decides). A batch too big for one statement (never a request's) is
+        sent as several in one transaction.
+        """
+        last: dict[tuple[str, str], Statement] = {}
+        for table, key, statement in held:
+            last.pop((table, key), None)  # re-added: the order stays the writes' order
+            last[(table, key)] = statement
+        writes = list(last.values())
+        size = BATCH_STATEMENT_WRITES
+        statements = [_joined(writes[at : at + size]) for at in range(0, len(writes), size)]
+        if len(statements) == 1:
+            self.execute(*statements[0])
+            return
+        pool = self._get_pool()
+        try:
+            with pool.connection() as conn, conn.transaction():
+                for query, params in statements:
+                    conn.execute(query, params)
+        except PoolTimeout as exc:
+            self._drop_if_down(pool)
+            raise StorageUnavailable(f"postgres: {exc}") from exc
+        except psycopg.Error as exc:
+            raise StorageUnavailable(f"postgres: {exc}") from exc
 
     def run_migration(self, version: int, statements: list[str]) -> bool:
         versions = pgsql.Identifier(f"{self.table_prefix}schema_version")
@@ -200,3 +248,11 @@ class PostgresBackend(SQLBackend):
             pool, self._pool = self._pool, None
         if pool is not None and self._pid == os.getpid():
             pool.close()
+
+
+def _joined(writes: list[Statement]) -> Statement:
+    """Writes on distinct rows as one statement: ``WITH w0 AS (first), ... last``."""
+    *before, (last, _) = writes
+    steps = [f"w{number} AS ({query})" for number, (query, _) in enumerate(before)]
+    query = f"WITH {', '.join(steps)} {last}" if steps else last
+    return query, tuple(value for _, params in writes for value in params)

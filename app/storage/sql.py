@@ -8,15 +8,19 @@ filters on and :meth:`SQLTable.purge` deletes by.
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from typing import Any, cast
 
 from .base import INDEXED_FIELDS, Backend, Put, Record, Table, audit_key
 
 #: One SQL statement and its parameters.
 Statement = tuple[str, tuple[Any, ...]]
+#: A write held by a batch: its table's name, its key and its statement.
+Held = tuple[str, str, Statement]
 
 #: Every logical table's SQL table and indexes; idempotent, so a later migration that adds
 #: tables to ``TABLES`` runs it again.
@@ -53,6 +57,54 @@ class SQLBackend(Backend):
     table_prefix = "oauth2_"
     #: ``column``'s JSON text with ``count`` raised by one parameter (dialects differ).
     json_count = "json_set({c}, '$.count', COALESCE(json_extract({c}, '$.count'), 0) + ?)"
+
+    def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
+        super().__init__(url, options)
+        #: The writes the current context's batch holds (``None``: no batch).
+        self._held: ContextVar[list[Held] | None] = ContextVar(f"sql-batch-{id(self)}")
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Hold the puts and discards made inside; send them in one transaction at the end.
+
+        As Redis's batch: only :meth:`SQLTable.put` (so ``append``) and ``discard`` are
+        held; reads, takes, deletes, counters and exchanges go at once and see the
+        store, not the writes held. The held writes are sent when the block ends, also
+        when it raised, before the caller answers; all or nothing, a failure raises
+        :class:`StorageUnavailable`. A batch inside a batch adds to the outer one.
+        """
+        if self._held.get(None) is not None:
+            yield
+            return
+        held: list[Held] = []
+        token = self._held.set(held)
+        try:
+            yield
+        finally:
+            self._held.reset(token)
+            if held:
+                self.send(held)
+
+    @contextlib.contextmanager
+    def unbatched(self) -> Iterator[None]:
+        """Write at once inside, even within a batch (a write whose failure must be seen)."""
+        token = self._held.set(None)
+        try:
+            yield
+        finally:
+            self._held.reset(token)
+
+    def hold(self, table: str, key: str, statement: Statement) -> bool:
+        """Add a write to the current batch; ``False``: there is none, run it now."""
+        held = self._held.get(None)
+        if held is None:
+            return False
+        held.append((table, key, statement))
+        return True
+
+    @abc.abstractmethod
+    def send(self, held: list[Held]) -> None:
+        """Apply a batch's held writes in order, in one transaction: all or nothing."""
 
     @abc.abstractmethod
     def execute(self, sql: str, params: tuple[Any, ...] = (), fetch: bool = False) -> Any:
@@ -159,7 +211,9 @@ class SQLTable(Table):
         return (self._delete_if_taken if if_taken else self._delete_any), (key,)
 
     def put(self, key: str, record: Record, ttl: int | None = None) -> None:
-        self.backend.execute(*self.put_statement(key, record, ttl))
+        statement = self.put_statement(key, record, ttl)
+        if not self.backend.hold(self.name, key, statement):
+            self.backend.execute(*statement)
 
     def get(self, key: str) -> Record | None:
         rows = self.backend.execute(self._get, (key, time.time()), fetch=True)
@@ -174,6 +228,11 @@ class SQLTable(Table):
         if not live:
             self.backend.execute(self._delete_any, (key,))
         return live
+
+    def discard(self, key: str) -> None:
+        statement = self.delete_statement(key)
+        if not self.backend.hold(self.name, key, statement):
+            self.backend.execute(*statement)
 
     def incr(self, key: str, amount: int = 1, ttl: int | None = None) -> int:
         fresh = json.dumps({"count": amount}, separators=(",", ":"))

@@ -12,7 +12,7 @@ from typing import Annotated, Any, cast
 from pydantic import Field
 
 from .base import BackendOptions, Put, Record, StorageConfigError, StorageUnavailable, Table
-from .sql import SQLBackend, SQLTable, row
+from .sql import Held, SQLBackend, SQLTable, row
 
 
 def sqlite_path(url: str) -> str:
@@ -80,6 +80,12 @@ class SQLiteBackend(SQLBackend):
             for statement, params in writes:
                 conn.execute(statement, params)
         return row(found[0])
+
+    def send(self, held: list[Held]) -> None:
+        """A batch's writes in order in one transaction: one commit."""
+        with self._transaction() as conn:
+            for _, _, (statement, params) in held:
+                conn.execute(statement, params)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
