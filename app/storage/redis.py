@@ -94,6 +94,16 @@ class RedisBackend(Backend):
             self._batch.reset(token)
             batch.send()
 
+    @contextlib.contextmanager
+    def unbatched(self) -> Iterator[None]:
+        """Write at once inside, even within a batch (a cross-backend exchange: a write
+        whose failure must be seen before the taken record is kept)."""
+        token = self._batch.set(None)
+        try:
+            yield
+        finally:
+            self._batch.reset(token)
+
     def current_batch(self) -> Batch | None:
         return self._batch.get()
 

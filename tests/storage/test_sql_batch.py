@@ -244,3 +244,33 @@ def test_a_token_response_lost_at_the_batchs_end_answers_503(
     again = client.post("/token", data={"grant_type": "client_credentials"}, headers=basic())
     assert again.status_code == 200
     assert len(tokens.list_by_client("test")) == 2
+
+
+def test_a_cross_backend_exchange_writes_to_redis_at_once_too(tmp_path) -> None:
+    """The same with the tokens on Redis: a put that fails (its server is down) is seen
+    by the exchange, which puts the code back, not later at the batch's end."""
+    from bench import procs
+    from tests.backends import redis_url, require_service
+
+    require_service("redis", redis_url())
+    dead = f"redis://127.0.0.1:{procs.free_port()}/0"
+    storage = Storage(
+        {
+            "codes": StorageSpec(f"sqlite:///{tmp_path}/codes.db", 60),
+            "tokens": StorageSpec(redis_url(), 60),
+            "refresh_tokens": StorageSpec(dead, 60),
+        }
+    )
+    try:
+        storage.migrate()
+        storage.codes.put("code", {"client_id": "c"})
+        puts = [
+            Put(storage.tokens, "access-x", {"client_id": "c"}),
+            Put(storage.refresh_tokens, "refresh-x", {"client_id": "c"}),
+        ]
+        with pytest.raises(StorageUnavailable), storage.batch():
+            storage.exchange((storage.codes, "code"), puts)
+        assert storage.codes.get("code") is not None
+        assert storage.tokens.get("access-x") is None  # put back: the order undone
+    finally:
+        storage.close()
