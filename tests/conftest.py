@@ -28,10 +28,12 @@ BACKEND_MARKS = ("sqlite", "redis", "postgres", "redis_cluster")
 BACKEND_FIXTURES = {
     "redis_backend": "redis",
     "shared_redis": "redis",
+    "module_redis": "redis",
     "own_redis": "redis",
     "postgres_backend": "postgres",
     "pg_schema": "postgres",
     "pg_url": "postgres",
+    "module_pg_url": "postgres",
     "redis_cluster_backend": "redis_cluster",
 }
 #: Fixtures parametrised over backends by name (the storage contract suite, flows).
