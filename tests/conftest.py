@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from flask import Flask
+from werkzeug.routing.rules import Rule
 from werkzeug.serving import make_server
 
 from app import create_app
@@ -28,10 +29,12 @@ BACKEND_MARKS = ("sqlite", "redis", "postgres", "redis_cluster")
 BACKEND_FIXTURES = {
     "redis_backend": "redis",
     "shared_redis": "redis",
+    "module_redis": "redis",
     "own_redis": "redis",
     "postgres_backend": "postgres",
     "pg_schema": "postgres",
     "pg_url": "postgres",
+    "module_pg_url": "postgres",
     "redis_cluster_backend": "redis_cluster",
 }
 #: Fixtures parametrised over backends by name (the storage contract suite, flows).
@@ -41,6 +44,34 @@ VERIFIER = "v" * 43 + "-verifier_with.chars~"
 CHALLENGE = (
     base64.urlsafe_b64encode(hashlib.sha256(VERIFIER.encode()).digest()).decode().rstrip("=")
 )
+
+
+def _compile_url_builders_once() -> None:
+    """Compile each route's URL builders once per test run, not once per app.
+
+    Nearly every test makes an app, and werkzeug compiles two builder functions per route
+    (Python source, through ``ast`` and ``compile``) for each: about 70 % of
+    ``create_app``. A builder depends only on the rule, its trace and its defaults' names
+    (it reaches the converters through the rule it is bound to), so the same rule gets the
+    same function; rules with a default inside the path (resolved into the code) compile
+    as before.
+    """
+    original = Rule._compile_builder
+    builders: dict[tuple, Callable[..., tuple[str, str]]] = {}
+
+    def compile_builder(self: Rule, append_unknown: bool = True) -> Callable[..., tuple[str, str]]:
+        defaults = self.defaults or {}
+        if any(dynamic and part in defaults for dynamic, part in self._trace):
+            return original(self, append_unknown)
+        key = (self.rule, tuple(self._trace), tuple(defaults), append_unknown)
+        if key not in builders:
+            builders[key] = original(self, append_unknown)
+        return builders[key]
+
+    Rule._compile_builder = compile_builder  # type: ignore[method-assign]
+
+
+_compile_url_builders_once()
 
 
 def backends_of(item: pytest.Item) -> set[str]:

@@ -79,9 +79,8 @@ def _unavailable(message: str) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture
-def shared_redis() -> Iterator[str]:
-    """The test Redis, database 14, empty."""
+@contextlib.contextmanager
+def _empty_redis() -> Iterator[str]:
     url = redis_db_url(REDIS_DB)
     require_service("redis", url)
     flush(url)
@@ -89,11 +88,39 @@ def shared_redis() -> Iterator[str]:
     flush(url)
 
 
+@contextlib.contextmanager
+def _fresh_schema() -> Iterator[str]:
+    with postgres_schema(database_url()) as schema:
+        yield with_search_path(database_url(), schema)
+
+
+@pytest.fixture
+def shared_redis() -> Iterator[str]:
+    """The test Redis, database 14, empty."""
+    with _empty_redis() as url:
+        yield url
+
+
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """``DATABASE_URL`` whose search path is a fresh schema, dropped after the test."""
-    with postgres_schema(database_url()) as schema:
-        yield with_search_path(database_url(), schema)
+    with _fresh_schema() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_redis() -> Iterator[str]:
+    """``shared_redis`` for a module whose servers outlive one test: empty at its start,
+    flushed at its end (its tests each make their own users' sessions and tokens)."""
+    with _empty_redis() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_pg_url() -> Iterator[str]:
+    """``pg_url`` for a module whose servers outlive one test: one schema per module."""
+    with _fresh_schema() as url:
+        yield url
 
 
 # -- a redis-server of our own --------------------------------------------------------------
@@ -184,13 +211,14 @@ Instance = Server
 Launch = Callable[..., Instance]
 
 
-@pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Launch]:
-    """Return ``start(storage, name=..., site_port=..., run_site=True, env=..., **over)``.
+@contextlib.contextmanager
+def launcher(root: Path) -> Iterator[Launch]:
+    """Yield ``start(storage, name=..., site_port=..., run_site=True, env=..., **over)``
+    starting servers in folders under ``root``; at exit, shut every one down.
 
     ``config`` replaces the generated config file entirely (``storage`` is then unused).
 
-    At teardown every instance gets SIGTERM at once (gunicorn takes a few seconds
+    At exit every instance gets SIGTERM at once (gunicorn takes a few seconds
     to stop); then the test fails if any process or port outlived them.
     """
     instances: list[Instance] = []
@@ -204,7 +232,7 @@ def launch(tmp_path: Path) -> Iterator[Launch]:
         config: dict[str, Any] | None = None,
         **over: Any,
     ) -> Instance:
-        folder = tmp_path / f"instance-{name}"
+        folder = root / f"instance-{name}"
         folder.mkdir(exist_ok=True)  # a test may have put files beside its config
         clients_file = folder / "clients.json"
         clients_file.write_text(DEMO_CLIENTS.read_text())
@@ -217,12 +245,21 @@ def launch(tmp_path: Path) -> Iterator[Launch]:
         extra = dict(env or {})
         if not run_site:
             extra["OAUTH2_NO_DUMMY_SITE"] = "1"
-        environment = clean_env(tmp_path, extra)
+        environment = clean_env(root, extra)
         instances.append(serve(folder, config, environment, run_site=run_site, name=name))
         return instances[-1]
 
-    yield start
-    shut_down(instances)
+    try:
+        yield start
+    finally:
+        shut_down(instances)
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Launch]:
+    """``launcher`` for one test: its servers are stopped after it."""
+    with launcher(tmp_path) as start:
+        yield start
 
 
 # -- a scripted browser and partner back end (requests) -------------------------------------

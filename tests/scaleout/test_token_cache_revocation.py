@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -27,10 +26,10 @@ from .conftest import (
     REDIRECT,
     TIMEOUT,
     Instance,
-    Launch,
     allow,
     consent_page,
     every_table,
+    launcher,
     log_in,
     redeem,
 )
@@ -41,30 +40,38 @@ THREADS = 4
 CACHE = {"enabled": True, "max_staleness_ms": 50}
 
 
-@pytest.fixture(params=["redis", "postgres", "redis_cluster"])
-def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+# The pair of servers (and the Redis Cluster) are the module's, per storage: started once
+# for the four tests on it (pytest runs a storage's tests together), not once per test.
+# Each test signs in and gets tokens of its own, so what one ends cannot reach another.
+@pytest.fixture(scope="module", params=["redis", "postgres", "redis_cluster"])
+def storage_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     if request.param == "redis_cluster":
-        with redis_cluster(tmp_path / "cluster") as url:
+        with redis_cluster(tmp_path_factory.mktemp("cluster")) as url:
             yield url
         return
-    yield request.getfixturevalue("shared_redis" if request.param == "redis" else "pg_url")
+    yield request.getfixturevalue("module_redis" if request.param == "redis" else "module_pg_url")
 
 
-@pytest.fixture
-def pair(launch: Launch, storage_url: str) -> tuple[Instance, Instance]:
+@pytest.fixture(scope="module")
+def pair(
+    storage_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Instance, Instance]]:
     storage = every_table(storage_url)
-    # No limits: the hammer is one IP far above the /api per-IP rate.
-    a = launch(storage, name="A", token_cache=CACHE, limits={"enabled": False})
-    b = launch(
-        storage,
-        name="B",
-        site_port=a.ports[1],
-        run_site=False,
-        token_cache=CACHE,
-        limits={"enabled": False},
-        auth_server={"num_workers": 2},
-    )
-    return a, b
+    with launcher(tmp_path_factory.mktemp("pair")) as launch:
+        # No limits: the hammer is one IP far above the /api per-IP rate.
+        a = launch(storage, name="A", token_cache=CACHE, limits={"enabled": False})
+        b = launch(
+            storage,
+            name="B",
+            site_port=a.ports[1],
+            run_site=False,
+            token_cache=CACHE,
+            limits={"enabled": False},
+            auth_server={"num_workers": 2},
+        )
+        yield a, b
 
 
 class Hammer:

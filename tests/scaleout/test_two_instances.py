@@ -9,6 +9,7 @@ sticky sessions.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
@@ -22,11 +23,11 @@ from .conftest import (
     REDIRECT,
     TIMEOUT,
     Instance,
-    Launch,
     active,
     allow,
     authorize_path,
     consent_page,
+    launcher,
     log_in,
     profile,
     redeem,
@@ -35,8 +36,14 @@ from .conftest import (
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def pair(launch: Launch, shared_redis: str, pg_url: str) -> tuple[Instance, Instance]:
+# The two servers are the module's: started once for its tests, not once per test. Each
+# test signs in with an agent of its own and ends only the grants, sessions and clients it
+# made itself, so what one test does cannot reach another.
+@pytest.fixture(scope="module")
+def pair(
+    module_redis: str, module_pg_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Instance, Instance]]:
+    shared_redis, pg_url = module_redis, module_pg_url
     storage = {
         "session": shared_redis,
         "codes": shared_redis,
@@ -47,10 +54,11 @@ def pair(launch: Launch, shared_redis: str, pg_url: str) -> tuple[Instance, Inst
         "clients": pg_url,
         "default": pg_url,
     }
-    a = launch(storage, name="A")
-    site_port = a.ports[1]
-    b = launch(storage, name="B", site_port=site_port, run_site=False)
-    return a, b
+    with launcher(tmp_path_factory.mktemp("pair")) as launch:
+        a = launch(storage, name="A")
+        site_port = a.ports[1]
+        b = launch(storage, name="B", site_port=site_port, run_site=False)
+        yield a, b
 
 
 def dummy_sites(instance: Instance) -> list[str]:
