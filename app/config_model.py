@@ -131,6 +131,8 @@ class AuthServer(Section):
     ssl_key: str | None = None
     session_secret: str | None = Field(default=None, repr=False)
     num_workers: Literal["auto"] | Annotated[int, Field(gt=0)] = "auto"
+    #: Request threads per worker: a thread waits on storage and, for ``/api``, the site.
+    threads: Annotated[int, Field(ge=1, le=256)] = 4
     server: Literal["gunicorn", "granian"] = "granian"
     site_name: str = "Stuff Nation"
     views: Views = Views()

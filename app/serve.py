@@ -30,9 +30,6 @@ from .storage import Storage, StorageUnavailable
 
 log = logging.getLogger("oauth2")
 
-#: Request threads per worker process (a worker waits on storage and the site).
-THREADS = 4
-
 
 def gunicorn_level(level: int) -> str:
     """Gunicorn knows debug/info/warning/error/critical; ``notice`` shows its start-up lines."""
@@ -50,7 +47,7 @@ def gunicorn_options(settings: Settings, bind: str | None = None) -> dict[str, A
         + ([settings.admin.listen] if settings.admin.listen else []),
         "workers": settings.num_workers(),
         "worker_class": "gthread",
-        "threads": THREADS,
+        "threads": auth.threads,
         "keepalive": 30,
         "graceful_timeout": 20,
         "timeout": 60,
@@ -178,7 +175,7 @@ def granian_options(settings: Settings, bind: str | None = None) -> dict[str, An
         "interface": Interfaces.WSGI,
         "workers": settings.num_workers(),
         # Python threads per worker, as many as gunicorn's gthread workers use.
-        "blocking_threads": THREADS,
+        "blocking_threads": auth.threads,
         "log_level": LogLevels(gunicorn_level(settings.log_level)),
         "log_access": settings.log_level <= logging.DEBUG,
         "log_dictconfig": log_config(

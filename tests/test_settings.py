@@ -586,3 +586,23 @@ def test_storage_options_are_checked_by_their_backend_with_the_rest(folder):
         "storage.tokens.options.socket_timout",
         "storage.users.options.max_size",
     ]
+
+
+# -- serving --------------------------------------------------------------------------------
+def test_threads_per_worker_reach_both_servers(folder):
+    from app.serve import granian_options, gunicorn_options
+
+    assert gunicorn_options(load(folder))["threads"] == 4  # the default
+    write(folder, "runtime.json", {"auth_server": {"threads": 16, "num_workers": 3}})
+    settings = load(folder)
+    assert gunicorn_options(settings)["threads"] == 16
+    assert gunicorn_options(settings)["workers"] == 3
+    assert granian_options(settings)["blocking_threads"] == 16
+    assert granian_options(settings)["workers"] == 3
+
+
+@pytest.mark.parametrize("threads", [0, -1, 257, "many"])
+def test_a_bad_thread_count_is_refused_naming_the_key(folder, threads):
+    write(folder, "runtime.json", {"auth_server": {"threads": threads}})
+    with pytest.raises(ConfigError, match="threads"):
+        load(folder)
