@@ -268,7 +268,7 @@ FROM (SELECT encode(sha256(convert_to(%(kind)s || %(tag)s || '-' || g, 'UTF8')),
              encode(sha256(convert_to(%(other)s || %(tag)s || '-' || g, 'UTF8')), 'hex') AS pk,
              'filler-' || (g %% %(users)s) AS u,
              'g-' || %(tag)s || '-' || g AS gr
-      FROM generate_series(%(start)s, %(stop)s) AS g) AS s
+      FROM generate_series(%(start)s::int, %(stop)s::int) AS g) AS s
 """
 
 
