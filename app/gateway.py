@@ -24,7 +24,6 @@ from typing import Any
 from flask import (
     Flask,
     Response,
-    request,
     request_finished,
     request_started,
     request_tearing_down,
@@ -187,7 +186,8 @@ class Gateway(Flask):
         """Flask's, over the gateway's one blueprint, the hooks called as they are."""
         if exc is _sentinel:
             exc = sys.exc_info()[1]
-        names = (None,) if request.url_rule is None else (self._blueprint, None)
+        rule = _cv_request.get().request.url_rule
+        names = (None,) if rule is None else (self._blueprint, None)
         for name in names:
             for func in reversed(self.teardown_request_funcs.get(name, ())):
                 func(exc)

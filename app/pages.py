@@ -50,7 +50,8 @@ def _security_headers(response):
     headers = response.headers
     present = {name.lower() for name, _ in headers.items()}
     html = response.mimetype == "text/html"
-    for name, value in _wanted(html, request.path, request.is_secure):
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    for name, value in _wanted(html, req.path, req.is_secure):
         if name.lower() not in present:
             headers.add(name, value)
     return response

@@ -186,9 +186,11 @@ def test_signals_are_sent_when_someone_listens(gateway, client, access):
     def on_finished(sender, response, **extra):
         finished.append(response.status_code)
 
-    with request_started.connected_to(on_started, gateway):
-        with request_finished.connected_to(on_finished, gateway):
-            client.get("/api/profile", headers=bearer(access))
+    with (
+        request_started.connected_to(on_started, gateway),
+        request_finished.connected_to(on_finished, gateway),
+    ):
+        client.get("/api/profile", headers=bearer(access))
     assert started == [gateway] and finished == [200]
 
 
