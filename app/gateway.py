@@ -13,6 +13,19 @@ dict, so what a test or a reload changes on the main app holds for the gateway t
 
 Everything in front of the dispatcher (``ProxyFix``, the admin listener's mark) runs
 for both, as it did; the main app no longer routes ``/api/``.
+
+The gateway app is a :class:`Gateway`: Flask with a shorter request path for the usual
+call, ``/api/<plain name>`` by a method its route takes. Flask's own path spends more
+on itself than the bearer check does (binding a URL adapter and routing, opening a null
+session, ``ensure_sync`` and signals per hook, a copy of the headers on the way out);
+the short path does what Flask would for such a request and no more: a request context
+is still pushed, so ``request``, ``g``, ``current_app`` and ``after_this_request`` work
+in the shared modules (the checks, CORS, limits, quotas, DPoP, observability), and the
+answer is what Flask's path gives, byte for byte (``tests/test_gateway_dispatch.py``
+compares the two). Any other request (a path with a slash or an odd character in the
+name, a method the route does not take, ``TRUSTED_HOSTS`` set) goes Flask's own way,
+so its 404, 405 or redirect is Flask's. ``bench/README.md`` ("The gateway's own
+dispatcher") has where the time went and what this bought.
 """
 
 from __future__ import annotations
