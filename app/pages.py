@@ -58,6 +58,7 @@ def _security_headers(response):
 
 
 def _wanted(html: bool, path: str, secure: bool) -> list[tuple[str, str]]:
+    """The security headers an answer gets unless it sets them itself."""
     wanted = [
         ("X-Frame-Options", "DENY"),
         ("X-Content-Type-Options", "nosniff"),
