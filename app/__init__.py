@@ -147,7 +147,7 @@ def _init_extensions(app: Flask, state: State) -> None:
 
 def _limit_streamed_body() -> None:
     """Hold a chunked body to ``max_body_bytes`` too (gunicorn passes it on unbounded)."""
-    if request.content_length is None and request.environ.get("wsgi.input_terminated"):
+    if request.environ.get("wsgi.input_terminated") and request.content_length is None:
         limit = request.max_content_length or 0
         if len(request.get_data(cache=True)) >= limit and request.stream.read(1):
             raise RequestEntityTooLarge()

@@ -46,22 +46,35 @@ def render_error(status: int, title: str, message: str, detail: str | None = Non
 
 
 def _security_headers(response):
+    """Add each security header the response lacks (one look at the names it has)."""
     headers = response.headers
-    headers.setdefault("X-Frame-Options", "DENY")
-    headers.setdefault("X-Content-Type-Options", "nosniff")
-    # Pages send a Referer only to us (Flask-WTF checks it over TLS); everything else,
-    # redirects carrying codes or tokens and token answers included, sends none.
-    policy = "same-origin" if response.mimetype == "text/html" else "no-referrer"
-    headers.setdefault("Referrer-Policy", policy)
-    if not request.path.startswith(CACHEABLE):
-        headers.setdefault("Cache-Control", "no-store")
-    if response.mimetype == "text/html":
-        headers.setdefault("Content-Security-Policy", CSP)
-    elif "Content-Security-Policy" not in headers and not request.path.startswith(STATIC):
-        headers["Content-Security-Policy"] = "frame-ancestors 'none'"
-    if request.is_secure:
-        headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    present = {name.lower() for name, _ in headers.items()}
+    html = response.mimetype == "text/html"
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    for name, value in _wanted(html, req.path, req.is_secure):
+        if name.lower() not in present:
+            headers.add(name, value)
     return response
+
+
+def _wanted(html: bool, path: str, secure: bool) -> list[tuple[str, str]]:
+    """The security headers an answer gets unless it sets them itself."""
+    wanted = [
+        ("X-Frame-Options", "DENY"),
+        ("X-Content-Type-Options", "nosniff"),
+        # Pages send a Referer only to us (Flask-WTF checks it over TLS); everything else,
+        # redirects carrying codes or tokens and token answers included, sends none.
+        ("Referrer-Policy", "same-origin" if html else "no-referrer"),
+    ]
+    if not path.startswith(CACHEABLE):
+        wanted.append(("Cache-Control", "no-store"))
+    if html:
+        wanted.append(("Content-Security-Policy", CSP))
+    elif not path.startswith(STATIC):
+        wanted.append(("Content-Security-Policy", "frame-ancestors 'none'"))
+    if secure:
+        wanted.append(("Strict-Transport-Security", "max-age=31536000"))
+    return wanted
 
 
 def _context():

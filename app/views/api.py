@@ -33,10 +33,12 @@ def _fail(status: int, error: str, www: str | None = None) -> Response:
 @any_origin
 @api_limit
 def call(name: str):
+    app = state()
+    server = app.server
     header = request.headers.get("Authorization", "")
     raw = rfc6750.bearer_token(header)
-    token = find_bearer(state().server, raw)
-    dpop = raw is None and state().server.dpop is not None and rfc9449.dpop_token(header)
+    token = find_bearer(server, raw)
+    dpop = raw is None and server.dpop is not None and rfc9449.dpop_token(header)
     proof = None
     if dpop:
         token, proof, refused = _dpop(dpop)
@@ -48,7 +50,7 @@ def call(name: str):
     if token is None:
         return _fail(401, "invalid token", 'Bearer realm="api", error="invalid_token"')
     note(token.client_id, token.user_id)
-    route = state().adapter.api.get(name)
+    route = app.adapter.api.get(name)
     if route is None:
         return _fail(404, "no such function")
     if request.method not in route.allowed:
@@ -57,18 +59,21 @@ def call(name: str):
         return response
     if route.scope not in (scope_to_list(token.scope) or []):
         return _fail(403, "insufficient scope", _scope_challenge(bool(dpop), route.scope))
-    if not _allowed_function(token.client_id, name):
+    if not _allowed_function(server, token.client_id, name):
         return _fail(403, "function not allowed", _scope_challenge(bool(dpop)))
     if not token.user_id:
         return _fail(403, "this function acts for a user; use a user's token")
     if proof is not None:  # RFC 9449 §11.1: the proof is used up only by a call that passes
         try:
-            state().server.dpop.remember(proof)
+            server.dpop.remember(proof)
         except rfc9449.DPoPError as refusal:
             return _dpop_refusal(refusal)
-    client = state().clients.get(token.client_id)
+    client = app.clients.get(token.client_id)
     return spend(
-        client, token.record, name, lambda: _proxy(route.called_with(request.method), token)
+        client,
+        token.record,
+        name,
+        lambda: _proxy(app.adapter, route.called_with(request.method), token),
     )
 
 
@@ -110,13 +115,13 @@ def _find(raw: str):
     return find_access(state().server, raw)
 
 
-def _allowed_function(client_id: str, name: str) -> bool:
+def _allowed_function(server, client_id: str, name: str) -> bool:
     """The client's ``api_allowlist`` (beyond scopes): absent, every function is allowed."""
-    client = state().server.clients.get(client_id)
+    client = server.clients.get(client_id)
     return client is not None and allows_function(client.api_allowlist, name)
 
 
-def _proxy(route, token) -> Response:
+def _proxy(adapter, route, token) -> Response:
     headers = {
         "X-OAuth-Client-Id": token.client_id,
         "X-OAuth-User-Id": token.user_id,
@@ -125,7 +130,7 @@ def _proxy(route, token) -> Response:
     if request.content_type:
         headers["Content-Type"] = request.content_type
     try:
-        upstream = state().adapter.call(
+        upstream = adapter.call(
             route,
             token.record.get("site_token", ""),
             token.user_id,
