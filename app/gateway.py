@@ -43,7 +43,7 @@ from flask import (
 )
 from flask.ctx import RequestContext, _sentinel
 from flask.globals import _cv_app, _cv_request
-from flask.sessions import NullSession, SessionInterface
+from flask.sessions import SessionInterface
 from werkzeug.routing import Rule
 
 from .paths import API
@@ -55,6 +55,11 @@ PREFIX = API
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9_.~-]*")
 #: Headers Werkzeug rewrites on the way out (made absolute URLs): such an answer goes its way.
 REWRITTEN = frozenset({"location", "content-location"})
+#: A ``Host`` Werkzeug's URL adapter takes as it is (an ASCII name or address, a port):
+#: any other (an IDNA name it would refuse, none at all) goes Flask's way, to its 400.
+PLAIN_HOST = re.compile(
+    r"(?:(?:[A-Za-z0-9-]{1,63}\.)*[A-Za-z0-9-]{1,63}\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
+)
 
 
 class NoSessions(SessionInterface):
@@ -77,7 +82,7 @@ class _Context(RequestContext):
         self.request = request
         self.url_adapter = None
         self.flashes = None
-        self._session = app.null_session
+        self._session = app.session_interface.make_null_session(app)  # one per request
         self._after_request_functions = []
         self._cv_tokens = []
 
@@ -94,24 +99,29 @@ class Gateway(Flask):
     request (an odd path, another method: a 404, 405 or redirect) takes Flask's own path.
     """
 
-    null_session = NullSession()
-    _api_rule: Rule | None = None
-    #: The methods the short way takes: the route's (bar ``OPTIONS`` if Flask answers it).
-    _methods: frozenset[str] = frozenset()
-    _endpoint = ""
-    _blueprint: str | None = None
+    #: The gateway's one route, set once by :meth:`settle` (before serving), read as one
+    #: value: the rule, the methods the short way takes (the route's, bar ``OPTIONS`` if
+    #: Flask answers it), its endpoint and its blueprint.
+    settled: tuple[Rule, frozenset[str], str, str] | None = None
 
     def wsgi_app(self, environ: dict[str, Any], start_response: Any) -> Any:
         path = environ.get("PATH_INFO", "")
         name = path[len(PREFIX) :]
-        rule = self._api_rule or self._find_rule()
+        route = self.settled
         if (
-            environ.get("REQUEST_METHOD") not in self._methods
+            route is None
+            or environ.get("REQUEST_METHOD") not in route[1]
             or not path.startswith(PREFIX)
             or not PLAIN_NAME.fullmatch(name)
             or self.config["TRUSTED_HOSTS"] is not None
+            # What Flask's URL adapter refuses with a 400: a WebSocket upgrade, another
+            # scheme, a host it cannot take (an invalid IDNA name).
+            or environ.get("wsgi.url_scheme") not in ("http", "https")
+            or "websocket" in environ.get("HTTP_UPGRADE", "").lower()
+            or not PLAIN_HOST.fullmatch(environ.get("HTTP_HOST", ""))
         ):
             return super().wsgi_app(environ, start_response)
+        rule = route[0]
         request = self.request_class(environ)
         request.json_module = self.json
         request.url_rule = rule
@@ -121,7 +131,7 @@ class Gateway(Flask):
         try:
             try:
                 ctx.push()
-                response = self._dispatch(ctx)
+                response = self._dispatch(ctx, route)
             except Exception as e:
                 error = e
                 response = self.handle_exception(e)
@@ -137,30 +147,31 @@ class Gateway(Flask):
                 error = None
             ctx.pop(error)
 
-    def _dispatch(self, ctx: _Context) -> Response:
+    def _dispatch(self, ctx: _Context, route: tuple[Rule, frozenset[str], str, str]) -> Response:
         self._got_first_request = True
-        if request_started.receivers:
-            request_started.send(self, _async_wrapper=self.ensure_sync)
         request = ctx.request
+        blueprint = route[3]
         try:
-            rv = self._before(request)
+            if request_started.receivers:
+                request_started.send(self, _async_wrapper=self.ensure_sync)
+            rv = self._before(request, blueprint)
             if rv is None:
-                rv = self.view_functions[self._endpoint](**request.view_args)  # type: ignore[arg-type]
+                rv = self.view_functions[route[2]](**request.view_args)  # type: ignore[arg-type]
         except Exception as e:
             rv = self.handle_user_exception(e)
         if not isinstance(rv, self.response_class):
             rv = self.make_response(rv)
         for func in ctx._after_request_functions:
             rv = func(rv)
-        for name in (self._blueprint, None):
+        for name in (blueprint, None):
             for func in reversed(self.after_request_funcs.get(name, ())):
                 rv = func(rv)
         if request_finished.receivers:
             request_finished.send(self, _async_wrapper=self.ensure_sync, response=rv)
         return rv
 
-    def _before(self, request: Any) -> Any:
-        scopes = (None, self._blueprint)
+    def _before(self, request: Any, blueprint: str) -> Any:
+        scopes = (None, blueprint)
         for name in scopes:
             for preprocess in self.url_value_preprocessors.get(name, ()):
                 preprocess(request.endpoint, request.view_args)
@@ -200,22 +211,25 @@ class Gateway(Flask):
         if exc is _sentinel:
             exc = sys.exc_info()[1]
         rule = _cv_request.get().request.url_rule
-        names = (None,) if rule is None else (self._blueprint, None)
+        blueprint = rule.endpoint.rpartition(".")[0] if rule is not None else None
+        names = (None,) if blueprint is None else (blueprint, None)
         for name in names:
             for func in reversed(self.teardown_request_funcs.get(name, ())):
                 func(exc)
         if request_tearing_down.receivers:
             request_tearing_down.send(self, _async_wrapper=self.ensure_sync, exc=exc)
 
-    def _find_rule(self) -> Rule:
-        """The gateway's one route, looked up at its first request (after registration)."""
-        (rule,) = self.url_map.iter_rules()
+    def settle(self) -> None:
+        """Take the gateway's one route (its blueprint registered): set once, before any
+        request, so no thread ever sees part of it; a second route is a start-up error."""
+        rules = list(self.url_map.iter_rules())
+        if len(rules) != 1:
+            raise RuntimeError(f"the gateway app has {len(rules)} routes; it must have one")
+        (rule,) = rules
         methods = frozenset(rule.methods or ())
         if getattr(rule, "provide_automatic_options", False):
             methods -= {"OPTIONS"}
-        self._api_rule, self._methods, self._endpoint = rule, methods, rule.endpoint
-        self._blueprint = rule.endpoint.rpartition(".")[0]
-        return rule
+        self.settled = (rule, methods, rule.endpoint, rule.endpoint.rpartition(".")[0])
 
 
 def build(main: Flask) -> Gateway:
@@ -233,6 +247,7 @@ def build(main: Flask) -> Gateway:
     pages.init_app(gateway)  # the security headers (no page is rendered here)
     gateway.register_blueprint(api.bp)
     observability.init_request_hooks(gateway)
+    gateway.settle()
     return gateway
 
 

@@ -66,6 +66,11 @@ CASES = [
     ("TRACE", "/api/profile", True, {}),
     ("GET", "/api/a/b", True, {}),
     ("GET", "/api/", True, {}),
+    # What Flask's URL adapter refuses (400) the short way must not serve.
+    ("GET", "/api/profile", True, {"Connection": "Upgrade", "Upgrade": "websocket"}),
+    ("GET", "/api/profile", True, {"Host": "a" * 64 + ".example"}),
+    ("GET", "/api/profile", True, {"Host": "bücher.example"}),
+    ("GET", "/api/profile", True, {"Host": "[::1]:8081"}),
 ]
 
 
@@ -238,3 +243,60 @@ def test_anything_under_api_is_never_a_500(
     names = {name.lower() for name, _ in headers}
     assert int(status.split()[0]) < 500, (status, b"".join(body))
     assert "x-request-id" in names and "x-content-type-options" in names
+
+
+def test_flask_refusals_at_the_edge_stay_refusals(client, access):
+    """A WebSocket upgrade and a host Werkzeug cannot take are Flask's 400, never served."""
+    upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", **bearer(access)}
+    assert client.get("/api/profile", headers=upgrade).status_code == 400
+    bad_host = {"Host": "a" * 64 + ".example", **bearer(access)}
+    assert client.get("/api/profile", headers=bad_host).status_code == 400
+    assert client.get("/api/profile", headers=bearer(access)).status_code == 200
+
+
+def test_the_route_is_settled_before_any_request(app, gateway):
+    """Set once when the app is built (no thread sees part of it); one route only."""
+    rule, methods, endpoint, blueprint = gateway.settled
+    assert rule.rule == "/api/<path:name>" and {"GET", "POST", "OPTIONS"} <= methods
+    assert gateway.view_functions[endpoint] and blueprint == "api"
+    gateway.add_url_rule("/api-extra/<name>", "extra", lambda name: name)
+    with pytest.raises(RuntimeError, match="2 routes"):
+        gateway.settle()
+
+
+def test_a_session_changed_in_one_request_is_not_seen_by_the_next(app, client, access):
+    """Each request has its own null session: nothing one call writes leaks to another."""
+    from flask import session
+
+    seen = []
+
+    def meddle(response):
+        seen.append(dict(session))
+        session.update  # noqa: B018 - the null session refuses update(); |= bypasses it
+        session.__ior__({"_user_id": "mallory"})
+        return response
+
+    gateway = app.extensions["oauth2.gateway"]
+    gateway.after_request_funcs.setdefault(None, []).insert(0, meddle)
+    try:
+        for _ in range(2):
+            response = client.get("/api/profile", headers={**bearer(access), "Cookie": "s=1"})
+            assert response.status_code == 200
+    finally:
+        gateway.after_request_funcs[None].remove(meddle)
+    assert seen == [{}, {}]
+
+
+def test_a_request_started_receiver_error_goes_to_the_error_handlers(app, client, access):
+    from werkzeug.exceptions import Forbidden
+
+    def refuse(sender, **_):
+        raise Forbidden()
+
+    request_started.connect(refuse)
+    try:
+        response = client.get("/api/profile", headers=bearer(access))
+    finally:
+        request_started.disconnect(refuse)
+    assert response.status_code == 403
+    assert response.headers["X-Request-Id"]
