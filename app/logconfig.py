@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -36,27 +35,35 @@ class IsoFormatter(logging.Formatter):
             return super().format(record)
         record.message = record.getMessage()
         record.asctime = iso_time(record.created)
-        return f"{record.asctime} {record.levelname} {record.name}: {record.message}"
+        return text_line(record.asctime, record.levelname, record.name, record.message)
+
+
+def text_line(asctime: str, level: str, name: str, message: str) -> str:
+    """A line of our text format (:data:`FORMAT`) without an exception: what
+    :class:`IsoFormatter` writes, for a caller that has no record (the request line)."""
+    return f"{asctime} {level} {name}: {message}"
 
 
 #: The last whole second :func:`iso_time` rendered, and its text.
 _SECOND: tuple[int, str] = (-1, "")
+#: The end of a timestamp for each millisecond: ``"000Z"`` .. ``"999Z"``.
+_MILLIS = tuple(f"{ms:03d}Z" for ms in range(1000))
 
 
 def iso_time(created: float) -> str:
     """``datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")`` with a
     ``Z``: the date and time of day rendered once a second (the same rounding)."""
     global _SECOND
-    fraction, whole = math.modf(created)
-    micros = round(fraction * 1e6)
+    whole = int(created)
+    micros = round((created - whole) * 1e6)  # ``created - whole`` is exact, as ``math.modf``
     if micros >= 1_000_000 or micros < 0:  # rounding crossed a second, or before 1970
         moment = datetime.fromtimestamp(created, UTC)
         return moment.isoformat(timespec="milliseconds")[:-6] + "Z"
     second, text = _SECOND
     if second != whole:
         text = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
-        _SECOND = (int(whole), text)
-    return f"{text}{micros // 1000:03d}Z"
+        _SECOND = (whole, text)
+    return text + _MILLIS[micros // 1000]
 
 
 #: ``json.dumps(entry, default=str)``'s encoder, made once.
@@ -70,24 +77,44 @@ class JsonFormatter(logging.Formatter):
     audit event's; the summary is then the message)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": iso_time(record.created),
-            "level": record.levelname,
-            "logger": record.name,
-            # A structured line's short summary: its fields follow as keys.
-            "message": getattr(record, "summary", None) or record.getMessage(),
-        }
-        request_id = REQUEST_ID.get()
-        if request_id is not None:
-            entry["request_id"] = request_id
         fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            for key, value in fields.items():
-                if key not in BASE_KEYS and value is not None:
-                    entry[key] = value
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return _encode(entry)
+        return json_line(
+            record.created,
+            record.levelname,
+            record.name,
+            # A structured line's short summary: its fields follow as keys.
+            getattr(record, "summary", None) or record.getMessage(),
+            fields if isinstance(fields, dict) else None,
+            self.formatException(record.exc_info) if record.exc_info else None,
+        )
+
+
+def json_line(
+    created: float,
+    level: str,
+    name: str,
+    message: str,
+    fields: dict[str, Any] | None = None,
+    exception: str | None = None,
+) -> str:
+    """What :class:`JsonFormatter` writes for a record with these attributes, for a caller
+    that has no record (the request line): the request id is the current one."""
+    entry: dict[str, Any] = {
+        "ts": iso_time(created),
+        "level": level,
+        "logger": name,
+        "message": message,
+    }
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        entry["request_id"] = request_id
+    if fields is not None:
+        for key, value in fields.items():
+            if key not in BASE_KEYS and value is not None:
+                entry[key] = value
+    if exception is not None:
+        entry["exception"] = exception
+    return _encode(entry)
 
 
 FORMATTERS = {

@@ -11,8 +11,11 @@ known and a keyed hash of the user, never a token, code or secret.
 It runs on every request, so it is kept cheap (README "Operating it" prices it): the
 request's facts live in its WSGI environ (no ``g`` look-ups), the hooks are one
 ``before_request`` and one ``after_request`` (which also counts the request when metrics
-are on), and the line is handed to the logger's handlers as one record made from a
-template (no caller look-up); its text is only rendered if a handler formats it.
+are on). When the logging set-up is the standard one (one stream handler of ours, nothing
+filtering: :mod:`.direct`), the line is rendered from its fields and written to that
+handler's stream as the handler would write it, as the request ends, without a record;
+otherwise it is handed to the logger as one record made from a template (no caller
+look-up), its text rendered only if a handler formats it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from typing import Any
 from flask import Flask, Response, current_app, request, session
 
 from ..audit import _PLAIN, printable
-from ..logconfig import REQUEST_ID
+from ..logconfig import REQUEST_ID, iso_time, json_line, text_line
+from . import direct
 
 log = logging.getLogger("oauth2.request")
 
@@ -39,6 +43,8 @@ SAFE_ID = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
 #: Longest path logged; longer ones are clipped (the route names the endpoint anyway).
 MAX_PATH = 200
 NOTICE = 25
+#: A line of ``key=value`` pairs whose every value is plain (``printable`` keeps it).
+_TOKENS = re.compile(rf"[a-z_]+={_PLAIN.pattern}(?: [a-z_]+={_PLAIN.pattern})*")
 #: Users whose hash each app keeps (then it starts again): the recent ones.
 USER_HASHES = 4096
 
@@ -108,6 +114,21 @@ def _signed_in_user(environ: dict[str, Any]) -> str | None:
     return str(user_id) if user_id else None
 
 
+def line_text(fields: dict[str, Any]) -> str:
+    """``fields_line(fields)`` for keys of lowercase letters and ``_``: the line's
+    ``key=value`` pairs, each value escaped by ``printable``. Its common case, every value
+    plain, is found in the joined pairs at once: they read as ``key=plain`` tokens
+    separated by spaces, with no more ``=`` than pairs (a value holding ``=`` or a space
+    would add one or leave one over)."""
+    pairs = [f"{key}={value}" for key, value in fields.items() if value is not None]
+    line = " ".join(pairs)
+    if _TOKENS.fullmatch(line) and line.count("=") == len(pairs):
+        return line
+    return " ".join(
+        [f"{key}={printable(value)}" for key, value in fields.items() if value is not None]
+    )
+
+
 class _Line:
     """The text of a request line, rendered only when a handler formats the record
     (``str()``; the JSON format reads the record's ``fields`` instead)."""
@@ -120,19 +141,7 @@ class _Line:
 
     def __str__(self) -> str:
         if self.text is None:
-            pairs = [
-                (key, value if type(value) is str else str(value))
-                for key, value in self.fields.items()
-                if value is not None
-            ]
-            # ``printable`` of each value; its common case, every value plain, checked at
-            # once (plain is a character class: the values are plain iff their
-            # concatenation is, none empty) without a call per value.
-            values = [text for _, text in pairs]
-            if "" not in values and _PLAIN.fullmatch("".join(values)):
-                self.text = " ".join([f"{key}={text}" for key, text in pairs])
-            else:
-                self.text = " ".join([f"{key}={printable(text)}" for key, text in pairs])
+            self.text = line_text(self.fields)
         return self.text
 
 
@@ -146,14 +155,16 @@ class _Records:
             logger.name, NOTICE, __file__, 0, "request %s", (None,), None, "finish"
         )
         self.template = dict(vars(template))
+        self.logger = logger
+        self.name: str = template.name
+        self.level: str = template.levelname
         self.threads = logging.logThreads
         self.processes = logging.logProcesses
 
-    def make(self, line: _Line) -> logging.LogRecord:
+    def make(self, line: _Line, now: float) -> logging.LogRecord:
         record = logging.LogRecord.__new__(logging.LogRecord)
         values = vars(record)
         values.update(self.template)
-        now = time.time()
         values["created"] = now
         values["msecs"] = int((now - int(now)) * 1000) + 0.0
         values["relativeCreated"] = (now - logging._startTime) * 1000  # type: ignore[attr-defined]
@@ -166,6 +177,20 @@ class _Records:
         values["fields"] = line.fields
         values["summary"] = "request"
         return record
+
+    def emit(self, fields: dict[str, Any], now: float) -> None:
+        """Log the line made at ``now``: straight to the stream when the set-up is the
+        standard one (:mod:`.direct`), else as a record through ``Logger.handle``."""
+        out = direct.route(self.logger, NOTICE)
+        if out is None:
+            self.logger.handle(self.make(_Line(fields), now))
+            return
+        handler, kind = out
+        if kind is direct.TEXT:
+            text = text_line(iso_time(now), self.level, self.name, "request " + line_text(fields))
+        else:
+            text = json_line(now, self.level, self.name, "request", fields)
+        direct.write(handler, text, lambda: self.make(_Line(fields), now))
 
 
 def init_app(app: Flask, observe: Observer | None = None) -> None:
@@ -214,7 +239,7 @@ def init_app(app: Flask, observe: Observer | None = None) -> None:
                 "ip": req.remote_addr,
                 "request_id": rid,
             }
-            log.handle(records.make(_Line(fields)))
+            records.emit(fields, time.time())
         return response
 
     app.before_request_funcs.setdefault(None, []).insert(0, _begin)

@@ -1,0 +1,184 @@
+"""The request line written straight to the standard handler's stream (``direct``): the
+same bytes as the record path, and the record path whenever the set-up is not ours."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app.logconfig import FORMAT, REQUEST_ID, IsoFormatter, JsonFormatter
+from app.observability import direct, requestlog
+
+NOTICE = requestlog.NOTICE
+
+
+def standalone(formatter: logging.Formatter) -> tuple[logging.Logger, logging.StreamHandler]:  # type: ignore[type-arg]
+    """A logger (not in the registry) whose parent, a root of its own, has one stream
+    handler with ``formatter``: the shape ``log_config`` gives every server."""
+    root = logging.Logger("root", logging.INFO)
+    handler = logging.StreamHandler(io.StringIO())
+    handler.setFormatter(formatter)
+    root.addHandler(handler)
+    logger = logging.Logger("oauth2.request", logging.NOTSET)
+    logger.parent = root
+    return logger, handler
+
+
+def written(handler: logging.StreamHandler) -> str:  # type: ignore[type-arg]
+    return handler.stream.getvalue()
+
+
+@pytest.fixture
+def request_id() -> Iterator[str]:
+    token = REQUEST_ID.set("rid-1")
+    yield "rid-1"
+    REQUEST_ID.reset(token)
+
+
+_FIELD_VALUES = st.one_of(
+    st.none(),
+    st.text(max_size=12),
+    st.sampled_from(["", "a=b", "a b", " x=1", '"', "\\", "\u202e", "é", "lb==", "::1"]),
+    st.text(alphabet="/abc-_.~%", min_size=150, max_size=260),  # long paths
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+_FIELDS = st.fixed_dictionaries(
+    {
+        key: _FIELD_VALUES
+        for key in (
+            "method",
+            "path",
+            "route",
+            "status",
+            "duration_ms",
+            "client_id",
+            "user",
+            "ip",
+            "request_id",
+        )
+    }
+)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(fields=_FIELDS, now=st.floats(min_value=0, max_value=4e9), json=st.booleans())
+def test_the_direct_line_is_the_formatters_line(request_id, fields, now, json):
+    """Whatever the values (escaping, non-ASCII, None, long paths): what the direct path
+    writes is what the formatter makes of the record, byte for byte."""
+    formatter = JsonFormatter() if json else IsoFormatter(FORMAT)
+    logger, handler = standalone(formatter)
+    records = requestlog._Records(logger)
+    assert direct.route(logger, NOTICE) == (handler, direct.JSON if json else direct.TEXT)
+    records.emit(dict(fields), now)
+    record = records.make(requestlog._Line(dict(fields)), now)
+    assert written(handler) == formatter.format(record) + "\n"
+
+
+class Seen(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return True
+
+
+def test_what_the_record_path_is_taken_for():
+    """Only one plain stream handler with our formatter and nothing filtering is written
+    to directly; a handler, filter or formatter changed at run time is seen at once."""
+    logger, handler = standalone(IsoFormatter(FORMAT))
+    assert direct.route(logger, NOTICE) == (handler, direct.TEXT)
+    changes = [
+        lambda: logger.addFilter(Seen()),
+        lambda: handler.addFilter(Seen()),
+        lambda: logger.addHandler(logging.NullHandler()),
+        lambda: logger.parent.addHandler(logging.NullHandler()),  # type: ignore[union-attr]
+        lambda: setattr(logger, "disabled", True),
+        lambda: handler.setLevel(logging.WARNING),
+        lambda: handler.setFormatter(logging.Formatter(FORMAT)),
+        lambda: handler.setFormatter(IsoFormatter("%(levelname)s %(message)s")),
+        lambda: handler.setFormatter(None),  # type: ignore[arg-type]
+        lambda: setattr(logger, "propagate", False),  # then no handler: the last resort's
+    ]
+    for change in changes:
+        logger, handler = standalone(IsoFormatter(FORMAT))
+        change()
+        assert direct.route(logger, NOTICE) is None
+    # Not a plain StreamHandler (pytest's capture is a subclass; a file handler).
+    logger, handler = standalone(IsoFormatter(FORMAT))
+    logger.parent.handlers = [type("Sub", (logging.StreamHandler,), {})()]  # type: ignore[union-attr]
+    assert direct.route(logger, NOTICE) is None
+    # A non-propagating logger's own handler is the one, whatever its parents have.
+    logger, _ = standalone(IsoFormatter(FORMAT))
+    own = logging.StreamHandler(io.StringIO())
+    own.setFormatter(JsonFormatter())
+    logger.addHandler(own)
+    logger.propagate = False
+    assert direct.route(logger, NOTICE) == (own, direct.JSON)
+
+
+def test_a_write_error_goes_to_handle_error_with_the_record(request_id):
+    logger, handler = standalone(IsoFormatter(FORMAT))
+    handler.stream = SimpleNamespace(write=lambda text: 1 / 0)
+    failed: list[logging.LogRecord] = []
+    handler.handleError = failed.append  # type: ignore[method-assign]
+    requestlog._Records(logger).emit({"method": "GET", "path": "/"}, 1.5)
+    (record,) = failed
+    assert record.created == 1.5 and record.getMessage() == "request method=GET path=/"
+
+
+def only_to(formatter: logging.Formatter, monkeypatch: pytest.MonkeyPatch) -> logging.StreamHandler:  # type: ignore[type-arg]
+    """``oauth2.request`` as ``log_config`` sets a server's loggers up: one stream handler
+    of ours that alone sees the line (pytest's own capture handlers set aside: they are
+    added to every test phase's non-propagating loggers too)."""
+    logger = logging.getLogger("oauth2.request")
+    handler = logging.StreamHandler(io.StringIO())
+    handler.setFormatter(formatter)
+    monkeypatch.setattr(logger, "handlers", [handler])
+    monkeypatch.setattr(logger, "propagate", False)
+    return handler
+
+
+@pytest.mark.parametrize("formatter", [IsoFormatter(FORMAT), JsonFormatter()])
+def test_a_request_writes_the_same_line_either_way(client, monkeypatch, formatter):
+    """The same request (its clock stopped), written directly and then, a filter added
+    while serving, as a record the filter sees: the same line, and each line is written
+    as its request ends."""
+    clock = SimpleNamespace(time=lambda: 1_764_748_800.1234, perf_counter=lambda: 5.0)
+    monkeypatch.setattr(requestlog, "time", clock)
+    own_stream = only_to(formatter, monkeypatch)
+    path = '/nope/"quoted" x=1/\u202e/é' + "/long" * 60
+    headers = {"X-Request-Id": "lb=="}
+    assert direct.route(logging.getLogger("oauth2.request"), NOTICE) is not None
+    assert client.get(path, headers=headers).status_code == 404
+    first = written(own_stream)
+    assert first.count("\n") == 1 and "lb==" in first
+    seen = Seen()
+    own_stream.addFilter(seen)
+    assert client.get(path, headers=headers).status_code == 404
+    assert written(own_stream) == first * 2
+    (record,) = seen.records
+    assert record.fields["request_id"] == "lb==" and record.created == clock.time()  # type: ignore[attr-defined]
+
+
+def test_caplog_still_sees_request_lines(client, caplog):
+    with caplog.at_level(logging.INFO, logger="oauth2"):
+        response = client.get("/healthz", headers={"X-Request-Id": "cap-1"})
+    (record,) = [r for r in caplog.records if r.name == "oauth2.request"]
+    assert record.fields["request_id"] == "cap-1" == response.headers["X-Request-Id"]  # type: ignore[attr-defined]
+    assert record.getMessage().startswith("request method=GET path=/healthz ")
+
+
+def test_the_json_line_carries_the_request_id_of_its_request(client, monkeypatch):
+    own_stream = only_to(JsonFormatter(), monkeypatch)
+    made = client.get("/healthz").headers["X-Request-Id"]
+    assert f'"request_id": "{made}"' in written(own_stream)
+    assert REQUEST_ID.get() is None  # reset when the request ended
