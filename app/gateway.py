@@ -55,8 +55,8 @@ PREFIX = API
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9_.~-]*")
 #: Headers Werkzeug rewrites on the way out (made absolute URLs): such an answer goes its way.
 REWRITTEN = frozenset({"location", "content-location"})
-#: A ``Host`` Werkzeug's URL adapter takes as it is (an ASCII name or address, a port):
-#: any other (an IDNA name it would refuse, none at all) goes Flask's way, to its 400.
+#: A ``Host`` (else the server's name) Werkzeug's URL adapter takes as it is (an ASCII
+#: name or address, a port): any other (an IDNA name it might refuse) goes Flask's way.
 PLAIN_HOST = re.compile(
     r"(?:(?:[A-Za-z0-9-]{1,63}\.)*[A-Za-z0-9-]{1,63}\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
 )
@@ -118,7 +118,7 @@ class Gateway(Flask):
             # scheme, a host it cannot take (an invalid IDNA name).
             or environ.get("wsgi.url_scheme") not in ("http", "https")
             or "websocket" in environ.get("HTTP_UPGRADE", "").lower()
-            or not PLAIN_HOST.fullmatch(environ.get("HTTP_HOST", ""))
+            or not PLAIN_HOST.fullmatch(environ.get("HTTP_HOST") or environ.get("SERVER_NAME", ""))
         ):
             return super().wsgi_app(environ, start_response)
         rule = route[0]

@@ -61,6 +61,7 @@ def environ(method: str, path: str, body: bytes = b"", **headers: str) -> dict[s
         "SERVER_NAME": "127.0.0.1",
         "SERVER_PORT": "8080",
         "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "127.0.0.1:8080",  # as every HTTP/1.1 client sends it
         "REMOTE_ADDR": "127.0.0.1",
         "wsgi.url_scheme": "http",
         "wsgi.input": io.BytesIO(body),

@@ -300,3 +300,18 @@ def test_a_request_started_receiver_error_goes_to_the_error_handlers(app, client
         request_started.disconnect(refuse)
     assert response.status_code == 403
     assert response.headers["X-Request-Id"]
+
+
+def test_a_request_without_host_takes_the_short_way_by_the_server_name(gateway, access):
+    """HTTP/1.0 may omit ``Host``: the server's name stands for it, as Werkzeug takes it."""
+    env = EnvironBuilder("/api/profile", headers=bearer(access)).get_environ()
+    del env["HTTP_HOST"]
+    bound = []
+    real = gateway.create_url_adapter
+    gateway.create_url_adapter = lambda req: bound.append(req) or real(req)
+    try:
+        body, status, _ = run_wsgi_app(gateway.wsgi_app, env)
+        assert status.startswith("200") and b"".join(body)
+    finally:
+        del gateway.create_url_adapter
+    assert [req for req in bound if req is not None] == []  # no URL adapter for the request
