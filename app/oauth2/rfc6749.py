@@ -4,6 +4,8 @@ Each grant holds only the storage and user hooks; the protocol is Authlib's.
 Single use is enforced at the moment of issuing: the code or refresh token is
 taken and the tokens it buys are written in one storage ``exchange``, so two
 concurrent redemptions cannot both win and a crash cannot burn a code for nothing.
+The ``token_issued`` / ``token_refreshed`` audit entry goes in the same exchange (one
+round trip and one commit, not one more after it), so only the winner records one.
 """
 
 from __future__ import annotations

@@ -18,9 +18,10 @@ transactions, writes are ordered: a put writes the record before its index
 entries, and whoever removes an index entry re-reads the record afterwards and
 re-indexes it if it was put again meanwhile, so a live record is never unindexed.
 
-``exchange`` (a redemption) is one script on a single server. A cluster puts the
-records of one redemption in different slots, so there it is the base class's
-take-then-write, which puts the taken record back if a write fails.
+``exchange`` (a redemption, its audit entry and the entry's log member included) is
+one script on a single server. A cluster puts the records of one redemption in
+different slots, so there it is the base class's take-then-write, which puts the
+taken record back if a write fails.
 
 What differs between one server and a Cluster lives in :mod:`.redis_link`, chosen at
 connect time; the Lua scripts are the files in ``lua/``.
@@ -329,6 +330,8 @@ class RedisTable(Table):
 
     @guarded
     def write(self, put: Put) -> None:
+        """:meth:`put`, or for an entry (``put.log``) the record and its log member, as
+        :meth:`append`."""
         if not put.log:
             self.put(put.key, put.record, put.ttl)
             return
