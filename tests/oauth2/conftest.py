@@ -134,7 +134,7 @@ def lose_the_race(state, monkeypatch) -> None:
     monkeypatch.setattr(state.storage, "exchange", lost)
 
 
-def audited(state, event: str) -> list[dict[str, Any]]:
+def entries_of(state, event: str) -> list[dict[str, Any]]:
     """The audit table's ``event`` records, newest first."""
     return [r for r in state.storage.audit.recent(200) if r["event"] == event]
 

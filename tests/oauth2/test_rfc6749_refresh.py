@@ -6,8 +6,8 @@ import pytest
 
 from tests.conftest import basic, bearer, race, table
 from tests.oauth2.conftest import (
-    audited,
     batches_sent,
+    entries_of,
     error_of,
     issue_tokens,
     lose_the_race,
@@ -117,7 +117,7 @@ def test_a_refresh_commits_once_its_audit_entry_in_the_exchange(client, state, m
     sent = batches_sent(state, monkeypatch)
     assert refresh(client, tokens["refresh_token"]).status_code == 200
     assert sent == []  # nothing written after the exchange: the entry was in it
-    [entry] = audited(state, "token_refreshed")
+    [entry] = entries_of(state, "token_refreshed")
     assert set(entry) == {"event", "at", "client_id", "user_id", "ip", "key", "expires_at"}
     assert (entry["client_id"], entry["user_id"], entry["ip"]) == ("test", user_id, "127.0.0.1")
 
@@ -126,7 +126,7 @@ def test_a_refresh_that_lost_the_race_to_its_exchange_records_nothing(client, st
     tokens = issue_tokens(client)
     lose_the_race(state, monkeypatch)
     assert error_of(refresh(client, tokens["refresh_token"])) == "invalid_grant"
-    assert audited(state, "token_refreshed") == []
+    assert entries_of(state, "token_refreshed") == []
 
 
 def test_concurrent_refreshes_of_one_token_yield_exactly_one_success(app, client, state):
@@ -143,4 +143,4 @@ def test_concurrent_refreshes_of_one_token_yield_exactly_one_success(app, client
     assert sorted(results, key=str) == sorted(
         [(200, None)] + [(400, "invalid_grant")] * 19, key=str
     )
-    assert len(audited(state, "token_refreshed")) == 1
+    assert len(entries_of(state, "token_refreshed")) == 1
