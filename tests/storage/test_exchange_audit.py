@@ -152,3 +152,18 @@ def test_an_audit_table_on_another_backend_gets_the_entry(backend, tmp_path, apa
         assert entries(store) == [entry]
     finally:
         store.storage.close()
+
+
+def test_across_backends_the_entry_is_one_of_the_ordered_writes(backend, tmp_path) -> None:
+    """Codes on SQLite, the rest (the audit table too) on ``backend``: take, then write."""
+    store = open_store({"default": backend.url, "codes": f"sqlite:///{tmp_path}/codes.db"})
+    try:
+        store.save_code("the-code", CODE)
+        code, entry = store.find_code("the-code"), issued()
+        with store.storage.batch():
+            assert store.redeem_code(code, pair("code"), FIELDS, entry=entry)
+            assert entries(store) == [entry]  # at once, as the exchange's other writes
+        assert not store.redeem_code(code, pair("again"), FIELDS, entry=issued())
+        assert entries(store) == [entry]
+    finally:
+        store.storage.close()
