@@ -32,13 +32,28 @@ HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
 
 def audit(event: str, **fields: Any) -> None:
     """Record ``event`` with the client, user, IP and time; never a secret."""
+    record = audit_record(event, **fields)
+    current_app.extensions["oauth2"].storage.audit.append(record)
+    audited(record)
+
+
+def audit_record(event: str, **fields: Any) -> dict[str, Any]:
+    """The record :func:`audit` stores, not stored: for a write that must land with others
+    (a token exchange writes its ``token_issued`` entry in its own script or statement)."""
     record = {"event": event, "at": time.time(), **{k: bounded(v) for k, v in fields.items()}}
+    if has_request_context():
+        record.setdefault("ip", request.remote_addr)
+    return record
+
+
+def audited(record: dict[str, Any]) -> None:
+    """What follows a stored record: the request line's client and user, the metrics, a log
+    line. Called only once the record is stored, so none of them tells of a lost race."""
     if has_request_context():
         from .observability.requestlog import note
 
-        record.setdefault("ip", request.remote_addr)
         note(record.get("client_id"), record.get("user_id"))
-    current_app.extensions["oauth2"].storage.audit.append(record)
+    event = record["event"]
     counted = current_app.extensions.get("oauth2.metrics_events")
     if counted is not None:
         counted(event, record)

@@ -87,8 +87,12 @@ class GrantStore:
         token: dict[str, Any],
         fields: dict[str, Any],
         refresh_lifetime: int | None = None,
+        entry: dict[str, Any] | None = None,
     ) -> bool:
-        """Take the code and store its tokens and tombstone together; False if it was gone."""
+        """Take the code and store its tokens and tombstone together; False if it was gone.
+
+        ``entry``: an audit record (``token_issued``) written with them, or not at all.
+        """
         now = time.time()
         family = {"family_start": now, "grant_scope": token.get("scope", "")}
         puts = self._pair(token, fields, family, now, refresh_lifetime)
@@ -102,6 +106,7 @@ class GrantStore:
             "code_challenge_method": code.record.get("code_challenge_method"),
         }
         puts.append(Put(self.storage.codes, USED_CODE + code.key, tombstone, guarded))
+        puts += self._entry(entry)
         return self.storage.exchange((self.storage.codes, code.key), puts) is not None
 
     def replayed_code(self, code: str) -> dict[str, Any] | None:
@@ -186,8 +191,10 @@ class GrantStore:
         token: dict[str, Any],
         fields: dict[str, Any],
         refresh_lifetime: int | None = None,
+        entry: dict[str, Any] | None = None,
     ) -> bool:
-        """Take the refresh token, end its access token, store the new pair and a tombstone.
+        """Take the refresh token, end its access token, store the new pair and a tombstone
+        (and ``entry``, an audit record: ``token_refreshed``).
 
         All together, or nothing (False: the token was gone, or its family is over).
         The family keeps its start, its original scope and tombstones of its
@@ -209,6 +216,7 @@ class GrantStore:
         if old.record.get("access_key"):
             discards.append((self.storage.tokens, old.record["access_key"]))
         puts.append(self._tombstone(old, puts[0].key, now))
+        puts += self._entry(entry)
         taken, failed = None, True
         try:
             taken = self.storage.exchange((self.storage.refresh_tokens, old.key), puts, discards)
@@ -225,6 +233,14 @@ class GrantStore:
         record: dict[str, Any] = {"family": old.grant_id, "client": old.client_id}
         record.update(rotated_at=now, child=child)
         return Put(self.storage.refresh_tokens, ROTATED + old.key, record, ttl)
+
+    def _entry(self, record: dict[str, Any] | None) -> list[Put]:
+        """The audit table's write of ``record`` (as its ``append``), if there is one.
+
+        In the exchange: on the token tables' backend it lands in their script or
+        statement; elsewhere :meth:`Storage.exchange` writes it once the take won.
+        """
+        return [self.storage.audit.entry(record)] if record is not None else []
 
     def rotated_refresh(self, token: str) -> dict[str, Any] | None:
         return self.storage.refresh_tokens.get(ROTATED + token_digest(token))

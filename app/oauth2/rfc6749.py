@@ -4,6 +4,8 @@ Each grant holds only the storage and user hooks; the protocol is Authlib's.
 Single use is enforced at the moment of issuing: the code or refresh token is
 taken and the tokens it buys are written in one storage ``exchange``, so two
 concurrent redemptions cannot both win and a crash cannot burn a code for nothing.
+The ``token_issued`` / ``token_refreshed`` audit entry goes in the same exchange (one
+round trip and one commit, not one more after it), so only the winner records one.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from authlib.oauth2.rfc6749.hooks import hooked
 from authlib.oauth2.rfc7636.challenge import CODE_VERIFIER_PATTERN, create_s256_code_challenge
 from authlib.oidc.core.grants.util import is_openid_scope
 
-from ..audit import audit
+from ..audit import audit, audit_record, audited
 from ..clients import SERVER_SCOPES
 from ..oidc.signin import remember_relying_party, sign_in_facts
 from ..quotas.choice import grant_fields
@@ -104,27 +106,27 @@ class AuthorizationCodeGrant(ShorterLifetime, grants.AuthorizationCodeGrant):
         """Nothing left to do: the code was taken in :meth:`save_token`."""
 
     def save_token(self, token) -> None:
-        """Take the code and store its tokens in one exchange; a lost race is ``invalid_grant``."""
+        """Take the code and store its tokens and audit entry in one exchange; a lost race
+        is ``invalid_grant``, with no entry."""
         code = self.request.authorization_code
         fields = self.server.token_fields(self.request)
         lifetime = refresh_lifetime(self.request.client)
-        if not self.server.grants.redeem_code(code, token, fields, lifetime):
-            raise InvalidGrantError("Invalid 'code' in request.")
-
-    def authenticate_user(self, authorization_code):
-        return self.server.users.get(authorization_code.record["user_id"])
-
-    def create_token_response(self):
-        code = self.request.authorization_code
-        self.request.grant_id = code.record["grant_id"]
-        result = super().create_token_response()
-        audit(
+        entry = audit_record(
             "token_issued",
             client_id=code.record["client_id"],
             user_id=code.record["user_id"],
             grant="authorization_code",
         )
-        return result
+        if not self.server.grants.redeem_code(code, token, fields, lifetime, entry):
+            raise InvalidGrantError("Invalid 'code' in request.")
+        audited(entry)
+
+    def authenticate_user(self, authorization_code):
+        return self.server.users.get(authorization_code.record["user_id"])
+
+    def create_token_response(self):
+        self.request.grant_id = self.request.authorization_code.record["grant_id"]
+        return super().create_token_response()
 
 
 class ImplicitGrant(grants.ImplicitGrant):
@@ -192,19 +194,19 @@ class RefreshTokenGrant(ShorterLifetime, grants.RefreshTokenGrant):
         """Nothing left to do: the token was taken in :meth:`save_token`."""
 
     def save_token(self, token) -> None:
-        """Rotate in one exchange: take the old token, end its access token, store the pair."""
+        """Rotate in one exchange: take the old token, end its access token, store the pair
+        and the audit entry (none when the token was gone)."""
         old = self.request.refresh_token
         fields = self.server.token_fields(self.request)
         lifetime = refresh_lifetime(self.request.client)
-        if not self.server.grants.rotate_refresh(old, token, fields, lifetime):
+        entry = audit_record("token_refreshed", client_id=old.client_id, user_id=old.user_id)
+        if not self.server.grants.rotate_refresh(old, token, fields, lifetime, entry):
             raise InvalidGrantError()
+        audited(entry)
 
     def create_token_response(self):
-        old = self.request.refresh_token
-        self.request.grant_id = old.grant_id
-        result = super().create_token_response()
-        audit("token_refreshed", client_id=old.client_id, user_id=old.user_id)
-        return result
+        self.request.grant_id = self.request.refresh_token.grant_id
+        return super().create_token_response()
 
 
 class ClientCredentialsGrant(ShorterLifetime, grants.ClientCredentialsGrant):

@@ -295,14 +295,37 @@ class Storage:
 
         Atomic when every table lives on one backend (one transaction or one script);
         across backends, the ordered best effort of :func:`~.base.ordered_exchange`.
+        An entry (a put with ``log``: the audit's) on a backend none of the other tables
+        is on is written after a successful exchange, held by the batch if there is one:
+        it costs the rest neither their atomicity nor a write at once.
         """
-        tables = [take[0], *(p.table for p in puts), *(t for t, _ in discards)]
-        owners = {id(self._owner[t.name]): self._owner[t.name] for t in tables}
+        tables = [take[0], *(t for t, _ in discards), *(p.table for p in puts if not p.log)]
+        owners = self._owners(tables)
+        after = [p for p in puts if p.log and self._owner[p.table.name] not in owners]
+        if after:
+            puts = [p for p in puts if not p.log or self._owner[p.table.name] in owners]
+        taken = self._exchange(take, puts, discards, owners)
+        if taken is not None:
+            for put in after:
+                put.table.write(put)
+        return taken
+
+    def _owners(self, tables: Sequence[Table]) -> list[Backend]:
+        """The backends ``tables`` live on, each once."""
+        return list({id(self._owner[t.name]): self._owner[t.name] for t in tables}.values())
+
+    def _exchange(
+        self,
+        take: tuple[Table, str],
+        puts: Sequence[Put],
+        discards: Sequence[tuple[Table, str]],
+        owners: list[Backend],
+    ) -> Record | None:
         if len(owners) == 1:
-            return next(iter(owners.values())).exchange(take, puts, discards)
+            return owners[0].exchange(take, puts, discards)
         with contextlib.ExitStack() as stack:
             # Its writes go at once: a failing one must put the taken record back.
-            for backend in owners.values():
+            for backend in owners:
                 stack.enter_context(backend.unbatched())
             return ordered_exchange(take, puts, discards)
 

@@ -39,12 +39,17 @@ def audit_key(now: float | None = None) -> str:
 
 @dataclass(frozen=True)
 class Put:
-    """One write of an exchange: ``record`` under ``key`` in ``table``."""
+    """One write of an exchange: ``record`` under ``key`` in ``table``.
+
+    ``log``: an :meth:`Table.append`'s time, so the write lists the key in the table's
+    log as ``append`` does (0: a plain put).
+    """
 
     table: Table
     key: str
     record: Record
     ttl: int | None = None
+    log: float = 0
 
 
 class Table(abc.ABC):
@@ -113,9 +118,24 @@ class Table(abc.ABC):
     def purge(self) -> int:
         """Delete expired records; return how many were removed."""
 
-    @abc.abstractmethod
     def append(self, record: Record) -> str:
         """Add a record under a new time-ordered key (the audit log); return the key."""
+        put = self.entry(record)
+        self.write(put)
+        return put.key
+
+    def entry(self, record: Record) -> Put:
+        """The write :meth:`append` makes, for an exchange to make it with its own."""
+        now = time.time()
+        return Put(self, audit_key(now), record, log=now)
+
+    def write(self, put: Put) -> None:
+        """Make one :class:`Put` of this table's: :meth:`put`, logged if ``put.log`` says.
+
+        The time-ordered key is the log here; a backend that keeps one besides (Redis's
+        sorted set) overrides this to add the key to it.
+        """
+        self.put(put.key, put.record, put.ttl)
 
     @abc.abstractmethod
     def recent(self, limit: int = 50) -> list[Record]:
@@ -221,7 +241,7 @@ def ordered_exchange(
         return None
     try:
         for put in puts:
-            put.table.put(put.key, put.record, put.ttl)
+            put.table.write(put)
     except StorageUnavailable:
         with contextlib.suppress(StorageUnavailable):
             _restore(table, key, record)

@@ -18,9 +18,10 @@ transactions, writes are ordered: a put writes the record before its index
 entries, and whoever removes an index entry re-reads the record afterwards and
 re-indexes it if it was put again meanwhile, so a live record is never unindexed.
 
-``exchange`` (a redemption) is one script on a single server. A cluster puts the
-records of one redemption in different slots, so there it is the base class's
-take-then-write, which puts the taken record back if a write fails.
+``exchange`` (a redemption, its audit entry and the entry's log member included) is
+one script on a single server. A cluster puts the records of one redemption in
+different slots, so there it is the base class's take-then-write, which puts the
+taken record back if a write fails.
 
 What differs between one server and a Cluster lives in :mod:`.redis_link`, chosen at
 connect time; the Lua scripts are the files in ``lua/``.
@@ -47,7 +48,6 @@ from .base import (
     Put,
     Record,
     Table,
-    audit_key,
 )
 from .redis_link import Batch, Link, connect, guarded
 
@@ -182,7 +182,8 @@ class RedisTable(Table):
         return [self.rkey(key), self.base, key]
 
     def planned_put(self, put: Put) -> list[Any]:
-        """One put for ``lua/exchange.lua``: [rkey, json, pxat|'', member, score, ikeys, base]."""
+        """One put for ``lua/exchange.lua``: [rkey, json, pxat|'', member, score, ikeys, base,
+        log key|'', log score|''] (the log: an :meth:`~.base.Table.entry`'s, as ``append``)."""
         expires_at = self.expiry(put.ttl)
         data = {k: v for k, v in put.record.items() if k not in ("key", "expires_at")}
         data["expires_at"] = expires_at
@@ -190,7 +191,8 @@ class RedisTable(Table):
         score = "inf" if expires_at is None else repr(float(expires_at))
         ikeys = [ikey for ikey, _ in self.entries(put.key, data)]
         raw = json.dumps(data, separators=(",", ":"))
-        return [self.rkey(put.key), raw, at, put.key, score, ikeys, self.base]
+        log = [self.log, repr(put.log)] if put.log else ["", ""]
+        return [self.rkey(put.key), raw, at, put.key, score, ikeys, self.base, *log]
 
     def _decode(self, key: str, raw: str | None, now: float) -> Record | None:
         if raw is None:
@@ -327,11 +329,13 @@ class RedisTable(Table):
         return sum(pipe.execute())
 
     @guarded
-    def append(self, record: Record) -> str:
-        now = time.time()
-        key = audit_key(now)
-        self._put(key, record, self.expiry(None), log=now)
-        return key
+    def write(self, put: Put) -> None:
+        """:meth:`put`, or for an entry (``put.log``) the record and its log member, as
+        :meth:`append`."""
+        if not put.log:
+            self.put(put.key, put.record, put.ttl)
+            return
+        self._put(put.key, put.record, self.expiry(put.ttl), log=put.log)
 
     @guarded
     def recent(self, limit: int = 50) -> list[Record]:

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any, cast
 
-from .base import INDEXED_FIELDS, Backend, Put, Record, Table, audit_key
+from .base import INDEXED_FIELDS, Backend, Put, Record, Table
 
 #: One SQL statement and its parameters.
 Statement = tuple[str, tuple[Any, ...]]
@@ -258,11 +258,6 @@ class SQLTable(Table):
 
     def purge(self) -> int:
         return self.backend.execute(self._purge, (time.time(),))
-
-    def append(self, record: Record) -> str:
-        key = audit_key()
-        self.put(key, record)
-        return key
 
     def recent(self, limit: int = 50) -> list[Record]:
         rows = self.backend.execute(self._recent, (time.time(), limit), fetch=True)

@@ -33,8 +33,9 @@ def _respond(endpoint: str | None):
             params.dpop = _proof()
     except OAuth2Error as error:
         return oauth().handle_error_response(None, error)
-    # The records of a token response and its audit entry go in one round trip; they
-    # are sent before the response is returned.
+    # The records of a token response and its audit entry go in one round trip (a code's
+    # or a refresh token's exchange holds both already); they are sent before the
+    # response is returned.
     with state().storage.batch():
         if endpoint is None:
             return oauth().create_token_response(params)

@@ -110,6 +110,35 @@ def unchanged(state) -> Iterator[None]:
     assert after == before, {t: (before[t] ^ after[t]) for t in before if before[t] != after[t]}
 
 
+def batches_sent(state, monkeypatch) -> list[list[str]]:
+    """Record the tables of every batch the storage sends (on SQLite, a commit each)."""
+    sent: list[list[str]] = []
+    for backend in state.storage.backends.values():
+
+        def send(held, send=backend.send) -> None:
+            sent.append([table for table, _, _ in held])
+            send(held)
+
+        monkeypatch.setattr(backend, "send", send)
+    return sent
+
+
+def lose_the_race(state, monkeypatch) -> None:
+    """Make every exchange find its code or refresh token taken by another request first."""
+    exchange = state.storage.exchange
+
+    def lost(take, puts, discards=()):
+        assert take[0].take(take[1]) is not None  # the other request won
+        return exchange(take, puts, discards)
+
+    monkeypatch.setattr(state.storage, "exchange", lost)
+
+
+def entries_of(state, event: str) -> list[dict[str, Any]]:
+    """The audit table's ``event`` records, newest first."""
+    return [r for r in state.storage.audit.recent(200) if r["event"] == event]
+
+
 # -- flows ------------------------------------------------------------------------------
 def redeem(client, code: str, client_id="test", **extra):
     """Exchange ``code`` at ``/token``, authenticating ``client_id`` by HTTP Basic."""

@@ -24,7 +24,10 @@ from tests.conftest import (
 )
 from tests.oauth2.conftest import (
     EXTRA_CLIENTS,
+    batches_sent,
+    entries_of,
     error_of,
+    lose_the_race,
     make_app,
     page_detail,
     profile_status,
@@ -523,6 +526,25 @@ def test_expired_access_token_is_refused(client, later):
 
 
 # -- audit ------------------------------------------------------------------------------
+def test_a_code_exchange_writes_its_audit_entry_in_the_exchange(client, state, monkeypatch):
+    code = get_code(client)
+    user_id = state.grants.find_code(code).record["user_id"]
+    sent = batches_sent(state, monkeypatch)
+    assert exchange(client, code).status_code == 200
+    assert not any("audit" in tables for tables in sent)  # not after it: in it
+    [entry] = entries_of(state, "token_issued")
+    assert set(entry) == {"event", "at", "client_id", "user_id", "grant", "ip", "key", "expires_at"}
+    assert (entry["client_id"], entry["user_id"]) == ("test", user_id)
+    assert (entry["grant"], entry["ip"]) == ("authorization_code", "127.0.0.1")
+
+
+def test_a_code_exchange_that_lost_the_race_records_nothing(client, state, monkeypatch):
+    code = get_code(client)
+    lose_the_race(state, monkeypatch)
+    assert error_of(exchange(client, code)) == "invalid_grant"
+    assert entries_of(state, "token_issued") == []
+
+
 def test_every_step_is_audited_without_secrets(client, state):
     login(client, password="wrong")
     code = get_code(client)

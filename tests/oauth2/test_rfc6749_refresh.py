@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import basic, bearer, race, table
-from tests.oauth2.conftest import error_of, issue_tokens, profile_status, refresh, unchanged
+from tests.oauth2.conftest import (
+    batches_sent,
+    entries_of,
+    error_of,
+    issue_tokens,
+    lose_the_race,
+    profile_status,
+    refresh,
+    unchanged,
+)
 
 
 def test_refresh_rotates_both_tokens(client):
@@ -102,7 +111,25 @@ def test_access_token_is_not_a_refresh_token(client, state):
     assert error_of(response) == "invalid_grant"
 
 
-def test_concurrent_refreshes_of_one_token_yield_exactly_one_success(app, client):
+def test_a_refresh_commits_once_its_audit_entry_in_the_exchange(client, state, monkeypatch):
+    tokens = issue_tokens(client)
+    user_id = state.grants.find_refresh(tokens["refresh_token"]).user_id
+    sent = batches_sent(state, monkeypatch)
+    assert refresh(client, tokens["refresh_token"]).status_code == 200
+    assert sent == []  # nothing written after the exchange: the entry was in it
+    [entry] = entries_of(state, "token_refreshed")
+    assert set(entry) == {"event", "at", "client_id", "user_id", "ip", "key", "expires_at"}
+    assert (entry["client_id"], entry["user_id"], entry["ip"]) == ("test", user_id, "127.0.0.1")
+
+
+def test_a_refresh_that_lost_the_race_to_its_exchange_records_nothing(client, state, monkeypatch):
+    tokens = issue_tokens(client)
+    lose_the_race(state, monkeypatch)
+    assert error_of(refresh(client, tokens["refresh_token"])) == "invalid_grant"
+    assert entries_of(state, "token_refreshed") == []
+
+
+def test_concurrent_refreshes_of_one_token_yield_exactly_one_success(app, client, state):
     tokens = issue_tokens(client)
 
     def attempt(go) -> tuple[int, str | None]:
@@ -116,3 +143,4 @@ def test_concurrent_refreshes_of_one_token_yield_exactly_one_success(app, client
     assert sorted(results, key=str) == sorted(
         [(200, None)] + [(400, "invalid_grant")] * 19, key=str
     )
+    assert len(entries_of(state, "token_refreshed")) == 1

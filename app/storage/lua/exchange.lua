@@ -1,12 +1,15 @@
 -- The exchange (see Backend.exchange) as one script on one server: take a record,
 -- then put records and delete others, index upkeep included. ARGV[1] is the plan:
--- {"take": [rkey, base, key], "puts": [[rkey, json, pxat|'', member, score, [ikeys], base]],
--- "discards": [[rkey, base, key]]}; ARGV[2] is now (seconds). Redis does not roll a
--- failed script back, so every argument is checked before the first write.
+-- {"take": [rkey, base, key], "puts": [[rkey, json, pxat|'', member, score, [ikeys], base,
+-- log|'', log score|'']], "discards": [[rkey, base, key]]}; a put with a log key is an
+-- append (the audit entry) and adds its member to that log too, as put.lua. ARGV[2] is
+-- now (seconds). Redis does not roll a failed script back, so every argument is checked
+-- before the first write.
 local plan = cjson.decode(ARGV[1])
 for _, put in ipairs(plan.puts) do
   if put[3] ~= '' and not tonumber(put[3]) then return redis.error_reply('bad expiry') end
   if put[5] ~= 'inf' and not tonumber(put[5]) then return redis.error_reply('bad score') end
+  if put[8] ~= '' and not tonumber(put[9]) then return redis.error_reply('bad log score') end
 end
 local function unindex(raw, base, member)
   local record = cjson.decode(raw)
@@ -34,6 +37,7 @@ for _, put in ipairs(plan.puts) do
     if top == 'inf' then redis.call('PERSIST', ikey)
     else redis.call('PEXPIREAT', ikey, math.ceil(tonumber(top) * 1000)) end
   end
+  if put[8] ~= '' then redis.call('ZADD', put[8], put[9], put[4]) end
 end
 for _, gone in ipairs(plan.discards) do
   local old = redis.call('GETDEL', gone[1])
