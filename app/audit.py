@@ -48,7 +48,9 @@ def audit_record(event: str, **fields: Any) -> dict[str, Any]:
 
 def audited(record: dict[str, Any]) -> None:
     """What follows a stored record: the request line's client and user, the metrics, a log
-    line. Called only once the record is stored, so none of them tells of a lost race."""
+    line. Called only once the exchange that carries the record succeeded (or, for an audit
+    table elsewhere, once its write is queued in the request's batch, which may still fail:
+    then the answer is a 503), so none of them tells of a lost race."""
     if has_request_context():
         from .observability.requestlog import note
 

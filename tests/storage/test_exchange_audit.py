@@ -167,3 +167,21 @@ def test_across_backends_the_entry_is_one_of_the_ordered_writes(backend, tmp_pat
         assert entries(store) == [entry]
     finally:
         store.storage.close()
+
+
+def test_a_script_failing_part_way_has_ended_the_old_access_token(redis_backend) -> None:
+    """Redis does not roll a script back: a write failing part-way (here the audit log
+    key holds a string, so its ZADD fails) must leave the old access token ended, never
+    alive beside tokens nobody received."""
+    store = open_store({"default": redis_backend.url})
+    client = redis_backend.link.client
+    try:
+        first, old = first_pair(store)
+        assert store.find_access(first["access_token"]) is not None
+        client.set(store.storage.audit.log, "not a sorted set")
+        with pytest.raises(StorageUnavailable):
+            store.rotate_refresh(old, pair("second"), FIELDS, entry=refreshed())
+        assert store.find_access(first["access_token"]) is None
+    finally:
+        client.delete(store.storage.audit.log)
+        store.storage.close()

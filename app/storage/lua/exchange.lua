@@ -4,7 +4,7 @@
 -- log|'', log score|'']], "discards": [[rkey, base, key]]}; a put with a log key is an
 -- append (the audit entry) and adds its member to that log too, as put.lua. ARGV[2] is
 -- now (seconds). Redis does not roll a failed script back, so every argument is checked
--- before the first write.
+-- before the first write, and what ends goes before what is written.
 local plan = cjson.decode(ARGV[1])
 for _, put in ipairs(plan.puts) do
   if put[3] ~= '' and not tonumber(put[3]) then return redis.error_reply('bad expiry') end
@@ -26,6 +26,12 @@ if not raw then return false end
 local taken = unindex(raw, plan.take[2], plan.take[3])
 if taken.expires_at ~= nil and taken.expires_at ~= cjson.null
   and taken.expires_at <= tonumber(ARGV[2]) then return false end
+-- The discards (the old access token, old tombstones) before the puts: should a write
+-- fail part-way (a key of the wrong type), what was to end has ended.
+for _, gone in ipairs(plan.discards) do
+  local old = redis.call('GETDEL', gone[1])
+  if old then unindex(old, gone[2], gone[3]) end
+end
 for _, put in ipairs(plan.puts) do
   local old
   if put[3] ~= '' then old = redis.call('SET', put[1], put[2], 'PXAT', put[3], 'GET')
@@ -38,9 +44,5 @@ for _, put in ipairs(plan.puts) do
     else redis.call('PEXPIREAT', ikey, math.ceil(tonumber(top) * 1000)) end
   end
   if put[8] ~= '' then redis.call('ZADD', put[8], put[9], put[4]) end
-end
-for _, gone in ipairs(plan.discards) do
-  local old = redis.call('GETDEL', gone[1])
-  if old then unindex(old, gone[2], gone[3]) end
 end
 return raw
