@@ -32,7 +32,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app, request, session
 
-from ..audit import _PLAIN, printable
+from ..audit import _PLAIN, fields_line
 from ..logconfig import REQUEST_ID, iso_time, json_line, text_line
 from . import direct
 
@@ -124,9 +124,7 @@ def line_text(fields: dict[str, Any]) -> str:
     line = " ".join(pairs)
     if _TOKENS.fullmatch(line) and line.count("=") == len(pairs):
         return line
-    return " ".join(
-        [f"{key}={printable(value)}" for key, value in fields.items() if value is not None]
-    )
+    return fields_line(fields)
 
 
 class _Line:

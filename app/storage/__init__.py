@@ -301,10 +301,12 @@ class Storage:
         """
         tables = [take[0], *(t for t, _ in discards), *(p.table for p in puts if not p.log)]
         owners = self._owners(tables)
-        after = [p for p in puts if p.log and self._owner[p.table.name] not in owners]
-        if after:
-            puts = [p for p in puts if not p.log or self._owner[p.table.name] in owners]
-        taken = self._exchange(take, puts, discards, owners)
+        kept: list[Put] = []
+        after: list[Put] = []
+        for put in puts:
+            elsewhere = put.log and self._owner[put.table.name] not in owners
+            (after if elsewhere else kept).append(put)
+        taken = self._exchange(take, kept, discards, owners)
         if taken is not None:
             for put in after:
                 put.table.write(put)

@@ -332,10 +332,10 @@ class RedisTable(Table):
     def write(self, put: Put) -> None:
         """:meth:`put`, or for an entry (``put.log``) the record and its log member, as
         :meth:`append`."""
-        if not put.log:
-            self.put(put.key, put.record, put.ttl)
-            return
-        self._put(put.key, put.record, self.expiry(put.ttl), log=put.log)
+        if put.log:
+            self._put(put.key, put.record, self.expiry(put.ttl), log=put.log)
+        else:
+            super().write(put)
 
     @guarded
     def recent(self, limit: int = 50) -> list[Record]:
