@@ -14,7 +14,7 @@ from flask_wtf.csrf import CSRFProtect
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import admin_listener, gateway, limits, observability
+from . import admin_listener, lean, limits, observability
 from .adapters import ResourceServer, load_adapter
 from .client_store import ClientStore
 from .clients import ClientRegistry
@@ -116,7 +116,7 @@ def create_app(
     app.session_interface = StoredSessionInterface(
         state.storage.session, state.storage.batch, settings.auth.session_max_age
     )
-    gateway.mount(app)  # /api/ on its own lean app, behind the wrappers below
+    lean.mount(app)  # /api/ and the back channel on lean apps, behind the wrappers below
     if settings.auth.trusted_proxies:
         hops = settings.auth.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
@@ -174,6 +174,8 @@ def _register_blueprints(app: Flask) -> None:
         wellknown,
     )
 
+    # token and api stay in the main app's URL map (the route list, the OpenAPI check);
+    # app.lean's dispatcher sends their requests to their lean apps.
     views = (auth, logout, authorize, token, review, api, admin, wellknown, docs, oidc, register)
     for module in (*views, account):
         app.register_blueprint(module.bp)

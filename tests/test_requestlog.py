@@ -240,8 +240,8 @@ def test_the_user_hash_is_kept_per_user(client, logged, monkeypatch):
     assert len(users) == 3 and len(set(users)) == 1
     assert users[0] == real(made[0], str(app.secret_key).encode())
     named = [line for line in lines(out) if line.get("user") == users[0]]
-    # Once per app (the main one and the gateway's own), not once a line.
-    assert made == [made[0]] * 2 and len(named) >= 6
+    # Once per app (the main one, the token app's and the gateway's), not once a line.
+    assert made == [made[0]] * 3 and len(named) >= 6
     # The consent page's line names the user from the signed-in session (its cookie).
     pages = [line for line in lines(out) if line.get("path") == "/authorize"]
     assert pages and all(line.get("user") == users[0] for line in pages)

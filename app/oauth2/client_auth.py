@@ -20,6 +20,7 @@ from authlib.oauth2.rfc6749.errors import InvalidClientError
 from flask import g
 from flask import request as flask_request
 
+from ..observability.requestlog import note
 from ..secrets_hash import token_digest
 from .requests import json_text
 
@@ -52,7 +53,9 @@ def authenticate(authenticate_with, request, methods, endpoint: str):
     except InvalidClientError:
         g.client_auth = Outcome(claimed_client_id(request.payload.data), None)
         raise
-    g.client_auth = Outcome(client.get_client_id(), client)
+    client_id = client.get_client_id()
+    g.client_auth = Outcome(client_id, client)
+    note(client_id)  # the request line names the client (revocation, introspection too)
     return client
 
 

@@ -14,7 +14,7 @@ from ..quotas.choice import grant_fields
 from ..secrets_hash import new_secret
 from . import client_auth
 from .grant_store import new_grant_id
-from .requests import ParamsRequest, checked, json_params, require_utf8
+from .requests import ParamsRequest, checked, form_params, json_params, require_utf8
 
 
 class OAuth2Server(AuthorizationServer):
@@ -206,16 +206,15 @@ def query_params() -> dict[str, list[str]]:
 
 def body_params() -> dict[str, list[str]]:
     """Parameters of a token-style endpoint: the form body, or a JSON object body."""
-    if flask_request.is_json:
-        params = json_params(flask_request.get_json(silent=True))
+    req = flask_request._get_current_object()  # type: ignore[attr-defined]
+    if req.is_json:
+        params = json_params(req.get_json(silent=True))
     else:
-        if flask_request.mimetype != "application/x-www-form-urlencoded":
+        if req.mimetype != "application/x-www-form-urlencoded":
             # RFC 6749 §3.2: form encoding (JSON for the original's clients), not multipart.
             raise InvalidRequestError("Send the body as application/x-www-form-urlencoded.")
-        require_utf8(flask_request.get_data(cache=True))
-        form = flask_request.form
-        params = checked({key: form.getlist(key) for key in form})
-    if "client_secret" in params and client_auth.basic_sent(flask_request.headers):
+        params = checked(form_params(req.get_data(cache=True)))
+    if "client_secret" in params and client_auth.basic_sent(req.headers):
         # RFC 6749 §2.3: a client MUST NOT use more than one authentication method.
         raise InvalidRequestError("Use one client authentication method, not two.")
     return params

@@ -18,10 +18,14 @@ bp = Blueprint("token", __name__)
 
 def _request() -> ParamsRequest:
     """The body's parameters; the query string carries none of them (RFC 6749 §3.2)."""
-    if request.args:
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    if req.query_string and req.args:
         raise InvalidRequestError("Send parameters in the request body, not the URL.")
-    params = ParamsRequest(request.method, request.url, request.headers, body_params())
-    if request.path == TOKEN and not params.payload.grant_type:
+    # The endpoint's URL (nothing here reads more of it), from the parts Werkzeug holds
+    # already: ``request.url`` would spend a URI-to-IRI round trip on it.
+    uri = f"{req.scheme}://{req.host}{req.root_path}{req.path}"
+    params = ParamsRequest(req.method, uri, req.headers, body_params())
+    if req.path == TOKEN and not params.payload.grant_type:
         raise InvalidRequestError("Missing 'grant_type'.")
     return params
 

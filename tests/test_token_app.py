@@ -1,0 +1,263 @@
+"""The back channel on its own lean app (app.token_app, app.lean): ``/token``,
+``/revoke`` and ``/introspect`` answer exactly as Flask's own path does, read and write
+no session, and nothing sent to them is a 500; the body is read as Werkzeug reads it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from urllib.parse import quote
+
+import pytest
+from flask import Flask
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from werkzeug.datastructures import MultiDict
+from werkzeug.formparser import FormDataParser
+from werkzeug.test import Client, EnvironBuilder, run_wsgi_app
+
+from app.oauth2.requests import form_params, require_utf8
+from app.paths import INTROSPECT, REVOKE, TOKEN
+from tests.conftest import basic, bearer, exchange, get_code
+
+SECURITY = ("X-Frame-Options", "X-Content-Type-Options", "Referrer-Policy")
+#: Values that differ from one answer to the next (budgets left, fresh tokens).
+MASKED_HEADERS = ("ratelimit", "content-length")
+MASKED_FIELDS = ("access_token", "refresh_token", "id_token", "exp", "iat", "expires_in")
+FORM = "application/x-www-form-urlencoded"
+
+
+@pytest.fixture
+def token_app(app) -> Flask:
+    return app.extensions["oauth2.token_app"]
+
+
+@pytest.fixture
+def access(client) -> str:
+    return exchange(client, get_code(client)).get_json()["access_token"]
+
+
+def flask_path(lean: Flask) -> Client:
+    """A client of the same lean app through Flask's own ``wsgi_app``."""
+    return Client(lambda environ, start: Flask.wsgi_app(lean, environ, start))
+
+
+def answer(response) -> tuple[int, list[tuple[str, str]], object]:
+    headers = [
+        (name, "" if name.lower().startswith(MASKED_HEADERS) else value)
+        for name, value in response.headers.items()
+    ]
+    body: object = response.get_data()
+    if response.is_json and body:
+        body = response.get_json()
+        if isinstance(body, dict):
+            body = {k: ("?" if k in MASKED_FIELDS else v) for k, v in body.items()}
+    return response.status_code, headers, body
+
+
+CC = "grant_type=client_credentials"
+CASES = [
+    ("POST", TOKEN, CC, FORM, basic()),
+    ("POST", TOKEN, CC, FORM, basic(secret="wrong")),
+    ("POST", TOKEN, "grant_type=password", FORM, basic()),
+    ("POST", TOKEN, "", FORM, basic()),
+    ("POST", TOKEN, CC + "&scope=a&scope=b", FORM, basic()),
+    ("POST", TOKEN, "grant_type=%ff", FORM, basic()),
+    ("POST", TOKEN, CC, "multipart/form-data; boundary=x", basic()),
+    ("POST", TOKEN, json.dumps({"grant_type": "client_credentials"}), "application/json", basic()),
+    ("POST", TOKEN + "?grant_type=client_credentials", CC, FORM, basic()),
+    ("POST", TOKEN + "?", CC, FORM, basic()),
+    ("GET", TOKEN, "", None, basic()),
+    ("HEAD", TOKEN, "", None, basic()),
+    ("PUT", TOKEN, CC, FORM, basic()),
+    ("OPTIONS", TOKEN, "", None, {"Origin": "https://a.example"}),
+    (
+        "OPTIONS",
+        TOKEN,
+        "",
+        None,
+        {"Origin": "https://a.example", "Access-Control-Request-Method": "POST"},
+    ),
+    ("POST", REVOKE, "token=nosuch", FORM, basic()),
+    ("POST", REVOKE, "", FORM, basic()),
+    ("POST", INTROSPECT, "token=nosuch", FORM, basic()),
+    ("POST", INTROSPECT, "token=nosuch", FORM, {}),
+    ("OPTIONS", INTROSPECT, "", None, {}),
+    ("GET", INTROSPECT, "", None, {}),
+    # What Flask's URL adapter refuses (400) the short way must not serve.
+    ("POST", TOKEN, CC, FORM, {**basic(), "Connection": "Upgrade", "Upgrade": "websocket"}),
+    ("POST", TOKEN, CC, FORM, {**basic(), "Host": "a" * 64 + ".example"}),
+    ("POST", TOKEN, CC, FORM, {**basic(), "Host": "bücher.example"}),
+    ("POST", TOKEN, CC, FORM, {**basic(), "Host": "[::1]:8080"}),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "content_type", "headers"), CASES)
+def test_the_short_way_answers_as_flask_does(token_app, method, path, body, content_type, headers):
+    headers = {**headers, "X-Request-Id": "same-id"}
+    kw = {"data": body, "content_type": content_type} if content_type else {}
+    lean = Client(token_app).open(path, method=method, headers=headers, **kw)
+    flask = flask_path(token_app).open(path, method=method, headers=headers, **kw)
+    assert answer(lean) == answer(flask)
+
+
+def test_introspection_of_a_live_token_answers_as_flask_does(token_app, access):
+    data = {"token": access, "token_type_hint": "access_token"}
+    headers = {**basic(), "X-Request-Id": "same-id"}
+    lean = Client(token_app).post(INTROSPECT, data=data, headers=headers)
+    flask = flask_path(token_app).post(INTROSPECT, data=data, headers=headers)
+    assert lean.get_json()["active"] is True
+    assert answer(lean) == answer(flask)
+
+
+def test_the_back_channel_is_served_by_the_token_app(app, client, token_app, access):
+    assert token_app is not app and token_app is not app.extensions["oauth2.gateway"]
+    assert set(token_app.routes) == {TOKEN, REVOKE, INTROSPECT} == token_app.paths
+    seen: list[str] = []
+    token_app.before_request_funcs.setdefault(None, []).append(lambda: seen.append("lean"))
+    app.before_request_funcs.setdefault(None, []).append(lambda: seen.append("main"))
+    try:
+        assert client.post(TOKEN, data={"grant_type": "client_credentials"}, headers=basic())
+        assert client.post(INTROSPECT, data={"token": access}, headers=basic()).status_code == 200
+        assert client.post(REVOKE, data={"token": "x"}, headers=basic()).status_code == 200
+        assert client.get("/healthz").status_code == 200
+        assert client.post(TOKEN + "/", data={}).status_code == 404  # not the route: main's
+        assert client.get("/api/profile", headers=bearer(access)).status_code == 200
+    finally:
+        token_app.before_request_funcs[None].pop()
+        app.before_request_funcs[None].pop()
+    assert seen == ["lean", "lean", "lean", "main", "main"]
+
+
+def test_the_back_channel_reads_and_writes_no_session(client, state, monkeypatch):
+    get_code(client)  # alice signs in: the client holds her session cookie
+    assert client.get_cookie("oauth2_session") is not None
+    calls = []
+    for verb in ("get", "put", "delete"):
+        real = getattr(state.storage.session, verb)
+        monkeypatch.setattr(
+            state.storage.session,
+            verb,
+            lambda *a, _v=verb, _r=real, **k: calls.append(_v) or _r(*a, **k),
+        )
+    for path, data in ((TOKEN, {"grant_type": "client_credentials"}), (REVOKE, {"token": "x"})):
+        response = client.post(path, data=data, headers=basic())  # the cookie goes too
+        assert response.status_code == 200
+        assert "Set-Cookie" not in response.headers
+        assert "cookie" not in response.headers.get("Vary", "").lower()
+    assert calls == []
+
+
+def test_the_routes_are_settled_and_plain(app, token_app):
+    for path, (rule, methods, endpoint, blueprint) in token_app.routes.items():
+        assert rule.rule == path and blueprint == "token"
+        assert token_app.view_functions[endpoint] and "POST" in methods
+    assert "OPTIONS" in token_app.routes[TOKEN][1]  # the CORS view answers its preflight
+    assert "OPTIONS" not in token_app.routes[INTROSPECT][1]  # Flask answers this one
+    token_app.add_url_rule("/token/<part>", "extra", lambda part: part)
+    with pytest.raises(RuntimeError, match="not a plain path"):
+        token_app.settle()
+
+
+def test_the_short_way_binds_no_url_adapter(token_app, client):
+    bound = []
+    real = token_app.create_url_adapter
+    token_app.create_url_adapter = lambda req: bound.append(req) or real(req)
+    try:
+        assert client.post(TOKEN, data={"grant_type": "client_credentials"}, headers=basic())
+        assert bound == [None] or bound == []  # the app context's own, never the request's
+        assert client.get(TOKEN).status_code == 405  # Flask's path: routed by the URL map
+    finally:
+        del token_app.create_url_adapter
+    assert len([req for req in bound if req is not None]) == 1
+
+
+@pytest.mark.parametrize("path", [TOKEN, REVOKE, INTROSPECT])
+def test_the_request_line_names_the_route(client, caplog, path):
+    with caplog.at_level(logging.INFO, logger="oauth2.request"):
+        client.post(path, data={"token": "x", "grant_type": "client_credentials"}, headers=basic())
+    (record,) = [r for r in caplog.records if r.name == "oauth2.request"]
+    assert record.fields["route"] == path and record.fields["path"] == path
+    assert record.fields["client_id"] == "test"
+
+
+def test_a_405_is_json_with_allow_and_the_security_headers(client):
+    response = client.get(TOKEN, headers={"X-Request-Id": "r-405"})
+    assert response.status_code == 405
+    assert response.get_json()["error"] == "invalid_request"
+    assert set(response.headers["Allow"].split(", ")) == {"POST", "OPTIONS"}
+    assert response.headers["X-Request-Id"] == "r-405"
+    assert all(response.headers[name] for name in SECURITY)
+
+
+METHODS = st.sampled_from(["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "post"])
+LATIN1 = st.text(st.characters(max_codepoint=255, blacklist_characters="\r\n"), max_size=40)
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    method=METHODS,
+    path=st.sampled_from([TOKEN, REVOKE, INTROSPECT]),
+    body=st.one_of(st.binary(max_size=60), st.just(b"grant_type=client_credentials")),
+    query=st.binary(max_size=12),
+    authorization=st.one_of(LATIN1, st.just("good")),
+    content_type=st.one_of(LATIN1, st.just(FORM), st.just("application/json")),
+    offered_id=LATIN1,
+)
+def test_anything_at_the_back_channel_is_never_a_500(
+    app, method, path, body, query, authorization, content_type, offered_id
+):
+    environ = EnvironBuilder(path=path, method=method, data=body).get_environ()
+    environ["QUERY_STRING"] = quote(query.decode("latin-1"), safe="=&%")
+    environ["HTTP_AUTHORIZATION"] = (
+        basic()["Authorization"] if authorization == "good" else authorization
+    )
+    environ["CONTENT_TYPE"] = content_type
+    environ["HTTP_X_REQUEST_ID"] = offered_id
+    out, status, headers = run_wsgi_app(app, environ, buffered=True)
+    names = {name.lower() for name, _ in headers}
+    assert int(status.split()[0]) < 500, (status, b"".join(out))
+    assert "x-request-id" in names and "x-content-type-options" in names
+
+
+def werkzeug_form(raw: bytes) -> MultiDict:
+    _, form, _ = FormDataParser().parse(
+        __import__("io").BytesIO(raw), FORM, content_length=len(raw)
+    )
+    return form
+
+
+FORM_BYTES = st.one_of(
+    st.binary(max_size=40),
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "grant_type", "", "a b", "%41", "é", "%C3%A9", "%ff"]),
+            st.sampled_from(["", "x", "x+y", "%2B", "%26", "é", "%C3", "%C3%A9", "="]),
+        ),
+        max_size=5,
+    ).map(lambda pairs: "&".join(f"{k}={v}" for k, v in pairs).encode()),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(raw=FORM_BYTES)
+def test_the_body_is_read_as_werkzeug_reads_it_or_refused_as_before(raw):
+    """``form_params`` refuses exactly what ``require_utf8`` refused, and otherwise holds
+    what Werkzeug's form parser gives, each name's values in order."""
+    try:
+        require_utf8(raw)
+        refused_before = False
+    except Exception:
+        refused_before = True
+    try:
+        params = form_params(raw)
+    except Exception:
+        assert refused_before
+        return
+    assert not refused_before
+    form = werkzeug_form(raw)
+    assert params == {key: form.getlist(key) for key in form}
