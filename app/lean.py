@@ -2,10 +2,11 @@
 page machinery is served by a small Flask app of its own, on a shorter request path.
 
 :func:`mount` puts a dispatcher in front of the main app. A path starting with ``/api/``
-goes to the gateway (:mod:`app.gateway`); ``/token``, ``/revoke`` and ``/introspect``
-go to the back channel's app (:mod:`app.token_app`); anything else to the main app, as
-before. Each lean app holds one blueprint (where every check lives, unchanged) and only
-what its answers need: the request id, the request line and the metrics
+goes to the gateway (:mod:`app.gateway`); ``/token``, ``/revoke``, ``/introspect``,
+``/userinfo``, ``/jwks.json`` and the OpenID Provider metadata go to the back channel's
+app (:mod:`app.token_app`); anything else to the main app, as before. Each lean app
+holds its blueprints (where every check lives, unchanged) and only what its answers
+need: the request id, the request line and the metrics
 (:mod:`app.observability`), the JSON errors (``413``, ``405``, the ``503`` of a storage
 fault, never a trace), the streamed-body limit and the security headers. It has no
 sessions (nothing read or written, no cookie), no CSRF check, no templates, no sign-in
@@ -224,8 +225,8 @@ class LeanApp(Flask):
             request_tearing_down.send(self, _async_wrapper=self.ensure_sync, exc=exc)
 
 
-def build(main: Flask, cls: type[LeanApp], name: str, blueprint: Any) -> Any:
-    """A lean app of ``cls`` serving ``blueprint``, over ``main``'s state, configuration
+def build(main: Flask, cls: type[LeanApp], name: str, *blueprints: Any) -> Any:
+    """A lean app of ``cls`` serving ``blueprints``, over ``main``'s state, configuration
     and extensions, with what every lean app's answers need; its routes settled."""
     from . import _limit_streamed_body, errors, observability, pages
 
@@ -237,14 +238,15 @@ def build(main: Flask, cls: type[LeanApp], name: str, blueprint: Any) -> Any:
     lean.before_request(_limit_streamed_body)
     errors.init_json_app(lean)
     pages.init_app(lean)  # the security headers (no page is rendered here)
-    lean.register_blueprint(blueprint)
+    for blueprint in blueprints:
+        lean.register_blueprint(blueprint)
     observability.init_request_hooks(lean)
     lean.settle()
     return lean
 
 
 def mount(main: Flask) -> None:
-    """Serve ``/api/`` from the gateway's app and the back channel's paths from theirs
+    """Serve ``/api/`` from the gateway's app and the back channel's paths from its own
     (kept as ``main.extensions["oauth2.gateway"]`` and ``["oauth2.token_app"]``),
     everything else from ``main``."""
     from . import gateway, token_app

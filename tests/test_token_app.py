@@ -1,6 +1,7 @@
 """The back channel on its own lean app (app.token_app, app.lean): ``/token``,
-``/revoke`` and ``/introspect`` answer exactly as Flask's own path does, read and write
-no session, and nothing sent to them is a 500; the body is read as Werkzeug reads it."""
+``/revoke``, ``/introspect``, UserInfo, the keys and the OpenID Provider metadata answer
+exactly as Flask's own path does, read and write no session, and nothing sent to them is
+a 500; the token endpoints' form body is read as Werkzeug reads it."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from werkzeug.formparser import FormDataParser
 from werkzeug.test import Client, EnvironBuilder, run_wsgi_app
 
 from app.oauth2.requests import form_params, require_utf8
-from app.paths import INTROSPECT, REVOKE, TOKEN
+from app.paths import INTROSPECT, JWKS, OIDC_METADATA, REVOKE, TOKEN, USERINFO
 from tests.conftest import basic, bearer, exchange, get_code
 
 SECURITY = ("X-Frame-Options", "X-Content-Type-Options", "Referrer-Policy")
@@ -84,6 +85,15 @@ CASES = [
     ("POST", INTROSPECT, "token=nosuch", FORM, {}),
     ("OPTIONS", INTROSPECT, "", None, {}),
     ("GET", INTROSPECT, "", None, {}),
+    ("GET", OIDC_METADATA, "", None, {}),
+    ("OPTIONS", OIDC_METADATA, "", None, {"Origin": "https://a.example"}),
+    ("GET", JWKS, "", None, {}),
+    ("HEAD", JWKS, "", None, {}),
+    ("POST", JWKS, "", None, {}),
+    ("GET", USERINFO, "", None, {}),
+    ("GET", USERINFO, "", None, bearer("nope")),
+    ("POST", USERINFO, "access_token=nope", FORM, {}),
+    ("DELETE", USERINFO, "", None, {}),
     # What Flask's URL adapter refuses (400) the short way must not serve.
     ("POST", TOKEN, CC, FORM, {**basic(), "Connection": "Upgrade", "Upgrade": "websocket"}),
     ("POST", TOKEN, CC, FORM, {**basic(), "Host": "a" * 64 + ".example"}),
@@ -101,18 +111,26 @@ def test_the_short_way_answers_as_flask_does(token_app, method, path, body, cont
     assert answer(lean) == answer(flask)
 
 
-def test_introspection_of_a_live_token_answers_as_flask_does(token_app, access):
+def test_live_token_answers_are_as_flasks(client, token_app, access):
     data = {"token": access, "token_type_hint": "access_token"}
     headers = {**basic(), "X-Request-Id": "same-id"}
     lean = Client(token_app).post(INTROSPECT, data=data, headers=headers)
     flask = flask_path(token_app).post(INTROSPECT, data=data, headers=headers)
     assert lean.get_json()["active"] is True
     assert answer(lean) == answer(flask)
+    code = get_code(client, scope="openid profile")
+    openid = exchange(client, code).get_json()["access_token"]
+    headers = {**bearer(openid), "X-Request-Id": "same-id"}
+    lean = Client(token_app).get(USERINFO, headers=headers)
+    flask = flask_path(token_app).get(USERINFO, headers=headers)
+    assert lean.status_code == 200 and lean.get_json()["sub"]
+    assert answer(lean) == answer(flask)
 
 
 def test_the_back_channel_is_served_by_the_token_app(app, client, token_app, access):
     assert token_app is not app and token_app is not app.extensions["oauth2.gateway"]
-    assert set(token_app.routes) == {TOKEN, REVOKE, INTROSPECT} == token_app.paths
+    assert token_app.paths == set(token_app.routes)
+    assert token_app.paths == {TOKEN, REVOKE, INTROSPECT, USERINFO, JWKS, OIDC_METADATA}
     seen: list[str] = []
     token_app.before_request_funcs.setdefault(None, []).append(lambda: seen.append("lean"))
     app.before_request_funcs.setdefault(None, []).append(lambda: seen.append("main"))
@@ -120,13 +138,14 @@ def test_the_back_channel_is_served_by_the_token_app(app, client, token_app, acc
         assert client.post(TOKEN, data={"grant_type": "client_credentials"}, headers=basic())
         assert client.post(INTROSPECT, data={"token": access}, headers=basic()).status_code == 200
         assert client.post(REVOKE, data={"token": "x"}, headers=basic()).status_code == 200
+        assert client.get(JWKS).status_code == 200
         assert client.get("/healthz").status_code == 200
         assert client.post(TOKEN + "/", data={}).status_code == 404  # not the route: main's
         assert client.get("/api/profile", headers=bearer(access)).status_code == 200
     finally:
         token_app.before_request_funcs[None].pop()
         app.before_request_funcs[None].pop()
-    assert seen == ["lean", "lean", "lean", "main", "main"]
+    assert seen == ["lean", "lean", "lean", "lean", "main", "main"]
 
 
 def test_the_back_channel_reads_and_writes_no_session(client, state, monkeypatch):
@@ -150,8 +169,9 @@ def test_the_back_channel_reads_and_writes_no_session(client, state, monkeypatch
 
 def test_the_routes_are_settled_and_plain(app, token_app):
     for path, (rule, methods, endpoint, blueprint) in token_app.routes.items():
-        assert rule.rule == path and blueprint == "token"
-        assert token_app.view_functions[endpoint] and "POST" in methods
+        assert rule.rule == path and blueprint in ("token", "oidc")
+        assert token_app.view_functions[endpoint]
+        assert ("POST" if path != JWKS and path != OIDC_METADATA else "GET") in methods
     assert "OPTIONS" in token_app.routes[TOKEN][1]  # the CORS view answers its preflight
     assert "OPTIONS" not in token_app.routes[INTROSPECT][1]  # Flask answers this one
     token_app.add_url_rule("/token/<part>", "extra", lambda part: part)
@@ -201,7 +221,7 @@ LATIN1 = st.text(st.characters(max_codepoint=255, blacklist_characters="\r\n"), 
 )
 @given(
     method=METHODS,
-    path=st.sampled_from([TOKEN, REVOKE, INTROSPECT]),
+    path=st.sampled_from([TOKEN, REVOKE, INTROSPECT, USERINFO, JWKS, OIDC_METADATA]),
     body=st.one_of(st.binary(max_size=60), st.just(b"grant_type=client_credentials")),
     query=st.binary(max_size=12),
     authorization=st.one_of(LATIN1, st.just("good")),
