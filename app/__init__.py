@@ -162,26 +162,19 @@ def _register_blueprints(app: Flask) -> None:
     from .views import (
         account,
         admin,
-        api,
         auth,
         authorize,
         docs,
         logout,
-        oidc,
         register,
         review,
-        token,
         wellknown,
     )
 
-    # token and api stay in the main app's URL map (the route list, the OpenAPI check);
-    # app.lean's dispatcher sends their requests to their lean apps.
-    views = (auth, logout, authorize, token, review, api, admin, wellknown, docs, oidc, register)
+    # The token, OpenID Connect and api views are served by the lean apps (app.lean).
+    views = (auth, logout, authorize, review, admin, wellknown, docs, register)
     for module in (*views, account):
         app.register_blueprint(module.bp)
-    csrf.exempt(token.bp)
-    csrf.exempt(api.bp)
-    csrf.exempt(oidc.bp)
     csrf.exempt(logout.bp)  # partners' logout requests carry no token; it checks ours itself
     csrf.exempt(admin.bp)  # bearer-authenticated JSON: no cookie, so no cross-site forgery
     csrf.exempt(register.bp)  # the same

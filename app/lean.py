@@ -56,6 +56,9 @@ PLAIN_HOST = re.compile(
     r"(?:(?:[A-Za-z0-9-]{1,63}\.)*[A-Za-z0-9-]{1,63}\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
 )
 
+#: What Werkzeug's URL map merges into one slash when it matches a path.
+REPEATED_SLASHES = re.compile(r"/{2,}")
+
 #: A settled route: its rule, the methods the short way takes (the route's, bar
 #: ``OPTIONS`` if Flask answers it), its endpoint and its blueprint.
 Route = tuple[Rule, frozenset[str], str, str]
@@ -248,7 +251,7 @@ def build(main: Flask, cls: type[LeanApp], name: str, *blueprints: Any) -> Any:
 def mount(main: Flask) -> None:
     """Serve ``/api/`` from the gateway's app and the back channel's paths from its own
     (kept as ``main.extensions["oauth2.gateway"]`` and ``["oauth2.token_app"]``),
-    everything else from ``main``."""
+    everything else from ``main``, which does not route theirs."""
     from . import gateway, token_app
 
     api = gateway.build(main)
@@ -263,6 +266,11 @@ def mount(main: Flask) -> None:
 
     def dispatch(environ: dict[str, Any], start_response: Any) -> Any:
         path = environ.get("PATH_INFO", "")
+        if "//" in path:
+            # Werkzeug's URL map merges repeated slashes (``//token`` matches ``/token``):
+            # such a path goes to the app whose route it matches, and that app's own
+            # Flask path answers it as the URL map says. No view runs in two stacks.
+            path = REPEATED_SLASHES.sub("/", path)
         if path.startswith(prefix):
             return api_app(environ, start_response)
         if path in back_paths:

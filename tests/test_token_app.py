@@ -281,3 +281,55 @@ def test_the_body_is_read_as_werkzeug_reads_it_or_refused_as_before(raw):
     assert not refused_before
     form = werkzeug_form(raw)
     assert params == {key: form.getlist(key) for key in form}
+
+
+@pytest.mark.parametrize(
+    ("path", "lean"),
+    [
+        ("//token", "oauth2.token_app"),
+        ("///introspect", "oauth2.token_app"),
+        ("//userinfo", "oauth2.token_app"),
+        ("//api/profile", "oauth2.gateway"),
+    ],
+)
+def test_repeated_slashes_reach_the_lean_app_never_the_main_one(app, path, lean):
+    """Werkzeug's URL map merges slashes: ``//token`` is the token route's, so it goes to
+    the back channel's app (whose own Flask path answers it as the URL map says: served,
+    as ``/token`` was before the split); the main app routes none of it."""
+    seen: list[str] = []
+    apps = {"main": app, "lean": app.extensions[lean]}
+    hooks = {name: (lambda name=name: seen.append(name)) for name in apps}
+    for name, served in apps.items():
+        served.before_request_funcs.setdefault(None, []).append(hooks[name])
+    try:
+        environ = EnvironBuilder(
+            path="/x", method="POST", data={"grant_type": "client_credentials"}, headers=basic()
+        ).get_environ()
+        environ["PATH_INFO"] = path  # as a server passes ``POST //token HTTP/1.1``
+        _, status, _ = run_wsgi_app(app, environ, buffered=True)
+    finally:
+        for name, served in apps.items():
+            served.before_request_funcs[None].remove(hooks[name])
+    assert int(status.split()[0]) < 500
+    assert seen == ["lean"]
+    assert not any(
+        rule.endpoint.startswith(("token.", "oidc.", "api.")) for rule in app.url_map.iter_rules()
+    )
+
+
+def test_the_body_is_read_once_per_request(client, monkeypatch):
+    """The limiter (no Basic header: the body names the client), CORS (an ``Origin``) and
+    the view all ask for the parameters; the body is read once, a refusal the same."""
+    from app.oauth2 import server
+
+    reads = []
+    real = server._body_params
+    monkeypatch.setattr(server, "_body_params", lambda req: reads.append(1) or real(req))
+    data = {"grant_type": "client_credentials", "client_id": "test", "client_secret": "hunter2"}
+    headers = {"Origin": "https://a.example"}
+    assert client.post(TOKEN, data=data, headers=headers).status_code == 200
+    assert reads == [1]
+    repeated = "grant_type=client_credentials&client_id=test&client_id=test&client_secret=x"
+    response = client.post(TOKEN, data=repeated, content_type=FORM, headers=headers)
+    assert response.status_code == 400 and "repeated" in response.get_json()["error_description"]
+    assert reads == [1, 1]

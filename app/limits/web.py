@@ -15,6 +15,7 @@ import functools
 import ipaddress
 from typing import Any
 
+from authlib.oauth2.rfc6749.errors import OAuth2Error
 from flask import Response, current_app, request
 from limits import RateLimitItem, parse
 from werkzeug.exceptions import TooManyRequests
@@ -22,6 +23,7 @@ from werkzeug.exceptions import TooManyRequests
 from ..addresses import parse_ip
 from ..audit import audit
 from ..oauth2 import client_auth, rfc6750, rfc9449
+from ..oauth2.server import body_params
 from .config import Limits
 from .counters import Refusal, digest
 from .delays import Delays
@@ -123,8 +125,11 @@ def _claimed_body() -> dict[str, Any] | None:
     if request.is_json:
         body = request.get_json(silent=True)
         return body if isinstance(body, dict) else None
-    request.get_data(cache=True)  # the view checks the raw body after the form is parsed
-    return request.form
+    try:  # the view's own reading of the body (read once per request)
+        return {key: values[0] for key, values in body_params().items() if values}
+    except OAuth2Error:  # refused by the view later; still counted against the id it names
+        request.get_data(cache=True)
+        return request.form
 
 
 def _before_token(limits: Limits, scope: str, ip: str) -> str | None:

@@ -204,9 +204,28 @@ def query_params() -> dict[str, list[str]]:
     return checked({key: flask_request.args.getlist(key) for key in flask_request.args}, False)
 
 
+#: The request attribute holding :func:`body_params`' answer (its parameters or its refusal).
+_PARSED = "oauth2_body_params"
+
+
 def body_params() -> dict[str, list[str]]:
-    """Parameters of a token-style endpoint: the form body, or a JSON object body."""
+    """Parameters of a token-style endpoint: the form body, or a JSON object body. Read
+    once per request (the limiter, CORS and the view all ask); a refusal is the same
+    each time."""
     req = flask_request._get_current_object()  # type: ignore[attr-defined]
+    parsed = getattr(req, _PARSED, None)
+    if parsed is None:
+        try:
+            parsed = _body_params(req)
+        except InvalidRequestError as refusal:
+            parsed = refusal
+        setattr(req, _PARSED, parsed)
+    if isinstance(parsed, InvalidRequestError):
+        raise parsed
+    return parsed
+
+
+def _body_params(req: Any) -> dict[str, list[str]]:
     if req.is_json:
         params = json_params(req.get_json(silent=True))
     else:
