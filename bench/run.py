@@ -100,6 +100,9 @@ VARIANT_CONFIG: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
 }
 #: The ``auth_server.server`` of the main runs (the one the bench measured fastest).
 SERVER = os.environ.get("BENCH_SERVER", "granian")
+#: ``oauth2-server serve``'s workers and request threads per worker in every served run.
+WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))
+SERVER_THREADS = int(os.environ.get("BENCH_SERVER_THREADS", "4"))
 #: ``BENCH_SERVERS=serve-gunicorn,granian,gunicorn-sync,...``: the token scenarios on those.
 SERVERS = [s for s in os.environ.get("BENCH_SERVERS", "serve-gunicorn").split(",") if s]
 QUIET_WAIT = float(os.environ.get("BENCH_QUIET_WAIT", "10"))
@@ -340,9 +343,9 @@ def server_config(
 
     clients_file = ROOT / "clients.json.example"
     storage = dict(storage, purge_interval=0)
-    server = {"server": http_server}
+    server = {"server": http_server, "threads": SERVER_THREADS}
     config = procs.serve_config(
-        port, site_port, storage, clients_file, SESSION_SECRET, 2, auth_server=server
+        port, site_port, storage, clients_file, SESSION_SECRET, WORKERS, auth_server=server
     )
     if "limits" in DEFAULTS:
         # Limits stay on (their cost is part of the hot path), set above any bench rate.
