@@ -218,6 +218,19 @@ def exchange(client, code, **extra):
     return client.post("/token", data=data, headers=basic())
 
 
+def session_calls(state, monkeypatch) -> list[str]:
+    """The session store's reads and writes from now on (``get``/``put``/``delete``)."""
+    calls: list[str] = []
+    for verb in ("get", "put", "delete"):
+        real = getattr(state.storage.session, verb)
+        monkeypatch.setattr(
+            state.storage.session,
+            verb,
+            lambda *a, _v=verb, _r=real, **k: calls.append(_v) or _r(*a, **k),
+        )
+    return calls
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 

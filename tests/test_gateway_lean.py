@@ -11,7 +11,7 @@ import pytest
 
 from app import create_app
 from app.logconfig import JsonFormatter
-from tests.conftest import base_config, bearer, exchange, get_code
+from tests.conftest import base_config, bearer, exchange, get_code, session_calls
 
 
 @pytest.fixture
@@ -33,14 +33,7 @@ def test_api_is_served_by_the_gateway_app(app, client, access):
 def test_api_reads_and_writes_no_session(client, state, access, monkeypatch):
     cookie = client.get_cookie("oauth2_session")  # alice signed in to get the token
     assert cookie is not None
-    calls = []
-    for verb in ("get", "put", "delete"):
-        real = getattr(state.storage.session, verb)
-        monkeypatch.setattr(
-            state.storage.session,
-            verb,
-            lambda *a, _v=verb, _r=real, **k: calls.append(_v) or _r(*a, **k),
-        )
+    calls = session_calls(state, monkeypatch)
     response = client.get("/api/profile", headers=bearer(access))  # the cookie goes too
     assert response.status_code == 200
     assert "Set-Cookie" not in response.headers and "Vary" not in response.headers

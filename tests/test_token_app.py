@@ -19,7 +19,7 @@ from werkzeug.test import Client, EnvironBuilder, run_wsgi_app
 
 from app.oauth2.requests import form_params, require_utf8
 from app.paths import INTROSPECT, JWKS, OIDC_METADATA, REVOKE, TOKEN, USERINFO
-from tests.conftest import basic, bearer, exchange, get_code
+from tests.conftest import basic, bearer, exchange, get_code, session_calls
 
 SECURITY = ("X-Frame-Options", "X-Content-Type-Options", "Referrer-Policy")
 #: Values that differ from one answer to the next (budgets left, fresh tokens).
@@ -151,14 +151,7 @@ def test_the_back_channel_is_served_by_the_token_app(app, client, token_app, acc
 def test_the_back_channel_reads_and_writes_no_session(client, state, monkeypatch):
     get_code(client)  # alice signs in: the client holds her session cookie
     assert client.get_cookie("oauth2_session") is not None
-    calls = []
-    for verb in ("get", "put", "delete"):
-        real = getattr(state.storage.session, verb)
-        monkeypatch.setattr(
-            state.storage.session,
-            verb,
-            lambda *a, _v=verb, _r=real, **k: calls.append(_v) or _r(*a, **k),
-        )
+    calls = session_calls(state, monkeypatch)
     for path, data in ((TOKEN, {"grant_type": "client_credentials"}), (REVOKE, {"token": "x"})):
         response = client.post(path, data=data, headers=basic())  # the cookie goes too
         assert response.status_code == 200
