@@ -84,7 +84,10 @@ def claims(username: str) -> dict[str, Any]:
 
 
 def _fields() -> Any:
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # nested deeper than the parser goes: not a JSON object
+        body = None
     return body if isinstance(body, dict) else request.form
 
 

@@ -266,11 +266,12 @@ def mount(main: Flask) -> None:
 
     def dispatch(environ: dict[str, Any], start_response: Any) -> Any:
         path = environ.get("PATH_INFO", "")
-        if "//" in path:
-            # Werkzeug's URL map merges repeated slashes (``//token`` matches ``/token``):
-            # such a path goes to the app whose route it matches, and that app's own
-            # Flask path answers it as the URL map says. No view runs in two stacks.
-            path = REPEATED_SLASHES.sub("/", path)
+        if "//" in path or not path.startswith("/"):
+            # Werkzeug's URL map merges repeated slashes (``//token`` matches ``/token``)
+            # and puts a missing leading one back: such a path goes to the app whose
+            # route it matches, and that app's own Flask path answers it as the URL map
+            # says. No view runs in two stacks.
+            path = REPEATED_SLASHES.sub("/", "/" + path)
         if path.startswith(prefix):
             return api_app(environ, start_response)
         if path in back_paths:

@@ -326,3 +326,24 @@ def test_the_body_is_read_once_per_request(client, monkeypatch):
     response = client.post(TOKEN, data=repeated, content_type=FORM, headers=headers)
     assert response.status_code == 400 and "repeated" in response.get_json()["error_description"]
     assert reads == [1, 1]
+
+
+@pytest.mark.parametrize("path", [TOKEN, REVOKE, INTROSPECT])
+@pytest.mark.parametrize("limits_on", [True, False])
+def test_deeply_nested_json_is_refused_not_a_500(state, client, path, limits_on):
+    """``get_json(silent=True)`` lets a ``RecursionError`` through (review rev2, M1)."""
+    state.limits.enabled = limits_on
+    body = b"[" * 50000
+    response = client.post(path, data=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "invalid_request"
+
+
+@pytest.mark.parametrize("path", ["token", "jwks.json", "api/profile"])
+def test_a_path_without_its_leading_slash_reaches_its_lean_app(app, path):
+    """Werkzeug matches ``token`` as ``/token``: it goes where ``/token`` goes."""
+    environ = EnvironBuilder(path="/x", method="GET").get_environ()
+    environ["PATH_INFO"] = path
+    _, status, headers = run_wsgi_app(app, environ, buffered=True)
+    expected = {"token": 405, "jwks.json": 200, "api/profile": 401}[path]
+    assert int(status.split()[0]) == expected

@@ -23,6 +23,7 @@ from werkzeug.exceptions import TooManyRequests
 from ..addresses import parse_ip
 from ..audit import audit
 from ..oauth2 import client_auth, rfc6750, rfc9449
+from ..oauth2.requests import json_body
 from ..oauth2.server import body_params
 from .config import Limits
 from .counters import Refusal, digest
@@ -123,7 +124,7 @@ def _client_budget(client: Any, ip: str) -> tuple[str, RateLimitItem | None]:
 
 def _claimed_body() -> dict[str, Any] | None:
     if request.is_json:
-        body = request.get_json(silent=True)
+        body = json_body(request)
         return body if isinstance(body, dict) else None
     try:  # the view's own reading of the body (read once per request)
         return {key: values[0] for key, values in body_params().items() if values}

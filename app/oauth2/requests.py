@@ -57,6 +57,16 @@ def shown(name: str) -> str:
     return safe or "?"
 
 
+def json_body(request: Any) -> Any:
+    """A request's JSON body, or ``None`` when it is not JSON or does not parse; a body
+    nested deeper than the parser goes (``RecursionError``, which ``get_json(silent=True)``
+    lets through) included."""
+    try:
+        return request.get_json(silent=True)
+    except RecursionError:
+        return None
+
+
 def json_params(body: Any) -> Params:
     """Turn a JSON object body into parameters; anything else is ``invalid_request``."""
     if not isinstance(body, dict):

@@ -26,7 +26,7 @@ from ..client_metadata import ClientMetadataError, is_public, read_body
 from ..client_policy import LIFETIME_BOUNDS
 from ..client_store import ClientStore, describe
 from ..clients import ADMIN_SCOPE
-from ..oauth2.requests import ParamsRequest
+from ..oauth2.requests import ParamsRequest, json_body
 from ..paths import REGISTER
 from ..secrets_hash import new_secret, token_digest, verify_secret
 from . import rfc6750
@@ -64,10 +64,7 @@ def json_request(method: str, body_expected: bool) -> ParamsRequest:
     if body_expected:
         if not flask_request.is_json:
             raise InvalidClientMetadataError(description="Send the body as application/json.")
-        try:
-            data = flask_request.get_json(silent=True)
-        except RecursionError:
-            data = None
+        data = json_body(flask_request)
         if not isinstance(data, dict):
             raise InvalidClientMetadataError(description="The body must be a JSON object.")
     request.payload._data = data  # type: ignore[attr-defined]

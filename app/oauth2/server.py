@@ -14,7 +14,14 @@ from ..quotas.choice import grant_fields
 from ..secrets_hash import new_secret
 from . import client_auth
 from .grant_store import new_grant_id
-from .requests import ParamsRequest, checked, form_params, json_params, require_utf8
+from .requests import (
+    ParamsRequest,
+    checked,
+    form_params,
+    json_body,
+    json_params,
+    require_utf8,
+)
 
 
 class OAuth2Server(AuthorizationServer):
@@ -227,7 +234,7 @@ def body_params() -> dict[str, list[str]]:
 
 def _body_params(req: Any) -> dict[str, list[str]]:
     if req.is_json:
-        params = json_params(req.get_json(silent=True))
+        params = json_params(json_body(req))
     else:
         if req.mimetype != "application/x-www-form-urlencoded":
             # RFC 6749 §3.2: form encoding (JSON for the original's clients), not multipart.

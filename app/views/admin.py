@@ -30,6 +30,7 @@ from ..client_store import (
 from ..clients import ADMIN_SCOPE
 from ..oauth2 import rfc6750
 from ..oauth2.accept import find_bearer
+from ..oauth2.requests import json_body
 from ..oauth2.rfc7591 import INITIAL_TOKEN
 from ..paths import ADMIN_CLIENTS, ADMIN_REGISTRATION_TOKENS
 from ..secrets_hash import new_secret, token_digest
@@ -279,10 +280,7 @@ def _same_id(client_id: str, fields: dict[str, Any]) -> dict[str, Any]:
 def _json() -> Any:
     if not request.is_json:
         raise AdminError(400, "invalid_request", "Send the body as application/json.")
-    try:
-        body = request.get_json(silent=True)
-    except RecursionError:
-        body = None
+    body = json_body(request)
     if body is None:
         raise AdminError(400, "invalid_request", "The body is not a JSON document.")
     return body
