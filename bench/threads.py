@@ -3,7 +3,9 @@
 
 Builds ``bench.inproc``'s app (limits on, metrics on unless ``INPROC_METRICS=off``, the
 request line on unless ``INPROC_REQUEST_LOG=off``; Redis at ``BENCH_REDIS_URL``, flushed)
-and drives each scenario (default ``client_credentials introspect``) from ``THREADS``
+(``THREADS_LOG=serve``: the request line written as ``serve`` writes it, to
+``/dev/null`` line-buffered; else, as in ``bench.inproc``, handed to no handler) and
+drives each scenario (default ``client_credentials introspect``) from ``THREADS``
 threads at once (default ``1,2,4,8``: one run for each count), the way a served worker's
 request threads share one interpreter. Prints the CPU and wall µs per request, the least
 of 3 rounds. What it shows is the cost of the GIL hand-overs at each blocking call (a
@@ -66,6 +68,10 @@ def main(argv: list[str]) -> int:
     site, port = run.start_site(run_dir)
     try:
         run.flush_redis()
+        if os.environ.get("THREADS_LOG") == "serve":
+            from bench.obs_pair import log_like_serve
+
+            log_like_serve()
         app, _ = inproc.build(True, port, metrics=os.environ.get("INPROC_METRICS") != "off")
         server = run.Server(
             "inproc", "redis", site, 8080, port, run_dir, {}, run.storage_for("redis")
