@@ -104,17 +104,35 @@ class LeanApp(Flask):
     ``after_this_request`` functions, ``after_request`` hooks of the blueprint then the
     app, newest first, errors to the same handlers) without ``ensure_sync`` (the hooks
     are plain functions) and sending ``request_started``/``request_finished`` only when
-    someone listens. Any other request takes Flask's own path."""
+    someone listens. Any other request takes Flask's own path.
+
+    By default each route is a plain path (no arguments) and goes the short way by that
+    exact path, looked up in a dict instead of the URL map; a subclass with other routes
+    (:class:`app.gateway.Gateway`) overrides :meth:`short_route` and :meth:`settle`."""
+
+    #: Path -> settled route, set once by :meth:`settle` (before serving), never changed:
+    #: a request reads it as one value.
+    routes: dict[str, Route] = {}
+    #: The paths :func:`mount` sends here (all of this app's routes).
+    paths: frozenset[str] = frozenset()
 
     def short_route(self, path: str) -> tuple[Route, dict[str, Any]] | None:
         """The settled route and view arguments a path takes the short way by, or None
-        for Flask's path. Subclasses say which: what they return must be exactly what
-        the URL map would match."""
-        return None
+        for Flask's path: exactly what the URL map would match."""
+        route = self.routes.get(path)
+        return None if route is None else (route, {})
 
     def settle(self) -> None:
-        """Take the routes :meth:`short_route` reads, once, before any request."""
-        raise NotImplementedError
+        """Take the routes (the blueprints registered), once, before any request: each a
+        plain path without arguments, so the path alone names it; anything else is a
+        start-up error."""
+        routes: dict[str, Route] = {}
+        for rule in self.url_map.iter_rules():
+            if rule.arguments or rule.rule in routes or not rule.rule.startswith("/"):
+                raise RuntimeError(f"the {self.name} app's route {rule.rule!r} is not a plain path")
+            routes[rule.rule] = settled_route(rule)
+        self.routes = routes
+        self.paths = frozenset(routes)
 
     def wsgi_app(self, environ: dict[str, Any], start_response: Any) -> Any:
         found = self.short_route(environ.get("PATH_INFO", ""))

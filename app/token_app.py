@@ -14,38 +14,15 @@ main app's sessions never were the back channel's business).
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Flask
 
-from .lean import LeanApp, Route, settled_route
+from .lean import LeanApp
 from .lean import build as build_lean
 
 
 class TokenApp(LeanApp):
-    """The back channel's app: each route's own path, by a method it takes, goes the
-    short way (:class:`app.lean.LeanApp`)."""
-
-    #: Path -> settled route, set once by :meth:`settle` (before serving), never changed:
-    #: a request reads it as one value.
-    routes: dict[str, Route] = {}
-    #: The paths :func:`app.lean.mount` sends here (all of this app's routes).
-    paths: frozenset[str] = frozenset()
-
-    def short_route(self, path: str) -> tuple[Route, dict[str, Any]] | None:
-        route = self.routes.get(path)
-        return None if route is None else (route, {})
-
-    def settle(self) -> None:
-        """Take the routes (the blueprint registered), each a plain path without
-        arguments, so the path alone names it; anything else is a start-up error."""
-        routes: dict[str, Route] = {}
-        for rule in self.url_map.iter_rules():
-            if rule.arguments or rule.rule in routes or not rule.rule.startswith("/"):
-                raise RuntimeError(f"the token app's route {rule.rule!r} is not a plain path")
-            routes[rule.rule] = settled_route(rule)
-        self.routes = routes
-        self.paths = frozenset(routes)
+    """The back channel's app: :class:`app.lean.LeanApp` as it is, each route's own path
+    by a method it takes going the short way."""
 
 
 def build(main: Flask) -> TokenApp:
