@@ -13,7 +13,8 @@ CPU). Smaller blocks, more of them (``PAIR_BLOCK=10 PAIR_BLOCKS=200``), alternat
 on this loaded machine their ratio of sums was the steadiest figure. Also prints each
 app's median CPU µs per request and its Python calls per request (exact). ``--profile``
 prints the "on" app's top functions (cProfile, by own time) for each scenario.
-``PAIR_ON=metrics`` (or ``log``) prices one of the two alone.
+``PAIR_ON=metrics`` (or ``log``) prices one of the two alone. ``PAIR_SINK``: a file the
+line goes to instead of ``/dev/null`` (served, it goes to the server's log file).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def log_like_serve() -> Any:
     from app.logconfig import log_config
 
     logging.config.dictConfig(log_config())
-    sink = open(os.devnull, "w", buffering=1)  # noqa: SIM115 - open for the whole run
+    path = os.environ.get("PAIR_SINK") or os.devnull
+    sink = open(path, "a", buffering=1)  # noqa: SIM115 - open for the whole run
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler):
             handler.setStream(sink)

@@ -394,6 +394,16 @@ def start_site(run_dir: Path) -> tuple[procs.Proc, int]:
     return site, port
 
 
+def start_reference(run_dir: Path) -> procs.Proc:
+    """The reference (bare Flask on gunicorn sync, as the ``bare`` ceiling) kept running,
+    so each target scenario's ratio can be taken against it measured right after."""
+    port = procs.free_port()
+    template = ALT_SERVERS["gunicorn-sync"]
+    argv = [str(BIN / template[0])] + [a.format(port=port) for a in template[1:-1]]
+    argv.append("bench.ceiling:bare")
+    return procs.start("reference", argv, run_dir, clean_env(), str(ROOT), port, "/")
+
+
 def start_server(
     run_dir: Path,
     backend: str,
@@ -724,10 +734,12 @@ def token_scenarios(
     results: dict[str, Any] | None = None,
     peer: nodepeer.Peer | None = None,
     only: tuple[str, ...] | None = None,
+    reference: procs.Proc | None = None,
 ) -> dict[str, dict[str, Any]]:
     """client credentials, refresh, introspection, gateway (and the code flow) on one store;
-    with ``peer``, each scenario's counterpart on the peer right after it; ``only``: just
-    those scenarios."""
+    with ``peer``, each scenario's counterpart on the peer right after it; with
+    ``reference`` (:func:`start_reference`), each target scenario's reference run right
+    after it (``ratio_adjacent``); ``only``: just those scenarios."""
     out: dict[str, dict[str, Any]] = {}
     failures = results if results is not None else {}
     access = fx.live_token()
@@ -775,6 +787,8 @@ def token_scenarios(
                 f"  {label} {name}: {rate:,.0f}/s p50 {result['p50_ms']:.1f} ms "
                 f"p99 {result['p99_ms']:.1f} ms errors {result['errors']}"
             )
+        if reference is not None and result is not None and name in TARGETS:
+            adjacent(result, reference, failures, f"{label} {name}")
         counterpart = nodepeer.COUNTERPARTS.get(name)
         if peer is not None and counterpart and counterpart not in peer.results:
             # Interleaved: the peer's counterpart in the same minute as ours.
@@ -789,6 +803,26 @@ def token_scenarios(
                     f"p99 {found['p99_ms']:.1f} ms errors {found['errors']}"
                 )
     return out
+
+
+def adjacent(
+    result: dict[str, Any], reference: procs.Proc, failures: dict[str, Any], step: str
+) -> None:
+    """The reference measured right after a scenario: its ratio to that run. The VM's
+    speed drifts by 20-40% over the minutes between the ceilings at the start and a
+    scenario; a reference seconds away sees the same machine."""
+    assert reference.port is not None
+    found = attempt(
+        failures,
+        f"reference after {step}",
+        lambda: measure(reference.port, wrk.Load("/"), reference),
+    )
+    if found is not None and found["rps"]:
+        result["reference_adjacent"] = {
+            k: found[k] for k in ("rps", "p99_ms", "server_cpu_ms_per_req", "errors") if k in found
+        }
+        result["ratio_adjacent"] = round(result["rps"] / found["rps"], 3)
+        log(f"  reference right after: {found['rps']:,.0f}/s, ratio {result['ratio_adjacent']:.2f}")
 
 
 def peer_run(peer: nodepeer.Peer, scenario: str) -> dict[str, Any]:
@@ -980,7 +1014,10 @@ def variant_runs(run_dir: Path, results: dict[str, Any]) -> None:
             fx.reset()
             label = f"redis-{variant}"
             only = VARIANT_CONFIG[variant][1]
-            scenarios = token_scenarios(server, fx, run_dir, label, True, results, only=only)
+            reference = start_reference(run_dir)
+            scenarios = token_scenarios(
+                server, fx, run_dir, label, True, results, only=only, reference=reference
+            )
             results.setdefault("variants", {})[variant] = scenarios
             results.setdefault("server_log", {})[label] = server_log_summary(server.proc)
         finally:
@@ -1079,6 +1116,7 @@ def run_backend(backend: str, run_dir: Path, results: dict[str, Any]) -> None:
     """Every scenario, growth step, the review page and the purge on one storage layout."""
     server = start_server(run_dir, backend)
     fx = Fixtures(server)
+    reference = start_reference(run_dir) if backend == "redis" else None
     peer = None
     if backend == "redis" and nodepeer.ENABLED:
         versions = results["settings"]["peer"]["versions"]
@@ -1096,7 +1134,14 @@ def run_backend(backend: str, run_dir: Path, results: dict[str, Any]) -> None:
                     log(f"{backend}: {size:,} live token pairs bulk-loaded in {load_s:.1f}s")
                 label = f"{backend}-{size}"
                 scenarios = token_scenarios(
-                    server, fx, run_dir, label, size == 0, results, peer if size == 0 else None
+                    server,
+                    fx,
+                    run_dir,
+                    label,
+                    size == 0,
+                    results,
+                    peer if size == 0 else None,
+                    reference=reference if size == 0 else None,
                 )
                 growth[str(size)] = {"load_seconds": round(load_s, 1), **scenarios}
                 if size == 0:
@@ -1217,10 +1262,10 @@ def fmt_row(cols: list[str], widths: list[int]) -> str:
 
 def table(results: dict[str, Any]) -> str:
     lines: list[str] = []
-    widths = [64, 10, 9, 9, 7, 7, 8, 8, 9]
+    widths = [64, 10, 9, 9, 7, 7, 9, 8, 8, 9]
     head = [
-        "scenario", "req/s", "p50 ms", "p99 ms", "errors", "ratio", "vs peer", "target",
-        "cpu ms/r",
+        "scenario", "req/s", "p50 ms", "p99 ms", "errors", "ratio", "ratio adj", "vs peer",
+        "target", "cpu ms/r",
     ]  # fmt: skip
     lines.append(fmt_row(head, widths))
     lines.append("-" * (sum(widths) + 2 * (len(widths) - 1)))
@@ -1251,6 +1296,7 @@ def table(results: dict[str, Any]) -> str:
                     f"{r['p99_ms']:.1f}",
                     str(r["errors"]),
                     f"{r['ratio']:.2f}" if "ratio" in r else "-",
+                    f"{r['ratio_adjacent']:.2f}" if "ratio_adjacent" in r else "-",
                     f"{r['peer_ratio']:.2f}" if "peer_ratio" in r else "-",
                     target,
                     f"{r['server_cpu_ms_per_req']:.2f}" if "server_cpu_ms_per_req" in r else "-",
@@ -1297,6 +1343,17 @@ def table(results: dict[str, Any]) -> str:
             f"{peer['workers']} workers of node:cluster, Redis {peer['storage']}, each run right "
             "after ours; vs peer = our req/s / its req/s (flows/s for the flows; the gateway "
             "and UserInfo against its UserInfo).",
+        ]
+    if any(
+        "ratio_adjacent" in r
+        for g in ("scenarios", "variants")
+        for sc in (results.get(g) or {}).values()
+        for r in sc.values()
+    ):
+        lines += [
+            "",
+            "ratio: req/s / the bare reference at the start of the run; ratio adj: / the same "
+            "reference measured right after the scenario (the VM's speed drifts between the two).",
         ]
     if notes:
         lines += ["", "Errors (non-2xx answers and failed flows):", *notes]
