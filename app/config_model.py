@@ -325,6 +325,9 @@ class Metrics(Section):
     token_hash: Annotated[str | None, AfterValidator(_secret_hash)] = Field(
         default=None, repr=False
     )
+    #: Clients whose tokens each get a ``client_id`` label (the first seen by each
+    #: process); the tokens of further clients are counted under ``<other>``.
+    max_client_labels: Annotated[int, Field(ge=0, le=100000)] = 1000
 
 
 class TokenCacheSection(Section):

@@ -314,3 +314,69 @@ def test_a_multiprocess_scrape_sums_the_workers_flushed_counts(tmp_path):
         )
         == 23
     )
+
+
+def test_clients_beyond_the_label_cap_share_one_series(monkeypatch, caplog):
+    """Registration and the admin API make clients at will: past
+    ``metrics.max_client_labels`` their tokens are counted under ``<other>``, once
+    warned, and the clients labelled before keep their series."""
+    from app.observability import metrics
+
+    monkeypatch.setattr(metrics, "_LABELLED", set())
+    monkeypatch.setattr(metrics, "_TOKEN_CHILDREN", {})
+    monkeypatch.setattr(metrics, "_CAP_LOGGED", False)
+
+    def issued(client: str, grant: str = "client_credentials") -> float:
+        metrics.flush()
+        labels = {"grant": grant, "client_id": client}
+        return metrics.REGISTRY.get_sample_value("oauth2_tokens_issued_total", labels) or 0.0
+
+    names = [f"cap-client-{i}" for i in range(5)]
+    before = {name: issued(name) for name in [*names, metrics.OTHER_CLIENTS]}
+    for name in names + names[:1]:  # the first once more, after the cap was reached
+        metrics.observe_event(
+            "token_issued", {"grant": "client_credentials", "client_id": name}, bool, 2
+        )
+    assert [issued(n) - before[n] for n in names] == [2, 1, 0, 0, 0]
+    assert issued(metrics.OTHER_CLIENTS) - before[metrics.OTHER_CLIENTS] == 3
+    assert set(names[:2]) == metrics._LABELLED
+    assert len(metrics._TOKEN_CHILDREN) == 3  # two clients and <other>: nothing per client more
+    warnings = [r for r in caplog.records if "max_client_labels" in r.getMessage()]
+    assert len(warnings) == 1  # said once, not per token
+
+
+def test_the_label_cap_is_a_setting(tmp_path, dummy_site, closing, monkeypatch):
+    from app.observability import metrics
+
+    monkeypatch.setattr(metrics, "_LABELLED", set())
+    monkeypatch.setattr(metrics, "_TOKEN_CHILDREN", {})
+    config = base_config(
+        tmp_path,
+        dummy_site,
+        metrics={
+            "enabled": True,
+            "token_hash": hash_random_secret(TOKEN),
+            "max_client_labels": 0,
+        },
+    )
+    client = closing(create_app(config)).test_client()
+    before = scrape(client)
+    answer = client.post("/token", data={"grant_type": "client_credentials"}, headers=basic())
+    assert answer.status_code == 200
+    after = scrape(client)
+
+    def moved(**labels: str) -> float:
+        name = "oauth2_tokens_issued_total"
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved(grant="client_credentials", client_id=metrics.OTHER_CLIENTS) == 1
+    assert moved(grant="client_credentials", client_id="test") == 0
+
+
+@pytest.mark.parametrize("bad", [-1, 100001, "many"])
+def test_a_bad_label_cap_is_refused_at_start(tmp_path, dummy_site, bad):
+    metrics_section = {"enabled": True, "token_hash": hash_random_secret(TOKEN)}
+    with pytest.raises(ConfigError, match="max_client_labels"):
+        create_app(
+            base_config(tmp_path, dummy_site, metrics={**metrics_section, "max_client_labels": bad})
+        )

@@ -28,6 +28,7 @@ scrape shows its own worker's counts exactly and the other workers' at most ~1 s
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 import time
@@ -45,6 +46,8 @@ from prometheus_client import (
 from prometheus_client import multiprocess as mp
 
 from .multiproc import ENV
+
+log = logging.getLogger("oauth2.metrics")
 
 #: This process's registry (single-process use); scrapes in multiprocess mode ignore it.
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -336,8 +339,22 @@ def _buffered_histogram(metric: Histogram, *labels: str) -> BufferedHistogram:
     return found  # type: ignore[no-any-return]
 
 
-def observe_event(event: str, record: Mapping[str, Any], known_client: Callable[[str], bool]):
-    """Count what an audit event says: a token issued, a refusal."""
+#: The ``client_id`` label of tokens issued to a client beyond ``max_client_labels``, and
+#: to one no longer registered.
+OTHER_CLIENTS = "<other>"
+UNKNOWN_CLIENT = "<unknown>"
+
+
+def observe_event(
+    event: str,
+    record: Mapping[str, Any],
+    known_client: Callable[[str], bool],
+    max_clients: int = 1000,
+) -> None:
+    """Count what an audit event says: a token issued, a refusal. The first
+    ``max_clients`` registered clients a process issues tokens to get a ``client_id``
+    label of their own, the rest share ``<other>``: registration and the admin API make
+    clients at will, and a series each would grow without end."""
     reason = REFUSAL_EVENTS.get(event)
     if reason is not None:
         _refusal(reason).inc()
@@ -348,11 +365,33 @@ def observe_event(event: str, record: Mapping[str, Any], known_client: Callable[
         issued = _TOKEN_CHILDREN.get(key)
         if issued is None:
             if not known_client(client):
-                TOKENS.labels(grant, "<unknown>").inc()
+                TOKENS.labels(grant, UNKNOWN_CLIENT).inc()
+                return
+            if client not in _LABELLED and len(_LABELLED) >= max_clients:
+                _over_cap(max_clients)
+                key = (grant, OTHER_CLIENTS)
+                issued = _TOKEN_CHILDREN.get(key)
+                if issued is None:
+                    issued = _TOKEN_CHILDREN[key] = _buffered_counter(TOKENS, *key)
+                issued.inc()
                 return
             # A registered client's label, kept: tokens are only issued to clients that exist.
+            _LABELLED.add(client)
             issued = _TOKEN_CHILDREN[key] = _buffered_counter(TOKENS, grant, client)
         issued.inc()
+
+
+def _over_cap(max_clients: int) -> None:
+    """Say once per process that clients now share the ``<other>`` label."""
+    global _CAP_LOGGED
+    if not _CAP_LOGGED:
+        _CAP_LOGGED = True
+        log.warning(
+            "metrics: %d clients have their own client_id label in this process; tokens of "
+            "further clients are counted under %s (metrics.max_client_labels)",
+            max_clients,
+            OTHER_CLIENTS,
+        )
 
 
 def observe_token_error(error: str) -> None:
@@ -363,6 +402,9 @@ def observe_token_error(error: str) -> None:
 #: Reason -> its labelled refusal counter; (grant, registered client) -> its token counter.
 _REFUSAL_CHILDREN: dict[str, Any] = {}
 _TOKEN_CHILDREN: dict[tuple[str, str], Any] = {}
+#: The clients with a label of their own in this process, and whether the cap was logged.
+_LABELLED: set[str] = set()
+_CAP_LOGGED = False
 
 
 def _refusal(reason: str) -> Any:
