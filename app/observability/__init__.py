@@ -65,9 +65,7 @@ def _init_metrics(app: Flask, state: State, metrics: Any) -> None:
         return bool(client_id) and state.clients.get(client_id) is not None
 
     cap = state.settings.config.metrics.max_client_labels
-    app.extensions[EVENTS] = lambda event, record: metrics.observe_event(
-        event, record, known, cap
-    )
+    app.extensions[EVENTS] = lambda event, record: metrics.observe_event(event, record, known, cap)
     _time_upstream(state, metrics)
     from .readiness import kind
 
