@@ -87,6 +87,8 @@ class StoredClient(Client):
 
     secrets: list[tuple[str, float | None]] = field(default_factory=list)
     disabled: bool = False
+    #: How it was made: ``api`` (the admin API, the CLI) or ``registration`` (RFC 7591).
+    source: str = "api"
 
     def check_client_secret(self, client_secret: str) -> bool:
         """Any secret still in force; every one is checked, so timing tells nothing."""
@@ -192,7 +194,12 @@ class ClientStore:
         if record.get("source") == "registration":
             client.logo_uri = None  # registered by a third party: never loaded on our pages
         values = {f.name: getattr(client, f.name) for f in fields(Client)}
-        return StoredClient(**values, secrets=secrets, disabled=bool(record.get("disabled")))
+        return StoredClient(
+            **values,
+            secrets=secrets,
+            disabled=bool(record.get("disabled")),
+            source=str(record.get("source") or "api"),
+        )
 
     def check(self, fields_: dict[str, Any]) -> None:
         """Refuse (ClientMetadataError) what :meth:`create` would refuse; write nothing."""

@@ -779,6 +779,10 @@ def token_scenarios(
     if only is not None:
         plan = [step for step in plan if step[0] in only]
     for name, fn in plan:
+        around = reference if name in TARGETS else None
+        before = None
+        if around is not None:
+            before = reference_run(around, failures, f"reference before {label} {name}")
         result = attempt(failures, f"{label} {name}", fn)
         if result is not None:
             out[name] = result
@@ -787,8 +791,9 @@ def token_scenarios(
                 f"  {label} {name}: {rate:,.0f}/s p50 {result['p50_ms']:.1f} ms "
                 f"p99 {result['p99_ms']:.1f} ms errors {result['errors']}"
             )
-        if reference is not None and result is not None and name in TARGETS:
-            adjacent(result, reference, failures, f"{label} {name}")
+        if around is not None and result is not None:
+            after = reference_run(around, failures, f"reference after {label} {name}")
+            adjacent(result, [before, after])
         counterpart = nodepeer.COUNTERPARTS.get(name)
         if peer is not None and counterpart and counterpart not in peer.results:
             # Interleaved: the peer's counterpart in the same minute as ours.
@@ -805,24 +810,32 @@ def token_scenarios(
     return out
 
 
-def adjacent(
-    result: dict[str, Any], reference: procs.Proc, failures: dict[str, Any], step: str
-) -> None:
-    """The reference measured right after a scenario: its ratio to that run. The VM's
-    speed drifts by 20-40% over the minutes between the ceilings at the start and a
-    scenario; a reference seconds away sees the same machine."""
+def reference_run(
+    reference: procs.Proc, failures: dict[str, Any], step: str
+) -> dict[str, Any] | None:
+    """One run of the reference (bare Flask on gunicorn sync), or None if it failed."""
     assert reference.port is not None
-    found = attempt(
-        failures,
-        f"reference after {step}",
-        lambda: measure(reference.port, wrk.Load("/"), reference),
-    )
-    if found is not None and found["rps"]:
-        result["reference_adjacent"] = {
-            k: found[k] for k in ("rps", "p99_ms", "server_cpu_ms_per_req", "errors") if k in found
-        }
-        result["ratio_adjacent"] = round(result["rps"] / found["rps"], 3)
-        log(f"  reference right after: {found['rps']:,.0f}/s, ratio {result['ratio_adjacent']:.2f}")
+    port = reference.port
+    found = attempt(failures, step, lambda: measure(port, wrk.Load("/"), reference))
+    if found is None or not found.get("rps"):
+        return None
+    keep = ("rps", "p99_ms", "server_cpu_ms_per_req", "errors", "busy_cores_before", "waited_s")
+    return {k: found[k] for k in keep if k in found}
+
+
+def adjacent(result: dict[str, Any], runs: list[dict[str, Any] | None]) -> None:
+    """A scenario's ratio to the reference measured right before and right after it (the
+    mean of those that ran). The VM's speed drifts by 20-40% over the minutes between
+    the ceilings at the start and a scenario; a reference seconds away on both sides
+    sees the same machine, and what a scenario leaves behind (the store's background
+    work, a flush) lands on the run after it as much as the one before it helped."""
+    found = [r for r in runs if r is not None]
+    if not found or not result.get("rps"):
+        return
+    rps = sum(r["rps"] for r in found) / len(found)
+    result["reference_adjacent"] = {"rps": round(rps, 1), "runs": found}
+    result["ratio_adjacent"] = round(result["rps"] / rps, 3)
+    log(f"  reference around it: {rps:,.0f}/s, ratio {result['ratio_adjacent']:.2f}")
 
 
 def peer_run(peer: nodepeer.Peer, scenario: str) -> dict[str, Any]:
@@ -1014,7 +1027,7 @@ def variant_runs(run_dir: Path, results: dict[str, Any]) -> None:
             fx.reset()
             label = f"redis-{variant}"
             only = VARIANT_CONFIG[variant][1]
-            reference = start_reference(run_dir)
+            reference = attempt(results, "reference", lambda: start_reference(run_dir))
             scenarios = token_scenarios(
                 server, fx, run_dir, label, True, results, only=only, reference=reference
             )
@@ -1116,8 +1129,10 @@ def run_backend(backend: str, run_dir: Path, results: dict[str, Any]) -> None:
     """Every scenario, growth step, the review page and the purge on one storage layout."""
     server = start_server(run_dir, backend)
     fx = Fixtures(server)
-    reference = start_reference(run_dir) if backend == "redis" else None
     peer = None
+    reference = None
+    if backend == "redis":
+        reference = attempt(results, "reference", lambda: start_reference(run_dir))
     if backend == "redis" and nodepeer.ENABLED:
         versions = results["settings"]["peer"]["versions"]
         peer = attempt(results, "peer start", lambda: nodepeer.start(run_dir, REDIS_URL, versions))
@@ -1353,7 +1368,7 @@ def table(results: dict[str, Any]) -> str:
         lines += [
             "",
             "ratio: req/s / the bare reference at the start of the run; ratio adj: / the same "
-            "reference measured right after the scenario (the VM's speed drifts between the two).",
+            "reference measured right before and after the scenario (the VM's speed drifts).",
         ]
     if notes:
         lines += ["", "Errors (non-2xx answers and failed flows):", *notes]

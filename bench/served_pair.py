@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import statistics
 import sys
 import tempfile
@@ -98,6 +99,8 @@ def loads(fx: run.Fixtures, run_dir: Path, arms: list[Arm]) -> dict[str, Any]:
     per_run = int(bound * max(run.WARMUP, 1)), int(bound * SECONDS * 1.2)
 
     def refresh(arm: Arm, number: int) -> tuple[wrk.Load, wrk.Load]:
+        if arm.name == REFERENCE:  # it answers "/" whatever it is sent: no pool to write
+            return wrk.Load("/"), wrk.Load("/")
         tokens = fx.refresh_pool(sum(per_run))
         label = f"{arms.index(arm)}-{number}"
         files = (
@@ -198,7 +201,8 @@ def summary(samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
 def paired(rounds: list[dict[str, Any]], other: list[dict[str, Any]], key: str) -> float:
     """The median over rounds of ``key`` in ``rounds`` over ``key`` in ``other``."""
-    ratios = [r.get(key, 0.0) / o[key] for r, o in zip(rounds, other, strict=True) if o.get(key)]
+    pairs = zip(rounds, other, strict=True)
+    ratios = [r[key] / o[key] for r, o in pairs if r.get(key) and o.get(key)]
     return round(statistics.median(ratios), 3) if ratios else 0.0
 
 
@@ -220,6 +224,15 @@ def table(results: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> int:
     scenarios = [a for a in argv if a in SCENARIOS] or list(SCENARIOS)
+    if len(set(ARMS)) != len(ARMS) or not ARMS:
+        raise SystemExit(f"PAIR_ARMS: each arm once, at least one: {ARMS}")
+    for spec in ARMS:
+        arm_config(spec, 0, 0)  # a malformed arm stops the run before anything starts
+
+    def interrupted(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupted)  # so the ``finally`` below stops the arms
     wrk.ensure_wrk()
     run_dir = Path(tempfile.mkdtemp(prefix="oauth2-served-pair-"))
     run.log(f"logs in {run_dir}; arms {ARMS}; {ROUNDS} rounds of {SECONDS:g}s; {scenarios}")

@@ -38,6 +38,10 @@ def test_paired_skips_a_round_the_other_side_lost_and_refuses_unequal_rounds() -
     assert served_pair.paired(_runs([10]), [{"rps": 0}], "rps") == 0.0
     with pytest.raises(ValueError):
         served_pair.paired(_runs([10, 20]), _runs([10]), "rps")
+    # A round where the arm served nothing has no CPU figure: skipped, not a ratio of 0.
+    cpu = "server_cpu_ms_per_req"
+    lost = [{"rps": 0.0}, {"rps": 5.0, cpu: 2.0}]
+    assert served_pair.paired(lost, [{cpu: 1.0}, {cpu: 1.0}], cpu) == 2.0
 
 
 def test_an_arm_is_served_with_its_workers_threads_variant_and_tree(tmp_path: Path) -> None:
@@ -64,36 +68,42 @@ def test_a_malformed_arm_stops_the_bench_naming_it(spec: str) -> None:
 
 def test_the_adjacent_reference_gives_its_own_ratio_column(monkeypatch) -> None:
     reference = run.procs.Proc("reference", None, Path("/dev/null"), 9)  # type: ignore[arg-type]
+    rates = iter([3000.0, 5000.0])
     seen: list[int] = []
 
     def measure(port: int, load: Any, server: Any = None, *_: Any) -> dict[str, Any]:
         seen.append(port)
         assert load.path == "/"
-        return {"rps": 4000.0, "p99_ms": 2.0, "server_cpu_ms_per_req": 0.5, "errors": 0}
+        return {"rps": next(rates), "p99_ms": 2.0, "server_cpu_ms_per_req": 0.5, "errors": 0}
 
     monkeypatch.setattr(run, "measure", measure)
-    row = {"rps": 2400.0, "p50_ms": 5.0, "p99_ms": 9.0, "errors": 0, "ratio": 0.4}
     failures: dict[str, Any] = {}
-    run.adjacent(row, reference, failures, "redis-0 client_credentials")
-    assert seen == [9]
-    assert row["ratio_adjacent"] == 0.6
-    assert row["reference_adjacent"]["rps"] == 4000.0
+    before = run.reference_run(reference, failures, "reference before x")
+    after = run.reference_run(reference, failures, "reference after x")
+    row = {"rps": 2400.0, "p50_ms": 5.0, "p99_ms": 9.0, "errors": 0, "ratio": 0.4}
+    run.adjacent(row, [before, after])
+    assert seen == [9, 9]
+    assert row["ratio_adjacent"] == 0.6  # 2,400 / the mean of 3,000 and 5,000
+    assert [r["rps"] for r in row["reference_adjacent"]["runs"]] == [3000.0, 5000.0]
     results = {"scenarios": {"redis": {"client_credentials": row}}}
     text = run.table(results)
     line = next(x for x in text.splitlines() if "client_credentials" in x)
     assert "0.40" in line and "0.60" in line
-    assert "ratio adj" in text and "measured right after" in text
+    assert "ratio adj" in text and "right before and after" in text
 
 
-def test_a_failed_reference_run_leaves_the_row_without_an_adjacent_ratio(monkeypatch) -> None:
+def test_a_failed_reference_run_leaves_the_other_or_no_adjacent_ratio(monkeypatch) -> None:
     reference = run.procs.Proc("reference", None, Path("/dev/null"), 9)  # type: ignore[arg-type]
 
     def measure(*_: Any, **__: Any) -> dict[str, Any]:
         raise RuntimeError("wrk failed")
 
     monkeypatch.setattr(run, "measure", measure)
-    row = {"rps": 2400.0}
     failures: dict[str, Any] = {}
-    run.adjacent(row, reference, failures, "redis-0 refresh")
-    assert "ratio_adjacent" not in row
+    assert run.reference_run(reference, failures, "reference after redis-0 refresh") is None
     assert failures["failures"][0]["step"] == "reference after redis-0 refresh"
+    row = {"rps": 2400.0}
+    run.adjacent(row, [None, None])
+    assert "ratio_adjacent" not in row
+    run.adjacent(row, [None, {"rps": 4800.0}])
+    assert row["ratio_adjacent"] == 0.5

@@ -317,9 +317,9 @@ def test_a_multiprocess_scrape_sums_the_workers_flushed_counts(tmp_path):
 
 
 def test_clients_beyond_the_label_cap_share_one_series(monkeypatch, caplog):
-    """Registration and the admin API make clients at will: past
-    ``metrics.max_client_labels`` their tokens are counted under ``<other>``, once
-    warned, and the clients labelled before keep their series."""
+    """Past ``metrics.max_client_labels`` of the operator's clients, tokens are counted
+    under ``<other>``, once warned, and the clients labelled before keep their series;
+    registered and gone clients share their own labels, never one series each."""
     from app.observability import metrics
 
     monkeypatch.setattr(metrics, "_LABELLED", set())
@@ -331,18 +331,94 @@ def test_clients_beyond_the_label_cap_share_one_series(monkeypatch, caplog):
         labels = {"grant": grant, "client_id": client}
         return metrics.REGISTRY.get_sample_value("oauth2_tokens_issued_total", labels) or 0.0
 
+    def label(client: str) -> str:
+        if client.startswith("dyn-"):
+            return metrics.REGISTERED_CLIENTS
+        return metrics.UNKNOWN_CLIENT if client.startswith("gone-") else client
+
     names = [f"cap-client-{i}" for i in range(5)]
-    before = {name: issued(name) for name in [*names, metrics.OTHER_CLIENTS]}
-    for name in names + names[:1]:  # the first once more, after the cap was reached
-        metrics.observe_event(
-            "token_issued", {"grant": "client_credentials", "client_id": name}, bool, 2
-        )
+    shared = [metrics.OTHER_CLIENTS, metrics.REGISTERED_CLIENTS, metrics.UNKNOWN_CLIENT]
+    before = {name: issued(name) for name in [*names, *shared, "dyn-1", "gone-1"]}
+    # The first once more after the cap was reached; two registered clients; a gone one.
+    for name in [*names, names[0], "dyn-1", "dyn-2", "gone-1"]:
+        record = {"grant": "client_credentials", "client_id": name}
+        metrics.observe_event("token_issued", record, label, 2)
     assert [issued(n) - before[n] for n in names] == [2, 1, 0, 0, 0]
-    assert issued(metrics.OTHER_CLIENTS) - before[metrics.OTHER_CLIENTS] == 3
+    assert [issued(n) - before[n] for n in shared] == [3, 2, 1]
+    assert issued("dyn-1") == before["dyn-1"] == 0
+    assert issued("gone-1") == before["gone-1"] == 0
     assert set(names[:2]) == metrics._LABELLED
-    assert len(metrics._TOKEN_CHILDREN) == 3  # two clients and <other>: nothing per client more
+    assert len(metrics._TOKEN_CHILDREN) == 2  # nothing kept per client past the cap
     warnings = [r for r in caplog.records if "max_client_labels" in r.getMessage()]
     assert len(warnings) == 1  # said once, not per token
+
+
+def test_the_label_cap_holds_under_threads(monkeypatch):
+    """Sixteen threads labelling new clients at once: the cap is never passed."""
+    import threading
+
+    from app.observability import metrics
+
+    monkeypatch.setattr(metrics, "_LABELLED", set())
+    monkeypatch.setattr(metrics, "_TOKEN_CHILDREN", {})
+    monkeypatch.setattr(metrics, "_CAP_LOGGED", True)
+    start = threading.Barrier(16)
+
+    def issue(thread: int) -> None:
+        start.wait()
+        for i in range(50):
+            record = {"grant": "implicit", "client_id": f"t{thread}-{i}"}
+            metrics.observe_event("token_issued", record, str, 10)
+
+    threads = [threading.Thread(target=issue, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(metrics._LABELLED) == 10
+    assert len(metrics._TOKEN_CHILDREN) == 10
+
+
+def test_a_registered_client_is_counted_under_the_shared_label(
+    tmp_path, dummy_site, closing, monkeypatch
+):
+    """RFC 7591 clients are made by anyone holding an initial access token: none of them
+    gets a series (nor a slot under the cap) of its own."""
+    from app.observability import metrics
+
+    monkeypatch.setattr(metrics, "_LABELLED", set())
+    monkeypatch.setattr(metrics, "_TOKEN_CHILDREN", {})
+    initial = "initial-" + "i" * 40
+    config = base_config(
+        tmp_path,
+        dummy_site,
+        metrics={"enabled": True, "token_hash": hash_random_secret(TOKEN)},
+        registration={"enabled": True, "initial_access_token_hash": hash_random_secret(initial)},
+    )
+    client = closing(create_app(config)).test_client()
+    made = client.post(
+        "/register",
+        json={"client_name": "Anyone", "grant_types": ["client_credentials"], "scope": "read-only"},
+        headers=bearer(initial),
+    )
+    assert made.status_code == 201, made.get_data(as_text=True)
+    registered = made.get_json()
+    before = scrape(client)
+    answer = client.post(
+        "/token",
+        data={"grant_type": "client_credentials"},
+        headers=basic(registered["client_id"], registered["client_secret"]),
+    )
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    after = scrape(client)
+
+    def moved(**labels: str) -> float:
+        name = "oauth2_tokens_issued_total"
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved(grant="client_credentials", client_id=metrics.REGISTERED_CLIENTS) == 1
+    assert moved(grant="client_credentials", client_id=registered["client_id"]) == 0
+    assert registered["client_id"] not in metrics._LABELLED
 
 
 def test_the_label_cap_is_a_setting(tmp_path, dummy_site, closing, monkeypatch):

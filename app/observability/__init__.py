@@ -61,11 +61,20 @@ def _init_metrics(app: Flask, state: State, metrics: Any) -> None:
     """Once per app state: the audit events counted, the site's and storage's calls timed
     (an app sharing the state shares ``app.extensions[EVENTS]``)."""
 
-    def known(client_id: str) -> bool:
-        return bool(client_id) and state.clients.get(client_id) is not None
+    def client_label(client_id: str) -> str:
+        """The client's own id for the operator's clients (the clients file, the admin
+        API); a shared label for those registered by anyone (RFC 7591) and gone ones."""
+        client = state.clients.get(client_id) if client_id else None
+        if client is None:
+            return metrics.UNKNOWN_CLIENT
+        if getattr(client, "source", None) == "registration":
+            return metrics.REGISTERED_CLIENTS
+        return client_id
 
     cap = state.settings.config.metrics.max_client_labels
-    app.extensions[EVENTS] = lambda event, record: metrics.observe_event(event, record, known, cap)
+    app.extensions[EVENTS] = lambda event, record: metrics.observe_event(
+        event, record, client_label, cap
+    )
     _time_upstream(state, metrics)
     from .readiness import kind
 

@@ -339,59 +339,75 @@ def _buffered_histogram(metric: Histogram, *labels: str) -> BufferedHistogram:
     return found  # type: ignore[no-any-return]
 
 
-#: The ``client_id`` label of tokens issued to a client beyond ``max_client_labels``, and
-#: to one no longer registered.
+#: The ``client_id`` labels of tokens issued to clients without a series of their own:
+#: beyond ``max_client_labels``; registered through RFC 7591; no longer registered.
 OTHER_CLIENTS = "<other>"
+REGISTERED_CLIENTS = "<registered>"
 UNKNOWN_CLIENT = "<unknown>"
 
 
 def observe_event(
     event: str,
     record: Mapping[str, Any],
-    known_client: Callable[[str], bool],
+    client_label: Callable[[str], str],
     max_clients: int = 1000,
 ) -> None:
-    """Count what an audit event says: a token issued, a refusal. The first
-    ``max_clients`` registered clients a process issues tokens to get a ``client_id``
-    label of their own, the rest share ``<other>``: registration and the admin API make
-    clients at will, and a series each would grow without end."""
+    """Count what an audit event says: a token issued, a refusal.
+
+    ``client_label(client_id)`` is the id itself for a client of the operator's (the
+    clients file, the admin API), else a shared label (:data:`REGISTERED_CLIENTS`,
+    :data:`UNKNOWN_CLIENT`). The first ``max_clients`` of the operator's clients a
+    process issues tokens to get a series of their own, the rest share
+    :data:`OTHER_CLIENTS`: a series each would grow without end."""
     reason = REFUSAL_EVENTS.get(event)
     if reason is not None:
         _refusal(reason).inc()
     elif event in ("token_issued", "token_refreshed"):
         grant = record.get("grant") or "refresh_token"
         client = str(record.get("client_id") or "")
-        key = (grant, client)
-        issued = _TOKEN_CHILDREN.get(key)
+        issued = _TOKEN_CHILDREN.get((grant, client))
         if issued is None:
-            if not known_client(client):
-                TOKENS.labels(grant, UNKNOWN_CLIENT).inc()
+            label = client_label(client)
+            if label == client and not _take_label(client, max_clients):
+                label = OTHER_CLIENTS
+            if label != client:  # a shared series, never one per client id
+                _shared(grant, label).inc()
                 return
-            if client not in _LABELLED and len(_LABELLED) >= max_clients:
-                _over_cap(max_clients)
-                key = (grant, OTHER_CLIENTS)
-                issued = _TOKEN_CHILDREN.get(key)
-                if issued is None:
-                    issued = _TOKEN_CHILDREN[key] = _buffered_counter(TOKENS, *key)
-                issued.inc()
-                return
-            # A registered client's label, kept: tokens are only issued to clients that exist.
-            _LABELLED.add(client)
-            issued = _TOKEN_CHILDREN[key] = _buffered_counter(TOKENS, grant, client)
+            issued = _TOKEN_CHILDREN.get((grant, client))
+            if issued is None:
+                issued = _TOKEN_CHILDREN.setdefault(
+                    (grant, client), _buffered_counter(TOKENS, grant, client)
+                )
         issued.inc()
 
 
-def _over_cap(max_clients: int) -> None:
-    """Say once per process that clients now share the ``<other>`` label."""
+def _take_label(client: str, max_clients: int) -> bool:
+    """Whether ``client`` has (now) a series of its own in this process: it had one, or
+    fewer than ``max_clients`` clients have; said once when the cap is first reached."""
     global _CAP_LOGGED
-    if not _CAP_LOGGED:
-        _CAP_LOGGED = True
+    with _LABEL_LOCK:
+        if client in _LABELLED:
+            return True
+        if len(_LABELLED) < max_clients:
+            _LABELLED.add(client)
+            return True
+        said, _CAP_LOGGED = _CAP_LOGGED, True
+    if not said:
         log.warning(
-            "metrics: %d clients have their own client_id label in this process; tokens of "
-            "further clients are counted under %s (metrics.max_client_labels)",
+            "metrics: %d clients have their own client_id series in this process; tokens "
+            "of further clients are counted under %s (metrics.max_client_labels)",
             max_clients,
             OTHER_CLIENTS,
         )
+    return False
+
+
+def _shared(grant: str, label: str) -> Any:
+    """The counter of tokens under a shared ``client_id`` label (one per grant)."""
+    child = _SHARED_CHILDREN.get((grant, label))
+    if child is None:
+        child = _SHARED_CHILDREN.setdefault((grant, label), _buffered_counter(TOKENS, grant, label))
+    return child
 
 
 def observe_token_error(error: str) -> None:
@@ -399,11 +415,14 @@ def observe_token_error(error: str) -> None:
         _refusal(error).inc()
 
 
-#: Reason -> its labelled refusal counter; (grant, registered client) -> its token counter.
+#: Reason -> its labelled refusal counter; (grant, client) -> its own token counter.
 _REFUSAL_CHILDREN: dict[str, Any] = {}
 _TOKEN_CHILDREN: dict[tuple[str, str], Any] = {}
-#: The clients with a label of their own in this process, and whether the cap was logged.
+#: (grant, shared label) -> its token counter.
+_SHARED_CHILDREN: dict[tuple[str, str], Any] = {}
+#: The clients with a series of their own in this process, and whether the cap was said.
 _LABELLED: set[str] = set()
+_LABEL_LOCK = threading.Lock()
 _CAP_LOGGED = False
 
 
