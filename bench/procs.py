@@ -19,8 +19,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,6 +255,35 @@ def _group_alive(pgid: int) -> bool:
         return True
     except (ProcessLookupError, PermissionError):
         return False
+
+
+def write_tails() -> None:
+    """Each running process's log tail to stderr (a run that failed: what they said)."""
+    for proc in list(_running):
+        sys.stderr.write(f"--- {proc.name} log tail ---\n{proc.log_tail()}\n")
+
+
+@contextlib.contextmanager
+def stopping_all(*cleanups: Callable[[], object]) -> Iterator[None]:
+    """Around a run: ``SIGTERM`` interrupts it as Ctrl-C does; on its way out every
+    process is stopped and each cleanup tried; a failure first writes the log tails."""
+
+    def interrupted(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupted)
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise
+    except Exception:
+        write_tails()
+        raise
+    finally:
+        stop_all()
+        for cleanup in cleanups:
+            with contextlib.suppress(Exception):
+                cleanup()
 
 
 def stop_all() -> None:

@@ -1465,32 +1465,19 @@ def table(results: dict[str, Any]) -> str:
 def main() -> int:
     run_dir = Path(tempfile.mkdtemp(prefix="oauth2-bench-"))
 
-    def interrupted(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupted)
     log(
         f"logs in {run_dir}; {SECONDS:g}s per run after {WARMUP:g}s warm-up; "
         f"sizes {SIZES}{' (BENCH_FULL)' if FULL else ''}"
     )
+    cleanups: list[Callable[[], object]] = [flush_redis, truncate_pg]
+    if nodepeer.ENABLED:
+        cleanups.append(lambda: nodepeer.flush(nodepeer.redis_url(REDIS_URL)))
     try:
-        results = run(run_dir)
+        with procs.stopping_all(*cleanups):
+            results = run(run_dir)
     except KeyboardInterrupt:
-        log("interrupted: stopping everything")
+        log("interrupted: everything stopped")
         return 130
-    except Exception:
-        for proc in list(procs._running):
-            sys.stderr.write(f"--- {proc.name} log tail ---\n{proc.log_tail()}\n")
-        raise
-    finally:
-        procs.stop_all()
-        with contextlib.suppress(Exception):
-            flush_redis()
-        with contextlib.suppress(Exception):
-            truncate_pg()
-        if nodepeer.ENABLED:
-            with contextlib.suppress(Exception):
-                nodepeer.flush(nodepeer.redis_url(REDIS_URL))
     RESULTS.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print()
     print(table(results))

@@ -22,11 +22,9 @@ tokens per arm and round), ``introspect``, ``gateway``, ``userinfo``. Results in
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import signal
 import statistics
 import sys
 import tempfile
@@ -228,25 +226,16 @@ def main(argv: list[str]) -> int:
         raise SystemExit(f"PAIR_ARMS: each arm once, at least one: {ARMS}")
     for spec in ARMS:
         arm_config(spec, 0, 0)  # a malformed arm stops the run before anything starts
-
-    def interrupted(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupted)  # so the ``finally`` below stops the arms
     wrk.ensure_wrk()
     run_dir = Path(tempfile.mkdtemp(prefix="oauth2-served-pair-"))
     run.log(f"logs in {run_dir}; arms {ARMS}; {ROUNDS} rounds of {SECONDS:g}s; {scenarios}")
     started = time.monotonic()
     try:
-        results = measure(scenarios, run_dir)
-    except Exception:
-        for proc in list(procs._running):
-            sys.stderr.write(f"--- {proc.name} log tail ---\n{proc.log_tail()}\n")
-        raise
-    finally:
-        procs.stop_all()
-        with contextlib.suppress(Exception):
-            run.flush_redis()
+        with procs.stopping_all(run.flush_redis):  # SIGTERM too stops the arms
+            results = measure(scenarios, run_dir)
+    except KeyboardInterrupt:
+        run.log("interrupted: everything stopped")
+        return 130
     results["machine"] = run.machine()
     results["elapsed_seconds"] = round(time.monotonic() - started, 1)
     RESULTS.write_text(json.dumps(results, indent=2, default=str) + "\n")
