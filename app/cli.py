@@ -57,15 +57,18 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
         entry["public"] = True
     else:
         entry["client_secret_hash"] = hash_random_secret(str(secret))
-    from .clients import parse_client
+    from .clients import front_channel_dpop_problem, parse_client
 
-    parse_client(
+    client = parse_client(
         entry,
         0,
         scopes,
         settings.client_credentials.allow_wildcard_redirects,
         require_https=settings.env == "production",
     )
+    problem = front_channel_dpop_problem(client)
+    if problem:
+        raise ClientFileError(problem)
     append_client(path, entry)
     print(f"client_id:     {entry['client_id']}")
     if secret:

@@ -53,6 +53,7 @@ from .clients import (
     Client,
     ClientFileError,
     admin_scope_problem,
+    front_channel_dpop_problem,
     parse_client,
 )
 from .clients import _origin as canonical_origin
@@ -245,8 +246,8 @@ class ClientStore:
             "created_at": now,
             **(extra or {}),
         }
-        self._build(client_id, meta, record)  # refuses bad metadata before anything is written
-        self._check_stored(meta)
+        # Refuses bad metadata before anything is written.
+        self._check_stored(meta, self._build(client_id, meta, record))
         if self.table.incr(CLAIM + client_id, ttl=0) != 1:
             raise ClientConflict(f"client_id {client_id!r} is taken")
         if chosen and storage is not None:
@@ -268,18 +269,19 @@ class ClientStore:
         if not isinstance(disabled, bool):
             raise ClientMetadataError("disabled: expected true or false")
         updated = {**record, "metadata": meta, "disabled": disabled, **(extra or {})}
-        self._build(record["client_id"], meta, updated)
-        self._check_stored(meta)
+        self._check_stored(meta, self._build(record["client_id"], meta, updated))
         before, after = _origins(record["metadata"]), _origins(meta)
         self._index(record["client_id"], add=[o for o in after if o not in before])
         written = self._write(updated)
         self._index(record["client_id"], drop=[o for o in before if o not in after])
         return written
 
-    def _check_stored(self, meta: dict[str, Any]) -> None:
-        """Refuse what only the clients file may hold (on writes only: a record stored
-        before a rule existed still loads)."""
+    def _check_stored(self, meta: dict[str, Any], client: Client) -> None:
+        """Refuse what only the clients file may hold, and rules newer than some records
+        (on writes only: a record stored before a rule existed still loads)."""
         problem = stored_client_problem(meta, self.production)
+        if problem is None and (found := front_channel_dpop_problem(client)):
+            problem = found.removeprefix(f"client {client.client_id!r}.")
         if problem:
             raise ClientMetadataError(problem)
 

@@ -449,8 +449,7 @@ def _refusals(client: Client, seen: dict[str, Client], production: bool) -> list
     where = f"client {client.client_id!r}"
     if client.client_id in seen:
         return [f"{where}: listed twice"]
-    admin = admin_scope_problem(client)
-    problems = [admin] if admin else []
+    problems = [p for p in (admin_scope_problem(client), front_channel_dpop_problem(client)) if p]
     if not production:
         return problems
     problems += [_plain_http_problem(where, u) for u in client.redirect_uris if _plain_http(u)]
@@ -477,6 +476,25 @@ def admin_scope_problem(client: Client) -> str | None:
         return (
             f"client {client.client_id!r}.scopes: {ADMIN_SCOPE!r} is for a confidential "
             'client whose only grant is "client_credentials"'
+        )
+    return None
+
+
+def front_channel_dpop_problem(client: Client) -> str | None:
+    """Why ``client`` may not ask for DPoP-bound access tokens, or None: RFC 9449 §5.2
+    binds every access token it gets, and one the implicit grant hands over in the front
+    channel (``response_type`` with ``token``) is bound to no key. The authorization
+    endpoint refuses such a request anyway; this refuses the client when it is made."""
+    if not client.dpop_bound_access_tokens:
+        return None
+    kinds = client.response_types
+    if kinds is None:  # none registered: every one its grants allow
+        kinds = ["token"] if "implicit" in client.grant_types else []
+    if any("token" in kind.split() for kind in kinds):
+        return (
+            f"client {client.client_id!r}.dpop_bound_access_tokens: a client that gets "
+            "access tokens from the authorization endpoint (the implicit grant) cannot "
+            "have them bound; drop 'implicit' or this flag"
         )
     return None
 

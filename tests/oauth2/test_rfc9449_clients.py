@@ -56,3 +56,70 @@ def test_clients_add_sets_the_flag(tmp_path, config_dir) -> None:  # noqa: F811
     assert add(config_dir, clients, "--dpop-bound-access-tokens") == 0
     [entry] = json.loads(clients.read_text())
     assert entry["dpop_bound_access_tokens"] is True
+
+
+IMPLICIT = {
+    "client_name": "Front channel",
+    "grant_types": ["authorization_code", "implicit"],
+    "redirect_uris": ["https://app.example/cb"],
+    "scope": "read-only",
+    "dpop_bound_access_tokens": True,
+}
+
+
+def test_the_admin_api_refuses_a_bound_client_of_the_implicit_grant(client) -> None:
+    """RFC 9449 §5.2 binds each of its access tokens; the implicit grant's leaves through
+    the front channel bound to nothing: such a client is refused when made or changed."""
+    from tests.oauth2.conftest import snapshot
+
+    state = client.application.extensions["oauth2"]
+    headers = bearer(admin_token(client))
+    before = snapshot(state)
+    refused = client.post(ADMIN, json=IMPLICIT, headers=headers)
+    assert refused.status_code == 400, refused.get_json()
+    assert refused.get_json()["error"] == "invalid_client_metadata"
+    assert "dpop_bound_access_tokens" in refused.get_json()["error_description"]
+    assert "client 'checked'" not in refused.get_json()["error_description"]
+    assert snapshot(state) == before
+    loose = client.post(
+        ADMIN, json={**IMPLICIT, "dpop_bound_access_tokens": False}, headers=headers
+    )
+    assert loose.status_code == 201
+    made = loose.get_json()["client_id"]
+    changed = client.put(f"{ADMIN}/{made}", json=IMPLICIT, headers=headers)
+    assert changed.status_code == 400
+    assert changed.get_json()["error"] == "invalid_client_metadata"
+    shown = client.get(f"{ADMIN}/{made}", headers=headers).get_json()
+    assert shown["dpop_bound_access_tokens"] is False
+    code_only = {**IMPLICIT, "grant_types": ["authorization_code"]}
+    assert client.put(f"{ADMIN}/{made}", json=code_only, headers=headers).status_code == 200
+
+
+def test_the_clients_file_refuses_a_bound_client_of_the_implicit_grant(tmp_path) -> None:
+    from app.clients import ClientFileError, load_clients_file
+
+    entry = {
+        "client_id": "front",
+        "client_secret_hash": "sha256$" + "0" * 64,
+        "redirect_uris": ["https://app.example/cb"],
+        "grant_types": ["implicit"],
+        "dpop_bound_access_tokens": True,
+    }
+    path = tmp_path / "clients.json"
+    path.write_text(json.dumps([entry]))
+    with pytest.raises(ClientFileError, match="'front'.dpop_bound_access_tokens"):
+        load_clients_file(path, ["read-only"])
+    path.write_text(json.dumps([{**entry, "grant_types": ["authorization_code"]}]))
+    assert load_clients_file(path, ["read-only"])["front"].dpop_bound_access_tokens
+
+
+def test_clients_add_refuses_a_bound_client_of_the_implicit_grant(
+    tmp_path,
+    config_dir,  # noqa: F811
+    capsys,
+) -> None:
+    clients = tmp_path / "clients.json"
+    extra = ("--grant-type", "implicit", "--dpop-bound-access-tokens")
+    assert add(config_dir, clients, *extra) == 2
+    assert "dpop_bound_access_tokens" in capsys.readouterr().err
+    assert not clients.exists() or json.loads(clients.read_text()) == []
