@@ -206,7 +206,7 @@ class ClientStore:
         """Refuse (ClientMetadataError) what :meth:`create` would refuse; write nothing."""
         meta = complete(fields_, self.user_scopes)
         placeholder = [] if is_public(meta) else [{"hash": hash_random_secret("-")}]
-        self._build("checked", meta, {"secrets": placeholder})
+        self._check_stored(meta, self._build("checked", meta, {"secrets": placeholder}))
 
     # -- writes ---------------------------------------------------------------------------
     def create(

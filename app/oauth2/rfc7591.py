@@ -145,9 +145,12 @@ class RegistrationEndpoint(ClientRegistrationEndpoint):
             raise AccessDeniedError(description="The initial access token was just used.")
         access = new_secret(32)
         extra = {"registration_token": token_digest(access)}
-        record, secret = self.store.create(
-            client_metadata, client_info["client_id"], source="registration", extra=extra
-        )
+        try:
+            record, secret = self.store.create(
+                client_metadata, client_info["client_id"], source="registration", extra=extra
+            )
+        except ClientMetadataError as exc:  # checked before; a rule's answer is never a 500
+            raise metadata_error(exc) from None
         request.registered = (record, secret, access)
         return self.store.client(record)
 

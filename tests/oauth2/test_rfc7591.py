@@ -126,6 +126,15 @@ def test_a_public_client_gets_no_secret(client):
             ),
             ("no-redirect", {"redirect_uris": []}, "invalid_redirect_uri"),
             ("disabled", {"disabled": True}, "invalid_client_metadata"),
+            (
+                # RFC 9449 §5.2: the implicit grant's tokens would be bound to no key.
+                "dpop-implicit",
+                {
+                    "grant_types": ["authorization_code", "implicit"],
+                    "dpop_bound_access_tokens": True,
+                },
+                "invalid_client_metadata",
+            ),
         ]
     ),
 )
