@@ -87,6 +87,12 @@ def _metadata(args: argparse.Namespace) -> dict[str, Any]:
         fields["scope"] = " ".join(args.scope)
     if getattr(args, "public", False):
         fields["public"] = True
+    from .cli import OIDC_OPTIONS  # the OpenID Connect and DPoP options, RFC 7591 names
+
+    for name in OIDC_OPTIONS:
+        value = getattr(args, name, None)
+        if value not in (None, False, []):
+            fields[name] = value
     return fields
 
 

@@ -233,7 +233,7 @@ def _response_types(value: Any, grants: list[str]) -> list[str]:
         raise ClientMetadataError(
             f"response_types: each one of {', '.join(implied) or 'none'} for these grant_types"
         )
-    return implied
+    return list(dict.fromkeys(types))  # the registered ones (§2: they limit the client)
 
 
 def _method(value: Any) -> str:

@@ -269,7 +269,9 @@ class ClientStore:
         if not isinstance(disabled, bool):
             raise ClientMetadataError("disabled: expected true or false")
         updated = {**record, "metadata": meta, "disabled": disabled, **(extra or {})}
-        self._check_stored(meta, self._build(record["client_id"], meta, updated))
+        built = self._build(record["client_id"], meta, updated)
+        if meta != record["metadata"]:  # a switch alone (``disabled``) meets no newer rule
+            self._check_stored(meta, built)
         before, after = _origins(record["metadata"]), _origins(meta)
         self._index(record["client_id"], add=[o for o in after if o not in before])
         written = self._write(updated)

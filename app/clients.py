@@ -494,7 +494,8 @@ def front_channel_dpop_problem(client: Client) -> str | None:
         return (
             f"client {client.client_id!r}.dpop_bound_access_tokens: a client that gets "
             "access tokens from the authorization endpoint (the implicit grant) cannot "
-            "have them bound; drop 'implicit' or this flag"
+            "have them bound; drop 'implicit' (and each response type with 'token') or "
+            "this flag"
         )
     return None
 

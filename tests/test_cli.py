@@ -492,3 +492,20 @@ def test_store_commands_refuse_clearly(config_dir, capsys, argv, status, said):
         "test",
         "admin",
     ]
+
+
+def test_clients_add_store_keeps_the_openid_connect_and_dpop_options(config_dir, capsys):
+    """``--store`` takes the same options as the clients file: none is dropped silently,
+    and a combination the store refuses is refused (exit status 2), not stored."""
+    base = ("clients", "add", "--store", "--name", "Web", "--redirect-uri", CALLBACK)
+    assert run(config_dir, *base, "--client-id", "bound", "--dpop-bound-access-tokens") == 0
+    capsys.readouterr()
+    assert run(config_dir, "clients", "show", "bound") == 0
+    assert json.loads(capsys.readouterr().out)["dpop_bound_access_tokens"] is True
+    implicit = ("--grant-type", "authorization_code", "--grant-type", "implicit")
+    refused = run(
+        config_dir, *base, "--client-id", "front", *implicit, "--dpop-bound-access-tokens"
+    )
+    assert refused == 2
+    assert "dpop_bound_access_tokens" in capsys.readouterr().err
+    assert run(config_dir, "clients", "show", "front") == 1

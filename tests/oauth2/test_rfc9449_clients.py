@@ -123,3 +123,34 @@ def test_clients_add_refuses_a_bound_client_of_the_implicit_grant(
     assert add(config_dir, clients, *extra) == 2
     assert "dpop_bound_access_tokens" in capsys.readouterr().err
     assert not clients.exists() or json.loads(clients.read_text()) == []
+
+
+def test_a_code_and_id_token_client_may_be_bound(client) -> None:
+    """Registered ``response_types`` limit the client (RFC 7591 §2): with no access
+    token from the authorization endpoint, the implicit grant's ``id_token`` is fine."""
+    headers = bearer(admin_token(client))
+    body = {**IMPLICIT, "response_types": ["code", "id_token"], "scope": "openid read-only"}
+    made = client.post(ADMIN, json=body, headers=headers)
+    assert made.status_code == 201, made.get_json()
+    assert made.get_json()["response_types"] == ["code", "id_token"]
+    state = client.application.extensions["oauth2"]
+    assert state.clients.get(made.get_json()["client_id"]).response_types == ["code", "id_token"]
+
+
+def test_a_record_from_before_the_rule_can_still_be_switched_off(client, monkeypatch) -> None:
+    """Incident response: ``PATCH {"disabled": true}`` on a record stored before the
+    rule existed changes the switch, not the metadata, so no newer rule stands in it."""
+    from app import client_store
+
+    state = client.application.extensions["oauth2"]
+    with monkeypatch.context() as before_the_rule:
+        before_the_rule.setattr(client_store, "front_channel_dpop_problem", lambda _: None)
+        record, _ = state.clients.store.create(IMPLICIT)
+    made = record["client_id"]
+    headers = bearer(admin_token(client))
+    off = client.patch(f"{ADMIN}/{made}", json={"disabled": True}, headers=headers)
+    assert off.status_code == 200, off.get_json()
+    assert off.get_json()["disabled"] is True
+    assert state.clients.get(made) is None  # disabled: it acts no more
+    renamed = client.patch(f"{ADMIN}/{made}", json={"client_name": "Still bound"}, headers=headers)
+    assert renamed.status_code == 400  # a change to its metadata meets the rule
