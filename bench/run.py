@@ -725,6 +725,30 @@ def userinfo_load(token: str) -> wrk.Load:
     return wrk.Load("/userinfo", "GET", None, {"Authorization": f"Bearer {token}"})
 
 
+def refresh_pool_sizes(seconds: float = SECONDS) -> tuple[int, int]:
+    """Refresh tokens for a warm-up and for a run of ``seconds`` (each is sent once)."""
+    return int(REFRESH_RATE_BOUND * max(WARMUP, 1)), int(REFRESH_RATE_BOUND * seconds * 1.2)
+
+
+def refresh_loads(
+    fx: Fixtures, run_dir: Path, label: str, seconds: float = SECONDS
+) -> tuple[wrk.Load, wrk.Load]:
+    """The refresh grant's warm-up and run loads: a fresh pool, its two parts in files."""
+    warm_n, run_n = refresh_pool_sizes(seconds)
+    t0 = time.monotonic()
+    tokens = fx.refresh_pool(warm_n + run_n)
+    log(f"  {label}: {warm_n + run_n} refresh tokens pre-issued in {time.monotonic() - t0:.1f}s")
+    headers = {"Authorization": basic_test()}
+    warm, load = (
+        wrk.Load("/token", headers=headers, tokens_file=loader.write_tokens(path, items))
+        for path, items in (
+            (run_dir / f"refresh-{label}-warm.txt", tokens[:warm_n]),
+            (run_dir / f"refresh-{label}-run.txt", tokens[warm_n:]),
+        )
+    )
+    return warm, load
+
+
 def token_scenarios(
     server: Server,
     fx: Fixtures,
@@ -739,22 +763,13 @@ def token_scenarios(
     """client credentials, refresh, introspection, gateway (and the code flow) on one store;
     with ``peer``, each scenario's counterpart on the peer right after it; with
     ``reference`` (:func:`start_reference`), each target scenario's reference run right
-    after it (``ratio_adjacent``); ``only``: just those scenarios."""
+    before and after it (``ratio_adjacent``); ``only``: just those scenarios."""
     out: dict[str, dict[str, Any]] = {}
     failures = results if results is not None else {}
     access = fx.live_token()
     # The refresh pool: every token is presented once; warm-up and run use separate tokens.
-    warm_n = int(REFRESH_RATE_BOUND * max(WARMUP, 1))
-    run_n = int(REFRESH_RATE_BOUND * SECONDS * 1.2)
-    t0 = time.monotonic()
-    tokens = fx.refresh_pool(warm_n + run_n)
-    log(f"  {label}: {warm_n + run_n} refresh tokens pre-issued in {time.monotonic() - t0:.1f}s")
-    warm_file = loader.write_tokens(run_dir / f"refresh-{label}-warm.txt", tokens[:warm_n])
-    run_file = loader.write_tokens(run_dir / f"refresh-{label}-run.txt", tokens[warm_n:])
-    refresh = wrk.Load("/token", headers={"Authorization": basic_test()}, tokens_file=run_file)
-    refresh_warm = wrk.Load(
-        "/token", headers={"Authorization": basic_test()}, tokens_file=warm_file
-    )
+    warm_n, run_n = refresh_pool_sizes()
+    refresh_warm, refresh = refresh_loads(fx, run_dir, label)
     if peer is not None:
         # The same pool sizes, through oidc-provider's own models (mint.js).
         minted = attempt(failures, "peer fixtures", lambda: peer.mint(run_dir, warm_n, run_n))

@@ -93,20 +93,9 @@ def loads(fx: run.Fixtures, run_dir: Path, arms: list[Arm]) -> dict[str, Any]:
     """Scenario -> a function (arm, round) -> (warm-up load, load)."""
     access = fx.live_token()
     openid = fx.live_token(run.USERINFO_SCOPE)
-    bound = run.REFRESH_RATE_BOUND
-    per_run = int(bound * max(run.WARMUP, 1)), int(bound * SECONDS * 1.2)
 
     def refresh(arm: Arm, number: int) -> tuple[wrk.Load, wrk.Load]:
-        if arm.name == REFERENCE:  # it answers "/" whatever it is sent: no pool to write
-            return wrk.Load("/"), wrk.Load("/")
-        tokens = fx.refresh_pool(sum(per_run))
-        label = f"{arms.index(arm)}-{number}"
-        files = (
-            wrk_file(run_dir / f"refresh-{label}-warm.txt", tokens[: per_run[0]]),
-            wrk_file(run_dir / f"refresh-{label}-run.txt", tokens[per_run[0] :]),
-        )
-        basic = {"Authorization": run.basic_test()}
-        return tuple(wrk.Load("/token", headers=basic, tokens_file=f) for f in files)  # type: ignore[return-value]
+        return run.refresh_loads(fx, run_dir, f"{arms.index(arm)}-{number}", SECONDS)
 
     def fixed(load: wrk.Load) -> Any:
         return lambda _arm, _number: (load, load)
@@ -120,22 +109,11 @@ def loads(fx: run.Fixtures, run_dir: Path, arms: list[Arm]) -> dict[str, Any]:
     }
 
 
-def wrk_file(path: Path, tokens: list[str]) -> Path:
-    from bench import loader
-
-    return loader.write_tokens(path, tokens)
-
-
-def one_run(arm: Arm, warm: wrk.Load, load: wrk.Load) -> dict[str, Any]:
-    quiet = run.wait_quiet()
-    if run.WARMUP > 0:
-        wrk.run(arm.port, warm if arm.name != REFERENCE else wrk.Load("/"), run.WARMUP)
-    meter = run.CpuMeter(arm.proc)
-    result = wrk.run(arm.port, load if arm.name != REFERENCE else wrk.Load("/"), SECONDS)
-    result.update(meter.stop(result["requests"]))
-    result.update(quiet)
-    result["one_worker"] = run.one_worker(result)
-    return result
+def fixtures(arm: Arm, run_dir: Path) -> run.Fixtures:
+    """The app's storage objects over the arms' Redis (token fixtures, refresh pools)."""
+    server = run.Server(arm.name, "redis", arm.proc, arm.port, 0, run_dir, {}, {})
+    server.storage_section = run.storage_for("redis")
+    return run.Fixtures(server)
 
 
 def measure(scenarios: list[str], run_dir: Path) -> dict[str, Any]:
@@ -143,10 +121,7 @@ def measure(scenarios: list[str], run_dir: Path) -> dict[str, Any]:
     reference = run.start_reference(run_dir)
     arms = [Arm(REFERENCE, reference.port or 0, reference)]
     arms += [start_arm(spec, run_dir, i) for i, spec in enumerate(ARMS, 1)]
-    first = run.Server(
-        arms[1].name, "redis", arms[1].proc, arms[1].port, 0, run_dir, {}, run.storage_for("redis")
-    )
-    fx = run.Fixtures(first)
+    fx = fixtures(arms[1], run_dir)
     out: dict[str, Any] = {"arms": ARMS, "rounds": ROUNDS, "seconds": SECONDS, "scenarios": {}}
     try:
         makers = loads(fx, run_dir, arms)
@@ -155,11 +130,11 @@ def measure(scenarios: list[str], run_dir: Path) -> dict[str, Any]:
             for number in range(ROUNDS):
                 order = arms[number % len(arms) :] + arms[: number % len(arms)]
                 for arm in order:
-                    warm, load = makers[scenario](arm, number)
-                    result = one_run(arm, warm, load)
-                    if result["one_worker"] and not load.single_use:
-                        run.log(f"  {arm.name}: one worker held every connection: again")
-                        result = one_run(arm, warm, load)
+                    if arm.name == REFERENCE:  # it answers "/" whatever it is sent
+                        warm = load = wrk.Load("/")
+                    else:
+                        warm, load = makers[scenario](arm, number)
+                    result = run.measure(arm.port, load, arm.proc, warm, SECONDS)
                     samples[arm.name].append(result)
                     run.log(
                         f"  {scenario} round {number + 1} {arm.name}: {result['rps']:,.0f}/s "

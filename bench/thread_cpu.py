@@ -52,9 +52,7 @@ def main(argv: list[str]) -> int:
     run.flush_redis()
     try:
         arm = served_pair.start_arm(ARM, run_dir, 1)
-        server = run.Server(ARM, "redis", arm.proc, arm.port, 0, run_dir, {}, {})
-        server.storage_section = run.storage_for("redis")
-        fx = run.Fixtures(server)
+        fx = served_pair.fixtures(arm, run_dir)
         token = fx.live_token()
         fx.close()
         loads = {

@@ -371,13 +371,9 @@ def observe_event(
             if label == client and not _take_label(client, max_clients):
                 label = OTHER_CLIENTS
             if label != client:  # a shared series, never one per client id
-                _shared(grant, label).inc()
+                _buffered_counter(TOKENS, grant, label).inc()
                 return
-            issued = _TOKEN_CHILDREN.get((grant, client))
-            if issued is None:
-                issued = _TOKEN_CHILDREN.setdefault(
-                    (grant, client), _buffered_counter(TOKENS, grant, client)
-                )
+            issued = _TOKEN_CHILDREN[grant, client] = _buffered_counter(TOKENS, grant, client)
         issued.inc()
 
 
@@ -402,14 +398,6 @@ def _take_label(client: str, max_clients: int) -> bool:
     return False
 
 
-def _shared(grant: str, label: str) -> Any:
-    """The counter of tokens under a shared ``client_id`` label (one per grant)."""
-    child = _SHARED_CHILDREN.get((grant, label))
-    if child is None:
-        child = _SHARED_CHILDREN.setdefault((grant, label), _buffered_counter(TOKENS, grant, label))
-    return child
-
-
 def observe_token_error(error: str) -> None:
     if error in TOKEN_ERRORS:
         _refusal(error).inc()
@@ -418,8 +406,6 @@ def observe_token_error(error: str) -> None:
 #: Reason -> its labelled refusal counter; (grant, client) -> its own token counter.
 _REFUSAL_CHILDREN: dict[str, Any] = {}
 _TOKEN_CHILDREN: dict[tuple[str, str], Any] = {}
-#: (grant, shared label) -> its token counter.
-_SHARED_CHILDREN: dict[tuple[str, str], Any] = {}
 #: The clients with a series of their own in this process, and whether the cap was said.
 _LABELLED: set[str] = set()
 _LABEL_LOCK = threading.Lock()
