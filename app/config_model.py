@@ -333,12 +333,13 @@ class Metrics(Section):
 class TokenCacheSection(Section):
     """The per-process access-token cache (``app.oauth2.token_cache``): README "Operating it".
 
-    Off by default: every revocation (and every refresh, which ends the old access token)
-    then answers ``max_staleness_ms`` later, and each process holds one more connection.
-    Every instance must have the same setting.
+    On by default where the ``tokens`` table is on Redis or Postgres (SQLite has no
+    channel between processes: never). Every revocation then answers
+    ``max_staleness_ms`` later, and each process holds one more connection. Every
+    instance must have the same setting.
     """
 
-    enabled: bool = False
+    enabled: bool = True
     #: How long a process may serve cached records without proof it heard every
     #: revocation, and how long each revocation waits before it answers.
     max_staleness_ms: Annotated[int, Field(ge=5, le=1000)] = 50

@@ -8,8 +8,8 @@ request path alone, so a change to it shows up without the noise of a loaded mac
 ``INPROC_LIMITS=on`` (or ``off``) measures one of the two only; ``INPROC_METRICS=on``
 turns metrics on (multiprocess files, as ``serve`` keeps them),
 ``INPROC_REQUEST_LOG=off`` the request line off (``logging.requests``; the line goes to
-the handlers configured, none by default) and ``INPROC_TOKEN_CACHE=on`` the per-process
-token cache on (``bench.roundtrips`` too). Each line also gives the
+the handlers configured, none by default) and ``INPROC_TOKEN_CACHE=off`` the per-process
+token cache off (on by default, as served; ``bench.roundtrips`` too). Each line also gives the
 Python function calls per request (``calls``): an exact count, free of the machine's
 noise, that moves with the work a change adds or removes.
 """
@@ -213,8 +213,9 @@ def build(
         config["metrics"] = {"enabled": False}
     if not request_log:
         config.setdefault("logging", {})["requests"] = False
-    if os.environ.get("INPROC_TOKEN_CACHE") == "on":  # the per-process token cache
-        config["token_cache"] = {"enabled": True}
+    cache = os.environ.get("INPROC_TOKEN_CACHE")  # the per-process token cache (on by default)
+    if cache in ("on", "off"):
+        config["token_cache"] = {"enabled": cache == "on"}
     settings = Settings.load(config, environ={"OAUTH2_ENV": "bench"})
     app = create_app(settings)
     return app, app.extensions["oauth2"]

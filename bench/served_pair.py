@@ -13,8 +13,8 @@ median req/s and server CPU per request.
 
 ``PAIR_ARMS`` (default ``2x4 4x1``), space separated, each ``[TREE@]WxT[+VARIANT]``:
 ``W`` workers of ``T`` request threads (``auth_server.num_workers``/``threads``), an
-optional ``make bench`` variant (``+no-observability``, ``+token-cache``), and an optional
-checkout to serve from (``/work/wt/base@2x4``: its own ``.venv``'s Python, its own code).
+optional ``make bench`` variant (``+no-observability``, ``+no-token-cache``), and an
+optional checkout to serve from (``/work/wt/base@2x4``: its own ``.venv``'s Python, its own code).
 Scenarios (default all): ``client_credentials``, ``refresh`` (a fresh pool of refresh
 tokens per arm and round), ``introspect``, ``gateway``, ``userinfo``. Results in
 ``bench/served-pair.json`` (gitignored).

@@ -100,11 +100,11 @@ def test_the_bench_serves_with_metrics_on_and_scrapes_them_with_its_token(tmp_pa
     config = run.server_config(8080, 8084, {"default": "sqlite:///:memory:"})
     plain_sections = set(config)
     assert config["metrics"]["enabled"] is True
-    cached = run.server_config(
-        8080, 8084, {"default": "sqlite:///:memory:"}, extra=run.VARIANT_CONFIG["token-cache"][0]
+    uncached = run.server_config(
+        8080, 8084, {"default": "sqlite:///:memory:"}, extra=run.VARIANT_CONFIG["no-token-cache"][0]
     )
-    assert cached["token_cache"] == {"enabled": True}
-    assert set(cached) - plain_sections == {"token_cache"}
+    assert uncached["token_cache"] == {"enabled": False}
+    assert set(uncached) - plain_sections == {"token_cache"}
     bare = run.server_config(8080, 8084, {}, extra=run.VARIANT_CONFIG["no-observability"][0])
     assert bare["metrics"]["enabled"] is False and bare["logging"]["requests"] is False
     assert bare["logging"]["level"] == config["logging"]["level"]  # merged, not replaced

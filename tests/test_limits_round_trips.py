@@ -58,6 +58,9 @@ def partner(tmp_path, dummy_site, backend) -> Iterator[tuple[Flask, str]]:
     config = base_config(tmp_path, dummy_site, client_credentials={"file": str(clients)})
     if backend == "redis":
         config["storage"] = {"default": redis_url()}
+        # Each request's own work is one token read: without the token cache (and its
+        # subscriber's heartbeats on the same server), every command here is counted.
+        config["token_cache"] = {"enabled": False}
     app = create_app(config)
     yield app, client_id
     close_app(app)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..secrets_hash import new_secret, token_digest
-from ..storage import Put, Storage
+from ..storage import Put, Storage, StorageUnavailable
 from .models import AuthorizationCode, StoredToken
 
 if TYPE_CHECKING:
@@ -26,6 +26,9 @@ ROTATED = "rotated:"
 #: With the token cache on, a revoked refresh token's tombstone names its access token,
 #: so a retried revocation (the first one's announcement failed) can name it again.
 REVOKED = "revoked:"
+#: An access token some process may keep in its token cache: ``held:<digest>`` in the
+#: ``tokens`` table (``app.oauth2.token_cache``, point 5).
+HELD = "held:"
 #: How many rotated refresh tokens of one family keep a tombstone (the newest ones).
 ROTATIONS_REMEMBERED = 16
 
@@ -175,10 +178,29 @@ class GrantStore:
             return StoredToken(key, record)
         generation = cache.generation()  # before the read: see token_cache, point 4
         record = self.storage.tokens.get(key)
-        if not record:
-            return None
-        cache.put(key, record, generation)
+        if not record or not cache.will_keep(generation):
+            return StoredToken(key, record) if record else None
+        until = cache.held_until(key)
+        if until is None:  # not kept yet: mark it held, then read it again (point 5)
+            until = time.time() + cache.max_age
+            try:
+                with self.storage.tokens.backend.unbatched():  # type: ignore[attr-defined]
+                    self.storage.tokens.put(HELD + key, {"held": True}, cache.mark_lifetime())
+                record = self.storage.tokens.get(key)
+            except StorageUnavailable:
+                return StoredToken(key, record)  # served from the first read, not kept
+            if not record:
+                return None
+        cache.put(key, record, generation, until)
         return StoredToken(key, dict(record))
+
+    def _held(self, key: str) -> bool:
+        """Whether a process may keep the access token ``key`` in its cache (a held mark;
+        token_cache, point 5); unsure (storage failed): yes."""
+        try:
+            return self.storage.tokens.get(HELD + key) is not None
+        except StorageUnavailable:
+            return True
 
     def find_refresh(self, token: str) -> StoredToken | None:
         key = token_digest(token)
@@ -222,8 +244,11 @@ class GrantStore:
             taken = self.storage.exchange((self.storage.refresh_tokens, old.key), puts, discards)
             failed = False
         finally:  # a failure part-way may have ended the old access token already
-            if (failed or taken is not None) and old.record.get("access_key"):
-                self._ended([old.record["access_key"]])
+            pair: str = old.record.get("access_key") or ""
+            # No process holds it: nothing to announce, nor wait for (token_cache, point 5).
+            ending = (failed or taken is not None) and pair and self.cache is not None
+            if ending and (failed or self._held(pair)):
+                self._ended([pair])
         return taken is not None
 
     def _tombstone(self, old: StoredToken, child: str, now: float) -> Put:

@@ -29,7 +29,17 @@ Cluster's shard of the channel's slot, or Postgres ``LISTEN``/``NOTIFY``):
 4. Filling the cache cannot resurrect a token either: a lookup notes the generation
    (bumped by every invalidation applied, every flush and every new subscription)
    before it reads storage and stores what it read only if the generation is unchanged.
-5. On any doubt the cache is flushed and not trusted: a connection error or a silent
+5. A refresh skips the publish and the wait when no process can hold the access
+   token it ends (the usual case: a client refreshes a token it no longer uses). A
+   process keeps a record only after it wrote a *held mark* (``held:<digest>`` in the
+   ``tokens`` table, living ``max_age`` + 1 s) and then read the record again; the
+   refresh reads the mark after its exchange deleted the record. Storage orders the
+   two processes' operations (each backend is linearizable per key): if the second
+   read found the record, the mark was written before the delete, hence before the
+   refresh reads it, which then announces and waits as in point 1. A mark is written
+   once per token and process (not for a token already kept, nor for unknown tokens:
+   the first read finds nothing), and a failed read of it counts as "held".
+6. On any doubt the cache is flushed and not trusted: a connection error or a silent
    one (no heartbeat back within ``max_staleness``: then nothing is served from the
    cache until heartbeats flow again on a new, flushed subscription); a message not
    understood flushes everything. The connection is a raw one, never redis-py's
@@ -62,6 +72,7 @@ import abc
 import contextlib
 import json
 import logging
+import math
 import os
 import secrets
 import threading
@@ -78,7 +89,8 @@ log = logging.getLogger(__name__)
 MAX_NAMES = 64
 #: Everything: the message that flushes every cache.
 FLUSH = "*"
-#: The Postgres ``application_name`` of a subscriber connection (``pg_stat_activity``).
+#: The name of a subscriber connection: Postgres ``application_name``
+#: (``pg_stat_activity``), Redis ``CLIENT SETNAME`` (``CLIENT LIST``).
 APPLICATION_NAME = "oauth2-token-cache"
 #: Seconds without a lookup after which the subscriber stops sending heartbeats (it
 #: still applies invalidations); the next lookup misses and wakes it within IDLE_POLL.
@@ -122,18 +134,25 @@ class Channel(abc.ABC):
 
 
 class RedisChannel(Channel):
-    """Sharded pub/sub (``SPUBLISH``/``SSUBSCRIBE``, Redis 7): on one server as on a
-    Cluster, every channel of this cache shares one hash tag, so one shard orders all
-    of them; when that slot moves the shard drops the subscription and we resubscribe."""
+    """Pub/sub on the ``tokens`` table's Redis. One server orders every message it
+    publishes, so plain ``PUBLISH``/``SUBSCRIBE`` (every Redis version) serves there; a
+    Cluster uses sharded pub/sub (``SPUBLISH``/``SSUBSCRIBE``, Redis 7), every channel
+    of this cache sharing one hash tag so that one shard orders all of them; when that
+    slot moves the shard drops the subscription and we resubscribe."""
 
     def __init__(self, backend: Any) -> None:
         self.backend = backend
         self.tag = f"{{{backend.prefix}:token-cache}}"
         self.name = f"{self.tag}:invalidate"
+        sharded = backend.url.startswith("redis+cluster://")
+        self.publish_verb = "SPUBLISH" if sharded else "PUBLISH"
+        self.subscribe_verb = "SSUBSCRIBE" if sharded else "SUBSCRIBE"
+        #: The first element of a message the subscription receives.
+        self.message_kind = "smessage" if sharded else "message"
 
     def publish(self, payload: str) -> None:
         try:
-            self.backend.link.client.execute_command("SPUBLISH", self.name, payload)
+            self.backend.link.client.execute_command(self.publish_verb, self.name, payload)
         except Exception as exc:  # every driver error: the revocation is not confirmed
             raise StorageUnavailable(f"redis: token cache invalidation: {exc}") from exc
 
@@ -161,26 +180,30 @@ class _RedisSubscription(Subscription):
             pool = redis.ConnectionPool.from_url(backend.url, **kwargs)
             self.publisher = client
         self.pool = pool
-        self.connection = pool.make_connection()
+        # Named (CLIENT LIST), as on Postgres; the Cluster's publisher stays unnamed.
+        named = {**pool.connection_kwargs, "client_name": APPLICATION_NAME}
+        self.connection = pool.connection_class(**named)
         try:
             self.connection.connect()
-            self.connection.send_command("SSUBSCRIBE", channel.name, heartbeat)
+            verb = channel.subscribe_verb
+            self.connection.send_command(verb, channel.name, heartbeat)
             for _ in range(2):
                 reply = self.connection.read_response()
-                if not isinstance(reply, list) or reply[0] != "ssubscribe":
-                    raise StorageUnavailable(f"redis: unexpected reply to SSUBSCRIBE: {reply!r}")
+                if not isinstance(reply, list) or reply[0] != verb.lower():
+                    raise StorageUnavailable(f"redis: unexpected reply to {verb}: {reply!r}")
         except BaseException:
             self.close()
             raise
 
     def heartbeat(self, payload: str) -> None:
-        self.publisher.execute_command("SPUBLISH", self.name, payload)
+        self.publisher.execute_command(self.channel.publish_verb, self.name, payload)
 
     def receive(self, timeout: float) -> list[tuple[bool, str]]:
         messages: list[tuple[bool, str]] = []
         while self.connection.can_read(timeout=0 if messages else timeout):
             reply = self.connection.read_response()
-            if not (isinstance(reply, list) and len(reply) == 3 and reply[0] == "smessage"):
+            kind = self.channel.message_kind
+            if not (isinstance(reply, list) and len(reply) == 3 and reply[0] == kind):
                 # "sunsubscribe" (the slot moved) or anything else: this subscription is over.
                 raise StorageUnavailable(f"redis: token cache subscription ended: {reply!r}")
             messages.append((reply[1] == self.name, str(reply[2])))
@@ -332,18 +355,43 @@ class TokenCache:
         """Note this before reading storage; pass it to :meth:`put`."""
         return self._generation
 
-    def put(self, key: str, record: dict[str, Any], generation: int) -> None:
-        """Keep ``record`` unless anything was invalidated since ``generation`` was noted."""
+    def held_until(self, key: str) -> float | None:
+        """Until when (``time.time()``) the record kept under ``key`` may be served, if
+        one is kept: a lookup that read storage again may keep it no longer (point 5)."""
+        entry = self._entries.get(key)
+        if entry is None or time.time() >= entry[1]:
+            return None
+        return entry[1]
+
+    def mark_lifetime(self) -> int:
+        """Seconds a held mark lives: past every entry kept on its strength (point 5)."""
+        return math.ceil(self.max_age) + 1
+
+    def put(
+        self, key: str, record: dict[str, Any], generation: int, until: float | None = None
+    ) -> None:
+        """Keep ``record`` unless anything was invalidated since ``generation`` was noted.
+
+        ``until``: the latest moment (``time.time()``) to serve it: the moment its held
+        mark was written plus ``max_age`` (point 5); never past ``max_age`` from now nor
+        the token's expiry.
+        """
         expires_at = record.get("expires_at")
-        until = time.time() + self.max_age
+        last = time.time() + self.max_age
+        if until is not None:
+            last = min(last, until)
         if expires_at is not None:
-            until = min(until, float(expires_at))
+            last = min(last, float(expires_at))
         with self._lock:
             if generation != self._generation or not self.subscribed:
                 return
-            if len(self._entries) >= self.max_entries:
+            if key not in self._entries and len(self._entries) >= self.max_entries:
                 self._entries.pop(next(iter(self._entries)))
-            self._entries[key] = (record, until)
+            self._entries[key] = (record, last)
+
+    def will_keep(self, generation: int) -> bool:
+        """Whether a :meth:`put` with ``generation`` would keep its record (right now)."""
+        return generation == self._generation and self.subscribed
 
     # -- the revoking side ------------------------------------------------------------
     def ended(self, keys: Iterable[str] = (), grants: Iterable[str] = ()) -> None:
@@ -497,7 +545,7 @@ def build(settings: Any, storage: Storage) -> TokenCache | None:
         return None
     channel = channel_for(storage)
     if channel is None:
-        log.warning(
+        log.info(  # not a warning: it is on by default, and SQLite is the demo's store
             "token_cache: the tokens table is on %s, which has no channel between "
             "processes; tokens are not cached",
             storage.specs["tokens"].scheme,

@@ -19,6 +19,7 @@ import redis
 import requests
 from redis.cluster import RedisCluster
 
+from app.oauth2.token_cache import APPLICATION_NAME
 from tests.e2e.conftest import hidden_inputs
 from tests.redis_cluster import redis_cluster
 
@@ -128,7 +129,7 @@ def subscribers(url: str) -> int:
         with psycopg.connect(url, autocommit=True) as conn:
             row = conn.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
-                ("oauth2-token-cache",),
+                (APPLICATION_NAME,),
             ).fetchone()
         return int(row[0]) if row else 0
     if url.startswith("redis+cluster://"):
@@ -139,7 +140,7 @@ def subscribers(url: str) -> int:
     else:
         with redis.Redis.from_url(url) as client:
             clients = client.client_list()
-    return sum(1 for c in clients if c.get("ssub", "0") != "0")
+    return sum(1 for c in clients if c.get("name") == APPLICATION_NAME)
 
 
 def cut_subscribers(url: str) -> None:
@@ -149,7 +150,7 @@ def cut_subscribers(url: str) -> None:
             conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                 " WHERE application_name = %s",
-                ("oauth2-token-cache",),
+                (APPLICATION_NAME,),
             )
         return
     if url.startswith("redis+cluster://"):
@@ -164,7 +165,7 @@ def cut_subscribers(url: str) -> None:
 def _kill(clients: list[redis.Redis]) -> None:
     for client in clients:
         for entry in client.client_list():
-            if entry.get("ssub", "0") != "0":
+            if entry.get("name") == APPLICATION_NAME:
                 client.client_kill_filter(_id=entry["id"])
 
 

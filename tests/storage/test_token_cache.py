@@ -138,6 +138,84 @@ def test_what_ends_a_token_on_one_process_ends_it_on_the_other_at_once(
     assert a.find_access(access) is None
 
 
+def rotate(store: GrantStore, token: dict) -> None:
+    old = store.find_refresh(token["refresh_token"])
+    assert old is not None
+    access = token["access_token"]
+    new = {"access_token": "at-new-" + access, "refresh_token": "rt-new-" + access}
+    assert store.rotate_refresh(old, new, {"client_id": "c1", "user_id": "u1", "grant_id": "g1"})
+
+
+def spy_publish(store: GrantStore) -> list[str]:
+    published: list[str] = []
+    channel = store.cache.channel  # type: ignore[union-attr]
+    publish = channel.publish
+
+    def spy(payload: str) -> None:
+        published.append(payload)
+        publish(payload)
+
+    channel.publish = spy  # type: ignore[method-assign]
+    return published
+
+
+def test_a_refresh_of_a_token_no_process_holds_neither_announces_nor_waits(
+    stores: Store,
+) -> None:
+    """Point 5: no held mark (the token was never kept by any cache), no wait."""
+    a, b = stores(), stores()
+    live(a), live(b)
+    token = issue(a, "unheld")
+    published = spy_publish(a)
+    started = time.monotonic()
+    rotate(a, token)
+    assert time.monotonic() - started < STALENESS
+    assert published == []
+    assert b.find_access(token["access_token"]) is None
+    assert a.find_access(token["access_token"]) is None
+
+
+def test_a_refresh_of_a_token_another_process_held_announces_and_waits(stores: Store) -> None:
+    a, b = stores(), stores()
+    live(a), live(b)
+    token = issue(a, "held")
+    assert cached(b, token["access_token"])  # b wrote the held mark, then kept it
+    published = spy_publish(a)
+    started = time.monotonic()
+    rotate(a, token)
+    assert time.monotonic() - started >= STALENESS
+    assert len(published) == 1
+    assert b.find_access(token["access_token"]) is None
+
+
+def test_a_kept_token_is_kept_no_longer_than_its_mark(stores: Store) -> None:
+    """A record read again while kept keeps its first deadline: the mark written then
+    is what a refresh reads, and it lives max_age + 1 s from then (point 5)."""
+    a = stores()
+    live(a)
+    cache = a.cache
+    assert cache is not None
+    token = issue(a, "deadline")
+    assert cached(a, token["access_token"])
+    key = next(iter(cache._entries))
+    first = cache._entries[key][1]
+    cache._confirmed = -float("inf")  # no proof: the next lookup reads storage again
+    time.sleep(0.01)
+    assert a.find_access(token["access_token"]) is not None
+    assert cache._entries[key][1] == first
+    assert first <= time.time() + cache.max_age
+
+
+def test_an_unknown_token_writes_no_mark(stores: Store) -> None:
+    from app.oauth2.grant_store import HELD
+    from app.secrets_hash import token_digest
+
+    a = stores()
+    live(a)
+    assert a.find_access("no-such-token") is None
+    assert a.storage.tokens.get(HELD + token_digest("no-such-token")) is None
+
+
 def test_revocation_waits_out_the_staleness_bound(stores: Store) -> None:
     a = stores()
     token = issue(a, "wait")
@@ -227,7 +305,7 @@ def cut_subscriber(storage: Storage) -> None:
     for node in nodes:
         target = client if node is None else node.redis_connection
         for entry in target.client_list():
-            if entry.get("ssub", "0") != "0":
+            if entry.get("name") == APPLICATION_NAME:
                 target.client_kill_filter(_id=entry["id"])
                 killed += 1
     assert killed
@@ -257,7 +335,8 @@ def test_a_forged_heartbeat_is_not_believed(stores: Store, backend: Backend) -> 
         backend.execute("SELECT pg_notify(%s, %s)", (name, forged), True)
     else:
         client: Any = a.storage.tokens.backend.link.client  # type: ignore[attr-defined]
-        assert client.execute_command("SPUBLISH", name, forged) == 1
+        verb = cache.channel.publish_verb  # type: ignore[attr-defined]
+        assert client.execute_command(verb, name, forged) == 1
     time.sleep(STALENESS)
     assert cache._confirmed < before + 3600
     assert cache._confirmed <= time.monotonic()
@@ -270,11 +349,27 @@ def test_sqlite_is_never_cached(tmp_path) -> None:
     storage.close()
 
 
-def test_off_by_default(redis_backend: RedisBackend) -> None:
+def test_on_by_default(redis_backend: RedisBackend) -> None:
     storage = Storage.from_config({"default": redis_backend.url})
-    assert build(Settings.load({}).token_cache, storage) is None
-    assert build(Settings.load({"token_cache": {"enabled": True}}).token_cache, storage)
+    cache = build(Settings.load({}).token_cache, storage)
+    assert isinstance(cache, TokenCache)
+    assert build(Settings.load({"token_cache": {"enabled": False}}).token_cache, storage) is None
     storage.close()
+
+
+def test_one_server_uses_plain_pub_sub_and_a_cluster_the_sharded_one(
+    redis_backend: RedisBackend, redis_cluster_backend: RedisBackend
+) -> None:
+    """Plain PUBLISH on one server (any Redis version; it orders every message), SPUBLISH
+    on a Cluster (one shard orders the cache's channels)."""
+    verbs = {}
+    for backend in (redis_backend, redis_cluster_backend):
+        storage = Storage.from_config({"default": backend.url})
+        channel = channel_for(storage)
+        assert channel is not None
+        verbs[backend.url.split(":", 1)[0]] = channel.publish_verb  # type: ignore[attr-defined]
+        storage.close()
+    assert verbs == {"redis": "PUBLISH", "redis+cluster": "SPUBLISH"}
 
 
 @pytest.mark.parametrize("which", ["access_token", "refresh_token"])
