@@ -180,18 +180,17 @@ class GrantStore:
         record = self.storage.tokens.get(key)
         if not record or not cache.will_keep(generation):
             return StoredToken(key, record) if record else None
-        until = cache.held_until(key)
-        if until is None:  # not kept yet: mark it held, then read it again (point 5)
-            until = time.time() + cache.max_age
+        if not cache.holds(key):  # not kept yet: mark it held, then read it again (point 5)
+            lifetime = cache.mark_lifetime(record)
             try:
                 with self.storage.tokens.backend.unbatched():  # type: ignore[attr-defined]
-                    self.storage.tokens.put(HELD + key, {"held": True}, cache.mark_lifetime())
+                    self.storage.tokens.put(HELD + key, {"held": True}, lifetime)
                 record = self.storage.tokens.get(key)
             except StorageUnavailable:
                 return StoredToken(key, record)  # served from the first read, not kept
             if not record:
                 return None
-        cache.put(key, record, generation, until)
+        cache.put(key, record, generation)
         return StoredToken(key, dict(record))
 
     def _held(self, key: str) -> bool:

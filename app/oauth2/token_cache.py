@@ -5,8 +5,9 @@ with ``token_cache.enabled`` each process keeps the records it read, so a token 
 again is checked without a storage round trip. A cached record is served only while
 this process *knows* it has heard of every revocation that could concern it.
 
-How (the channel is the ``tokens`` table's backend: Redis sharded pub/sub, a Redis
-Cluster's shard of the channel's slot, or Postgres ``LISTEN``/``NOTIFY``):
+How (the channel is the ``tokens`` table's backend: Redis sharded pub/sub, plain
+pub/sub on a server older than 7.0, a Redis Cluster's shard of the channel's slot, or
+Postgres ``LISTEN``/``NOTIFY``):
 
 1. Whatever ends an access token (revocation, a grant revoked by a code replay, the
    review page or a client's deletion, refresh rotation) is written to storage first;
@@ -31,14 +32,20 @@ Cluster's shard of the channel's slot, or Postgres ``LISTEN``/``NOTIFY``):
    before it reads storage and stores what it read only if the generation is unchanged.
 5. A refresh skips the publish and the wait when no process can hold the access
    token it ends (the usual case: a client refreshes a token it no longer uses). A
-   process keeps a record only after it wrote a *held mark* (``held:<digest>`` in the
-   ``tokens`` table, living ``max_age`` + 1 s) and then read the record again; the
+   process keeps a record only after it wrote the token's *held mark*
+   (``held:<digest>`` in the ``tokens`` table) and then read the record again; the
    refresh reads the mark after its exchange deleted the record. Storage orders the
    two processes' operations (each backend is linearizable per key): if the second
    read found the record, the mark was written before the delete, hence before the
-   refresh reads it, which then announces and waits as in point 1. A mark is written
-   once per token and process (not for a token already kept, nor for unknown tokens:
-   the first read finds nothing), and a failed read of it counts as "held".
+   refresh reads it, which then announces and waits as in point 1. The mark lives
+   until the token's own expiry plus ``max_age`` + 5 s, in storage's time (the
+   writer's clock cancels out), and an entry never outlives the token's expiry, so
+   the mark outlives every entry kept on its strength unless a holder's clock runs
+   more than that margin behind storage's. A mark is written when a process first
+   keeps a token (again only after its entry was evicted or flushed), never for an
+   unknown token (the first read finds nothing); a failed write keeps nothing, and a
+   failed read of it counts as "held". Storage must not evict keys
+   (``maxmemory-policy noeviction``, as for every record).
 6. On any doubt the cache is flushed and not trusted: a connection error or a silent
    one (no heartbeat back within ``max_staleness``: then nothing is served from the
    cache until heartbeats flow again on a new, flushed subscription); a message not
@@ -134,30 +141,43 @@ class Channel(abc.ABC):
 
 
 class RedisChannel(Channel):
-    """Pub/sub on the ``tokens`` table's Redis. One server orders every message it
-    publishes, so plain ``PUBLISH``/``SUBSCRIBE`` (every Redis version) serves there; a
-    Cluster uses sharded pub/sub (``SPUBLISH``/``SSUBSCRIBE``, Redis 7), every channel
-    of this cache sharing one hash tag so that one shard orders all of them; when that
-    slot moves the shard drops the subscription and we resubscribe."""
+    """Sharded pub/sub (``SPUBLISH``/``SSUBSCRIBE``, Redis 7): on one server as on a
+    Cluster, every channel of this cache shares one hash tag, so one shard orders all
+    of them; when that slot moves the shard drops the subscription and we resubscribe.
+    One server older than 7.0 has no sharded pub/sub: there (and only there: every
+    process talks to the same server, so all of them choose alike, and a restart on a
+    newer version makes every subscriber subscribe again) plain ``PUBLISH``/``SUBSCRIBE``,
+    which one server orders the same way."""
 
     def __init__(self, backend: Any) -> None:
         self.backend = backend
         self.tag = f"{{{backend.prefix}:token-cache}}"
         self.name = f"{self.tag}:invalidate"
-        sharded = backend.url.startswith("redis+cluster://")
-        self.publish_verb = "SPUBLISH" if sharded else "PUBLISH"
-        self.subscribe_verb = "SSUBSCRIBE" if sharded else "SUBSCRIBE"
-        #: The first element of a message the subscription receives.
-        self.message_kind = "smessage" if sharded else "message"
 
     def publish(self, payload: str) -> None:
         try:
-            self.backend.link.client.execute_command(self.publish_verb, self.name, payload)
+            _publish(self.backend.link.client, self.name, payload)
         except Exception as exc:  # every driver error: the revocation is not confirmed
             raise StorageUnavailable(f"redis: token cache invalidation: {exc}") from exc
 
     def subscribe(self, heartbeat: str) -> Subscription:
         return _RedisSubscription(self, f"{self.tag}:heartbeat:{heartbeat}")
+
+
+def _unknown_command(exc: Exception) -> bool:
+    import redis
+
+    return isinstance(exc, redis.ResponseError) and "unknown command" in str(exc).lower()
+
+
+def _publish(client: Any, channel: str, payload: str) -> None:
+    """``SPUBLISH``, or ``PUBLISH`` on a server without it (older than Redis 7.0)."""
+    try:
+        client.execute_command("SPUBLISH", channel, payload)
+    except Exception as exc:
+        if not _unknown_command(exc):
+            raise
+        client.execute_command("PUBLISH", channel, payload)
 
 
 class _RedisSubscription(Subscription):
@@ -180,29 +200,53 @@ class _RedisSubscription(Subscription):
             pool = redis.ConnectionPool.from_url(backend.url, **kwargs)
             self.publisher = client
         self.pool = pool
-        # Named (CLIENT LIST), as on Postgres; the Cluster's publisher stays unnamed.
-        named = {**pool.connection_kwargs, "client_name": APPLICATION_NAME}
-        self.connection = pool.connection_class(**named)
+        self.connection = pool.make_connection()
         try:
             self.connection.connect()
-            verb = channel.subscribe_verb
-            self.connection.send_command(verb, channel.name, heartbeat)
-            for _ in range(2):
-                reply = self.connection.read_response()
-                if not isinstance(reply, list) or reply[0] != verb.lower():
-                    raise StorageUnavailable(f"redis: unexpected reply to {verb}: {reply!r}")
+            self._name_connection()
+            self.sharded = self._subscribe("SSUBSCRIBE", channel.name, heartbeat)
+            if not self.sharded:
+                self._subscribe("SUBSCRIBE", channel.name, heartbeat)
         except BaseException:
             self.close()
             raise
 
+    def _name_connection(self) -> None:
+        """``CLIENT SETNAME`` (``CLIENT LIST`` shows it, as Postgres shows the
+        ``application_name``); a server or ACL that refuses it costs only the name."""
+        import redis
+
+        self.connection.send_command("CLIENT", "SETNAME", APPLICATION_NAME)
+        try:
+            self.connection.read_response()
+        except redis.ResponseError as exc:
+            log.info("token cache: the subscriber connection stays unnamed: %s", exc)
+
+    def _subscribe(self, verb: str, *channels: str) -> bool:
+        """Subscribe; False if the server does not know ``verb``."""
+        import redis
+
+        self.connection.send_command(verb, *channels)
+        for _ in channels:
+            try:
+                reply = self.connection.read_response()
+            except redis.ResponseError as exc:
+                if verb == "SSUBSCRIBE" and _unknown_command(exc):
+                    return False
+                raise
+            if not isinstance(reply, list) or reply[0] != verb.lower():
+                raise StorageUnavailable(f"redis: unexpected reply to {verb}: {reply!r}")
+        return True
+
     def heartbeat(self, payload: str) -> None:
-        self.publisher.execute_command(self.channel.publish_verb, self.name, payload)
+        verb = "SPUBLISH" if self.sharded else "PUBLISH"  # the way it subscribed: in order
+        self.publisher.execute_command(verb, self.name, payload)
 
     def receive(self, timeout: float) -> list[tuple[bool, str]]:
         messages: list[tuple[bool, str]] = []
+        kind = "smessage" if self.sharded else "message"
         while self.connection.can_read(timeout=0 if messages else timeout):
             reply = self.connection.read_response()
-            kind = self.channel.message_kind
             if not (isinstance(reply, list) and len(reply) == 3 and reply[0] == kind):
                 # "sunsubscribe" (the slot moved) or anything else: this subscription is over.
                 raise StorageUnavailable(f"redis: token cache subscription ended: {reply!r}")
@@ -355,39 +399,32 @@ class TokenCache:
         """Note this before reading storage; pass it to :meth:`put`."""
         return self._generation
 
-    def held_until(self, key: str) -> float | None:
-        """Until when (``time.time()``) the record kept under ``key`` may be served, if
-        one is kept: a lookup that read storage again may keep it no longer (point 5)."""
-        entry = self._entries.get(key)
-        if entry is None or time.time() >= entry[1]:
-            return None
-        return entry[1]
+    def holds(self, key: str) -> bool:
+        """Whether a record is kept under ``key`` (expired or not): this process wrote
+        its held mark before keeping it, and the mark outlives it (point 5)."""
+        return key in self._entries
 
-    def mark_lifetime(self) -> int:
-        """Seconds a held mark lives: past every entry kept on its strength (point 5)."""
-        return math.ceil(self.max_age) + 1
-
-    def put(
-        self, key: str, record: dict[str, Any], generation: int, until: float | None = None
-    ) -> None:
-        """Keep ``record`` unless anything was invalidated since ``generation`` was noted.
-
-        ``until``: the latest moment (``time.time()``) to serve it: the moment its held
-        mark was written plus ``max_age`` (point 5); never past ``max_age`` from now nor
-        the token's expiry.
-        """
+    def mark_lifetime(self, record: dict[str, Any]) -> int:
+        """Seconds the held mark of the token ``record`` lives (point 5): past the token's
+        expiry by ``max_age`` + 5 s (a token without one: that, from now)."""
+        margin = math.ceil(self.max_age) + 5
         expires_at = record.get("expires_at")
-        last = time.time() + self.max_age
-        if until is not None:
-            last = min(last, until)
+        if expires_at is None:
+            return margin
+        return max(1, math.ceil(float(expires_at) - time.time())) + margin
+
+    def put(self, key: str, record: dict[str, Any], generation: int) -> None:
+        """Keep ``record`` unless anything was invalidated since ``generation`` was noted."""
+        expires_at = record.get("expires_at")
+        until = time.time() + self.max_age
         if expires_at is not None:
-            last = min(last, float(expires_at))
+            until = min(until, float(expires_at))
         with self._lock:
             if generation != self._generation or not self.subscribed:
                 return
             if key not in self._entries and len(self._entries) >= self.max_entries:
                 self._entries.pop(next(iter(self._entries)))
-            self._entries[key] = (record, last)
+            self._entries[key] = (record, until)
 
     def will_keep(self, generation: int) -> bool:
         """Whether a :meth:`put` with ``generation`` would keep its record (right now)."""
