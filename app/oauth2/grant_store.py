@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..secrets_hash import new_secret, token_digest
-from ..storage import Put, Storage, StorageUnavailable
+from ..storage import Probe, Put, Storage, StorageUnavailable
 from .models import AuthorizationCode, StoredToken
 
 if TYPE_CHECKING:
@@ -238,16 +238,21 @@ class GrantStore:
             discards.append((self.storage.tokens, old.record["access_key"]))
         puts.append(self._tombstone(old, puts[0].key, now))
         puts += self._entry(entry)
+        pair: str = old.record.get("access_key") or ""
+        # Whether some process may keep the old access token (token_cache, point 5): read
+        # within the exchange where storage can, else after it.
+        probe = Probe(self.storage.tokens, HELD + pair) if pair and self.cache is not None else None
         taken, failed = None, True
         try:
-            taken = self.storage.exchange((self.storage.refresh_tokens, old.key), puts, discards)
+            taken = self.storage.exchange(
+                (self.storage.refresh_tokens, old.key), puts, discards, probe
+            )
             failed = False
         finally:  # a failure part-way may have ended the old access token already
-            pair: str = old.record.get("access_key") or ""
-            # No process holds it: nothing to announce, nor wait for (token_cache, point 5).
-            ending = (failed or taken is not None) and pair and self.cache is not None
-            if ending and (failed or self._held(pair)):
-                self._ended([pair])
+            if probe is not None and (failed or taken is not None):
+                held = probe.found if probe.found is not None else self._held(pair)
+                if failed or held:  # nobody holds it: nothing to announce, nor wait for
+                    self._ended([pair])
         return taken is not None
 
     def _tombstone(self, old: StoredToken, child: str, now: float) -> Put:

@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 from .base import (
     Backend,
+    Probe,
     Put,
     Record,
     StorageConfigError,
@@ -29,6 +30,7 @@ from .base import (
 )
 
 __all__ = [
+    "Probe",
     "Put",
     "Storage",
     "StorageConfigError",
@@ -290,8 +292,12 @@ class Storage:
         take: tuple[Table, str],
         puts: Sequence[Put],
         discards: Sequence[tuple[Table, str]] = (),
+        probe: Probe | None = None,
     ) -> Record | None:
         """Take one record and write what it buys, all or nothing; ``None``: it was gone.
+
+        ``probe``: answered within the exchange where its one backend can (see
+        :class:`~.base.Probe`).
 
         Atomic when every table lives on one backend (one transaction or one script);
         across backends, the ordered best effort of :func:`~.base.ordered_exchange`.
@@ -306,7 +312,7 @@ class Storage:
         for put in puts:
             elsewhere = put.log and self._owner[put.table.name] not in owners
             (after if elsewhere else kept).append(put)
-        taken = self._exchange(take, kept, discards, owners)
+        taken = self._exchange(take, kept, discards, owners, probe)
         if taken is not None:
             for put in after:
                 put.table.write(put)
@@ -322,9 +328,10 @@ class Storage:
         puts: Sequence[Put],
         discards: Sequence[tuple[Table, str]],
         owners: list[Backend],
+        probe: Probe | None = None,
     ) -> Record | None:
         if len(owners) == 1:
-            return owners[0].exchange(take, puts, discards)
+            return owners[0].exchange(take, puts, discards, probe)
         with contextlib.ExitStack() as stack:
             # Its writes go at once: a failing one must put the taken record back.
             for backend in owners:

@@ -52,6 +52,17 @@ class Put:
     log: float = 0
 
 
+@dataclass
+class Probe:
+    """Whether a record lives under ``key`` in ``table`` once an exchange's writes are
+    done: a backend that can tell within the exchange's own round trip sets ``found``;
+    ``None`` (every other): the caller reads it itself, after the exchange."""
+
+    table: Table
+    key: str
+    found: bool | None = None
+
+
 class Table(abc.ABC):
     """One logical table (``codes``, ``tokens``, ...) on one backend.
 
@@ -201,7 +212,11 @@ class Backend(abc.ABC):
         """Raise :class:`StorageUnavailable` if the store cannot be reached."""
 
     def exchange(
-        self, take: tuple[Table, str], puts: Sequence[Put], discards: Sequence[tuple[Table, str]]
+        self,
+        take: tuple[Table, str],
+        puts: Sequence[Put],
+        discards: Sequence[tuple[Table, str]],
+        probe: Probe | None = None,
     ) -> Record | None:
         """Take ``take``'s record and, only if it was live, write ``puts`` and delete ``discards``.
 

@@ -45,6 +45,7 @@ from .base import (
     INDEXED_FIELDS,
     Backend,
     BackendOptions,
+    Probe,
     Put,
     Record,
     Table,
@@ -121,10 +122,16 @@ class RedisBackend(Backend):
 
     @guarded
     def exchange(
-        self, take: tuple[Table, str], puts: Sequence[Put], discards: Sequence[tuple[Table, str]]
+        self,
+        take: tuple[Table, str],
+        puts: Sequence[Put],
+        discards: Sequence[tuple[Table, str]],
+        probe: Probe | None = None,
     ) -> Record | None:
         """One script on one server; a cluster spreads the keys over slots, so there
-        (and for tables elsewhere) the ordered best effort of the base class."""
+        (and for tables elsewhere) the ordered best effort of the base class. The script
+        answers ``probe`` too when its table is here (a live record's key ``EXISTS``:
+        an expired one is gone from Redis at its ``PXAT``)."""
         table, key = take
         tables = [table, *(p.table for p in puts), *(t for t, _ in discards)]
         link = self.link
@@ -132,13 +139,23 @@ class RedisBackend(Backend):
             isinstance(t, RedisTable) and t.backend is self for t in tables
         ):
             return super().exchange(take, puts, discards)
+        probe_key = ""
+        probed = probe.table if probe is not None else None
+        if isinstance(probed, RedisTable) and probed.backend is self:
+            probe_key = probed.rkey(probe.key)  # type: ignore[union-attr]
         plan = {
             "take": cast(RedisTable, table).locator(key),
             "puts": [cast(RedisTable, p.table).planned_put(p) for p in puts],
             "discards": [cast(RedisTable, t).locator(k) for t, k in discards],
+            "probe": probe_key,
         }
-        raw = link.run("exchange", [], [json.dumps(plan), repr(time.time())])
-        return cast(RedisTable, table)._decode(key, raw, time.time()) if raw else None
+        answer = link.run("exchange", [], [json.dumps(plan), repr(time.time())])
+        if not answer:
+            return None
+        raw, found = answer
+        if probe is not None and probe_key:
+            probe.found = bool(found)
+        return cast(RedisTable, table)._decode(key, raw, time.time())
 
     @guarded
     def ping(self) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any, cast
 
-from .base import INDEXED_FIELDS, Backend, Put, Record, Table
+from .base import INDEXED_FIELDS, Backend, Probe, Put, Record, Table
 
 #: One SQL statement and its parameters.
 Statement = tuple[str, tuple[Any, ...]]
@@ -125,9 +125,14 @@ class SQLBackend(Backend):
         return SQLTable(self, name, ttl)
 
     def exchange(
-        self, take: tuple[Table, str], puts: Sequence[Put], discards: Sequence[tuple[Table, str]]
+        self,
+        take: tuple[Table, str],
+        puts: Sequence[Put],
+        discards: Sequence[tuple[Table, str]],
+        probe: Probe | None = None,
     ) -> Record | None:
-        """Atomic when every table is this backend's; else the base class's best effort."""
+        """Atomic when every table is this backend's; else the base class's best effort
+        (``probe``: left to the caller)."""
         table, key = take
         if not self.owns([table, *(p.table for p in puts), *(t for t, _ in discards)]):
             return super().exchange(take, puts, discards)

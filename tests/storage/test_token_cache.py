@@ -209,6 +209,35 @@ def test_a_held_mark_outlives_the_token_it_marks(stores: Store) -> None:
     assert cache._entries[key][1] <= record["expires_at"]
 
 
+def test_a_refresh_reads_the_mark_within_its_exchange_where_storage_can(
+    stores: Store, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One Redis server answers the probe inside the exchange's script (no round trip
+    of its own); elsewhere the refresh reads the mark after the exchange."""
+    from app.oauth2 import grant_store
+
+    a, b = stores(), stores()
+    live(a), live(b)
+    reads: list[str] = []
+    held = grant_store.GrantStore._held
+
+    def counting(self: GrantStore, key: str) -> bool:
+        reads.append(key)
+        return held(self, key)
+
+    monkeypatch.setattr(grant_store.GrantStore, "_held", counting)
+    unheld, kept = issue(a, "probe-unheld"), issue(a, "probe-kept")
+    assert cached(b, kept["access_token"])
+    published = spy_publish(a)
+    rotate(a, unheld)
+    assert published == []
+    rotate(a, kept)
+    assert len(published) == 1
+    assert b.find_access(kept["access_token"]) is None
+    one_server = isinstance(backend, RedisBackend) and not backend.url.startswith("redis+")
+    assert len(reads) == (0 if one_server else 2)
+
+
 def test_an_unknown_token_writes_no_mark(stores: Store) -> None:
     from app.oauth2.grant_store import HELD
     from app.secrets_hash import token_digest

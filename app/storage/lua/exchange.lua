@@ -1,7 +1,9 @@
 -- The exchange (see Backend.exchange) as one script on one server: take a record,
 -- then put records and delete others, index upkeep included. ARGV[1] is the plan:
 -- {"take": [rkey, base, key], "puts": [[rkey, json, pxat|'', member, score, [ikeys], base,
--- log|'', log score|'']], "discards": [[rkey, base, key]]}; a put with a log key is an
+-- log|'', log score|'']], "discards": [[rkey, base, key]], "probe": rkey|''}; it answers
+-- false (nothing taken) or {the taken record, 1 if the probe's key exists at the end}
+-- (0 without a probe). A put with a log key is an
 -- append (the audit entry) and adds its member to that log too, as put.lua. ARGV[2] is
 -- now (seconds). Redis does not roll a failed script back, so every argument is checked
 -- before the first write, and what ends goes before what is written.
@@ -45,4 +47,6 @@ for _, put in ipairs(plan.puts) do
   end
   if put[8] ~= '' then redis.call('ZADD', put[8], put[9], put[4]) end
 end
-return raw
+local found = 0
+if plan.probe ~= nil and plan.probe ~= '' then found = redis.call('EXISTS', plan.probe) end
+return {raw, found}
