@@ -127,9 +127,9 @@ def lose_the_race(state, monkeypatch) -> None:
     """Make every exchange find its code or refresh token taken by another request first."""
     exchange = state.storage.exchange
 
-    def lost(take, puts, discards=()):
+    def lost(take, puts, discards=(), probe=None):
         assert take[0].take(take[1]) is not None  # the other request won
-        return exchange(take, puts, discards)
+        return exchange(take, puts, discards, probe)
 
     monkeypatch.setattr(state.storage, "exchange", lost)
 
