@@ -193,11 +193,14 @@ class GrantStore:
         cache.put(key, record, generation)
         return StoredToken(key, dict(record))
 
-    def _held(self, key: str) -> bool:
-        """Whether a process may keep the access token ``key`` in its cache (a held mark;
-        token_cache, point 5); unsure (storage failed): yes."""
+    def _held(self, probe: Probe) -> bool:
+        """Whether a process may keep the access token its held mark ``probe`` names
+        (token_cache, point 5): as the exchange found it, else read now; unsure
+        (storage failed): yes."""
+        if probe.found is not None:
+            return probe.found
         try:
-            return self.storage.tokens.get(HELD + key) is not None
+            return probe.table.get(probe.key) is not None
         except StorageUnavailable:
             return True
 
@@ -249,10 +252,9 @@ class GrantStore:
             )
             failed = False
         finally:  # a failure part-way may have ended the old access token already
-            if probe is not None and (failed or taken is not None):
-                held = probe.found if probe.found is not None else self._held(pair)
-                if failed or held:  # nobody holds it: nothing to announce, nor wait for
-                    self._ended([pair])
+            # Nobody holds it: nothing to announce, nor wait for. A failure announces.
+            if probe is not None and (failed or (taken is not None and self._held(probe))):
+                self._ended([pair])
         return taken is not None
 
     def _tombstone(self, old: StoredToken, child: str, now: float) -> Put:

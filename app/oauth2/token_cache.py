@@ -38,10 +38,11 @@ Postgres ``LISTEN``/``NOTIFY``):
    two processes' operations (each backend is linearizable per key): if the second
    read found the record, the mark was written before the delete, hence before the
    refresh reads it, which then announces and waits as in point 1. The mark lives
-   until the token's own expiry plus ``max_age`` + 5 s, in storage's time (the
-   writer's clock cancels out), and an entry never outlives the token's expiry, so
-   the mark outlives every entry kept on its strength unless a holder's clock runs
-   more than that margin behind storage's. A mark is written when a process first
+   until the token's own expiry plus ``max_age`` + 5 s (the writer's clock cancels
+   out; it is judged by the Redis server's clock inside the exchange's script, else by
+   the refreshing process's), and an entry never outlives the token's expiry, so the
+   mark outlives every entry kept on its strength unless the clock that judges it runs
+   more than that margin ahead of the holder's. A mark is written when a process first
    keeps a token (again only after its entry was evicted or flushed), never for an
    unknown token (the first read finds nothing); a failed write keeps nothing, and a
    failed read of it counts as "held". Storage must not evict keys
@@ -105,6 +106,8 @@ IDLE_AFTER = 1.0
 IDLE_POLL = 0.1
 #: Seconds between reconnection attempts of the subscriber.
 RETRY_DELAY = 0.5
+#: The sharded pub/sub commands (Redis 7.0); a server with neither uses plain pub/sub.
+SHARDED = ("SPUBLISH", "SSUBSCRIBE")
 #: Pauses (seconds) before the second and third tries of a failed publish: a blip is
 #: absorbed within ~100 ms, a longer outage still fails the revocation.
 PUBLISH_RETRIES = (0.02, 0.06)
@@ -170,14 +173,42 @@ def _unknown_command(exc: Exception) -> bool:
     return isinstance(exc, redis.ResponseError) and "unknown command" in str(exc).lower()
 
 
+def _without_sharded_pub_sub(info: Any) -> bool:
+    """Whether ``COMMAND INFO SPUBLISH SSUBSCRIBE`` says the server has *neither*: plain
+    pub/sub then, for publishers and subscribers alike. A server with only one of them
+    (renamed, a partial clone) is refused: the two sides would not meet."""
+    known = [entry not in (None, [], {}) for entry in info] if isinstance(info, list) else []
+    if len(known) == 2 and not any(known):
+        return True
+    raise StorageUnavailable(f"redis: no consistent sharded pub/sub on this server: {info!r}")
+
+
 def _publish(client: Any, channel: str, payload: str) -> None:
-    """``SPUBLISH``, or ``PUBLISH`` on a server without it (older than Redis 7.0)."""
+    """``SPUBLISH``, or ``PUBLISH`` on one server that has no sharded pub/sub at all
+    (older than Redis 7.0); a Cluster never falls back (its PUBLISH crosses the bus and
+    could be overtaken by a heartbeat sent straight to the subscriber's node)."""
+    from redis.cluster import RedisCluster
+
     try:
         client.execute_command("SPUBLISH", channel, payload)
     except Exception as exc:
-        if not _unknown_command(exc):
+        if isinstance(client, RedisCluster) or not _unknown_command(exc):
             raise
+        # Asked on a connection of its own: redis-py's parser of COMMAND's reply fails
+        # on an unknown command's nil.
+        connection = client.connection_pool.make_connection()
+        try:
+            connection.connect()
+            _without_sharded_pub_sub(_command_info(connection))
+        finally:
+            connection.disconnect()
         client.execute_command("PUBLISH", channel, payload)
+
+
+def _command_info(connection: Any) -> Any:
+    """``COMMAND INFO`` of the sharded pub/sub commands, read raw from ``connection``."""
+    connection.send_command("COMMAND", "INFO", *SHARDED)
+    return connection.read_response()
 
 
 class _RedisSubscription(Subscription):
@@ -204,8 +235,12 @@ class _RedisSubscription(Subscription):
         try:
             self.connection.connect()
             self._name_connection()
-            self.sharded = self._subscribe("SSUBSCRIBE", channel.name, heartbeat)
-            if not self.sharded:
+            self.sharded = True
+            if not self._subscribe("SSUBSCRIBE", channel.name, heartbeat):
+                if isinstance(client, RedisCluster):  # see _publish: never plain on a Cluster
+                    raise StorageUnavailable("redis: this Cluster has no sharded pub/sub")
+                _without_sharded_pub_sub(_command_info(self.connection))
+                self.sharded = False
                 self._subscribe("SUBSCRIBE", channel.name, heartbeat)
         except BaseException:
             self.close()
@@ -400,9 +435,11 @@ class TokenCache:
         return self._generation
 
     def holds(self, key: str) -> bool:
-        """Whether a record is kept under ``key`` (expired or not): this process wrote
-        its held mark before keeping it, and the mark outlives it (point 5)."""
-        return key in self._entries
+        """Whether a record is kept under ``key`` whose held mark (written by this
+        process before keeping it) outlives any entry put again: one with an expiry,
+        the mark living past it (point 5). A record without one is marked each time."""
+        entry = self._entries.get(key)
+        return entry is not None and entry[0].get("expires_at") is not None
 
     def mark_lifetime(self, record: dict[str, Any]) -> int:
         """Seconds the held mark of the token ``record`` lives (point 5): past the token's

@@ -20,7 +20,7 @@ from app.oauth2.grant_store import GrantStore
 from app.oauth2.token_cache import APPLICATION_NAME, TokenCache, build, channel_for
 from app.settings import Settings
 from app.storage import Storage
-from app.storage.base import Backend
+from app.storage.base import Backend, Probe, StorageUnavailable
 from app.storage.postgres import PostgresBackend
 from app.storage.redis import RedisBackend
 
@@ -221,9 +221,10 @@ def test_a_refresh_reads_the_mark_within_its_exchange_where_storage_can(
     reads: list[str] = []
     held = grant_store.GrantStore._held
 
-    def counting(self: GrantStore, key: str) -> bool:
-        reads.append(key)
-        return held(self, key)
+    def counting(self: GrantStore, probe: Probe) -> bool:
+        if probe.found is None:
+            reads.append(probe.key)
+        return held(self, probe)
 
     monkeypatch.setattr(grant_store.GrantStore, "_held", counting)
     unheld, kept = issue(a, "probe-unheld"), issue(a, "probe-kept")
@@ -388,24 +389,56 @@ def test_on_by_default(redis_backend: RedisBackend) -> None:
     storage.close()
 
 
-def test_a_redis_without_sharded_pub_sub_gets_the_plain_one(monkeypatch) -> None:
+def test_a_redis_without_sharded_pub_sub_gets_the_plain_one(redis_backend: RedisBackend) -> None:
     """Redis older than 7.0 answers SPUBLISH/SSUBSCRIBE with "unknown command": plain
     PUBLISH/SUBSCRIBE then, heartbeats and messages alike; other errors are not hidden."""
     import redis
 
     from app.oauth2 import token_cache
 
+    redis_url = redis_backend.url
     sent: list[tuple[str, ...]] = []
 
+    class OldConnection:
+        """A raw connection to a server without SPUBLISH (``ssubscribe``: SSUBSCRIBE)."""
+
+        def __init__(self, ssubscribe: bool) -> None:
+            self.ssubscribe = ssubscribe
+
+        def connect(self) -> None: ...
+
+        def disconnect(self) -> None: ...
+
+        def send_command(self, *args: str) -> None:
+            sent.append(args)
+
+        def read_response(self) -> Any:
+            return [None, ["ssubscribe", -2] if self.ssubscribe else None]
+
     class Old:
-        def execute_command(self, *args: str) -> int:
+        """A server without SPUBLISH; ``ssubscribe`` says whether it has SSUBSCRIBE."""
+
+        def __init__(self, ssubscribe: bool = False) -> None:
+            self.connection_pool = self
+            self.ssubscribe = ssubscribe
+
+        def make_connection(self) -> OldConnection:
+            return OldConnection(self.ssubscribe)
+
+        def execute_command(self, *args: str) -> Any:
             sent.append(args)
             if args[0] == "SPUBLISH":
                 raise redis.ResponseError("unknown command 'SPUBLISH', with args beginning with:")
             return 1
 
     token_cache._publish(Old(), "c", "p")
-    assert sent == [("SPUBLISH", "c", "p"), ("PUBLISH", "c", "p")]
+    info = ("COMMAND", "INFO", *token_cache.SHARDED)
+    assert sent == [("SPUBLISH", "c", "p"), info, ("PUBLISH", "c", "p")]
+    # Only one of the two (renamed away, a partial clone): the sides would not meet.
+    sent.clear()
+    with pytest.raises(StorageUnavailable):
+        token_cache._publish(Old(ssubscribe=True), "c", "p")
+    assert ("PUBLISH", "c", "p") not in sent
 
     class Refusing:
         def execute_command(self, *args: str) -> int:
@@ -429,6 +462,16 @@ def test_a_redis_without_sharded_pub_sub_gets_the_plain_one(monkeypatch) -> None
             if isinstance(reply, Exception):
                 raise reply
             return reply
+
+    # The real server's answer, read the same raw way (it has both: no fallback).
+    with redis.Redis.from_url(redis_url) as real:
+        connection = real.connection_pool.make_connection()
+        connection.connect()
+        try:
+            with pytest.raises(StorageUnavailable):  # both known: "neither" is refused
+                token_cache._without_sharded_pub_sub(token_cache._command_info(connection))
+        finally:
+            connection.disconnect()
 
     subscription = object.__new__(token_cache._RedisSubscription)
     subscription.connection = Connection()  # type: ignore[assignment]
