@@ -252,8 +252,10 @@ class GrantStore:
             )
             failed = False
         finally:  # a failure part-way may have ended the old access token already
-            # Nobody holds it: nothing to announce, nor wait for. A failure announces.
-            if probe is not None and (failed or (taken is not None and self._held(probe))):
+            # Nobody holds it: nothing to announce, nor wait for. A failure announces. An
+            # exchange that took nothing may still have ended it (a script whose reply was
+            # lost, sent again by the driver's retry): the mark decides then too.
+            if probe is not None and (failed or self._held(probe)):
                 self._ended([pair])
         return taken is not None
 

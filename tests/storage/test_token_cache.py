@@ -239,6 +239,31 @@ def test_a_refresh_reads_the_mark_within_its_exchange_where_storage_can(
     assert len(reads) == (0 if one_server else 2)
 
 
+def test_an_exchange_whose_answer_was_lost_still_announces_a_held_token(
+    stores: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver sends a script again when its reply is lost: the second run finds
+    nothing, though the first ended the old access token. The mark decides then too."""
+    a, b = stores(), stores()
+    live(a), live(b)
+    token = issue(a, "lost-reply")
+    assert cached(b, token["access_token"])
+    exchange = a.storage.exchange
+
+    def reply_lost(*args: Any) -> None:
+        exchange(*args)  # it happened; the answer never came back
+        return None
+
+    monkeypatch.setattr(a.storage, "exchange", reply_lost)
+    old = a.find_refresh(token["refresh_token"])
+    assert old is not None
+    access = token["access_token"]
+    new = {"access_token": "at-new-" + access, "refresh_token": "rt-new-" + access}
+    fields = {"client_id": "c1", "user_id": "u1", "grant_id": "g1"}
+    assert a.rotate_refresh(old, new, fields) is False
+    assert b.find_access(access) is None
+
+
 def test_an_unknown_token_writes_no_mark(stores: Store) -> None:
     from app.oauth2.grant_store import HELD
     from app.secrets_hash import token_digest
