@@ -237,11 +237,11 @@ class GrantStore:
         }
         puts = self._pair(token, fields, family, now, refresh_lifetime)
         discards = [(self.storage.refresh_tokens, key) for key in rotated[:-ROTATIONS_REMEMBERED]]
-        if old.record.get("access_key"):
-            discards.append((self.storage.tokens, old.record["access_key"]))
+        pair: str = old.record.get("access_key") or ""
+        if pair:
+            discards.append((self.storage.tokens, pair))
         puts.append(self._tombstone(old, puts[0].key, now))
         puts += self._entry(entry)
-        pair: str = old.record.get("access_key") or ""
         # Whether some process may keep the old access token (token_cache, point 5): read
         # within the exchange where storage can, else after it.
         probe = Probe(self.storage.tokens, HELD + pair) if pair and self.cache is not None else None

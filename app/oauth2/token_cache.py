@@ -173,13 +173,13 @@ def _unknown_command(exc: Exception) -> bool:
     return isinstance(exc, redis.ResponseError) and "unknown command" in str(exc).lower()
 
 
-def _without_sharded_pub_sub(info: Any) -> bool:
-    """Whether ``COMMAND INFO SPUBLISH SSUBSCRIBE`` says the server has *neither*: plain
-    pub/sub then, for publishers and subscribers alike. A server with only one of them
-    (renamed, a partial clone) is refused: the two sides would not meet."""
+def _require_no_sharded_pub_sub(info: Any) -> None:
+    """Refuse unless ``COMMAND INFO SPUBLISH SSUBSCRIBE`` says the server has *neither*:
+    plain pub/sub then, for publishers and subscribers alike. A server with only one of
+    them (renamed, a partial clone) is refused: the two sides would not meet."""
     known = [entry not in (None, [], {}) for entry in info] if isinstance(info, list) else []
     if len(known) == 2 and not any(known):
-        return True
+        return
     raise StorageUnavailable(f"redis: no consistent sharded pub/sub on this server: {info!r}")
 
 
@@ -199,7 +199,7 @@ def _publish(client: Any, channel: str, payload: str) -> None:
         connection = client.connection_pool.make_connection()
         try:
             connection.connect()
-            _without_sharded_pub_sub(_command_info(connection))
+            _require_no_sharded_pub_sub(_command_info(connection))
         finally:
             connection.disconnect()
         client.execute_command("PUBLISH", channel, payload)
@@ -239,7 +239,7 @@ class _RedisSubscription(Subscription):
             if not self._subscribe("SSUBSCRIBE", channel.name, heartbeat):
                 if isinstance(client, RedisCluster):  # see _publish: never plain on a Cluster
                     raise StorageUnavailable("redis: this Cluster has no sharded pub/sub")
-                _without_sharded_pub_sub(_command_info(self.connection))
+                _require_no_sharded_pub_sub(_command_info(self.connection))
                 self.sharded = False
                 self._subscribe("SUBSCRIBE", channel.name, heartbeat)
         except BaseException:

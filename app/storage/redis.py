@@ -140,9 +140,8 @@ class RedisBackend(Backend):
         ):
             return super().exchange(take, puts, discards)
         probe_key = ""
-        probed = probe.table if probe is not None else None
-        if isinstance(probed, RedisTable) and probed.backend is self:
-            probe_key = probed.rkey(probe.key)  # type: ignore[union-attr]
+        if probe is not None and isinstance(probe.table, RedisTable):
+            probe_key = probe.table.rkey(probe.key) if probe.table.backend is self else ""
         plan = {
             "take": cast(RedisTable, table).locator(key),
             "puts": [cast(RedisTable, p.table).planned_put(p) for p in puts],

@@ -482,7 +482,7 @@ def test_a_redis_without_sharded_pub_sub_gets_the_plain_one(redis_backend: Redis
         connection.connect()
         try:
             with pytest.raises(StorageUnavailable):  # both known: "neither" is refused
-                token_cache._without_sharded_pub_sub(token_cache._command_info(connection))
+                token_cache._require_no_sharded_pub_sub(token_cache._command_info(connection))
         finally:
             connection.disconnect()
 
