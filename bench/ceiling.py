@@ -1,4 +1,5 @@
-"""The ceilings: a bare Flask endpoint, and the same plus one storage round trip.
+"""The ceilings: a bare Flask endpoint, the same plus one storage round trip, and the
+least a gateway call costs (a Flask view that fetches the site's answer and returns it).
 
 Served by gunicorn with 2 sync workers (``gunicorn bench.ceiling:bare``), the fixed
 reference every scenario is divided by. ``BENCH_REDIS_URL`` and ``BENCH_PG_URL``
@@ -76,3 +77,22 @@ def redis_get_index():
     # What a token check costs at least: one GET of a small record.
     seen = _redis().get("bench:ceiling")
     return jsonify(ok=seen is None)
+
+
+proxy_app = Flask("bench_proxy")
+
+
+def _site() -> Any:
+    if "site" not in _clients:
+        from app.adapters.http import SiteClient
+
+        _clients["site"] = SiteClient(timeout=5.0)
+    return _clients["site"]
+
+
+@proxy_app.get("/")
+def proxy_index():
+    # What the gateway costs at least: the site's answer fetched through the same libcurl
+    # client (a handle per thread, reset per call) and returned; no token, no checks.
+    answer = _site().request("GET", os.environ["BENCH_SITE_URL"])
+    return answer.data, answer.status, {"Content-Type": "application/json"}

@@ -994,17 +994,35 @@ def ceilings(run_dir: Path) -> dict[str, dict[str, Any]]:
         ("bare_granian", "granian", "bench.ceiling:bare"),
         ("redis_get_granian", "granian", "bench.ceiling:redis_get_app"),
     ]
-    for name, server, target in runs:
-        port = procs.free_port()
-        template = ALT_SERVERS[server]
-        argv = [str(BIN / template[0])] + [a.format(port=port) for a in template[1:-1]]
-        proc = procs.start(f"ceiling-{name}", argv + [target], run_dir, env, str(ROOT), port, "/")
-        try:
-            out[name] = measure(port, wrk.Load("/"), proc)
-        finally:
-            procs.stop(proc)
-        r = out[name]
-        log(f"ceiling {name}: {r['rps']:,.0f} req/s p99 {r['p99_ms']:.1f} ms errors {r['errors']}")
+    # The least a gateway call costs on this box: a Flask view fetching the dummy site's
+    # ``/info`` (what ``/api/profile`` calls) through the gateway's libcurl client, served
+    # as ``serve`` serves (granian, its workers x threads), the site beside it sharing the cores.
+    site, site_port = start_site(run_dir)
+    _, _, site_token = loader.site_user("bench")
+    proxy_env = {**env, "BENCH_SITE_URL": f"http://127.0.0.1:{site_port}/info?token={site_token}"}
+    threads = ["--blocking-threads", str(SERVER_THREADS)]
+    runs.append(("proxy_granian", "granian", "bench.ceiling:proxy_app"))
+    try:
+        for name, server, target in runs:
+            port = procs.free_port()
+            template = ALT_SERVERS[server]
+            argv = [str(BIN / template[0])] + [a.format(port=port) for a in template[1:-1]]
+            argv += threads if name == "proxy_granian" else []
+            proc_env = proxy_env if name == "proxy_granian" else env
+            proc = procs.start(
+                f"ceiling-{name}", argv + [target], run_dir, proc_env, str(ROOT), port, "/"
+            )
+            try:
+                out[name] = measure(port, wrk.Load("/"), proc)
+            finally:
+                procs.stop(proc)
+            r = out[name]
+            log(
+                f"ceiling {name}: {r['rps']:,.0f} req/s p99 {r['p99_ms']:.1f} ms"
+                f" errors {r['errors']}"
+            )
+    finally:
+        procs.stop(site)
     return out
 
 
@@ -1341,6 +1359,7 @@ def table(results: dict[str, Any]) -> str:
         "postgres": "ceiling: + 1 Postgres write",
         "bare_granian": "ceiling: bare Flask, granian",
         "redis_get_granian": "ceiling: + 1 Redis GET, granian",
+        "proxy_granian": "ceiling: the site's answer proxied, granian",
     }
     for key, r in results.get("ceiling", {}).items():
         row(names.get(key, key), r, "1.00" if key == "bare" else "")
