@@ -29,8 +29,10 @@ reused while the record's ``rev`` is unchanged, and, within one request, the ans
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -76,6 +78,20 @@ MAX_SECRETS = 5
 #: Clients built from records kept per process (each checked against its record's ``rev``).
 CACHE_SIZE = 4096
 _MEMO = "oauth2.stored_clients"
+#: The same memo for a request served without Flask's request context (the gateway's
+#: fast path, :mod:`app.gateway`): set for the request by :func:`request_memo`.
+_REQUEST_MEMO: ContextVar[dict[str, Any] | None] = ContextVar("stored_clients", default=None)
+
+
+@contextlib.contextmanager
+def request_memo(environ: dict[str, Any]) -> Iterator[None]:
+    """Look each stored client up once inside (a request served outside Flask's context),
+    in the request's own memo: Flask's path, if the request goes on there, reads it too."""
+    token = _REQUEST_MEMO.set(environ.setdefault(_MEMO, {}))
+    try:
+        yield
+    finally:
+        _REQUEST_MEMO.reset(token)
 
 
 class ClientConflict(ValueError):
@@ -123,7 +139,9 @@ class ClientStore:
     # -- lookups --------------------------------------------------------------------------
     def active(self, client_id: str) -> StoredClient | None:
         """The client if it exists and is not disabled; asked of storage once per request."""
-        memo = request.environ.setdefault(_MEMO, {}) if has_request_context() else None
+        memo = _REQUEST_MEMO.get()
+        if memo is None and has_request_context():
+            memo = request.environ.setdefault(_MEMO, {})
         if memo is not None and client_id in memo:
             return memo[client_id]
         found = self.find(client_id)

@@ -8,6 +8,23 @@ longer routes ``/api/``). Its short path takes ``/api/<plain name>`` by a method
 one route accepts: the rule matched by a regular expression instead of the URL map.
 Any other request (a path with a slash or an odd character in the name, a method the
 route does not take) goes Flask's own way, so its 404, 405 or redirect is Flask's.
+
+In front of both, the **fast path** (:meth:`Gateway._fast`) serves the call a partner
+makes all day, a ``GET`` of a function with a good bearer token that passes every check,
+on the WSGI environ alone: no request or response object, no context, no hooks run one
+by one. It asks what the view asks, through the same functions (the limiter's budgets,
+:func:`~app.oauth2.accept.find_bearer` and its token cache,
+:func:`~app.views.api.failed_check`, the quotas' :func:`~app.quotas.web.budgets`), then
+calls the site and sends what Flask's path would send for that answer, field for field
+and in its order (the limit's ``RateLimit`` fields, CORS, the request id, the security
+headers), logging and counting it as the request hooks do. Anything else is handed to
+Flask's path before anything has changed: no token or a refused one, a query string, a
+body, DPoP, a client with quotas, an error; so every refusal, and every answer of the
+site other than a plain 200, is Flask's own. The token it looked up (or the error it met)
+and the site's answer, once the site is called, go on in the WSGI environ, so a handed-on
+call reads the token once and calls the site once. It is on only while the app's hooks,
+view and signal receivers are the ones it stands for (:meth:`Gateway._known_hooks`), and
+``tests/test_gateway_fast.py`` holds its answers to Flask's path's for any ``GET``.
 """
 
 from __future__ import annotations
@@ -15,11 +32,56 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import Flask
+from flask import (
+    Flask,
+    appcontext_popped,
+    appcontext_pushed,
+    appcontext_tearing_down,
+    request_finished,
+    request_started,
+    request_tearing_down,
+)
 
+from . import _limit_streamed_body, errors, pages
+from .client_store import request_memo
+from .cors import EXPOSE
 from .lean import LeanApp, Route, settled_route
 from .lean import build as build_lean
+from .limits.counters import digest
+from .limits.web import counted, group_of
+from .oauth2 import accept, rfc6750
+from .observability import requestlog
+from .observability.requestlog import CLIENT_KEY, HEADER, USER_KEY
 from .paths import API
+from .quotas.web import budgets
+from .views import api
+
+#: Signals Flask's path sends for every call: while any has a receiver for the gateway,
+#: every call goes that way. (``got_request_exception`` is sent for an error, and errors
+#: are all handed to Flask's path.)
+SIGNALS = (
+    request_started,
+    request_finished,
+    request_tearing_down,
+    appcontext_pushed,
+    appcontext_popped,
+    appcontext_tearing_down,
+)
+#: The fields the fast path's answer has before the security headers are added.
+FAST_FIELDS = frozenset(
+    {
+        "Content-Type",
+        "Content-Length",
+        "Cache-Control",
+        "RateLimit-Policy",
+        "RateLimit",
+        "Access-Control-Allow-Origin",
+        "Access-Control-Expose-Headers",
+        "X-Request-Id",
+    }
+)
+#: A content type the fast path passes on as it is (printable, no control character).
+PLAIN_VALUE = re.compile(r"[\x20-\x7e]+")
 
 #: The WSGI environ's ``PATH_INFO`` prefix sent to the gateway.
 PREFIX = API
@@ -48,15 +110,186 @@ class Gateway(LeanApp):
 
     def settle(self) -> None:
         """Take the gateway's one route (its blueprint registered): set once, before any
-        request, so no thread ever sees part of it; a second route is a start-up error."""
+        request, so no thread ever sees part of it; a second route is a start-up error.
+        The fast path is on when the app's hooks and view are the ones it does the work
+        of (:meth:`_known_hooks`)."""
         rules = list(self.url_map.iter_rules())
         if len(rules) != 1:
             raise RuntimeError(f"the gateway app has {len(rules)} routes; it must have one")
         self.settled = settled_route(rules[0])
+        hooks = self._hooks_now()
+        self.fast_hooks = hooks if hooks == self._known_hooks() else None
+
+    # -- the fast path --------------------------------------------------------------------
+    #: The app's hooks and view as :meth:`settle` found them, when they are the ones the
+    #: fast path does the work of; None: no fast path (every call goes Flask's way).
+    fast_hooks: tuple[Any, ...] | None = None
+
+    def _hooks_now(self) -> tuple[Any, ...]:
+        """The hooks and view a call would run (what a test or an extension may change)."""
+
+        def named(hooks: dict[Any, list[Any]]) -> tuple[Any, ...]:
+            return tuple((key, tuple(funcs)) for key, funcs in hooks.items() if funcs)
+
+        route = self.settled
+        return (
+            named(self.before_request_funcs),
+            named(self.after_request_funcs),
+            named(self.teardown_request_funcs),
+            named(self.url_value_preprocessors),
+            tuple(self.teardown_appcontext_funcs),
+            self.view_functions.get(route[2]) if route is not None else None,
+        )
+
+    def _known_hooks(self) -> tuple[Any, ...]:
+        """What :meth:`_hooks_now` is when :func:`app.lean.build` made the app: the hooks
+        whose work :meth:`_call` does itself, in the order Flask's path runs them."""
+
+        line = self.request_line
+        finish = line.finish if line is not None else None
+        before = (requestlog._begin, _limit_streamed_body, errors._require_utf8_query)
+        return (
+            ((None, before),),
+            ((None, (pages._security_headers, finish)),),
+            ((None, (requestlog._end,)),),
+            (),
+            (),
+            api.call,
+        )
+
+    def wsgi_app(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if self.fast_hooks is not None and environ.get("REQUEST_METHOD") == "GET":
+            answer = self._fast(environ, start_response)
+            if answer is not None:
+                return answer
+        return super().wsgi_app(environ, start_response)
+
+    def _fast(self, environ: dict[str, Any], start_response: Any) -> list[bytes] | None:
+        """Serve the usual call, a ``GET`` with a good bearer token that passes every
+        check, without Flask's request machinery; None hands the request to Flask's path
+        (which serves everything else exactly as before)."""
+        found = self.short_route(environ.get("PATH_INFO", ""))
+        if (
+            found is None
+            or environ.get("QUERY_STRING")
+            or environ.get("CONTENT_LENGTH") not in (None, "", "0")
+            or "HTTP_TRANSFER_ENCODING" in environ
+            or "HTTP_DPOP" in environ
+            or not self.plain(environ)
+            or any(signal.has_receivers_for(self) for signal in SIGNALS)
+            or self._hooks_now() != self.fast_hooks
+        ):
+            return None
+        self._got_first_request = True  # as Flask's path: no setup method from now on
+        rid = requestlog._start(environ)
+        try:
+            with request_memo(environ):
+                return self._call(environ, start_response, found, rid)
+        finally:
+            requestlog.REQUEST_ID.set(None)
+
+    def _call(
+        self,
+        environ: dict[str, Any],
+        start_response: Any,
+        found: tuple[Route, dict[str, Any]],
+        rid: str,
+    ) -> list[bytes] | None:
+        """:meth:`_fast`'s call of the function ``found`` names (its route and name)."""
+        name = found[1]["name"]
+
+        state = self.extensions["oauth2"]
+        raw = rfc6750.bearer_token(environ.get("HTTP_AUTHORIZATION", ""))
+        if raw is None:
+            return None
+        # Nothing below changes anything until the site is called: a refusal hands the
+        # request to Flask's path, which checks it again and answers, the token looked
+        # up here handed on with it (no second read); an error is raised there in the
+        # lookup's place.
+        try:
+            limits, key = state.limits, None
+            if limits.enabled:
+                ip = "api:" + group_of(environ.get("REMOTE_ADDR"))
+                key = "token:" + digest(raw)
+                if limits.rates.spent("api_ip", ip) is not None:
+                    return None
+                if limits.rates.spent("api", key) is not None:
+                    return None
+            server = state.server
+            token = accept.find_bearer(server, raw)
+            environ[api.LOOKED_UP] = (raw, token)
+            if token is None:
+                return None
+            if token.client_id and not environ.get(CLIENT_KEY):  # as requestlog.note
+                environ[CLIENT_KEY] = str(token.client_id)
+            if token.user_id and not environ.get(USER_KEY):
+                environ[USER_KEY] = str(token.user_id)
+            route = state.adapter.api.get(name)
+            if api.failed_check(server, token, route, name, "GET") is not None:
+                return None
+            if budgets(state.clients.get(token.client_id), token.record, name):
+                return None  # the quotas' reservations and fields: Flask's path
+            content_type = environ.get("CONTENT_TYPE")
+            headers = api.upstream_headers(token, content_type)
+        except Exception as exc:  # noqa: BLE001 - raised on Flask's path, as there
+            environ[api.LOOKED_UP] = (raw, exc)
+            return None
+        try:
+            upstream = state.adapter.call(
+                route.called_with("GET"),
+                token.record.get("site_token", ""),
+                token.user_id,
+                headers,
+                None,
+                {},
+            )
+        except Exception as exc:  # noqa: BLE001 - rendered by Flask's path, as there
+            environ[api.STASHED] = exc
+            return None
+        body, kind = upstream.body, upstream.content_type
+        if upstream.status != 200 or type(body) is not bytes or not PLAIN_VALUE.fullmatch(kind):
+            environ[api.STASHED] = upstream  # answered as Flask's path answers it
+            return None
+        try:
+            # What Flask's path sends for it, in its order: the view's response, the limit's
+            # fields, CORS, the request id, then the security headers it lacks.
+            fields = [
+                ("Content-Type", kind),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "no-store"),
+            ]
+            if key is not None:
+                fields += counted(limits, "api", key)
+            fields += [
+                ("Access-Control-Allow-Origin", "*"),
+                ("Access-Control-Expose-Headers", EXPOSE),
+                (HEADER, rid),
+            ]
+            path = environ["PATH_INFO"]
+            secure = environ["wsgi.url_scheme"] == "https"
+            for field, value in pages._wanted(False, path, secure):
+                if field not in FAST_FIELDS:
+                    fields.append((field, value))
+            line = self.request_line
+            if line is not None:
+                user = environ.get(USER_KEY)
+                line.done(
+                    environ,
+                    "GET",
+                    path,
+                    found[0][0].rule,
+                    200,
+                    user,
+                    environ.get("REMOTE_ADDR"),
+                    None,
+                )
+        except Exception:  # noqa: BLE001 - the answer is rendered by Flask's path
+            environ[api.STASHED] = upstream
+            return None
+        start_response("200 OK", fields)
+        return [body]
 
 
 def build(main: Flask) -> Gateway:
     """The gateway's Flask app, over ``main``'s state, configuration and extensions."""
-    from .views import api
-
     return build_lean(main, Gateway, __name__, api.bp)

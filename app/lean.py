@@ -48,6 +48,8 @@ from flask.globals import _cv_app, _cv_request
 from flask.sessions import SessionInterface
 from werkzeug.routing import Rule
 
+from .observability.requestlog import RequestLine
+
 #: Headers Werkzeug rewrites on the way out (made absolute URLs): such an answer goes its way.
 REWRITTEN = frozenset({"location", "content-location"})
 #: A ``Host`` (else the server's name) Werkzeug's URL adapter takes as it is (an ASCII
@@ -115,6 +117,8 @@ class LeanApp(Flask):
     routes: dict[str, Route] = {}
     #: The paths :func:`mount` sends here (all of this app's routes).
     paths: frozenset[str] = frozenset()
+    #: The app's request line and counts (:func:`build` sets it).
+    request_line: RequestLine | None = None
 
     def short_route(self, path: str) -> tuple[Route, dict[str, Any]] | None:
         """The settled route and view arguments a path takes the short way by, or None
@@ -134,17 +138,24 @@ class LeanApp(Flask):
         self.routes = routes
         self.paths = frozenset(routes)
 
+    def plain(self, environ: dict[str, Any]) -> bool:
+        """Whether Flask's routing would take the request as it is: no ``TRUSTED_HOSTS``
+        to check, and none of what its URL adapter refuses with a 400 (a WebSocket
+        upgrade, another scheme, a host it cannot take such as an invalid IDNA name)."""
+        return (
+            self.config["TRUSTED_HOSTS"] is None
+            and environ.get("wsgi.url_scheme") in ("http", "https")
+            and "websocket" not in environ.get("HTTP_UPGRADE", "").lower()
+            and PLAIN_HOST.fullmatch(environ.get("HTTP_HOST") or environ.get("SERVER_NAME", ""))
+            is not None
+        )
+
     def wsgi_app(self, environ: dict[str, Any], start_response: Any) -> Any:
         found = self.short_route(environ.get("PATH_INFO", ""))
         if (
             found is None
             or environ.get("REQUEST_METHOD") not in found[0][1]
-            or self.config["TRUSTED_HOSTS"] is not None
-            # What Flask's URL adapter refuses with a 400: a WebSocket upgrade, another
-            # scheme, a host it cannot take (an invalid IDNA name).
-            or environ.get("wsgi.url_scheme") not in ("http", "https")
-            or "websocket" in environ.get("HTTP_UPGRADE", "").lower()
-            or not PLAIN_HOST.fullmatch(environ.get("HTTP_HOST") or environ.get("SERVER_NAME", ""))
+            or not self.plain(environ)
         ):
             return super().wsgi_app(environ, start_response)
         route, view_args = found
@@ -261,7 +272,7 @@ def build(main: Flask, cls: type[LeanApp], name: str, *blueprints: Any) -> Any:
     pages.init_app(lean)  # the security headers (no page is rendered here)
     for blueprint in blueprints:
         lean.register_blueprint(blueprint)
-    observability.init_request_hooks(lean)
+    lean.request_line = observability.init_request_hooks(lean)
     lean.settle()
     return lean
 

@@ -53,7 +53,11 @@ def _clients() -> Any:
 
 def ip_group() -> str:
     """The caller's address; IPv6 by /64 (one host usually holds the whole /64)."""
-    address = request.remote_addr
+    return group_of(request.remote_addr)
+
+
+def group_of(address: str | None) -> str:
+    """:func:`ip_group` of the address ``address``."""
     # An address is short; anything longer is not one, and is not worth remembering.
     return _group(address) if address and len(address) <= 64 else _group.__wrapped__(address)
 
@@ -106,11 +110,16 @@ def _hit(
     limits: Limits, response: Response, name: str, key: str, rate: RateLimitItem | None = None
 ) -> None:
     """Count an answered request against a budget; its fields go on the response."""
+    headers = response.headers
+    for field, value in counted(limits, name, key, rate):
+        headers.add(field, value)
+
+
+def counted(limits: Limits, name: str, key: str, rate: RateLimitItem | None = None) -> Headers:
+    """Count an answered request against a budget; its fields."""
     rate = rate or limits.rates.rates[name]
     left, reset = limits.rates.count(name, key, rate)
-    headers = response.headers
-    for field, value in _fields(name, rate, left, reset):
-        headers.add(field, value)
+    return _fields(name, rate, left, reset)
 
 
 # -- /token, /revoke, /introspect ----------------------------------------------------------

@@ -32,7 +32,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(ops.bp)
 
 
-def init_request_hooks(app: Flask) -> None:
+def init_request_hooks(app: Flask) -> requestlog.RequestLine:
     """The request id, the request line and (when metrics are on) the request counts:
     the hooks every app serving requests registers (the main app, the ``/api`` one)."""
     state: State = app.extensions["oauth2"]
@@ -41,15 +41,20 @@ def init_request_hooks(app: Flask) -> None:
         from . import metrics
 
         observe = _count_requests(metrics)
-    requestlog.init_app(app, observe)
+    return requestlog.init_app(app, observe)
 
 
 def _count_requests(metrics: Any) -> requestlog.Observer:
     def count(
-        rule: str | None, method: str, status: int, took: float, path: str, response: Response
+        rule: str | None,
+        method: str,
+        status: int,
+        took: float,
+        path: str,
+        response: Response | None,
     ) -> None:
         metrics.observe_request(rule, method, status, took)
-        if path == TOKEN and 400 <= status < 500 and response.is_json:
+        if path == TOKEN and 400 <= status < 500 and response is not None and response.is_json:
             body = response.get_json(silent=True)
             if isinstance(body, dict):
                 metrics.observe_token_error(str(body.get("error")))

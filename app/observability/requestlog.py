@@ -56,8 +56,9 @@ USER_KEY = "oauth2.log_user"
 _OFFERED = "HTTP_X_REQUEST_ID"
 
 #: What :func:`init_app` may be given to count each answered request (metrics):
-#: ``(route rule or None, method, status, seconds, path, response)``.
-Observer = Callable[[str | None, str, int, float, str, Response], None]
+#: ``(route rule or None, method, status, seconds, path, response)``; the response is
+#: None for an answer the gateway's fast path made without one.
+Observer = Callable[[str | None, str, int, float, str, "Response | None"], None]
 
 
 def new_id() -> str:
@@ -93,7 +94,11 @@ def user_hash(user_id: str, key: bytes | None = None) -> str:
 
 def _begin() -> None:
     environ = request.environ
-    _start(environ)
+    rid = environ.get(ID_KEY)
+    if rid is None:
+        _start(environ)
+    else:  # begun by the gateway's fast path, which handed the request on: the same id
+        REQUEST_ID.set(rid)
 
 
 def _start(environ: dict[str, Any]) -> str:
@@ -191,23 +196,70 @@ class _Records:
         direct.write(handler, text, lambda: self.make(_Line(fields), now))
 
 
-def init_app(app: Flask, observe: Observer | None = None) -> None:
+class RequestLine:
+    """One app's request line and request counts: what its ``after_request`` hook does
+    with an answered request, callable without a request context too (the gateway's
+    fast path, :mod:`app.gateway`, answers some requests without one)."""
+
+    def __init__(self, app: Flask, observe: Observer | None) -> None:
+        self.lines = app.extensions["oauth2"].settings.config.logging.requests
+        self.key = str(app.secret_key or "").encode()
+        self.observe = observe
+        self.records = _Records(log)
+        #: User id -> its hash (an HMAC costs more than the rest of the line), bounded.
+        self.hashes: dict[str, str] = {}
+        #: The app's ``after_request`` hook (set by :func:`init_app`).
+        self.finish: Callable[[Response], Response] | None = None
+
+    def hashed(self, user: str) -> str:
+        found = self.hashes.get(user)
+        if found is None:
+            if len(self.hashes) >= USER_HASHES:
+                self.hashes.clear()
+            found = self.hashes[user] = user_hash(user, self.key)
+        return found
+
+    def logged(self) -> bool:
+        return bool(self.lines) and log.isEnabledFor(NOTICE)
+
+    def done(
+        self,
+        environ: dict[str, Any],
+        method: str,
+        path: str,
+        rule: str | None,
+        status: int,
+        user: str | None,
+        ip: str | None,
+        response: Response | None,
+    ) -> None:
+        """Count and log an answered request (``response``: None when none was made)."""
+        logged = self.logged()
+        if self.observe is None and not logged:
+            return
+        took = time.perf_counter() - environ[STARTED_KEY]  # the same time counted and logged
+        if self.observe is not None:
+            self.observe(rule, method, status, took, path, response)
+        if logged:
+            fields = {
+                "method": method,
+                "path": path[:MAX_PATH],
+                "route": rule,
+                "status": status,
+                "duration_ms": round(took * 1000, 2),
+                "client_id": environ.get(CLIENT_KEY),
+                "user": self.hashed(user) if user else None,
+                "ip": ip,
+                "request_id": environ[ID_KEY],
+            }
+            self.records.emit(fields, time.time())
+
+
+def init_app(app: Flask, observe: Observer | None = None) -> RequestLine:
     """Go first among ``before_request`` hooks (so a limiter's 429 is logged with its id);
     one ``after_request`` hook sets the header, logs the line (``logging.requests``) and
-    calls ``observe`` (the metrics) when given."""
-    lines = app.extensions["oauth2"].settings.config.logging.requests
-    key = str(app.secret_key or "").encode()
-    records = _Records(log)
-    #: User id -> its hash (an HMAC costs more than the rest of the line), bounded.
-    hashes: dict[str, str] = {}
-
-    def hashed(user: str) -> str:
-        found = hashes.get(user)
-        if found is None:
-            if len(hashes) >= USER_HASHES:
-                hashes.clear()
-            found = hashes[user] = user_hash(user, key)
-        return found
+    calls ``observe`` (the metrics) when given. Returns the app's :class:`RequestLine`."""
+    line = RequestLine(app, observe)
 
     def finish(response: Response) -> Response:
         req = request._get_current_object()  # type: ignore[attr-defined]
@@ -216,33 +268,19 @@ def init_app(app: Flask, observe: Observer | None = None) -> None:
         if rid is None:  # a handler ahead of ours answered (it cannot: we go first)
             rid = _start(environ)
         response.headers[HEADER] = rid
-        logged = lines and log.isEnabledFor(NOTICE)
-        if observe is None and not logged:
+        if line.observe is None and not line.logged():
             return response
         rule = req.url_rule.rule if req.url_rule is not None else None
-        took = time.perf_counter() - environ[STARTED_KEY]  # the same time counted and logged
+        user = (environ.get(USER_KEY) or _signed_in_user(environ)) if line.logged() else None
         status = response.status_code
-        if observe is not None:
-            observe(rule, req.method, status, took, req.path, response)
-        if logged:
-            user = environ.get(USER_KEY) or _signed_in_user(environ)
-            fields = {
-                "method": req.method,
-                "path": req.path[:MAX_PATH],
-                "route": rule,
-                "status": status,
-                "duration_ms": round(took * 1000, 2),
-                "client_id": environ.get(CLIENT_KEY),
-                "user": hashed(user) if user else None,
-                "ip": req.remote_addr,
-                "request_id": rid,
-            }
-            records.emit(fields, time.time())
+        line.done(environ, req.method, req.path, rule, status, user, req.remote_addr, response)
         return response
 
+    line.finish = finish
     app.before_request_funcs.setdefault(None, []).insert(0, _begin)
     app.after_request(finish)
     app.teardown_request(_end)
+    return line
 
 
 def _end(_exc: BaseException | None) -> None:

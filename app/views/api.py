@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from authlib.oauth2.rfc6749.util import scope_to_list
 from flask import Blueprint, Response, after_this_request, jsonify, request
 
@@ -11,6 +13,7 @@ from ..cors import any_origin
 from ..limits import api_limit
 from ..oauth2 import rfc6750, rfc9449
 from ..oauth2.accept import find_access, find_bearer
+from ..oauth2.models import StoredToken
 from ..observability.requestlog import note
 from ..quotas.web import spend
 from .common import state
@@ -18,6 +21,12 @@ from .common import state
 bp = Blueprint("api", __name__)
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+#: The WSGI environ key where the gateway's fast path (:mod:`app.gateway`) leaves the
+#: site's answer to a call (or the exception the call raised) for Flask's path to render.
+STASHED = "oauth2.gateway.upstream"
+#: ... and the token it looked up for the request's bearer token: ``(raw, found)``, found
+#: the stored token, None, or the error its checks met (raised here in the lookup's place).
+LOOKED_UP = "oauth2.gateway.looked_up"
 
 
 def _fail(status: int, error: str, www: str | None = None) -> Response:
@@ -37,7 +46,7 @@ def call(name: str):
     server = app.server
     header = request.headers.get("Authorization", "")
     raw = rfc6750.bearer_token(header)
-    token = find_bearer(server, raw)
+    token = _bearer(server, raw)
     dpop = raw is None and server.dpop is not None and rfc9449.dpop_token(header)
     proof = None
     if dpop:
@@ -51,17 +60,18 @@ def call(name: str):
         return _fail(401, "invalid token", 'Bearer realm="api", error="invalid_token"')
     note(token.client_id, token.user_id)
     route = app.adapter.api.get(name)
-    if route is None:
+    refused = failed_check(server, token, route, name, request.method)
+    if route is None:  # refused == "route"
         return _fail(404, "no such function")
-    if request.method not in route.allowed:
+    if refused == "method":
         response = _fail(405, "use " + " or ".join(route.allowed))
         response.headers["Allow"] = ", ".join(route.allowed)
         return response
-    if route.scope not in (scope_to_list(token.scope) or []):
+    if refused == "scope":
         return _fail(403, "insufficient scope", _scope_challenge(bool(dpop), route.scope))
-    if not _allowed_function(server, token.client_id, name):
+    if refused == "function":
         return _fail(403, "function not allowed", _scope_challenge(bool(dpop)))
-    if not token.user_id:
+    if refused == "user":
         return _fail(403, "this function acts for a user; use a user's token")
     if proof is not None:  # RFC 9449 §11.1: the proof is used up only by a call that passes
         try:
@@ -75,6 +85,36 @@ def call(name: str):
         name,
         lambda: _proxy(app.adapter, route.called_with(request.method), token),
     )
+
+
+def _bearer(server: Any, raw: str | None) -> StoredToken | None:
+    """``find_bearer``, or what the fast path (:mod:`app.gateway`) found for the same
+    token before it handed the request here (or the error it met): looked up once."""
+    looked = request.environ.pop(LOOKED_UP, None)
+    if looked is not None and raw is not None and looked[0] == raw:
+        if isinstance(looked[1], BaseException):
+            raise looked[1]
+        return looked[1]
+    return find_bearer(server, raw)
+
+
+def failed_check(server: Any, token: StoredToken, route: Any, name: str, method: str) -> str | None:
+    """The first check a call of ``name`` (its ``route``, None if the site has no such
+    function) by ``method`` with the accepted ``token`` fails: ``"route"``, ``"method"``,
+    ``"scope"``, ``"function"`` (the client's ``api_allowlist``) or ``"user"`` (a
+    client's own token); None when it passes them all. Both ways of serving a call
+    (:func:`call`, the fast path of :mod:`app.gateway`) ask this."""
+    if route is None:
+        return "route"
+    if method not in route.allowed:
+        return "method"
+    if route.scope not in (scope_to_list(token.scope) or []):
+        return "scope"
+    if not _allowed_function(server, token.client_id, name):
+        return "function"
+    if not token.user_id:
+        return "user"
+    return None
 
 
 def _dpop(raw: str):
@@ -121,23 +161,36 @@ def _allowed_function(server, client_id: str, name: str) -> bool:
     return client is not None and allows_function(client.api_allowlist, name)
 
 
-def _proxy(adapter, route, token) -> Response:
+def upstream_headers(token: StoredToken, content_type: str | None) -> dict[str, Any]:
+    """The headers a call sends the site: who it is for, and the caller's content type."""
     headers = {
         "X-OAuth-Client-Id": token.client_id,
         "X-OAuth-User-Id": token.user_id,
         "X-OAuth-Scope": token.scope,
     }
-    if request.content_type:
-        headers["Content-Type"] = request.content_type
+    if content_type:
+        headers["Content-Type"] = content_type
+    return headers
+
+
+def _proxy(adapter, route, token) -> Response:
+    # The fast path (app.gateway) may have called the site already and left the answer
+    # it does not render itself (or the call's error) here: the site is never called twice.
+    stashed = request.environ.pop(STASHED, None)
     try:
-        upstream = adapter.call(
-            route,
-            token.record.get("site_token", ""),
-            token.user_id,
-            headers,
-            request.get_data() if request.method in ("POST", "PUT", "PATCH") else None,
-            request.args.to_dict(),
-        )
+        if stashed is None:
+            upstream = adapter.call(
+                route,
+                token.record.get("site_token", ""),
+                token.user_id,
+                upstream_headers(token, request.content_type),
+                request.get_data() if request.method in ("POST", "PUT", "PATCH") else None,
+                request.args.to_dict(),
+            )
+        elif isinstance(stashed, BaseException):
+            raise stashed
+        else:
+            upstream = stashed
     except UpstreamUnavailable as exc:
         if exc.timeout:
             return _fail(504, "the site did not answer in time")
