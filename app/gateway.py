@@ -29,7 +29,9 @@ view and signal receivers are the ones it stands for (:meth:`Gateway._known_hook
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from flask import (
@@ -48,13 +50,15 @@ from .cors import EXPOSE
 from .lean import LeanApp, Route, settled_route
 from .lean import build as build_lean
 from .limits.counters import digest
-from .limits.web import counted, group_of
+from .limits.web import REFUSED, counted, group_of
 from .oauth2 import accept, rfc6750
 from .observability import requestlog
 from .observability.requestlog import CLIENT_KEY, HEADER, USER_KEY
 from .paths import API
 from .quotas.web import budgets
 from .views import api
+
+log = logging.getLogger("oauth2")
 
 #: Signals Flask's path sends for every call: while any has a receiver for the gateway,
 #: every call goes that way. (``got_request_exception`` is sent for an error, and errors
@@ -178,6 +182,7 @@ class Gateway(LeanApp):
             or not self.plain(environ)
             or any(signal.has_receivers_for(self) for signal in SIGNALS)
             or self._hooks_now() != self.fast_hooks
+            or not _no_body(environ)
         ):
             return None
         self._got_first_request = True  # as Flask's path: no setup method from now on
@@ -211,10 +216,11 @@ class Gateway(LeanApp):
             if limits.enabled:
                 ip = "api:" + group_of(environ.get("REMOTE_ADDR"))
                 key = "token:" + digest(raw)
-                if limits.rates.spent("api_ip", ip) is not None:
-                    return None
-                if limits.rates.spent("api", key) is not None:
-                    return None
+                for budget, of in (("api_ip", ip), ("api", key)):
+                    refusal = limits.rates.spent(budget, of)
+                    if refusal is not None:  # handed on: Flask's path refuses it (429)
+                        environ[REFUSED] = (budget, of, refusal)
+                        return None
             server = state.server
             token = accept.find_bearer(server, raw)
             environ[api.LOOKED_UP] = (raw, token)
@@ -244,50 +250,100 @@ class Gateway(LeanApp):
                 {},
             )
         except Exception as exc:  # noqa: BLE001 - rendered by Flask's path, as there
-            environ[api.STASHED] = exc
+            environ[api.STASHED] = (raw, name, exc)
             return None
         body, kind = upstream.body, upstream.content_type
-        if upstream.status != 200 or type(body) is not bytes or not PLAIN_VALUE.fullmatch(kind):
-            environ[api.STASHED] = upstream  # answered as Flask's path answers it
+        if (
+            upstream.status != 200
+            or type(body) is not bytes
+            or type(kind) is not str
+            or not PLAIN_VALUE.fullmatch(kind)
+            or kind.partition(";")[0].strip().lower() == "text/html"  # a page's headers
+        ):
+            environ[api.STASHED] = (raw, name, upstream)  # answered as Flask's path does
             return None
         try:
             # What Flask's path sends for it, in its order: the view's response, the limit's
             # fields, CORS, the request id, then the security headers it lacks.
-            fields = [
-                ("Content-Type", kind),
-                ("Content-Length", str(len(body))),
-                ("Cache-Control", "no-store"),
-            ]
-            if key is not None:
-                fields += counted(limits, "api", key)
-            fields += [
+            path = environ["PATH_INFO"]
+            secure = environ["wsgi.url_scheme"] == "https"
+            after = [
                 ("Access-Control-Allow-Origin", "*"),
                 ("Access-Control-Expose-Headers", EXPOSE),
                 (HEADER, rid),
             ]
-            path = environ["PATH_INFO"]
-            secure = environ["wsgi.url_scheme"] == "https"
-            for field, value in pages._wanted(False, path, secure):
-                if field not in FAST_FIELDS:
-                    fields.append((field, value))
-            line = self.request_line
-            if line is not None:
-                user = environ.get(USER_KEY)
-                line.done(
-                    environ,
-                    "GET",
-                    path,
-                    found[0][0].rule,
-                    200,
-                    user,
-                    environ.get("REMOTE_ADDR"),
-                    None,
-                )
+            after += [
+                (field, value)
+                for field, value in pages._wanted(False, path, secure)
+                if field not in FAST_FIELDS
+            ]
+            # The call is counted last: nothing before it is handed on counted.
+            counts = counted(limits, "api", key) if key is not None else []
         except Exception:  # noqa: BLE001 - the answer is rendered by Flask's path
-            environ[api.STASHED] = upstream
+            environ[api.STASHED] = (raw, name, upstream)
             return None
+        fields = [
+            ("Content-Type", kind),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+            *counts,
+            *after,
+        ]
+        line = self.request_line
+        if line is not None:
+            try:
+                rule = found[0][0].rule
+                user, address = environ.get(USER_KEY), environ.get("REMOTE_ADDR")
+                line.done(environ, "GET", path, rule, 200, user, address, None)
+            except Exception:  # the call was made and counted: it is answered all the same
+                log.exception("the request line or its counts failed on %s", path)
         start_response("200 OK", fields)
         return [body]
+
+
+def _no_body(environ: dict[str, Any]) -> bool:
+    """Whether the request has no body. With no ``Content-Length`` (checked first) a body
+    the server ends itself (``wsgi.input_terminated``: HTTP/2, say) may still come: one
+    byte is read to see, and put back in front of the rest for Flask's path (whose
+    streamed-body limit reads it)."""
+    if not environ.get("wsgi.input_terminated"):
+        return True  # no length, nothing the server ends: no body (PEP 3333)
+    stream = environ.get("wsgi.input")
+    first = stream.read(1) if stream is not None else b""
+    if not first:
+        return True
+    environ["wsgi.input"] = _PutBack(first, stream)
+    return False
+
+
+class _PutBack:
+    """A request body with its first byte, read already, put back in front (a file-like
+    object as ``wsgi.input`` is: ``read``, ``readline``, iteration by line)."""
+
+    def __init__(self, first: bytes, stream: Any) -> None:
+        self.first, self.stream = first, stream
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size == 0:
+            return b""
+        first, self.first = self.first, b""
+        if size is None or size < 0:
+            return first + self.stream.read()
+        return first + (self.stream.read(size - len(first)) if size > len(first) else b"")
+
+    def readline(self, size: int | None = -1) -> bytes:
+        if not self.first or size == 0:
+            return self.stream.readline(size) if not self.first else b""
+        first, self.first = self.first, b""
+        if first == b"\n" or size == 1:
+            return first
+        return first + self.stream.readline(-1 if size is None or size < 0 else size - 1)
+
+    def __iter__(self) -> Iterator[bytes]:
+        line = self.readline()
+        while line:
+            yield line
+            line = self.readline()
 
 
 def build(main: Flask) -> Gateway:

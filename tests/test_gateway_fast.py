@@ -6,6 +6,7 @@ up once whichever way the call went."""
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -280,3 +281,98 @@ def test_any_get_answers_as_flasks_path_does(
     flask = flask_path(gateway).get(f"/api/{name}", headers=headers)
     assert answer(fast) == answer(flask), (name, authorization, headers)
     assert fast.status_code < 500
+
+
+# -- what the review of the fast path asked for -------------------------------------------
+@pytest.mark.parametrize("budget", ["api", "api_ip"])
+def test_a_refusal_met_on_the_fast_path_is_audited_once(tmp_path, dummy_site, budget):
+    app = make_app(tmp_path, dummy_site, CLIENTS, limits={budget: "2/hour"})
+    try:
+        state = app.extensions["oauth2"]
+        token = make_token(state)["access_token"]
+        http = Client(app.extensions["oauth2.gateway"])
+        headers = bearer(token if budget == "api" else "not-a-token")
+        answers = [http.get("/api/profile", headers=headers).status_code for _ in range(5)]
+        assert answers == [200 if budget == "api" else 401] * 2 + [429] * 3
+        events = [r["event"] for r in state.storage.audit.recent(50)]
+        assert events.count("rate_limited") == 1  # as Flask's path alone: once a window
+    finally:
+        close_app(app)
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        UpstreamResponse(200, b"<p>hi</p>", "text/html; charset=utf-8"),
+        UpstreamResponse(200, b"{}", None),  # type: ignore[arg-type] - an adapter's slip
+        UpstreamResponse(200, bytearray(b"{}"), "application/json"),  # type: ignore[arg-type]
+    ],
+    ids=["html", "no-type", "bytearray"],
+)
+def test_answers_the_fast_path_does_not_render_go_on_after_one_call(
+    gateway, state, monkeypatch, handed_on, outcome
+):
+    token = make_token(state)["access_token"]
+    calls: list[int] = []
+
+    def site(route, *args, **kwargs):
+        calls.append(1)
+        return outcome
+
+    monkeypatch.setattr(state.adapter, "call", site)
+    fast, flask = both_ways(gateway, "/api/profile", bearer(token))
+    assert fast == flask
+    assert calls == [1, 1]
+    assert handed_on == ["/api/profile"]
+    if outcome.content_type and "html" in outcome.content_type:
+        assert dict(fast[1])["Content-Security-Policy"].startswith("default-src 'none'")
+
+
+def test_a_failing_request_line_does_not_fail_the_answered_call(gateway, state, monkeypatch):
+    token = make_token(state)["access_token"]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the log is gone")
+
+    monkeypatch.setattr(gateway.request_line, "done", broken)
+    answer_ = Client(gateway).get("/api/profile", headers=bearer(token))
+    assert answer_.status_code == 200
+    assert answer_.get_json()["firstName"]
+
+
+def test_a_body_sent_without_a_length_goes_on_put_back_whole(gateway, state, handed_on):
+    token = make_token(state)["access_token"]
+    read: list[bytes] = []
+    gateway.before_request_funcs[None].append(lambda: read.append(request_body()) and None)
+    gateway.fast_hooks = gateway._hooks_now()  # the extra hook stands for Flask's path's
+    body = b"line one\nline two"
+    environ = {"wsgi.input_terminated": True, "wsgi.input": io.BytesIO(body)}
+    response = Client(gateway).get("/api/profile", headers=bearer(token), environ_overrides=environ)
+    assert response.status_code == 200
+    assert handed_on == ["/api/profile"]
+    assert read == [body]  # the byte read to look is back in front
+
+
+def request_body() -> bytes:
+    from flask import request
+
+    return request.get_data()
+
+
+@pytest.mark.parametrize("fields", [{"expires_in": -1}, {"jkt": "bound-to-a-key"}])
+def test_expired_and_dpop_bound_tokens_are_refused_both_ways(gateway, state, handed_on, fields):
+    token = make_token(state, **fields)["access_token"]
+    fast, flask = both_ways(gateway, "/api/profile", bearer(token))
+    assert fast[0] == 401
+    assert fast == flask
+    assert handed_on == ["/api/profile"]
+
+
+def test_nothing_of_a_fast_call_stays_in_the_thread(gateway, state):
+    from app.client_store import _REQUEST_MEMO
+    from app.logconfig import REQUEST_ID
+
+    token = make_token(state)["access_token"]
+    assert Client(gateway).get("/api/profile", headers=bearer(token)).status_code == 200
+    assert REQUEST_ID.get() is None
+    assert _REQUEST_MEMO.get() is None

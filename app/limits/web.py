@@ -214,6 +214,21 @@ def token_limits(view):
 
 
 # -- /api/* --------------------------------------------------------------------------------
+#: The WSGI environ key where the gateway's fast path (:mod:`app.gateway`) leaves the
+#: refusal it met, ``(name, key, refusal)``, when it hands the call on: asking again
+#: would lose the refusal's ``first`` (its one audit record a window).
+REFUSED = "oauth2.limits.refused"
+
+
+def _spent(limits: Limits, name: str, key: str) -> Refusal | None:
+    """``limits.rates.spent`` of ``key``, or the refusal the fast path met for it."""
+    met = request.environ.get(REFUSED)
+    if met is not None and met[0] == name and met[1] == key:
+        del request.environ[REFUSED]
+        return met[2]
+    return limits.rates.spent(name, key)
+
+
 def api_limit(view):
     """A good token (``Bearer``, or ``DPoP`` with its proof) spends its own budget; bad
     ones spend their caller's IP's."""
@@ -224,12 +239,12 @@ def api_limit(view):
         if not limits.enabled:
             return view(*args, **kwargs)
         ip = "api:" + ip_group()
-        _check(limits.rates.spent("api_ip", ip), "api_ip", ip)
+        _check(_spent(limits, "api_ip", ip), "api_ip", ip)
         header = request.headers.get("Authorization", "")
         raw = rfc6750.bearer_token(header) or rfc9449.dpop_token(header)
         key = "token:" + digest(raw) if raw else None
         if key is not None:
-            _check(limits.rates.spent("api", key), "api", key)
+            _check(_spent(limits, "api", key), "api", key)
         response = current_app.make_response(view(*args, **kwargs))
         if key is not None and rfc6750.verified():
             _hit(limits, response, "api", key)

@@ -22,7 +22,8 @@ bp = Blueprint("api", __name__)
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 #: The WSGI environ key where the gateway's fast path (:mod:`app.gateway`) leaves the
-#: site's answer to a call (or the exception the call raised) for Flask's path to render.
+#: site's answer to a call (or the exception the call raised) for Flask's path to render:
+#: ``(raw token, function name, answer)``.
 STASHED = "oauth2.gateway.upstream"
 #: ... and the token it looked up for the request's bearer token: ``(raw, found)``, found
 #: the stored token, None, or the error its checks met (raised here in the lookup's place).
@@ -177,6 +178,10 @@ def _proxy(adapter, route, token) -> Response:
     # The fast path (app.gateway) may have called the site already and left the answer
     # it does not render itself (or the call's error) here: the site is never called twice.
     stashed = request.environ.pop(STASHED, None)
+    if stashed is not None:  # (raw token, function, answer): this call's, or not used
+        raw, name, answer = stashed
+        same = raw == rfc6750.bearer_token(request.headers.get("Authorization", ""))
+        stashed = answer if same and name == route.name else None
     try:
         if stashed is None:
             upstream = adapter.call(
