@@ -110,9 +110,10 @@ def main(argv: list[str]) -> int:
             low, _, high = ((q - 1) * 100 for q in statistics.quantiles(ratios, n=4))
             on_us, off_us = statistics.median(cpu["on"]), statistics.median(cpu["off"])
             summed = (sum(cpu["on"]) / sum(cpu["off"]) - 1) * 100
+            least = (min(cpu["on"]) / min(cpu["off"]) - 1) * 100
             print(
                 f"{name:20s} on vs off {share:+6.1f}%  (quartiles {low:+.1f}% .. {high:+.1f}%;"
-                f" of the sums {summed:+.1f}%)"
+                f" of the sums {summed:+.1f}%; of the least blocks {least:+.1f}%)"
                 f"  cpu µs on {on_us:6.0f} off {off_us:6.0f}"
                 f"  calls on {calls['on']:6.0f} off {calls['off']:6.0f}"
                 f" (+{calls['on'] - calls['off']:.0f})"
