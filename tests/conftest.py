@@ -158,6 +158,20 @@ def state(app):
     return app.extensions["oauth2"]
 
 
+@pytest.fixture
+def site_calls(state, monkeypatch) -> list[str]:
+    """The functions the gateway asked the site for, in order (one entry a call)."""
+    seen: list[str] = []
+    real = state.adapter.call
+
+    def counting(route, *args, **kwargs):
+        seen.append(route.name)
+        return real(route, *args, **kwargs)
+
+    monkeypatch.setattr(state.adapter, "call", counting)
+    return seen
+
+
 # -- helpers ----------------------------------------------------------------------------
 def hidden(html: str, name: str) -> str | None:
     match = re.search(rf'name="{name}" value="([^"]*)"', html)

@@ -56,20 +56,6 @@ def clock(state):
     return Clock
 
 
-@pytest.fixture
-def site_calls(state, monkeypatch) -> list[str]:
-    """The functions the gateway asked the site for, in order."""
-    seen: list[str] = []
-    real = state.adapter.call
-
-    def counting(route, *args, **kwargs):
-        seen.append(route.name)
-        return real(route, *args, **kwargs)
-
-    monkeypatch.setattr(state.adapter, "call", counting)
-    return seen
-
-
 def profile(http, token: str):
     return http.get("/api/profile", headers=bearer(token))
 
