@@ -250,17 +250,20 @@ class Gateway(LeanApp):
                 {},
             )
         except Exception as exc:  # noqa: BLE001 - rendered by Flask's path, as there
-            environ[api.STASHED] = (raw, name, exc)
+            environ[api.STASHED] = (raw, route.name, exc)
             return None
-        body, kind = upstream.body, upstream.content_type
-        if (
-            upstream.status != 200
-            or type(body) is not bytes
-            or type(kind) is not str
-            or not PLAIN_VALUE.fullmatch(kind)
-            or kind.partition(";")[0].strip().lower() == "text/html"  # a page's headers
-        ):
-            environ[api.STASHED] = (raw, name, upstream)  # answered as Flask's path does
+        try:
+            body, kind = upstream.body, upstream.content_type
+            plain = (
+                upstream.status == 200
+                and type(body) is bytes
+                and type(kind) is str
+                and PLAIN_VALUE.fullmatch(kind) is not None
+            )
+        except Exception:  # noqa: BLE001 - an adapter's odd answer: Flask's path says what
+            plain = False
+        if not plain:
+            environ[api.STASHED] = (raw, route.name, upstream)  # answered as Flask's path does
             return None
         try:
             # What Flask's path sends for it, in its order: the view's response, the limit's
@@ -280,7 +283,7 @@ class Gateway(LeanApp):
             # The call is counted last: nothing before it is handed on counted.
             counts = counted(limits, "api", key) if key is not None else []
         except Exception:  # noqa: BLE001 - the answer is rendered by Flask's path
-            environ[api.STASHED] = (raw, name, upstream)
+            environ[api.STASHED] = (raw, route.name, upstream)
             return None
         fields = [
             ("Content-Type", kind),
@@ -309,7 +312,10 @@ def _no_body(environ: dict[str, Any]) -> bool:
     if not environ.get("wsgi.input_terminated"):
         return True  # no length, nothing the server ends: no body (PEP 3333)
     stream = environ.get("wsgi.input")
-    first = stream.read(1) if stream is not None else b""
+    try:
+        first = stream.read(1) if stream is not None else b""
+    except Exception:  # noqa: BLE001 - Flask's path reads the body and answers what it finds
+        return False
     if not first:
         return True
     environ["wsgi.input"] = _PutBack(first, stream)
@@ -318,7 +324,9 @@ def _no_body(environ: dict[str, Any]) -> bool:
 
 class _PutBack:
     """A request body with its first byte, read already, put back in front (a file-like
-    object as ``wsgi.input`` is: ``read``, ``readline``, iteration by line)."""
+    object as ``wsgi.input`` is: ``read``, ``readline``, ``readlines``, iteration by
+    line). A read of everything reads in chunks to the end (a server's ``read()`` may
+    not include what it buffered after a sized read)."""
 
     def __init__(self, first: bytes, stream: Any) -> None:
         self.first, self.stream = first, stream
@@ -328,16 +336,29 @@ class _PutBack:
             return b""
         first, self.first = self.first, b""
         if size is None or size < 0:
-            return first + self.stream.read()
+            chunks = [first]
+            chunk = self.stream.read(65536)
+            while chunk:
+                chunks.append(chunk)
+                chunk = self.stream.read(65536)
+            return b"".join(chunks)
         return first + (self.stream.read(size - len(first)) if size > len(first) else b"")
 
     def readline(self, size: int | None = -1) -> bytes:
-        if not self.first or size == 0:
-            return self.stream.readline(size) if not self.first else b""
+        if size is None or size < 0:
+            first, self.first = self.first, b""
+            return first if first == b"\n" else first + self.stream.readline()
+        if not self.first:
+            return self.stream.readline(size)
+        if size == 0:
+            return b""
         first, self.first = self.first, b""
         if first == b"\n" or size == 1:
             return first
-        return first + self.stream.readline(-1 if size is None or size < 0 else size - 1)
+        return first + self.stream.readline(size - 1)
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        return list(self)
 
     def __iter__(self) -> Iterator[bytes]:
         line = self.readline()

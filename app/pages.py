@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from flask import Flask, current_app, render_template, request
 
-from .paths import CACHEABLE, STATIC
+from .paths import API, CACHEABLE, STATIC
 
 #: Strict CSP: no inline script or style, nothing from elsewhere, no framing.
 CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self' http: https:; "
     "frame-ancestors 'none'; base-uri 'none'"
 )
+
+
+#: The CSP of every ``/api/*`` answer, whatever its type: what the site answered is data,
+#: never a page of ours (an HTML or SVG answer runs nothing, loads nothing, is framed nowhere).
+API_CSP = "default-src 'none'; frame-ancestors 'none'; sandbox"
 
 
 #: The CSP of a page that runs our own script (``static/passkeys.js``) and nothing else.
@@ -59,16 +64,20 @@ def _security_headers(response):
 
 def _wanted(html: bool, path: str, secure: bool) -> list[tuple[str, str]]:
     """The security headers an answer gets unless it sets them itself."""
+    api = path.startswith(API)
+    page = html and not api  # the gateway passes the site's answers on: never our page
     wanted = [
         ("X-Frame-Options", "DENY"),
         ("X-Content-Type-Options", "nosniff"),
         # Pages send a Referer only to us (Flask-WTF checks it over TLS); everything else,
         # redirects carrying codes or tokens and token answers included, sends none.
-        ("Referrer-Policy", "same-origin" if html else "no-referrer"),
+        ("Referrer-Policy", "same-origin" if page else "no-referrer"),
     ]
     if not path.startswith(CACHEABLE):
         wanted.append(("Cache-Control", "no-store"))
-    if html:
+    if api:
+        wanted.append(("Content-Security-Policy", API_CSP))
+    elif html:
         wanted.append(("Content-Security-Policy", CSP))
     elif not path.startswith(STATIC):
         wanted.append(("Content-Security-Policy", "frame-ancestors 'none'"))

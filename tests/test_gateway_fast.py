@@ -22,6 +22,7 @@ from app.adapters.base import UpstreamResponse
 from app.lean import LeanApp
 from app.oauth2 import accept
 from app.observability.requestlog import SAFE_ID
+from app.pages import API_CSP
 from tests.conftest import bearer, close_app
 from tests.factories import make_client, make_token
 from tests.oauth2.conftest import make_app
@@ -172,11 +173,11 @@ def test_a_revoked_token_is_refused_on_the_fast_path_too(gateway, state, handed_
         UpstreamUnavailable("down"),
         UpstreamUnavailable("slow", timeout=True),
         RuntimeError("the adapter broke"),
-        UpstreamResponse(200, b"<p>hi</p>", "text/html; charset=utf-8"),
         UpstreamResponse(200, b"{}", None),  # type: ignore[arg-type] - an adapter's slip
         UpstreamResponse(200, bytearray(b"{}"), "application/json"),  # type: ignore[arg-type]
+        object(),  # not an answer at all
     ],
-    ids=["404", "201", "500", "odd-type", "down", "timeout", "error", "html", "no-type", "bytes"],
+    ids=["404", "201", "500", "odd-type", "down", "timeout", "error", "no-type", "bytes", "odd"],
 )
 def test_the_sites_other_answers_are_rendered_by_flasks_path_after_one_call(
     gateway, state, monkeypatch, handed_on, outcome
@@ -196,8 +197,27 @@ def test_the_sites_other_answers_are_rendered_by_flasks_path_after_one_call(
     assert fast == flask
     assert fast[0] < 500 or fast[0] in (500, 502, 504)
     assert handed_on == ["/api/profile"]
-    if isinstance(outcome, UpstreamResponse) and "html" in (outcome.content_type or ""):
-        assert dict(fast[1])["Content-Security-Policy"].startswith("default-src 'none'")
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["text/html; charset=utf-8", "TEXT/HTML", "image/svg+xml", "application/xhtml+xml"],
+)
+def test_whatever_the_site_answers_runs_nothing_on_our_origin(
+    gateway, state, monkeypatch, handed_on, kind
+):
+    """A page-like answer is the site's data: sandboxed, no script, no referrer."""
+    token = make_token(state)["access_token"]
+    monkeypatch.setattr(
+        state.adapter, "call", lambda *a, **k: UpstreamResponse(200, b"<svg/>", kind)
+    )
+    fast, flask = both_ways(gateway, "/api/profile", bearer(token))
+    assert fast == flask
+    assert handed_on == []
+    fields = dict(fast[1])
+    assert fields["Content-Security-Policy"] == API_CSP
+    assert fields["Referrer-Policy"] == "no-referrer"
+    assert fields["Content-Type"] == kind
 
 
 def test_a_hook_or_a_signal_receiver_sends_every_call_flasks_way(gateway, state, handed_on):
@@ -339,3 +359,43 @@ def test_nothing_of_a_fast_call_stays_in_the_thread(gateway, state):
     assert Client(gateway).get("/api/profile", headers=bearer(token)).status_code == 200
     assert REQUEST_ID.get() is None
     assert _REQUEST_MEMO.get() is None
+
+
+class Granian(io.BytesIO):
+    """A server body as granian's is: ``readline`` takes no negative size."""
+
+    def readline(self, size: int | None = None) -> bytes:  # type: ignore[override]
+        if size is not None and size < 0:
+            raise OverflowError("can't convert negative int to unsigned")
+        return super().readline(size)
+
+
+@pytest.mark.parametrize("body", [b"a", b"\n", b"ab\ncd\n", b"one\ntwo\nthree", b"x" * 200_000])
+def test_a_body_put_back_reads_as_it_was_sent(body):
+    from app.gateway import _no_body
+
+    for read in (
+        lambda s: s.read(),
+        lambda s: s.read(-1),
+        lambda s: b"".join(iter(lambda: s.read(7), b"")),
+        lambda s: b"".join(s.readlines()),
+        lambda s: b"".join(s),
+        lambda s: s.readline() + s.read(),
+        lambda s: s.readline(1) + s.readline(2) + s.read(),
+    ):
+        environ = {"wsgi.input_terminated": True, "wsgi.input": Granian(body)}
+        assert _no_body(environ) is False
+        assert read(environ["wsgi.input"]) == body
+
+
+def test_an_empty_or_unreadable_body_is_looked_at_safely():
+    from app.gateway import _no_body
+
+    assert _no_body({"wsgi.input_terminated": True, "wsgi.input": io.BytesIO(b"")})
+    assert _no_body({"wsgi.input": io.BytesIO(b"never read")})  # not server-ended: no body
+
+    class Broken:
+        def read(self, size: int = -1) -> bytes:
+            raise OSError("the connection went")
+
+    assert _no_body({"wsgi.input_terminated": True, "wsgi.input": Broken()}) is False

@@ -11,6 +11,7 @@ import pytest
 
 from app import create_app
 from app.logconfig import JsonFormatter
+from app.pages import API_CSP
 from tests.conftest import base_config, bearer, exchange, get_code, session_calls
 
 
@@ -51,7 +52,7 @@ def test_api_answers_carry_the_security_headers_and_no_store(client, access):
         assert response.headers["X-Content-Type-Options"] == "nosniff"
         assert response.headers["X-Frame-Options"] == "DENY"
         assert response.headers["Cache-Control"] == "no-store"
-        assert response.headers["Content-Security-Policy"] == "frame-ancestors 'none'"
+        assert response.headers["Content-Security-Policy"] == API_CSP
         assert response.headers["X-Request-Id"]
     assert client.get("/api/").get_json() == {"success": 0, "error": "not found"}
 

@@ -178,7 +178,7 @@ def _proxy(adapter, route, token) -> Response:
     # The fast path (app.gateway) may have called the site already and left the answer
     # it does not render itself (or the call's error) here: the site is never called twice.
     stashed = request.environ.pop(STASHED, None)
-    if stashed is not None:  # (raw token, function, answer): this call's, or not used
+    if stashed is not None:  # (raw token, its function, answer): this call's, or not used
         raw, name, answer = stashed
         same = raw == rfc6750.bearer_token(request.headers.get("Authorization", ""))
         stashed = answer if same and name == route.name else None
