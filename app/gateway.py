@@ -53,7 +53,7 @@ from .limits.counters import digest
 from .limits.web import REFUSED, counted, group_of
 from .oauth2 import accept, rfc6750
 from .observability import requestlog
-from .observability.requestlog import CLIENT_KEY, HEADER, USER_KEY
+from .observability.requestlog import HEADER, USER_KEY
 from .paths import API
 from .quotas.web import budgets
 from .views import api
@@ -202,7 +202,6 @@ class Gateway(LeanApp):
     ) -> list[bytes] | None:
         """:meth:`_fast`'s call of the function ``found`` names (its route and name)."""
         name = found[1]["name"]
-
         state = self.extensions["oauth2"]
         raw = rfc6750.bearer_token(environ.get("HTTP_AUTHORIZATION", ""))
         if raw is None:
@@ -226,10 +225,7 @@ class Gateway(LeanApp):
             environ[api.LOOKED_UP] = (raw, token)
             if token is None:
                 return None
-            if token.client_id and not environ.get(CLIENT_KEY):  # as requestlog.note
-                environ[CLIENT_KEY] = str(token.client_id)
-            if token.user_id and not environ.get(USER_KEY):
-                environ[USER_KEY] = str(token.user_id)
+            requestlog.note_in(environ, token.client_id, token.user_id)
             route = state.adapter.api.get(name)
             if api.failed_check(server, token, route, name, "GET") is not None:
                 return None

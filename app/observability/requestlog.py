@@ -78,7 +78,11 @@ def request_id(offered: str | None) -> str:
 
 def note(client_id: Any = None, user_id: Any = None) -> None:
     """Tell the request line who the request was for (the audit trail calls this)."""
-    environ = request.environ
+    note_in(request.environ, client_id, user_id)
+
+
+def note_in(environ: dict[str, Any], client_id: Any = None, user_id: Any = None) -> None:
+    """:func:`note` for the request of WSGI environ ``environ`` (no request context)."""
     if client_id and not environ.get(CLIENT_KEY):
         environ[CLIENT_KEY] = str(client_id)
     if user_id and not environ.get(USER_KEY):
