@@ -57,7 +57,16 @@ class UserStore:
     def get(self, user_id: Any) -> User | None:
         if not user_id:
             return None
-        record = self.table.get(str(user_id))
+        return self._user(user_id, self.table.get(str(user_id)))
+
+    def of(self, user_id: Any, record: dict[str, Any] | None) -> User | None:
+        """The user ``user_id`` from its record read already (with a code or refresh
+        token, :meth:`~app.storage.base.Table.get_with`); read now if there was none."""
+        if record is None:
+            return self.get(user_id)
+        return self._user(user_id, record) if user_id else None
+
+    def _user(self, user_id: Any, record: dict[str, Any] | None) -> User | None:
         if record is None:
             return None
         return User(

@@ -26,7 +26,7 @@ from app.limits import counters, delays
 
 from .backends import redis_url, require_service
 from .conftest import base_config, basic, bearer, close_app
-from .factories import SECRET, make_client, make_token
+from .factories import REDIRECT, SECRET, make_client, make_code, make_token
 
 BURST = 20
 #: The round trips of each request's own work, on Redis: one token lookup or one
@@ -155,3 +155,42 @@ def test_a_success_clears_only_the_failures_its_check_saw(partner, monkeypatch):
     assert app.extensions["oauth2"].limits.client_id.check(client_id).clean is True
     assert send(client).status_code == 200
     assert len(clears) == 1  # ... once
+
+
+@pytest.mark.parametrize("backend", ["redis"])
+@pytest.mark.parametrize("grant", ["refresh_token", "authorization_code"])
+def test_a_grant_reads_its_credential_and_user_in_one_round_trip(
+    tmp_path, dummy_site, backend, grant, monkeypatch
+):
+    """A refresh or a code redemption on one Redis: the credential with its user's record
+    (one script), then the exchange: two round trips, the limits none."""
+    client_id = f"rt-{secrets.token_hex(6)}"
+    clients = tmp_path / "clients.json"
+    clients.write_text(json.dumps([make_client(client_id)]))
+    config = base_config(tmp_path, dummy_site, client_credentials={"file": str(clients)})
+    config["storage"] = {"default": redis_url()}
+    config["token_cache"] = {"enabled": False}
+    app = create_app(config)
+    try:
+        state = app.extensions["oauth2"]
+        client = caller(app)
+        auth = basic(client_id, SECRET)
+
+        def send() -> Any:
+            if grant == "refresh_token":
+                refresh = make_token(state, client_id)["refresh_token"]
+                data = {"grant_type": grant, "refresh_token": refresh}
+            else:
+                data = {"grant_type": grant, "code": make_code(state, client_id)}
+                data["redirect_uri"] = REDIRECT
+            return data
+
+        for _ in range(2):  # the counters' first sync, the connections' warm-up
+            assert client.post("/token", data=send(), headers=auth).status_code == 200
+        bodies = [send() for _ in range(BURST)]
+        sent = redis_round_trips(monkeypatch)
+        answers = [client.post("/token", data=body, headers=auth) for body in bodies]
+        assert [answer.status_code for answer in answers] == [200] * BURST
+        assert sent[0] == 2 * BURST
+    finally:
+        close_app(app)

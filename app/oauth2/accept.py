@@ -33,9 +33,10 @@ def find_bearer(server: Any, token: str | None) -> StoredToken | None:
     return found
 
 
-def find_refresh(server: Any, token: str) -> StoredToken | None:
-    """The refresh token ``token``, if it is still accepted."""
-    return _of_registered_client(server, server.grants.find_refresh(token))
+def find_refresh(server: Any, token: str, with_owner: bool = False) -> StoredToken | None:
+    """The refresh token ``token``, if it is still accepted (``with_owner``: its user's
+    record read with it, see :meth:`~.grant_store.GrantStore.find_refresh`)."""
+    return _of_registered_client(server, server.grants.find_refresh(token, with_owner))
 
 
 def find_either(server: Any, token: str, hint: str | None) -> StoredToken | None:

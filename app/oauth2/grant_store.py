@@ -80,9 +80,10 @@ class GrantStore:
         self.storage.codes.put(token_digest(code), record)
 
     def find_code(self, code: str) -> AuthorizationCode | None:
+        """The code's record, and its user's read with it (one round trip on one Redis)."""
         key = token_digest(code)
-        record = self.storage.codes.get(key)
-        return AuthorizationCode(key, record) if record else None
+        record, owner = self.storage.codes.get_with(key, "user_id", self.storage.users)
+        return AuthorizationCode(key, record, owner) if record else None
 
     def redeem_code(
         self,
@@ -204,10 +205,16 @@ class GrantStore:
         except StorageUnavailable:
             return True
 
-    def find_refresh(self, token: str) -> StoredToken | None:
+    def find_refresh(self, token: str, with_owner: bool = False) -> StoredToken | None:
+        """The refresh token's record; ``with_owner``: its user's too, read with it (one
+        round trip on one Redis), for a refresh that issues tokens."""
         key = token_digest(token)
-        record = self.storage.refresh_tokens.get(key)
-        return StoredToken(key, record, "refresh_token") if record else None
+        table = self.storage.refresh_tokens
+        if with_owner:
+            record, owner = table.get_with(key, "user_id", self.storage.users)
+        else:
+            record, owner = table.get(key), None
+        return StoredToken(key, record, "refresh_token", owner) if record else None
 
     def rotate_refresh(
         self,

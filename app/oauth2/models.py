@@ -15,6 +15,8 @@ class AuthorizationCode(AuthorizationCodeMixin):
 
     key: str
     record: dict[str, Any]
+    #: The ``users`` record of its ``user_id``, read with it (None: not read, or none).
+    owner: dict[str, Any] | None = None
 
     def __getattr__(self, name: str) -> Any:
         # Authlib's PKCE extension reads ``code_challenge`` and ``code_challenge_method``.
@@ -49,6 +51,8 @@ class StoredToken(TokenMixin):
     key: str
     record: dict[str, Any]
     kind: str = "access_token"
+    #: The ``users`` record of its ``user_id``, read with it (None: not read, or none).
+    owner: dict[str, Any] | None = None
 
     @property
     def client_id(self) -> str:

@@ -36,7 +36,10 @@ class ParamsRequest(OAuth2Request):
     """An ``OAuth2Request`` whose parameters were chosen by the caller."""
 
     def __init__(self, method: str, uri: str, headers: Any, params: Params) -> None:
-        super().__init__(method=method, uri=uri, headers=headers)
+        # Set after: Authlib's ``headers or {}`` would count a Werkzeug ``EnvironHeaders``
+        # (a walk over the whole environ) only to learn it is not empty.
+        super().__init__(method=method, uri=uri)
+        self.headers = {} if headers is None else headers
         self.payload = ParamsPayload(params)
         self.grant_id: str | None = None
         #: The checked DPoP proof of a token request (``app.oauth2.rfc9449``), if any.

@@ -122,7 +122,7 @@ class AuthorizationCodeGrant(ShorterLifetime, grants.AuthorizationCodeGrant):
         audited(entry)
 
     def authenticate_user(self, authorization_code):
-        return self.server.users.get(authorization_code.record["user_id"])
+        return self.server.users.of(authorization_code.record["user_id"], authorization_code.owner)
 
     def create_token_response(self):
         self.request.grant_id = self.request.authorization_code.record["grant_id"]
@@ -162,7 +162,7 @@ class RefreshTokenGrant(ShorterLifetime, grants.RefreshTokenGrant):
     INCLUDE_NEW_REFRESH_TOKEN = True
 
     def authenticate_refresh_token(self, refresh_token: str):
-        found = find_refresh(self.server, refresh_token)
+        found = find_refresh(self.server, refresh_token, with_owner=True)
         if found is None:
             self._revoke_if_reused(refresh_token)
         return found
@@ -188,7 +188,7 @@ class RefreshTokenGrant(ShorterLifetime, grants.RefreshTokenGrant):
             audit("refresh_reuse", client_id=client_id, revoked=revoked)
 
     def authenticate_user(self, refresh_token):
-        return self.server.users.get(refresh_token.user_id)
+        return self.server.users.of(refresh_token.user_id, refresh_token.owner)
 
     def revoke_old_credential(self, refresh_token) -> None:
         """Nothing left to do: the token was taken in :meth:`save_token`."""

@@ -115,6 +115,7 @@ STORAGE_ERRORS = Counter(
 TABLE_VERBS = (
     "put",
     "get",
+    "get_with",
     "take",
     "delete",
     "discard",

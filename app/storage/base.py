@@ -98,6 +98,14 @@ class Table(abc.ABC):
     def get(self, key: str) -> Record | None:
         """Return the live record under ``key``, or ``None``."""
 
+    def get_with(self, key: str, field: str, other: Table) -> tuple[Record | None, Record | None]:
+        """The live record under ``key``, and ``other``'s live record under the record's
+        ``field`` (``None`` when it has none): one round trip where the backend can
+        (:class:`~.redis.RedisTable` on one server), else two reads."""
+        record = type(self).get(self, key)  # one call to time (metrics wrap the instance's)
+        value = record.get(field) if record is not None else None
+        return record, (other.get(str(value)) if value is not None else None)
+
     @abc.abstractmethod
     def take(self, key: str) -> Record | None:
         """Atomically return and delete the live record under ``key``."""

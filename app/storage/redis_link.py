@@ -38,7 +38,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 #: The scripts in ``lua/``, by file name.
-SCRIPTS = ("index", "put", "revoke", "take", "exchange", "incr")
+SCRIPTS = ("index", "put", "revoke", "take", "exchange", "incr", "lookup")
 
 CLIENT_DEFAULTS: dict[str, Any] = {
     "socket_connect_timeout": 2.0,

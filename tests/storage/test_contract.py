@@ -7,10 +7,13 @@ import time
 import uuid
 
 import pytest
+import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.storage.base import Backend, Table
+from app.storage.redis import RedisBackend
+from tests.storage.conftest import empty
 
 TOKEN = {"user_id": "alice", "client_id": "web", "grant_id": "g1", "scope": ["read"]}
 
@@ -266,3 +269,59 @@ def test_incr_returns_the_running_sum(table: Table, amounts: list[int]) -> None:
     assert [table.incr(key, amount, ttl=60) for amount in amounts] == list(
         itertools.accumulate(amounts)
     )
+
+
+# -- get_with: a record and its user's, one round trip on one Redis ---------------------
+def test_get_with_reads_the_record_and_the_one_its_field_names(backend: Backend) -> None:
+    codes, users = backend.table("codes", None), backend.table("users", None)
+    make(codes, "c1", ttl=60)
+    users.put("alice", {"name": "Alice", "site_token": "t"})
+    record, owner = codes.get_with("c1", "user_id", users)
+    assert record == codes.get("c1")
+    assert owner == users.get("alice")
+    assert owner["name"] == "Alice"
+
+
+def test_get_with_answers_none_for_what_is_missing(backend: Backend) -> None:
+    codes, users = backend.table("codes", None), backend.table("users", None)
+    assert codes.get_with("nope", "user_id", users) == (None, None)
+    make(codes, "c1")  # alice has no users record
+    assert codes.get_with("c1", "user_id", users) == (codes.get("c1"), None)
+    codes.put("c2", {"client_id": "web"})  # no user_id at all
+    assert codes.get_with("c2", "user_id", users) == (codes.get("c2"), None)
+    users.put("alice", {"name": "Alice"}, ttl=-1)  # expired already
+    assert codes.get_with("c1", "user_id", users)[1] is None
+
+
+def test_get_with_an_expired_record_answers_none(backend: Backend) -> None:
+    codes, users = backend.table("codes", None), backend.table("users", None)
+    users.put("alice", {"name": "Alice"})
+    make(codes, "c1", ttl=-1)
+    assert codes.get_with("c1", "user_id", users) == (None, None)
+
+
+@pytest.mark.parametrize("user_id", [42, "7", "{odd}", "ünï", "a:b"])
+def test_get_with_finds_the_user_as_get_would(backend: Backend, user_id) -> None:
+    """A number is looked up by its text (as ``UserStore.get`` does), a string as it is."""
+    codes, users = backend.table("codes", None), backend.table("users", None)
+    make(codes, "c1", user_id=user_id)
+    users.put(str(user_id), {"name": "U"})
+    assert codes.get_with("c1", "user_id", users)[1] == users.get(str(user_id))
+
+
+def test_get_with_on_one_redis_is_one_round_trip(redis_backend: RedisBackend, monkeypatch) -> None:
+    """Where the refresh and code grants save a round trip (the other backends read twice)."""
+    empty(redis_backend)
+    codes, users = redis_backend.table("codes", None), redis_backend.table("users", None)
+    make(codes, "c1")
+    users.put("alice", {"name": "Alice"})
+    sent = [0]
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def counting(self, command, check_health=True):  # type: ignore[no-untyped-def]
+        sent[0] += 1
+        return send(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+    assert codes.get_with("c1", "user_id", users)[1]["name"] == "Alice"
+    assert sent[0] == 1
