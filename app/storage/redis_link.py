@@ -47,10 +47,15 @@ CLIENT_DEFAULTS: dict[str, Any] = {
 }
 
 
+#: The scripts that add index members: ``lua/keep.lua`` (their ``keep``) goes before them.
+KEEPERS = frozenset({"index", "put", "exchange"})
+
+
 @functools.cache
 def lua(name: str) -> str:
-    """The text of the script ``lua/<name>.lua``."""
-    return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text("utf-8")
+    """The text of the script ``lua/<name>.lua`` (after ``keep.lua`` for :data:`KEEPERS`)."""
+    text = resources.files(__package__).joinpath("lua", f"{name}.lua").read_text("utf-8")
+    return lua("keep") + text if name in KEEPERS else text
 
 
 def guarded(method: Callable[P, R]) -> Callable[P, R]:

@@ -41,9 +41,7 @@ for _, put in ipairs(plan.puts) do
   if old then unindex(old, put[7], put[4]) end
   for _, ikey in ipairs(put[6]) do
     redis.call('ZADD', ikey, put[5], put[4])
-    local top = redis.call('ZRANGE', ikey, -1, -1, 'WITHSCORES')[2]
-    if top == 'inf' then redis.call('PERSIST', ikey)
-    else redis.call('PEXPIREAT', ikey, math.ceil(tonumber(top) * 1000)) end
+    keep(ikey, put[5])
   end
   if put[8] ~= '' then redis.call('ZADD', put[8], put[9], put[4]) end
 end

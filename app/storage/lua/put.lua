@@ -12,8 +12,6 @@ if ARGV[5] ~= '' then
 end
 for i = 2, last do
   redis.call('ZADD', KEYS[i], ARGV[4], ARGV[3])
-  local top = redis.call('ZRANGE', KEYS[i], -1, -1, 'WITHSCORES')[2]
-  if top == 'inf' then redis.call('PERSIST', KEYS[i])
-  else redis.call('PEXPIREAT', KEYS[i], math.ceil(tonumber(top) * 1000)) end
+  keep(KEYS[i], ARGV[4])
 end
 return old
