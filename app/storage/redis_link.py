@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 from redis.retry import Retry
 
 from .base import StorageUnavailable
@@ -175,9 +175,28 @@ class Single(Link):
             return self._send(queue)
 
     def _send(self, queue: Callable[[Any], Any]) -> list[Any]:
-        pipe = self.client.pipeline(transaction=False)
-        queue(pipe)
-        return pipe.execute()
+        """One write of the queued commands and a read of every reply, on one pooled
+        connection: what redis-py's non-transactional ``Pipeline.execute`` does (its
+        health check, its retry of a dropped connection, a reply error raised once all
+        replies are read), without its per-call bookkeeping (a fifth of a token write's
+        client CPU). A connection left mid-reply is dropped, never pooled."""
+        commands = Commands()
+        queue(commands)
+        if not commands:
+            return []
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            return conn.retry.call_with_retry(
+                lambda: _exchange(conn, commands), lambda _error: conn.disconnect()
+            )
+        except ResponseError:
+            raise  # every reply was read: the connection is in step
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
 
     def close(self) -> None:
         self.client.connection_pool.disconnect()
@@ -246,6 +265,29 @@ class Batch:
         for (_, done), count in zip(self.ops, counts, strict=True):
             done(replies[at : at + count])
             at += count
+
+
+class Commands(list[tuple[Any, ...]]):
+    """The commands a batch queues (as it would on a redis-py pipeline: ``EVALSHA`` only)."""
+
+    def evalsha(self, sha: str, numkeys: int, *args: Any) -> None:
+        self.append(("EVALSHA", sha, numkeys, *args))
+
+
+def _exchange(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Send ``commands`` at once and read every reply; then raise the first reply error."""
+    conn.send_packed_command(conn.pack_commands(commands))
+    replies: list[Any] = []
+    failed: ResponseError | None = None
+    for _ in commands:
+        try:
+            replies.append(conn.read_response())
+        except ResponseError as error:
+            replies.append(error)
+            failed = failed or error
+    if failed is not None:
+        raise failed
+    return replies
 
 
 def _ignore(replies: list[Any]) -> None:

@@ -111,8 +111,39 @@ def test_redis_recovers_after_client_kill(redis_backend: RedisBackend) -> None:
                 admin.client_kill_filter(_id=client_id)
         assert table.get("k") is not None
         assert [r["key"] for r in table.list_by_user("u")] == ["k"]
+        kill_clients(name)
+        table.put("k2", {"user_id": "u"})  # a write (one send, its replies read) re-dials too
+        with backend.batch():
+            table.put("k3", {"user_id": "u"})
+        kill_clients(name)
+        with backend.batch():
+            table.put("k4", {"user_id": "u"})
+        assert sorted(r["key"] for r in table.list_by_user("u")) == ["k", "k2", "k3", "k4"]
     finally:
         backend.close()
+
+
+def kill_clients(name: str) -> None:
+    with redis.Redis.from_url(redis_url()) as admin:
+        for client in admin.client_list():
+            if client.get("name") == name:
+                admin.client_kill_filter(_id=client["id"])
+
+
+def test_a_redis_reply_error_leaves_the_connection_in_step(redis_backend: RedisBackend) -> None:
+    """A batch whose script fails (an index key of the wrong type) is refused as a whole
+    (its other writes were sent with it and landed); the next write gets its own reply."""
+    client = redis_backend.link.client
+    client.flushdb()
+    table = redis_backend.table("tokens", None)
+    client.set("oauth2:tokens:user_id:{wrong}", "not a sorted set")
+    with pytest.raises(StorageUnavailable, match="WRONGTYPE"), redis_backend.batch():
+        table.put("a", {"user_id": "u"})
+        table.put("b", {"user_id": "wrong"})
+        table.put("c", {"user_id": "u"})
+    assert table.get("a") is not None and table.get("c") is not None  # sent with it
+    table.put("d", {"user_id": "u"})
+    assert sorted(r["key"] for r in table.list_by_user("u")) == ["a", "c", "d"]
 
 
 def test_forked_child_uses_its_own_connections(table: Table) -> None:
@@ -170,6 +201,8 @@ def outage_then_recovery(proxy: Proxy, backend: Backend) -> None:
         for _ in range(2):
             with pytest.raises(StorageUnavailable):
                 table.get("k")
+        with pytest.raises(StorageUnavailable):
+            table.put("k2", {"user_id": "u"})
         with pytest.raises(StorageUnavailable) as error:
             table.get("k")
         # Fast: refused at once, not after waiting out a pool or socket timeout.

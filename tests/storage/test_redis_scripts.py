@@ -33,14 +33,14 @@ def test_a_batch_is_one_round_trip_and_survives_flushed_scripts(
 ) -> None:
     redis_backend.link.client.flushdb()
     tokens, audit = redis_backend.table("tokens", 60), redis_backend.table("audit", None)
-    sent: list[int] = []
-    real = redis.client.Pipeline.execute
+    sent: list[int] = []  # the commands of each write to the server, sent at once
+    real = redis.connection.AbstractConnection.pack_commands
 
-    def execute(pipe, *args, **kwargs):
-        sent.append(len(pipe.command_stack))
-        return real(pipe, *args, **kwargs)
+    def pack_commands(conn, commands):
+        sent.append(len(commands))
+        return real(conn, commands)
 
-    monkeypatch.setattr(redis.client.Pipeline, "execute", execute)
+    monkeypatch.setattr(redis.connection.AbstractConnection, "pack_commands", pack_commands)
     redis_backend.link.client.script_flush()
     with redis_backend.batch():
         tokens.put("a", {"user_id": "u1", "client_id": "c1", "grant_id": "g1"})
