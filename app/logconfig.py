@@ -96,16 +96,19 @@ def json_line(
     message: str,
     fields: dict[str, Any] | None = None,
     exception: str | None = None,
+    request_id: str | None = None,
 ) -> str:
     """What :class:`JsonFormatter` writes for a record with these attributes, for a caller
-    that has no record (the request line): the request id is the current one."""
+    that has no record (the request line): the request id is ``request_id`` if given,
+    else the current one."""
     entry: dict[str, Any] = {
         "ts": iso_time(created),
         "level": level,
         "logger": name,
         "message": message,
     }
-    request_id = REQUEST_ID.get()
+    if request_id is None:
+        request_id = REQUEST_ID.get()
     if request_id is not None:
         entry["request_id"] = request_id
     if fields is not None:

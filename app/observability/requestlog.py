@@ -186,18 +186,24 @@ class _Records:
         return record
 
     def emit(self, fields: dict[str, Any], now: float) -> None:
-        """Log the line made at ``now``: straight to the stream when the set-up is the
-        standard one (:mod:`.direct`), else as a record through ``Logger.handle``."""
+        """Log the line made at ``now``: to the stream by the writer thread when the set-up
+        is the standard one (:mod:`.direct`), else as a record through ``Logger.handle``."""
         out = direct.route(self.logger, NOTICE)
         if out is None:
             self.logger.handle(self.make(_Line(fields), now))
-            return
-        handler, kind = out
-        if kind is direct.TEXT:
-            text = text_line(iso_time(now), self.level, self.name, "request " + line_text(fields))
         else:
-            text = json_line(now, self.level, self.name, "request", fields)
-        direct.write(handler, text, lambda: self.make(_Line(fields), now))
+            direct.WRITER.put(out, self, fields, now)
+
+    def record(self, fields: dict[str, Any], now: float) -> logging.LogRecord:
+        """The line's record (what ``handleError`` is given when its write failed)."""
+        return self.make(_Line(fields), now)
+
+    def line(self, kind: str, fields: dict[str, Any], now: float, request_id: str | None) -> str:
+        """The text the standard handler's formatter would give the line's record, made
+        while ``request_id`` was current."""
+        if kind is direct.TEXT:
+            return text_line(iso_time(now), self.level, self.name, "request " + line_text(fields))
+        return json_line(now, self.level, self.name, "request", fields, request_id=request_id)
 
 
 class RequestLine:

@@ -83,12 +83,20 @@ def test_two_workers_counts_are_summed(start_server, http_server, tmp_path, monk
         assert healthz_count(server.url) == sent
 
     # logging.format json: the server's own lines and ours, one JSON object each, with
-    # a timestamp; one request line per request, from both workers.
-    entries = [
-        json.loads(line)
-        for line in server.log_path.read_text().splitlines()
-        if line.startswith("{")
-    ]
+    # a timestamp; one request line per request, from both workers (each worker's writer
+    # thread writes its lines within about 50 ms).
+    def json_entries() -> list[dict]:
+        text = server.log_path.read_text()
+        whole = text[: text.rfind("\n") + 1]  # not a line still being written
+        return [json.loads(line) for line in whole.splitlines() if line.startswith("{")]
+
+    def healthz_lines() -> int:
+        return sum(e.get("path") == "/healthz" for e in json_entries())
+
+    deadline = time.monotonic() + 5
+    while healthz_lines() < sent and time.monotonic() < deadline:
+        time.sleep(0.1)
+    entries = json_entries()
     assert all({"ts", "level", "logger", "message"} <= set(entry) for entry in entries)
     assert all(ISO_TS.fullmatch(entry["ts"]) for entry in entries)
     loggers = {entry["logger"] for entry in entries}
