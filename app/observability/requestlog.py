@@ -12,8 +12,9 @@ It runs on every request, so it is kept cheap (README "Operating it" prices it):
 request's facts live in its WSGI environ (no ``g`` look-ups), the hooks are one
 ``before_request`` and one ``after_request`` (which also counts the request when metrics
 are on). When the logging set-up is the standard one (one stream handler of ours, nothing
-filtering: :mod:`.direct`), the line is rendered from its fields and written to that
-handler's stream as the handler would write it, as the request ends, without a record;
+filtering: :mod:`.direct`), the line's fields go to the worker's writer thread, which
+renders them and writes them to that handler's stream as the handler would, without a
+record, within about 50 ms;
 otherwise it is handed to the logger as one record made from a template (no caller
 look-up), its text rendered only if a handler formats it.
 """
