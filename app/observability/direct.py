@@ -16,7 +16,7 @@ gather for :data:`GATHER` seconds, then renders them one after the other and wri
 each handler's share in one write and one flush (the same bytes, in the same order).
 A request then costs a queue append instead of a cold rendering and a system call,
 which is most of what the line cost (``bench/README.md``); the line appears within
-about 50 ms of its response. What is held is written at exit (``atexit``) and by
+about 50 ms of its response. What is held is written at exit (:mod:`.exiting`) and by
 :func:`flush`; a process killed outright (``SIGKILL``) loses at most those 50 ms of
 request lines (the audit trail is stored, not logged, and loses nothing).
 
@@ -28,7 +28,6 @@ The set-up is looked at again for every line (:func:`route`, a walk up the logge
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import threading
@@ -38,6 +37,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..logconfig import FORMAT, REQUEST_ID, IsoFormatter, JsonFormatter
+from .exiting import at_exit
 
 #: How :func:`route`'s handler formats: our text format, or JSON.
 TEXT = "text"
@@ -151,6 +151,7 @@ class Writer:
                 target=self._run, name="oauth2-request-lines", daemon=True
             )
             self.thread.start()
+            at_exit(self.flush)  # this process's exit, whichever way it ends
 
     def _run(self) -> None:
         wake = self.wake
@@ -193,7 +194,6 @@ def _emit(
 
 #: This process's writer of request lines.
 WRITER = Writer()
-atexit.register(WRITER.flush)
 os.register_at_fork(after_in_child=WRITER.forked)
 
 

@@ -45,6 +45,7 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as mp
 
+from .exiting import at_exit
 from .multiproc import ENV
 
 log = logging.getLogger("oauth2.metrics")
@@ -256,6 +257,7 @@ def _start_flusher() -> None:
 
     _flusher = threading.Thread(target=loop, name="metrics-flush", daemon=True)
     _flusher.start()
+    at_exit(flush)  # this process's exit, a granian worker's too
 
 
 def _forked() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import signal
 import time
 from urllib.parse import parse_qs, urljoin, urlsplit
 
@@ -196,3 +197,21 @@ def test_serve_code_pkce_refresh_revoke(start_server, http_server):
     assert lines, "the server logged nothing"
     untimed = [line for line in lines if not ISO_LINE.match(line)]
     assert untimed == [], untimed
+
+
+@pytest.mark.parametrize("http_server", ["gunicorn", "granian"])
+def test_a_stopped_server_has_written_every_request_line(start_server, http_server):
+    """Lines wait up to 50 ms in each worker's writer thread: a server stopped right
+    after answering (SIGTERM) still writes every one of them (granian's workers end
+    through multiprocessing, which runs no ``atexit`` hook: ``app.observability.exiting``)."""
+    server = start_server(config={"auth_server": {"server": http_server}})
+    wait_for_workers(server, 2)
+    sent = [f"stop-{secrets.token_hex(4)}-{n}" for n in range(60)]
+    with requests.Session() as agent:
+        for rid in sent:
+            answer = agent.get(f"{server.url}/healthz", headers={"X-Request-Id": rid}, timeout=5)
+            assert answer.status_code == 200
+    server.process.send_signal(signal.SIGTERM)
+    server.process.wait(20)
+    logged = re.findall(r"request_id=(stop-\S+)", server.log_path.read_text())
+    assert sorted(logged) == sorted(sent)
