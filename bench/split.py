@@ -117,7 +117,8 @@ def main(argv: list[str]) -> int:
             "inproc", "redis", site, 8080, port, run_dir, {}, run.storage_for("redis")
         )
         fx = run.Fixtures(server)
-        makers = inproc.requests(fx.live_token(), iter(fx.refresh_pool(10)), fx.live_token())
+        pool = fx.refresh_pool(2 * COUNT + inproc.WARM_REQUESTS)  # a refresh spends one
+        makers = inproc.requests(fx.live_token(), iter(pool), fx.live_token())
         for name in names:
             layers, cpu, calls = profile(app.wsgi_app, makers[name])
             total = sum(layers.values())

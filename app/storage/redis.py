@@ -275,7 +275,7 @@ class RedisTable(Table):
 
     @guarded
     def get(self, key: str) -> Record | None:
-        return self._decode(key, self.backend.link.client.get(self.rkey(key)), time.time())
+        return self._decode(key, self.backend.link.get(self.rkey(key)), time.time())
 
     @guarded
     def get_with(self, key: str, field: str, other: Table) -> tuple[Record | None, Record | None]:

@@ -100,6 +100,10 @@ class Link(abc.ABC):
         """A batch to hold writes in, or ``None`` where writes cannot be held."""
         return None
 
+    def get(self, key: str) -> str | None:
+        """The raw value of ``key``."""
+        return self.client.get(key)
+
     @abc.abstractmethod
     def mget(self, keys: list[str]) -> list[str | None]:
         """The raw values of ``keys``."""
@@ -126,6 +130,15 @@ class Single(Link):
 
     def batch(self) -> Batch:
         return Batch(self)
+
+    def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """One script by ``EVALSHA`` on a pooled connection (:meth:`_send`), loaded again
+        if the server lost it (:meth:`pipelined`)."""
+        sha = self.scripts[name].sha
+        return self.pipelined(lambda commands: commands.evalsha(sha, len(keys), *keys, *args))[0]
+
+    def get(self, key: str) -> str | None:
+        return self._send(lambda commands: commands.append(("GET", key)))[0]
 
     def mget(self, keys: list[str]) -> list[str | None]:
         return self.client.mget(keys)
