@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -270,3 +271,18 @@ def test_a_forked_child_writes_its_own_lines_not_its_parents(tmp_path):
     assert path.read_text().splitlines()[-1].endswith("path=/child")
     assert path.read_text().count("path=") == 1
     assert written(handler).count("path=/parent") == 1
+
+
+def test_past_the_bound_a_request_writes_the_lines_itself(monkeypatch):
+    """A stream that takes nothing (a full pipe) holds requests up, never memory."""
+    monkeypatch.setattr(direct, "HELD_MAX", 5)
+    stuck = direct.Writer()
+    stuck.thread = threading.Thread()  # a writer thread that never writes
+    monkeypatch.setattr(direct, "WRITER", stuck)
+    records, handler = text_records()
+    for n in range(5):
+        records.emit({"method": "GET", "path": f"/{n}"}, 1.5)
+    assert len(stuck.held) == 5 and handler.stream.getvalue() == ""
+    records.emit({"method": "GET", "path": "/5"}, 1.5)  # the sixth: written by its request
+    assert len(stuck.held) == 0
+    assert handler.stream.getvalue().count("path=/") == 6

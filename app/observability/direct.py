@@ -92,6 +92,9 @@ def write(
 
 #: Seconds the writer lets lines gather after the first wakes it.
 GATHER = 0.05
+#: Lines held at most: past that, a request writes them itself, so a stream that does not
+#: take them (a full pipe nobody reads) holds requests up as it did, instead of memory.
+HELD_MAX = 10_000
 
 
 class Lines(Protocol):
@@ -129,8 +132,11 @@ class Writer:
         """Hold a line for ``route``'s handler; it is written within :data:`GATHER` s."""
         if self.thread is None:
             self._start()
-        self.held.append((route[0], route[1], lines, fields, now, REQUEST_ID.get()))
-        if not self.wake.is_set():
+        held = self.held
+        held.append((route[0], route[1], lines, fields, now, REQUEST_ID.get()))
+        if len(held) > HELD_MAX:
+            self.flush()
+        elif not self.wake.is_set():
             self.wake.set()
 
     def flush(self) -> None:
