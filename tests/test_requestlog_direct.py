@@ -286,3 +286,39 @@ def test_past_the_bound_a_request_writes_the_lines_itself(monkeypatch):
     records.emit({"method": "GET", "path": "/5"}, 1.5)  # the sixth: written by its request
     assert len(stuck.held) == 0
     assert handler.stream.getvalue().count("path=/") == 6
+
+
+def test_a_batch_goes_out_in_writes_a_shared_pipe_keeps_whole():
+    """Several workers share one stderr pipe: each write of the writer is whole lines of
+    at most PIPE_BUF bytes, as each line alone was (a longer line goes alone)."""
+    records, handler = text_records()
+    writes: list[str] = []
+    handler.stream = SimpleNamespace(write=writes.append, flush=lambda: None)
+    paths = [f"/{'é' * (n % 7)}{'x' * (n * 37 % 180)}" for n in range(300)] + ["/" + "y" * 9000]
+    for path in paths:
+        records.emit({"method": "GET", "path": path}, 1.5)
+    direct.flush()
+    assert len(writes) > 10
+    for chunk in writes:
+        assert chunk.endswith("\n")
+        assert len(chunk.encode()) <= direct.ATOMIC or chunk.count("\n") == 1
+    lines = "".join(writes).splitlines()
+    assert [line.rsplit("path=", 1)[1] for line in lines] == paths
+
+
+def test_a_line_that_fails_to_render_is_reported_alone(monkeypatch):
+    records, handler = text_records()
+    failed: list[logging.LogRecord] = []
+    handler.handleError = failed.append  # type: ignore[method-assign]
+    line = records.line
+
+    def rendering(kind, fields, now, request_id):
+        if fields["path"] == "/bad":
+            raise ValueError("cannot render")
+        return line(kind, fields, now, request_id)
+
+    monkeypatch.setattr(records, "line", rendering)
+    for path in ("/a", "/bad", "/b"):
+        records.emit({"method": "GET", "path": path}, 1.5)
+    assert [x.rsplit("=", 1)[1] for x in written(handler).splitlines()] == ["/a", "/b"]
+    assert [r.getMessage() for r in failed] == ["request method=GET path=/bad"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from authlib.oauth2.rfc6749 import AuthorizationCodeMixin, TokenMixin
@@ -16,7 +16,7 @@ class AuthorizationCode(AuthorizationCodeMixin):
     key: str
     record: dict[str, Any]
     #: The ``users`` record of its ``user_id``, read with it (None: not read, or none).
-    owner: dict[str, Any] | None = None
+    owner: dict[str, Any] | None = field(default=None, repr=False)
 
     def __getattr__(self, name: str) -> Any:
         # Authlib's PKCE extension reads ``code_challenge`` and ``code_challenge_method``.
@@ -52,7 +52,7 @@ class StoredToken(TokenMixin):
     record: dict[str, Any]
     kind: str = "access_token"
     #: The ``users`` record of its ``user_id``, read with it (None: not read, or none).
-    owner: dict[str, Any] | None = None
+    owner: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def client_id(self) -> str:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import threading
 import time
 from collections import deque
@@ -73,17 +74,21 @@ def route(logger: logging.Logger, level: int) -> Route | None:
 
 def write(
     handler: logging.StreamHandler,  # type: ignore[type-arg]
-    line: str,
+    chunks: list[str],
     record: Callable[[], logging.LogRecord],
 ) -> None:
-    """Write ``line`` as ``StreamHandler.emit`` writes a formatted record; on an error,
-    hand ``handleError`` the line's ``record()``, as ``emit`` does."""
+    """Write ``chunks`` (whole lines, each chunk at most :data:`ATOMIC` bytes unless one
+    line is longer) as ``StreamHandler.emit`` writes a formatted record: under the
+    handler's lock, each chunk written then flushed, so each reaches the stream as one
+    write; on an error, hand ``handleError`` the ``record()``, as ``emit`` does."""
     with handler.lock:  # type: ignore[union-attr]
         try:
             stream = handler.stream
-            stream.write(line + handler.terminator)
-            if stream and hasattr(stream, "flush"):  # ``StreamHandler.flush``
-                stream.flush()
+            flush = getattr(stream, "flush", None) if stream else None  # ``StreamHandler.flush``
+            for chunk in chunks:
+                stream.write(chunk)
+                if flush is not None:
+                    flush()
         except RecursionError:  # as ``emit``: see issue 36272 of CPython
             raise
         except Exception:
@@ -92,6 +97,9 @@ def write(
 
 #: Seconds the writer lets lines gather after the first wakes it.
 GATHER = 0.05
+#: Bytes one write may hold and reach a pipe whole, whatever other workers write to it
+#: at the same time (POSIX: a pipe write of at most ``PIPE_BUF`` bytes is atomic).
+ATOMIC = select.PIPE_BUF
 #: Lines held at most: past that, a request writes them itself, so a stream that does not
 #: take them (a full pipe nobody reads) holds requests up as it did, instead of memory.
 HELD_MAX = 10_000
@@ -174,33 +182,68 @@ class Writer:
 
 
 def _write(batch: list[Held]) -> None:
-    """Render ``batch`` in order and write each handler's lines at once, as ``emit``
-    would write them one by one (an error: ``handleError`` with the first line's record)."""
+    """Render ``batch`` in order, line by line (one that fails goes to ``handleError``
+    alone), and write each handler's run of lines in :func:`chunked` writes."""
+    run: list[str] = []
     handler, _, lines, fields, now, _ = batch[0]
-    texts: list[str] = []
-    for held in batch:
-        if held[0] is not handler:
-            _emit(handler, texts, lines, fields, now)
-            handler, _, lines, fields, now, _ = held
-            texts = []
-        texts.append(held[2].line(held[1], held[3], held[4], held[5]))
-    _emit(handler, texts, lines, fields, now)
+    first = (lines, fields, now)  # the run's first line: its record, should a write fail
+    for handler_of, kind, lines, fields, now, request_id in batch:
+        if handler_of is not handler:
+            _emit(handler, run, first)
+            handler, run, first = handler_of, [], (lines, fields, now)
+        try:
+            run.append(lines.line(kind, fields, now, request_id) + handler.terminator)
+        except Exception:  # noqa: BLE001 - as a handler's ``format`` failing in ``emit``
+            handler.handleError(lines.record(fields, now))
+    _emit(handler, run, first)
 
 
 def _emit(
     handler: logging.StreamHandler,  # type: ignore[type-arg]
-    texts: list[str],
-    lines: Lines,
-    fields: dict[str, Any],
-    now: float,
+    run: list[str],
+    first: tuple[Lines, dict[str, Any], float],
 ) -> None:
-    end = handler.terminator
-    write(handler, end.join(texts), lambda: lines.record(fields, now))
+    if run:
+        lines, fields, now = first
+        write(handler, chunked(run), lambda: lines.record(fields, now))
+
+
+def chunked(texts: list[str]) -> list[str]:
+    """``texts`` (whole lines) joined into chunks of at most :data:`ATOMIC` bytes in UTF-8
+    (a longer line alone): each one write that stays whole on a pipe that several
+    workers share, as each line did when every line was its own write."""
+    chunks: list[str] = []
+    chunk: list[str] = []
+    size = 0
+    for text in texts:
+        length = len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
+        if chunk and size + length > ATOMIC:
+            chunks.append("".join(chunk))
+            chunk, size = [], 0
+        chunk.append(text)
+        size += length
+    if chunk:
+        chunks.append("".join(chunk))
+    return chunks
 
 
 #: This process's writer of request lines.
 WRITER = Writer()
-os.register_at_fork(after_in_child=WRITER.forked)
+
+
+def _before_fork() -> None:
+    # No batch half written when a process forks: the child's copy of the stream (its
+    # buffer's lock) is then as still as its parent's writer was.
+    WRITER.writing.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    WRITER.writing.release()
+
+
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=WRITER.forked
+)
 
 
 def flush() -> None:

@@ -26,7 +26,14 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import (
+    ConnectionError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TimeoutError,
+)
 from redis.retry import Retry
 
 from .base import StorageUnavailable
@@ -36,6 +43,9 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+#: The scripts that only read (sent again when their reply was lost, as a GET is).
+READ_SCRIPTS = frozenset({"lookup"})
 
 #: The scripts in ``lua/``, by file name.
 SCRIPTS = ("index", "put", "revoke", "take", "exchange", "incr", "lookup")
@@ -135,10 +145,11 @@ class Single(Link):
         """One script by ``EVALSHA`` on a pooled connection (:meth:`_send`), loaded again
         if the server lost it (:meth:`pipelined`)."""
         sha = self.scripts[name].sha
-        return self.pipelined(lambda commands: commands.evalsha(sha, len(keys), *keys, *args))[0]
+        queue = lambda commands: commands.evalsha(sha, len(keys), *keys, *args)  # noqa: E731
+        return self.pipelined(queue, reads=name in READ_SCRIPTS)[0]
 
     def get(self, key: str) -> str | None:
-        return self._send(lambda commands: commands.append(("GET", key)))[0]
+        return self._send(lambda commands: commands.append(("GET", key)), reads=True)[0]
 
     def mget(self, keys: list[str]) -> list[str | None]:
         return self.client.mget(keys)
@@ -174,25 +185,28 @@ class Single(Link):
         args = [raw, "" if at is None else at, key, score, repr(log) if log else ""]
         return self.queue_script(pipe, "put", keys, args)
 
-    def pipelined(self, queue: Callable[[Any], Any]) -> list[Any]:
+    def pipelined(self, queue: Callable[[Any], Any], reads: bool = False) -> list[Any]:
         """Send what ``queue(pipe)`` adds as one pipeline; return the replies.
 
         After a server restart (or ``SCRIPT FLUSH``) lost the scripts, they are
-        loaded again and the pipeline is sent once more.
+        loaded again and the pipeline is sent once more (the server ran none of it).
         """
         try:
-            return self._send(queue)
+            return self._send(queue, reads)
         except NoScriptError:
             for script in self.scripts.values():
                 self.client.script_load(script.script)
-            return self._send(queue)
+            return self._send(queue, reads)
 
-    def _send(self, queue: Callable[[Any], Any]) -> list[Any]:
+    def _send(self, queue: Callable[[Any], Any], reads: bool = False) -> list[Any]:
         """One write of the queued commands and a read of every reply, on one pooled
         connection: what redis-py's non-transactional ``Pipeline.execute`` does (its
-        health check, its retry of a dropped connection, a reply error raised once all
-        replies are read), without its per-call bookkeeping (a fifth of a token write's
-        client CPU). A connection left mid-reply is dropped, never pooled."""
+        health check, a reply error raised once all replies are read), without its
+        per-call bookkeeping (a fifth of a token write's client CPU). A connection that
+        failed is dropped, never pooled. It is dialled again and the commands sent once
+        more when sending them failed; when their replies did not come, only if they
+        are ``reads``: a write the server may have made is not made twice (a refresh
+        token rotated twice, a counter counted twice) but answered as a storage fault."""
         commands = Commands()
         queue(commands)
         if not commands:
@@ -201,7 +215,7 @@ class Single(Link):
         conn = pool.get_connection()
         try:
             return conn.retry.call_with_retry(
-                lambda: _exchange(conn, commands), lambda _error: conn.disconnect()
+                lambda: _exchange(conn, commands, reads), lambda _error: conn.disconnect()
             )
         except ResponseError:
             raise  # every reply was read: the connection is in step
@@ -287,8 +301,14 @@ class Commands(list[tuple[Any, ...]]):
         self.append(("EVALSHA", sha, numkeys, *args))
 
 
-def _exchange(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
-    """Send ``commands`` at once and read every reply; then raise the first reply error."""
+class Unanswered(RedisError):
+    """Commands that were sent but whose replies never came: the server may have run
+    them (not a ``ConnectionError``, so redis-py's ``Retry`` does not send them again)."""
+
+
+def _exchange(conn: Any, commands: list[tuple[Any, ...]], reads: bool) -> list[Any]:
+    """Send ``commands`` at once and read every reply; then raise the first reply error.
+    Replies lost on the way raise :class:`Unanswered` unless the commands are ``reads``."""
     conn.send_packed_command(conn.pack_commands(commands))
     replies: list[Any] = []
     failed: ResponseError | None = None
@@ -298,6 +318,10 @@ def _exchange(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
         except ResponseError as error:
             replies.append(error)
             failed = failed or error
+        except (ConnectionError, TimeoutError) as lost:
+            if reads:
+                raise
+            raise Unanswered(f"no reply: {lost}") from lost
     if failed is not None:
         raise failed
     return replies

@@ -224,3 +224,51 @@ def test_postgres_outage_fails_fast_then_recovers(
     proxy = proxy_to(database_url())
     url = with_search_path(via(database_url(), proxy.port), pg_schema)
     outage_then_recovery(proxy, PostgresBackend(url, {"timeout": 1}))
+
+
+def lose_first_reply(monkeypatch) -> list[int]:
+    """The first reply read from any Redis connection is lost (a read timeout); returns
+    the count of command batches sent."""
+    sent = [0]
+    pack = redis.connection.AbstractConnection.pack_commands
+    read = redis.connection.AbstractConnection.read_response
+    lost = [False]
+
+    def packing(conn, commands):
+        sent[0] += 1
+        return pack(conn, commands)
+
+    def reading(conn, *args, **kwargs):
+        if not lost[0]:
+            lost[0] = True
+            raise redis.exceptions.TimeoutError("Timeout reading from socket")
+        return read(conn, *args, **kwargs)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "pack_commands", packing)
+    monkeypatch.setattr(redis.connection.AbstractConnection, "read_response", reading)
+    return sent
+
+
+def test_a_write_whose_reply_was_lost_is_not_made_twice(redis_backend, monkeypatch) -> None:
+    """The server may have counted it: a storage fault, never a second count."""
+    redis_backend.link.client.flushdb()
+    counters = redis_backend.table("sessions", None)
+    sent = lose_first_reply(monkeypatch)
+    with pytest.raises(StorageUnavailable, match="no reply"):
+        counters.incr("hits")
+    assert sent[0] == 1
+    monkeypatch.undo()
+    assert counters.incr("hits") == 2  # the lost one was counted, once
+
+
+def test_a_read_whose_reply_was_lost_is_sent_again(redis_backend, monkeypatch) -> None:
+    redis_backend.link.client.flushdb()
+    tokens, users = redis_backend.table("tokens", None), redis_backend.table("users", None)
+    tokens.put("k", {"user_id": "u"})
+    users.put("u", {"name": "U"})
+    sent = lose_first_reply(monkeypatch)
+    assert tokens.get("k")["user_id"] == "u"
+    assert sent[0] == 2
+    sent = lose_first_reply(monkeypatch)
+    assert tokens.get_with("k", "user_id", users)[1]["name"] == "U"  # a read-only script
+    assert sent[0] == 2

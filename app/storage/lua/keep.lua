@@ -3,8 +3,11 @@
 -- a member outlives gets that member's expiry plus a minute of slack, so the next
 -- members of a busy index (each expiring a moment after the last) find it long enough
 -- and cost one PTTL, not a ZRANGE and a PEXPIREAT each. The comparison is on the
--- server's clock (TIME, once a script); scores are expiries in seconds, or 'inf'.
+-- server's clock (TIME, once a script) with a second to spare, so the millisecond
+-- between PTTL and TIME never lets an index end before a member; scores are expiries
+-- in seconds, or 'inf'.
 local SLACK_MS = 60000
+local MARGIN_MS = 1000
 local server_now_ms
 local function keep(ikey, score)
   if score == 'inf' then redis.call('PERSIST', ikey) return end
@@ -20,7 +23,7 @@ local function keep(ikey, score)
       local now = redis.call('TIME')
       server_now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
     end
-    if server_now_ms + ttl > at then return end
+    if server_now_ms + ttl >= at + MARGIN_MS then return end
   end
   redis.call('PEXPIREAT', ikey, at + SLACK_MS)
 end
