@@ -13,7 +13,9 @@ handler's lock, one write, then the flush.
 The request thread does not render or write the line itself: it hands the line's
 fields to the process's :data:`WRITER`, a thread that wakes when lines come, lets them
 gather for :data:`GATHER` seconds, then renders them one after the other and writes
-each handler's share in one write and one flush (the same bytes, in the same order).
+each handler's share in whole-line chunks of at most :data:`ATOMIC` bytes, each one write
+and one flush (the same bytes, in the same order; no line of one worker cut by another's
+on a pipe they share).
 A request then costs a queue append instead of a cold rendering and a system call,
 which is most of what the line cost (``bench/README.md``); the line appears within
 about 50 ms of its response. What is held is written at exit (:mod:`.exiting`) and by
