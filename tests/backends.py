@@ -88,3 +88,16 @@ def postgres_schema(url: str | None = None) -> Iterator[str]:
     finally:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(name))
+
+
+def redis_round_trips(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count every command batch sent to any Redis (storage and limiter alike)."""
+    sent = [0]
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def counting(self, command, check_health=True):  # type: ignore[no-untyped-def]
+        sent[0] += 1
+        return send(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+    return sent

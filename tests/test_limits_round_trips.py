@@ -17,14 +17,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import redis.connection
 from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app
 from app.limits import counters, delays
 
-from .backends import redis_url, require_service
+from .backends import redis_round_trips, redis_url, require_service
 from .conftest import base_config, basic, bearer, close_app
 from .factories import REDIRECT, SECRET, make_client, make_code, make_token
 
@@ -84,19 +83,6 @@ def scenarios(app: Flask, client_id: str) -> dict[str, Callable[[FlaskClient], A
         ),
         "gateway": lambda c: c.get("/api/profile", headers=bearer(access)),
     }
-
-
-def redis_round_trips(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Count every command batch sent to any Redis (storage and limiter alike)."""
-    sent = [0]
-    send = redis.connection.AbstractConnection.send_packed_command
-
-    def counting(self, command, check_health=True):  # type: ignore[no-untyped-def]
-        sent[0] += 1
-        return send(self, command, check_health)
-
-    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
-    return sent
 
 
 def counter_calls(monkeypatch: pytest.MonkeyPatch, app: Flask) -> list[int]:

@@ -7,12 +7,12 @@ import time
 import uuid
 
 import pytest
-import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.storage.base import Backend, Table
 from app.storage.redis import RedisBackend
+from tests.backends import redis_round_trips
 from tests.storage.conftest import empty
 
 TOKEN = {"user_id": "alice", "client_id": "web", "grant_id": "g1", "scope": ["read"]}
@@ -315,13 +315,6 @@ def test_get_with_on_one_redis_is_one_round_trip(redis_backend: RedisBackend, mo
     codes, users = redis_backend.table("codes", None), redis_backend.table("users", None)
     make(codes, "c1")
     users.put("alice", {"name": "Alice"})
-    sent = [0]
-    send = redis.connection.AbstractConnection.send_packed_command
-
-    def counting(self, command, check_health=True):  # type: ignore[no-untyped-def]
-        sent[0] += 1
-        return send(self, command, check_health)
-
-    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+    sent = redis_round_trips(monkeypatch)
     assert codes.get_with("c1", "user_id", users)[1]["name"] == "Alice"
     assert sent[0] == 1
