@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..secrets_hash import new_secret, token_digest
-from ..storage import Probe, Put, Storage, StorageUnavailable
+from ..storage import Probe, Put, Record, Storage, StorageUnavailable, Table
 from .models import AuthorizationCode, StoredToken
 
 if TYPE_CHECKING:
@@ -80,10 +80,17 @@ class GrantStore:
         self.storage.codes.put(token_digest(code), record)
 
     def find_code(self, code: str) -> AuthorizationCode | None:
-        """The code's record, and its user's read with it (one round trip on one Redis)."""
+        """The code's record, and its user's read with it where that is one round trip
+        (one Redis); elsewhere the user is read when the grant asks for it, as before."""
         key = token_digest(code)
-        record, owner = self.storage.codes.get_with(key, "user_id", self.storage.users)
+        record, owner = self._with_owner(self.storage.codes, key)
         return AuthorizationCode(key, record, owner) if record else None
+
+    def _with_owner(self, table: Table, key: str) -> tuple[Record | None, Record | None]:
+        users = self.storage.users
+        if table.joins(users):
+            return table.get_with(key, "user_id", users)
+        return table.get(key), None
 
     def redeem_code(
         self,
@@ -206,12 +213,12 @@ class GrantStore:
             return True
 
     def find_refresh(self, token: str, with_owner: bool = False) -> StoredToken | None:
-        """The refresh token's record; ``with_owner``: its user's too, read with it (one
-        round trip on one Redis), for a refresh that issues tokens."""
+        """The refresh token's record; ``with_owner``: its user's too where that costs no
+        round trip more (see :meth:`find_code`), for a refresh that issues tokens."""
         key = token_digest(token)
         table = self.storage.refresh_tokens
         if with_owner:
-            record, owner = table.get_with(key, "user_id", self.storage.users)
+            record, owner = self._with_owner(table, key)
         else:
             record, owner = table.get(key), None
         return StoredToken(key, record, "refresh_token", owner) if record else None

@@ -98,11 +98,16 @@ class Table(abc.ABC):
     def get(self, key: str) -> Record | None:
         """Return the live record under ``key``, or ``None``."""
 
+    def joins(self, other: Table) -> bool:
+        """Whether :meth:`get_with` reads from ``other`` in the same round trip (else a
+        caller reads the two when it needs them, each through its own table)."""
+        return False
+
     def get_with(self, key: str, field: str, other: Table) -> tuple[Record | None, Record | None]:
         """The live record under ``key``, and ``other``'s live record under the record's
-        ``field`` (``None`` when it has none): one round trip where the backend can
+        ``field`` (``None`` when it has none): one round trip where :meth:`joins` says so
         (:class:`~.redis.RedisTable` on one server), else two reads."""
-        record = type(self).get(self, key)  # one call to time (metrics wrap the instance's)
+        record = self.get(key)
         value = record.get(field) if record is not None else None
         return record, (other.get(str(value)) if value is not None else None)
 

@@ -277,16 +277,23 @@ class RedisTable(Table):
     def get(self, key: str) -> Record | None:
         return self._decode(key, self.backend.link.get(self.rkey(key)), time.time())
 
+    def joins(self, other: Table) -> bool:
+        return (
+            isinstance(other, RedisTable)
+            and other.backend is self.backend
+            and self.backend.link.spans_keys
+        )
+
     @guarded
     def get_with(self, key: str, field: str, other: Table) -> tuple[Record | None, Record | None]:
         """Both reads as one script on one server when ``other`` is there too (a Cluster
         spreads the two keys over slots: two reads, as the base class)."""
+        if not self.joins(other):
+            return super().get_with(key, field, other)
         link = self.backend.link
-        if not link.spans_keys or not isinstance(other, RedisTable):
-            return super().get_with(key, field, other)
-        if other.backend is not self.backend:
-            return super().get_with(key, field, other)
-        raw, other_raw, looked = link.run("lookup", [], [self.rkey(key), field, other.base])
+        raw, other_raw, looked = link.run(
+            "lookup", [], [self.rkey(key), field, cast(RedisTable, other).base]
+        )
         now = time.time()
         record = self._decode(key, raw, now)
         value = record.get(field) if record is not None else None
@@ -294,7 +301,7 @@ class RedisTable(Table):
             return record, None
         if not looked:  # not a string: read as the base class would
             return record, other.get(str(value))
-        return record, other._decode(value, other_raw, now)
+        return record, cast(RedisTable, other)._decode(value, other_raw, now)
 
     @guarded
     def take(self, key: str) -> Record | None:
