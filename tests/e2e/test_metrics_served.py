@@ -83,8 +83,7 @@ def test_two_workers_counts_are_summed(start_server, http_server, tmp_path, monk
         assert healthz_count(server.url) == sent
 
     # logging.format json: the server's own lines and ours, one JSON object each, with
-    # a timestamp; one request line per request, from both workers (each worker's writer
-    # thread writes its lines within about 50 ms).
+    # a timestamp; one request line per request, from both workers (read once all are in).
     def json_entries() -> list[dict]:
         text = server.log_path.read_text()
         whole = text[: text.rfind("\n") + 1]  # not a line still being written

@@ -201,9 +201,9 @@ def test_serve_code_pkce_refresh_revoke(start_server, http_server):
 
 @pytest.mark.parametrize("http_server", ["gunicorn", "granian"])
 def test_a_stopped_server_has_written_every_request_line(start_server, http_server):
-    """Lines wait up to 50 ms in each worker's writer thread: a server stopped right
-    after answering (SIGTERM) still writes every one of them (granian's workers end
-    through multiprocessing, which runs no ``atexit`` hook: ``app.observability.exiting``)."""
+    """A server stopped right after answering (SIGTERM) has written every request line,
+    from every worker (granian's workers end through multiprocessing, which runs no
+    ``atexit`` hook: whatever a worker holds for later must not rely on one)."""
     server = start_server(config={"auth_server": {"server": http_server}})
     wait_for_workers(server, 2)
     sent = [f"stop-{secrets.token_hex(4)}-{n}" for n in range(60)]
