@@ -26,14 +26,9 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
-from redis.exceptions import (
-    ConnectionError,
-    NoScriptError,
-    RedisClusterException,
-    RedisError,
-    ResponseError,
-    TimeoutError,
-)
+from redis.exceptions import ConnectionError as LostConnection
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import TimeoutError as TimedOut
 from redis.retry import Retry
 
 from .base import StorageUnavailable
@@ -145,7 +140,10 @@ class Single(Link):
         """One script by ``EVALSHA`` on a pooled connection (:meth:`_send`), loaded again
         if the server lost it (:meth:`pipelined`)."""
         sha = self.scripts[name].sha
-        queue = lambda commands: commands.evalsha(sha, len(keys), *keys, *args)  # noqa: E731
+
+        def queue(commands: Commands) -> None:
+            commands.evalsha(sha, len(keys), *keys, *args)
+
         return self.pipelined(queue, reads=name in READ_SCRIPTS)[0]
 
     def get(self, key: str) -> str | None:
@@ -318,7 +316,7 @@ def _exchange(conn: Any, commands: list[tuple[Any, ...]], reads: bool) -> list[A
         except ResponseError as error:
             replies.append(error)
             failed = failed or error
-        except (ConnectionError, TimeoutError) as lost:
+        except (LostConnection, TimedOut) as lost:
             if reads:
                 raise
             raise Unanswered(f"no reply: {lost}") from lost
