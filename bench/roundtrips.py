@@ -26,6 +26,15 @@ from bench import inproc, procs, run
 
 THREADS = int(os.environ.get("ROUNDTRIPS_THREADS", "8"))
 SECONDS = float(os.environ.get("ROUNDTRIPS_SECONDS", "3"))
+#: How many kinds of command batch each line names (the most sent first).
+TOP = int(os.environ.get("ROUNDTRIPS_TOP", "4"))
+
+
+def _named(word: bytes) -> str:
+    """A command's word as counted: a key's part before its ``{hash tag}`` (so one kind of
+    key, a session or a user, counts as one), else its first 24 characters."""
+    text = word[:48].decode("latin-1")
+    return text.partition("{")[0] + "{…" if "{" in text else text[:24]
 
 
 class Meter:
@@ -43,7 +52,7 @@ class Meter:
             first = b"".join(command[:1]) if isinstance(command, (list, tuple)) else command
             words = bytes(first[:160]).split(b"\r\n")[2::2][:2]
             with meter.lock:
-                meter.sent[" ".join(w[:24].decode("latin-1") for w in words)] += 1
+                meter.sent[" ".join(_named(w) for w in words)] += 1
             send(self, command, check_health)
 
         redis.connection.AbstractConnection.send_packed_command = counting  # type: ignore[method-assign]
@@ -123,7 +132,7 @@ def main(argv: list[str]) -> int:
                 count = drive(calls[name], threads, SECONDS)
                 total = sum(meter.sent.values())
                 top = ", ".join(
-                    f"{n / count:.2f} {command}" for command, n in meter.sent.most_common(4)
+                    f"{n / count:.2f} {command}" for command, n in meter.sent.most_common(TOP)
                 )
                 print(
                     f"{name:20s} {threads} thread(s): {total / count:5.2f} round trips each"

@@ -16,7 +16,10 @@ median req/s and server CPU per request.
 optional ``make bench`` variant (``+no-observability``, ``+no-token-cache``), and an
 optional checkout to serve from (``/work/wt/base@2x4``: its own ``.venv``'s Python, its own code).
 Scenarios (default all): ``client_credentials``, ``refresh`` (a fresh pool of refresh
-tokens per arm and round), ``introspect``, ``gateway``, ``userinfo``. Results in
+tokens per arm and round), ``introspect``, ``gateway``, ``userinfo``, ``flow`` (the whole
+code flow by ``bench.flow``'s users, as ``make bench`` runs it, ``BENCH_SECONDS`` long: its
+req/s are the flows' requests, six a flow, and its ratio to bare Flask is per request
+too, so flows/s per bare request is the ratio over six). Results in
 ``bench/served-pair.json`` (gitignored).
 """
 
@@ -35,7 +38,7 @@ from typing import Any
 
 from bench import procs, run, wrk
 
-SCENARIOS = ("client_credentials", "refresh", "introspect", "gateway", "userinfo")
+SCENARIOS = ("client_credentials", "refresh", "introspect", "gateway", "userinfo", "flow")
 ARMS = os.environ.get("PAIR_ARMS", "2x4 4x1").split()
 ROUNDS = int(os.environ.get("PAIR_ROUNDS", "4"))
 SECONDS = float(os.environ.get("PAIR_SECONDS", "5"))
@@ -109,6 +112,16 @@ def loads(fx: run.Fixtures, run_dir: Path, arms: list[Arm]) -> dict[str, Any]:
     }
 
 
+def flow(arm: Arm, scenario: str, number: int) -> dict[str, Any]:
+    """One round of whole code flows against ``arm`` (``bench.flow``, as ``make bench``)."""
+    result = run.run_flow(arm)  # type: ignore[arg-type]  # it reads .port and .proc only
+    run.log(
+        f"  {scenario} round {number + 1} {arm.name}: {result['flows_per_s']:,.1f} flows/s "
+        f"cpu {result.get('server_cpu_ms_per_req', 0):.2f} ms/r errors {result['errors']}"
+    )
+    return result
+
+
 def fixtures(arm: Arm, run_dir: Path) -> run.Fixtures:
     """The app's storage objects over the arms' Redis (token fixtures, refresh pools)."""
     server = run.Server(arm.name, "redis", arm.proc, arm.port, 0, run_dir, {}, {})
@@ -132,6 +145,9 @@ def measure(scenarios: list[str], run_dir: Path) -> dict[str, Any]:
                 for arm in order:
                     if arm.name == REFERENCE:  # it answers "/" whatever it is sent
                         warm = load = wrk.Load("/")
+                    elif scenario == "flow":
+                        samples[arm.name].append(flow(arm, scenario, number))
+                        continue
                     else:
                         warm, load = makers[scenario](arm, number)
                     result = run.measure(arm.port, load, arm.proc, warm, SECONDS)

@@ -18,12 +18,14 @@ without the profiler is printed beside them, with the Python calls per request.
 from __future__ import annotations
 
 import cProfile
+import functools
 import os
 import pstats
 import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from bench import inproc, procs, run
 
 #: (path fragment, layer), first match wins; anything else is "stdlib/builtin".
 LAYERS = (
+    ("/flask_login/", "sign-in (Flask-Login)"),
     ("/flask/", "Flask/Werkzeug"),
     ("/werkzeug/", "Flask/Werkzeug"),
     ("/redis/", "Redis (redis-py)"),
@@ -42,6 +45,10 @@ LAYERS = (
     ("/app/limits/", "rate limiter"),
     ("/limits/", "rate limiter"),
     ("/authlib/", "Authlib"),
+    ("/jinja2/", "templates (Jinja2)"),
+    ("/markupsafe/", "templates (Jinja2)"),
+    ("/app/templates/", "templates (Jinja2)"),
+    ("/itsdangerous/", "signing (itsdangerous)"),
     ("/app/", "our code (checks, view, errors, headers)"),
     ("/bench/", "bench driver"),
 )
@@ -87,23 +94,23 @@ def split(stats: dict[Func, Any], detail: str = "") -> dict[str, float]:
     return totals
 
 
-def profile(wsgi: Any, make: Any) -> tuple[dict[str, float], float, float]:
-    """The layers' seconds per request, the CPU µs per request without the profiler and
-    the Python calls per request."""
-    for _ in range(inproc.WARM_REQUESTS):
-        inproc.call(wsgi, make)
+def profile(one: Callable[[], object], count: int) -> tuple[dict[str, float], float, float]:
+    """The layers' seconds per call of ``one`` (a request, or a whole flow), the CPU µs
+    per call without the profiler and the Python calls per call."""
+    for _ in range(max(inproc.WARM_REQUESTS * count // COUNT, 5)):
+        one()
     started = time.process_time()
-    for _ in range(COUNT):
-        inproc.call(wsgi, make)
-    cpu = (time.process_time() - started) / COUNT * 1e6
+    for _ in range(count):
+        one()
+    cpu = (time.process_time() - started) / count * 1e6
     profiler = cProfile.Profile(time.process_time)  # CPU, not waiting for the site
     profiler.enable()
-    for _ in range(COUNT):
-        inproc.call(wsgi, make)
+    for _ in range(count):
+        one()
     profiler.disable()
     stats = pstats.Stats(profiler)
-    layers = {k: v / COUNT for k, v in split(stats.stats, DETAIL).items()}  # type: ignore[attr-defined]
-    return layers, cpu, stats.total_calls / COUNT  # type: ignore[attr-defined]
+    layers = {k: v / count for k, v in split(stats.stats, DETAIL).items()}  # type: ignore[attr-defined]
+    return layers, cpu, stats.total_calls / count  # type: ignore[attr-defined]
 
 
 def main(argv: list[str]) -> int:
@@ -120,9 +127,15 @@ def main(argv: list[str]) -> int:
         pool = fx.refresh_pool(2 * COUNT + inproc.WARM_REQUESTS)  # a refresh spends one
         makers = inproc.requests(fx.live_token(), iter(pool), fx.live_token())
         for name in names:
-            layers, cpu, calls = profile(app.wsgi_app, makers[name])
+            if name in inproc.FLOWS:  # a whole code flow a call, a tenth as many calls
+                one = inproc.flow_runner(app.wsgi_app, openid=name == "flow_openid")
+                layers, cpu, calls = profile(one, COUNT // 10)
+            else:
+                one = functools.partial(inproc.call, app.wsgi_app, makers[name])
+                layers, cpu, calls = profile(one, COUNT)
             total = sum(layers.values())
-            print(f"{name}: cpu {cpu:.0f} µs/request unprofiled, calls {calls:.0f}")
+            each = "flow" if name in inproc.FLOWS else "request"
+            print(f"{name}: cpu {cpu:.0f} µs/{each} unprofiled, calls {calls:.0f}")
             for layer, seconds in sorted(layers.items(), key=lambda item: -item[1]):
                 if not layer.startswith("bench driver"):
                     print(f"  {layer:60s} {seconds / total:6.1%}")
