@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import select
+import threading
 import warnings
 from urllib.parse import urlsplit
 
@@ -121,6 +123,58 @@ def test_redis_recovers_after_client_kill(redis_backend: RedisBackend) -> None:
         assert sorted(r["key"] for r in table.list_by_user("u")) == ["k", "k2", "k3", "k4"]
     finally:
         backend.close()
+
+
+def named_clients(name: str) -> int:
+    with redis.Redis.from_url(redis_url()) as admin:
+        return sum(1 for client in admin.client_list() if client.get("name") == name)
+
+
+def test_sends_keep_their_connections(redis_backend: RedisBackend) -> None:
+    """A send takes a connection off the link's own stack and puts it back: threads at
+    once open at most one each, and later sends open none."""
+    name = f"oauth2-test-{secrets.token_hex(4)}"
+    backend = RedisBackend(redis_url(), {"client_name": name})
+    try:
+        table = backend.table("tokens", None)
+        barrier = threading.Barrier(6)
+
+        def work(n: int) -> None:
+            barrier.wait()
+            for i in range(40):
+                table.put(f"t{n}-{i}", {"user_id": "u"})
+                assert table.get(f"t{n}-{i}") is not None
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        opened = named_clients(name)
+        assert 1 <= opened <= 6
+        assert len(backend.link.idle) == opened  # every one back on the stack
+        for i in range(50):
+            assert table.get(f"t0-{i % 40}") is not None
+        assert named_clients(name) == opened
+    finally:
+        backend.close()
+
+
+def test_a_connection_with_a_reply_nobody_asked_for_is_dialled_again(
+    redis_backend: RedisBackend,
+) -> None:
+    """Out of step (a reply waiting that no send of ours asked for): the next send goes
+    on a fresh connection and reads its own reply."""
+    table = redis_backend.table("tokens", None)
+    table.put("k", {"user_id": "u"})
+    link = redis_backend.link
+    stray = link.idle[-1]
+    stray.send_command("PING")  # its reply is never read
+    waiting = select.poll()
+    waiting.register(stray._sock, select.POLLIN)
+    assert waiting.poll(2000)  # the reply came (left unread on the socket)
+    assert table.get("k")["user_id"] == "u"
+    assert table.get("k")["user_id"] == "u"
 
 
 def kill_clients(name: str) -> None:
