@@ -142,6 +142,12 @@ class Passkeys:
         found = [r for r in records if r["key"].startswith(f"passkey:{user_id}:")]
         return sorted(found, key=lambda r: r.get("created_at", 0))
 
+    @staticmethod
+    def among(records: list[dict[str, Any]], user_id: str) -> bool:
+        """:meth:`has`, among the user's factor records (the table's ``list_by_user``)."""
+        prefix = f"passkey:{user_id}:"
+        return any(record["key"].startswith(prefix) for record in records)
+
     def of(self, user_id: str) -> list[Passkey]:
         return [
             Passkey(r["key"], r["name"], r["created_at"], r.get("last_used_at"), r["backed_up"])

@@ -23,6 +23,7 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import pyotp
 import segno
@@ -102,6 +103,13 @@ class TwoFactor:
 
     def enrolled(self, user_id: str) -> bool:
         return self.table.get("totp:" + user_id) is not None
+
+    @staticmethod
+    def enrolled_in(records: list[dict[str, Any]], user_id: str) -> bool:
+        """:meth:`enrolled`, among the user's factor records (the table's ``list_by_user``:
+        the TOTP record names its user)."""
+        key = "totp:" + user_id
+        return any(record["key"] == key for record in records)
 
     def pending(self, user_id: str, start: bool = True) -> str | None:
         """The unconfirmed secret shown to ``user_id`` (a new one if none, ``start``)."""

@@ -167,6 +167,11 @@ class RedisBackend(Backend):
             link.close()
 
 
+#: The most records ``lua/list.lua`` reads with an index (more: a second round trip,
+#: so that no script holds the server for long).
+LISTED_IN_SCRIPT = 2_000
+
+
 def _expired(record: Record, now: float) -> bool:
     expires_at = record.get("expires_at")
     return expires_at is not None and expires_at <= now
@@ -327,11 +332,18 @@ class RedisTable(Table):
     @guarded
     def _list(self, field: str, value: str) -> list[Record]:
         link, ikey, now = self.backend.link, self._ikey(field, value), time.time()
-        pipe = link.client.pipeline(transaction=False)
-        pipe.zremrangebyscore(ikey, "-inf", now)
-        pipe.zrangebyscore(ikey, f"({now!r}", "+inf")
-        keys = pipe.execute()[1]
-        records = self._load(link, keys)
+        if link.spans_keys:  # one server: the index and its records in one script
+            keys, raws = link.run("list", [ikey], [repr(now), self.base, LISTED_IN_SCRIPT])
+            if raws is None:  # a huge index: its records read by one MGET, as elsewhere
+                records = self._load(link, keys)
+            else:
+                records = [self._decode(k, raws[i] or None, now) for i, k in enumerate(keys)]
+        else:
+            pipe = link.client.pipeline(transaction=False)
+            pipe.zremrangebyscore(ikey, "-inf", now)
+            pipe.zrangebyscore(ikey, f"({now!r}", "+inf")
+            keys = pipe.execute()[1]
+            records = self._load(link, keys)
         pairs = list(zip(keys, records, strict=True))
         stale = [(ikey, k) for k, r in pairs if r is None or not _matches(r, field, value)]
         self.unindex(link, stale)

@@ -41,10 +41,10 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 #: The scripts that only read (sent again when their reply was lost, as a GET is).
-READ_SCRIPTS = frozenset({"lookup"})
+READ_SCRIPTS = frozenset({"lookup", "list"})
 
 #: The scripts in ``lua/``, by file name.
-SCRIPTS = ("index", "put", "revoke", "take", "exchange", "incr", "lookup")
+SCRIPTS = ("index", "put", "revoke", "take", "exchange", "incr", "lookup", "list")
 
 CLIENT_DEFAULTS: dict[str, Any] = {
     "socket_connect_timeout": 2.0,

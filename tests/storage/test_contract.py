@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.storage.base import Backend, Table
-from app.storage.redis import RedisBackend
+from app.storage.redis import LISTED_IN_SCRIPT, RedisBackend
 from tests.backends import redis_round_trips
 from tests.storage.conftest import empty
 
@@ -318,3 +318,49 @@ def test_get_with_on_one_redis_is_one_round_trip(redis_backend: RedisBackend, mo
     sent = redis_round_trips(monkeypatch)
     assert codes.get_with("c1", "user_id", users)[1]["name"] == "Alice"
     assert sent[0] == 1
+
+
+def test_a_long_index_lists_every_live_record(backend: Backend) -> None:
+    """More members than one MGET of the Redis script takes (it reads them by thousands),
+    a few of them expired, deleted or now another user's."""
+    table = backend.table("tokens", None)
+    with backend.batch():
+        for n in range(1_545):
+            make(table, f"k{n:04d}", user_id="many")
+        make(table, "expired", user_id="many", ttl=-1)
+    table.delete("k0007")
+    make(table, "k0008", user_id="someone else")
+    listed = table.list_by_user("many")
+    assert keys(listed) == {f"k{n:04d}" for n in range(1_545)} - {"k0007", "k0008"}
+    assert all(r["user_id"] == "many" and r["client_id"] == "web" for r in listed)
+
+
+def test_a_list_on_one_redis_is_one_round_trip(redis_backend: RedisBackend, monkeypatch) -> None:
+    """The index's expired members dropped, its members read with their records, at once."""
+    empty(redis_backend)
+    table = redis_backend.table("factors", None)
+    make(table, "a1")
+    make(table, "a2")
+    make(table, "gone", ttl=1)
+    time.sleep(1.05)
+    sent = redis_round_trips(monkeypatch)
+    assert keys(table.list_by_user("alice")) == {"a1", "a2"}
+    assert sent[0] == 1
+    assert table.list_by_user("nobody") == []
+    assert sent[0] == 2
+    client = redis_backend.link.client
+    assert client.zrange(table._ikey("user_id", "alice"), 0, -1) == ["a1", "a2"]
+
+
+def test_a_huge_index_has_its_records_read_apart(redis_backend: RedisBackend, monkeypatch) -> None:
+    """Past ``LISTED_IN_SCRIPT`` members the script answers the members only (no script
+    holds the server long) and the records are read by one ``MGET``."""
+    empty(redis_backend)
+    table = redis_backend.table("tokens", None)
+    with redis_backend.batch():
+        for n in range(LISTED_IN_SCRIPT + 1):
+            make(table, f"k{n}", client_id="busy")
+    sent = redis_round_trips(monkeypatch)
+    listed = table.list_by_client("busy")
+    assert keys(listed) == {f"k{n}" for n in range(LISTED_IN_SCRIPT + 1)}
+    assert sent[0] == 2
