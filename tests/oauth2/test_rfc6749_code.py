@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from urllib.parse import urlsplit
 
 import pytest
@@ -232,6 +233,8 @@ def test_allow_redirects_with_a_code_state_and_iss(client, state):
     # Stored under its SHA-256 only.
     digest = hashlib.sha256(params["code"].encode()).hexdigest()
     assert snapshot(state)["codes"] == {digest}
+    # 48 URL-safe characters (288 random bits), as many as Authlib's codes have.
+    assert re.fullmatch(r"[A-Za-z0-9_-]{48}", params["code"])
 
 
 @pytest.mark.parametrize("state_param", ["xyz", None], ids=["with-state", "without-state"])
