@@ -114,7 +114,10 @@ def create_app(
     state = _build_state(settings, clients)
     app.extensions["oauth2"] = state
     app.session_interface = StoredSessionInterface(
-        state.storage.session, state.storage.batch, settings.auth.session_max_age
+        state.storage.session,
+        state.storage.batch,
+        settings.auth.session_max_age,
+        users=state.storage.users,
     )
     lean.mount(app)  # /api/ and the back channel on lean apps, behind the wrappers below
     if settings.auth.trusted_proxies:
@@ -154,8 +157,15 @@ def _limit_streamed_body() -> None:
 
 
 def _load_user(user_id: str):
-    # The login manager is shared by every app in the process: look up this app's users.
-    return current_app.extensions["oauth2"].users.get(user_id)
+    # The login manager is shared by every app in the process: look up this app's users,
+    # unless the session was read with its user's record.
+    users = current_app.extensions["oauth2"].users
+    owner = getattr(session, "owner_record", None)
+    if owner is not None:
+        read, record = owner(user_id)
+        if read:
+            return users.of(user_id, record) if record is not None else None
+    return users.get(user_id)
 
 
 def _register_blueprints(app: Flask) -> None:

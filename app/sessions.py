@@ -63,7 +63,7 @@ class StoredSession(CallbackDict, SessionMixin):
     def __init__(
         self,
         sid: str | None,
-        loader: Callable[[str], dict[str, Any] | None],
+        loader: Callable[[str], Loaded],
         anonymous: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(None, lambda _self: setattr(self, "modified", True))
@@ -73,6 +73,9 @@ class StoredSession(CallbackDict, SessionMixin):
         self.loaded = sid is None
         self.failed = False
         self.touched_at = 0.0
+        #: The signed-in user's id and ``users`` record, read with the session (the
+        #: user loader's answer, :meth:`owner_record`); None if not read with it.
+        self.owner: tuple[str, dict[str, Any] | None] | None = None
         self._loader = loader
         self.anonymous = anonymous or {}  # what the signed visitor cookie carried
         if sid is None:
@@ -81,7 +84,7 @@ class StoredSession(CallbackDict, SessionMixin):
     def _load(self) -> None:
         if self.loaded:
             return
-        record = self._loader(self.sid) if self.sid else None
+        record, owner = self._loader(self.sid) if self.sid else (None, None)
         self.loaded = True  # only now: a failed read must not look like an empty session
         if record is None:
             if self.sid and not self.old_sid:
@@ -91,6 +94,16 @@ class StoredSession(CallbackDict, SessionMixin):
             return
         self.touched_at = record.pop("_touched", 0.0)
         dict.update(self, record)
+        if owner is not None and owner[0] == record.get(USER_KEY):
+            self.owner = owner
+
+    def owner_record(self, user_id: str) -> tuple[bool, dict[str, Any] | None]:
+        """``(True, record)`` when ``user_id``'s ``users`` record (``None``: there is
+        none) was read with this session, else ``(False, None)``: read it."""
+        owner = self.owner
+        if owner is not None and owner[0] == user_id:
+            return True, owner[1]
+        return False, None
 
     def regenerate(self) -> None:
         """Give the session a new id; the old id stops working."""
@@ -183,16 +196,27 @@ class VisitorCookie(SecureCookieSessionInterface):
     salt = "oauth2-visitor-session"
 
 
+#: What a session loader answers: the stored session (None: none), and the signed-in
+#: user's id and ``users`` record when they were read with it.
+Loaded = tuple[dict[str, Any] | None, tuple[str, dict[str, Any] | None] | None]
+
+
 class StoredSessionInterface(SessionInterface):
-    """Flask session interface over a storage :class:`Table`."""
+    """Flask session interface over a storage :class:`Table`.
+
+    With ``users`` (the ``users`` table), a signed-in session is read with its user's
+    record (:meth:`~app.storage.base.Table.get_with`: one round trip on one Redis), which
+    the sign-in manager's user loader then takes instead of reading it again."""
 
     def __init__(
         self,
         table: Table,
         batch: Callable[[], AbstractContextManager[Any]] | None = None,
         max_age: int | None = None,
+        users: Table | None = None,
     ) -> None:
         self.table = table
+        self.users = users
         # Storage.batch: a renewed session's delete and put go in one round trip.
         self.batch = batch or contextlib.nullcontext
         self.max_age = max_age
@@ -211,12 +235,20 @@ class StoredSessionInterface(SessionInterface):
         sid = request.cookies.get(self.get_cookie_name(app))
         return StoredSession(sid or None, self._record, self._visitor_data(app, request))
 
-    def _record(self, sid: str) -> dict[str, Any] | None:
-        """The stored session, unless its absolute lifetime since sign-in has run out."""
-        record = self.table.get(token_digest(sid))
+    def _record(self, sid: str) -> Loaded:
+        """The stored session, unless its absolute lifetime since sign-in has run out, and
+        its user's record when read with it."""
+        owner = None
+        if self.users is not None and self.table.joins(self.users):
+            record, user = self.table.get_with(token_digest(sid), USER_KEY, self.users)
+            user_id = record.get(USER_KEY) if record else None
+            if isinstance(user_id, str) and user_id:
+                owner = (user_id, user)
+        else:
+            record = self.table.get(token_digest(sid))
         if record and self.max_age and time.time() >= record.get(SIGNED_IN_AT, 0) + self.max_age:
-            return None
-        return record
+            return None, None
+        return record, owner
 
     def _visitor_data(self, app, request) -> dict[str, Any]:
         value = request.cookies.get(self.visitor_cookie_name(app))

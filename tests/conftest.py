@@ -117,12 +117,13 @@ def base_config(tmp_path, dummy_site, **over) -> dict:
 
 
 def close_app(app: Flask) -> None:
-    """Release what the app holds open: its token cache's subscriber, its storage
-    connections and the adapter's pool."""
+    """Release what the app holds open: its token cache's subscriber, its storage and
+    limiter connections and the adapter's pool."""
     state = app.extensions["oauth2"]
     if state.grants.cache is not None:
         state.grants.cache.close()
     state.storage.close()
+    state.limits.rates.close()
     state.adapter.close()
 
 

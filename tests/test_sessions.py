@@ -14,6 +14,7 @@ from app.dummy_site import user_id as site_user_id
 from app.secrets_hash import token_digest
 from app.settings import ConfigError, Settings
 from app.storage import StorageUnavailable
+from tests.backends import redis_url, require_service
 from tests.conftest import authorize_url, base_config, close_app, csrf_from, login
 
 COOKIE = "oauth2_session"
@@ -445,3 +446,35 @@ def test_the_first_form_after_sign_in_writes_no_session(app, client, monkeypatch
     assert page.status_code == 200 and csrf_from(page.text)
     assert session_key not in written and len(written) == 1  # the consent transaction
     assert "Set-Cookie" not in page.headers
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def stored_on(request, tmp_path, dummy_site):
+    """An app whose every table is on SQLite, or on one Redis."""
+    config = base_config(tmp_path, dummy_site)
+    if request.param == "redis":
+        require_service("redis", redis_url())
+        config["storage"] = {"default": redis_url()}
+    app = create_app(config)
+    yield request.param, app
+    close_app(app)
+
+
+def test_a_signed_in_page_reads_the_user_with_the_session_on_one_redis(stored_on, monkeypatch):
+    """One Redis: the session and its user's record in one round trip, the user loader
+    reads nothing more; elsewhere the user is read as before. A user removed meanwhile
+    is signed out either way."""
+    backend, app = stored_on
+    state = app.extensions["oauth2"]
+    browser = app.test_client()
+    login(browser)
+    users = state.storage.users
+    reads = []
+    get = users.get
+    monkeypatch.setattr(users, "get", lambda key: (reads.append(key), get(key))[1])
+    page = browser.get("/review")
+    assert page.status_code == 200 and "alice" in page.get_data(as_text=True)
+    user_id = site_user_id("alice")
+    assert reads == ([] if backend == "redis" else [user_id])
+    users.delete(user_id)
+    assert browser.get("/review").status_code == 302  # to the sign-in page

@@ -102,6 +102,13 @@ class RateLimits:
         self._store_down_until = 0.0
         self._prune_at = time.time() + 60
 
+    def close(self) -> None:
+        """Release the store's connections (a Redis store's pool; they open again if used)."""
+        client = getattr(self.store, "storage", None)
+        pool = getattr(client, "connection_pool", None)
+        if pool is not None:
+            pool.disconnect()
+
     # -- the two questions -------------------------------------------------------------
     def hit(
         self, name: str, key: str, cost: int = 1, rate: RateLimitItem | None = None
