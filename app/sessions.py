@@ -111,6 +111,7 @@ class StoredSession(CallbackDict, SessionMixin):
         if self.sid and not self.old_sid:
             self.old_sid = self.sid
         self.sid = None
+        self.owner = None  # the user read with the old id is not this session's
         self.modified = True
 
     def signed_in(self) -> None:

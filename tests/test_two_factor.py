@@ -168,3 +168,23 @@ def test_the_id_token_says_otp_after_the_second_step(client, monkeypatch) -> Non
     code = location_params(answer)["code"]
     tokens = redeem(client, code, "test", redirect_uri=REDIRECT).get_json()
     assert decode(client, tokens["id_token"]).claims["amr"] == ["pwd", "otp"]
+
+
+@pytest.mark.parametrize("at_once", [True, False])
+def test_a_totp_record_missing_from_its_index_still_asks_for_the_code_where_that_can_happen(
+    client, app, monkeypatch, at_once
+) -> None:
+    """Sign-in reads the user's factor records by their index only where a record is
+    never stored without its entries (``indexed_at_once``); a Redis Cluster writes them
+    in two steps, so there the TOTP record is read by its key: an entry lost in a failed
+    write must not sign the user in with the password alone."""
+    login(client)
+    enrol(client)
+    client._cookies.clear()  # type: ignore[attr-defined]
+    table = app.extensions["oauth2"].storage.factors
+    monkeypatch.setattr(type(table), "indexed_at_once", property(lambda _self: at_once))
+    lost = [] if not at_once else None  # (where the index is kept with the record: intact)
+    if lost is not None:
+        monkeypatch.setattr(table, "list_by_user", lambda _user_id: lost)
+    answer = login(client, next_url="/review")
+    assert answer.status_code == 302 and answer.headers["Location"] == "/login/otp"

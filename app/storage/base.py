@@ -98,6 +98,14 @@ class Table(abc.ABC):
     def get(self, key: str) -> Record | None:
         """Return the live record under ``key``, or ``None``."""
 
+    @property
+    def indexed_at_once(self) -> bool:
+        """Whether a record and its index entries are written in one step, so a list
+        never misses a live record even after a failed write (SQL: indexed columns of
+        the row; one Redis: a script). A Redis Cluster writes the record, then its
+        entries: a list there may miss a record whose entries were not written."""
+        return True
+
     def joins(self, other: Table) -> bool:
         """Whether :meth:`get_with` reads from ``other`` in the same round trip (else a
         caller reads the two when it needs them, each through its own table)."""

@@ -282,6 +282,10 @@ class RedisTable(Table):
     def get(self, key: str) -> Record | None:
         return self._decode(key, self.backend.link.get(self.rkey(key)), time.time())
 
+    @property
+    def indexed_at_once(self) -> bool:
+        return self.backend.link.spans_keys
+
     def joins(self, other: Table) -> bool:
         return (
             isinstance(other, RedisTable)

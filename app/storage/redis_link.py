@@ -19,7 +19,6 @@ import abc
 import functools
 import json
 import os
-import select
 from collections.abc import Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -135,11 +134,11 @@ class Single(Link):
     Its sends (:meth:`_send`) take a connection from a stack of its own, not from
     redis-py's pool each time: a connection is checked out of the pool once, the first
     time every one on the stack is in use, and goes back on the stack after each send.
-    The pool's check-out and return (a lock, its connection counts, a ``can_read``
-    that costs three system calls) were a third of a round trip's client CPU. What the
-    pool's check made sure of is looked at here too, with one ``poll``: a connection
-    with something to read before it was sent anything (closed by the server, or out
-    of step) is dialled again first.
+    The pool's check-out and return (a lock, its connection counts and their
+    telemetry) were a third of a round trip's client CPU. What the pool's check made
+    sure of is looked at here too (``can_read``): a connection with something to read
+    before it was sent anything (closed by the server, or out of step) is dialled
+    again first.
     """
 
     spans_keys = True
@@ -246,9 +245,13 @@ class Single(Link):
             conn = self.idle.pop()
         except IndexError:
             return self.client.connection_pool.get_connection()
-        sock = conn._sock
-        if sock is not None and _readable(sock):
-            conn.disconnect()  # the send dials it again, inside its retry
+        try:
+            # ``can_read`` looks in the reply parser's buffer (and TLS's) before the
+            # socket: a reply read ahead into it is as out of step as one on the wire.
+            if conn._sock is not None and conn.can_read(timeout=0):
+                conn.disconnect()  # the send dials it again, inside its retry
+        except (LostConnection, TimedOut, OSError):
+            conn.disconnect()
         return conn
 
     def close(self) -> None:
@@ -351,14 +354,6 @@ def _exchange(conn: Any, commands: list[tuple[Any, ...]], reads: bool) -> list[A
     if failed is not None:
         raise failed
     return replies
-
-
-def _readable(sock: Any) -> bool:
-    """Whether ``sock`` has something to read (or has ended) now, without waiting: one
-    ``poll`` (``select`` would fail on a descriptor above 1023)."""
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
 
 
 def _ignore(replies: list[Any]) -> None:

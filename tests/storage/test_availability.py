@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import select
@@ -175,6 +176,23 @@ def test_a_connection_with_a_reply_nobody_asked_for_is_dialled_again(
     assert waiting.poll(2000)  # the reply came (left unread on the socket)
     assert table.get("k")["user_id"] == "u"
     assert table.get("k")["user_id"] == "u"
+
+
+def test_a_reply_read_ahead_into_the_parser_is_out_of_step_too(redis_backend: RedisBackend) -> None:
+    """Two replies arrived and one was read: the other waits in the reply parser's
+    buffer, not on the socket. The next send must not take it for its own (another
+    user's record)."""
+    table = redis_backend.table("tokens", None)
+    table.put("alice", {"user_id": "alice"})
+    table.put("bob", {"user_id": "bob"})
+    link = redis_backend.link
+    conn = link.idle[-1]
+    conn.send_packed_command(conn.pack_commands([("GET", table.rkey("alice"))] * 2))
+    assert json.loads(conn.read_response())["user_id"] == "alice"
+    waiting = select.poll()
+    waiting.register(conn._sock, select.POLLIN)
+    assert not waiting.poll(50)  # nothing left on the socket: the second reply is buffered
+    assert table.get("bob")["user_id"] == "bob"
 
 
 def kill_clients(name: str) -> None:

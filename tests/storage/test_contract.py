@@ -364,3 +364,9 @@ def test_a_huge_index_has_its_records_read_apart(redis_backend: RedisBackend, mo
     listed = table.list_by_client("busy")
     assert keys(listed) == {f"k{n}" for n in range(LISTED_IN_SCRIPT + 1)}
     assert sent[0] == 2
+
+
+def test_only_a_cluster_writes_a_record_apart_from_its_index_entries(backend: Backend) -> None:
+    table = backend.table("factors", None)
+    cluster = isinstance(backend, RedisBackend) and backend.url.startswith("redis+cluster://")
+    assert table.indexed_at_once is not cluster
