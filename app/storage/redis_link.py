@@ -19,11 +19,13 @@ import abc
 import functools
 import json
 import os
+import select
 from collections.abc import Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import redis
+from redis._parsers.hiredis import NOT_ENOUGH_DATA, _HiredisParser
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as LostConnection
@@ -136,9 +138,9 @@ class Single(Link):
     time every one on the stack is in use, and goes back on the stack after each send.
     The pool's check-out and return (a lock, its connection counts and their
     telemetry) were a third of a round trip's client CPU. What the pool's check made
-    sure of is looked at here too (``can_read``): a connection with something to read
-    before it was sent anything (closed by the server, or out of step) is dialled
-    again first.
+    sure of is looked at here too (:func:`_unasked`): a connection with something to
+    read before it was sent anything (closed by the server, or out of step, the reply
+    on the socket or already in the parser's buffer) is dialled again first.
     """
 
     spans_keys = True
@@ -246,9 +248,7 @@ class Single(Link):
         except IndexError:
             return self.client.connection_pool.get_connection()
         try:
-            # ``can_read`` looks in the reply parser's buffer (and TLS's) before the
-            # socket: a reply read ahead into it is as out of step as one on the wire.
-            if conn._sock is not None and conn.can_read(timeout=0):
+            if conn._sock is not None and _unasked(conn):
                 conn.disconnect()  # the send dials it again, inside its retry
         except (LostConnection, TimedOut, OSError):
             conn.disconnect()
@@ -354,6 +354,27 @@ def _exchange(conn: Any, commands: list[tuple[Any, ...]], reads: bool) -> list[A
     if failed is not None:
         raise failed
     return replies
+
+
+def _unasked(conn: Any) -> bool:
+    """Whether a connection between sends has something to read: a reply read ahead
+    into the parser's buffer, data TLS decrypted, anything on the socket (a reply nobody
+    asked for, or the end of a connection the server closed). ``can_read`` answers the
+    same with three system calls and an exception on the usual path; for hiredis's
+    parser this looks at its buffer, then ``poll``s the socket once (``select`` would
+    fail on a descriptor above 1023). Another parser: its own ``can_read``."""
+    parser = conn._parser
+    if type(parser) is not _HiredisParser or parser._reader is None:
+        return bool(conn.can_read(timeout=0))
+    if parser._next_response is not NOT_ENOUGH_DATA or parser._reader.has_data():
+        return True
+    sock = conn._sock
+    pending = getattr(sock, "pending", None)  # an SSL socket's decrypted bytes
+    if pending is not None and pending():
+        return True
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _ignore(replies: list[Any]) -> None:

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 import redis
 from psycopg_pool import PoolTimeout
+from redis._parsers import _RESP2Parser
 
 from app.storage import Storage
 from app.storage.base import Backend, StorageUnavailable, Table
@@ -178,21 +179,27 @@ def test_a_connection_with_a_reply_nobody_asked_for_is_dialled_again(
     assert table.get("k")["user_id"] == "u"
 
 
-def test_a_reply_read_ahead_into_the_parser_is_out_of_step_too(redis_backend: RedisBackend) -> None:
+@pytest.mark.parametrize("parser", [None, _RESP2Parser], ids=["hiredis", "python"])
+def test_a_reply_read_ahead_into_the_parser_is_out_of_step_too(redis_backend, parser) -> None:
     """Two replies arrived and one was read: the other waits in the reply parser's
     buffer, not on the socket. The next send must not take it for its own (another
-    user's record)."""
-    table = redis_backend.table("tokens", None)
-    table.put("alice", {"user_id": "alice"})
-    table.put("bob", {"user_id": "bob"})
-    link = redis_backend.link
-    conn = link.idle[-1]
-    conn.send_packed_command(conn.pack_commands([("GET", table.rkey("alice"))] * 2))
-    assert json.loads(conn.read_response())["user_id"] == "alice"
-    waiting = select.poll()
-    waiting.register(conn._sock, select.POLLIN)
-    assert not waiting.poll(50)  # nothing left on the socket: the second reply is buffered
-    assert table.get("bob")["user_id"] == "bob"
+    user's record), whichever parser reads the replies."""
+    backend = RedisBackend(redis_url())
+    if parser is not None:  # before the first connection is made
+        backend.link.client.connection_pool.connection_kwargs["parser_class"] = parser
+    try:
+        table = backend.table("tokens", None)
+        table.put("alice", {"user_id": "alice"})
+        table.put("bob", {"user_id": "bob"})
+        conn = backend.link.idle[-1]
+        conn.send_packed_command(conn.pack_commands([("GET", table.rkey("alice"))] * 2))
+        assert json.loads(conn.read_response())["user_id"] == "alice"
+        waiting = select.poll()
+        waiting.register(conn._sock, select.POLLIN)
+        assert not waiting.poll(50)  # nothing left on the socket: the second reply is buffered
+        assert table.get("bob")["user_id"] == "bob"
+    finally:
+        backend.close()
 
 
 def kill_clients(name: str) -> None:
