@@ -94,8 +94,7 @@ class StoredSession(CallbackDict, SessionMixin):
             return
         self.touched_at = record.pop("_touched", 0.0)
         dict.update(self, record)
-        if owner is not None and owner[0] == record.get(USER_KEY):
-            self.owner = owner
+        self.owner = owner  # (the loader took its id from this record)
 
     def owner_record(self, user_id: str) -> tuple[bool, dict[str, Any] | None]:
         """``(True, record)`` when ``user_id``'s ``users`` record (``None``: there is
