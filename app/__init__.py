@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, current_app, request, session
+from flask import Flask, current_app, session
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFProtect
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import admin_listener, lean, limits, observability
+from . import admin_listener, context, lean, limits, observability
 from .adapters import ResourceServer, load_adapter
 from .client_store import ClientStore
 from .clients import ClientRegistry
@@ -150,9 +150,10 @@ def _init_extensions(app: Flask, state: State) -> None:
 
 def _limit_streamed_body() -> None:
     """Hold a chunked body to ``max_body_bytes`` too (gunicorn passes it on unbounded)."""
-    if request.environ.get("wsgi.input_terminated") and request.content_length is None:
-        limit = request.max_content_length or 0
-        if len(request.get_data(cache=True)) >= limit and request.stream.read(1):
+    req = context.request()
+    if req.environ.get("wsgi.input_terminated") and req.content_length is None:
+        limit = req.max_content_length or 0
+        if len(req.get_data(cache=True)) >= limit and req.stream.read(1):
             raise RequestEntityTooLarge()
 
 

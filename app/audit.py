@@ -16,8 +16,9 @@ import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
-from flask import current_app, has_request_context, request
+from flask import has_request_context
 
+from . import context
 from .logconfig import REQUEST_ID
 
 log = logging.getLogger("oauth2.audit")
@@ -33,7 +34,7 @@ HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
 def audit(event: str, **fields: Any) -> None:
     """Record ``event`` with the client, user, IP and time; never a secret."""
     record = audit_record(event, **fields)
-    current_app.extensions["oauth2"].storage.audit.append(record)
+    context.state().storage.audit.append(record)
     audited(record)
 
 
@@ -42,7 +43,7 @@ def audit_record(event: str, **fields: Any) -> dict[str, Any]:
     (a token exchange writes its ``token_issued`` entry in its own script or statement)."""
     record = {"event": event, "at": time.time(), **{k: bounded(v) for k, v in fields.items()}}
     if has_request_context():
-        record.setdefault("ip", request.remote_addr)
+        record.setdefault("ip", context.request().remote_addr)
     return record
 
 
@@ -56,7 +57,7 @@ def audited(record: dict[str, Any]) -> None:
 
         note(record.get("client_id"), record.get("user_id"))
     event = record["event"]
-    counted = current_app.extensions.get("oauth2.metrics_events")
+    counted = context.extension("oauth2.metrics_events")
     if counted is not None:
         counted(event, record)
     if log.isEnabledFor(logging.INFO):  # the hot path logs nothing above NOTICE

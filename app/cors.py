@@ -20,6 +20,7 @@ from authlib.oauth2.rfc6749.errors import OAuth2Error
 from flask import Response, after_this_request, current_app, request
 from werkzeug.exceptions import HTTPException
 
+from . import context
 from .oauth2.server import body_params
 
 #: Response headers a script may read beyond the safelisted ones.
@@ -61,7 +62,7 @@ def any_origin(view: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(view)
     def cors_view(*args: Any, **kwargs: Any) -> Any:
-        if request.method == "OPTIONS":
+        if context.request().method == "OPTIONS":
             return _preflight("*", BEARER_HEADERS)
         after_this_request(lambda response: _allow(response, "*"))
         return view(*args, **kwargs)
@@ -75,9 +76,10 @@ def public_client_origins(view: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(view)
     def cors_view(*args: Any, **kwargs: Any) -> Any:
-        origin = request.headers.get("Origin")
-        if request.method == "OPTIONS":
-            asks = bool(request.headers.get("Access-Control-Request-Method"))
+        req = context.request()
+        if req.method == "OPTIONS":
+            origin = req.headers.get("Origin")
+            asks = bool(req.headers.get("Access-Control-Request-Method"))
             allowed = bool(origin) and asks and _any_public_client_origin(str(origin))
             response = _preflight(origin if allowed else None, TOKEN_ENDPOINT_HEADERS)
             response.vary.add("Origin")
@@ -101,7 +103,7 @@ def _allow_named_client(response: Response) -> Response:
         response.vary.add("Origin")
     else:  # the usual case: no Vary to parse and merge
         response.headers["Vary"] = "Origin"
-    origin = request.environ.get("HTTP_ORIGIN")
+    origin = context.request().environ.get("HTTP_ORIGIN")
     client = _clients().get(_named_client_id()) if origin else None
     if origin and client is not None and client.allows_origin(origin):
         return _allow(response, origin)
@@ -118,4 +120,4 @@ def _named_client_id() -> str | None:
 
 
 def _clients() -> Any:
-    return current_app.extensions["oauth2"].clients
+    return context.state().clients

@@ -9,6 +9,7 @@ from flask_login import AnonymousUserMixin
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import BadRequest, HTTPException
 
+from . import context
 from .audit import printable
 from .pages import render_error
 from .paths import API, JSON_PATHS
@@ -118,7 +119,7 @@ def _require_utf8_query() -> None:
     replaces, and the OAuth endpoints refuse those themselves (RFC 6749 Appendix B).
     """
     try:
-        request.query_string.decode("utf-8")
+        context.request().query_string.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("The query string is not valid UTF-8.") from None
 

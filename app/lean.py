@@ -161,6 +161,9 @@ class LeanApp(Flask):
         route, view_args = found
         request = self.request_class(environ)
         request.json_module = self.json
+        limit = self.config["MAX_CONTENT_LENGTH"]
+        if limit is not None:  # what Flask's ``Request.max_content_length`` would read, as it is
+            request.max_content_length = limit
         request.url_rule = route[0]
         request.view_args = view_args
         ctx = _Context(self, request)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Flask, current_app, render_template, request
+from flask import Flask, current_app, render_template
 
+from . import context
 from .paths import API, CACHEABLE, STATIC
 
 #: Strict CSP: no inline script or style, nothing from elsewhere, no framing.
@@ -55,7 +56,7 @@ def _security_headers(response):
     headers = response.headers
     present = {name.lower() for name, _ in headers.items()}
     html = response.mimetype == "text/html"
-    req = request._get_current_object()  # type: ignore[attr-defined]
+    req = context.request()
     for name, value in _wanted(html, req.path, req.is_secure):
         if name.lower() not in present:
             headers.add(name, value)

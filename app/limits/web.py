@@ -16,10 +16,11 @@ import ipaddress
 from typing import Any
 
 from authlib.oauth2.rfc6749.errors import OAuth2Error
-from flask import Response, current_app, request
+from flask import Response, request
 from limits import RateLimitItem, parse
 from werkzeug.exceptions import TooManyRequests
 
+from .. import context
 from ..addresses import parse_ip
 from ..audit import audit
 from ..oauth2 import client_auth, rfc6750, rfc9449
@@ -44,16 +45,17 @@ class Limited(TooManyRequests):
 
 
 def _limits() -> Limits:
-    return current_app.extensions["oauth2"].limits
+    limits: Limits = context.state().limits
+    return limits
 
 
 def _clients() -> Any:
-    return current_app.extensions["oauth2"].clients
+    return context.state().clients
 
 
 def ip_group() -> str:
     """The caller's address; IPv6 by /64 (one host usually holds the whole /64)."""
-    return group_of(request.remote_addr)
+    return group_of(context.request().remote_addr)
 
 
 def group_of(address: str | None) -> str:
@@ -132,14 +134,15 @@ def _client_budget(client: Any, ip: str) -> tuple[str, RateLimitItem | None]:
 
 
 def _claimed_body() -> dict[str, Any] | None:
-    if request.is_json:
-        body = json_body(request)
+    req = context.request()
+    if req.is_json:
+        body = json_body(req)
         return body if isinstance(body, dict) else None
     try:  # the view's own reading of the body (read once per request)
         return {key: values[0] for key, values in body_params().items() if values}
     except OAuth2Error:  # refused by the view later; still counted against the id it names
-        request.get_data(cache=True)
-        return request.form
+        req.get_data(cache=True)
+        return req.form
 
 
 def _before_token(limits: Limits, scope: str, ip: str) -> str | None:
@@ -206,7 +209,7 @@ def token_limits(view):
             return view(*args, **kwargs)
         ip = ip_group()
         failing = _before_token(limits, scope, ip)
-        response = current_app.make_response(view(*args, **kwargs))
+        response = context.app().make_response(view(*args, **kwargs))
         _after_token(limits, scope, ip, failing, response)
         return response
 
@@ -222,9 +225,10 @@ REFUSED = "oauth2.limits.refused"
 
 def _spent(limits: Limits, name: str, key: str) -> Refusal | None:
     """``limits.rates.spent`` of ``key``, or the refusal the fast path met for it."""
-    met = request.environ.get(REFUSED)
+    environ = context.request().environ
+    met = environ.get(REFUSED)
     if met is not None and met[0] == name and met[1] == key:
-        del request.environ[REFUSED]
+        del environ[REFUSED]
         return met[2]
     return limits.rates.spent(name, key)
 
@@ -240,12 +244,12 @@ def api_limit(view):
             return view(*args, **kwargs)
         ip = "api:" + ip_group()
         _check(_spent(limits, "api_ip", ip), "api_ip", ip)
-        header = request.headers.get("Authorization", "")
+        header = context.request().headers.get("Authorization", "")
         raw = rfc6750.bearer_token(header) or rfc9449.dpop_token(header)
         key = "token:" + digest(raw) if raw else None
         if key is not None:
             _check(_spent(limits, "api", key), "api", key)
-        response = current_app.make_response(view(*args, **kwargs))
+        response = context.app().make_response(view(*args, **kwargs))
         if key is not None and rfc6750.verified():
             _hit(limits, response, "api", key)
         else:

@@ -17,9 +17,8 @@ from typing import Any
 from urllib.parse import unquote
 
 from authlib.oauth2.rfc6749.errors import InvalidClientError
-from flask import g
-from flask import request as flask_request
 
+from .. import context
 from ..observability.requestlog import note
 from ..secrets_hash import token_digest
 from .requests import json_text
@@ -43,7 +42,8 @@ class Outcome:
 
 def outcome() -> Outcome | None:
     """This request's client authentication, or ``None`` if none was attempted."""
-    return g.get("client_auth")
+    found: Outcome | None = context.g().get("client_auth")
+    return found
 
 
 def authenticate(authenticate_with, request, methods, endpoint: str):
@@ -51,10 +51,10 @@ def authenticate(authenticate_with, request, methods, endpoint: str):
     try:
         client = authenticate_with(request, methods, endpoint)
     except InvalidClientError:
-        g.client_auth = Outcome(claimed_client_id(request.payload.data), None)
+        context.g().client_auth = Outcome(claimed_client_id(request.payload.data), None)
         raise
     client_id = client.get_client_id()
-    g.client_auth = Outcome(client_id, client)
+    context.g().client_auth = Outcome(client_id, client)
     note(client_id)  # the request line names the client (revocation, introspection too)
     return client
 
@@ -83,7 +83,7 @@ def basic_sent(headers) -> bool:
 
 def claimed_client_id(body: dict[str, Any] | None = None) -> str | None:
     """The client id a token request names (Basic first, else the body), unproven."""
-    client_id, _ = basic_credentials(flask_request.headers)
+    client_id, _ = basic_credentials(context.request().headers)
     if client_id is None and body is not None:
         # As authentication reads it: a JSON number names the client as its text.
         client_id = json_text(body.get("client_id")) or None
@@ -98,7 +98,7 @@ def _client_with_secret(query_client, client_id: str | None, secret: str | None)
     if client is None:
         hmac.compare_digest(token_digest(secret), _DUMMY_DIGEST)
         return None
-    if not client.check_client_secret(secret) or not client.check_ip(flask_request.remote_addr):
+    if not client.check_client_secret(secret) or not client.check_ip(context.request().remote_addr):
         return None
     return client
 
@@ -119,7 +119,7 @@ def _auth_none(query_client, request):
     if not data.get("client_id") or data.get("client_secret") or basic_sent(request.headers):
         return None
     client = query_client(data["client_id"])
-    if client is None or not client.public or not client.check_ip(flask_request.remote_addr):
+    if client is None or not client.public or not client.check_ip(context.request().remote_addr):
         return None
     return client
 

@@ -6,8 +6,9 @@ from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749.errors import InvalidRequestError, UnsupportedResponseTypeError
-from flask import request as flask_request
+from flask import Response
 
+from .. import context
 from ..audit import audit
 from ..oidc.signin import facts_of
 from ..quotas.choice import grant_fields
@@ -122,13 +123,14 @@ class OAuth2Server(AuthorizationServer):
     def create_oauth2_request(self, request):
         if isinstance(request, ParamsRequest):
             return request
+        req = context.request()
         if isinstance(request, dict):
-            return ParamsRequest("GET", flask_request.url, flask_request.headers, request)
+            return ParamsRequest("GET", req.url, req.headers, request)
         return ParamsRequest(
-            flask_request.method,
-            flask_request.url,
-            flask_request.headers,
-            body_params() if flask_request.method == "POST" else query_params(),
+            req.method,
+            req.url,
+            req.headers,
+            body_params() if req.method == "POST" else query_params(),
         )
 
     def get_consent_grant(self, request=None, end_user=None):
@@ -165,6 +167,13 @@ class OAuth2Server(AuthorizationServer):
         """Add ``iss`` (RFC 9207) to an error redirect made outside Authlib's hook."""
         self.issuer_parameter.add_issuer_parameter(self, response)
         return response
+
+    def handle_response(self, status_code, payload, headers):
+        """Authlib's, with the app's JSON provider taken once (``flask.json.dumps`` finds
+        it through ``current_app`` twice): the same text."""
+        if isinstance(payload, dict):
+            payload = context.app().json.dumps(payload)
+        return Response(payload, status=status_code, headers=headers)
 
     def handle_error_response(self, request, error):
         if error.error == "invalid_client" and request is not None:
@@ -207,8 +216,10 @@ def _check_response_mode(grant):
 
 def query_params() -> dict[str, list[str]]:
     """The authorization request; Authlib reports repeats once the redirect URI is known."""
-    require_utf8(flask_request.query_string)
-    return checked({key: flask_request.args.getlist(key) for key in flask_request.args}, False)
+    req = context.request()
+    require_utf8(req.query_string)
+    args = req.args
+    return checked({key: args.getlist(key) for key in args}, False)
 
 
 #: The request attribute holding :func:`body_params`' answer (its parameters or its refusal).
@@ -219,7 +230,7 @@ def body_params() -> dict[str, list[str]]:
     """Parameters of a token-style endpoint: the form body, or a JSON object body. Read
     once per request (the limiter, CORS and the view all ask); a refusal is the same
     each time."""
-    req = flask_request._get_current_object()  # type: ignore[attr-defined]
+    req = context.request()
     parsed = getattr(req, _PARSED, None)
     if parsed is None:
         try:

@@ -30,8 +30,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, Response, current_app, request, session
+from flask import Flask, Response, current_app, session
 
+from .. import context
 from ..audit import _PLAIN, fields_line
 from ..logconfig import REQUEST_ID, iso_time, json_line, text_line
 from . import direct
@@ -78,7 +79,7 @@ def request_id(offered: str | None) -> str:
 
 def note(client_id: Any = None, user_id: Any = None) -> None:
     """Tell the request line who the request was for (the audit trail calls this)."""
-    note_in(request.environ, client_id, user_id)
+    note_in(context.request().environ, client_id, user_id)
 
 
 def note_in(environ: dict[str, Any], client_id: Any = None, user_id: Any = None) -> None:
@@ -97,7 +98,7 @@ def user_hash(user_id: str, key: bytes | None = None) -> str:
 
 
 def _begin() -> None:
-    environ = request.environ
+    environ = context.request().environ
     rid = environ.get(ID_KEY)
     if rid is None:
         _start(environ)
@@ -266,7 +267,7 @@ def init_app(app: Flask, observe: Observer | None = None) -> RequestLine:
     line = RequestLine(app, observe)
 
     def finish(response: Response) -> Response:
-        req = request._get_current_object()  # type: ignore[attr-defined]
+        req = context.request()
         environ = req.environ
         rid = environ.get(ID_KEY)
         if rid is None:  # a handler ahead of ours answered (it cannot: we go first)

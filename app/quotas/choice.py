@@ -17,6 +17,7 @@ from typing import Any
 
 from flask import g, has_request_context
 
+from .. import context
 from .policy import PERIODS, Quota
 from .web import quotas, user_budget, user_quota
 
@@ -105,7 +106,7 @@ def grant_fields(source: dict[str, Any] | None = None) -> dict[str, Any]:
     refresh token it came from), else this request's choice."""
     if source is not None:
         return {"user_quota": source["user_quota"]} if source.get("user_quota") else {}
-    chosen = g.get("quota_choice") if has_request_context() else None
+    chosen = context.g().get("quota_choice") if has_request_context() else None
     return {"user_quota": chosen.to_json()} if chosen is not None else {}
 
 

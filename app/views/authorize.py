@@ -15,6 +15,7 @@ from authlib.oidc.core.errors import ConsentRequiredError, LoginRequiredError
 from flask import Blueprint, redirect, request, session
 from flask_login import current_user
 
+from .. import context
 from ..audit import audit
 from ..client_policy import consent_links, image_origin, shown_image
 from ..oauth2.server import query_params
@@ -176,14 +177,15 @@ def _dialog(grant, transaction_id: str, remembered: set[str]):
 
 @bp.post("/authorize")
 def decide():
-    key, txn = _own_transaction(request.form.get("transaction_id", ""))
+    form = context.request().form
+    key, txn = _own_transaction(form.get("transaction_id", ""))
     if txn is None:
         return _expired()
     try:
-        scope = _code_scope(txn, _narrowed(txn["scope"], request.form.get("scope")))
+        scope = _code_scope(txn, _narrowed(txn["scope"], form.get("scope")))
         params = dict(txn["params"], scope=[scope])
         grant = oauth().get_consent_grant(request=params, end_user=current_user)
-        chosen = quota_choice.read(grant.client, request.form)
+        chosen = quota_choice.read(grant.client, form)
     except OAuth2Error as error:
         return _error(error)  # a refused answer leaves the transaction as it was
     except quota_choice.QuotaChoiceError as error:
@@ -192,7 +194,7 @@ def decide():
         )
     if state().storage.session.take(key) is None:
         return _expired()  # single use: another answer took it meanwhile
-    if "allow" not in request.form or "cancel" in request.form:
+    if "allow" not in form or "cancel" in form:
         return _issue(grant, None)
     quota_choice.keep(state(), grant.client, current_user.id, chosen)
     if OPENID in (scope_to_list(txn["scope"]) or []):

@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from flask import current_app
-
+from .. import context
 from ..oauth2.server import OAuth2Server
 
 if TYPE_CHECKING:  # app/__init__.py imports the views: no import cycle at run time
@@ -15,12 +14,12 @@ if TYPE_CHECKING:  # app/__init__.py imports the views: no import cycle at run t
 
 def state() -> State:
     """The process's :class:`~app.State` (built by ``create_app``), typed for the views."""
-    built: State = current_app.extensions["oauth2"]
-    return built
+    return context.state()
 
 
 def oauth() -> OAuth2Server:
-    return state().server
+    server: OAuth2Server = context.state().server
+    return server
 
 
 def safe_next(target: str | None, default: str = "/review") -> str:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
+from .. import context
 from ..adapters import UpstreamUnavailable
 from ..cors import any_origin
 from ..oauth2 import rfc9449
@@ -36,16 +37,22 @@ def jwks() -> Response:
 @bp.route(USERINFO, methods=["GET", "POST", "OPTIONS"])
 @any_origin
 def userinfo() -> Response:
-    proof = dpop_request(oauth(), request.headers, request.method, request.path)
+    req = context.request()
+    server, built = oauth(), state()
+    proof = dpop_request(server, req.headers, req.method, req.path)
     try:
-        raw = presented_token(request.headers, request.method, request.form, proof is not None)
-        claims = user_info(oauth(), state().users, state().adapter, raw, proof)
+        # Only a POST's body may carry the token (a GET's form is not parsed for nothing).
+        form = req.form if req.method == "POST" else None
+        raw = presented_token(req.headers, req.method, form, proof is not None)
+        claims = user_info(server, built.users, built.adapter, raw, proof)
     except Refusal as refusal:
         return _no_store(_with_nonce(_refused(refusal), proof))
     except UpstreamUnavailable as exc:
         status = 504 if exc.timeout else 502
         return _no_store(_error(status, "temporarily_unavailable", "The site did not answer."))
-    return _no_store(_with_nonce(jsonify(claims), proof))
+    # ``jsonify`` without its two looks through ``current_app``: the same response.
+    answer: Response = context.app().json.response(claims)  # type: ignore[assignment]
+    return _no_store(_with_nonce(answer, proof))
 
 
 def _with_nonce(response: Response, proof) -> Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from authlib.oauth2.rfc6749.errors import InvalidRequestError, OAuth2Error
 from flask import Blueprint, after_this_request, request
 
+from .. import context
 from ..cors import public_client_origins
 from ..limits import token_limits
 from ..oauth2 import rfc9449
@@ -18,7 +19,7 @@ bp = Blueprint("token", __name__)
 
 def _request() -> ParamsRequest:
     """The body's parameters; the query string carries none of them (RFC 6749 §3.2)."""
-    req = request._get_current_object()  # type: ignore[attr-defined]
+    req = context.request()
     if req.query_string and req.args:
         raise InvalidRequestError("Send parameters in the request body, not the URL.")
     # The endpoint's URL (nothing here reads more of it), from the parts Werkzeug holds
@@ -33,7 +34,7 @@ def _request() -> ParamsRequest:
 def _respond(endpoint: str | None):
     try:
         params = _request()
-        if endpoint is None and oauth().dpop is not None and "DPoP" in request.headers:
+        if endpoint is None and oauth().dpop is not None and "DPoP" in params.headers:
             params.dpop = _proof()
     except OAuth2Error as error:
         return oauth().handle_error_response(None, error)
