@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 from flask import (
     Flask,
@@ -60,6 +60,21 @@ PLAIN_HOST = re.compile(
 
 #: What Werkzeug's URL map merges into one slash when it matches a path.
 REPEATED_SLASHES = re.compile(r"/{2,}")
+
+
+class Answer(NamedTuple):
+    """An answer a view makes without a response object (a body of bytes, its status
+    line and its header fields in order, ``Content-Length`` among them), sent as it is:
+    what the response object Flask would make of it sends."""
+
+    status: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def response(self, cls: type[Response]) -> Response:
+        """The response object Flask's path would have made of it."""
+        return cls(self.body, self.status, self.headers)
+
 
 #: A settled route: its rule, the methods the short way takes (the route's, bar
 #: ``OPTIONS`` if Flask answers it), its endpoint and its blueprint.
@@ -187,7 +202,7 @@ class LeanApp(Flask):
                 error = None
             ctx.pop(error)
 
-    def _dispatch(self, ctx: _Context, route: Route) -> Response:
+    def _dispatch(self, ctx: _Context, route: Route) -> Response | Answer:
         self._got_first_request = True
         request = ctx.request
         blueprint = route[3]
@@ -196,9 +211,26 @@ class LeanApp(Flask):
                 request_started.send(self, _async_wrapper=self.ensure_sync)
             rv = self._before(request, blueprint)
             if rv is None:
-                rv = self.view_functions[route[2]](**request.view_args)  # type: ignore[arg-type]
+                rv = self._view(route, request)
         except Exception as e:
             rv = self.handle_user_exception(e)
+        if isinstance(rv, Answer):
+            return self._after_answer(ctx, blueprint, rv)
+        return self._after(ctx, blueprint, rv)
+
+    def _view(self, route: Route, request: Any) -> Any:
+        """The route's view called (a subclass may answer some requests its own way)."""
+        return self.view_functions[route[2]](**request.view_args)
+
+    def _after_answer(self, ctx: _Context, blueprint: str, answer: Answer) -> Answer | Response:
+        """What the ``after_request`` hooks make of a view's plain :class:`Answer`: here,
+        the hooks themselves run on it as a response object (a subclass that knows its
+        hooks may do their work on the answer as it is)."""
+        return self._after(ctx, blueprint, answer.response(self.response_class))
+
+    def _after(self, ctx: _Context, blueprint: str, rv: Any) -> Response:
+        """The tail of Flask's ``full_dispatch_request``: the response made, then the
+        ``after_this_request`` functions and the ``after_request`` hooks run on it."""
         if not isinstance(rv, self.response_class):
             rv = self.make_response(rv)
         for func in ctx._after_request_functions:
@@ -222,10 +254,16 @@ class LeanApp(Flask):
                     return rv
         return None
 
-    def _send(self, response: Response, environ: dict[str, Any], start_response: Any) -> Any:
-        """Start the answer and return its body. The usual one (a body of bytes in memory,
-        its length set, a status that has a body, no ``Location``) goes as it is: what
-        Werkzeug's ``Response.__call__`` would send, without its copy of the headers."""
+    def _send(
+        self, response: Response | Answer, environ: dict[str, Any], start_response: Any
+    ) -> Any:
+        """Start the answer and return its body. An :class:`Answer` goes as it is, and so
+        does the usual response (a body of bytes in memory, its length set, a status that
+        has a body, no ``Location``): what Werkzeug's ``Response.__call__`` would send,
+        without its copy of the headers."""
+        if isinstance(response, Answer):
+            start_response(response.status, response.headers)
+            return [response.body]
         status = response.status_code
         body = response.response
         if (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from flask import Flask, current_app, render_template
 
 from . import context
@@ -54,13 +56,19 @@ def render_error(status: int, title: str, message: str, detail: str | None = Non
 def _security_headers(response):
     """Add each security header the response lacks (one look at the names it has)."""
     headers = response.headers
-    present = {name.lower() for name, _ in headers.items()}
-    html = response.mimetype == "text/html"
     req = context.request()
-    for name, value in _wanted(html, req.path, req.is_secure):
-        if name.lower() not in present:
-            headers.add(name, value)
+    for name, value in missing(headers.items(), response.mimetype, req.path, req.is_secure):
+        headers.add(name, value)
     return response
+
+
+def missing(
+    headers: Iterable[tuple[str, str]], mimetype: str, path: str, secure: bool
+) -> list[tuple[str, str]]:
+    """The security headers an answer with ``headers`` lacks (one look at their names)."""
+    present = {name.lower() for name, _ in headers}
+    wanted = _wanted(mimetype == "text/html", path, secure)
+    return [(name, value) for name, value in wanted if name.lower() not in present]
 
 
 def _wanted(html: bool, path: str, secure: bool) -> list[tuple[str, str]]:

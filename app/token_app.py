@@ -10,19 +10,149 @@ its route, by a method the route takes: the route is looked up in a dict instead
 URL map. Any other request (``GET /token``: Flask's JSON 405) goes Flask's own way in
 this app. A cookie sent along is neither read nor renewed, and no answer sets one (the
 main app's sessions never were the back channel's business).
+
+**Plain token answers.** A ``POST /token`` without ``Origin`` or ``DPoP`` runs the token
+view's own steps, in its order and through its functions (the limiter's
+:func:`~app.limits.web.before_token` and :func:`~app.limits.web.after_token`, the
+view's ``_respond``, Authlib's grant through ``OAuth2Server.create_token_response``),
+except that a grant's successful answer is made as a plain :class:`~app.lean.Answer`
+(a list of header fields and the body's bytes) instead of a response object, and the
+``after_request`` hooks' work is done on that list (:meth:`TokenApp._after_answer`):
+``Vary``, the request id and the request line, the security headers, field for field
+and in the order Flask's path gives them. Every refusal and error is the response object
+Flask's path makes, through its own hooks. It is on only while the app's hooks, the token
+view and the signal receivers are the ones it stands for, and
+``tests/test_token_fast.py`` holds its answers to Flask's path's.
 """
 
 from __future__ import annotations
 
-from flask import Flask
+from typing import Any
 
-from .lean import LeanApp
+from flask import Flask, Response, after_this_request, request_finished, request_started
+
+from . import _limit_streamed_body, context, errors, pages
+from .cors import _allow_named_client
+from .lean import Answer, LeanApp, Route, _Context
 from .lean import build as build_lean
+from .limits.web import after_token, before_token, group_of
+from .observability import requestlog
+from .observability.requestlog import HEADER
+from .views import token as token_views
+
+#: The token view's endpoint, and the limiter's scope for it (``token_limits``' own).
+TOKEN_ENDPOINT = "token.token"  # noqa: S105 - an endpoint name
+LIMIT_SCOPE = "token:"
+#: The header fields Authlib's grants answer a token with (``TOKEN_RESPONSE_HEADER``).
+GRANT_FIELDS = [
+    ("Content-Type", "application/json"),
+    ("Cache-Control", "no-store"),
+    ("Pragma", "no-cache"),
+]
 
 
 class TokenApp(LeanApp):
-    """The back channel's app: :class:`app.lean.LeanApp` as it is, each route's own path
-    by a method it takes going the short way."""
+    """The back channel's app: :class:`app.lean.LeanApp`, each route's own path by a
+    method it takes going the short way, a token's success answered plainly."""
+
+    #: The app's hooks and token view as :meth:`settle` found them, when they are the
+    #: ones plain answers stand for; None: none are made.
+    plain_hooks: tuple[Any, ...] | None = None
+
+    def settle(self) -> None:
+        super().settle()
+        hooks = self._hooks_now()
+        self.plain_hooks = hooks if hooks == self._known_hooks() else None
+
+    def _hooks_now(self) -> tuple[Any, ...]:
+        """The hooks and token view a request would run (what a test or an extension may
+        change)."""
+
+        def named(hooks: dict[Any, list[Any]]) -> tuple[Any, ...]:
+            return tuple((key, tuple(funcs)) for key, funcs in hooks.items() if funcs)
+
+        return (
+            named(self.before_request_funcs),
+            named(self.after_request_funcs),
+            named(self.teardown_request_funcs),
+            named(self.url_value_preprocessors),
+            tuple(self.teardown_appcontext_funcs),
+            self.view_functions.get(TOKEN_ENDPOINT),
+        )
+
+    def _known_hooks(self) -> tuple[Any, ...]:
+        """What :meth:`_hooks_now` is as :func:`app.lean.build` made the app."""
+        line = self.request_line
+        finish = line.finish if line is not None else None
+        before = (requestlog._begin, _limit_streamed_body, errors._require_utf8_query)
+        return (
+            ((None, before),),
+            ((None, (pages._security_headers, finish)),),
+            ((None, (requestlog._end,)),),
+            (),
+            (),
+            token_views.token,
+        )
+
+    def _plain(self, environ: dict[str, Any]) -> bool:
+        """Whether a token request may be answered plainly: no CORS or DPoP answer to
+        make, no signal receiver that wants the response object, the known hooks."""
+        return (
+            self.plain_hooks is not None
+            and environ.get("REQUEST_METHOD") == "POST"
+            and "HTTP_ORIGIN" not in environ
+            and "HTTP_DPOP" not in environ
+            and not request_started.receivers
+            and not request_finished.receivers
+            and self._hooks_now() == self.plain_hooks
+        )
+
+    def _view(self, route: Route, request: Any) -> Any:
+        if route[2] != TOKEN_ENDPOINT or not self._plain(request.environ):
+            return super()._view(route, request)
+        # ``public_client_origins``, then ``token_limits``, then the view, as they run.
+        after_this_request(_allow_named_client)
+        limits = context.state().limits
+        if not limits.enabled:
+            return token_views._respond(None, self._answer)
+        ip = group_of(request.remote_addr)
+        failing = before_token(limits, LIMIT_SCOPE, ip)
+        answer = token_views._respond(None, self._answer)
+        if isinstance(answer, Answer):
+            answer.headers.extend(after_token(limits, LIMIT_SCOPE, ip, failing))
+            return answer
+        response = self.make_response(answer)
+        for field, value in after_token(limits, LIMIT_SCOPE, ip, failing):
+            response.headers.add(field, value)
+        return response
+
+    def _answer(self, status: int, body: Any, headers: Any) -> Answer | Response:
+        """A grant's answer: the usual success (a JSON object, 200, the grant's usual
+        fields) as an :class:`Answer`; anything else as ``handle_response`` makes it."""
+        if status != 200 or type(body) is not dict or list(headers) != GRANT_FIELDS:
+            return context.state().server.handle_response(status, body, headers)
+        data = self.json.dumps(body).encode()
+        fields = [*GRANT_FIELDS, ("Content-Length", str(len(data)))]
+        return Answer("200 OK", fields, data)
+
+    def _after_answer(self, ctx: _Context, blueprint: str, answer: Answer) -> Answer | Response:
+        """The hooks' work on a plain answer, as they would do it on its response object:
+        ``Vary`` (``_allow_named_client`` without an ``Origin``), the request id and the
+        request line (``finish``), then the security headers it lacks. Anything else
+        registered meanwhile: the hooks run on it as a response object."""
+        line = self.request_line
+        if (
+            ctx._after_request_functions != [_allow_named_client]
+            or line is None
+            or self.after_request_funcs.get(blueprint)
+        ):
+            return super()._after_answer(ctx, blueprint, answer)
+        request = ctx.request
+        fields = answer.headers
+        fields.append(("Vary", "Origin"))
+        fields.append((HEADER, line.answered(request, 200, None)))
+        fields += pages.missing(fields, "application/json", request.path, request.is_secure)
+        return answer
 
 
 def build(main: Flask) -> TokenApp:

@@ -145,7 +145,7 @@ def _claimed_body() -> dict[str, Any] | None:
         return req.form
 
 
-def _before_token(limits: Limits, scope: str, ip: str) -> str | None:
+def before_token(limits: Limits, scope: str, ip: str) -> str | None:
     """Refuse what a budget or a failure delay stops; return the claimed client id if
     it has failures counted (a success then clears them), else ``None``."""
     _check(limits.rates.spent("token_ip", scope + ip), "token_ip", scope + ip)
@@ -179,14 +179,22 @@ def _guarded(client: Any) -> bool:
 def _after_token(
     limits: Limits, scope: str, ip: str, failing: str | None, response: Response
 ) -> None:
+    headers = response.headers
+    for field, value in after_token(limits, scope, ip, failing):
+        headers.add(field, value)
+
+
+def after_token(limits: Limits, scope: str, ip: str, failing: str | None) -> Headers:
+    """Count an answered token-style request (:func:`before_token` let it through, its
+    ``failing``) against its budget and its failures; the budget's ``RateLimit`` fields."""
     outcome = client_auth.outcome()
     if outcome is not None and outcome.client is not None:
         key, rate = _client_budget(outcome.client, ip)
-        _hit(limits, response, "token", scope + key, rate)
+        fields = counted(limits, "token", scope + key, rate)
         if failing is not None and outcome.claimed == failing:
             limits.client_id.succeeded(failing)  # its failures are forgiven
-        return
-    _hit(limits, response, "token_ip", scope + ip)
+        return fields
+    fields = counted(limits, "token_ip", scope + ip)
     if outcome is not None:  # client authentication failed
         claimed = outcome.claimed
         guarded = bool(claimed) and _guarded(_clients().get(claimed))
@@ -196,6 +204,7 @@ def _after_token(
         )
         if delay:
             audit("client_lockout", seconds=delay)
+    return fields
 
 
 def token_limits(view):
@@ -208,7 +217,7 @@ def token_limits(view):
         if not limits.enabled:
             return view(*args, **kwargs)
         ip = ip_group()
-        failing = _before_token(limits, scope, ip)
+        failing = before_token(limits, scope, ip)
         response = context.app().make_response(view(*args, **kwargs))
         _after_token(limits, scope, ip, failing, response)
         return response

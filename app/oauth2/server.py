@@ -5,7 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
-from authlib.oauth2.rfc6749.errors import InvalidRequestError, UnsupportedResponseTypeError
+from authlib.oauth2.rfc6749.errors import (
+    InvalidRequestError,
+    OAuth2Error,
+    UnsupportedGrantTypeError,
+    UnsupportedResponseTypeError,
+)
 from flask import Response
 
 from .. import context
@@ -167,6 +172,22 @@ class OAuth2Server(AuthorizationServer):
         """Add ``iss`` (RFC 9207) to an error redirect made outside Authlib's hook."""
         self.issuer_parameter.add_issuer_parameter(self, response)
         return response
+
+    def create_token_response(self, request=None, answer=None):
+        """Authlib's, the grant's answer made by ``answer(status, body, headers)`` when
+        given (the back channel's plain answers, :mod:`app.token_app`), else by
+        :meth:`handle_response`; errors always by :meth:`handle_error_response`."""
+        request = self.create_oauth2_request(request)
+        try:
+            grant = self.get_token_grant(request)
+        except UnsupportedGrantTypeError as error:
+            return self.handle_error_response(request, error)
+        try:
+            grant.validate_token_request()
+            args = grant.create_token_response()
+            return (answer or self.handle_response)(*args)
+        except OAuth2Error as error:
+            return self.handle_error_response(request, error)
 
     def handle_response(self, status_code, payload, headers):
         """Authlib's, with the app's JSON provider taken once (``flask.json.dumps`` finds

@@ -227,6 +227,21 @@ class RequestLine:
     def logged(self) -> bool:
         return bool(self.lines) and log.isEnabledFor(NOTICE)
 
+    def answered(self, req: Any, status: int, response: Response | None) -> str:
+        """What the ``after_request`` hook does with request ``req`` answered ``status``
+        (``response``: None when the answer is not a response object): count and log it;
+        the request id its ``X-Request-Id`` field carries."""
+        environ = req.environ
+        rid: str | None = environ.get(ID_KEY)
+        if rid is None:  # a handler ahead of ours answered (it cannot: we go first)
+            rid = _start(environ)
+        if self.observe is None and not self.logged():
+            return rid
+        rule = req.url_rule.rule if req.url_rule is not None else None
+        user = (environ.get(USER_KEY) or _signed_in_user(environ)) if self.logged() else None
+        self.done(environ, req.method, req.path, rule, status, user, req.remote_addr, response)
+        return rid
+
     def done(
         self,
         environ: dict[str, Any],
@@ -268,17 +283,7 @@ def init_app(app: Flask, observe: Observer | None = None) -> RequestLine:
 
     def finish(response: Response) -> Response:
         req = context.request()
-        environ = req.environ
-        rid = environ.get(ID_KEY)
-        if rid is None:  # a handler ahead of ours answered (it cannot: we go first)
-            rid = _start(environ)
-        response.headers[HEADER] = rid
-        if line.observe is None and not line.logged():
-            return response
-        rule = req.url_rule.rule if req.url_rule is not None else None
-        user = (environ.get(USER_KEY) or _signed_in_user(environ)) if line.logged() else None
-        status = response.status_code
-        line.done(environ, req.method, req.path, rule, status, user, req.remote_addr, response)
+        response.headers[HEADER] = line.answered(req, response.status_code, response)
         return response
 
     line.finish = finish

@@ -31,7 +31,9 @@ def _request() -> ParamsRequest:
     return params
 
 
-def _respond(endpoint: str | None):
+def _respond(endpoint: str | None, answer=None):
+    """The endpoint's answer (``endpoint`` None: the token endpoint's, its grant's answer
+    made by ``answer`` when given: see ``OAuth2Server.create_token_response``)."""
     try:
         params = _request()
         if endpoint is None and oauth().dpop is not None and "DPoP" in params.headers:
@@ -43,7 +45,7 @@ def _respond(endpoint: str | None):
     # response is returned.
     with state().storage.batch():
         if endpoint is None:
-            return oauth().create_token_response(params)
+            return oauth().create_token_response(params, answer)
         return oauth().create_endpoint_response(endpoint, params)
 
 
