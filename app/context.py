@@ -39,6 +39,12 @@ def app() -> Flask:
     return _app_var().app
 
 
+def app_or_none() -> Flask | None:
+    """The current app, or None outside an app context."""
+    found = _cv_app.get(None)
+    return None if found is None else found.app
+
+
 def state() -> State:
     """The process's :class:`~app.State` (``current_app.extensions["oauth2"]``)."""
     built: State = _app_var().app.extensions["oauth2"]

@@ -262,8 +262,10 @@ class LeanApp(Flask):
         has a body, no ``Location``): what Werkzeug's ``Response.__call__`` would send,
         without its copy of the headers."""
         if isinstance(response, Answer):
-            start_response(response.status, response.headers)
-            return [response.body]
+            if environ["REQUEST_METHOD"] != "HEAD":
+                start_response(response.status, response.headers)
+                return [response.body]
+            response = response.response(self.response_class)  # no body: Werkzeug's way
         status = response.status_code
         body = response.response
         if (

@@ -31,11 +31,12 @@ from typing import Any
 
 from flask import Flask, Response, after_this_request, request_finished, request_started
 
-from . import _limit_streamed_body, context, errors, pages
-from .cors import _allow_named_client
+from . import _limit_streamed_body, context, cors, errors, pages
+from .cors import public_client_origins
 from .lean import Answer, LeanApp, Route, _Context
 from .lean import build as build_lean
-from .limits.web import after_token, before_token, group_of
+from .limits import web as limits_web
+from .limits.web import token_limits
 from .observability import requestlog
 from .observability.requestlog import HEADER
 from .views import token as token_views
@@ -62,7 +63,8 @@ class TokenApp(LeanApp):
     def settle(self) -> None:
         super().settle()
         hooks = self._hooks_now()
-        self.plain_hooks = hooks if hooks == self._known_hooks() else None
+        known = hooks == self._known_hooks() and _known_token_view(token_views.token)
+        self.plain_hooks = hooks if known else None
 
     def _hooks_now(self) -> tuple[Any, ...]:
         """The hooks and token view a request would run (what a test or an extension may
@@ -111,18 +113,18 @@ class TokenApp(LeanApp):
         if route[2] != TOKEN_ENDPOINT or not self._plain(request.environ):
             return super()._view(route, request)
         # ``public_client_origins``, then ``token_limits``, then the view, as they run.
-        after_this_request(_allow_named_client)
+        after_this_request(cors._allow_named_client)
         limits = context.state().limits
         if not limits.enabled:
             return token_views._respond(None, self._answer)
-        ip = group_of(request.remote_addr)
-        failing = before_token(limits, LIMIT_SCOPE, ip)
+        ip = limits_web.group_of(request.remote_addr)
+        failing = limits_web.before_token(limits, LIMIT_SCOPE, ip)
         answer = token_views._respond(None, self._answer)
         if isinstance(answer, Answer):
-            answer.headers.extend(after_token(limits, LIMIT_SCOPE, ip, failing))
+            answer.headers.extend(limits_web.after_token(limits, LIMIT_SCOPE, ip, failing))
             return answer
         response = self.make_response(answer)
-        for field, value in after_token(limits, LIMIT_SCOPE, ip, failing):
+        for field, value in limits_web.after_token(limits, LIMIT_SCOPE, ip, failing):
             response.headers.add(field, value)
         return response
 
@@ -142,7 +144,7 @@ class TokenApp(LeanApp):
         registered meanwhile: the hooks run on it as a response object."""
         line = self.request_line
         if (
-            ctx._after_request_functions != [_allow_named_client]
+            ctx._after_request_functions != [cors._allow_named_client]
             or line is None
             or self.after_request_funcs.get(blueprint)
         ):
@@ -153,6 +155,28 @@ class TokenApp(LeanApp):
         fields.append((HEADER, line.answered(request, 200, None)))
         fields += pages.missing(fields, "application/json", request.path, request.is_secure)
         return answer
+
+
+def _known_token_view(view: Any) -> bool:
+    """Whether the token view is the one :meth:`TokenApp._view` does the steps of:
+    ``public_client_origins`` around ``token_limits`` around a view named ``token``
+    (the limiter's scope) that calls ``_respond(None)``. Decorators are told by their
+    wrappers' code; the view by its name and the names its code calls."""
+
+    def wrapper_code(decorator: Any) -> Any:
+        return decorator(lambda: None).__code__
+
+    limited = getattr(view, "__wrapped__", None)
+    inner = getattr(limited, "__wrapped__", None)
+    return (
+        view.__code__ is wrapper_code(public_client_origins)
+        and limited is not None
+        and limited.__code__ is wrapper_code(token_limits)
+        and inner is not None
+        and inner.__name__ + ":" == LIMIT_SCOPE
+        and inner.__code__.co_names == ("_respond",)
+        and inner.__code__.co_consts == (None,)
+    )
 
 
 def build(main: Flask) -> TokenApp:

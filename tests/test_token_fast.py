@@ -239,3 +239,37 @@ def test_an_answer_sends_what_its_response_would(app):
     response = answer_.response(app.response_class)
     assert response.status_code == 200 and response.get_data() == b"{}"
     assert response.headers.to_wsgi_list() == answer_.headers
+
+
+def test_plain_answers_stand_for_the_token_view_as_it_is(token_app):
+    from app.cors import any_origin, public_client_origins
+    from app.limits import token_limits
+    from app.token_app import _known_token_view
+    from app.views import token as views
+
+    assert token_app.plain_hooks is not None
+    assert _known_token_view(views.token)
+
+    def token():
+        return views._respond("revocation")
+
+    def other():
+        return views._respond(None)
+
+    assert not _known_token_view(public_client_origins(token_limits(token)))  # another call
+    assert not _known_token_view(public_client_origins(token_limits(other)))  # another scope
+    assert not _known_token_view(any_origin(token_limits(views.token.__wrapped__.__wrapped__)))
+    assert not _known_token_view(public_client_origins(views.token.__wrapped__.__wrapped__))
+    assert not _known_token_view(views.token.__wrapped__)
+
+
+def test_a_head_is_never_sent_a_plain_body(token_app):
+    from werkzeug.test import EnvironBuilder
+
+    from app.lean import Answer as Plain
+
+    sent: list[Any] = []
+    environ = EnvironBuilder(method="HEAD", path=TOKEN).get_environ()
+    fields = [("Content-Type", "application/json"), ("Content-Length", "2")]
+    body = token_app._send(Plain("200 OK", fields, b"{}"), environ, lambda *a: sent.append(a))
+    assert b"".join(body) == b"" and sent[0][0] == "200 OK"

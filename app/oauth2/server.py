@@ -12,6 +12,7 @@ from authlib.oauth2.rfc6749.errors import (
     UnsupportedResponseTypeError,
 )
 from flask import Response
+from flask import json as flask_json
 
 from .. import context
 from ..audit import audit
@@ -193,7 +194,8 @@ class OAuth2Server(AuthorizationServer):
         """Authlib's, with the app's JSON provider taken once (``flask.json.dumps`` finds
         it through ``current_app`` twice): the same text."""
         if isinstance(payload, dict):
-            payload = context.app().json.dumps(payload)
+            app = context.app_or_none()
+            payload = app.json.dumps(payload) if app is not None else flask_json.dumps(payload)
         return Response(payload, status=status_code, headers=headers)
 
     def handle_error_response(self, request, error):
