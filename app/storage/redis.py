@@ -41,6 +41,7 @@ from typing import Annotated, Any, cast
 
 from pydantic import Field
 
+from . import codec
 from .base import (
     INDEXED_FIELDS,
     Backend,
@@ -148,7 +149,7 @@ class RedisBackend(Backend):
             "discards": [cast(RedisTable, t).locator(k) for t, k in discards],
             "probe": probe_key,
         }
-        answer = link.run("exchange", [], [json.dumps(plan), repr(time.time())])
+        answer = link.run("exchange", [], [codec.dumps(plan), repr(time.time())])
         if not answer:
             return None
         raw, found = answer
@@ -211,7 +212,7 @@ class RedisTable(Table):
         at = "" if expires_at is None else str(math.ceil(expires_at * 1000))
         score = "inf" if expires_at is None else repr(float(expires_at))
         ikeys = [ikey for ikey, _ in self.entries(put.key, data)]
-        raw = json.dumps(data, separators=(",", ":"))
+        raw = codec.dumps(data)
         log = [self.log, repr(put.log)] if put.log else ["", ""]
         return [self.rkey(put.key), raw, at, put.key, score, ikeys, self.base, *log]
 

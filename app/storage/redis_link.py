@@ -33,6 +33,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError, R
 from redis.exceptions import TimeoutError as TimedOut
 from redis.retry import Retry
 
+from . import codec
 from .base import StorageUnavailable
 
 if TYPE_CHECKING:
@@ -196,7 +197,7 @@ class Single(Link):
         keys = [table.rkey(key)] + [ikey for ikey, _ in table.entries(key, data)]
         if log:
             keys.append(table.log)
-        raw = json.dumps(data, separators=(",", ":"))
+        raw = codec.dumps(data)
         args = [raw, "" if at is None else at, key, score, repr(log) if log else ""]
         return self.queue_script(pipe, "put", keys, args)
 
@@ -275,7 +276,7 @@ class Cluster(Link):
     def write(
         self, table: RedisTable, key: str, data: dict[str, Any], at: int | None, log: float
     ) -> Any:
-        raw = json.dumps(data, separators=(",", ":"))
+        raw = codec.dumps(data)
         old = self.client.set(table.rkey(key), raw, pxat=at, get=True)
         table.index(self, key, data)
         if log:

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any, cast
 
+from . import codec
 from .base import INDEXED_FIELDS, Backend, Probe, Put, Record, Table
 
 #: One SQL statement and its parameters.
@@ -206,7 +207,7 @@ class SQLTable(Table):
         """The upsert of one put, as (SQL, parameters)."""
         data = {k: v for k, v in record.items() if k not in ("key", "expires_at")}
         indexed = tuple(data.get(f) for f in INDEXED_FIELDS)
-        params = (key, *indexed, self.expiry(ttl), json.dumps(data, separators=(",", ":")))
+        params = (key, *indexed, self.expiry(ttl), codec.dumps(data))
         return (self._put_if_taken if if_taken else self._put), params
 
     def take_statement(self, key: str) -> Statement:
