@@ -188,6 +188,8 @@ class Logging(Section):
     format: Literal["text", "json"] = "text"
     #: One line per request (logger ``oauth2.request``, at NOTICE).
     requests: bool = True
+    #: Seconds request lines may be held to be written together (0: each as it ends).
+    requests_held: Annotated[float, Field(ge=0, le=5)] = 0.25
 
 
 class Limits(Section):

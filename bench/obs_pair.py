@@ -129,6 +129,9 @@ def main(argv: list[str]) -> int:
         state_on.storage.close()
         state_off.storage.close()
         fx.close()
+        from app.observability import direct
+
+        direct.HOLDER.flush()  # the request lines held for it go before it closes
         sink.close()
     finally:
         procs.stop_all()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 
@@ -31,6 +33,8 @@ def standalone(formatter: logging.Formatter) -> tuple[logging.Logger, logging.St
 
 
 def written(handler: logging.StreamHandler) -> str:  # type: ignore[type-arg]
+    """What the handler's stream holds once the held request lines are written."""
+    direct.HOLDER.flush()
     return handler.stream.getvalue()
 
 
@@ -131,6 +135,7 @@ def test_a_write_error_goes_to_handle_error_with_the_record(request_id):
     failed: list[logging.LogRecord] = []
     handler.handleError = failed.append  # type: ignore[method-assign]
     requestlog._Records(logger).emit({"method": "GET", "path": "/"}, 1.5)
+    direct.HOLDER.flush()
     (record,) = failed
     assert record.created == 1.5 and record.getMessage() == "request method=GET path=/"
 
@@ -182,3 +187,63 @@ def test_the_json_line_carries_the_request_id_of_its_request(client, monkeypatch
     made = client.get("/healthz").headers["X-Request-Id"]
     assert f'"request_id": "{made}"' in written(own_stream)
     assert REQUEST_ID.get() is None  # reset when the request ended
+
+
+def test_held_lines_go_out_together_when_old_or_many_or_elsewhere():
+    """Held lines are written in one write: once the oldest is ``seconds`` old (the next
+    line or the holder's thread), once 64 KiB are held, before a line for another
+    handler, on ``flush``; with 0 seconds each line at once."""
+    writes: list[str] = []
+
+    class Stream(io.StringIO):
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return super().write(text)
+
+    first, second = (logging.StreamHandler(Stream()) for _ in range(2))
+    holder = direct.Holder(seconds=60)
+    holder.write(first, "a", lambda: logging.makeLogRecord({}))
+    holder.write(first, "b", lambda: logging.makeLogRecord({}))
+    assert writes == []
+    holder.write(second, "c", lambda: logging.makeLogRecord({}))  # another handler's
+    assert writes == ["a\nb\n"]
+    holder.write(second, "x" * direct.HELD_MOST, lambda: logging.makeLogRecord({}))
+    assert writes == ["a\nb\n", "c\n" + "x" * direct.HELD_MOST + "\n"]
+    holder.write(first, "d", lambda: logging.makeLogRecord({}))
+    holder.flush()
+    assert writes[-1] == "d\n" and first.stream.getvalue() == "a\nb\nd\n"
+    holder.seconds = 0
+    holder.write(first, "e", lambda: logging.makeLogRecord({}))
+    assert writes[-1] == "e\n"
+    holder.seconds = 0.05  # its thread writes what is old enough, no line needed
+    holder.write(first, "f", lambda: logging.makeLogRecord({}))
+    deadline = time.monotonic() + 5
+    while writes[-1] != "f\n" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert writes[-1] == "f\n"
+
+
+def test_the_next_line_writes_lines_old_enough(monkeypatch):
+    clock = SimpleNamespace(now=100.0)
+    monkeypatch.setattr(direct.time, "monotonic", lambda: clock.now)
+    handler = logging.StreamHandler(io.StringIO())
+    holder = direct.Holder(seconds=10)
+    holder._started_in = os.getpid()  # no thread: only the next line writes them
+    holder.write(handler, "g", lambda: logging.makeLogRecord({}))
+    clock.now += 9.9
+    holder.write(handler, "h", lambda: logging.makeLogRecord({}))
+    assert handler.stream.getvalue() == ""
+    clock.now += 0.1
+    holder.write(handler, "i", lambda: logging.makeLogRecord({}))
+    assert handler.stream.getvalue() == "g\nh\ni\n"
+
+
+def test_a_held_write_error_goes_to_handle_error_with_the_first_record():
+    handler = logging.StreamHandler(SimpleNamespace(write=lambda text: 1 / 0))
+    failed: list[logging.LogRecord] = []
+    handler.handleError = failed.append  # type: ignore[method-assign]
+    holder = direct.Holder(seconds=60)
+    holder.write(handler, "a", lambda: logging.makeLogRecord({"msg": "first"}))
+    holder.write(handler, "b", lambda: logging.makeLogRecord({"msg": "second"}))
+    holder.flush()
+    assert [record.getMessage() for record in failed] == ["first"]

@@ -8,8 +8,19 @@ or ``JsonFormatter`` and no filter anywhere (what :func:`app.logconfig.log_confi
 up for every server), the line that handler would write is rendered from the line's
 fields by the formatters' own functions (:func:`~app.logconfig.text_line`,
 :func:`~app.logconfig.json_line`) and written as ``emit`` writes it: under the
-handler's lock, one write, then the flush. Same bytes, same moment: the line is
-written before the response leaves, nothing is held back.
+handler's lock, one write, then the flush. Same bytes.
+
+**Held lines.** A system call a request costs more than its own microseconds: measured
+in process, writing the line (one ``write``) made an introspection 10% dearer, a batch of
+lines written at once next to nothing. So a line may be held (``logging.requests_held``
+seconds, 0.25 by default; 0 writes each line as its request ends): :class:`Holder` keeps
+the lines and writes them to their handler's stream together, in one write, once the
+oldest is that old (the next line or a daemon thread a process, whichever comes first)
+or 64 KiB are held, before a line goes to another handler, and as the process ends
+(:func:`~.exiting.at_exit`, granian's workers too). A worker killed outright loses what
+it held, at most that long of lines (as the metrics' buffered counts). Every other log
+line is written at once, so a request line may come after lines logged later than it
+(its timestamp is its request's).
 
 Any other set-up (pytest's capture, a second handler, a filter, another formatter or
 format, a disabled logger, a handler's level above the line's) takes the record path.
@@ -20,6 +31,9 @@ The set-up is looked at again for every line (:func:`route`, a walk up the logge
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import time
 from collections.abc import Callable
 
 from ..logconfig import FORMAT, IsoFormatter, JsonFormatter
@@ -63,13 +77,113 @@ def write(
 ) -> None:
     """Write ``line`` as ``StreamHandler.emit`` writes a formatted record; on an error,
     hand ``handleError`` the line's ``record()``, as ``emit`` does."""
+    _write(handler, line + handler.terminator, record)
+
+
+def _write(
+    handler: logging.StreamHandler,  # type: ignore[type-arg]
+    text: str,
+    record: Callable[[], logging.LogRecord],
+) -> None:
     with handler.lock:  # type: ignore[union-attr]
         try:
             stream = handler.stream
-            stream.write(line + handler.terminator)
+            stream.write(text)
             if stream and hasattr(stream, "flush"):  # ``StreamHandler.flush``
                 stream.flush()
         except RecursionError:  # as ``emit``: see issue 36272 of CPython
             raise
         except Exception:
             handler.handleError(record())
+
+
+#: Held lines are written once this many characters are held, whatever their age.
+HELD_MOST = 65536
+
+Held = tuple[logging.StreamHandler, str, Callable[[], logging.LogRecord]]  # type: ignore[type-arg]
+
+
+class Holder:
+    """Request lines held up to ``seconds`` and written to their handler together
+    (see the module's doc); one a process (:data:`HOLDER`)."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._handler: logging.StreamHandler | None = None  # type: ignore[type-arg]
+        self._lines: list[str] = []
+        self._size = 0
+        self._since = 0.0
+        self._first: Callable[[], logging.LogRecord] | None = None
+        #: The process the flushing thread and the exit hook were started in.
+        self._started_in = 0
+
+    def write(
+        self,
+        handler: logging.StreamHandler,  # type: ignore[type-arg]
+        line: str,
+        record: Callable[[], logging.LogRecord],
+    ) -> None:
+        """Hold ``line`` for ``handler`` (or write it now, when nothing is held for long);
+        on an error writing, ``handleError`` is handed the first held line's record."""
+        if self.seconds <= 0:
+            self.flush()
+            write(handler, line, record)
+            return
+        if self._started_in != os.getpid():
+            self._start()
+        text = line + handler.terminator
+        now = time.monotonic()
+        other = due = None
+        with self._lock:
+            if self._lines and handler is not self._handler:
+                other = self._take()  # what another handler held goes out first
+            if not self._lines:
+                self._handler, self._since, self._first = handler, now, record
+            self._lines.append(text)
+            self._size += len(text)
+            if self._size >= HELD_MOST or now - self._since >= self.seconds:
+                due = self._take()
+        for held in (other, due):
+            if held is not None:
+                _write(*held)
+
+    def flush(self) -> None:
+        """Write what is held now."""
+        with self._lock:
+            held = self._take() if self._lines else None
+        if held is not None:
+            _write(*held)
+
+    def _take(self) -> Held:
+        handler, first = self._handler, self._first
+        assert handler is not None and first is not None  # noqa: S101 - lines have both
+        text = "".join(self._lines)
+        self._lines, self._size, self._first = [], 0, None
+        return handler, text, first
+
+    def _start(self) -> None:
+        """In this process (a worker, say, forked from where the holder was made): the
+        thread that writes held lines once they are old enough, and the exit hook."""
+        from .exiting import at_exit
+
+        with self._lock:
+            if self._started_in == os.getpid():
+                return
+            self._started_in = os.getpid()
+        threading.Thread(target=self._flushing, name="request-lines", daemon=True).start()
+        at_exit(self.flush)
+
+    def _flushing(self) -> None:
+        pid = os.getpid()
+        while self._started_in == pid:
+            time.sleep(min(max(self.seconds, 0.01), 0.5))
+            with self._lock:
+                old = self._lines and time.monotonic() - self._since >= self.seconds
+                held = self._take() if old else None
+            if held is not None:
+                _write(*held)  # an error goes to the handler's ``handleError``, as ``emit``'s
+
+
+#: This process's holder of request lines (its ``seconds`` set from the configuration).
+HOLDER = Holder()

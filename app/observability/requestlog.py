@@ -198,7 +198,7 @@ class _Records:
             text = text_line(iso_time(now), self.level, self.name, "request " + line_text(fields))
         else:
             text = json_line(now, self.level, self.name, "request", fields)
-        direct.write(handler, text, lambda: self.make(_Line(fields), now))
+        direct.HOLDER.write(handler, text, lambda: self.make(_Line(fields), now))
 
 
 class RequestLine:
@@ -207,7 +207,9 @@ class RequestLine:
     fast path, :mod:`app.gateway`, answers some requests without one)."""
 
     def __init__(self, app: Flask, observe: Observer | None) -> None:
-        self.lines = app.extensions["oauth2"].settings.config.logging.requests
+        logging_config = app.extensions["oauth2"].settings.config.logging
+        self.lines = logging_config.requests
+        direct.HOLDER.seconds = logging_config.requests_held
         self.key = str(app.secret_key or "").encode()
         self.observe = observe
         self.records = _Records(log)
