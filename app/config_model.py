@@ -189,7 +189,7 @@ class Logging(Section):
     #: One line per request (logger ``oauth2.request``, at NOTICE).
     requests: bool = True
     #: Seconds request lines may be held to be written together (0: each as it ends).
-    requests_held: Annotated[float, Field(ge=0, le=5)] = 0.25
+    requests_held: Annotated[float, Field(ge=0, le=1)] = 0.25
 
 
 class Limits(Section):

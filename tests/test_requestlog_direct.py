@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -208,7 +209,7 @@ def test_held_lines_go_out_together_when_old_or_many_or_elsewhere():
     holder.write(second, "c", lambda: logging.makeLogRecord({}))  # another handler's
     assert writes == ["a\nb\n"]
     holder.write(second, "x" * direct.HELD_MOST, lambda: logging.makeLogRecord({}))
-    assert writes == ["a\nb\n", "c\n" + "x" * direct.HELD_MOST + "\n"]
+    assert writes == ["a\nb\n", "c\n", "x" * direct.HELD_MOST + "\n"]  # a long line alone
     holder.write(first, "d", lambda: logging.makeLogRecord({}))
     holder.flush()
     assert writes[-1] == "d\n" and first.stream.getvalue() == "a\nb\nd\n"
@@ -247,3 +248,59 @@ def test_a_held_write_error_goes_to_handle_error_with_the_first_record():
     holder.write(handler, "b", lambda: logging.makeLogRecord({"msg": "second"}))
     holder.flush()
     assert [record.getMessage() for record in failed] == ["first"]
+
+
+def test_held_lines_go_out_whole_in_pipe_sized_writes_in_their_order():
+    """Several threads' lines: every line written once, whole, in the order each thread
+    sent its own; every write of several lines fits a pipe's atomic write."""
+    writes: list[str] = []
+
+    class Stream(io.StringIO):
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return super().write(text)
+
+    handler = logging.StreamHandler(Stream())
+    holder = direct.Holder(seconds=0.01)
+
+    def send(name: str) -> None:
+        for n in range(300):
+            holder.write(
+                handler, f"{name}-{n:03d} " + "é" * (n % 50), lambda: logging.makeLogRecord({})
+            )
+
+    threads = [threading.Thread(target=send, args=(name,)) for name in "abcd"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    holder.flush()
+    lines = "".join(writes).splitlines()
+    assert sorted(lines) == sorted(
+        f"{x}-{n:03d} " + "é" * (n % 50) for x in "abcd" for n in range(300)
+    )
+    for name in "abcd":
+        own = [line.split()[0] for line in lines if line.startswith(name)]
+        assert own == sorted(own)
+    assert all(text.endswith("\n") for text in writes)
+    assert all(len(text.encode()) <= direct.WRITE_MOST for text in writes if text.count("\n") > 1)
+
+
+def test_a_broken_stream_fails_no_request_and_the_thread_writes_on(monkeypatch):
+    handler = logging.StreamHandler(SimpleNamespace(write=lambda text: 1 / 0))
+
+    def failing(record: logging.LogRecord) -> None:
+        raise ValueError("stderr is closed")
+
+    handler.handleError = failing  # type: ignore[method-assign]
+    holder = direct.Holder(seconds=0.01)
+    holder.write(handler, "a", lambda: logging.makeLogRecord({}))
+    time.sleep(0.05)
+    holder.write(handler, "b", lambda: logging.makeLogRecord({}))  # no error raised here
+    holder.flush()
+    good = logging.StreamHandler(io.StringIO())
+    holder.write(good, "c", lambda: logging.makeLogRecord({}))
+    deadline = time.monotonic() + 5
+    while good.stream.getvalue() != "c\n" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert good.stream.getvalue() == "c\n"  # written by the thread, still running

@@ -30,8 +30,10 @@ The set-up is looked at again for every line (:func:`route`, a walk up the logge
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -94,22 +96,29 @@ def _write(
         except RecursionError:  # as ``emit``: see issue 36272 of CPython
             raise
         except Exception:
-            handler.handleError(record())
+            with contextlib.suppress(Exception):  # a closed stderr: no request fails on it
+                handler.handleError(record())
 
 
 #: Held lines are written once this many characters are held, whatever their age.
 HELD_MOST = 65536
+#: Held lines go out in writes of at most this many bytes, each whole lines: a pipe
+#: (several workers' shared ``stderr``) takes such a write whole, never mixed with another
+#: process's (a line longer than it goes alone, as every line did before).
+WRITE_MOST = select.PIPE_BUF
 
-Held = tuple[logging.StreamHandler, str, Callable[[], logging.LogRecord]]  # type: ignore[type-arg]
+Held = tuple[logging.StreamHandler, list[str], Callable[[], logging.LogRecord]]  # type: ignore[type-arg]
 
 
 class Holder:
     """Request lines held up to ``seconds`` and written to their handler together
-    (see the module's doc); one a process (:data:`HOLDER`)."""
+    (see the module's doc); one a process (:data:`HOLDER`). Lines are taken and written
+    under one lock, so a process writes them in the order they came."""
 
     def __init__(self, seconds: float = 0.0) -> None:
         self.seconds = seconds
-        self._lock = threading.Lock()
+        # Reentrant: a write's ``handleError`` may log through a stream that comes back here.
+        self._lock = threading.RLock()
         self._handler: logging.StreamHandler | None = None  # type: ignore[type-arg]
         self._lines: list[str] = []
         self._size = 0
@@ -117,6 +126,11 @@ class Holder:
         self._first: Callable[[], logging.LogRecord] | None = None
         #: The process the flushing thread and the exit hook were started in.
         self._started_in = 0
+        os.register_at_fork(
+            before=self._lock.acquire,
+            after_in_parent=self._lock.release,
+            after_in_child=self._forked,
+        )
 
     def write(
         self,
@@ -134,55 +148,79 @@ class Holder:
             self._start()
         text = line + handler.terminator
         now = time.monotonic()
-        other = due = None
         with self._lock:
             if self._lines and handler is not self._handler:
-                other = self._take()  # what another handler held goes out first
+                _write_held(self._take())  # what another handler held goes out first
             if not self._lines:
                 self._handler, self._since, self._first = handler, now, record
             self._lines.append(text)
             self._size += len(text)
             if self._size >= HELD_MOST or now - self._since >= self.seconds:
-                due = self._take()
-        for held in (other, due):
-            if held is not None:
-                _write(*held)
+                _write_held(self._take())
 
     def flush(self) -> None:
         """Write what is held now."""
         with self._lock:
-            held = self._take() if self._lines else None
-        if held is not None:
-            _write(*held)
+            if self._lines:
+                _write_held(self._take())
 
     def _take(self) -> Held:
         handler, first = self._handler, self._first
         assert handler is not None and first is not None  # noqa: S101 - lines have both
-        text = "".join(self._lines)
+        lines = self._lines
         self._lines, self._size, self._first = [], 0, None
-        return handler, text, first
+        return handler, lines, first
 
     def _start(self) -> None:
-        """In this process (a worker, say, forked from where the holder was made): the
-        thread that writes held lines once they are old enough, and the exit hook."""
+        """In this process (a worker, say): the thread that writes held lines once they
+        are old enough, and the exit hook; marked started once both are."""
         from .exiting import at_exit
 
         with self._lock:
             if self._started_in == os.getpid():
                 return
+            threading.Thread(target=self._flushing, name="request-lines", daemon=True).start()
+            at_exit(self.flush)
             self._started_in = os.getpid()
-        threading.Thread(target=self._flushing, name="request-lines", daemon=True).start()
-        at_exit(self.flush)
 
     def _flushing(self) -> None:
         pid = os.getpid()
-        while self._started_in == pid:
-            time.sleep(min(max(self.seconds, 0.01), 0.5))
-            with self._lock:
-                old = self._lines and time.monotonic() - self._since >= self.seconds
-                held = self._take() if old else None
-            if held is not None:
-                _write(*held)  # an error goes to the handler's ``handleError``, as ``emit``'s
+        while self._started_in in (0, pid):
+            wait = min(max(self.seconds, 0.01), 0.5)
+            try:
+                with self._lock:
+                    if self._lines:
+                        due = self._since + self.seconds - time.monotonic()
+                        if due <= 0:
+                            _write_held(self._take())
+                        else:
+                            wait = due
+            except Exception:  # noqa: BLE001, S110 - the thread must outlive any stream
+                pass
+            time.sleep(min(max(wait, 0.005), 0.5))
+
+    def _forked(self) -> None:
+        """In a forked child: the parent's held lines are the parent's to write, its
+        thread and lock are not this process's."""
+        self._lock = threading.RLock()
+        self._lines, self._size, self._first, self._handler = [], 0, None, None
+        self._started_in = 0
+
+
+def _write_held(held: Held) -> None:
+    """Write held lines in writes of at most :data:`WRITE_MOST` bytes, whole lines each."""
+    handler, lines, first = held
+    chunk: list[str] = []
+    size = 0
+    for line in lines:
+        length = len(line.encode("utf-8", "surrogateescape")) if not line.isascii() else len(line)
+        if chunk and size + length > WRITE_MOST:
+            _write(handler, "".join(chunk), first)
+            chunk, size = [], 0
+        chunk.append(line)
+        size += length
+    if chunk:
+        _write(handler, "".join(chunk), first)
 
 
 #: This process's holder of request lines (its ``seconds`` set from the configuration).
