@@ -13,14 +13,15 @@ handler's lock, one write, then the flush. Same bytes.
 **Held lines.** A system call a request costs more than its own microseconds: measured
 in process, writing the line (one ``write``) made an introspection 10% dearer, a batch of
 lines written at once next to nothing. So a line may be held (``logging.requests_held``
-seconds, 0.25 by default; 0 writes each line as its request ends): :class:`Holder` keeps
-the lines and writes them to their handler's stream together, in one write, once the
-oldest is that old (the next line or a daemon thread a process, whichever comes first)
-or 64 KiB are held, before a line goes to another handler, and as the process ends
-(:func:`~.exiting.at_exit`, granian's workers too). A worker killed outright loses what
-it held, at most that long of lines (as the metrics' buffered counts). Every other log
-line is written at once, so a request line may come after lines logged later than it
-(its timestamp is its request's).
+seconds, 0.25 by default, 1 at most; 0 writes each line as its request ends):
+:class:`Holder` keeps the lines and writes them to their handler's stream together, in
+writes of whole lines of at most ``PIPE_BUF`` bytes (workers share a pipe: such a write
+is never mixed with another's), once the oldest is that old (the next line, or a daemon
+thread a process timed to the oldest line), once 64 KiB are held, before a line goes to
+another handler, and as the process ends (:func:`~.exiting.at_exit`, granian's workers
+too). A worker killed outright loses what it held, at most that long of lines (as the
+metrics' buffered counts). Every other log line is written at once, so a request line
+may come after lines logged later than it (its timestamp is its request's).
 
 Any other set-up (pytest's capture, a second handler, a filter, another formatter or
 format, a disabled logger, a handler's level above the line's) takes the record path.
