@@ -44,7 +44,7 @@ from flask import (
     request_tearing_down,
 )
 
-from . import _limit_streamed_body, errors, pages
+from . import pages
 from .client_store import request_memo
 from .cors import EXPOSE
 from .lean import LeanApp, Route, settled_route
@@ -131,35 +131,13 @@ class Gateway(LeanApp):
 
     def _hooks_now(self) -> tuple[Any, ...]:
         """The hooks and view a call would run (what a test or an extension may change)."""
-
-        def named(hooks: dict[Any, list[Any]]) -> tuple[Any, ...]:
-            return tuple((key, tuple(funcs)) for key, funcs in hooks.items() if funcs)
-
         route = self.settled
-        return (
-            named(self.before_request_funcs),
-            named(self.after_request_funcs),
-            named(self.teardown_request_funcs),
-            named(self.url_value_preprocessors),
-            tuple(self.teardown_appcontext_funcs),
-            self.view_functions.get(route[2]) if route is not None else None,
-        )
+        return self.hooks_now(route[2] if route is not None else None)
 
     def _known_hooks(self) -> tuple[Any, ...]:
-        """What :meth:`_hooks_now` is when :func:`app.lean.build` made the app: the hooks
-        whose work :meth:`_call` does itself, in the order Flask's path runs them."""
-
-        line = self.request_line
-        finish = line.finish if line is not None else None
-        before = (requestlog._begin, _limit_streamed_body, errors._require_utf8_query)
-        return (
-            ((None, before),),
-            ((None, (pages._security_headers, finish)),),
-            ((None, (requestlog._end,)),),
-            (),
-            (),
-            api.call,
-        )
+        """The hooks whose work :meth:`_call` does itself, as :func:`app.lean.build` made
+        the app."""
+        return self.built_hooks(api.call)
 
     def wsgi_app(self, environ: dict[str, Any], start_response: Any) -> Any:
         if self.fast_hooks is not None and environ.get("REQUEST_METHOD") == "GET":

@@ -153,6 +153,41 @@ class LeanApp(Flask):
         self.routes = routes
         self.paths = frozenset(routes)
 
+    def hooks_now(self, endpoint: str | None) -> tuple[Any, ...]:
+        """The hooks a request would run and ``endpoint``'s view (what a test or an
+        extension may change): what a short path that does their work checks against
+        :meth:`built_hooks`."""
+
+        def named(hooks: dict[Any, list[Any]]) -> tuple[Any, ...]:
+            return tuple((key, tuple(funcs)) for key, funcs in hooks.items() if funcs)
+
+        return (
+            named(self.before_request_funcs),
+            named(self.after_request_funcs),
+            named(self.teardown_request_funcs),
+            named(self.url_value_preprocessors),
+            tuple(self.teardown_appcontext_funcs),
+            self.view_functions.get(endpoint) if endpoint is not None else None,
+        )
+
+    def built_hooks(self, view: Any) -> tuple[Any, ...]:
+        """What :meth:`hooks_now` is as :func:`build` made the app, ``view`` the view: the
+        hooks in the order Flask's path runs them."""
+        from . import _limit_streamed_body, errors, pages
+        from .observability import requestlog
+
+        line = self.request_line
+        finish = line.finish if line is not None else None
+        before = (requestlog._begin, _limit_streamed_body, errors._require_utf8_query)
+        return (
+            ((None, before),),
+            ((None, (pages._security_headers, finish)),),
+            ((None, (requestlog._end,)),),
+            (),
+            (),
+            view,
+        )
+
     def plain(self, environ: dict[str, Any]) -> bool:
         """Whether Flask's routing would take the request as it is: no ``TRUSTED_HOSTS``
         to check, and none of what its URL adapter refuses with a 400 (a WebSocket

@@ -31,13 +31,12 @@ from typing import Any
 
 from flask import Flask, Response, after_this_request, request_finished, request_started
 
-from . import _limit_streamed_body, context, cors, errors, pages
+from . import context, cors, pages
 from .cors import public_client_origins
 from .lean import Answer, LeanApp, Route, _Context
 from .lean import build as build_lean
 from .limits import web as limits_web
 from .limits.web import token_limits
-from .observability import requestlog
 from .observability.requestlog import HEADER
 from .views import token as token_views
 
@@ -67,34 +66,12 @@ class TokenApp(LeanApp):
         self.plain_hooks = hooks if known else None
 
     def _hooks_now(self) -> tuple[Any, ...]:
-        """The hooks and token view a request would run (what a test or an extension may
-        change)."""
-
-        def named(hooks: dict[Any, list[Any]]) -> tuple[Any, ...]:
-            return tuple((key, tuple(funcs)) for key, funcs in hooks.items() if funcs)
-
-        return (
-            named(self.before_request_funcs),
-            named(self.after_request_funcs),
-            named(self.teardown_request_funcs),
-            named(self.url_value_preprocessors),
-            tuple(self.teardown_appcontext_funcs),
-            self.view_functions.get(TOKEN_ENDPOINT),
-        )
+        """The hooks and token view a request would run."""
+        return self.hooks_now(TOKEN_ENDPOINT)
 
     def _known_hooks(self) -> tuple[Any, ...]:
         """What :meth:`_hooks_now` is as :func:`app.lean.build` made the app."""
-        line = self.request_line
-        finish = line.finish if line is not None else None
-        before = (requestlog._begin, _limit_streamed_body, errors._require_utf8_query)
-        return (
-            ((None, before),),
-            ((None, (pages._security_headers, finish)),),
-            ((None, (requestlog._end,)),),
-            (),
-            (),
-            token_views.token,
-        )
+        return self.built_hooks(token_views.token)
 
     def _plain(self, environ: dict[str, Any]) -> bool:
         """Whether a token request may be answered plainly: no CORS or DPoP answer to

@@ -45,11 +45,6 @@ def app(tmp_path, dummy_site) -> Iterator[Flask]:
 
 
 @pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-@pytest.fixture
 def token_app(app) -> TokenApp:
     return app.extensions["oauth2.token_app"]
 
