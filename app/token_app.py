@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from authlib.oauth2.rfc6749.grants import BaseGrant
 from flask import Flask, Response, after_this_request, request_finished, request_started
 
 from . import context, cors, pages
@@ -43,12 +44,8 @@ from .views import token as token_views
 #: The token view's endpoint, and the limiter's scope for it (``token_limits``' own).
 TOKEN_ENDPOINT = "token.token"  # noqa: S105 - an endpoint name
 LIMIT_SCOPE = "token:"
-#: The header fields Authlib's grants answer a token with (``TOKEN_RESPONSE_HEADER``).
-GRANT_FIELDS = [
-    ("Content-Type", "application/json"),
-    ("Cache-Control", "no-store"),
-    ("Pragma", "no-cache"),
-]
+#: The header fields Authlib's grants answer a token with.
+GRANT_FIELDS = list(BaseGrant.TOKEN_RESPONSE_HEADER)
 
 
 class TokenApp(LeanApp):
@@ -94,15 +91,14 @@ class TokenApp(LeanApp):
         limits = context.state().limits
         if not limits.enabled:
             return token_views._respond(None, self._answer)
-        ip = limits_web.group_of(request.remote_addr)
+        ip = limits_web.ip_group()
         failing = limits_web.before_token(limits, LIMIT_SCOPE, ip)
         answer = token_views._respond(None, self._answer)
         if isinstance(answer, Answer):
             answer.headers.extend(limits_web.after_token(limits, LIMIT_SCOPE, ip, failing))
             return answer
         response = self.make_response(answer)
-        for field, value in limits_web.after_token(limits, LIMIT_SCOPE, ip, failing):
-            response.headers.add(field, value)
+        limits_web._after_token(limits, LIMIT_SCOPE, ip, failing, response)
         return response
 
     def _answer(self, status: int, body: Any, headers: Any) -> Answer | Response:

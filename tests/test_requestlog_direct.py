@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -229,7 +228,7 @@ def test_the_next_line_writes_lines_old_enough(monkeypatch):
     monkeypatch.setattr(direct.time, "monotonic", lambda: clock.now)
     handler = logging.StreamHandler(io.StringIO())
     holder = direct.Holder(seconds=10)
-    holder._started_in = os.getpid()  # no thread: only the next line writes them
+    holder._started = True  # no thread: only the next line writes them
     holder.write(handler, "g", lambda: logging.makeLogRecord({}))
     clock.now += 9.9
     holder.write(handler, "h", lambda: logging.makeLogRecord({}))

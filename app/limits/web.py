@@ -112,8 +112,12 @@ def _hit(
     limits: Limits, response: Response, name: str, key: str, rate: RateLimitItem | None = None
 ) -> None:
     """Count an answered request against a budget; its fields go on the response."""
+    _add(response, counted(limits, name, key, rate))
+
+
+def _add(response: Response, fields: Headers) -> None:
     headers = response.headers
-    for field, value in counted(limits, name, key, rate):
+    for field, value in fields:
         headers.add(field, value)
 
 
@@ -179,9 +183,7 @@ def _guarded(client: Any) -> bool:
 def _after_token(
     limits: Limits, scope: str, ip: str, failing: str | None, response: Response
 ) -> None:
-    headers = response.headers
-    for field, value in after_token(limits, scope, ip, failing):
-        headers.add(field, value)
+    _add(response, after_token(limits, scope, ip, failing))
 
 
 def after_token(limits: Limits, scope: str, ip: str, failing: str | None) -> Headers:

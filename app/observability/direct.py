@@ -125,8 +125,9 @@ class Holder:
         self._size = 0
         self._since = 0.0
         self._first: Callable[[], logging.LogRecord] | None = None
-        #: The process the flushing thread and the exit hook were started in.
-        self._started_in = 0
+        #: Whether this process has the flushing thread and the exit hook (a forked child
+        #: has neither: :meth:`_forked` clears it, so no line asks the system its pid).
+        self._started = False
         os.register_at_fork(
             before=self._lock.acquire,
             after_in_parent=self._lock.release,
@@ -145,7 +146,7 @@ class Holder:
             self.flush()
             write(handler, line, record)
             return
-        if self._started_in != os.getpid():
+        if not self._started:
             self._start()
         text = line + handler.terminator
         now = time.monotonic()
@@ -178,15 +179,14 @@ class Holder:
         from .exiting import at_exit
 
         with self._lock:
-            if self._started_in == os.getpid():
+            if self._started:
                 return
             threading.Thread(target=self._flushing, name="request-lines", daemon=True).start()
             at_exit(self.flush)
-            self._started_in = os.getpid()
+            self._started = True
 
     def _flushing(self) -> None:
-        pid = os.getpid()
-        while self._started_in in (0, pid):
+        while True:
             wait = min(max(self.seconds, 0.01), 0.5)
             try:
                 with self._lock:
@@ -205,7 +205,7 @@ class Holder:
         thread and lock are not this process's."""
         self._lock = threading.RLock()
         self._lines, self._size, self._first, self._handler = [], 0, None, None
-        self._started_in = 0
+        self._started = False
 
 
 def _write_held(held: Held) -> None:
