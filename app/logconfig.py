@@ -66,6 +66,12 @@ def iso_time(created: float) -> str:
     return text + _MILLIS[micros // 1000]
 
 
+class _Current:
+    """:func:`json_line`'s default request id: the one of the request being served."""
+
+
+CURRENT = _Current()
+
 #: ``json.dumps(entry, default=str)``'s encoder, made once.
 _encode = json.JSONEncoder(default=str).encode
 
@@ -96,16 +102,19 @@ def json_line(
     message: str,
     fields: dict[str, Any] | None = None,
     exception: str | None = None,
+    request_id: str | None | _Current = CURRENT,
 ) -> str:
     """What :class:`JsonFormatter` writes for a record with these attributes, for a caller
-    that has no record (the request line): the request id is the current one."""
+    that has no record (the request line): the request id is the current one, unless
+    given (a line rendered after its request, the id it had then)."""
     entry: dict[str, Any] = {
         "ts": iso_time(created),
         "level": level,
         "logger": name,
         "message": message,
     }
-    request_id = REQUEST_ID.get()
+    if isinstance(request_id, _Current):
+        request_id = REQUEST_ID.get()
     if request_id is not None:
         entry["request_id"] = request_id
     if fields is not None:

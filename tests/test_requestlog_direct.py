@@ -4,6 +4,7 @@ same bytes as the record path, and the record path whenever the set-up is not ou
 from __future__ import annotations
 
 import io
+import json
 import logging
 import threading
 import time
@@ -303,3 +304,42 @@ def test_a_broken_stream_fails_no_request_and_the_thread_writes_on(monkeypatch):
     while good.stream.getvalue() != "c\n" and time.monotonic() < deadline:
         time.sleep(0.01)
     assert good.stream.getvalue() == "c\n"  # written by the thread, still running
+
+
+def test_a_held_line_is_rendered_later_with_its_own_request_id(monkeypatch):
+    """Lines are held as their facts and rendered when written: the JSON line names the
+    request it was held for, whatever request is being served when it is written."""
+    monkeypatch.setattr(direct.HOLDER, "seconds", 60)
+    logger, handler = standalone(JsonFormatter())
+    records = requestlog._Records(logger)
+    for rid in ("rid-a", "rid-b"):
+        token = REQUEST_ID.set(rid)
+        records.emit({"method": "GET", "path": "/" + rid}, 2.0)
+        REQUEST_ID.reset(token)
+    assert handler.stream.getvalue() == ""  # held, not rendered nor written
+    token = REQUEST_ID.set("rid-later")
+    try:
+        lines = written(handler).splitlines()
+    finally:
+        REQUEST_ID.reset(token)
+    assert [json.loads(line)["request_id"] for line in lines] == ["rid-a", "rid-b"]
+
+
+def test_a_line_that_fails_to_render_is_reported_and_the_others_are_written():
+    class Broken:
+        def render(self, entry: tuple) -> str:  # type: ignore[type-arg]
+            raise ValueError("cannot render")
+
+        def record(self, entry: tuple) -> logging.LogRecord:  # type: ignore[type-arg]
+            return logging.makeLogRecord({"msg": entry[1]})
+
+    handler = logging.StreamHandler(io.StringIO())
+    failed: list[logging.LogRecord] = []
+    handler.handleError = failed.append  # type: ignore[method-assign]
+    holder = direct.Holder(seconds=60)
+    holder.write(handler, "a", lambda: logging.makeLogRecord({}))
+    holder.hold(handler, (Broken(), "broken"))
+    holder.write(handler, "b", lambda: logging.makeLogRecord({}))
+    holder.flush()
+    assert handler.stream.getvalue() == "a\nb\n"
+    assert [record.getMessage() for record in failed] == ["broken"]

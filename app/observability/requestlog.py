@@ -44,8 +44,6 @@ SAFE_ID = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
 #: Longest path logged; longer ones are clipped (the route names the endpoint anyway).
 MAX_PATH = 200
 NOTICE = 25
-#: A line of ``key=value`` pairs whose every value is plain (``printable`` keeps it).
-_TOKENS = re.compile(rf"[a-z_]+={_PLAIN.pattern}(?: [a-z_]+={_PLAIN.pattern})*")
 #: Users whose hash each app keeps (then it starts again): the recent ones.
 USER_HASHES = 4096
 
@@ -127,14 +125,27 @@ def _signed_in_user(environ: dict[str, Any]) -> str | None:
 def line_text(fields: dict[str, Any]) -> str:
     """``fields_line(fields)`` for keys of lowercase letters and ``_``: the line's
     ``key=value`` pairs, each value escaped by ``printable``. Its common case, every value
-    plain, is found in the joined pairs at once: they read as ``key=plain`` tokens
-    separated by spaces, with no more ``=`` than pairs (a value holding ``=`` or a space
-    would add one or leave one over)."""
-    pairs = [f"{key}={value}" for key, value in fields.items() if value is not None]
-    line = " ".join(pairs)
-    if _TOKENS.fullmatch(line) and line.count("=") == len(pairs):
-        return line
-    return fields_line(fields)
+    a plain string (``_PLAIN``: nothing ``printable`` would quote; the strings are
+    looked at together, joined by a plain ``!``), an int or a float (whose text is plain),
+    is joined at once."""
+    pairs = []
+    texts = []
+    for key, value in fields.items():
+        if value is None:
+            continue
+        kind = type(value)
+        if kind is str:
+            texts.append(value)
+        elif kind is not int and kind is not float:
+            return fields_line(fields)
+        pairs.append(f"{key}={value}")
+    if texts and not (all(texts) and _plain("!".join(texts))):
+        return fields_line(fields)
+    return " ".join(pairs)
+
+
+#: Whether a string is one plain token as it is (``printable`` leaves it alone).
+_plain = _PLAIN.fullmatch
 
 
 class _Line:
@@ -188,17 +199,26 @@ class _Records:
 
     def emit(self, fields: dict[str, Any], now: float) -> None:
         """Log the line made at ``now``: straight to the stream when the set-up is the
-        standard one (:mod:`.direct`), else as a record through ``Logger.handle``."""
+        standard one (:mod:`.direct`, held there unrendered: :meth:`render`), else as a
+        record through ``Logger.handle``."""
         out = direct.route(self.logger, NOTICE)
         if out is None:
             self.logger.handle(self.make(_Line(fields), now))
             return
         handler, kind = out
+        direct.HOLDER.hold(handler, (self, kind, now, fields, REQUEST_ID.get()))
+
+    def render(self, entry: tuple[Any, ...]) -> str:
+        """The text of a line :meth:`emit` held: ``(self, kind, now, fields, request id)``,
+        as the handler's formatter would make it of the record while the request ran."""
+        _, kind, now, fields, rid = entry
         if kind is direct.TEXT:
-            text = text_line(iso_time(now), self.level, self.name, "request " + line_text(fields))
-        else:
-            text = json_line(now, self.level, self.name, "request", fields)
-        direct.HOLDER.write(handler, text, lambda: self.make(_Line(fields), now))
+            return text_line(iso_time(now), self.level, self.name, "request " + line_text(fields))
+        return json_line(now, self.level, self.name, "request", fields, request_id=rid)
+
+    def record(self, entry: tuple[Any, ...]) -> logging.LogRecord:
+        """The record of a line :meth:`emit` held (for ``handleError``)."""
+        return self.make(_Line(entry[3]), entry[2])
 
 
 class RequestLine:
