@@ -143,13 +143,20 @@ class RedisBackend(Backend):
         probe_key = ""
         if probe is not None and isinstance(probe.table, RedisTable):
             probe_key = probe.table.rkey(probe.key) if probe.table.backend is self else ""
-        plan = {
-            "take": cast(RedisTable, table).locator(key),
-            "puts": [cast(RedisTable, p.table).planned_put(p) for p in puts],
-            "discards": [cast(RedisTable, t).locator(k) for t, k in discards],
-            "probe": probe_key,
-        }
-        answer = link.run("exchange", [], [codec.dumps(plan), repr(time.time())])
+        # ``lua/exchange.lua``'s flat plan (decoding it as JSON cost the script a tenth
+        # of its time: the records inside, escaped).
+        plan: list[Any] = [repr(time.time()), probe_key]
+        plan += cast(RedisTable, table).locator(key)
+        plan.append(len(discards))
+        for gone, gone_key in discards:
+            plan += cast(RedisTable, gone).locator(gone_key)
+        plan.append(len(puts))
+        for put in puts:
+            rkey, raw, at, member, score, ikeys, base, log, log_score = cast(
+                RedisTable, put.table
+            ).planned_put(put)
+            plan += (rkey, raw, at, member, score, base, log, log_score, len(ikeys), *ikeys)
+        answer = link.run("exchange", [], plan)
         if not answer:
             return None
         raw, found = answer

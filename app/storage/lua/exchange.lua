@@ -1,17 +1,33 @@
 -- The exchange (see Backend.exchange) as one script on one server: take a record,
--- then put records and delete others, index upkeep included. ARGV[1] is the plan:
--- {"take": [rkey, base, key], "puts": [[rkey, json, pxat|'', member, score, [ikeys], base,
--- log|'', log score|'']], "discards": [[rkey, base, key]], "probe": rkey|''}; it answers
--- false (nothing taken) or {the taken record, 1 if the probe's key exists at the end}
--- (0 without a probe). A put with a log key is an
--- append (the audit entry) and adds its member to that log too, as put.lua. ARGV[2] is
--- now (seconds). Redis does not roll a failed script back, so every argument is checked
--- before the first write, and what ends goes before what is written.
-local plan = cjson.decode(ARGV[1])
-for _, put in ipairs(plan.puts) do
-  if put[3] ~= '' and not tonumber(put[3]) then return redis.error_reply('bad expiry') end
-  if put[5] ~= 'inf' and not tonumber(put[5]) then return redis.error_reply('bad score') end
-  if put[8] ~= '' and not tonumber(put[9]) then return redis.error_reply('bad log score') end
+-- then put records and delete others, index upkeep included. The plan is ARGV, flat (no
+-- JSON to decode: a plan's records travel as they are):
+--   now (seconds), probe rkey|'', take rkey, take base, take member,
+--   the number of discards, then each: rkey, base, member,
+--   the number of puts, then each: rkey, json, pxat|'', member, score, base, log|'',
+--   log score|'', the number of index keys, then those keys.
+-- It answers false (nothing taken) or {the taken record, 1 if the probe's key exists at
+-- the end} (0 without a probe). A put with a log key is an append (the audit entry) and
+-- adds its member to that log too, as put.lua. Redis does not roll a failed script back,
+-- so every argument is checked before the first write, and what ends goes before what
+-- is written.
+local now = tonumber(ARGV[1])
+local probe = ARGV[2]
+local discards = tonumber(ARGV[6])
+if not now or not discards then return redis.error_reply('bad plan') end
+-- Where each put starts in ARGV (its fields are read from there: no table a put).
+local at = 7 + 3 * discards
+local puts = {}
+for i = 1, tonumber(ARGV[at]) or -1 do
+  local count = tonumber(ARGV[at + 9])
+  if not count then return redis.error_reply('bad plan') end
+  puts[i] = at + 1
+  at = at + 9 + count
+end
+if at ~= #ARGV then return redis.error_reply('bad plan') end
+for _, s in ipairs(puts) do
+  if ARGV[s + 2] ~= '' and not tonumber(ARGV[s + 2]) then return redis.error_reply('bad expiry') end
+  if ARGV[s + 4] ~= 'inf' and not tonumber(ARGV[s + 4]) then return redis.error_reply('bad score') end
+  if ARGV[s + 6] ~= '' and not tonumber(ARGV[s + 7]) then return redis.error_reply('bad log score') end
 end
 local function unindex(raw, base, member)
   local record = cjson.decode(raw)
@@ -23,28 +39,29 @@ local function unindex(raw, base, member)
   end
   return record
 end
-local raw = redis.call('GETDEL', plan.take[1])
+local raw = redis.call('GETDEL', ARGV[3])
 if not raw then return false end
-local taken = unindex(raw, plan.take[2], plan.take[3])
+local taken = unindex(raw, ARGV[4], ARGV[5])
 if taken.expires_at ~= nil and taken.expires_at ~= cjson.null
-  and taken.expires_at <= tonumber(ARGV[2]) then return false end
+  and taken.expires_at <= now then return false end
 -- The discards (the old access token, old tombstones) before the puts: should a write
 -- fail part-way (a key of the wrong type), what was to end has ended.
-for _, gone in ipairs(plan.discards) do
-  local old = redis.call('GETDEL', gone[1])
-  if old then unindex(old, gone[2], gone[3]) end
+for d = 7, 6 + 3 * discards, 3 do
+  local old = redis.call('GETDEL', ARGV[d])
+  if old then unindex(old, ARGV[d + 1], ARGV[d + 2]) end
 end
-for _, put in ipairs(plan.puts) do
+for _, s in ipairs(puts) do
   local old
-  if put[3] ~= '' then old = redis.call('SET', put[1], put[2], 'PXAT', put[3], 'GET')
-  else old = redis.call('SET', put[1], put[2], 'GET') end
-  if old then unindex(old, put[7], put[4]) end
-  for _, ikey in ipairs(put[6]) do
-    redis.call('ZADD', ikey, put[5], put[4])
-    keep(ikey, put[5])
+  if ARGV[s + 2] ~= '' then old = redis.call('SET', ARGV[s], ARGV[s + 1], 'PXAT', ARGV[s + 2], 'GET')
+  else old = redis.call('SET', ARGV[s], ARGV[s + 1], 'GET') end
+  local member, score = ARGV[s + 3], ARGV[s + 4]
+  if old then unindex(old, ARGV[s + 5], member) end
+  for i = s + 9, s + 8 + tonumber(ARGV[s + 8]) do
+    redis.call('ZADD', ARGV[i], score, member)
+    keep(ARGV[i], score)
   end
-  if put[8] ~= '' then redis.call('ZADD', put[8], put[9], put[4]) end
+  if ARGV[s + 6] ~= '' then redis.call('ZADD', ARGV[s + 6], ARGV[s + 7], member) end
 end
 local found = 0
-if plan.probe ~= nil and plan.probe ~= '' then found = redis.call('EXISTS', plan.probe) end
+if probe ~= '' then found = redis.call('EXISTS', probe) end
 return {raw, found}
