@@ -20,6 +20,7 @@ from typing import Any
 
 from authlib.oauth2.rfc6749.errors import InvalidRequestError
 from authlib.oidc import core as oidc
+from authlib.oidc.core.grants.util import is_openid_scope
 from joserfc.jwk import KeySet
 
 from ..audit import audit
@@ -111,11 +112,17 @@ class _IDTokenHooks:
 
 def _warm_keys(tokens: IDTokens):
     """A hook reading the signing key before a code or refresh token is spent, so a
-    storage outage answers 503 with the credential still good."""
+    storage outage answers 503 with the credential still good; only when the tokens may
+    carry an ID Token (the code's or refresh token's scope, the most a new token can
+    have, holds ``openid``): a plain refresh reads no key."""
 
     def warm(grant, *args) -> None:
-        if grant.request.client is not None:
-            tokens.signing_keys(grant.request.client)
+        request = grant.request
+        if request.client is None:
+            return
+        source = request.authorization_code or request.refresh_token
+        if source is None or is_openid_scope(source.get_scope()):
+            tokens.signing_keys(request.client)
 
     return warm
 

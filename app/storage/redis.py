@@ -180,6 +180,15 @@ class RedisBackend(Backend):
 LISTED_IN_SCRIPT = 2_000
 
 
+def _stored(record: Record, expires_at: float | None) -> Record:
+    """What is stored of ``record``: its fields but its key, then its expiry, last."""
+    data = dict(record)
+    data.pop("key", None)
+    data.pop("expires_at", None)
+    data["expires_at"] = expires_at
+    return data
+
+
 def _expired(record: Record, now: float) -> bool:
     expires_at = record.get("expires_at")
     return expires_at is not None and expires_at <= now
@@ -214,14 +223,29 @@ class RedisTable(Table):
         """One put for ``lua/exchange.lua``: [rkey, json, pxat|'', member, score, ikeys, base,
         log key|'', log score|''] (the log: an :meth:`~.base.Table.entry`'s, as ``append``)."""
         expires_at = self.expiry(put.ttl)
-        data = {k: v for k, v in put.record.items() if k not in ("key", "expires_at")}
-        data["expires_at"] = expires_at
-        at = "" if expires_at is None else str(math.ceil(expires_at * 1000))
-        score = "inf" if expires_at is None else repr(float(expires_at))
-        ikeys = [ikey for ikey, _ in self.entries(put.key, data)]
-        raw = codec.dumps(data)
-        log = [self.log, repr(put.log)] if put.log else ["", ""]
-        return [self.rkey(put.key), raw, at, put.key, score, ikeys, self.base, *log]
+        data = _stored(put.record, expires_at)
+        if expires_at is None:
+            at, score = "", "inf"
+        else:
+            at, score = str(math.ceil(expires_at * 1000)), repr(float(expires_at))
+        base = self.base
+        ikeys = [
+            f"{base}:{field}:{{{value}}}"
+            for field in INDEXED_FIELDS
+            if (value := data.get(field)) is not None
+        ]
+        log, log_score = (self.log, repr(put.log)) if put.log else ("", "")
+        return [
+            f"{base}:{{{put.key}}}",
+            codec.dumps(data),
+            at,
+            put.key,
+            score,
+            ikeys,
+            base,
+            log,
+            log_score,
+        ]
 
     def _decode(self, key: str, raw: str | None, now: float) -> Record | None:
         if raw is None:
@@ -276,8 +300,7 @@ class RedisTable(Table):
     def _put(self, key: str, record: Record, expires_at: float | None, log: float = 0) -> None:
         """Write the record, then its index entries (and a log entry), in one round trip
         on one server (held for the batch, if there is one)."""
-        data = {k: v for k, v in record.items() if k not in ("key", "expires_at")}
-        data["expires_at"] = expires_at
+        data = _stored(record, expires_at)
         link = self.backend.link
         at = math.ceil(expires_at * 1000) if expires_at is not None else None
         batch = self.backend.current_batch()

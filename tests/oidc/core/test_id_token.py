@@ -158,6 +158,26 @@ def test_a_storage_outage_at_signing_keeps_the_code(app, client, monkeypatch):
     assert response.status_code == 200 and "id_token" in response.get_json()
 
 
+def test_a_refresh_reads_the_signing_key_first_only_when_it_may_sign(app, client, monkeypatch):
+    """With ``openid`` a refresh reads the key before the token is spent (an outage leaves
+    it usable); without, it reads no key at all."""
+    from app.storage import StorageUnavailable
+
+    keys = app.extensions["oauth2"].keys
+    with_openid = tokens_for(client, scope="openid")["refresh_token"]
+    plain = tokens_for(client, scope="read-only")["refresh_token"]
+
+    def down(alg="RS256"):
+        raise StorageUnavailable("keys down")
+
+    monkeypatch.setattr(keys, "signing_key", down)
+    assert refresh(client, with_openid).status_code == 503
+    assert refresh(client, plain).status_code == 200
+    monkeypatch.undo()
+    response = refresh(client, with_openid)
+    assert response.status_code == 200 and "id_token" in response.get_json()
+
+
 def test_the_consent_page_describes_the_oidc_scopes(client):
     login(client)
     page = client.get(authorize_url(scope="openid email read-only")).get_data(as_text=True)
