@@ -244,6 +244,25 @@ def test_basic_credentials_are_form_urlencoded_inside():
     assert basic_credentials(Headers(raw_basic(b"\xff:x"))) == (None, None)
 
 
+def test_basic_credentials_are_read_once_a_request_for_the_header_they_came_from():
+    """The request's environ keeps what its header said; a different header (the same
+    environ) is read afresh, and nothing outlives the environ."""
+    import base64
+
+    from werkzeug.datastructures import EnvironHeaders
+
+    from app.oauth2.client_auth import basic_credentials
+
+    environ = {"HTTP_AUTHORIZATION": "Basic " + base64.b64encode(b"a:b").decode()}
+    headers = EnvironHeaders(environ)
+    assert basic_credentials(headers) == basic_credentials(headers) == ("a", "b")
+    assert any(isinstance(v, tuple) for v in environ.values())
+    environ["HTTP_AUTHORIZATION"] = "Basic " + base64.b64encode(b"c:d").decode()
+    assert basic_credentials(headers) == ("c", "d")
+    del environ["HTTP_AUTHORIZATION"]
+    assert basic_credentials(headers) == (None, None)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(value=st.binary(max_size=40), scheme=st.sampled_from(["Basic", "Bearer", "bAsIc", "\xe9"]))
 def test_any_authorization_header_is_never_a_5xx_and_issues_nothing(

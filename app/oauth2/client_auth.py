@@ -63,9 +63,28 @@ def basic_credentials(headers) -> tuple[str | None, str | None]:
     """``(client_id, secret)`` of an HTTP Basic header, form-urlencoded inside (§2.3.1).
 
     Total: a missing or malformed header (bad base64, not UTF-8, no secret) gives what
-    could be read, ``None`` for the rest, and never raises.
+    could be read, ``None`` for the rest, and never raises. A token request reads it
+    twice (the limiter's claimed client, then authentication): the request's WSGI
+    environ keeps the answer for the header it was read from, for that request only.
     """
-    scheme, _, value = headers.get("Authorization", "").partition(" ")
+    header = headers.get("Authorization", "")
+    environ = getattr(headers, "environ", None)
+    if environ is not None:
+        kept = environ.get(_BASIC_KEY)
+        if kept is not None and kept[0] == header:
+            return kept[1]  # type: ignore[no-any-return]
+    found = _basic(header)
+    if environ is not None:
+        environ[_BASIC_KEY] = (header, found)
+    return found
+
+
+#: Where a request's WSGI environ keeps its Basic credentials, read once.
+_BASIC_KEY = "oauth2.basic_credentials"
+
+
+def _basic(header: str) -> tuple[str | None, str | None]:
+    scheme, _, value = header.partition(" ")
     if scheme.lower() != "basic":
         return None, None
     try:
