@@ -97,6 +97,9 @@ VARIANT_CONFIG: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
         {"metrics": {"enabled": False}, "logging": {"requests": False}},
         ("client_credentials", "introspect", "gateway", "userinfo"),
     ),
+    # Each half of it alone (``bench.served_pair`` arms; not in ``BENCH_VARIANTS``'s default).
+    "no-metrics": ({"metrics": {"enabled": False}}, ("client_credentials", "introspect")),
+    "no-request-log": ({"logging": {"requests": False}}, ("client_credentials", "introspect")),
 }
 #: The ``auth_server.server`` of the main runs (the one the bench measured fastest).
 SERVER = os.environ.get("BENCH_SERVER", "granian")
