@@ -21,6 +21,11 @@ Record = dict[str, Any]
 
 #: Record fields every backend indexes, so that list and revoke verbs are one lookup.
 INDEXED_FIELDS = ("user_id", "client_id", "grant_id")
+#: Tables never listed by user, client or grant: the audit trail, read by time
+#: (``recent``). A backend may keep no index for them (Redis keeps none: two sorted-set
+#: members less for each token issued, and no index of a busy client's whole history),
+#: and their list and revoke verbs refuse (:meth:`Table.listed`).
+UNLISTED = frozenset({"audit"})
 
 
 class StorageUnavailable(Exception):
@@ -73,7 +78,7 @@ class Table(abc.ABC):
     * make :meth:`take` atomic: when several callers take the same key at once,
       exactly one receives the record;
     * index ``user_id``, ``client_id`` and ``grant_id`` so that the list and
-      revoke verbs do not scan the table;
+      revoke verbs do not scan the table (but for an :data:`UNLISTED` table);
     * raise :class:`StorageUnavailable` (and nothing else) for any driver error.
 
     Records are JSON-serialisable dicts. Returned records are copies carrying
@@ -84,6 +89,13 @@ class Table(abc.ABC):
         self.name = name
         #: Default lifetime in seconds of records put into this table; 0/None: no expiry.
         self.ttl = ttl or None
+        #: The fields its records are listed by: none for an :data:`UNLISTED` table.
+        self.indexed: tuple[str, ...] = () if name in UNLISTED else INDEXED_FIELDS
+
+    def listed(self, field: str) -> None:
+        """Refuse a list or revoke verb by ``field`` on a table not listed by it."""
+        if field not in self.indexed:
+            raise TypeError(f"the {self.name} table is not listed by {field}")
 
     def expiry(self, ttl: int | None) -> float | None:
         """Return the absolute expiry for a put with ``ttl`` (table default if None)."""

@@ -6,7 +6,9 @@ Key layout (``oauth2`` is the ``key_prefix`` option, ``<t>`` the table):
   natively at that time (``SET ... PXAT``).
 * ``oauth2:<t>:<field>:{<value>}`` for ``user_id``, ``client_id``, ``grant_id``:
   a sorted set of record keys scored by their expiry (``inf`` for none); the set
-  itself expires with its longest-lived member, so it outlives each record.
+  itself expires with its longest-lived member, so it outlives each record. Not for
+  the audit table (``base.UNLISTED``), read by time only: an index there would hold a
+  busy client's whole history (those an older version made expire, or ``purge`` them).
 * ``oauth2:<t>:log``: the audit log, record keys scored by append time.
 
 Redis Cluster: each atomic step touches one key (``GETDEL`` for take, a one-key
@@ -231,7 +233,7 @@ class RedisTable(Table):
         base = self.base
         ikeys = [
             f"{base}:{field}:{{{value}}}"
-            for field in INDEXED_FIELDS
+            for field in self.indexed
             if (value := data.get(field)) is not None
         ]
         log, log_score = (self.log, repr(put.log)) if put.log else ("", "")
@@ -260,7 +262,7 @@ class RedisTable(Table):
 
     def entries(self, key: str, record: Record) -> list[tuple[str, str]]:
         """The (index key, member) pairs of ``record`` under ``key``."""
-        fields = [f for f in INDEXED_FIELDS if record.get(f) is not None]
+        fields = [f for f in self.indexed if record.get(f) is not None]
         return [(self._ikey(f, record[f]), key) for f in fields]
 
     def index(self, link: Link, key: str, record: Record) -> None:
@@ -366,6 +368,7 @@ class RedisTable(Table):
 
     @guarded
     def _list(self, field: str, value: str) -> list[Record]:
+        self.listed(field)
         link, ikey, now = self.backend.link, self._ikey(field, value), time.time()
         if link.spans_keys:  # one server: the index and its records in one script
             keys, raws = link.run("list", [ikey], [repr(now), self.base, LISTED_IN_SCRIPT])
@@ -392,6 +395,7 @@ class RedisTable(Table):
 
     @guarded
     def revoke_by_grant(self, grant_id: str) -> int:
+        self.listed("grant_id")
         link, ikey = self.backend.link, self._ikey("grant_id", grant_id)
         keys = link.client.zrange(ikey, 0, -1)
         removed = {}

@@ -247,6 +247,7 @@ class SQLTable(Table):
         return int(json.loads(self.backend.execute(self._incr, params, fetch=True)[0][0])["count"])
 
     def _list(self, field: str, value: str) -> list[Record]:
+        self.listed(field)
         # str(): Postgres will not compare a TEXT column with an integer parameter.
         rows = self.backend.execute(self._by[field], (str(value), time.time()), fetch=True)
         return [row(r) for r in rows]
@@ -258,6 +259,7 @@ class SQLTable(Table):
         return self._list("client_id", client_id)
 
     def revoke_by_grant(self, grant_id: str) -> int:
+        self.listed("grant_id")
         count = self.backend.execute(self._revoke, (str(grant_id), time.time()))
         self.backend.execute(self._revoke_any, (str(grant_id),))
         return count

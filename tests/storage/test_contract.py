@@ -149,6 +149,26 @@ def test_append_and_recent_newest_first(backend: Backend) -> None:
     assert audit.recent(0) == []
 
 
+def test_the_audit_table_is_read_by_time_never_listed(backend: Backend) -> None:
+    """The audit trail is not listed by user, client or grant on any backend (it is read
+    by time); Redis keeps no index for it, so a busy client's history is no sorted set."""
+    audit = backend.table("audit", None)
+    key = audit.append({"event": "token_issued", "user_id": "u1", "client_id": "c1"})
+    with backend.batch():
+        audit.write(audit.entry({"event": "token_refreshed", "user_id": "u1", "client_id": "c1"}))
+    for verb in (audit.list_by_user, audit.list_by_client, audit.revoke_by_grant):
+        with pytest.raises(TypeError):
+            verb("u1")
+    assert [r["event"] for r in audit.recent(5)] == ["token_refreshed", "token_issued"]
+    assert audit.get(key)["client_id"] == "c1"
+    if isinstance(backend, RedisBackend):
+        client = backend.link.client
+        assert [k for k in client.scan_iter(match=f"{audit.base}:*_id:*")] == []
+    tokens = backend.table("tokens", None)  # every other table is listed as ever
+    make(tokens, "t1")
+    assert keys(tokens.list_by_client("web")) == {"t1"}
+
+
 def test_recent_skips_deleted_rows(backend: Backend) -> None:
     audit = backend.table("audit", None)
     appended = [audit.append({"n": n}) for n in range(4)]
