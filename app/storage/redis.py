@@ -8,7 +8,7 @@ Key layout (``oauth2`` is the ``key_prefix`` option, ``<t>`` the table):
   a sorted set of record keys scored by their expiry (``inf`` for none); the set
   itself expires with its longest-lived member, so it outlives each record. Not for
   the audit table (``base.UNLISTED``), read by time only: an index there would hold a
-  busy client's whole history (those an older version made expire, or ``purge`` them).
+  busy client's whole history (``purge`` unlinks those an older version made).
 * ``oauth2:<t>:log``: the audit log, record keys scored by append time.
 
 Redis Cluster: each atomic step touches one key (``GETDEL`` for take, a one-key
@@ -413,12 +413,17 @@ class RedisTable(Table):
     def purge(self) -> int:
         link, now = self.backend.link, time.time()
         pipe = link.client.pipeline(transaction=False)
+        gone = link.client.pipeline(transaction=False)  # indexes an older version kept
         for field in INDEXED_FIELDS:
             match = _glob_escape(f"{self.base}:{field}:") + "*"
             for ikey in link.client.scan_iter(match=match, count=1000, _type="zset"):
-                pipe.zremrangebyscore(ikey, "-inf", now)
+                if field in self.indexed:
+                    pipe.zremrangebyscore(ikey, "-inf", now)
+                else:
+                    gone.unlink(ikey)
         if self.ttl:
             pipe.zremrangebyscore(self.log, "-inf", now - self.ttl)
+        gone.execute()
         return sum(pipe.execute())
 
     @guarded

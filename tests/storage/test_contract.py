@@ -164,6 +164,10 @@ def test_the_audit_table_is_read_by_time_never_listed(backend: Backend) -> None:
     if isinstance(backend, RedisBackend):
         client = backend.link.client
         assert [k for k in client.scan_iter(match=f"{audit.base}:*_id:*")] == []
+        old_index = f"{audit.base}:client_id:{{c1}}"  # as an older version kept one
+        client.zadd(old_index, {key: float("inf")})
+        audit.purge()
+        assert client.exists(old_index) == 0 and audit.get(key) is not None
     tokens = backend.table("tokens", None)  # every other table is listed as ever
     make(tokens, "t1")
     assert keys(tokens.list_by_client("web")) == {"t1"}
