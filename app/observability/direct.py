@@ -263,10 +263,10 @@ def _write_held(held: Held) -> None:
     for entry in entries:
         try:
             line = entry[0].render(entry) + terminator
+            length = len(line) if line.isascii() else len(line.encode("utf-8", "surrogateescape"))
         except Exception:  # noqa: BLE001 - no line may stop the others
             _failed(handler, entry)
             continue
-        length = len(line.encode("utf-8", "surrogateescape")) if not line.isascii() else len(line)
         if chunk and size + length > WRITE_MOST:
             _write(handler, "".join(chunk), functools.partial(_record, first))
             chunk, size = [], 0

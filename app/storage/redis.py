@@ -413,17 +413,22 @@ class RedisTable(Table):
     def purge(self) -> int:
         link, now = self.backend.link, time.time()
         pipe = link.client.pipeline(transaction=False)
-        gone = link.client.pipeline(transaction=False)  # indexes an older version kept
+        gone: list[str] = []  # indexes an older version kept (``UNLISTED`` tables)
         for field in INDEXED_FIELDS:
-            match = _glob_escape(f"{self.base}:{field}:") + "*"
+            # ``{*``: an index key's value is in braces; a longer key prefix's is not matched.
+            match = _glob_escape(f"{self.base}:{field}:") + "{*"
             for ikey in link.client.scan_iter(match=match, count=1000, _type="zset"):
                 if field in self.indexed:
                     pipe.zremrangebyscore(ikey, "-inf", now)
                 else:
-                    gone.unlink(ikey)
+                    gone.append(ikey)
         if self.ttl:
             pipe.zremrangebyscore(self.log, "-inf", now - self.ttl)
-        gone.execute()
+        for start in range(0, len(gone), 1000):
+            unlink = link.client.pipeline(transaction=False)
+            for ikey in gone[start : start + 1000]:
+                unlink.unlink(ikey)
+            unlink.execute()
         return sum(pipe.execute())
 
     @guarded

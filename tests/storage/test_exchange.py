@@ -12,6 +12,7 @@ from app.storage.base import Backend, StorageUnavailable, Table
 from app.storage.redis import RedisBackend, RedisTable
 from app.storage.sql import SQLTable
 from tests.backends import redis_url, require_service
+from tests.storage.conftest import empty
 from tests.storage.test_concurrency import at_once
 
 CODE = {"user_id": "alice", "client_id": "web", "grant_id": "g1"}
@@ -163,3 +164,40 @@ def _down(*args, **kwargs):
 def _expiring_soon(planned: list) -> list:
     """A planned put whose expiry is not a number."""
     return [*planned[:2], "soon", *planned[3:]]
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda plan: [*plan[:5], "-9", *plan[6:]],  # a negative count of discards
+        lambda plan: [*plan[:5], "0.5", *plan[6:]],  # not a whole count
+        lambda plan: [*plan[:-1]],  # the plan cut short
+        lambda plan: [*plan, "extra"],  # and too long
+        lambda plan: [p if p != "inf" else "nan" for p in plan],  # a score that is NaN
+        lambda plan: ["nan", *plan[1:]],  # a clock that is NaN
+    ],
+)
+def test_a_malformed_plan_is_refused_before_the_first_write(redis_backend, spoil) -> None:
+    """The script checks the whole plan before it takes anything (Redis rolls nothing
+    back): a count, a score or a length wrong leaves every record as it was. (The script
+    runs on one Redis server; a Cluster's exchange is the base class's.)"""
+    backend = redis_backend
+    empty(backend)
+    codes, tokens, refresh = tables(backend)
+    codes.put("code", CODE)
+    tokens.put("old", CODE)
+    link = backend.link
+    run = link.run
+
+    def spoiled(name, keys, args):
+        return run(name, keys, spoil(list(args)) if name == "exchange" else args)
+
+    link.run = spoiled  # type: ignore[method-assign]
+    try:
+        with pytest.raises(StorageUnavailable):
+            backend.exchange((codes, "code"), issue(codes, tokens, refresh), [(tokens, "old")])
+    finally:
+        link.run = run  # type: ignore[method-assign]
+    assert codes.get("code") is not None and tokens.get("old") is not None
+    assert tokens.get("access") is None and refresh.get("refresh") is None
+    assert backend.exchange((codes, "code"), issue(codes, tokens, refresh), []) is not None

@@ -10,24 +10,41 @@
 -- adds its member to that log too, as put.lua. Redis does not roll a failed script back,
 -- so every argument is checked before the first write, and what ends goes before what
 -- is written.
+-- A count: a whole number, not below zero (else nil).
+local function count_of(value)
+  local n = tonumber(value)
+  if n and n >= 0 and n % 1 == 0 then return n end
+end
+-- A score as ZADD takes it: a number (not NaN), or 'inf'.
+local function score_of(value)
+  if value == 'inf' then return true end
+  local n = tonumber(value)
+  return n ~= nil and n == n
+end
 local now = tonumber(ARGV[1])
 local probe = ARGV[2]
-local discards = tonumber(ARGV[6])
-if not now or not discards then return redis.error_reply('bad plan') end
+local discards = count_of(ARGV[6])
+if not now or now ~= now or not discards then return redis.error_reply('bad plan') end
 -- Where each put starts in ARGV (its fields are read from there: no table a put).
 local at = 7 + 3 * discards
 local puts = {}
-for i = 1, tonumber(ARGV[at]) or -1 do
-  local count = tonumber(ARGV[at + 9])
+local put_count = count_of(ARGV[at])
+if not put_count then return redis.error_reply('bad plan') end
+for i = 1, put_count do
+  local count = count_of(ARGV[at + 9])
   if not count then return redis.error_reply('bad plan') end
   puts[i] = at + 1
   at = at + 9 + count
 end
 if at ~= #ARGV then return redis.error_reply('bad plan') end
 for _, s in ipairs(puts) do
-  if ARGV[s + 2] ~= '' and not tonumber(ARGV[s + 2]) then return redis.error_reply('bad expiry') end
-  if ARGV[s + 4] ~= 'inf' and not tonumber(ARGV[s + 4]) then return redis.error_reply('bad score') end
-  if ARGV[s + 6] ~= '' and not tonumber(ARGV[s + 7]) then return redis.error_reply('bad log score') end
+  if ARGV[s + 2] ~= '' and not ARGV[s + 2]:match('^%d+$') then
+    return redis.error_reply('bad expiry')
+  end
+  if not score_of(ARGV[s + 4]) then return redis.error_reply('bad score') end
+  if ARGV[s + 6] ~= '' and not score_of(ARGV[s + 7]) then
+    return redis.error_reply('bad log score')
+  end
 end
 local function unindex(raw, base, member)
   local record = cjson.decode(raw)
