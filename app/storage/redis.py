@@ -154,10 +154,7 @@ class RedisBackend(Backend):
             plan += cast(RedisTable, gone).locator(gone_key)
         plan.append(len(puts))
         for put in puts:
-            rkey, raw, at, member, score, ikeys, base, log, log_score = cast(
-                RedisTable, put.table
-            ).planned_put(put)
-            plan += (rkey, raw, at, member, score, base, log, log_score, len(ikeys), *ikeys)
+            plan += cast(RedisTable, put.table).planned_put(put)
         answer = link.run("exchange", [], plan)
         if not answer:
             return None
@@ -222,31 +219,29 @@ class RedisTable(Table):
         return [self.rkey(key), self.base, key]
 
     def planned_put(self, put: Put) -> list[Any]:
-        """One put for ``lua/exchange.lua``: [rkey, json, pxat|'', member, score, ikeys, base,
-        log key|'', log score|''] (the log: an :meth:`~.base.Table.entry`'s, as ``append``)."""
+        """One put of ``lua/exchange.lua``'s plan: rkey, json, pxat|'', member, score, base,
+        log key|'', log score|'' (the log: an :meth:`~.base.Table.entry`'s, as ``append``),
+        the number of index keys, then those keys."""
         expires_at = self.expiry(put.ttl)
         data = _stored(put.record, expires_at)
         if expires_at is None:
             at, score = "", "inf"
         else:
             at, score = str(math.ceil(expires_at * 1000)), repr(float(expires_at))
-        base = self.base
-        ikeys = [
-            f"{base}:{field}:{{{value}}}"
-            for field in self.indexed
-            if (value := data.get(field)) is not None
-        ]
+        ikeys = self.index_keys(data)
         log, log_score = (self.log, repr(put.log)) if put.log else ("", "")
+        raw = codec.dumps(data)
         return [
-            f"{base}:{{{put.key}}}",
-            codec.dumps(data),
+            self.rkey(put.key),
+            raw,
             at,
             put.key,
             score,
-            ikeys,
-            base,
+            self.base,
             log,
             log_score,
+            len(ikeys),
+            *ikeys,
         ]
 
     def _decode(self, key: str, raw: str | None, now: float) -> Record | None:
@@ -260,10 +255,17 @@ class RedisTable(Table):
         now = time.time()
         return [self._decode(k, raw, now) for k, raw in zip(keys, raws, strict=True)]
 
+    def index_keys(self, record: Record) -> list[str]:
+        """The keys of the indexes ``record`` belongs to (the listed fields it has)."""
+        return [
+            self._ikey(field, value)
+            for field in self.indexed
+            if (value := record.get(field)) is not None
+        ]
+
     def entries(self, key: str, record: Record) -> list[tuple[str, str]]:
         """The (index key, member) pairs of ``record`` under ``key``."""
-        fields = [f for f in self.indexed if record.get(f) is not None]
-        return [(self._ikey(f, record[f]), key) for f in fields]
+        return [(ikey, key) for ikey in self.index_keys(record)]
 
     def index(self, link: Link, key: str, record: Record) -> None:
         """Add the record to its indexes, one one-key script each (Cluster-safe)."""

@@ -194,7 +194,7 @@ class Single(Link):
     ) -> int:  # fmt: skip
         """Add the put to ``pipe`` as one ``put.lua`` call; return 1."""
         score = "inf" if data["expires_at"] is None else repr(float(data["expires_at"]))
-        keys = [table.rkey(key)] + [ikey for ikey, _ in table.entries(key, data)]
+        keys = [table.rkey(key), *table.index_keys(data)]
         if log:
             keys.append(table.log)
         raw = codec.dumps(data)
