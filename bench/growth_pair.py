@@ -68,7 +68,7 @@ def _holds_rows(section: dict[str, str]) -> bool:
     """Whether the full store already has ``ROWS`` filler pairs (``GROWTH_KEEP``)."""
     if STORE == "redis":
         with redis.Redis.from_url(section["default"]) as client:
-            return client.dbsize() >= 6 * ROWS  # two records and their index entries
+            return client.dbsize() >= 4 * ROWS  # two records, their grant index and expiry
     try:
         with psycopg.connect(section["tokens"], connect_timeout=3) as conn:
             row = conn.execute("SELECT count(*) FROM oauth2_tokens").fetchone()
@@ -97,6 +97,8 @@ def fill(section: dict[str, str]) -> None:
         writer = loader.RedisWriter(section["default"])
         writer.put_pairs(loader.filler_pairs(ROWS, "growth"))
         writer.close()
+        waited = loader.settle(section["default"])
+        print(f"full store: Redis's tables settled (rehashed) {waited:.1f}s after the load")
     else:
         with psycopg.connect(section["tokens"], autocommit=True) as conn:
             loader.pg_fill(conn, ROWS, "growth")

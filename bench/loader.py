@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import redis
+
 from app.dummy_site import DEV_KEY, make_token, user_id
 from app.secrets_hash import token_digest
 
@@ -227,6 +229,74 @@ class RedisWriter:
         self._index_expiry.clear()
         self.wait()
         self.sock.close()
+
+
+#: Bytes Redis 7.0's ``MEMORY STATS`` counts a key in a database's keyspace table (a
+#: ``dictEntry`` and its key object) and in its expires table (a ``dictEntry``).
+_KEYSPACE_ENTRY, _EXPIRES_ENTRY, _SLOT = 40, 24, 8
+
+
+def _slots(client: Any, db: int) -> tuple[int, int] | None:
+    """Hash-table slots of ``db``'s keyspace and expires tables, or None if unknown.
+
+    ``MEMORY STATS`` reports each table's overhead as its entries plus its slots; the
+    entry sizes are Redis 7.0's. A table being rehashed has both its old and its new
+    slots, a sum that is no power of two.
+    """
+    counts = client.info("keyspace").get(f"db{db}")
+    stats = client.memory_stats().get(f"db.{db}")
+    if not counts or not stats:
+        return None
+    main = stats["overhead.hashtable.main"] - counts["keys"] * _KEYSPACE_ENTRY
+    expires = stats["overhead.hashtable.expires"] - counts.get("expires", 0) * _EXPIRES_ENTRY
+    if main % _SLOT or expires % _SLOT:
+        return None
+    return main // _SLOT, expires // _SLOT
+
+
+def _settled(slots: int) -> bool | None:
+    """True for one table (a power of two), False mid-rehash (two of them), else None."""
+    if slots == 0 or slots & (slots - 1) == 0:
+        return True
+    low = slots & -slots  # old + new tables: 2^k + 2^(k+1), or 2^k + 2^(k-1) shrinking
+    return False if slots == 3 * low else None
+
+
+def settle(url: str, timeout: float = 600.0) -> float:
+    """Wait until ``url``'s database has finished rehashing; return the seconds it took.
+
+    Redis grows a full hash table by moving it to one twice the size a bucket at a
+    time: one bucket per look-up of that table, plus 1 ms per cron tick
+    (``activerehashing``). Until the move ends, every look-up probes both tables. A
+    bulk load past a power of two (1M bench token pairs are 4.2M keys, past 2^22) leaves
+    both of a database's tables moving for 2-4 minutes, with writes ~15-30% slower on
+    this machine: a transient every Redis database goes through once per doubling, not
+    the steady state a benchmark at 1M live tokens is after. So the bench helps the move
+    along (``EXISTS`` of keys that have an expiry looks each one up in both tables: a
+    bucket moved in each per key) and measures once both tables are single again. On a
+    Redis whose ``MEMORY STATS`` does not add up to 7.0's layout it says so and returns.
+    """
+    parts = urlsplit(url)
+    db = int((parts.path or "/0").lstrip("/") or 0)
+    started = time.monotonic()
+    with redis.Redis.from_url(url) as client:
+        _, sample = client.scan(0, count=2000)
+        keys = [k for k in sample if client.pttl(k) > 0][:1000] * 10
+        while True:
+            slots = _slots(client, db)
+            states = None if slots is None else [_settled(s) for s in slots]
+            if states is None or None in states:
+                print(f"settle: cannot tell from MEMORY STATS whether db {db} is rehashing")
+                return time.monotonic() - started
+            if all(states):
+                return time.monotonic() - started
+            if time.monotonic() - started > timeout:
+                raise RuntimeError(f"db {db} still rehashing after {timeout:.0f} s: {slots}")
+            for _ in range(50):
+                if keys:
+                    client.exists(*keys)
+            if not keys:
+                time.sleep(1.0)
 
 
 # -- Postgres ---------------------------------------------------------------------------

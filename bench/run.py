@@ -528,6 +528,7 @@ class Fixtures:
                 writer = loader.RedisWriter(REDIS_URL)
                 writer.put_pairs(loader.filler_pairs(count, tag, expired=expired))
                 writer.close()
+                loader.settle(REDIS_URL)  # measure the steady state, not a rehash
                 probe = loader.filler_pairs(1, tag)
                 first = next(probe)
                 if self.storage.tokens.get(first.access_key) is None:
