@@ -64,7 +64,7 @@ SIZES = [0, 100_000, 1_000_000] if FULL else [0, 100_000]
 PURGE_ROWS = 1_000_000 if FULL else 100_000
 REVIEW_GRANTS = 1000
 #: Refresh tokens pre-issued per second of load: above any rate this machine reaches.
-REFRESH_RATE_BOUND = int(os.environ.get("BENCH_REFRESH_RATE_BOUND", "2500"))
+REFRESH_RATE_BOUND = int(os.environ.get("BENCH_REFRESH_RATE_BOUND", "4000"))
 #: DPoP proofs signed per second of load (the gateway with DPoP): above any rate here.
 DPOP_RATE_BOUND = int(os.environ.get("BENCH_DPOP_RATE_BOUND", "3000"))
 #: The server's DPoP ``iat`` window in the bench (seconds). Proofs are signed just before

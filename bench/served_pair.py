@@ -29,6 +29,7 @@ import json
 import os
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -69,7 +70,48 @@ def arm_config(spec: str, port: int, site_port: int) -> tuple[Path, dict[str, An
     }
     for section, values in (run.VARIANT_CONFIG[variant][0] if variant else {}).items():
         extra.setdefault(section, {}).update(values)
-    return tree, run.server_config(port, site_port, run.storage_for("redis"), extra=extra)
+    config = run.server_config(port, site_port, run.storage_for("redis"), extra=extra)
+    defaults = tree / "config" / "default.json"
+    if (
+        tree != run.ROOT
+        and defaults.exists()
+        and set(config) - set(json.loads(defaults.read_text()))
+    ):
+        # An older checkout (before metrics, say): serve it as its own bench did.
+        return tree, tree_config(tree, port, site_port, extra)
+    return tree, config
+
+
+#: Run in an older checkout: its own bench's server config and its settings' sections.
+_TREE_CONFIG = """import json, sys
+from app.settings import DEFAULTS
+from bench import run
+config = run.server_config(*json.loads(sys.argv[1]))
+print(json.dumps([config, {k: list(v) for k, v in DEFAULTS.items() if isinstance(v, dict)}]))"""
+
+
+def tree_config(
+    tree: Path, port: int, site_port: int, extra: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """The config another checkout's own bench serves with (an older one refuses sections
+    and keys it does not know, and has its own clients file), plus the arm's settings it
+    knows; what it does not know is logged and left out (it serves with its defaults)."""
+    argv = [str(tree / ".venv" / "bin" / "python"), "-c", _TREE_CONFIG]
+    argv.append(json.dumps([port, site_port, run.storage_for("redis")]))
+    found = subprocess.run(  # noqa: S603 - the checkout's own Python, our own code
+        argv, cwd=tree, env=run.clean_env({}), capture_output=True, text=True, check=True
+    )
+    config, known = json.loads(found.stdout.strip().splitlines()[-1])
+    cut = []
+    for section, values in extra.items():
+        for key, value in values.items():
+            if key in known.get(section, ()):
+                config.setdefault(section, {})[key] = value
+            else:
+                cut.append(f"{section}.{key}")
+    if cut:
+        run.log(f"{tree}: its settings have no {', '.join(cut)}; served with its defaults")
+    return config  # type: ignore[no-any-return]
 
 
 def start_arm(spec: str, run_dir: Path, index: int) -> Arm:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,33 @@ def test_an_arm_is_served_with_its_workers_threads_variant_and_tree(tmp_path: Pa
     assert tree == run.ROOT
     assert config["auth_server"]["threads"] == 4
     assert config["metrics"]["enabled"] is run.METRICS
+
+
+def test_an_older_tree_is_served_with_its_own_bench_config_and_the_arm_keys_it_knows(
+    tmp_path: Path,
+) -> None:
+    """A checkout from before metrics refuses sections it does not know: its own bench's
+    config is used, with the arm's workers (known) and without its threads (unknown)."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "default.json").write_text('{"auth_server": {}, "storage": {}}')
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "python").symlink_to(sys.executable)
+    for package, body in {
+        "app": "DEFAULTS = {'auth_server': {'port': 0, 'num_workers': 1}, 'storage': {}}\n",
+        "bench": "def server_config(port, site_port, storage):\n"
+        "    return {'auth_server': {'port': port, 'num_workers': 2}, 'storage': storage,\n"
+        "            'resource_server': {'port': site_port}}\n",
+    }.items():
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+        (tmp_path / package / ("settings.py" if package == "app" else "run.py")).write_text(body)
+    tree, config = served_pair.arm_config(f"{tmp_path}@3x2+no-observability", 8001, 8002)
+    assert tree == tmp_path
+    assert config == {
+        "auth_server": {"port": 8001, "num_workers": 3},
+        "storage": run.storage_for("redis"),
+        "resource_server": {"port": 8002},
+    }
 
 
 @pytest.mark.parametrize("spec", ["2", "x4", "2x4+nope", "2x4 extra", "@2x4"])
