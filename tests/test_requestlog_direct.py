@@ -86,6 +86,50 @@ def test_the_direct_line_is_the_formatters_line(request_id, fields, now, json):
     assert written(handler) == formatter.format(record) + "\n"
 
 
+_TEXTS = st.one_of(st.none(), st.text(max_size=12), _FIELD_VALUES.filter(lambda v: type(v) is str))
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(
+    facts=st.tuples(
+        st.text(max_size=8),
+        st.text(alphabet="/abc-_.~%\u202e é", max_size=260),
+        _TEXTS,
+        st.integers(min_value=100, max_value=599),
+        st.floats(min_value=0, max_value=1e4),
+        _TEXTS,
+        _TEXTS,
+        _TEXTS,
+        st.text(min_size=1, max_size=20),
+    ),
+    now=st.floats(min_value=0, max_value=4e9),
+    json=st.booleans(),
+)
+def test_a_line_held_as_its_facts_is_the_line_of_its_fields(request_id, facts, now, json):
+    """A request's line is held as its facts and its fields made when it is written: the
+    path clipped, the time in ms to two places, the user hashed; then the same bytes as
+    the formatter's line of those fields."""
+    formatter = JsonFormatter() if json else IsoFormatter(FORMAT)
+    logger, handler = standalone(formatter)
+    records = requestlog._Records(logger)
+    records.hashed = lambda user: "h:" + user
+    records.emit_facts(facts, now)
+    method, path, rule, status, took, client, user, ip, rid = facts
+    fields = {
+        "method": method,
+        "path": path[: requestlog.MAX_PATH],
+        "route": rule,
+        "status": status,
+        "duration_ms": round(took * 1000, 2),
+        "client_id": client,
+        "user": "h:" + user if user else None,
+        "ip": ip,
+        "request_id": rid,
+    }
+    record = records.make(requestlog._Line(fields), now)
+    assert written(handler) == formatter.format(record) + "\n"
+
+
 class Seen(logging.Filter):
     def __init__(self) -> None:
         super().__init__()

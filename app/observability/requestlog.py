@@ -59,6 +59,10 @@ _OFFERED = "HTTP_X_REQUEST_ID"
 #: None for an answer the gateway's fast path made without one.
 Observer = Callable[[str | None, str, int, float, str, "Response | None"], None]
 
+#: What a request line is held as until it is written (:meth:`_Records.fields` makes its
+#: fields): method, path, route, status, seconds taken, client, user id, address, its id.
+Facts = tuple[str, str, "str | None", int, float, "str | None", "str | None", "str | None", str]
+
 
 def new_id() -> str:
     """A random (version 4) UUID's 32 hex digits, as ``uuid.uuid4().hex``, made cheaply."""
@@ -179,6 +183,8 @@ class _Records:
         self.level: str = template.levelname
         self.threads = logging.logThreads
         self.processes = logging.logProcesses
+        #: The user's hash in a line made of a request's facts (its app's key).
+        self.hashed: Callable[[str], str] = user_hash
 
     def make(self, line: _Line, now: float) -> logging.LogRecord:
         record = logging.LogRecord.__new__(logging.LogRecord)
@@ -198,27 +204,53 @@ class _Records:
         return record
 
     def emit(self, fields: dict[str, Any], now: float) -> None:
-        """Log the line made at ``now``: straight to the stream when the set-up is the
-        standard one (:mod:`.direct`, held there unrendered: :meth:`render`), else as a
-        record through ``Logger.handle``."""
+        """Log the line of ``fields`` made at ``now``: straight to the stream when the
+        set-up is the standard one (:mod:`.direct`, held there unrendered: :meth:`render`),
+        else as a record through ``Logger.handle``."""
+        self._emit(fields, now)
+
+    def emit_facts(self, facts: Facts, now: float) -> None:
+        """:meth:`emit` for a request's facts (:meth:`fields_of` makes its fields when the
+        line is rendered: nothing of the line is worked out while the request runs)."""
+        self._emit(facts, now)
+
+    def _emit(self, line: dict[str, Any] | Facts, now: float) -> None:
         out = direct.route(self.logger, NOTICE)
         if out is None:
-            self.logger.handle(self.make(_Line(fields), now))
+            self.logger.handle(self.make(_Line(self.fields(line)), now))
             return
         handler, kind = out
-        direct.HOLDER.hold(handler, (self, kind, now, fields, REQUEST_ID.get()))
+        direct.HOLDER.hold(handler, (self, kind, now, line, REQUEST_ID.get()))
+
+    def fields(self, line: dict[str, Any] | Facts) -> dict[str, Any]:
+        """The fields of a held line: given as they are, or made of a request's facts."""
+        if isinstance(line, dict):
+            return line
+        method, path, rule, status, took, client, user, ip, rid = line
+        return {
+            "method": method,
+            "path": path[:MAX_PATH],
+            "route": rule,
+            "status": status,
+            "duration_ms": round(took * 1000, 2),
+            "client_id": client,
+            "user": self.hashed(user) if user else None,
+            "ip": ip,
+            "request_id": rid,
+        }
 
     def render(self, entry: tuple[Any, ...]) -> str:
-        """The text of a line :meth:`emit` held: ``(self, kind, now, fields, request id)``,
+        """The text of a line :meth:`emit` held: ``(self, kind, now, line, request id)``,
         as the handler's formatter would make it of the record while the request ran."""
-        _, kind, now, fields, rid = entry
+        _, kind, now, line, rid = entry
+        fields = self.fields(line)
         if kind is direct.TEXT:
             return text_line(iso_time(now), self.level, self.name, "request " + line_text(fields))
         return json_line(now, self.level, self.name, "request", fields, request_id=rid)
 
     def record(self, entry: tuple[Any, ...]) -> logging.LogRecord:
         """The record of a line :meth:`emit` held (for ``handleError``)."""
-        return self.make(_Line(entry[3]), entry[2])
+        return self.make(_Line(self.fields(entry[3])), entry[2])
 
 
 class RequestLine:
@@ -233,6 +265,7 @@ class RequestLine:
         self.key = str(app.secret_key or "").encode()
         self.observe = observe
         self.records = _Records(log)
+        self.records.hashed = self.hashed
         #: User id -> its hash (an HMAC costs more than the rest of the line), bounded.
         self.hashes: dict[str, str] = {}
         #: The app's ``after_request`` hook (set by :func:`init_app`).
@@ -257,11 +290,13 @@ class RequestLine:
         rid: str | None = environ.get(ID_KEY)
         if rid is None:  # a handler ahead of ours answered (it cannot: we go first)
             rid = _start(environ)
-        if self.observe is None and not self.logged():
+        logged = self.logged()
+        if self.observe is None and not logged:
             return rid
         rule = req.url_rule.rule if req.url_rule is not None else None
-        user = (environ.get(USER_KEY) or _signed_in_user(environ)) if self.logged() else None
-        self.done(environ, req.method, req.path, rule, status, user, req.remote_addr, response)
+        user = (environ.get(USER_KEY) or _signed_in_user(environ)) if logged else None
+        path, ip = req.path, req.remote_addr
+        self.done(environ, req.method, path, rule, status, user, ip, response, logged)
         return rid
 
     def done(
@@ -274,27 +309,22 @@ class RequestLine:
         user: str | None,
         ip: str | None,
         response: Response | None,
+        logged: bool | None = None,
     ) -> None:
-        """Count and log an answered request (``response``: None when none was made)."""
-        logged = self.logged()
+        """Count and log an answered request (``response``: None when none was made;
+        ``logged``: :meth:`logged`, when the caller knows it). The line is held as the
+        request's facts, its fields made when it is written (:meth:`_Records.fields`)."""
+        if logged is None:
+            logged = self.logged()
         if self.observe is None and not logged:
             return
         took = time.perf_counter() - environ[STARTED_KEY]  # the same time counted and logged
         if self.observe is not None:
             self.observe(rule, method, status, took, path, response)
         if logged:
-            fields = {
-                "method": method,
-                "path": path[:MAX_PATH],
-                "route": rule,
-                "status": status,
-                "duration_ms": round(took * 1000, 2),
-                "client_id": environ.get(CLIENT_KEY),
-                "user": self.hashed(user) if user else None,
-                "ip": ip,
-                "request_id": environ[ID_KEY],
-            }
-            self.records.emit(fields, time.time())
+            client, rid = environ.get(CLIENT_KEY), environ[ID_KEY]
+            facts = (method, path, rule, status, took, client, user, ip, rid)
+            self.records.emit_facts(facts, time.time())
 
 
 def init_app(app: Flask, observe: Observer | None = None) -> RequestLine:
