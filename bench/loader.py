@@ -292,10 +292,10 @@ def settle(url: str, timeout: float = 600.0) -> float:
                 return time.monotonic() - started
             if time.monotonic() - started > timeout:
                 raise RuntimeError(f"db {db} still rehashing after {timeout:.0f} s: {slots}")
-            for _ in range(50):
-                if keys:
+            if keys:
+                for _ in range(50):
                     client.exists(*keys)
-            if not keys:
+            else:
                 time.sleep(1.0)
 
 

@@ -113,7 +113,7 @@ def test_a_line_held_as_its_facts_is_the_line_of_its_fields(request_id, facts, n
     logger, handler = standalone(formatter)
     records = requestlog._Records(logger)
     records.hashed = lambda user: "h:" + user
-    records.emit_facts(facts, now)
+    records.emit(facts, now)
     method, path, rule, status, took, client, user, ip, rid = facts
     fields = {
         "method": method,

@@ -203,18 +203,12 @@ class _Records:
         values["summary"] = "request"
         return record
 
-    def emit(self, fields: dict[str, Any], now: float) -> None:
-        """Log the line of ``fields`` made at ``now``: straight to the stream when the
-        set-up is the standard one (:mod:`.direct`, held there unrendered: :meth:`render`),
-        else as a record through ``Logger.handle``."""
-        self._emit(fields, now)
-
-    def emit_facts(self, facts: Facts, now: float) -> None:
-        """:meth:`emit` for a request's facts (:meth:`fields_of` makes its fields when the
-        line is rendered: nothing of the line is worked out while the request runs)."""
-        self._emit(facts, now)
-
-    def _emit(self, line: dict[str, Any] | Facts, now: float) -> None:
+    def emit(self, line: dict[str, Any] | Facts, now: float) -> None:
+        """Log the line made at ``now``, given as its fields or as a request's facts (whose
+        fields :meth:`fields` makes when the line is rendered: nothing of it is worked out
+        while the request runs): straight to the stream when the set-up is the standard
+        one (:mod:`.direct`, held there unrendered: :meth:`render`), else as a record
+        through ``Logger.handle``."""
         out = direct.route(self.logger, NOTICE)
         if out is None:
             self.logger.handle(self.make(_Line(self.fields(line)), now))
@@ -324,7 +318,7 @@ class RequestLine:
         if logged:
             client, rid = environ.get(CLIENT_KEY), environ[ID_KEY]
             facts = (method, path, rule, status, took, client, user, ip, rid)
-            self.records.emit_facts(facts, time.time())
+            self.records.emit(facts, time.time())
 
 
 def init_app(app: Flask, observe: Observer | None = None) -> RequestLine:
