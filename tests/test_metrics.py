@@ -191,12 +191,17 @@ def test_buffered_counts_are_exact_after_a_flush_with_many_threads():
     histogram = metrics.BufferedHistogram(
         Histogram("h", "h", ["a"], buckets=(0.1, 1.0), registry=registry).labels("x")
     )
+    # Two (route, method, status) cells sharing their route's histogram, as requests' do.
+    answered = Counter("r", "r", ["status"], registry=registry)
+    shared = Histogram("s", "s", ["a"], buckets=(0.1, 1.0), registry=registry).labels("x")
+    cells = [metrics.BufferedRequest(answered.labels(code), shared) for code in ("200", "500")]
     threads, rounds, done = 8, 5000, threading.Event()
 
     def count() -> None:
         for i in range(rounds):
             counter.inc()
             histogram.observe((0.05, 0.5, 5.0)[i % 3])
+            cells[i % 2].observe((0.05, 0.5, 5.0)[i % 3])
 
     def flushing() -> None:
         while not done.is_set():
@@ -224,6 +229,16 @@ def test_buffered_counts_are_exact_after_a_flush_with_many_threads():
     assert sample("h_bucket", le="1.0") == small + middle
     assert sample("h_bucket", le="+Inf") == total
     assert sample("h_sum") == pytest.approx(small * 0.05 + middle * 0.5 + large * 5.0)
+    assert registry.get_sample_value("r_total", {"status": "200"}) == threads * len(
+        range(0, rounds, 2)
+    )
+    assert registry.get_sample_value("r_total", {"status": "500"}) == threads * len(
+        range(1, rounds, 2)
+    )
+    for suffix, value in (("count", total), ("sum", sample("h_sum"))):
+        assert sample("s_" + suffix) == pytest.approx(value)
+    assert sample("s_bucket", le="0.1") == small
+    assert sample("s_bucket", le="1.0") == small + middle
     # The dead threads' accumulators, flushed, are let go.
     assert not any(owner in workers for owner, _, _ in metrics._THREADS)
 
@@ -249,16 +264,14 @@ def test_counts_wait_for_a_flush_at_most_a_second():
 _WORKER = """
 import os, sys
 from app.observability import metrics
-counter = metrics._buffered_counter(metrics.REQUESTS, "/w", "GET", "200")
-seconds = metrics._buffered_histogram(metrics.REQUEST_SECONDS, "/w")
+cell = metrics._request_cell("/w", "GET", 200)
 for _ in range(int(sys.argv[1])):
-    counter.inc()
-    seconds.observe(0.003)
+    cell.observe(0.003)
 if sys.argv[2] == "fork":
     # A worker forked with counts pending: they stay the parent's (counted once).
     pid = os.fork()
     if pid == 0:
-        counter.inc()
+        cell.observe(0.003)
         metrics.flush()
         os._exit(0)
     os.waitpid(pid, 0)
@@ -302,7 +315,8 @@ def test_a_multiprocess_scrape_sums_the_workers_flushed_counts(tmp_path):
     }
     route = frozenset({("route", "/w"), ("method", "GET"), ("status", "200")})
     assert found["oauth2_http_requests_total", route] == 5 + 7 + 1 + 11
-    assert found["oauth2_http_request_duration_seconds_count", frozenset({("route", "/w")})] == 23
+    seconds = frozenset({("route", "/w")})
+    assert found["oauth2_http_request_duration_seconds_count", seconds] == 5 + 7 + 1 + 11
     # And read afterwards, as any worker's scrape would: the same sums.
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(folder))
@@ -312,7 +326,7 @@ def test_a_multiprocess_scrape_sums_the_workers_flushed_counts(tmp_path):
         registry.get_sample_value(
             "oauth2_http_request_duration_seconds_bucket", {"route": "/w", "le": "0.005"}
         )
-        == 23
+        == 24
     )
 
 

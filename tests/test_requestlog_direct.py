@@ -130,6 +130,29 @@ def test_a_line_held_as_its_facts_is_the_line_of_its_fields(request_id, facts, n
     assert written(handler) == formatter.format(record) + "\n"
 
 
+@pytest.mark.parametrize(
+    ("facts", "straight"),
+    [
+        (("GET", "/api/x", "/api/<path:name>", 200, 0.0012345, "test", "7", "::1", "r1"), True),
+        (("POST", "/token", None, 429, 0.5, None, None, None, "r2"), True),
+        (("GET", "/a b", None, 404, 0.001, None, None, "127.0.0.1", "r3"), False),  # quoted
+        (("GET", "/x!", None, 200, 0.001, None, None, None, "r5"), False),  # "!" of its own
+        (("GET", "/x", "", 200, 0.001, None, None, None, "r4"), False),  # an empty string
+    ],
+)
+def test_a_plain_line_is_made_straight_from_its_facts(facts, straight):
+    """The common line is made from the request's facts directly (no fields dict), to
+    the same text; any line needing quotes goes the fields' way."""
+    records = requestlog._Records(logging.getLogger("oauth2.test.straight"))
+    records.hashed = lambda user: "h" + user
+    made = records.facts_text(facts)
+    assert (made is not None) is straight
+    text = requestlog.line_text(records.fields(facts))
+    if straight:
+        assert made == text
+    assert records.render((records, direct.TEXT, 0.0, facts, "r")).endswith("request " + text)
+
+
 class Seen(logging.Filter):
     def __init__(self) -> None:
         super().__init__()

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response
@@ -45,6 +46,8 @@ def init_request_hooks(app: Flask) -> requestlog.RequestLine:
 
 
 def _count_requests(metrics: Any) -> requestlog.Observer:
+    observe = metrics.observe_request
+
     def count(
         rule: str | None,
         method: str,
@@ -53,7 +56,7 @@ def _count_requests(metrics: Any) -> requestlog.Observer:
         path: str,
         response: Response | None,
     ) -> None:
-        metrics.observe_request(rule, method, status, took)
+        observe(rule, method, status, took)
         if path == TOKEN and 400 <= status < 500 and response is not None and response.is_json:
             body = response.get_json(silent=True)
             if isinstance(body, dict):
@@ -94,14 +97,18 @@ def _time_upstream(state: State, metrics: Any) -> None:
     adapter = state.adapter
     original = adapter.call
 
+    observe = metrics.observe_upstream
+    clock = time.perf_counter
+
     def call(route, *args, **kwargs):
-        timer = metrics.Upstream(route.name)
+        started = clock()
         try:
             answer = original(route, *args, **kwargs)
         except UpstreamUnavailable as exc:
-            timer.done(failure="timeout" if exc.timeout else "unavailable")
+            failure = "timeout" if exc.timeout else "unavailable"
+            observe(route.name, clock() - started, failure=failure)
             raise
-        timer.done(answer.status)
+        observe(route.name, clock() - started, answer.status)
         return answer
 
     adapter.call = call  # type: ignore[method-assign]

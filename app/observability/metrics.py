@@ -16,8 +16,9 @@ function name of the adapter.
 
 Buffered: the request path never writes a metric file (in multiprocess mode each
 ``inc``/``observe`` is a locked write to an mmap'd file, a histogram's two). Its counts go
-to plain per-thread accumulators (:class:`BufferedCounter`, :class:`BufferedHistogram`:
-a dict look-up and an add, by the thread that owns them only, so none is lost), and
+to plain per-thread accumulators (:class:`BufferedCounter`, :class:`BufferedHistogram`,
+:class:`BufferedRequest` for a request's count and time together: a dict look-up and
+an add, by the thread that owns them only, so none is lost), and
 :func:`flush` adds what each accumulated since the last flush to the ``prometheus_client``
 values: every second (a daemon thread of each process, or the request that finds a
 flush due), before this process answers a scrape (:func:`exposition`) and at exit. So a
@@ -301,27 +302,72 @@ def exposition() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
-#: (route, method, status) -> its labelled counter and histogram, made once each (the
-#: label look-up costs more than the count; routes, methods and statuses are bounded).
-_REQUEST_CHILDREN: dict[tuple[str | None, str, int], tuple[Any, Any]] = {}
+class BufferedRequest:
+    """The stand-in of one (route, method, status) on the request path: one cell a thread
+    for both the request counter and the route's latency histogram (the bucket counts,
+    the sum, the count), so an answered request costs one look-up and one add.
+    :func:`flush` adds the count to the counter and the rest to the histogram (several
+    of these share a route's histogram: each adds what it holds alone)."""
+
+    __slots__ = ("bounds", "counter", "histogram")
+
+    def __init__(self, counter: Any, histogram: Any) -> None:
+        self.counter = counter
+        self.histogram = histogram
+        self.bounds = tuple(histogram._upper_bounds)  # ends with +Inf
+
+    def observe(self, amount: float) -> None:
+        values = _PENDING.values
+        cell = values.get(self)
+        if cell is None:
+            cell = values[self] = [0] * len(self.bounds) + [0.0, 0]
+        cell[bisect_left(self.bounds, amount)] += 1
+        cell[-2] += amount
+        cell[-1] += 1
+
+    def push(self, cell: list[Any], flushed: dict[Any, Any]) -> None:
+        done = flushed.get(self)
+        if done is None:
+            done = flushed[self] = [0] * len(cell)
+        now = list(cell)  # one read of each slot: what is added after waits for the next
+        buckets = self.histogram._buckets
+        for i in range(len(now) - 2):
+            if now[i] != done[i]:
+                buckets[i].inc(now[i] - done[i])
+        if now[-2] != done[-2]:
+            self.histogram._sum.inc(now[-2] - done[-2])
+        if now[-1] != done[-1]:
+            self.counter.inc(now[-1] - done[-1])
+        flushed[self] = now
+
+
+#: (route, method, status) -> its :class:`BufferedRequest`, made once each (the label
+#: look-up costs more than the count; routes, methods and statuses are bounded).
+_REQUEST_CELLS: dict[tuple[str | None, str, int], BufferedRequest] = {}
 
 
 def observe_request(route: str | None, method: str, status: int, seconds: float) -> None:
-    children = _REQUEST_CHILDREN.get((route, method, status))
-    if children is None:
-        label = route or "<unmatched>"
-        children = (
-            _buffered_counter(
-                REQUESTS, label, method if method in METHODS else "OTHER", str(status)
-            ),
-            _buffered_histogram(REQUEST_SECONDS, label),
-        )
-        if method in METHODS:  # any other method is one label: do not keep each spelling
-            _REQUEST_CHILDREN[route, method, status] = children
-    children[0].inc()
-    children[1].observe(seconds)
+    cell = _REQUEST_CELLS.get((route, method, status))
+    if cell is None:
+        cell = _request_cell(route, method, status)
+    cell.observe(seconds)
     if time.monotonic() >= _due:
         flush()
+
+
+def _request_cell(route: str | None, method: str, status: int) -> BufferedRequest:
+    label = route or "<unmatched>"
+    known = method in METHODS
+    labels = (label, method if known else "OTHER", str(status))
+    found = _BUFFERED.get((BufferedRequest, labels))
+    if found is None:
+        found = _BUFFERED.setdefault(
+            (BufferedRequest, labels),
+            BufferedRequest(REQUESTS.labels(*labels), REQUEST_SECONDS.labels(label)),
+        )
+    if known:  # any other method is one label: do not keep each spelling
+        _REQUEST_CELLS[route, method, status] = found
+    return found  # type: ignore[no-any-return]
 
 
 #: (metric, labels) -> its buffered stand-in: one per labelled child, made once.
@@ -426,24 +472,19 @@ def _refusal(reason: str) -> Any:
 _UPSTREAM_CHILDREN: dict[str, Any] = {}
 
 
-class Upstream:
-    """Time an ``/api`` call to the site and count its failures."""
-
-    def __init__(self, function: str) -> None:
-        self.function = function
-        self.started = time.perf_counter()
-
-    def done(self, status: int | None = None, failure: str | None = None) -> None:
-        seconds = _UPSTREAM_CHILDREN.get(self.function)
-        if seconds is None:
-            seconds = _UPSTREAM_CHILDREN[self.function] = _buffered_histogram(
-                UPSTREAM_SECONDS, self.function
-            )
-        seconds.observe(time.perf_counter() - self.started)
-        if failure is None and status is not None and status >= 500:
-            failure = "status_5xx"
-        if failure is not None:
-            UPSTREAM_ERRORS.labels(self.function, failure).inc()
+def observe_upstream(
+    function: str, seconds: float, status: int | None = None, failure: str | None = None
+) -> None:
+    """Count an ``/api`` call to the site that took ``seconds``: its time by function,
+    and its failure (``failure``, or a 5xx ``status``)."""
+    histogram = _UPSTREAM_CHILDREN.get(function)
+    if histogram is None:
+        histogram = _UPSTREAM_CHILDREN[function] = _buffered_histogram(UPSTREAM_SECONDS, function)
+    histogram.observe(seconds)
+    if failure is None and status is not None and status >= 500:
+        failure = "status_5xx"
+    if failure is not None:
+        UPSTREAM_ERRORS.labels(function, failure).inc()
 
 
 def time_storage(storage: Any, kind: Callable[[Any], str]) -> None:

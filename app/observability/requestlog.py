@@ -237,10 +237,48 @@ class _Records:
         """The text of a line :meth:`emit` held: ``(self, kind, now, line, request id)``,
         as the handler's formatter would make it of the record while the request ran."""
         _, kind, now, line, rid = entry
-        fields = self.fields(line)
         if kind is direct.TEXT:
-            return text_line(iso_time(now), self.level, self.name, "request " + line_text(fields))
-        return json_line(now, self.level, self.name, "request", fields, request_id=rid)
+            text = self.facts_text(line) if type(line) is tuple else None
+            if text is None:
+                text = line_text(self.fields(line))
+            return text_line(iso_time(now), self.level, self.name, "request " + text)
+        return json_line(now, self.level, self.name, "request", self.fields(line), request_id=rid)
+
+    def facts_text(self, line: Facts) -> str | None:
+        """``line_text(self.fields(line))`` made straight from the facts in the common
+        case (every string plain and not empty, the status an int, the time a float);
+        else None."""
+        method, path, rule, status, took, client, user, ip, rid = line
+        if type(status) is not int or type(took) is not float:
+            return None
+        path = path[:MAX_PATH]
+        hashed = self.hashed(user) if user else None
+        texts = [method, path, rid]
+        if rule is not None:
+            texts.append(rule)
+        if client is not None:
+            texts.append(client)
+        if hashed is not None:
+            texts.append(hashed)
+        if ip is not None:
+            texts.append(ip)
+        try:  # a value that is not a string fails the join; an empty one leaves "!!"
+            joined = "!".join(texts)
+        except TypeError:
+            return None
+        if "!!" in joined or joined[0] == "!" or joined[-1] == "!" or not _plain(joined):
+            return None  # (a "!" of a value's own may send it the fields' way: same text)
+        text = f"method={method} path={path}"
+        if rule is not None:
+            text += f" route={rule}"
+        text += f" status={status} duration_ms={round(took * 1000, 2)}"
+        if client is not None:
+            text += f" client_id={client}"
+        if hashed is not None:
+            text += f" user={hashed}"
+        if ip is not None:
+            text += f" ip={ip}"
+        return f"{text} request_id={rid}"
 
     def record(self, entry: tuple[Any, ...]) -> logging.LogRecord:
         """The record of a line :meth:`emit` held (for ``handleError``)."""
