@@ -6,6 +6,7 @@ import copy
 import ipaddress
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +76,11 @@ def http_url(value: str) -> bool:
 
 def valid_redirect_uri(uri: str) -> bool:
     """Absolute http(s) URI without a fragment (RFC 6749 §3.1.2)."""
-    return http_url(uri) and "#" not in uri and not any(ch.isspace() or ord(ch) < 32 for ch in uri)
+    return http_url(uri) and "#" not in uri and not _SPACE_OR_CONTROL.search(uri)
+
+
+#: Whitespace (``str.isspace``) or a control character below U+0020 anywhere.
+_SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f]")
 
 
 @dataclass

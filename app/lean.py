@@ -113,7 +113,32 @@ class _Context(RequestContext):
         self._cv_tokens = []
 
 
-class LeanApp(Flask):
+class SyncedFlask(Flask):
+    """Flask that remembers which of its hooks and views are plain functions: Flask asks
+    ``inspect.iscoroutinefunction`` of each one for every request (``ensure_sync``), a
+    dozen times a page; the answer for a function never changes. A coroutine function
+    goes Flask's way each time (it is wrapped anew, as Flask does)."""
+
+    #: How many functions are remembered (bound methods made per call would add more).
+    PLAIN_MOST = 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._plain_functions: set[Any] = set()
+
+    def ensure_sync(self, func: Any) -> Any:
+        try:
+            if func in self._plain_functions:
+                return func
+        except TypeError:  # unhashable: Flask's way
+            return super().ensure_sync(func)
+        synced = super().ensure_sync(func)
+        if synced is func and len(self._plain_functions) < self.PLAIN_MOST:
+            self._plain_functions.add(func)
+        return synced
+
+
+class LeanApp(SyncedFlask):
     """Flask with a short request path for a request :meth:`short_route` names, by a method the
     route takes: the request context pushed without binding a URL adapter or opening a
     session, then exactly what Flask's ``full_dispatch_request`` runs for it (URL value

@@ -77,3 +77,34 @@ def test_proxy_fix_and_the_request_line_apply_to_the_gateway(tmp_path, dummy_sit
     (line,) = [json.loads(text) for text in out.getvalue().splitlines()]
     assert line["ip"] == "203.0.113.9" and line["route"] == "/api/<path:name>"
     assert line["client_id"] == "test" and line["status"] == 200 and len(line["user"]) == 16
+
+
+def test_the_apps_remember_plain_functions_and_ask_flask_of_coroutines():
+    """``SyncedFlask.ensure_sync``: a plain function is handed back as it is and
+    remembered (up to its bound); a coroutine function always goes Flask's way."""
+    from flask import Flask
+
+    from app.lean import SyncedFlask
+
+    app = SyncedFlask(__name__)
+
+    def plain() -> None:
+        return None
+
+    async def coroutine() -> None:
+        return None
+
+    assert app.ensure_sync(plain) is plain
+    assert plain in app._plain_functions
+    assert app.ensure_sync(plain) is plain
+    for _ in range(2):  # Flask's own answer each time (here: asgiref is not installed)
+        with pytest.raises(RuntimeError) as ours:
+            app.ensure_sync(coroutine)
+        with pytest.raises(RuntimeError) as flasks:
+            Flask.ensure_sync(app, coroutine)
+        assert str(ours.value) == str(flasks.value)
+    assert coroutine not in app._plain_functions
+    app._plain_functions = set(range(app.PLAIN_MOST))
+    other = lambda: None  # noqa: E731
+    assert app.ensure_sync(other) is other
+    assert other not in app._plain_functions and len(app._plain_functions) == app.PLAIN_MOST

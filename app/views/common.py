@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -22,11 +23,15 @@ def oauth() -> OAuth2Server:
     return server
 
 
+#: A control character (below U+0020) anywhere: ``any(ord(c) < 32 for c in text)``.
+CONTROL = re.compile(r"[\x00-\x1f]")
+
+
 def safe_next(target: str | None, default: str = "/review") -> str:
     """Only same-origin paths: no scheme, no host, no ``//`` or backslash tricks."""
     if not target or not target.startswith("/") or target.startswith(("//", "/\\")):
         return default
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or "\\" in target or any(ord(c) < 32 for c in target):
+    if parts.scheme or parts.netloc or "\\" in target or CONTROL.search(target):
         return default
     return target
