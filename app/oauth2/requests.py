@@ -33,17 +33,35 @@ class ParamsPayload(OAuth2Payload):
 
 
 class ParamsRequest(OAuth2Request):
-    """An ``OAuth2Request`` whose parameters were chosen by the caller."""
+    """An ``OAuth2Request`` whose parameters were chosen by the caller. Its ``uri`` may be
+    given as a Werkzeug request, whose ``url`` is then worked out when first read (a
+    URI-to-IRI round trip that neither Authlib's grants nor ours read)."""
 
-    def __init__(self, method: str, uri: str, headers: Any, params: Params) -> None:
+    def __init__(self, method: str, uri: Any, headers: Any, params: Params) -> None:
+        source = None
+        if not isinstance(uri, str):  # Authlib checks the scheme and host: from the parts
+            source, uri = uri, f"{uri.scheme}://{uri.host}{uri.root_path}{uri.path}"
         # Set after: Authlib's ``headers or {}`` would count a Werkzeug ``EnvironHeaders``
         # (a walk over the whole environ) only to learn it is not empty.
         super().__init__(method=method, uri=uri)
+        if source is not None:
+            self._uri = source
         self.headers = {} if headers is None else headers
         self.payload = ParamsPayload(params)
         self.grant_id: str | None = None
         #: The checked DPoP proof of a token request (``app.oauth2.rfc9449``), if any.
         self.dpop: Any = None
+
+    @property  # type: ignore[override]
+    def uri(self) -> str:
+        uri = self._uri
+        if not isinstance(uri, str):
+            uri = self._uri = uri.url
+        return uri  # type: ignore[no-any-return]
+
+    @uri.setter
+    def uri(self, value: Any) -> None:
+        self._uri = value
 
     @property
     def args(self) -> dict[str, str]:

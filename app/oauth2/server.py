@@ -131,10 +131,10 @@ class OAuth2Server(AuthorizationServer):
             return request
         req = context.request()
         if isinstance(request, dict):
-            return ParamsRequest("GET", req.url, req.headers, request)
+            return ParamsRequest("GET", req, req.headers, request)
         return ParamsRequest(
             req.method,
-            req.url,
+            req,
             req.headers,
             body_params() if req.method == "POST" else query_params(),
         )

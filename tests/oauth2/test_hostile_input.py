@@ -137,3 +137,25 @@ def test_checked_params_never_break_the_errors_authlib_builds_from_them(params):
         for value in accepted.get(key, []):
             InvalidRequestError(f"Redirect URI {value} is not supported by client.")
             UnsupportedResponseTypeError(f"The response type '{value}' is not supported.", value)
+
+
+def test_an_authorization_requests_uri_is_its_url_read_when_asked(monkeypatch):
+    """``ParamsRequest`` given the Werkzeug request: Authlib's transport check sees its
+    scheme and host at once (a plain ``http`` host is refused without the insecure
+    switch), and ``uri`` is the request's whole URL, worked out when first read."""
+    from authlib.oauth2.rfc6749.errors import InsecureTransportError
+    from flask import Flask, request
+
+    from app.oauth2.requests import ParamsRequest
+
+    flask = Flask(__name__)
+    with flask.test_request_context("https://op.example/authorize?client_id=a%20b&x=%C3%A9"):
+        made = ParamsRequest("GET", request, request.headers, {"client_id": ["a b"]})
+        assert made.uri == request.url == "https://op.example/authorize?client_id=a%20b&x=é"
+        assert made.payload.data == {"client_id": "a b"}
+    monkeypatch.delenv("AUTHLIB_INSECURE_TRANSPORT", raising=False)
+    with (
+        flask.test_request_context("http://op.example/authorize"),
+        pytest.raises(InsecureTransportError),
+    ):
+        ParamsRequest("GET", request, request.headers, {})
