@@ -219,13 +219,18 @@ class BufferedHistogram:
         if done is None:
             done = flushed[self] = [0] * len(cell)
         now = list(cell)  # one read of each slot: what is added after waits for the next
+        self._add(now, done)
+        flushed[self] = now
+
+    def _add(self, now: list[Any], done: list[Any]) -> None:
+        """Add to the histogram what its buckets and sum gained from ``done`` to ``now``."""
         buckets = self.child._buckets
-        for i in range(len(now) - 1):
+        last = len(self.bounds)  # the sum's slot
+        for i in range(last):
             if now[i] != done[i]:
                 buckets[i].inc(now[i] - done[i])
-        if now[-1] != done[-1]:
-            self.child._sum.inc(now[-1] - done[-1])
-        flushed[self] = now
+        if now[last] != done[last]:
+            self.child._sum.inc(now[last] - done[last])
 
 
 def flush() -> None:
@@ -302,19 +307,18 @@ def exposition() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
-class BufferedRequest:
+class BufferedRequest(BufferedHistogram):
     """The stand-in of one (route, method, status) on the request path: one cell a thread
-    for both the request counter and the route's latency histogram (the bucket counts,
-    the sum, the count), so an answered request costs one look-up and one add.
+    for both the route's latency histogram and the request counter (the bucket counts,
+    the sum, then the count), so an answered request costs one look-up and one add.
     :func:`flush` adds the count to the counter and the rest to the histogram (several
     of these share a route's histogram: each adds what it holds alone)."""
 
-    __slots__ = ("bounds", "counter", "histogram")
+    __slots__ = ("counter",)
 
     def __init__(self, counter: Any, histogram: Any) -> None:
+        super().__init__(histogram)
         self.counter = counter
-        self.histogram = histogram
-        self.bounds = tuple(histogram._upper_bounds)  # ends with +Inf
 
     def observe(self, amount: float) -> None:
         values = _PENDING.values
@@ -325,20 +329,10 @@ class BufferedRequest:
         cell[-2] += amount
         cell[-1] += 1
 
-    def push(self, cell: list[Any], flushed: dict[Any, Any]) -> None:
-        done = flushed.get(self)
-        if done is None:
-            done = flushed[self] = [0] * len(cell)
-        now = list(cell)  # one read of each slot: what is added after waits for the next
-        buckets = self.histogram._buckets
-        for i in range(len(now) - 2):
-            if now[i] != done[i]:
-                buckets[i].inc(now[i] - done[i])
-        if now[-2] != done[-2]:
-            self.histogram._sum.inc(now[-2] - done[-2])
+    def _add(self, now: list[Any], done: list[Any]) -> None:
+        super()._add(now, done)
         if now[-1] != done[-1]:
             self.counter.inc(now[-1] - done[-1])
-        flushed[self] = now
 
 
 #: (route, method, status) -> its :class:`BufferedRequest`, made once each (the label
