@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import re
 import sys
+from types import CodeType, FunctionType
 from typing import Any, NamedTuple
 
 from flask import (
@@ -116,25 +117,27 @@ class _Context(RequestContext):
 class SyncedFlask(Flask):
     """Flask that remembers which of its hooks and views are plain functions: Flask asks
     ``inspect.iscoroutinefunction`` of each one for every request (``ensure_sync``), a
-    dozen times a page; the answer for a function never changes. A coroutine function
-    goes Flask's way each time (it is wrapped anew, as Flask does)."""
+    dozen times a page. For a plain Python function that answer is its code's flags, so
+    the code objects found plain are remembered: the functions made anew per request
+    (``after_this_request`` lambdas) share their line's one entry. Anything else (a
+    bound method, a partial, a function marked a coroutine function) goes Flask's way."""
 
-    #: How many functions are remembered (bound methods made per call would add more).
+    #: How many code objects are remembered (one a function's source: few).
     PLAIN_MOST = 1024
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._plain_functions: set[Any] = set()
+        self._plain_codes: set[CodeType] = set()
 
     def ensure_sync(self, func: Any) -> Any:
-        try:
-            if func in self._plain_functions:
-                return func
-        except TypeError:  # unhashable: Flask's way
+        if type(func) is not FunctionType or hasattr(func, "_is_coroutine_marker"):
             return super().ensure_sync(func)
+        code = func.__code__
+        if code in self._plain_codes:
+            return func
         synced = super().ensure_sync(func)
-        if synced is func and len(self._plain_functions) < self.PLAIN_MOST:
-            self._plain_functions.add(func)
+        if synced is func and len(self._plain_codes) < self.PLAIN_MOST:
+            self._plain_codes.add(code)
         return synced
 
 

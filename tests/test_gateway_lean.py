@@ -79,9 +79,10 @@ def test_proxy_fix_and_the_request_line_apply_to_the_gateway(tmp_path, dummy_sit
     assert line["client_id"] == "test" and line["status"] == 200 and len(line["user"]) == 16
 
 
-def test_the_apps_remember_plain_functions_and_ask_flask_of_coroutines():
-    """``SyncedFlask.ensure_sync``: a plain function is handed back as it is and
-    remembered (up to its bound); a coroutine function always goes Flask's way."""
+def test_the_apps_remember_plain_functions_and_ask_flask_of_coroutines(monkeypatch):
+    """``SyncedFlask.ensure_sync``: a plain function is handed back as it is and its code
+    remembered (functions made anew from one line share it, up to the bound); a
+    coroutine function, a marked one or a bound method always goes Flask's way."""
     from flask import Flask
 
     from app.lean import SyncedFlask
@@ -95,16 +96,33 @@ def test_the_apps_remember_plain_functions_and_ask_flask_of_coroutines():
         return None
 
     assert app.ensure_sync(plain) is plain
-    assert plain in app._plain_functions
-    assert app.ensure_sync(plain) is plain
+    assert app._plain_codes == {plain.__code__}
+    made = [lambda: None for _ in range(5)]  # as ``after_this_request`` gets, per request
+    assert all(app.ensure_sync(each) is each for each in made)
+    assert len(app._plain_codes) == 2  # one for the line, not one a function
     for _ in range(2):  # Flask's own answer each time (here: asgiref is not installed)
         with pytest.raises(RuntimeError) as ours:
             app.ensure_sync(coroutine)
         with pytest.raises(RuntimeError) as flasks:
             Flask.ensure_sync(app, coroutine)
         assert str(ours.value) == str(flasks.value)
-    assert coroutine not in app._plain_functions
-    app._plain_functions = set(range(app.PLAIN_MOST))
+    assert coroutine.__code__ not in app._plain_codes
+
+    def marked() -> None:  # what ``inspect.markcoroutinefunction`` does (Python 3.12+)
+        return None
+
+    marked._is_coroutine_marker = object()  # type: ignore[attr-defined]
+    asked = []
+    flasks_own = Flask.ensure_sync
+    monkeypatch.setattr(
+        Flask, "ensure_sync", lambda self, func: asked.append(func) or flasks_own(self, func)
+    )
+    bound = app.make_response
+    for func in (plain, marked, marked, bound, bound):
+        app.ensure_sync(func)
+    assert asked == [marked, marked, bound, bound]  # the plain one was remembered
+    assert marked.__code__ not in app._plain_codes
+    app._plain_codes = {compile(str(n), "<n>", "eval") for n in range(app.PLAIN_MOST)}
     other = lambda: None  # noqa: E731
     assert app.ensure_sync(other) is other
-    assert other not in app._plain_functions and len(app._plain_functions) == app.PLAIN_MOST
+    assert other.__code__ not in app._plain_codes
