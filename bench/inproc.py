@@ -201,10 +201,6 @@ class FlowRunner:
         )
 
 
-def flow_runner(wsgi: Any, openid: bool = False) -> FlowRunner:
-    return FlowRunner(wsgi, openid)
-
-
 def build(
     limits: bool,
     site_port: int,
@@ -282,8 +278,8 @@ def main(argv: list[str]) -> int:
                     dpop.proofs(key, "GET", f"{ORIGIN}/api/profile", WARM_REQUESTS + n + 100, bound)
                 )
                 makers["gateway_dpop"] = dpop_gateway(bound, signed)
-            makers["flow"] = flow_runner(wsgi)  # type: ignore[assignment]
-            makers["flow_openid"] = flow_runner(wsgi, openid=True)  # type: ignore[assignment]
+            makers["flow"] = FlowRunner(wsgi)  # type: ignore[assignment]
+            makers["flow_openid"] = FlowRunner(wsgi, openid=True)  # type: ignore[assignment]
             for name in names:
                 make = makers[name]
                 run_one = (lambda make=make: make()) if name in FLOWS else None

@@ -128,7 +128,7 @@ def main(argv: list[str]) -> int:
         makers = inproc.requests(fx.live_token(), iter(pool), fx.live_token())
         for name in names:
             if name in inproc.FLOWS:  # a whole code flow a call, a tenth as many calls
-                one = inproc.flow_runner(app.wsgi_app, openid=name == "flow_openid")
+                one = inproc.FlowRunner(app.wsgi_app, openid=name == "flow_openid")
                 layers, cpu, calls = profile(one, COUNT // 10)
             else:
                 one = functools.partial(inproc.call, app.wsgi_app, makers[name])
