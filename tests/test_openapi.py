@@ -21,8 +21,10 @@ from schemathesis import checks
 from schemathesis.config import SchemathesisConfig
 from werkzeug.exceptions import HTTPException
 
+from app import create_app
 from app.paths import JSON_PATHS
 from app.views import docs
+from tests.conftest import base_config, close_app
 from tests.factories import make_token
 
 SPEC = files("app").joinpath("openapi.json")
@@ -55,6 +57,18 @@ CONFIG = SchemathesisConfig.from_dict(
     }
 )
 schema = schemathesis.openapi.from_path(str(SPEC), config=CONFIG)
+
+
+@pytest.fixture
+def app(tmp_path, dummy_site):
+    """The app, with a budget for bad tokens (``api_ip``) the checks never reach: their
+    calls with invalid credentials (``ignored_auth``) must meet 401, and on a slow day a
+    function's share of them came to the default 120 a minute and met 429 (the limiter
+    has tests of its own; ``tests/test_gateway_fast.py`` does the same)."""
+    app = create_app(base_config(tmp_path, dummy_site, limits={"api_ip": "100000/minute"}))
+    app.config["TESTING"] = True
+    yield app
+    close_app(app)
 
 
 @pytest.fixture
