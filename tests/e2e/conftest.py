@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,7 +117,28 @@ def serve(
     )
     if run_site:
         proc.extra_ports.append(int(config["resource_server"]["port"]))
+    workers_started(proc)
     return Server(proc, config_dir)
+
+
+#: ``serve``'s line naming its server and workers, and granian's as each worker is up.
+_SERVING = re.compile(r"serving \S+ with granian, (\d+) workers?")
+_STARTED = "Started worker-"
+
+
+def workers_started(proc: Proc, timeout: float = START_TIMEOUT) -> None:
+    """Wait (bounded) until every granian worker has started, not just the first to
+    answer: granian, told to stop while a worker is still booting, waited out the
+    10 s grace on a slow machine (and the test's teardown failed on it)."""
+    deadline = time.monotonic() + timeout
+    while proc.alive() and time.monotonic() < deadline:
+        text = proc.log_path.read_text(errors="replace")
+        serving = _SERVING.search(text)
+        if serving is None and "serving " in text:
+            return  # another server (gunicorn): nothing to wait for
+        if serving is not None and text.count(_STARTED) >= int(serving.group(1)):
+            return
+        time.sleep(0.05)
 
 
 def shut_down(servers: list[Server]) -> None:
