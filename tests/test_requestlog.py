@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.logconfig import IsoFormatter, JsonFormatter
+from app.observability import requestlog
 from tests.conftest import REDIRECT, basic, bearer, exchange, get_code
 
 
@@ -170,6 +172,36 @@ def test_the_text_line_is_the_fields_line_of_its_fields(client, logged):
 def test_made_ids_are_uuid4_hex(client):
     made = client.get("/healthz").headers["X-Request-Id"]
     assert uuid.UUID(hex=made).version == 4 and uuid.UUID(hex=made).hex == made
+
+
+def test_ids_read_in_batches_are_each_uuid4_and_never_repeat():
+    """Ids come from one read of the random source per batch: across batches every one
+    is a version 4 UUID's hex, and none repeats."""
+    made = [requestlog.new_id() for _ in range(requestlog.IDS_AT_ONCE * 3 + 7)]
+    assert len(set(made)) == len(made)
+    for rid in made:
+        parsed = uuid.UUID(hex=rid)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and parsed.hex == rid
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_worker_makes_its_own_ids_not_its_parents():
+    """A worker forked while its parent holds unread ids of a batch makes fresh ones: the
+    parent's next ids never show up in the child."""
+    requestlog.new_id()  # a batch is open in this process
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        os.close(read)
+        os.write(write, "".join(requestlog.new_id() for _ in range(8)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        child = pipe.read().decode()
+    os.waitpid(pid, 0)
+    parents = [requestlog.new_id() for _ in range(8)]
+    childs = [child[at : at + 32] for at in range(0, len(child), 32)]
+    assert len(childs) == 8 and not set(childs) & set(parents)
 
 
 @given(st.floats(min_value=0, max_value=4e9, allow_nan=False))

@@ -27,7 +27,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Flask, Response, current_app, session
@@ -46,6 +46,8 @@ MAX_PATH = 200
 NOTICE = 25
 #: Users whose hash each app keeps (then it starts again): the recent ones.
 USER_HASHES = 4096
+#: Rendered parts of request lines each app keeps (:meth:`_Records.facts_text`), as many.
+KEPT_PARTS = 4096
 
 #: Where a request keeps its id, its start and who it was for: its WSGI environ.
 ID_KEY = "oauth2.request_id"
@@ -64,12 +66,44 @@ Observer = Callable[[str | None, str, int, float, str, "Response | None"], None]
 Facts = tuple[str, str, "str | None", int, float, "str | None", "str | None", "str | None", str]
 
 
+#: Request ids made at once from one read of the system's random source (below).
+IDS_AT_ONCE = 256
+
+
+def _made_ids() -> Iterator[str]:
+    """:data:`IDS_AT_ONCE` random (version 4) UUIDs' 32 hex digits each, as
+    ``uuid.uuid4().hex`` makes them, from one ``os.urandom`` call."""
+    raw = bytearray(os.urandom(16 * IDS_AT_ONCE))
+    for at in range(0, len(raw), 16):
+        raw[at + 6] = raw[at + 6] & 0x0F | 0x40
+        raw[at + 8] = raw[at + 8] & 0x3F | 0x80
+    text = raw.hex()
+    return iter([text[at : at + 32] for at in range(0, len(text), 32)])
+
+
+#: This process's ids not handed out yet (``next`` on a list's iterator is atomic).
+_ids: Iterator[str] = iter(())
+
+
 def new_id() -> str:
-    """A random (version 4) UUID's 32 hex digits, as ``uuid.uuid4().hex``, made cheaply."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = raw[6] & 0x0F | 0x40
-    raw[8] = raw[8] & 0x3F | 0x80
-    return raw.hex()
+    """A random (version 4) UUID's 32 hex digits, as ``uuid.uuid4().hex``. Read from the
+    system's random source :data:`IDS_AT_ONCE` at a time: a read a request was a system
+    call that let go of the GIL (a thread switch under load) for an id."""
+    global _ids
+    try:
+        return next(_ids)
+    except StopIteration:
+        _ids = _made_ids()  # two threads here at once: each its own fresh ids, no repeat
+        return next(_ids)
+
+
+def _forget_ids() -> None:
+    """In a forked child: the parent's ids are the parent's (a worker hands out its own)."""
+    global _ids
+    _ids = iter(())
+
+
+os.register_at_fork(after_in_child=_forget_ids)
 
 
 def request_id(offered: str | None) -> str:
@@ -150,6 +184,9 @@ def line_text(fields: dict[str, Any]) -> str:
 
 #: Whether a string is one plain token as it is (``printable`` leaves it alone).
 _plain = _PLAIN.fullmatch
+#: A part of a line kept as not plain (:meth:`_Records._part`): such a line is made of
+#: its fields.
+_NOT_PLAIN = "\x00"
 
 
 class _Line:
@@ -185,6 +222,12 @@ class _Records:
         self.processes = logging.logProcesses
         #: The user's hash in a line made of a request's facts (its app's key).
         self.hashed: Callable[[str], str] = user_hash
+        #: Rendered parts of lines (:meth:`facts_text`): method, path and route; client,
+        #: user and address.
+        self._heads: dict[tuple[Any, ...], str] = {}
+        self._tails: dict[tuple[Any, ...], str] = {}
+        #: What :meth:`render` puts between a line's time and its text (our text format).
+        self.text_prefix = text_line("", self.level, self.name, "request ")
 
     def make(self, line: _Line, now: float) -> logging.LogRecord:
         record = logging.LogRecord.__new__(logging.LogRecord)
@@ -241,44 +284,58 @@ class _Records:
             text = self.facts_text(line) if type(line) is tuple else None
             if text is None:
                 text = line_text(self.fields(line))
-            return text_line(iso_time(now), self.level, self.name, "request " + text)
+            return iso_time(now) + self.text_prefix + text
         return json_line(now, self.level, self.name, "request", self.fields(line), request_id=rid)
 
     def facts_text(self, line: Facts) -> str | None:
         """``line_text(self.fields(line))`` made straight from the facts in the common
         case (every string plain and not empty, the status an int, the time a float);
-        else None."""
+        else None. The text of the request's method, path and route, and of its client,
+        user and address, is made once for each and kept (:meth:`_part`): a worker's lines
+        repeat them, and only the status, time and id change."""
         method, path, rule, status, took, client, user, ip, rid = line
         if type(status) is not int or type(took) is not float:
             return None
-        path = path[:MAX_PATH]
-        hashed = self.hashed(user) if user else None
-        texts = [method, path, rid]
-        if rule is not None:
-            texts.append(rule)
-        if client is not None:
-            texts.append(client)
-        if hashed is not None:
-            texts.append(hashed)
-        if ip is not None:
-            texts.append(ip)
-        try:  # a value that is not a string fails the join; an empty one leaves "!!"
-            joined = "!".join(texts)
-        except TypeError:
+        if type(rid) is not str or not _plain(rid):
             return None
-        if "!!" in joined or joined[0] == "!" or joined[-1] == "!" or not _plain(joined):
-            return None  # (a "!" of a value's own may send it the fields' way: same text)
-        text = f"method={method} path={path}"
-        if rule is not None:
-            text += f" route={rule}"
-        text += f" status={status} duration_ms={round(took * 1000, 2)}"
-        if client is not None:
-            text += f" client_id={client}"
-        if hashed is not None:
-            text += f" user={hashed}"
-        if ip is not None:
-            text += f" ip={ip}"
-        return f"{text} request_id={rid}"
+        head = self._heads.get((method, path, rule))
+        if head is None:
+            head = self._part(self._heads, (method, path, rule))
+        tail = self._tails.get((client, user, ip))
+        if tail is None:
+            tail = self._part(self._tails, (client, user, ip))
+        if head is _NOT_PLAIN or tail is _NOT_PLAIN:
+            return None
+        return f"{head} status={status} duration_ms={round(took * 1000, 2)}{tail} request_id={rid}"
+
+    def _part(self, kept: dict[tuple[Any, ...], str], key: tuple[Any, ...]) -> str:
+        """The text of the line's ``key=value`` pairs for ``key`` (the method, path and
+        route, or the client, user and address; None values left out, the user hashed,
+        each pair after a space but the method's), kept in ``kept`` (``self._heads`` or
+        ``self._tails``, emptied when full); :data:`_NOT_PLAIN` (kept too) when a value is
+        not one plain string, or the method is missing."""
+        if len(kept) >= KEPT_PARTS:
+            kept.clear()
+        if kept is self._heads:
+            method, path, rule = key
+            pairs = [("method", method), ("path", path[:MAX_PATH] if type(path) is str else path)]
+            pairs.append(("route", rule))
+        else:
+            client, user, ip = key
+            pairs = [("client_id", client), ("user", self.hashed(user) if user else None)]
+            pairs.append(("ip", ip))
+        text = ""
+        for name, value in pairs:
+            if value is None:
+                continue
+            if type(value) is not str or not _plain(value):
+                text = _NOT_PLAIN
+                break
+            text += f" {name}={value}"
+        if kept is self._heads and text is not _NOT_PLAIN:
+            text = text[1:] if text.startswith(" method=") else _NOT_PLAIN
+        kept[key] = text
+        return text
 
     def record(self, entry: tuple[Any, ...]) -> logging.LogRecord:
         """The record of a line :meth:`emit` held (for ``handleError``)."""
