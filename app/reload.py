@@ -10,6 +10,7 @@ with the new configuration.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import select
@@ -82,6 +83,7 @@ class Configuration:
         from . import create_app
 
         app = create_app(self.settings, clients=self.clients)
+        settle_heap()
         self.readiness.report(self.generation)
         return app
 
@@ -103,3 +105,14 @@ class Configuration:
             self.settings.config.logging.level,
             len(self.clients),
         )
+
+
+def settle_heap() -> None:
+    """In a worker that has built its app: collect once, then freeze what is left (the
+    modules, the app, its templates and keys: ~100,000 objects that live as long as the
+    worker) so that the collector's full passes no longer walk it. Request lines held
+    under load reach the oldest generation and set off full passes: in process, one
+    every 2,000-20,000 gateway requests, each stopping the worker for 64 ms on a slow
+    day (3-30 µs a request); over what is not frozen, such a pass is short."""
+    gc.collect()
+    gc.freeze()

@@ -212,6 +212,7 @@ def build(
     metrics and the request line as given, else as the ``INPROC_METRICS``/
     ``INPROC_REQUEST_LOG`` switches say."""
     from app import create_app
+    from app.reload import settle_heap
     from app.settings import Settings
 
     if metrics is None:
@@ -235,6 +236,7 @@ def build(
         config["token_cache"] = {"enabled": cache == "on"}
     settings = Settings.load(config, environ={"OAUTH2_ENV": "bench"})
     app = create_app(settings)
+    settle_heap()  # as a served worker does once its app is built
     return app, app.extensions["oauth2"]
 
 

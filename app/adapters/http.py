@@ -18,6 +18,7 @@ from urllib.parse import quote, urlencode, urlsplit
 import pycurl
 from pydantic import BaseModel
 
+from .. import process
 from .base import ApiRoute, ResourceServer, SiteUser, UpstreamResponse, UpstreamUnavailable
 from .http_config import BODY_METHODS, ClaimsSettings, HttpConfig
 
@@ -168,9 +169,9 @@ class SiteClient:
     def _handle(self) -> pycurl.Curl:
         local = self._local
         handle: pycurl.Curl | None = getattr(local, "handle", None)
-        if handle is None or local.pid != os.getpid():  # none yet, or a forked parent's
+        if handle is None or local.pid != process.pid():  # none yet, or a forked parent's
             handle = pycurl.Curl()
-            local.handle, local.pid = handle, os.getpid()
+            local.handle, local.pid = handle, process.pid()
             with self._lock:
                 self._handles.append(handle)
         return handle

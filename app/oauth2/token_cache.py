@@ -81,7 +81,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import secrets
 import threading
 import time
@@ -89,6 +88,7 @@ from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
+from .. import process
 from ..storage import Storage, StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -403,15 +403,15 @@ class TokenCache:
 
     # -- the request side -------------------------------------------------------------
     def _started(self) -> None:
-        if self._pid != os.getpid():  # first use in this process (or after fork())
+        if self._pid != process.pid():  # first use in this process (or after fork())
             with self._lock:
-                if self._pid != os.getpid():
+                if self._pid != process.pid():
                     self._reset_state()
                     self._stop = threading.Event()
                     self._thread = threading.Thread(
                         target=self._run, name="token-cache", daemon=True
                     )
-                    self._pid = os.getpid()
+                    self._pid = process.pid()
                     self._thread.start()
 
     def get(self, key: str) -> dict[str, Any] | None:
@@ -564,7 +564,7 @@ class TokenCache:
             self.subscribed = subscribed
 
     def _run(self) -> None:
-        stop, name = self._stop, f"{os.getpid()}_{secrets.token_hex(6)}"
+        stop, name = self._stop, f"{process.pid()}_{secrets.token_hex(6)}"
         while not stop.is_set():
             subscription = None
             try:
@@ -608,7 +608,7 @@ class TokenCache:
     def close(self) -> None:
         """Stop this process's subscriber (tests; the thread is a daemon otherwise)."""
         self._stop.set()
-        if self._thread is not None and self._pid == os.getpid():
+        if self._thread is not None and self._pid == process.pid():
             self._thread.join(5)
         self._flush(subscribed=False)
 

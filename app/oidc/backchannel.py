@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import queue
 import socket
 import threading
@@ -38,6 +37,7 @@ import urllib3
 from flask import Flask, current_app
 from joserfc import jwt
 
+from .. import process
 from ..audit import audit
 from ..secrets_hash import new_secret
 from .subjects import subject_for
@@ -113,7 +113,7 @@ class BackchannelSender:
         self.queue: queue.Queue[Notice] = queue.Queue(queue_size)
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self._pid = os.getpid()
+        self._pid = process.pid()
         self._http = urllib3.PoolManager(num_pools=16, maxsize=workers)
         #: Production: a stored client's URI must resolve to public addresses only.
         self.public_only = public_only
@@ -131,8 +131,8 @@ class BackchannelSender:
 
     def _start_workers(self) -> None:
         with self._lock:
-            if self._pid != os.getpid():  # forked: the parent's threads and sockets are not ours
-                self._pid, self._threads = os.getpid(), []
+            if self._pid != process.pid():  # forked: the parent's threads and sockets are not ours
+                self._pid, self._threads = process.pid(), []
                 self._http = urllib3.PoolManager(num_pools=16, maxsize=self.workers)
             wanted = min(self.workers, max(self.queue.qsize(), 1))
             while len(self._threads) < wanted:

@@ -9,7 +9,6 @@ probes again and recovers once the server is back. A pool inherited across
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 from pydantic import ConfigDict, Field
 
+from .. import process
 from .base import BackendOptions, Put, Record, StorageConfigError, StorageUnavailable, Table
 from .sql import Held, SQLBackend, SQLTable, Statement, row
 
@@ -126,7 +126,7 @@ class PostgresBackend(SQLBackend):
 
     def _get_pool(self) -> ConnectionPool:
         with self._lock:
-            if self._pool is None or self._pid != os.getpid():
+            if self._pool is None or self._pid != process.pid():
                 # A pool inherited across fork() is dropped, never closed: its
                 # sockets are the parent's (psycopg only closes them in the owner).
                 self._probe()
@@ -134,11 +134,11 @@ class PostgresBackend(SQLBackend):
                     self.conninfo,
                     check=_check_stale,
                     open=False,
-                    name=f"oauth2-{os.getpid()}",
+                    name=f"oauth2-{process.pid()}",
                     **self.pool_options,
                 )
                 pool.open()
-                self._pool, self._pid = pool, os.getpid()
+                self._pool, self._pid = pool, process.pid()
             return self._pool
 
     def _drop_if_down(self, pool: ConnectionPool) -> None:
@@ -246,7 +246,7 @@ class PostgresBackend(SQLBackend):
     def close(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
-        if pool is not None and self._pid == os.getpid():
+        if pool is not None and self._pid == process.pid():
             pool.close()
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -43,6 +42,7 @@ from typing import Annotated, Any, cast
 
 from pydantic import Field
 
+from .. import process
 from . import codec
 from .base import (
     INDEXED_FIELDS,
@@ -115,8 +115,11 @@ class RedisBackend(Backend):
     @guarded  # a Cluster client asks for the slot map as it is made
     def link(self) -> Link:
         """Return this process's link, (re)creating it lazily and after fork()."""
+        link = self._link
+        if link is not None and link.pid == process.pid():
+            return link  # (no lock: what it guards is making one)
         with self._lock:
-            if self._link is None or self._link.pid != os.getpid():
+            if self._link is None or self._link.pid != process.pid():
                 self._link = connect(self.url, self.options)
             return self._link
 
@@ -170,7 +173,7 @@ class RedisBackend(Backend):
     def close(self) -> None:
         with self._lock:
             link, self._link = self._link, None
-        if link is not None and link.pid == os.getpid():
+        if link is not None and link.pid == process.pid():
             link.close()
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import abc
 import functools
 import json
-import os
 import select
 from collections.abc import Callable
 from importlib import resources
@@ -33,6 +32,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError, R
 from redis.exceptions import TimeoutError as TimedOut
 from redis.retry import Retry
 
+from .. import process
 from . import codec
 from .base import StorageUnavailable
 
@@ -97,7 +97,7 @@ class Link(abc.ABC):
 
     def __init__(self, client: Any) -> None:
         self.client = client
-        self.pid = os.getpid()
+        self.pid = process.pid()
         self.scripts = {name: client.register_script(lua(name)) for name in SCRIPTS}
 
     def run(self, name: str, keys: list[str], args: list[Any]) -> Any:

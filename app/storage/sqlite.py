@@ -11,6 +11,7 @@ from typing import Annotated, Any, cast
 
 from pydantic import Field
 
+from .. import process
 from .base import BackendOptions, Put, Record, StorageConfigError, StorageUnavailable, Table
 from .sql import Held, SQLBackend, SQLTable, row
 
@@ -44,7 +45,7 @@ class SQLiteBackend(SQLBackend):
 
     def _connect(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
-        if conn is None or getattr(self._local, "pid", None) != os.getpid():
+        if conn is None or getattr(self._local, "pid", None) != process.pid():
             directory = os.path.dirname(self.path)
             if directory:
                 os.makedirs(directory, exist_ok=True)
@@ -54,7 +55,7 @@ class SQLiteBackend(SQLBackend):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
-            self._local.conn, self._local.pid = conn, os.getpid()
+            self._local.conn, self._local.pid = conn, process.pid()
             with self._lock:
                 self._all.append(conn)
         return conn
