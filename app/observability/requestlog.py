@@ -70,15 +70,20 @@ Facts = tuple[str, str, "str | None", int, float, "str | None", "str | None", "s
 IDS_AT_ONCE = 256
 
 
+#: The version 4 UUID's fixed bits, for :data:`IDS_AT_ONCE` ids side by side: what
+#: each id's random bits keep (all but the version's and the variant's), and those bits.
+_ID_KEEP = int.from_bytes(bytes.fromhex("ffffffffffff0fff3fffffffffffffff") * IDS_AT_ONCE, "big")
+_ID_SET = int.from_bytes(bytes.fromhex("00000000000040008000000000000000") * IDS_AT_ONCE, "big")
+
+
 def _made_ids() -> Iterator[str]:
     """:data:`IDS_AT_ONCE` random (version 4) UUIDs' 32 hex digits each, as
-    ``uuid.uuid4().hex`` makes them, from one ``os.urandom`` call."""
-    raw = bytearray(os.urandom(16 * IDS_AT_ONCE))
-    for at in range(0, len(raw), 16):
-        raw[at + 6] = raw[at + 6] & 0x0F | 0x40
-        raw[at + 8] = raw[at + 8] & 0x3F | 0x80
-    text = raw.hex()
-    return iter([text[at : at + 32] for at in range(0, len(text), 32)])
+    ``uuid.uuid4().hex`` makes them, from one ``os.urandom`` call (the fixed bits set
+    in all of them at once, as one number)."""
+    size = 16 * IDS_AT_ONCE
+    raw = int.from_bytes(os.urandom(size), "big") & _ID_KEEP | _ID_SET
+    text = raw.to_bytes(size, "big").hex()
+    return iter([text[at : at + 32] for at in range(0, 2 * size, 32)])
 
 
 #: This process's ids not handed out yet (``next`` on a list's iterator is atomic).
