@@ -184,7 +184,6 @@ def test_ids_read_in_batches_are_each_uuid4_and_never_repeat():
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and parsed.hex == rid
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_worker_makes_its_own_ids_not_its_parents():
     """A worker forked while its parent holds unread ids of a batch makes fresh ones: the
     parent's next ids never show up in the child."""

@@ -189,9 +189,30 @@ def line_text(fields: dict[str, Any]) -> str:
 
 #: Whether a string is one plain token as it is (``printable`` leaves it alone).
 _plain = _PLAIN.fullmatch
-#: A part of a line kept as not plain (:meth:`_Records._part`): such a line is made of
-#: its fields.
+#: A part of a line kept as not plain (:func:`_pairs`): such a line is made of its fields.
 _NOT_PLAIN = "\x00"
+
+
+def _pairs(pairs: tuple[tuple[str, Any], ...]) -> str:
+    """`` key=value`` for each pair whose value is not None; :data:`_NOT_PLAIN` when a
+    value is not one plain string."""
+    text = ""
+    for name, value in pairs:
+        if value is None:
+            continue
+        if type(value) is not str or not _plain(value):
+            return _NOT_PLAIN
+        text += f" {name}={value}"
+    return text
+
+
+def _keep(kept: dict[tuple[Any, ...], str], key: tuple[Any, ...], text: str) -> str:
+    """Keep ``text`` as ``key``'s part in ``kept`` (emptied once it holds
+    :data:`KEPT_PARTS`)."""
+    if len(kept) >= KEPT_PARTS:
+        kept.clear()
+    kept[key] = text
+    return text
 
 
 class _Line:
@@ -296,8 +317,8 @@ class _Records:
         """``line_text(self.fields(line))`` made straight from the facts in the common
         case (every string plain and not empty, the status an int, the time a float);
         else None. The text of the request's method, path and route, and of its client,
-        user and address, is made once for each and kept (:meth:`_part`): a worker's lines
-        repeat them, and only the status, time and id change."""
+        user and address, is made once for each and kept (:meth:`_head`, :meth:`_tail`):
+        a worker's lines repeat them, and only the status, time and id change."""
         method, path, rule, status, took, client, user, ip, rid = line
         if type(status) is not int or type(took) is not float:
             return None
@@ -305,42 +326,28 @@ class _Records:
             return None
         head = self._heads.get((method, path, rule))
         if head is None:
-            head = self._part(self._heads, (method, path, rule))
+            head = self._head((method, path, rule))
         tail = self._tails.get((client, user, ip))
         if tail is None:
-            tail = self._part(self._tails, (client, user, ip))
+            tail = self._tail((client, user, ip))
         if head is _NOT_PLAIN or tail is _NOT_PLAIN:
             return None
         return f"{head} status={status} duration_ms={round(took * 1000, 2)}{tail} request_id={rid}"
 
-    def _part(self, kept: dict[tuple[Any, ...], str], key: tuple[Any, ...]) -> str:
-        """The text of the line's ``key=value`` pairs for ``key`` (the method, path and
-        route, or the client, user and address; None values left out, the user hashed,
-        each pair after a space but the method's), kept in ``kept`` (``self._heads`` or
-        ``self._tails``, emptied when full); :data:`_NOT_PLAIN` (kept too) when a value is
-        not one plain string, or the method is missing."""
-        if len(kept) >= KEPT_PARTS:
-            kept.clear()
-        if kept is self._heads:
-            method, path, rule = key
-            pairs = [("method", method), ("path", path[:MAX_PATH] if type(path) is str else path)]
-            pairs.append(("route", rule))
-        else:
-            client, user, ip = key
-            pairs = [("client_id", client), ("user", self.hashed(user) if user else None)]
-            pairs.append(("ip", ip))
-        text = ""
-        for name, value in pairs:
-            if value is None:
-                continue
-            if type(value) is not str or not _plain(value):
-                text = _NOT_PLAIN
-                break
-            text += f" {name}={value}"
-        if kept is self._heads and text is not _NOT_PLAIN:
-            text = text[1:] if text.startswith(" method=") else _NOT_PLAIN
-        kept[key] = text
-        return text
+    def _head(self, key: tuple[Any, ...]) -> str:
+        """The text of a line's method, path (clipped) and route, kept: the line's start."""
+        method, path, rule = key
+        text = _NOT_PLAIN
+        if type(method) is str and type(path) is str:
+            text = _pairs((("method", method), ("path", path[:MAX_PATH]), ("route", rule)))
+        return _keep(self._heads, key, text if text is _NOT_PLAIN else text[1:])
+
+    def _tail(self, key: tuple[Any, ...]) -> str:
+        """The text of a line's client, user (hashed) and address, kept."""
+        client, user, ip = key
+        hashed = self.hashed(user) if user else None
+        pairs = (("client_id", client), ("user", hashed), ("ip", ip))
+        return _keep(self._tails, key, _pairs(pairs))
 
     def record(self, entry: tuple[Any, ...]) -> logging.LogRecord:
         """The record of a line :meth:`emit` held (for ``handleError``)."""
