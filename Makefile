@@ -15,6 +15,8 @@ RP_STAMP   = $(RP_DIR)/node_modules/.installed
 PEER_DIR   = bench/peer
 PEER_STAMP = $(PEER_DIR)/node_modules/.installed
 BENCH_PEER ?= on
+# pytest-xdist workers of `make test` (the tests' Redis databases are set apart for up to 3).
+TEST_WORKERS ?= 2
 LOCK_VENV  = .venv-lock
 PIP_TOOLS  = pip-tools==7.6.2
 COMPILE    = $(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes --strip-extras \
@@ -57,7 +59,7 @@ run: install
 
 ## Lint, type-check and run every test; report line and branch coverage of app/.
 test: install-test lint
-	$(BIN)/python -m pytest --cov=app --cov-report=term
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --cov=app --cov-report=term
 
 lint: install-test
 	$(BIN)/ruff check app tests bench

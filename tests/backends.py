@@ -29,8 +29,26 @@ START = {
 }
 
 
+#: Databases apart between pytest-xdist workers (``make test`` runs two): each worker
+#: shifts every Redis database number the tests use (15, 14, 11) by this times its
+#: number, so three workers fit in Redis's 16 databases.
+WORKER_DB_STEP = 5
+
+
+def worker_db(db: int) -> int:
+    """Database ``db`` as this pytest-xdist worker uses it (as is outside xdist and on
+    the first worker): tests that flush a database never flush another worker's."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    shifted = db - WORKER_DB_STEP * int(worker.removeprefix("gw") or 0)
+    if shifted < 0:
+        raise RuntimeError(f"xdist worker {worker} has no Redis database of its own: run 3 at most")
+    return shifted
+
+
 def redis_url() -> str:
-    return os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
+    base, _, db = url.rpartition("/")
+    return f"{base}/{worker_db(int(db))}" if db.isdigit() and "://" in base else url
 
 
 def redis_cluster_url() -> str | None:

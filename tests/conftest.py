@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -18,6 +19,7 @@ from werkzeug.serving import make_server
 
 from app import create_app
 from app.dummy_site import create_dummy_app
+from app.observability import direct
 from tests.factories import REDIRECT, csrf_from, login  # also imported from here by tests
 
 T = TypeVar("T")
@@ -90,6 +92,34 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         for backend in sorted(backends_of(item)):
             item.add_marker(backend)
+
+
+#: The root logger's handlers and level before a test (:func:`pytest_runtest_protocol`).
+_ROOT_LOGGING = pytest.StashKey[tuple[list[logging.Handler], int]]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """A test's logging set-up does not outlive it: the CLI's ``main`` (run in process by
+    the CLI tests) sets the root logger up as a server's, writing to the ``sys.stderr`` of
+    that moment (a test's capture, closed as the test ends); the root's handlers and level
+    are put back once the test is done."""
+    root = logging.getLogger()
+    item.stash[_ROOT_LOGGING] = (list(root.handlers), root.level)
+    yield
+    handlers, level = item.stash[_ROOT_LOGGING]
+    if root.handlers != handlers or root.level != level:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+@pytest.hookimpl(hookwrapper=True, trylast=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Request lines held for a stream are written as the test's call ends (innermost:
+    before pytest's capture of ``sys.stderr``, which such a stream may be, is closed),
+    not later by the holder's thread."""
+    yield
+    direct.HOLDER.flush()
 
 
 @pytest.fixture(scope="session")

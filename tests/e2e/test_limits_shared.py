@@ -8,13 +8,13 @@ import pytest
 import redis
 import requests
 
-from tests.backends import redis_url, require_service
+from tests.backends import redis_url, require_service, worker_db
 from tests.conftest import race
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
 FREE = 5
-DB = 11
+DB = worker_db(11)
 
 
 def test_the_sign_in_lockout_is_reserved_across_two_workers(start_server):

@@ -35,6 +35,7 @@ from tests.backends import (
     redis_url,
     require_service,
     with_search_path,
+    worker_db,
 )
 from tests.e2e.conftest import (
     DEMO_CLIENTS,
@@ -47,7 +48,7 @@ from tests.e2e.conftest import (
 )
 
 #: The Redis databases this folder may flush (15 is the storage suite's).
-REDIS_DB = 14
+REDIS_DB = worker_db(14)
 REDIS_DB_OTHER = 13
 REDIRECT = "http://localhost:8080/"
 COOKIE = "oauth2_session"
