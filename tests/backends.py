@@ -15,7 +15,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -38,10 +38,9 @@ WORKER_DB_STEP = 5
 def worker_db(db: int) -> int:
     """Database ``db`` as this pytest-xdist worker uses it (as is outside xdist and on
     the first worker): tests that flush a database never flush another worker's."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    shifted = db - WORKER_DB_STEP * int(worker.removeprefix("gw") or 0)
+    shifted = db - WORKER_DB_STEP * _worker()
     if shifted < 0:
-        raise RuntimeError(f"xdist worker {worker} has no Redis database of its own: run 3 at most")
+        raise RuntimeError(f"xdist worker {_worker()} has no Redis database of its own: 3 at most")
     return shifted
 
 
@@ -57,7 +56,30 @@ def redis_cluster_url() -> str | None:
 
 
 def database_url() -> str:
-    return os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    """``DATABASE_URL``; for the second xdist worker on, a database of its own next to it
+    (``test_gw1``, made if missing): what a test counts or ends by name on the server
+    (``pg_stat_activity``), and what it hears by ``NOTIFY``, is its worker's alone."""
+    url = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    worker = _worker()
+    return _worker_database(url, worker) if worker else url
+
+
+def _worker() -> int:
+    return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+
+
+@functools.cache
+def _worker_database(url: str, worker: int) -> str:
+    parts = urlsplit(url)
+    name = f"{parts.path.lstrip('/') or 'postgres'}_gw{worker}"
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=2) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.errors.DuplicateDatabase:
+        pass
+    except (psycopg.Error, OSError):
+        pass  # not reachable: ``require_service`` says so for the worker's URL
+    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 @functools.cache

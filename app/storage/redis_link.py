@@ -55,7 +55,7 @@ CLIENT_DEFAULTS: dict[str, Any] = {
 }
 
 
-#: The scripts that add index members: ``lua/keep.lua`` (their ``keep``) goes before them.
+#: The scripts that add index members: ``lua/keep.lua`` (their ``index_add``) goes before them.
 KEEPERS = frozenset({"index", "put", "exchange"})
 
 

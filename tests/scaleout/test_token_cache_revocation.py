@@ -9,6 +9,7 @@ arrived may get a 200. On Redis, Postgres and a Redis Cluster, every table there
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -124,49 +125,49 @@ class Hammer:
 
 
 def subscribers(url: str) -> int:
-    """How many token-cache subscriber connections the storage server holds."""
+    """How many token-cache subscriber connections the storage's database has (another
+    xdist worker's, on a database of its own, are not counted)."""
     if url.startswith("postgresql"):
         with psycopg.connect(url, autocommit=True) as conn:
             row = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE application_name = %s AND datname = current_database()",
                 (APPLICATION_NAME,),
             ).fetchone()
         return int(row[0]) if row else 0
-    if url.startswith("redis+cluster://"):
-        with RedisCluster.from_url("redis://" + url.split("://", 1)[1]) as cluster:
-            clients = [
-                c for node in cluster.get_primaries() for c in node.redis_connection.client_list()
-            ]
-    else:
-        with redis.Redis.from_url(url) as client:
-            clients = client.client_list()
-    return sum(1 for c in clients if c.get("name") == APPLICATION_NAME)
+    with _nodes(url) as (nodes, db):
+        return sum(len(_ours(node, db)) for node in nodes)
 
 
 def cut_subscribers(url: str) -> None:
-    """Kill every token-cache subscriber connection on the storage server."""
+    """Kill every token-cache subscriber connection of the storage's database."""
     if url.startswith("postgresql"):
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE application_name = %s",
+                " WHERE application_name = %s AND datname = current_database()",
                 (APPLICATION_NAME,),
             )
         return
+    with _nodes(url) as (nodes, db):
+        for node in nodes:
+            for entry in _ours(node, db):
+                node.client_kill_filter(_id=entry["id"])
+
+
+@contextlib.contextmanager
+def _nodes(url: str) -> Iterator[tuple[list[redis.Redis], str]]:
+    """The Redis servers of ``url`` (a Cluster's primaries) and its database number."""
     if url.startswith("redis+cluster://"):
         with RedisCluster.from_url("redis://" + url.split("://", 1)[1]) as cluster:
-            nodes = [node.redis_connection for node in cluster.get_primaries()]
-            _kill(nodes)
+            yield [node.redis_connection for node in cluster.get_primaries()], "0"
         return
     with redis.Redis.from_url(url) as client:
-        _kill([client])
+        yield [client], str(client.get_connection_kwargs().get("db", 0))
 
 
-def _kill(clients: list[redis.Redis]) -> None:
-    for client in clients:
-        for entry in client.client_list():
-            if entry.get("name") == APPLICATION_NAME:
-                client.client_kill_filter(_id=entry["id"])
+def _ours(node: redis.Redis, db: str) -> list[dict]:
+    return [c for c in node.client_list() if (c.get("name"), c.get("db")) == (APPLICATION_NAME, db)]
 
 
 def user_tokens(agent: requests.Session, backend: requests.Session, a: Instance) -> dict:

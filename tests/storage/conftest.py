@@ -12,6 +12,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 from redis.cluster import RedisCluster
@@ -41,6 +42,23 @@ def redis_backend() -> Iterator[RedisBackend]:
     yield backend
     backend.link.client.flushdb()
     backend.close()
+
+
+@pytest.fixture
+def own_redis_backend(tmp_path: Path) -> Iterator[RedisBackend]:
+    """A backend on a ``redis-server`` this test starts: for a test that changes or
+    reads what is the whole server's (``SCRIPT FLUSH``, ``commandstats``), which the
+    other xdist worker's tests share on the test Redis."""
+    from tests.scaleout.conftest import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    backend = RedisBackend(server.url())
+    try:
+        yield backend
+    finally:
+        backend.close()
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,8 @@ from app.storage.redis import RedisBackend
 from app.storage.redis_link import SCRIPTS, lua
 
 
-def test_put_and_take_reload_flushed_scripts(redis_backend: RedisBackend) -> None:
-    redis_backend.link.client.flushdb()
+def test_put_and_take_reload_flushed_scripts(own_redis_backend: RedisBackend) -> None:
+    redis_backend = own_redis_backend  # SCRIPT FLUSH is the whole server's
     table = redis_backend.table("tokens", 60)
     table.put("k1", {"user_id": "u1", "client_id": "c1", "grant_id": "g1"})
     redis_backend.link.client.script_flush()
@@ -29,9 +29,9 @@ def test_put_and_take_reload_flushed_scripts(redis_backend: RedisBackend) -> Non
 
 
 def test_a_batch_is_one_round_trip_and_survives_flushed_scripts(
-    redis_backend: RedisBackend, monkeypatch
+    own_redis_backend: RedisBackend, monkeypatch
 ) -> None:
-    redis_backend.link.client.flushdb()
+    redis_backend = own_redis_backend  # SCRIPT FLUSH is the whole server's
     tokens, audit = redis_backend.table("tokens", 60), redis_backend.table("audit", None)
     sent: list[int] = []  # the commands of each write to the server, sent at once
     real = redis.connection.AbstractConnection.pack_commands

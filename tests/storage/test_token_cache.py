@@ -336,13 +336,14 @@ def test_lost_subscriber_connection_flushes_and_serves_nothing_stale(stores: Sto
 
 
 def cut_subscriber(storage: Storage) -> None:
-    """Kill the server side of every subscriber connection of the token cache."""
+    """Kill the server side of every subscriber connection of the token cache on this
+    storage's database (another xdist worker's, on a database of its own, are left)."""
     backend = storage.tokens.backend  # type: ignore[attr-defined]
     if isinstance(backend, PostgresBackend):
         with psycopg.connect(backend.conninfo, autocommit=True) as conn:
             killed = conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE application_name = %s",
+                " WHERE application_name = %s AND datname = current_database()",
                 (APPLICATION_NAME,),
             ).fetchall()
         assert killed
@@ -350,11 +351,12 @@ def cut_subscriber(storage: Storage) -> None:
     assert isinstance(backend, RedisBackend)
     client = backend.link.client
     nodes = client.get_primaries() if isinstance(client, RedisCluster) else [None]
+    db = str(client.get_connection_kwargs().get("db", 0))
     killed = 0
     for node in nodes:
         target = client if node is None else node.redis_connection
         for entry in target.client_list():
-            if entry.get("name") == APPLICATION_NAME:
+            if entry.get("name") == APPLICATION_NAME and str(entry.get("db")) == db:
                 target.client_kill_filter(_id=entry["id"])
                 killed += 1
     assert killed

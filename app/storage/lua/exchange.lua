@@ -74,8 +74,7 @@ for _, s in ipairs(puts) do
   local member, score = ARGV[s + 3], ARGV[s + 4]
   if old then unindex(old, ARGV[s + 5], member) end
   for i = s + 9, s + 8 + tonumber(ARGV[s + 8]) do
-    redis.call('ZADD', ARGV[i], score, member)
-    keep(ARGV[i], score)
+    index_add(ARGV[i], score, member)
   end
   if ARGV[s + 6] ~= '' then redis.call('ZADD', ARGV[s + 6], ARGV[s + 7], member) end
 end

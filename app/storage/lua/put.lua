@@ -11,7 +11,6 @@ if ARGV[5] ~= '' then
   last = last - 1
 end
 for i = 2, last do
-  redis.call('ZADD', KEYS[i], ARGV[4], ARGV[3])
-  keep(KEYS[i], ARGV[4])
+  index_add(KEYS[i], ARGV[4], ARGV[3])
 end
 return old
