@@ -45,9 +45,13 @@ def worker_db(db: int) -> int:
 
 
 def redis_url() -> str:
+    """``REDIS_URL`` with its database number as this xdist worker uses it (0 if none)."""
     url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
-    base, _, db = url.rpartition("/")
-    return f"{base}/{worker_db(int(db))}" if db.isdigit() and "://" in base else url
+    parts = urlsplit(url)
+    db = parts.path.strip("/") or "0"
+    if not db.isdigit():
+        raise RuntimeError(f"REDIS_URL names no database number: {url}")
+    return urlunsplit(parts._replace(path=f"/{worker_db(int(db))}"))
 
 
 def redis_cluster_url() -> str | None:

@@ -1,7 +1,8 @@
 """Scale-out fixtures: Redis and Postgres for every table, real servers, a Redis to kill.
 
-* ``shared_redis``: the test Redis (``REDIS_URL``'s server) in database 14, flushed
-  before and after. Database 15 belongs to the storage suite; 13 and 14 to this folder.
+* ``shared_redis``: the test Redis (``REDIS_URL``'s server) in database 14 (9 for the
+  second xdist worker), flushed before and after. Database 15 (10) belongs to the
+  storage suite, 14 (9) to this folder.
 * ``pg_url``: ``DATABASE_URL`` with a schema of this test's own (dropped afterwards).
 * ``own_redis``: a ``redis-server`` this test starts on a spare port and may kill.
 * ``launch``: ``oauth2-server serve`` from a config folder in ``tmp_path``; every
@@ -47,9 +48,9 @@ from tests.e2e.conftest import (
     submit_login,
 )
 
-#: The Redis databases this folder may flush (15 is the storage suite's).
+#: The Redis database this folder may flush (15 is the storage suite's), as this xdist
+#: worker uses it.
 REDIS_DB = worker_db(14)
-REDIS_DB_OTHER = 13
 REDIRECT = "http://localhost:8080/"
 COOKIE = "oauth2_session"
 #: Seconds any one HTTP request of these tests may take.
