@@ -51,7 +51,13 @@ def redis_url() -> str:
     db = parts.path.strip("/") or "0"
     if not db.isdigit():
         raise RuntimeError(f"REDIS_URL names no database number: {url}")
-    return urlunsplit(parts._replace(path=f"/{worker_db(int(db))}"))
+    return redis_db_url(worker_db(int(db)), url)
+
+
+def redis_db_url(db: int, base: str | None = None) -> str:
+    """``base`` (default: :func:`redis_url`) pointing at database ``db``."""
+    parts = urlsplit(base or redis_url())
+    return urlunsplit(parts._replace(path=f"/{db}"))
 
 
 def redis_cluster_url() -> str | None:

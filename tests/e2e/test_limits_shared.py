@@ -8,7 +8,7 @@ import pytest
 import redis
 import requests
 
-from tests.backends import redis_url, require_service, worker_db
+from tests.backends import redis_db_url, require_service, worker_db
 from tests.conftest import race
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
@@ -18,8 +18,7 @@ DB = worker_db(11)
 
 
 def test_the_sign_in_lockout_is_reserved_across_two_workers(start_server):
-    base = redis_url().rsplit("/", 1)[0]
-    url = f"{base}/{DB}"
+    url = redis_db_url(DB)
     require_service("redis", url)
     with redis.Redis.from_url(url) as store:
         store.flushdb()

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 import redis
@@ -33,7 +33,7 @@ from bench import procs
 from tests.backends import (
     database_url,
     postgres_schema,
-    redis_url,
+    redis_db_url,
     require_service,
     with_search_path,
     worker_db,
@@ -57,12 +57,6 @@ COOKIE = "oauth2_session"
 TIMEOUT = 10
 SESSION_SECRET = "scaleout-session-secret-" + "s" * 24
 STOP_TIMEOUT = 10.0
-
-
-def redis_db_url(db: int, base: str | None = None) -> str:
-    """``base`` (default ``REDIS_URL``) pointing at database ``db``."""
-    parts = urlsplit(base or redis_url())
-    return urlunsplit(parts._replace(path=f"/{db}"))
 
 
 def every_table(url: str) -> dict[str, str]:
