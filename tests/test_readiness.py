@@ -124,3 +124,63 @@ def test_a_hung_check_fails_within_the_timeout(app, monkeypatch):
     assert checks["site"]["status"] == "down"
     assert checks["site"]["error"] == "no answer in 0.2s"
     assert checks["storage.sqlite"]["status"] == "up"
+
+
+def probe_threads() -> set:
+    import threading
+
+    return {t for t in threading.enumerate() if t.name.startswith("oauth2-readyz")}
+
+
+def test_probes_reuse_their_threads_and_handles(app):
+    """A probe used to start a thread per part; each left the site's libcurl handle (and
+    its kept-alive connection) and a SQLite connection behind. Now each part has one
+    thread for the process, whose handles every later probe reuses."""
+    from app.observability.readiness import PROBER
+
+    state = app.extensions["oauth2"]
+    client = app.test_client()
+    sqlite = next(iter(state.storage.backends.values()))
+    assert client.get("/readyz").status_code == 200
+    handles, connections = len(state.adapter._client._handles), len(sqlite._all)
+    threads = probe_threads()
+    for _ in range(25):
+        assert client.get("/readyz").status_code == 200
+    assert len(state.adapter._client._handles) == handles == 1
+    assert len(sqlite._all) == connections
+    assert probe_threads() == threads
+    names = {thread.name for thread in PROBER.threads()}
+    assert {"oauth2-readyz site", "oauth2-readyz storage.sqlite"} <= names
+
+
+def test_a_hung_check_is_joined_not_started_again(app, monkeypatch):
+    """Probes during a hang wait on the check already running: the hung backend is asked
+    once, and no thread piles up per probe. Once it answers, the next probe asks anew."""
+    import threading
+
+    from app.observability.readiness import PROBER, readiness
+
+    state = app.extensions["oauth2"]
+    release = threading.Event()
+    calls = []
+
+    def hanging(timeout: float) -> None:
+        calls.append(timeout)
+        release.wait(10)
+
+    monkeypatch.setattr(state.adapter, "ready", hanging)
+    threads = probe_threads()
+    try:
+        for _ in range(5):
+            ok, checks = readiness(state, timeout=0.05)
+            assert not ok
+            assert checks["site"]["error"] == "no answer in 0.05s"
+            assert checks["storage.sqlite"]["status"] == "up"
+        assert len(calls) == 1
+        assert len(probe_threads() - threads) <= 1  # the site's thread, made once
+    finally:
+        release.set()
+    assert PROBER._lanes["site"].running[1].result(5) == (None, pytest.approx(0, abs=10))
+    ok, checks = readiness(state, timeout=2)
+    assert ok, checks
+    assert len(calls) == 2

@@ -1,22 +1,36 @@
 """``/readyz``: can this process serve? Every storage backend and the site, each bounded.
 
-Each check runs in its own daemon thread and is given ``timeout`` seconds: a backend
-that hangs (a black-holed address, a stuck pool) fails its check instead of holding the
-load balancer's probe. The answer names every part, never a URL (it may hold a password).
+Each part's check runs on a thread of that part's own, kept for the process's life, and
+is given ``timeout`` seconds: a backend that hangs (a black-holed address, a stuck pool)
+fails its check instead of holding the load balancer's probe. The threads are kept so
+the per-thread handles a check opens (the site's libcurl handle and its kept-alive
+connection, a SQLite connection) are made once and reused; a thread per probe left one
+of each behind every time. A part runs one check at a time: a probe that finds its
+part's check still running (a hung backend, or a flood of probes) waits for that one's
+answer instead of starting another, so probes never pile up threads or calls on a
+backend. The answer names every part, never a URL (it may hold a password).
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
+
+from .. import process
 
 if TYPE_CHECKING:
     from .. import State
 
 #: Seconds each part may take to answer.
 TIMEOUT = 2.0
+
+#: What a check answers: why it failed (``None``: it passed), and the seconds it took.
+Outcome = tuple[str | None, float]
 
 
 def kind(backend: object) -> str:
@@ -41,32 +55,82 @@ def storage_parts(state: State) -> dict[str, tuple[Callable[[], None], list[str]
     return parts
 
 
+class _Lane:
+    """One part's thread and the check it is running (if any)."""
+
+    def __init__(self, name: str) -> None:
+        self.jobs: queue.SimpleQueue[tuple[Callable[[], None], Future[Outcome]]] = (
+            queue.SimpleQueue()
+        )
+        #: (whose check: the backend or adapter it asks, its answer to come)
+        self.running: tuple[object, Future[Outcome]] | None = None
+        self.thread = threading.Thread(target=self._run, name=f"oauth2-readyz {name}", daemon=True)
+        self.thread.start()
+
+    def submit(self, owner: object, check: Callable[[], None]) -> Future[Outcome]:
+        running = self.running
+        if running is not None and running[0] is owner and not running[1].done():
+            return running[1]  # the same check is on its way: share its answer
+        answer: Future[Outcome] = Future()
+        self.running = (owner, answer)
+        self.jobs.put((check, answer))
+        return answer
+
+    def _run(self) -> None:
+        while True:
+            check, answer = self.jobs.get()
+            started = time.perf_counter()
+            try:
+                check()
+                answer.set_result((None, time.perf_counter() - started))
+            except Exception as exc:  # noqa: BLE001 - reported, never raised
+                answer.set_result((type(exc).__name__, time.perf_counter() - started))
+
+
+class Prober:
+    """This process's check threads, one a part name (made when first asked for)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = process.pid()
+        self._lanes: dict[str, _Lane] = {}
+
+    def submit(self, name: str, owner: object, check: Callable[[], None]) -> Future[Outcome]:
+        """Run ``check`` (which asks ``owner``) on ``name``'s thread, or join the one of
+        ``owner``'s already running there."""
+        with self._lock:
+            if self._pid != process.pid():  # forked: the parent's threads are not ours
+                self._pid, self._lanes = process.pid(), {}
+            lane = self._lanes.get(name)
+            if lane is None:
+                lane = self._lanes[name] = _Lane(name)
+            return lane.submit(owner, check)
+
+    def threads(self) -> list[threading.Thread]:
+        """The check threads this process has made (for tests)."""
+        with self._lock:
+            return [lane.thread for lane in self._lanes.values()]
+
+
+PROBER = Prober()
+
+
 def readiness(state: State, timeout: float = TIMEOUT) -> tuple[bool, dict[str, Any]]:
     """(all ready, check name -> ``{"status": "up"|"down", ...}``), checks run side by side."""
-    parts: dict[str, tuple[Callable[[], None], list[str] | None]] = dict(storage_parts(state))
-    parts["site"] = (lambda: state.adapter.ready(timeout), None)
-    results: dict[str, tuple[str | None, float]] = {}
-    started = time.perf_counter()
-
-    def probe(name: str, check: Callable[[], None]) -> None:
-        try:
-            check()
-            results[name] = (None, time.perf_counter() - started)
-        except Exception as exc:  # noqa: BLE001 - reported, never raised
-            results[name] = (type(exc).__name__, time.perf_counter() - started)
-
-    threads = [
-        threading.Thread(target=probe, args=(name, check), name="oauth2-readyz", daemon=True)
-        for name, (check, _) in parts.items()
-    ]
-    for thread in threads:
-        thread.start()
+    parts: dict[str, tuple[object, Callable[[], None], list[str] | None]] = {
+        name: (getattr(ping, "__self__", ping), ping, tables)
+        for name, (ping, tables) in storage_parts(state).items()
+    }
+    adapter = state.adapter
+    parts["site"] = (adapter, lambda: adapter.ready(timeout), None)
+    answers = {name: PROBER.submit(name, owner, check) for name, (owner, check, _) in parts.items()}
     deadline = time.monotonic() + timeout
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
     checks: dict[str, Any] = {}
-    for name, (_, tables) in parts.items():
-        why, took = results.get(name, (f"no answer in {timeout:g}s", timeout))
+    for name, (_, _, tables) in parts.items():
+        try:
+            why, took = answers[name].result(max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            why, took = f"no answer in {timeout:g}s", timeout
         entry: dict[str, Any] = {"status": "down" if why else "up", "ms": round(took * 1000, 1)}
         if tables is not None:
             entry["tables"] = tables
