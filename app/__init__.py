@@ -107,7 +107,7 @@ def create_app(
     # TLS is the deployment's job (or ``auth_server.ssl``); Authlib must not refuse plain
     # HTTP on loopback or behind a terminating proxy.
     os.environ.setdefault("AUTHLIB_INSECURE_TRANSPORT", "1")
-    app = lean.SyncedFlask(
+    app = lean.PagesApp(
         __name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static")
     )
     app.config.update(settings.flask_config())

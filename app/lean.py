@@ -141,6 +141,25 @@ class SyncedFlask(Flask):
         return synced
 
 
+class PagesApp(SyncedFlask):
+    """The main app (the pages and everything the lean apps do not take): its request
+    line's hook (:func:`app.observability.requestlog.init_app`) runs once Flask's
+    ``process_response`` is done, the session saved. A session that could not be saved
+    turns the answer into a 503 there; the line and the request count then say 503, and
+    the request's time includes the save."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Called with each response after the session is saved, in order.
+        self.answered_hooks: list[Any] = []
+
+    def process_response(self, response: Any) -> Any:
+        response = super().process_response(response)
+        for hook in self.answered_hooks:
+            response = hook(response)
+        return response
+
+
 class LeanApp(SyncedFlask):
     """Flask with a short request path for a request :meth:`short_route` names, by a method the
     route takes: the request context pushed without binding a URL adapter or opening a

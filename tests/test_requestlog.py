@@ -276,3 +276,51 @@ def test_the_user_hash_is_kept_per_user(client, logged, monkeypatch):
     # The consent page's line names the user from the signed-in session (its cookie).
     pages = [line for line in lines(out) if line.get("path") == "/authorize"]
     assert pages and all(line.get("user") == users[0] for line in pages)
+
+
+def test_a_session_that_cannot_be_saved_is_logged_and_counted_as_its_503(
+    tmp_path, dummy_site, closing, logged, monkeypatch
+):
+    """The session is saved after the ``after_request`` hooks, and a failed save turns
+    the answer into a 503: the line and the request count must say 503, not the view's 302."""
+    from app import create_app
+    from app.secrets_hash import hash_random_secret
+    from app.storage import StorageUnavailable
+    from tests.conftest import base_config
+    from tests.factories import csrf_from, login
+    from tests.test_metrics import TOKEN, scrape, value
+
+    out, _ = logged
+    metrics = {"enabled": True, "token_hash": hash_random_secret(TOKEN)}
+    app = closing(create_app(base_config(tmp_path, dummy_site, metrics=metrics)))
+    client = app.test_client()
+    login(client)
+    page = client.get("/review")
+    state = app.extensions["oauth2"]
+    before = scrape(client)
+
+    def down(*args, **kwargs):
+        raise StorageUnavailable("storage is down (test)")
+
+    monkeypatch.setattr(state.storage.session, "put", down)
+    monkeypatch.setattr(state.storage.session, "discard", down)
+    response = client.post(
+        "/logout", data={"csrf_token": csrf_from(page.text)}, headers={"X-Request-Id": "out-1"}
+    )
+    assert response.status_code == 503
+    assert response.headers["X-Request-Id"] == "out-1"
+    monkeypatch.undo()
+    after = scrape(client)
+    labels = {"route": "/logout", "method": "POST"}
+    counted = {
+        status: value(after, "oauth2_http_requests_total", status=status, **labels)
+        - value(before, "oauth2_http_requests_total", status=status, **labels)
+        for status in ("302", "503")
+    }
+    assert counted == {"302": 0, "503": 1}
+    [line] = [
+        line
+        for line in lines(out)
+        if line["logger"] == "oauth2.request" and line.get("request_id") == "out-1"
+    ]
+    assert line["status"] == 503 and line["path"] == "/logout"

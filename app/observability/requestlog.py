@@ -430,8 +430,9 @@ class RequestLine:
 
 def init_app(app: Flask, observe: Observer | None = None) -> RequestLine:
     """Go first among ``before_request`` hooks (so a limiter's 429 is logged with its id);
-    one ``after_request`` hook sets the header, logs the line (``logging.requests``) and
-    calls ``observe`` (the metrics) when given. Returns the app's :class:`RequestLine`."""
+    one ``after_request`` hook (on the pages' app, a hook run after the session is saved)
+    sets the header, logs the line (``logging.requests``) and calls ``observe`` (the
+    metrics) when given. Returns the app's :class:`RequestLine`."""
     line = RequestLine(app, observe)
 
     def finish(response: Response) -> Response:
@@ -441,7 +442,11 @@ def init_app(app: Flask, observe: Observer | None = None) -> RequestLine:
 
     line.finish = finish
     app.before_request_funcs.setdefault(None, []).insert(0, _begin)
-    app.after_request(finish)
+    answered = getattr(app, "answered_hooks", None)
+    if answered is not None:  # the pages' app: once its session is saved (lean.PagesApp)
+        answered.append(finish)
+    else:
+        app.after_request(finish)
     app.teardown_request(_end)
     return line
 
