@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.config
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -153,3 +154,17 @@ def log_config(loggers: dict[str, int | str] | None = None, fmt: str = "text") -
             for name, level in (loggers or {}).items()
         },
     }
+
+
+def configure_unless_set(fmt: str = "text") -> bool:
+    """Under a WSGI server that ``serve`` did not start (``wsgi.py``): give the root
+    logger :func:`log_config`'s handler in format ``fmt`` unless it has a handler
+    already. Neither gunicorn nor granian gives the root one by default, and without it
+    Python's last-resort handler writes only warnings, bare: the request lines and audit
+    events would be lost and nothing would carry a timestamp. A server set up to log the
+    root itself (``gunicorn --log-config``, say) keeps its own set-up. Returns whether
+    the root was set up here."""
+    if logging.getLogger().handlers:
+        return False
+    logging.config.dictConfig(log_config(fmt=fmt))
+    return True
