@@ -58,6 +58,32 @@ class Readiness:
         self._seen.update(int(line) for line in lines)
 
 
+#: Settings that only a restart changes: the listeners and TLS, the workers and their
+#: threads, the server, the log format (given to the server at start), the metrics
+#: (their shared folder is prepared before the first worker) and the admin listener.
+RESTART_ONLY = (
+    (
+        "auth_server",
+        ("host", "port", "ssl", "ssl_cert", "ssl_key", "num_workers", "threads", "server"),
+    ),
+    ("logging", ("format",)),
+    ("metrics", ("enabled",)),
+    ("admin", ("listen",)),
+)
+
+
+def restart_only_changes(running: Settings, fresh: Settings) -> dict[str, dict[str, Any]]:
+    """The :data:`RESTART_ONLY` settings ``fresh`` changes, as the running values to put
+    back (``{"section": {"key": value}}``)."""
+    held: dict[str, dict[str, Any]] = {}
+    for section, keys in RESTART_ONLY:
+        now, then = getattr(running.config, section), getattr(fresh.config, section)
+        for key in keys:
+            if getattr(now, key) != getattr(then, key):
+                held.setdefault(section, {})[key] = getattr(now, key)
+    return held
+
+
 class Configuration:
     """What workers are built from: the settings, the clients, and their generation."""
 
@@ -74,6 +100,13 @@ class Configuration:
         self.generation += 1
         try:
             fresh = Settings.load(config_dir=self.settings.config_dir)
+            held = restart_only_changes(self.settings, fresh)
+            if held:
+                log.warning(
+                    "reload: %s changed; the running value holds until a restart",
+                    ", ".join(f"{section}.{key}" for section in held for key in held[section]),
+                )
+                fresh = Settings.load(held, config_dir=self.settings.config_dir)
             self.settings, self.clients = fresh, self._load_clients(fresh)
         except (ConfigError, ClientFileError, StorageConfigError, ValueError) as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)

@@ -39,6 +39,10 @@ def gunicorn_level(level: int) -> str:
     return "critical"
 
 
+#: gunicorn's access line: address, method, path (no query), protocol, status, bytes, µs.
+ACCESS_FORMAT = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(D)s'
+
+
 def gunicorn_options(settings: Settings, bind: str | None = None) -> dict[str, Any]:
     """Map our settings to gunicorn's."""
     auth = settings.auth
@@ -54,6 +58,9 @@ def gunicorn_options(settings: Settings, bind: str | None = None) -> dict[str, A
         "proc_name": "oauth2-server",
         "control_socket_disable": True,
         "loglevel": gunicorn_level(settings.log_level),
+        # The access log (at ``debug``): the path without its query, and no referer: an
+        # authorization request's or redirect's query holds codes, states and hints.
+        "access_log_format": ACCESS_FORMAT,
         # Our format on gunicorn's loggers; the access log shows only at ``debug``.
         "logconfig_dict": log_config(
             {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -47,3 +48,44 @@ def test_log_lines_start_with_an_iso_utc_timestamp():
     line = IsoFormatter(FORMAT).format(record)
     assert line == "2026-12-02T00:00:00.250Z NOTICE oauth2: reload complete"
     assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ", line)
+
+
+def test_a_reload_holds_what_only_a_restart_changes(tmp_path, dummy_site, caplog):
+    """A reload applies what it can (the log level here) and keeps the running value of
+    what the running server cannot take (its port, the log format given to the server,
+    the metrics' folder made at start, the admin listener), saying which."""
+    import json
+
+    from app.reload import Configuration
+    from app.serve import load_checked
+    from app.settings import Settings
+
+    folder = tmp_path / "config"
+    folder.mkdir()
+    host, port = dummy_site
+    config = {
+        "auth_server": {"session_secret": "reload-test-secret-" + "x" * 20, "port": 8181},
+        "storage": {"default": f"sqlite:///{tmp_path}/reload.db"},
+        "resource_server": {"type": "dummy", "host": host, "port": port},
+        "logging": {"level": "notice", "format": "text"},
+        "client_credentials": {"file": str(Path(__file__).parents[1] / "clients.json.example")},
+    }
+    (folder / "default.json").write_text(json.dumps(config))
+    settings = Settings.load(config_dir=str(folder), environ={})
+    configuration = Configuration(settings, load_checked(settings), load_checked)
+    config["auth_server"]["port"] = 8282
+    config["logging"] = {"level": "debug", "format": "json"}
+    config["metrics"] = {"enabled": True, "token_hash": "sha256$" + "0" * 64}
+    (folder / "default.json").write_text(json.dumps(config))
+    with caplog.at_level(logging.WARNING, logger="oauth2"):
+        configuration.reload()
+    fresh = configuration.settings
+    assert fresh is not settings and fresh.config.logging.level == "debug"
+    assert fresh.auth.port == 8181
+    assert fresh.config.logging.format == "text"
+    assert fresh.config.metrics.enabled is False
+    assert fresh.config.metrics.token_hash == "sha256$" + "0" * 64  # not restart-only
+    assert (
+        "reload: auth_server.port, logging.format, metrics.enabled changed; "
+        "the running value holds until a restart"
+    ) in caplog.text

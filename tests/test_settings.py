@@ -601,6 +601,35 @@ def test_threads_per_worker_reach_both_servers(folder):
     assert granian_options(settings)["workers"] == 3
 
 
+def test_gunicorns_access_line_holds_no_query_and_no_referer(folder):
+    """At ``debug`` gunicorn writes an access line; its default holds the whole request
+    line and the referer, where an authorization request's code, state and hints are."""
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from gunicorn.config import Config
+    from gunicorn.glogging import Logger
+
+    from app.serve import gunicorn_options
+
+    options = gunicorn_options(load(folder))
+    config = Config()
+    config.set("access_log_format", options["access_log_format"])
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "RAW_URI": "/cb?code=s3cr3t-code&state=st4te",
+        "PATH_INFO": "/authorize",
+        "QUERY_STRING": "code=s3cr3t-code&state=st4te",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "192.0.2.7",
+        "HTTP_REFERER": "https://rp.example/cb?code=s3cr3t-code",
+    }
+    response = SimpleNamespace(status="302 FOUND", sent=0, headers=[])
+    atoms = Logger(config).atoms(response, [], environ, timedelta(microseconds=1500))
+    line = config.access_log_format % atoms
+    assert line == '192.0.2.7 "GET /authorize HTTP/1.1" 302 0 1500'
+
+
 @pytest.mark.parametrize("threads", [0, -1, 257, "many"])
 def test_a_bad_thread_count_is_refused_naming_the_key(folder, threads):
     write(folder, "runtime.json", {"auth_server": {"threads": threads}})
