@@ -155,6 +155,11 @@ def test_the_grafana_dashboard_names_only_metrics_we_export():
     assert used <= exported, used - exported
     # Every family has a panel.
     assert {name for name in families if any(name in n for n in used)} == set(families)
+    # Every series is of the jobs picked (two deployments in one Prometheus stay apart).
+    selectors = [s for expr in exprs for s in re.findall(r"\boauth2_\w+(\{[^}]*\})?", expr)]
+    assert selectors and all(s.startswith('{job=~"$job"') for s in selectors), selectors
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert {"datasource", "job"} <= variables
 
 
 def test_storage_failures_are_counted_by_table(metered, monkeypatch):
@@ -470,3 +475,19 @@ def test_a_bad_label_cap_is_refused_at_start(tmp_path, dummy_site, bad):
         create_app(
             base_config(tmp_path, dummy_site, metrics={**metrics_section, "max_client_labels": bad})
         )
+
+
+def test_only_count_files_are_cleared_from_the_operators_folder(tmp_path, monkeypatch):
+    """An earlier run's counts go; nothing else in the folder named is touched (it used to
+    be removed whole, whatever else it held)."""
+    from app.observability.multiproc import ENV, prepare_multiprocess_dir
+
+    folder = tmp_path / "metrics"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("counter_123.db", "histogram_9.db", "gauge_livesum_77.db"):
+        (folder / name).write_bytes(b"x")
+    (folder / "keep.txt").write_text("not ours")
+    (folder / "notes.db").write_text("not prometheus_client's")
+    monkeypatch.setenv(ENV, str(folder))
+    assert prepare_multiprocess_dir() == str(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["keep.txt", "notes.db", "sub"]
