@@ -174,9 +174,12 @@ class BackchannelSender:
         if urlsplit(uri).scheme not in ("http", "https"):
             audit("backchannel_failed", client_id=notice.client_id, reason="not an http(s) URI")
             return
-        if self.public_only and _stored(client) and not _resolves_publicly(uri):
-            audit("backchannel_failed", client_id=notice.client_id, reason="not public")
-            return
+        pinned: str | None = None
+        if self.public_only and _stored(client):
+            pinned = _public_address(uri)
+            if pinned is None:
+                audit("backchannel_failed", client_id=notice.client_id, reason="not public")
+                return
         alg = client.id_token_signed_response_alg or state.settings.oidc.default_alg
         token = logout_token(
             client,
@@ -191,7 +194,7 @@ class BackchannelSender:
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
-            reason = self._post(uri, body)
+            reason = self._post(uri, body, pinned)
             if not reason:
                 log.debug("back-channel logout delivered to %s", notice.client_id)
                 return
@@ -202,19 +205,37 @@ class BackchannelSender:
             attempts=self.retries + 1,
         )
 
-    def _post(self, uri: str, body: str) -> str:
-        """POST one Logout Token; return why it failed, or ``""`` when delivered."""
+    def _post(self, uri: str, body: str, pinned: str | None = None) -> str:
+        """POST one Logout Token; return why it failed, or ``""`` when delivered.
+
+        With ``pinned`` (an address the URI's host was found to resolve to), the connection
+        goes to that address, not to whatever the name resolves to by then (DNS
+        rebinding); the request still names the host (``Host``, TLS SNI) and its
+        certificate is checked against the host's name."""
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        options: dict[str, Any] = {
+            "body": body,
+            "timeout": urllib3.Timeout(connect=self.timeout, read=self.timeout),
+            "retries": False,
+            "redirect": False,
+            "preload_content": False,
+        }
         try:
-            response = self._http.request(
-                "POST",
-                uri,
-                body=body,
-                headers={"Content-Type": "application/x-www-form-urlencoded"},
-                timeout=urllib3.Timeout(connect=self.timeout, read=self.timeout),
-                retries=False,
-                redirect=False,
-                preload_content=False,
-            )
+            if pinned is None:
+                response = self._http.request("POST", uri, headers=headers, **options)
+            else:
+                parts = urlsplit(uri)
+                host = parts.hostname or ""
+                tls = parts.scheme == "https"
+                pool = self._http.connection_from_host(
+                    pinned,
+                    parts.port or (443 if tls else 80),
+                    parts.scheme,
+                    pool_kwargs={"server_hostname": host, "assert_hostname": host} if tls else None,
+                )
+                target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+                headers["Host"] = parts.netloc.rpartition("@")[2]
+                response = pool.urlopen("POST", target, headers=headers, **options)
         except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             return type(exc).__name__
         response.close()  # the body is not needed, however long a partner makes it
@@ -240,20 +261,32 @@ def _stored(client) -> bool:
     return isinstance(client, StoredClient)
 
 
-def _resolves_publicly(uri: str) -> bool:
-    """Whether every address ``uri``'s host resolves to is globally routable (a stored
-    client, made over the admin API, must not aim the server at its own network).
-
-    A name that resolves differently between this check and the connection (DNS
-    rebinding) is not covered; the registration check refuses literal addresses."""
+def _public_address(uri: str) -> str | None:
+    """An address of ``uri``'s host to connect to, if every address it resolves to is
+    globally routable, else ``None`` (a stored client, made over the admin API, must not
+    aim the server at its own network). The delivery connects to the address returned,
+    so a name that resolves elsewhere by the time of the connection (DNS rebinding) is
+    not followed there."""
     parts = urlsplit(uri)
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         found = socket.getaddrinfo(parts.hostname or "", port, proto=socket.IPPROTO_TCP)
     except (OSError, ValueError, UnicodeError):
-        return False
-    addresses = {str(info[4][0]).split("%")[0] for info in found}
-    return bool(addresses) and all(ipaddress.ip_address(a).is_global for a in addresses)
+        return None
+    addresses = [str(info[4][0]).split("%")[0] for info in found]
+    if not addresses or not all(_is_public(a) for a in addresses):
+        return None
+    return addresses[0]
+
+
+def _is_public(address: str) -> bool:
+    """Whether ``address`` is globally routable."""
+    return ipaddress.ip_address(address).is_global
+
+
+def _resolves_publicly(uri: str) -> bool:
+    """Whether every address ``uri``'s host resolves to is globally routable."""
+    return _public_address(uri) is not None
 
 
 def sender() -> BackchannelSender:

@@ -250,6 +250,77 @@ def test_logout_token_claims_without_a_session_id(app):
     assert claims["iss"] == "https://op"
 
 
+def listening_pair() -> tuple[ThreadingHTTPServer, ThreadingHTTPServer, list[tuple[str, str]]]:
+    """Two servers on one port, at 127.0.0.2 (standing for a public address) and at
+    127.0.0.1 (the inside), and the (address, Host header) of each POST they receive."""
+    seen: list[tuple[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            seen.append((self.server.server_address[0], self.headers.get("Host", "")))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args) -> None:  # noqa: A002
+            pass
+
+    for _ in range(20):
+        outside = ThreadingHTTPServer(("127.0.0.2", 0), Handler)
+        try:
+            inside = ThreadingHTTPServer(("127.0.0.1", outside.server_port), Handler)
+        except OSError:  # that port is taken on 127.0.0.1: another one
+            outside.server_close()
+            continue
+        for server in (outside, inside):
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+        return outside, inside, seen
+    raise AssertionError("no port free on both addresses")
+
+
+def test_in_production_a_stored_client_is_sent_to_the_address_that_was_checked(
+    app, browser, monkeypatch
+):
+    """DNS rebinding: the partner's name resolves to a public address for the check, then
+    to one inside the network. The token goes to the address checked, naming the host."""
+    import socket
+
+    outside, inside, seen = listening_pair()
+    port = outside.server_port
+    real = socket.getaddrinfo
+    asked: list[str] = []
+
+    def rebinding(host, *args, **kwargs):
+        if host != "rp-rebind.test":
+            return real(host, *args, **kwargs)
+        asked.append(host)
+        address = "127.0.0.2" if len(asked) == 1 else "127.0.0.1"
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    monkeypatch.setattr(backchannel, "_is_public", lambda address: address == "127.0.0.2")
+    state = app.extensions["oauth2"]
+    uri = f"http://rp-rebind.test:{port}/bc?x=1"
+    record, _ = state.clients.store.create(
+        {"redirect_uris": ["https://rp.example/cb"], "backchannel_logout_uri": uri}
+    )
+    note(browser, record["client_id"])
+    for client_id in ("test", "reader"):
+        give(app, client_id, backchannel_logout_uri=None)
+    sender(app).public_only = True  # as in production
+    try:
+        sign_out(browser)
+        assert sender(app).wait_idle(WAIT)
+    finally:
+        for server in (outside, inside):
+            server.shutdown()
+            server.server_close()
+    assert seen == [("127.0.0.2", f"rp-rebind.test:{port}")]
+    assert asked == ["rp-rebind.test"]  # resolved once, for the check
+    assert audited(app, "backchannel_failed") == []
+
+
 def test_in_production_a_stored_clients_uri_must_resolve_to_a_public_address(
     app, browser, receiver
 ):
