@@ -169,18 +169,59 @@ def test_a_hung_check_is_joined_not_started_again(app, monkeypatch):
         release.wait(10)
 
     monkeypatch.setattr(state.adapter, "ready", hanging)
-    threads = probe_threads()
     try:
-        for _ in range(5):
+        for probe in range(5):
             ok, checks = readiness(state, timeout=0.05)
             assert not ok
             assert checks["site"]["error"] == "no answer in 0.05s"
             assert checks["storage.sqlite"]["status"] == "up"
+            if probe == 0:
+                threads = probe_threads()  # this app's two parts' threads, made now
         assert len(calls) == 1
-        assert len(probe_threads() - threads) <= 1  # the site's thread, made once
+        assert probe_threads() == threads
     finally:
         release.set()
-    assert PROBER._lanes["site"].running[1].result(5) == (None, pytest.approx(0, abs=10))
+    hung = PROBER.running("site", state.adapter)
+    assert hung is not None and hung.result(5)[0] is None  # it answered, late
     ok, checks = readiness(state, timeout=2)
     assert ok, checks
     assert len(calls) == 2
+
+
+def test_a_hung_check_of_one_app_does_not_hold_anothers(
+    app, tmp_path, dummy_site, closing, monkeypatch
+):
+    """Each backend or adapter has its own thread: another app's site (a reload, an
+    embedder's second app) is asked at once while the first one's check hangs."""
+    import threading
+
+    from app import create_app
+    from app.observability.readiness import readiness
+
+    first = app.extensions["oauth2"]
+    second = closing(create_app(base_config(tmp_path / "second", dummy_site))).extensions["oauth2"]
+    release = threading.Event()
+    monkeypatch.setattr(first.adapter, "ready", lambda timeout: release.wait(10))
+    try:
+        assert not readiness(first, timeout=0.05)[0]
+        ok, checks = readiness(second, timeout=2)
+        assert ok, checks
+    finally:
+        release.set()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_check_thread_that_ended_is_made_again(app, monkeypatch):
+    from app.observability.readiness import readiness
+
+    state = app.extensions["oauth2"]
+
+    def ending(timeout: float) -> None:
+        raise SystemExit  # ends the thread it runs on (not an Exception)
+
+    monkeypatch.setattr(state.adapter, "ready", ending)
+    ok, checks = readiness(state, timeout=2)
+    assert not ok and checks["site"]["error"] == "SystemExit"
+    monkeypatch.undo()
+    ok, checks = readiness(state, timeout=2)
+    assert ok, checks

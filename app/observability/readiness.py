@@ -13,6 +13,7 @@ backend. The answer names every part, never a URL (it may hold a password).
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -20,8 +21,6 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
-
-from .. import process
 
 if TYPE_CHECKING:
     from .. import State
@@ -56,23 +55,24 @@ def storage_parts(state: State) -> dict[str, tuple[Callable[[], None], list[str]
 
 
 class _Lane:
-    """One part's thread and the check it is running (if any)."""
+    """One part's thread (of one backend or adapter) and the check it last started."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, owner: object) -> None:
+        self.owner = owner  # kept: the key's id is this object's while the lane lives
         self.jobs: queue.SimpleQueue[tuple[Callable[[], None], Future[Outcome]]] = (
             queue.SimpleQueue()
         )
-        #: (whose check: the backend or adapter it asks, its answer to come)
-        self.running: tuple[object, Future[Outcome]] | None = None
+        self.running: Future[Outcome] | None = None
+        self.ended = False  # set before the answer of the check that ended the thread
         self.thread = threading.Thread(target=self._run, name=f"oauth2-readyz {name}", daemon=True)
         self.thread.start()
 
-    def submit(self, owner: object, check: Callable[[], None]) -> Future[Outcome]:
+    def submit(self, check: Callable[[], None]) -> Future[Outcome]:
         running = self.running
-        if running is not None and running[0] is owner and not running[1].done():
-            return running[1]  # the same check is on its way: share its answer
+        if running is not None and not running.done():
+            return running  # a check is on its way: share its answer
         answer: Future[Outcome] = Future()
-        self.running = (owner, answer)
+        self.running = answer
         self.jobs.put((check, answer))
         return answer
 
@@ -85,34 +85,51 @@ class _Lane:
                 answer.set_result((None, time.perf_counter() - started))
             except Exception as exc:  # noqa: BLE001 - reported, never raised
                 answer.set_result((type(exc).__name__, time.perf_counter() - started))
+            except BaseException as exc:  # the thread ends: a new one takes the next check
+                self.ended = True
+                answer.set_result((type(exc).__name__, time.perf_counter() - started))
+                raise
+            del check, answer  # hold no app between checks
 
 
 class Prober:
-    """This process's check threads, one a part name (made when first asked for)."""
+    """This process's check threads: one for each part of each backend or adapter asked
+    (a serving process has one of each; tests and reloads in one process, more), made
+    when first asked for, made again if one ended."""
 
     def __init__(self) -> None:
+        self._forked()
+
+    def _forked(self) -> None:
+        """(Also in a forked child: the parent's threads are not there, and its lock may
+        have been held by one of them.)"""
         self._lock = threading.Lock()
-        self._pid = process.pid()
-        self._lanes: dict[str, _Lane] = {}
+        self._lanes: dict[tuple[str, int], _Lane] = {}
 
     def submit(self, name: str, owner: object, check: Callable[[], None]) -> Future[Outcome]:
-        """Run ``check`` (which asks ``owner``) on ``name``'s thread, or join the one of
-        ``owner``'s already running there."""
+        """Run ``check`` (which asks ``owner``) on the thread of ``name`` and ``owner``,
+        or share the answer of the check already running there."""
         with self._lock:
-            if self._pid != process.pid():  # forked: the parent's threads are not ours
-                self._pid, self._lanes = process.pid(), {}
-            lane = self._lanes.get(name)
-            if lane is None:
-                lane = self._lanes[name] = _Lane(name)
-            return lane.submit(owner, check)
+            key = (name, id(owner))
+            lane = self._lanes.get(key)
+            if lane is None or lane.ended:
+                lane = self._lanes[key] = _Lane(name, owner)
+            return lane.submit(check)
 
     def threads(self) -> list[threading.Thread]:
         """The check threads this process has made (for tests)."""
         with self._lock:
             return [lane.thread for lane in self._lanes.values()]
 
+    def running(self, name: str, owner: object) -> Future[Outcome] | None:
+        """The check last started for ``name`` of ``owner`` (for tests)."""
+        with self._lock:
+            lane = self._lanes.get((name, id(owner)))
+            return lane.running if lane is not None else None
+
 
 PROBER = Prober()
+os.register_at_fork(after_in_child=PROBER._forked)
 
 
 def readiness(state: State, timeout: float = TIMEOUT) -> tuple[bool, dict[str, Any]]:
