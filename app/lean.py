@@ -143,18 +143,19 @@ class SyncedFlask(Flask):
 
 class PagesApp(SyncedFlask):
     """The main app (the pages and everything the lean apps do not take): its request
-    line's hook (:func:`app.observability.requestlog.init_app`) runs once Flask's
-    ``process_response`` is done, the session saved. A session that could not be saved
-    turns the answer into a 503 there; the line and the request count then say 503, and
-    the request's time includes the save."""
+    line's hook (:func:`app.observability.requestlog.init_app`) runs on the answer Flask
+    finalized, the session saved. A session that could not be saved turns the answer into
+    a 503 there; the line and the request count then say 503, and the request's time
+    includes the save. If finalizing raised, Flask finalizes its 500 instead, and that
+    is the answer the hook sees: once a request, whatever failed."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        #: Called with each response after the session is saved, in order.
+        #: Called with each finalized answer (the session saved), in order.
         self.answered_hooks: list[Any] = []
 
-    def process_response(self, response: Any) -> Any:
-        response = super().process_response(response)
+    def finalize_request(self, rv: Any, from_error_handler: bool = False) -> Any:
+        response = super().finalize_request(rv, from_error_handler)
         for hook in self.answered_hooks:
             response = hook(response)
         return response

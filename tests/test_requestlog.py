@@ -324,3 +324,33 @@ def test_a_session_that_cannot_be_saved_is_logged_and_counted_as_its_503(
         if line["logger"] == "oauth2.request" and line.get("request_id") == "out-1"
     ]
     assert line["status"] == 503 and line["path"] == "/logout"
+
+
+def test_an_answer_that_fails_to_finalize_is_logged_once_as_its_500(
+    tmp_path, dummy_site, closing, logged
+):
+    """A hook that raises makes Flask answer its 500 (whose own finalizing fails again
+    and is let go): the one line says 500, not the view's status, and not twice."""
+    from flask import request
+
+    from app import create_app
+    from tests.conftest import base_config
+
+    out, _ = logged
+    app = closing(create_app(base_config(tmp_path, dummy_site)))
+
+    @app.after_request
+    def failing(response):
+        if request.path == "/login":
+            raise RuntimeError("a hook failed (test)")
+        return response
+
+    response = app.test_client().get("/login", headers={"X-Request-Id": "fin-1"})
+    assert response.status_code == 500
+    assert response.headers["X-Request-Id"] == "fin-1"
+    found = [
+        line
+        for line in lines(out)
+        if line["logger"] == "oauth2.request" and line.get("request_id") == "fin-1"
+    ]
+    assert [(line["path"], line["status"]) for line in found] == [("/login", 500)]
