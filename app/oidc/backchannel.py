@@ -174,10 +174,10 @@ class BackchannelSender:
         if urlsplit(uri).scheme not in ("http", "https"):
             audit("backchannel_failed", client_id=notice.client_id, reason="not an http(s) URI")
             return
-        pinned: str | None = None
+        pinned: list[str] | None = None
         if self.public_only and _stored(client):
-            pinned = _public_address(uri)
-            if pinned is None:
+            pinned = _public_addresses(uri)
+            if not pinned:
                 audit("backchannel_failed", client_id=notice.client_id, reason="not public")
                 return
         alg = client.id_token_signed_response_alg or state.settings.oidc.default_alg
@@ -205,13 +205,13 @@ class BackchannelSender:
             attempts=self.retries + 1,
         )
 
-    def _post(self, uri: str, body: str, pinned: str | None = None) -> str:
+    def _post(self, uri: str, body: str, pinned: list[str] | None = None) -> str:
         """POST one Logout Token; return why it failed, or ``""`` when delivered.
 
-        With ``pinned`` (an address the URI's host was found to resolve to), the connection
-        goes to that address, not to whatever the name resolves to by then (DNS
-        rebinding); the request still names the host (``Host``, TLS SNI) and its
-        certificate is checked against the host's name."""
+        With ``pinned`` (the addresses the URI's host was found to resolve to), the
+        connection goes to one of them, tried in turn as a name's addresses are, not to
+        whatever the name resolves to by then (DNS rebinding); the request still names the
+        host (``Host``, TLS SNI) and its certificate is checked against the host's name."""
         headers = {"Content-Type": "application/x-www-form-urlencoded"}
         options: dict[str, Any] = {
             "body": body,
@@ -224,22 +224,35 @@ class BackchannelSender:
             if pinned is None:
                 response = self._http.request("POST", uri, headers=headers, **options)
             else:
-                parts = urlsplit(uri)
-                host = parts.hostname or ""
-                tls = parts.scheme == "https"
-                pool = self._http.connection_from_host(
-                    pinned,
-                    parts.port or (443 if tls else 80),
-                    parts.scheme,
-                    pool_kwargs={"server_hostname": host, "assert_hostname": host} if tls else None,
-                )
-                target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-                headers["Host"] = parts.netloc.rpartition("@")[2]
-                response = pool.urlopen("POST", target, headers=headers, **options)
+                response = self._post_pinned(uri, pinned, headers, options)
         except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             return type(exc).__name__
         response.close()  # the body is not needed, however long a partner makes it
         return "" if response.status in (200, 204) else f"HTTP {response.status}"
+
+    def _post_pinned(
+        self, uri: str, addresses: list[str], headers: dict[str, str], options: dict[str, Any]
+    ) -> Any:
+        """POST to the first of ``addresses`` that takes a connection, as ``uri``'s host.
+
+        The host as urllib3 sends it: its IDNA (ASCII) form, without a trailing dot, so an
+        internationalised name matches its certificate as on an unpinned request."""
+        url = urllib3.util.parse_url(uri)
+        host = (url.host or "").strip("[]").rstrip(".")
+        tls = url.scheme == "https"
+        port = url.port or (443 if tls else 80)
+        shown = f"[{host}]" if ":" in host else host
+        headers = {**headers, "Host": f"{shown}:{url.port}" if url.port else shown}
+        names = {"server_hostname": host, "assert_hostname": host} if tls else None
+        failed: Exception | None = None
+        for address in addresses:
+            pool = self._http.connection_from_host(address, port, url.scheme, pool_kwargs=names)
+            try:
+                return pool.urlopen("POST", url.request_uri, headers=headers, **options)
+            except urllib3.exceptions.ConnectTimeoutError as exc:  # none taken: the next one
+                failed = exc
+        assert failed is not None  # noqa: S101 - addresses is never empty
+        raise failed
 
 
 def init_app(app: Flask) -> None:
@@ -261,22 +274,22 @@ def _stored(client) -> bool:
     return isinstance(client, StoredClient)
 
 
-def _public_address(uri: str) -> str | None:
-    """An address of ``uri``'s host to connect to, if every address it resolves to is
-    globally routable, else ``None`` (a stored client, made over the admin API, must not
-    aim the server at its own network). The delivery connects to the address returned,
-    so a name that resolves elsewhere by the time of the connection (DNS rebinding) is
-    not followed there."""
+def _public_addresses(uri: str) -> list[str]:
+    """The addresses of ``uri``'s host to connect to, if every address it resolves to is
+    globally routable, else none (a stored client, made over the admin API, must not aim
+    the server at its own network). The delivery connects to one of those returned, so a
+    name that resolves elsewhere by the time of the connection (DNS rebinding) is not
+    followed there."""
     parts = urlsplit(uri)
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         found = socket.getaddrinfo(parts.hostname or "", port, proto=socket.IPPROTO_TCP)
     except (OSError, ValueError, UnicodeError):
-        return None
-    addresses = [str(info[4][0]).split("%")[0] for info in found]
+        return []
+    addresses = list(dict.fromkeys(str(info[4][0]).split("%")[0] for info in found))
     if not addresses or not all(_is_public(a) for a in addresses):
-        return None
-    return addresses[0]
+        return []
+    return addresses
 
 
 def _is_public(address: str) -> bool:
@@ -286,7 +299,7 @@ def _is_public(address: str) -> bool:
 
 def _resolves_publicly(uri: str) -> bool:
     """Whether every address ``uri``'s host resolves to is globally routable."""
-    return _public_address(uri) is not None
+    return bool(_public_addresses(uri))
 
 
 def sender() -> BackchannelSender:

@@ -321,6 +321,48 @@ def test_in_production_a_stored_client_is_sent_to_the_address_that_was_checked(
     assert audited(app, "backchannel_failed") == []
 
 
+def test_a_pinned_delivery_tries_each_address_and_names_the_host_as_urllib3_would(
+    app, browser, monkeypatch
+):
+    """The checked addresses are tried in turn (the first refuses the connection), and an
+    internationalised name is sent in its ASCII form, without a trailing dot."""
+    import socket
+
+    outside, inside, seen = listening_pair()
+    port = outside.server_port
+    real = socket.getaddrinfo
+
+    def resolving(host, *args, **kwargs):
+        if host not in ("b\u00fccher-rp.test.", "xn--bcher-rp-65a.test."):
+            return real(host, *args, **kwargs)
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, port))
+            for address in ("127.0.0.3", "127.0.0.2")  # nothing listens on the first
+        ]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolving)
+    public = ("127.0.0.2", "127.0.0.3")
+    monkeypatch.setattr(backchannel, "_is_public", lambda address: address in public)
+    state = app.extensions["oauth2"]
+    uri = f"http://b\u00fccher-rp.test.:{port}/bc"
+    record, _ = state.clients.store.create(
+        {"redirect_uris": ["https://rp.example/cb"], "backchannel_logout_uri": uri}
+    )
+    note(browser, record["client_id"])
+    for client_id in ("test", "reader"):
+        give(app, client_id, backchannel_logout_uri=None)
+    sender(app).public_only = True
+    try:
+        sign_out(browser)
+        assert sender(app).wait_idle(WAIT)
+    finally:
+        for server in (outside, inside):
+            server.shutdown()
+            server.server_close()
+    assert seen == [("127.0.0.2", f"xn--bcher-rp-65a.test:{port}")]
+    assert audited(app, "backchannel_failed") == []
+
+
 def test_in_production_a_stored_clients_uri_must_resolve_to_a_public_address(
     app, browser, receiver
 ):
