@@ -72,15 +72,22 @@ RESTART_ONLY = (
 )
 
 
+#: What is held with a restart-only setting, so the running pair still checks out:
+#: the scraper's token stays while ``/metrics`` does (it is required with it).
+HELD_WITH = {("metrics", "enabled"): (("metrics", "token_hash"),)}
+
+
 def restart_only_changes(running: Settings, fresh: Settings) -> dict[str, dict[str, Any]]:
-    """The :data:`RESTART_ONLY` settings ``fresh`` changes, as the running values to put
-    back (``{"section": {"key": value}}``)."""
+    """The :data:`RESTART_ONLY` settings ``fresh`` changes, and what :data:`HELD_WITH`
+    them, as the running values to put back (``{"section": {"key": value}}``)."""
     held: dict[str, dict[str, Any]] = {}
     for section, keys in RESTART_ONLY:
         now, then = getattr(running.config, section), getattr(fresh.config, section)
         for key in keys:
             if getattr(now, key) != getattr(then, key):
-                held.setdefault(section, {})[key] = getattr(now, key)
+                for part, name in ((section, key), *HELD_WITH.get((section, key), ())):
+                    value = getattr(getattr(running.config, part), name)
+                    held.setdefault(part, {})[name] = value
     return held
 
 
@@ -102,11 +109,20 @@ class Configuration:
             fresh = Settings.load(config_dir=self.settings.config_dir)
             held = restart_only_changes(self.settings, fresh)
             if held:
-                log.warning(
-                    "reload: %s changed; the running value holds until a restart",
-                    ", ".join(f"{section}.{key}" for section in held for key in held[section]),
+                keys = ", ".join(
+                    f"{section}.{key}"
+                    for section, names in RESTART_ONLY
+                    for key in names
+                    if key in held.get(section, {})
                 )
-                fresh = Settings.load(held, config_dir=self.settings.config_dir)
+                try:
+                    fresh = Settings.load(held, config_dir=self.settings.config_dir)
+                except ConfigError as exc:
+                    raise ConfigError(
+                        f"{keys} need a restart, and the new configuration does not hold "
+                        f"with their running values: {exc}"
+                    ) from exc
+                log.warning("reload: %s changed; the running value holds until a restart", keys)
             self.settings, self.clients = fresh, self._load_clients(fresh)
         except (ConfigError, ClientFileError, StorageConfigError, ValueError) as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)

@@ -84,8 +84,24 @@ def test_a_reload_holds_what_only_a_restart_changes(tmp_path, dummy_site, caplog
     assert fresh.auth.port == 8181
     assert fresh.config.logging.format == "text"
     assert fresh.config.metrics.enabled is False
-    assert fresh.config.metrics.token_hash == "sha256$" + "0" * 64  # not restart-only
+    assert fresh.config.metrics.token_hash is None  # held with it
     assert (
         "reload: auth_server.port, logging.format, metrics.enabled changed; "
         "the running value holds until a restart"
     ) in caplog.text
+
+    # Metrics on with a token, then both dropped: held together, the pair still checks
+    # out (metrics on needs a token), so the rest of the reload applies.
+    token = "sha256$" + "1" * 64
+    config["metrics"] = {"enabled": True, "token_hash": token}
+    config["auth_server"]["port"] = 8181
+    (folder / "default.json").write_text(json.dumps(config))
+    on = Settings.load(config_dir=str(folder), environ={})
+    configuration = Configuration(on, load_checked(on), load_checked)
+    config["metrics"] = {"enabled": False}
+    config["logging"] = {"level": "info", "format": "text"}
+    (folder / "default.json").write_text(json.dumps(config))
+    configuration.reload()
+    held = configuration.settings
+    assert held is not on and held.config.logging.level == "info"
+    assert (held.config.metrics.enabled, held.config.metrics.token_hash) == (True, token)
