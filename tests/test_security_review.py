@@ -201,3 +201,17 @@ def test_names_that_reorder_text_and_non_boolean_switches_are_refused(client, st
     assert response.status_code == 400, response.get_json()
     assert response.get_json()["error"] == "invalid_client_metadata"
     assert state.clients.store.records() == []
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x1f", "\x7f", "\x80", "\x85", "\x9f"])
+def test_control_characters_are_refused_in_next_and_in_redirect_uris(char):
+    """C0, DEL and C1 alike: none belongs in a URL (RFC 3986), and a redirect to one is
+    at best a confused partner, at worst a header or log trick."""
+    from app.clients import valid_redirect_uri
+    from app.views.common import safe_next
+
+    assert safe_next(f"/authorize?x=1{char}y", default="/home") == "/home"
+    assert not valid_redirect_uri(f"https://rp.example/cb?x={char}")
+    # Other characters beyond ASCII are a partner's business (IRIs): accepted.
+    assert safe_next("/authorize?x=\u00e9\u00a0", default="/home") == "/authorize?x=\u00e9\u00a0"
+    assert valid_redirect_uri("https://rp.example/caf\u00e9")

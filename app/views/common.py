@@ -23,8 +23,8 @@ def oauth() -> OAuth2Server:
     return server
 
 
-#: A control character (below U+0020) anywhere: ``any(ord(c) < 32 for c in text)``.
-CONTROL = re.compile(r"[\x00-\x1f]")
+#: A control character anywhere: C0 (below U+0020), DEL, or C1 (U+0080 to U+009F).
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def safe_next(target: str | None, default: str = "/review") -> str:
