@@ -190,6 +190,8 @@ class Logging(Section):
     requests: bool = True
     #: Seconds request lines may be held to be written together (0: each as it ends).
     requests_held: Annotated[float, Field(ge=0, le=1)] = 0.25
+    #: The lines of ``/healthz`` and ``/readyz`` probes that passed (false: failed ones only).
+    probe_lines: bool = True
 
 
 class Limits(Section):

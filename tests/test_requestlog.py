@@ -354,3 +354,31 @@ def test_an_answer_that_fails_to_finalize_is_logged_once_as_its_500(
         if line["logger"] == "oauth2.request" and line.get("request_id") == "fin-1"
     ]
     assert [(line["path"], line["status"]) for line in found] == [("/login", 500)]
+
+
+def test_passing_probes_can_go_without_lines(tmp_path, dummy_site, closing, logged, monkeypatch):
+    """``logging.probe_lines: false``: no line for a passing ``/healthz`` or ``/readyz``,
+    a line for a failing one, and every other request's line as before."""
+    from app import create_app
+    from tests.conftest import base_config
+
+    out, _ = logged
+    config = base_config(tmp_path, dummy_site, logging={"probe_lines": False})
+    app = closing(create_app(config))
+    client = app.test_client()
+    assert client.get("/healthz", headers={"X-Request-Id": "probe-1"}).status_code == 200
+    assert client.get("/readyz", headers={"X-Request-Id": "probe-2"}).status_code == 200
+    state = app.extensions["oauth2"]
+
+    def down(timeout: float) -> None:
+        raise OSError("the site is down (test)")
+
+    monkeypatch.setattr(state.adapter, "ready", down)
+    assert client.get("/readyz", headers={"X-Request-Id": "probe-3"}).status_code == 503
+    assert client.get("/login", headers={"X-Request-Id": "page-1"}).status_code == 200
+    found = {
+        line["request_id"]: line["status"]
+        for line in lines(out)
+        if line["logger"] == "oauth2.request"
+    }
+    assert found == {"probe-3": 503, "page-1": 200}

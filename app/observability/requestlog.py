@@ -35,7 +35,11 @@ from flask import Flask, Response, current_app, session
 from .. import context
 from ..audit import _PLAIN, fields_line
 from ..logconfig import REQUEST_ID, iso_time, json_line, text_line
+from ..paths import HEALTH, READY
 from . import direct
+
+#: The load balancers' and orchestrators' probes (``logging.probe_lines``).
+PROBES = frozenset((HEALTH, READY))
 
 log = logging.getLogger("oauth2.request")
 
@@ -362,6 +366,8 @@ class RequestLine:
     def __init__(self, app: Flask, observe: Observer | None) -> None:
         logging_config = app.extensions["oauth2"].settings.config.logging
         self.lines = logging_config.requests
+        #: Routes whose passing answers get no line (``logging.probe_lines: false``).
+        self.quiet = frozenset() if logging_config.probe_lines else PROBES
         direct.HOLDER.seconds = logging_config.requests_held
         self.key = str(app.secret_key or "").encode()
         self.observe = observe
@@ -422,7 +428,7 @@ class RequestLine:
         took = time.perf_counter() - environ[STARTED_KEY]  # the same time counted and logged
         if self.observe is not None:
             self.observe(rule, method, status, took, path, response)
-        if logged:
+        if logged and (status >= 400 or rule not in self.quiet):
             client, rid = environ.get(CLIENT_KEY), environ[ID_KEY]
             facts = (method, path, rule, status, took, client, user, ip, rid)
             self.records.emit(facts, time.time())
