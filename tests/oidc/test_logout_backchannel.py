@@ -279,6 +279,25 @@ def listening_pair() -> tuple[ThreadingHTTPServer, ThreadingHTTPServer, list[tup
     raise AssertionError("no port free on both addresses")
 
 
+def sign_out_of_a_stored_client(app, browser, uri: str, servers) -> None:
+    """Alice signs out, having used only a stored client whose back-channel URI is
+    ``uri``, in production (stored clients' hosts checked); then ``servers`` stop."""
+    record, _ = app.extensions["oauth2"].clients.store.create(
+        {"redirect_uris": ["https://rp.example/cb"], "backchannel_logout_uri": uri}
+    )
+    note(browser, record["client_id"])
+    for client_id in ("test", "reader"):
+        give(app, client_id, backchannel_logout_uri=None)
+    sender(app).public_only = True  # as in production
+    try:
+        sign_out(browser)
+        assert sender(app).wait_idle(WAIT)
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
 def test_in_production_a_stored_client_is_sent_to_the_address_that_was_checked(
     app, browser, monkeypatch
 ):
@@ -300,22 +319,9 @@ def test_in_production_a_stored_client_is_sent_to_the_address_that_was_checked(
 
     monkeypatch.setattr(socket, "getaddrinfo", rebinding)
     monkeypatch.setattr(backchannel, "_is_public", lambda address: address == "127.0.0.2")
-    state = app.extensions["oauth2"]
-    uri = f"http://rp-rebind.test:{port}/bc?x=1"
-    record, _ = state.clients.store.create(
-        {"redirect_uris": ["https://rp.example/cb"], "backchannel_logout_uri": uri}
+    sign_out_of_a_stored_client(
+        app, browser, f"http://rp-rebind.test:{port}/bc?x=1", (outside, inside)
     )
-    note(browser, record["client_id"])
-    for client_id in ("test", "reader"):
-        give(app, client_id, backchannel_logout_uri=None)
-    sender(app).public_only = True  # as in production
-    try:
-        sign_out(browser)
-        assert sender(app).wait_idle(WAIT)
-    finally:
-        for server in (outside, inside):
-            server.shutdown()
-            server.server_close()
     assert seen == [("127.0.0.2", f"rp-rebind.test:{port}")]
     assert asked == ["rp-rebind.test"]  # resolved once, for the check
     assert audited(app, "backchannel_failed") == []
@@ -343,22 +349,9 @@ def test_a_pinned_delivery_tries_each_address_and_names_the_host_as_urllib3_woul
     monkeypatch.setattr(socket, "getaddrinfo", resolving)
     public = ("127.0.0.2", "127.0.0.3")
     monkeypatch.setattr(backchannel, "_is_public", lambda address: address in public)
-    state = app.extensions["oauth2"]
-    uri = f"http://b\u00fccher-rp.test.:{port}/bc"
-    record, _ = state.clients.store.create(
-        {"redirect_uris": ["https://rp.example/cb"], "backchannel_logout_uri": uri}
+    sign_out_of_a_stored_client(
+        app, browser, f"http://b\u00fccher-rp.test.:{port}/bc", (outside, inside)
     )
-    note(browser, record["client_id"])
-    for client_id in ("test", "reader"):
-        give(app, client_id, backchannel_logout_uri=None)
-    sender(app).public_only = True
-    try:
-        sign_out(browser)
-        assert sender(app).wait_idle(WAIT)
-    finally:
-        for server in (outside, inside):
-            server.shutdown()
-            server.server_close()
     assert seen == [("127.0.0.2", f"xn--bcher-rp-65a.test:{port}")]
     assert audited(app, "backchannel_failed") == []
 
