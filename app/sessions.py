@@ -29,6 +29,7 @@ from itsdangerous import BadData, URLSafeTimedSerializer
 from werkzeug.datastructures import CallbackDict
 
 from .audit import printable
+from .oidc.subjects import SECTORED_SID
 from .secrets_hash import new_secret, token_digest
 from .storage import StorageUnavailable, Table
 
@@ -122,7 +123,7 @@ class StoredSession(CallbackDict, SessionMixin):
         # new id, so the first form after sign-in (the consent page) writes nothing.
         self[CSRF_KEY] = secrets.token_hex(20)
         self[SIGNED_IN_AT] = time.time()
-        self[SID] = new_secret(16)
+        self[SID] = SECTORED_SID + new_secret(16)
 
     @property
     def stored(self) -> bool:

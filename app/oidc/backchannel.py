@@ -40,7 +40,7 @@ from joserfc import jwt
 from .. import process
 from ..audit import audit
 from ..secrets_hash import new_secret
-from .subjects import subject_for
+from .subjects import session_id_for, subject_for
 
 log = logging.getLogger("oauth2")
 
@@ -83,7 +83,7 @@ def logout_token(
         "events": {EVENT: {}},
     }
     if sid:
-        claims["sid"] = sid
+        claims["sid"] = session_id_for(client, sid, keys.pairwise_secret())
     key = keys.signing_key(alg)
     header = {"alg": alg, "kid": key.kid, "typ": "logout+jwt"}
     return jwt.encode(header, claims, key, algorithms=[alg])

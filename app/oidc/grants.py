@@ -27,7 +27,7 @@ from ..audit import audit
 from ..oauth2.grant_store import new_grant_id
 from ..oauth2.rfc6749 import ImplicitGrant
 from .signin import facts_of, remember_relying_party, sign_in_facts
-from .subjects import subject_for
+from .subjects import session_id_for, subject_for
 
 #: The longest ``nonce`` accepted (it is echoed into every ID Token of the grant).
 MAX_NONCE = 512
@@ -59,6 +59,13 @@ class IDTokens:
         if client.subject_type != "pairwise":
             return str(user_id)
         return subject_for(client, user_id, self.keys.pairwise_secret())
+
+    def session_id(self, client, sid: str) -> str:
+        """The ``sid`` ``client`` sees for the session ``sid`` (the key ring only for
+        pairwise)."""
+        if client.subject_type != "pairwise":
+            return sid
+        return session_id_for(client, sid, self.keys.pairwise_secret())
 
     def base_claims(self, client) -> dict[str, Any]:
         now = int(time.time())
@@ -98,6 +105,8 @@ class _IDTokenHooks:
         claims["sub"] = self.tokens.subject(request.client, request.user.get_user_id())
         source = request.authorization_code or request.refresh_token
         facts = facts_of(source.record) if source is not None else sign_in_facts()
+        if "sid" in facts:
+            facts["sid"] = self.tokens.session_id(request.client, facts["sid"])
         claims.update(facts)
         return claims
 

@@ -33,7 +33,7 @@ from authlib.oidc.rpinitiated import EndSessionEndpoint, EndSessionRequest
 from ..paths import LOGOUT
 from ..storage import StorageUnavailable
 from .keys import ALGS
-from .subjects import subject_for
+from .subjects import session_id_for, subject_for
 
 #: The request parameters of §2; the confirmation page carries them on.
 PARAMS = (
@@ -136,4 +136,7 @@ def needs_confirmation(
         return True
     if claims.get("sub") != subject_for(request.client, user_id, secret):
         return True
-    return "sid" in claims and claims["sid"] != sid
+    if "sid" not in claims:
+        return False
+    # The session's own id, or the one this client saw (a pairwise client's, by sector).
+    return sid is None or claims["sid"] not in (sid, session_id_for(request.client, sid, secret))

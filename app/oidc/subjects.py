@@ -5,6 +5,11 @@ never reuses its ids. A pairwise ``sub`` (§8.1) is derived from the client's se
 host of its redirect URIs, or its ``sector_identifier_uri``'s host), the user id and a
 secret kept in the key ring, so two partners in different sectors cannot correlate a user
 and the value stays the same across restarts, workers and instances.
+
+The session id (``sid``, in ID Tokens and Logout Tokens) is scoped the same way: one
+value for every partner would let partners in different sectors join their pairwise
+``sub`` values on it. A pairwise client sees :func:`session_id_for`, derived from its
+sector and the session's own id; a public one, the session's id.
 """
 
 from __future__ import annotations
@@ -21,6 +26,21 @@ def sector_of(client) -> str:
         return client.sector_identifier
     hosts = {urlsplit(uri).hostname or "" for uri in client.redirect_uris if uri != "*"}
     return min(hosts) if hosts else client.client_id
+
+
+#: How a session id made since session ids are scoped by sector starts. A session made
+#: before keeps one id for every partner until it ends (``session_max_age``), so a
+#: partner's ID Tokens and Logout Tokens of one session always carry the same ``sid``.
+SECTORED_SID = "s."
+
+
+def session_id_for(client, sid: str, secret: bytes) -> str:
+    """The ``sid`` this client sees for the session whose id is ``sid``."""
+    if client.subject_type != "pairwise" or not sid.startswith(SECTORED_SID):
+        return sid
+    message = f"sid\n{sector_of(client)}\n{sid}".encode()
+    digest = hmac.new(secret, message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def subject_for(client, user_id: str, secret: bytes) -> str:

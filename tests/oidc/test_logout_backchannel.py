@@ -15,7 +15,7 @@ from joserfc.jwk import KeySet
 
 from app.oidc import backchannel
 from app.oidc.backchannel import EVENT, BackchannelSender, Notice, logout_token
-from app.oidc.subjects import subject_for
+from app.oidc.subjects import session_id_for, subject_for
 from tests.factories import csrf_from, login
 from tests.oauth2.conftest import open_app
 from tests.oidc.logout_helpers import AFTER, give, id_token, note, session_of
@@ -145,7 +145,9 @@ def test_signing_out_sends_each_partner_a_verifiable_logout_token(app, browser, 
         assert header["kid"] in {k["kid"] for k in state.keys.public_jwks()["keys"]}
         assert claims["iss"] == state.settings.issuer
         assert claims["events"] == {EVENT: {}}
-        assert claims["sid"] == session["sid"]
+        client = state.clients.get(claims["aud"])
+        scoped = session_id_for(client, session["sid"], state.keys.pairwise_secret())
+        assert claims["sid"] == scoped  # a pairwise client's by its sector (reader)
         assert "nonce" not in claims
         assert before - 1 <= claims["iat"] <= time.time() + 1
         assert 60 <= claims["exp"] - claims["iat"] <= 300
@@ -156,6 +158,7 @@ def test_signing_out_sends_each_partner_a_verifiable_logout_token(app, browser, 
         state.clients.get("reader"), session["user_id"], state.keys.pairwise_secret()
     )
     assert by_client["reader"][1]["sub"] == pairwise != session["user_id"]
+    assert by_client["test"][1]["sid"] == session["sid"] != by_client["reader"][1]["sid"]
     assert by_client["test"][0]["alg"] == "RS256"
     assert by_client["reader"][0]["alg"] == "ES256"
     assert by_client["test"][1]["jti"] != by_client["reader"][1]["jti"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import io
@@ -134,6 +135,29 @@ def test_a_pairwise_subject_names_the_user_too(app, browser):
     response = logout(browser, id_token_hint=token, post_logout_redirect_uri=AFTER)
     assert response.headers["Location"] == AFTER
     assert not signed_in(app, browser)
+
+
+@pytest.mark.parametrize("scoped", [True, False], ids=["its-sectors-sid", "another-sectors-sid"])
+def test_a_pairwise_hint_carries_the_sid_its_sector_saw(app, browser, scoped):
+    """``reader`` (pairwise) was given its sector's ``sid``: that one ends the session
+    at once; another sector's value for the same session is not this session to it."""
+    from app.oidc.subjects import session_id_for, subject_for
+
+    state = app.extensions["oauth2"]
+    session, secret = session_of(browser), state.keys.pairwise_secret()
+    reader = state.clients.get("reader")
+    other = dataclasses.replace(reader, redirect_uris=["https://elsewhere.example/cb"])
+    sid = session_id_for(reader if scoped else other, session["sid"], secret)
+    assert sid != session["sid"]
+    sub = subject_for(reader, session["user_id"], secret)
+    token = id_token(app, sub, aud="reader", sid=sid)
+    response = logout(browser, id_token_hint=token, post_logout_redirect_uri=AFTER)
+    if scoped:
+        assert response.headers["Location"] == AFTER
+        assert not signed_in(app, browser)
+    else:
+        assert response.status_code == 200  # the confirmation page
+        assert signed_in(app, browser)
 
 
 # -- the confirmation page ----------------------------------------------------------------

@@ -55,3 +55,55 @@ def test_pairwise_sub_survives_a_restart(tmp_path, dummy_site):
         first = sub_of(app.test_client(), "pw-a", PAIRWISE)["id_token"]
     with open_rp_app(tmp_path, dummy_site) as app:
         assert sub_of(app.test_client(), "pw-a", PAIRWISE)["id_token"] == first
+
+
+def sids_in_one_session(client, *clients: tuple[str, str]) -> tuple[str, list[str]]:
+    """Sign in once, then a code flow with each (client, redirect URI); return the
+    session's own id and the ``sid`` of each ID Token."""
+    from app.sessions import SID
+    from tests.conftest import authorize_url, consent, location_params
+    from tests.factories import login
+    from tests.oauth2.conftest import redeem
+
+    login(client)
+    found = []
+    for client_id, redirect_uri in clients:
+        url = authorize_url(client_id=client_id, redirect_uri=redirect_uri, scope="openid")
+        code = location_params(consent(client, url))["code"]
+        tokens = redeem(client, code, client_id, redirect_uri=redirect_uri).get_json()
+        found.append(decode(client, tokens["id_token"]).claims["sid"])
+    with client.session_transaction() as session:
+        return session[SID], found
+
+
+def test_the_session_id_is_scoped_by_sector_like_the_pairwise_sub(client):
+    """One ``sid`` for every partner would let partners in different sectors join their
+    pairwise ``sub`` values on it: a pairwise client's ``sid`` is its sector's own."""
+    from app.oidc.subjects import SECTORED_SID
+
+    own, (a, a2, b, public) = sids_in_one_session(
+        client,
+        ("pw-a", PAIRWISE),
+        ("pw-a2", "https://a.example/other"),
+        ("pw-b", "https://b.example/cb"),
+        ("test", "http://localhost:8080/"),
+    )
+    assert own.startswith(SECTORED_SID)
+    assert public == own  # a public client sees the user's id anyway
+    assert a == a2  # one sector, one value (as its sub)
+    assert len({a, b, own}) == 3
+
+
+def test_a_session_made_before_scoping_keeps_one_sid_for_everyone(app):
+    """A session id without the prefix (made before this release) is every partner's
+    ``sid`` until the session ends, so its ID Tokens and Logout Tokens agree."""
+    from app.oidc.subjects import session_id_for
+
+    state = app.extensions["oauth2"]
+    pairwise, secret = state.clients.get("pw-a"), state.keys.pairwise_secret()
+    assert session_id_for(pairwise, "old-session-id", secret) == "old-session-id"
+    scoped = session_id_for(pairwise, "s.new-session-id", secret)
+    assert scoped != "s.new-session-id"
+    assert session_id_for(state.clients.get("test"), "s.new-session-id", secret) == (
+        "s.new-session-id"
+    )
