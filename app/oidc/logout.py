@@ -138,5 +138,6 @@ def needs_confirmation(
         return True
     if "sid" not in claims:
         return False
-    # The session's own id, or the one this client saw (a pairwise client's, by sector).
+    # The one this client saw (a pairwise client's, by its sector), or the session's own:
+    # what an instance of the release before gave it, during a rolling upgrade.
     return sid is None or claims["sid"] not in (sid, session_id_for(request.client, sid, secret))

@@ -29,17 +29,18 @@ def sector_of(client) -> str:
 
 
 #: How a session id made since session ids are scoped by sector starts. A session made
-#: before keeps one id for every partner until it ends (``session_max_age``), so a
-#: partner's ID Tokens and Logout Tokens of one session always carry the same ``sid``.
+#: before keeps one id for every partner (and so do the refresh tokens of its grants),
+#: so a partner's ID Tokens and Logout Tokens of one session always carry the same ``sid``.
 SECTORED_SID = "s."
 
 
 def session_id_for(client, sid: str, secret: bytes) -> str:
-    """The ``sid`` this client sees for the session whose id is ``sid``."""
+    """The ``sid`` this client sees for the session whose id is ``sid`` (under a key of
+    its own, derived from ``secret``: never a value :func:`subject_for` could give)."""
     if client.subject_type != "pairwise" or not sid.startswith(SECTORED_SID):
         return sid
-    message = f"sid\n{sector_of(client)}\n{sid}".encode()
-    digest = hmac.new(secret, message, hashlib.sha256).digest()
+    key = hmac.new(secret, b"oidc session id", hashlib.sha256).digest()
+    digest = hmac.new(key, f"{sector_of(client)}\n{sid}".encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 

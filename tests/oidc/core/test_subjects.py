@@ -107,3 +107,20 @@ def test_a_session_made_before_scoping_keeps_one_sid_for_everyone(app):
     assert session_id_for(state.clients.get("test"), "s.new-session-id", secret) == (
         "s.new-session-id"
     )
+
+
+def test_a_session_made_before_scoping_gives_its_own_sid_through_a_flow(client):
+    """An unprefixed session id (a session from the release before) reaches a pairwise
+    client's ID Token as it is: its earlier tokens carried that value too."""
+    from app.sessions import SID
+    from tests.conftest import authorize_url, consent, location_params
+    from tests.factories import login
+    from tests.oauth2.conftest import redeem
+
+    login(client)
+    with client.session_transaction() as session:
+        session[SID] = "made-before-scoping"
+    url = authorize_url(client_id="pw-a", redirect_uri=PAIRWISE, scope="openid")
+    code = location_params(consent(client, url))["code"]
+    tokens = redeem(client, code, "pw-a", redirect_uri=PAIRWISE).get_json()
+    assert decode(client, tokens["id_token"]).claims["sid"] == "made-before-scoping"
