@@ -31,16 +31,25 @@ from typing import Any
 MAX_LIFETIME = int(os.environ.get("BENCH_MAX_LIFETIME", "3600"))
 
 
-def free_ports(count: int, below: int = 65536) -> list[int]:
-    """``count`` distinct loopback ports nobody listens on now, each under ``below``."""
+def free_ports(count: int, below: int = 65536, beside: int = 0) -> list[int]:
+    """``count`` distinct loopback ports nobody listens on now, each under ``below``;
+    with ``beside``, each port ``beside`` higher is free too (a Redis Cluster node's bus)."""
     with contextlib.ExitStack() as stack:
         ports: list[int] = []
         while len(ports) < count:
             # Held open until all are found: the kernel cannot hand out one twice.
             sock = stack.enter_context(socket.socket())
             sock.bind(("127.0.0.1", 0))
-            if sock.getsockname()[1] < below:
-                ports.append(int(sock.getsockname()[1]))
+            port = int(sock.getsockname()[1])
+            if port >= below:
+                continue
+            if beside:
+                other = stack.enter_context(socket.socket())
+                try:
+                    other.bind(("127.0.0.1", port + beside))
+                except OSError:
+                    continue  # that one is taken: another port
+            ports.append(port)
         return ports
 
 

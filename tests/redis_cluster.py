@@ -33,7 +33,8 @@ def redis_cluster(folder: Path) -> Iterator[str]:
     server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
     if not server or not cli:
         raise RuntimeError("redis-server and redis-cli are needed for the cluster tests")
-    ports = free_ports(3, below=65536 - 10000)  # each node's cluster bus is port + 10000
+    # Each node's cluster bus is its port + 10000: both must be free.
+    ports = free_ports(3, below=65536 - 10000, beside=10000)
     processes = []
     try:
         for port in ports:
