@@ -79,8 +79,10 @@ def valid_redirect_uri(uri: str) -> bool:
     return http_url(uri) and "#" not in uri and not _SPACE_OR_CONTROL.search(uri)
 
 
-#: Whitespace (``str.isspace``) or a control character (C0, DEL, C1) anywhere.
-_SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+#: The control characters, as a regex class's body: C0 (below U+0020), DEL, C1.
+CONTROL_CHARACTERS = r"\x00-\x1f\x7f-\x9f"
+#: Whitespace (``str.isspace``) or a control character anywhere.
+_SPACE_OR_CONTROL = re.compile(rf"[\s{CONTROL_CHARACTERS}]")
 
 
 @dataclass

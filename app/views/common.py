@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from .. import context
+from ..clients import CONTROL_CHARACTERS
 from ..oauth2.server import OAuth2Server
 
 if TYPE_CHECKING:  # app/__init__.py imports the views: no import cycle at run time
@@ -24,7 +25,7 @@ def oauth() -> OAuth2Server:
 
 
 #: A control character anywhere: C0 (below U+0020), DEL, or C1 (U+0080 to U+009F).
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+CONTROL = re.compile(f"[{CONTROL_CHARACTERS}]")
 
 
 def safe_next(target: str | None, default: str = "/review") -> str:
