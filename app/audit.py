@@ -23,6 +23,23 @@ from .logconfig import REQUEST_ID
 
 log = logging.getLogger("oauth2.audit")
 
+#: Events logged at WARNING, so the default level (``notice``) shows them: a replayed
+#: code or refresh token (its grant revoked), a lockout, a refused admin call, a
+#: back-channel logout not delivered. Every other event is logged at INFO.
+WARNED = frozenset(
+    {
+        "code_replay",
+        "refresh_reuse",
+        "lockout",
+        "login_locked",
+        "client_lockout",
+        "otp_locked",
+        "admin_refused",
+        "backchannel_failed",
+        "backchannel_dropped",
+    }
+)
+
 #: Longest string stored in an audit record; real ids and usernames are far shorter.
 MAX_FIELD = 64
 
@@ -60,9 +77,11 @@ def audited(record: dict[str, Any]) -> None:
     counted = context.extension("oauth2.metrics_events")
     if counted is not None:
         counted(event, record)
-    if log.isEnabledFor(logging.INFO):  # the hot path logs nothing above NOTICE
+    level = logging.WARNING if event in WARNED else logging.INFO
+    if log.isEnabledFor(level):  # the hot path logs nothing above NOTICE
         shown = {**record, "request_id": REQUEST_ID.get()}
-        log.info(
+        log.log(
+            level,
             "%s %s",
             printable(event),
             fields_line(shown, skip=("event", "at", "ip")),

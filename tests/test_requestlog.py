@@ -382,3 +382,25 @@ def test_passing_probes_can_go_without_lines(tmp_path, dummy_site, closing, logg
         if line["logger"] == "oauth2.request"
     }
     assert found == {"probe-3": 503, "page-1": 200}
+
+
+def test_events_that_call_for_a_look_are_logged_at_the_default_level(client):
+    """At ``notice`` (the default) a replayed code's event is logged, as a WARNING in our
+    format; an ordinary event (a token issued) is not."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("oauth2")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(requestlog.NOTICE)
+    try:
+        code = get_code(client)
+        assert exchange(client, code).status_code == 200
+        assert exchange(client, code).status_code == 400  # the code again: its grant revoked
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    audit = [line for line in lines(out) if line["logger"] == "oauth2.audit"]
+    assert [(line["level"], line["message"]) for line in audit] == [("WARNING", "code_replay")]
+    assert audit[0]["client_id"] == "test" and audit[0]["request_id"]
