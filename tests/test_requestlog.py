@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -19,19 +20,28 @@ from app.observability import requestlog
 from tests.conftest import REDIRECT, basic, bearer, exchange, get_code
 
 
-@pytest.fixture
-def logged() -> Iterator[tuple[io.StringIO, logging.Handler]]:
-    """Everything ``oauth2.*`` logs at INFO and above, in the JSON format."""
+@contextlib.contextmanager
+def captured(level: int) -> Iterator[tuple[io.StringIO, logging.Handler]]:
+    """Everything ``oauth2.*`` logs at ``level`` and above, in the JSON format."""
     out = io.StringIO()
     handler = logging.StreamHandler(out)
     handler.setFormatter(JsonFormatter())
     logger = logging.getLogger("oauth2")
-    level = logger.level
+    before = logger.level
     logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield out, handler
-    logger.removeHandler(handler)
     logger.setLevel(level)
+    try:
+        yield out, handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before)
+
+
+@pytest.fixture
+def logged() -> Iterator[tuple[io.StringIO, logging.Handler]]:
+    """Everything ``oauth2.*`` logs at INFO and above, in the JSON format."""
+    with captured(logging.INFO) as found:
+        yield found
 
 
 def lines(out: io.StringIO) -> list[dict]:
@@ -387,20 +397,10 @@ def test_passing_probes_can_go_without_lines(tmp_path, dummy_site, closing, logg
 def test_events_that_call_for_a_look_are_logged_at_the_default_level(client):
     """At ``notice`` (the default) a replayed code's event is logged, as a WARNING in our
     format; an ordinary event (a token issued) is not."""
-    out = io.StringIO()
-    handler = logging.StreamHandler(out)
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("oauth2")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(requestlog.NOTICE)
-    try:
+    with captured(requestlog.NOTICE) as (out, _):
         code = get_code(client)
         assert exchange(client, code).status_code == 200
         assert exchange(client, code).status_code == 400  # the code again: its grant revoked
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
     audit = [line for line in lines(out) if line["logger"] == "oauth2.audit"]
     assert [(line["level"], line["message"]) for line in audit] == [("WARNING", "code_replay")]
     assert audit[0]["client_id"] == "test" and audit[0]["request_id"]
