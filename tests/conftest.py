@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -132,6 +134,29 @@ def dummy_site() -> Iterator[tuple[str, int]]:
     server.shutdown()
     server.server_close()
     thread.join(5)
+
+
+#: The repository (its ``clients.json.example`` is the config folders' clients file).
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def config_folder(tmp_path, dummy_site, name: str, **sections: dict) -> tuple[Path, dict]:
+    """A config folder (``tmp_path/config``) whose ``default.json`` serves the dummy site
+    from SQLite (``tmp_path/<name>.db``), the demo clients, and ``sections`` over that
+    (each replaces its section's keys); the folder and what its file holds."""
+    folder = tmp_path / "config"
+    folder.mkdir()
+    host, port = dummy_site
+    config = {
+        "auth_server": {"session_secret": f"{name}-test-secret-" + "x" * 20},
+        "storage": {"default": f"sqlite:///{tmp_path}/{name}.db"},
+        "resource_server": {"type": "dummy", "host": host, "port": port},
+        "client_credentials": {"file": str(ROOT / "clients.json.example")},
+    }
+    for section, values in sections.items():
+        config[section] = {**config.get(section, {}), **values}
+    (folder / "default.json").write_text(json.dumps(config))
+    return folder, config
 
 
 def base_config(tmp_path, dummy_site, **over) -> dict:

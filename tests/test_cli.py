@@ -16,16 +16,17 @@ from app.secrets_hash import token_digest
 from app.settings import Settings
 from app.storage import Storage
 from tests.conftest import (
+    ROOT,
     authorize_url,
     base_config,
     basic,
     close_app,
+    config_folder,
     consent,
     location_params,
     login,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 CALLBACK = "https://x.example/cb"
 
 
@@ -38,17 +39,7 @@ def clean_environment(monkeypatch):
 
 @pytest.fixture
 def config_dir(tmp_path, dummy_site) -> Path:
-    folder = tmp_path / "config"
-    folder.mkdir()
-    host, port = dummy_site
-    default = {
-        "auth_server": {"session_secret": "cli-test-secret-" + "x" * 20},
-        "storage": {"default": f"sqlite:///{tmp_path}/cli.db"},
-        "resource_server": {"type": "dummy", "host": host, "port": port},
-        "client_credentials": {"file": str(ROOT / "clients.json.example")},
-    }
-    (folder / "default.json").write_text(json.dumps(default))
-    return folder
+    return config_folder(tmp_path, dummy_site, "cli")[0]
 
 
 def run(config_dir: Path, *argv: str) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import re
-from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -59,18 +58,15 @@ def test_a_reload_holds_what_only_a_restart_changes(tmp_path, dummy_site, caplog
     from app.reload import Configuration
     from app.serve import load_checked
     from app.settings import Settings
+    from tests.conftest import config_folder
 
-    folder = tmp_path / "config"
-    folder.mkdir()
-    host, port = dummy_site
-    config = {
-        "auth_server": {"session_secret": "reload-test-secret-" + "x" * 20, "port": 8181},
-        "storage": {"default": f"sqlite:///{tmp_path}/reload.db"},
-        "resource_server": {"type": "dummy", "host": host, "port": port},
-        "logging": {"level": "notice", "format": "text"},
-        "client_credentials": {"file": str(Path(__file__).parents[1] / "clients.json.example")},
-    }
-    (folder / "default.json").write_text(json.dumps(config))
+    folder, config = config_folder(
+        tmp_path,
+        dummy_site,
+        "reload",
+        auth_server={"port": 8181},
+        logging={"level": "notice", "format": "text"},
+    )
     settings = Settings.load(config_dir=str(folder), environ={})
     configuration = Configuration(settings, load_checked(settings), load_checked)
     config["auth_server"]["port"] = 8282

@@ -6,9 +6,8 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, config_folder
 
 #: A request through ``wsgi.app`` in a fresh interpreter, as a WSGI server would load it;
 #: ``ROOT_HANDLER`` in the environment gives the root a handler first (a server's own).
@@ -27,17 +26,7 @@ assert client.get("/healthz", headers={"X-Request-Id": "wsgi-1"}).status_code ==
 
 def load(tmp_path, dummy_site, **env: str) -> str:
     """Run :data:`PROGRAM` on a config folder that asks for JSON lines; its stderr."""
-    folder = tmp_path / "config"
-    folder.mkdir()
-    host, port = dummy_site
-    config = {
-        "auth_server": {"session_secret": "wsgi-test-secret-" + "x" * 20},
-        "storage": {"default": f"sqlite:///{tmp_path}/wsgi.db"},
-        "resource_server": {"type": "dummy", "host": host, "port": port},
-        "logging": {"format": "json"},
-        "client_credentials": {"file": str(ROOT / "clients.json.example")},
-    }
-    (folder / "default.json").write_text(json.dumps(config))
+    folder, _ = config_folder(tmp_path, dummy_site, "wsgi", logging={"format": "json"})
     environ = {**os.environ, "OAUTH2_CONFIG_DIR": str(folder), "OAUTH2_ENV": "development"}
     done = subprocess.run(
         [sys.executable, "-c", PROGRAM],

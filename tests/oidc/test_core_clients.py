@@ -205,21 +205,12 @@ def test_registered_response_types_limit_the_client(app):
 # -- clients add --------------------------------------------------------------------------
 @pytest.fixture
 def config_dir(tmp_path, dummy_site, monkeypatch):
-    from pathlib import Path
+    from tests.conftest import config_folder
 
     for name in [n for n in __import__("os").environ if n.startswith("OAUTH2")]:
         monkeypatch.delenv(name)
-    folder = tmp_path / "config"
-    folder.mkdir()
-    host, port = dummy_site
-    default = {
-        "auth_server": {"session_secret": "cli-test-secret-" + "x" * 20},
-        "storage": {"default": f"sqlite:///{tmp_path}/cli.db"},
-        "resource_server": {"type": "dummy", "host": host, "port": port},
-        "client_credentials": {"file": str(Path(tmp_path) / "clients.json")},
-    }
-    (folder / "default.json").write_text(json.dumps(default))
-    return folder
+    clients = {"file": str(tmp_path / "clients.json")}
+    return config_folder(tmp_path, dummy_site, "cli", client_credentials=clients)[0]
 
 
 def add(config_dir, *argv: str) -> int:
