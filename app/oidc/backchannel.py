@@ -297,11 +297,6 @@ def _is_public(address: str) -> bool:
     return ipaddress.ip_address(address).is_global
 
 
-def _resolves_publicly(uri: str) -> bool:
-    """Whether every address ``uri``'s host resolves to is globally routable."""
-    return bool(_public_addresses(uri))
-
-
 def sender() -> BackchannelSender:
     """The current app's sender."""
     found: BackchannelSender = current_app.extensions[EXTENSION]
